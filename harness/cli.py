@@ -1,0 +1,77 @@
+"""The ``harness`` command line: thin Click code over the modules.
+
+Commands are imported lazily (``harness/commands/<area>.py``) so that ``harness run`` does not
+pay for the analysis or Hub imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# command name -> (module under harness.commands, attribute)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("core", "validate"),
+    "schema": ("core", "schema"),
+    "lock": ("core", "lock"),
+    "image": ("core", "image"),
+    "build": ("core", "build"),
+    "run": ("core", "run"),
+    "ls": ("core", "ls"),
+    "show": ("core", "show"),
+    "recover": ("core", "recover"),
+    "doctor": ("core", "doctor"),
+    "status": ("sweeps", "status"),
+    "publish": ("hub", "publish"),
+    "pull": ("hub", "pull"),
+    "reproduce": ("hub", "reproduce"),
+    "compare": ("analysis", "compare"),
+    "plot": ("analysis", "plot"),
+    "thc": ("analysis", "thc"),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, attribute = COMMANDS[name]
+        try:
+            module = importlib.import_module(f"harness.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"harness.commands.{module_name}":
+                return None
+            raise
+        return getattr(module, attribute, None)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="harness")
+def cli() -> None:
+    """harness: pin, run, record, publish and reproduce ML experiments."""
+
+
+def main() -> None:
+    """Console entry point: bad input becomes one line on stderr and exit status 2."""
+    from harness.errors import HarnessError
+
+    try:
+        cli.main(standalone_mode=False)
+    except HarnessError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
