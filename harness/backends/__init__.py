@@ -1,0 +1,279 @@
+"""Where many runs are scheduled: a small common interface in submitit's style.
+
+A :class:`Backend` takes run specs and returns one :class:`Job` per run; a job answers
+``status()`` and ``result()`` (the run's sealed record). Every backend runs each run through the
+same single-run function, :func:`harness.runner.execute`. :func:`run_sweep` is what
+``harness run`` calls: it decides which runs still need running, records the sweep's state and
+hands the runs to the chosen backend.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from harness.errors import HarnessError
+from harness.store.local import LocalStore
+from harness.sweeps import (
+    DONE,
+    FAILED,
+    GROUP_OF_STATE,
+    SweepState,
+    Submission,
+    attempt_records,
+    load_state,
+    run_statuses,
+    save_state,
+    state_path,
+    sweep_id_for,
+)
+
+if TYPE_CHECKING:
+    from harness.plan import RunSpec
+
+BACKENDS = ("local", "slurm")
+CONFIRM_ABOVE = 10_000
+Echo = Callable[[str], None]
+
+
+class Job(abc.ABC):
+    """One run handed to a backend."""
+
+    run_id: str
+
+    @abc.abstractmethod
+    def status(self) -> str:
+        """The run's state: queued, running, completed, failed, timeout, oom, interrupted,
+        cancelled, node_fail or preempted."""
+
+    @abc.abstractmethod
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the run to end and return its record."""
+
+    def done(self) -> bool:
+        """Whether the run has ended, one way or another."""
+        return GROUP_OF_STATE.get(self.status()) in (DONE, FAILED)
+
+
+class Backend(abc.ABC):
+    """Schedules runs somewhere: this machine, a Slurm cluster, ..."""
+
+    name: str
+
+    @abc.abstractmethod
+    def submit(self, specs: list["RunSpec"], sweep: SweepState) -> list[Job]:
+        """Start (or queue) every spec; one job per spec, in the same order."""
+
+    def wait(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Wait for every job; their records, in order."""
+        return [job.result() for job in jobs]
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep holds and which of its runs will run now."""
+
+    sweep_id: str
+    specs: list["RunSpec"]
+    to_run: list["RunSpec"]
+    completed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # skipped: ended badly, no --retry-failed
+    running: list[str] = field(default_factory=list)  # skipped: a record says it is running
+
+    def summary(self) -> str:
+        """One line: how many run now and why the others do not."""
+        parts = [f"{len(self.to_run)} of {len(self.specs)} runs to run"]
+        if self.completed:
+            parts.append(f"{len(self.completed)} already completed")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed earlier (--retry-failed re-runs them)")
+        if self.running:
+            parts.append(f"{len(self.running)} still running (or stale: see `harness recover`)")
+        return f"sweep {self.sweep_id}: " + ", ".join(parts)
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`run_sweep` did."""
+
+    plan: SweepPlan
+    backend: str
+    dry_run: bool
+    records: list[dict[str, Any]] = field(default_factory=list)  # local backend: every run's record
+    slurm_job_ids: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every run that ran completed."""
+        return all(r.get("status") == "completed" for r in self.records)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every run that ran here completed (or was only listed or submitted), else 1."""
+        return 0 if self.ok else 1
+
+
+def plan_sweep(specs: list["RunSpec"], store: LocalStore, retry_failed: bool = False, rerun: bool = False) -> SweepPlan:
+    """Split a sweep's runs into those to run now and those the store already holds
+    (``rerun`` runs completed ones again; ``retry_failed`` runs the ones that ended badly)."""
+    if not specs:
+        raise HarnessError("the manifest expands to no runs")
+    run_ids = [spec.run_id for spec in specs]
+    if len(set(run_ids)) != len(run_ids):
+        raise HarnessError("the sweep holds the same (params, seed) twice: make each sweep entry distinct")
+    plan = SweepPlan(sweep_id=sweep_id_for(specs[0].name, run_ids), specs=specs, to_run=[])
+    statuses = run_statuses(store, run_ids)
+    for spec in specs:
+        status = statuses[spec.run_id]
+        if status is None or (rerun and status == "completed"):
+            plan.to_run.append(spec)
+        elif status == "completed":
+            plan.completed.append(spec.run_id)
+        elif status == "running":
+            plan.running.append(spec.run_id)
+        elif retry_failed:
+            plan.to_run.append(spec)
+        else:
+            plan.failed.append(spec.run_id)
+    return plan
+
+
+def sweep_state_for(plan: SweepPlan, store: LocalStore) -> SweepState:
+    """The sweep's state file contents: the existing one, or a new one."""
+    if state_path(store, plan.sweep_id).is_file():
+        return load_state(store, plan.sweep_id)
+    loaded = plan.specs[0].loaded
+    return SweepState(
+        sweep_id=plan.sweep_id,
+        name=plan.specs[0].name,
+        manifest_path=str(loaded.path.resolve()),
+        manifest_sha256=loaded.sha256,
+        run_ids=[spec.run_id for spec in plan.specs],
+    )
+
+
+def run_sweep(
+    specs: list["RunSpec"],
+    backend: str = "local",
+    jobs: int | None = None,
+    partition: str | None = None,
+    account: str | None = None,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    yes: bool = False,
+    runtime: str = "auto",
+    store: LocalStore | None = None,
+    echo: Echo = print,
+    rerun: bool = False,
+) -> SweepOutcome:
+    """Run a sweep's missing runs on ``backend`` ("local" waits for them; "slurm" submits and returns).
+
+    ``runtime`` is "docker", "process" or "auto" (docker where the machine has an engine). On
+    Slurm, anything but "process" means docker on nodes with an engine and process on the others.
+    ``rerun`` runs completed runs again (each as a new attempt).
+    Raises HarnessError for bad input: an unknown backend, a sweep over 10,000 runs without
+    ``yes``, an unreachable Slurm, a missing partition, a store the Slurm nodes cannot see.
+    """
+    if backend not in BACKENDS:
+        raise HarnessError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if jobs is not None and jobs < 1:
+        raise HarnessError(f"--jobs {jobs}: give at least 1")
+    if runtime not in ("auto", "docker", "process"):
+        raise HarnessError(f"unknown runtime {runtime!r}: choose docker, process or auto")
+    if len(specs) > CONFIRM_ABOVE and not yes:
+        raise HarnessError(f"the sweep expands to {len(specs):,} runs (more than {CONFIRM_ABOVE:,}): add --yes to run them all")
+    store = store or LocalStore()
+    plan = plan_sweep(specs, store, retry_failed, rerun)
+    echo(plan.summary())
+    outcome = SweepOutcome(plan=plan, backend=backend, dry_run=dry_run)
+    chosen = _make_backend(backend, store, jobs, partition, account, runtime, echo)
+    if dry_run:
+        for spec in plan.to_run:
+            swept = {k: spec.params[k] for k in spec.loaded.manifest.sweep_keys()}
+            echo(f"would run {spec.run_id}  seed={spec.seed}  {_format_params(swept)}".rstrip())
+        return outcome
+    if not plan.to_run:
+        return outcome
+    state = sweep_state_for(plan, store)
+    jobs_started = chosen.submit(plan.to_run, state)
+    if backend == "slurm":
+        outcome.slurm_job_ids = list(state.submissions[-1].slurm_job_ids)
+        echo(f"submitted {len(plan.to_run)} runs as Slurm job {', '.join(outcome.slurm_job_ids)}; "
+             f"follow with `harness status {plan.sweep_id}`")
+        return outcome
+    outcome.records = chosen.wait(jobs_started)
+    return outcome
+
+
+def _format_params(params: dict[str, Any]) -> str:
+    return "  ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _make_backend(
+    name: str, store: LocalStore, jobs: int | None, partition: str | None, account: str | None, runtime: str, echo: Echo
+) -> Backend:
+    if name == "slurm":
+        from harness.backends.slurm import SlurmBackend
+
+        node_runtime = "process" if runtime == "process" else "auto"
+        return SlurmBackend(store, jobs=jobs, partition=partition, account=account, runtime=node_runtime, echo=echo)
+    if partition or account:
+        raise HarnessError("--partition and --account are for --backend slurm")
+    from harness.backends.local import LocalBackend
+
+    return LocalBackend(store, jobs=jobs, runtime=runtime, echo=echo)
+
+
+def record_submission(store: LocalStore, state: SweepState, submission: Submission) -> None:
+    """Append a submission to the sweep's state and save it."""
+    state.submissions.append(submission)
+    save_state(store, state)
+
+
+def run_states(sweep: SweepState, store: LocalStore) -> dict[str, str]:
+    """Each run of a sweep with its state (from the store, and from Slurm for Slurm sweeps)."""
+    if sweep.backend == "slurm":
+        from harness.backends.slurm import run_states as slurm_run_states
+
+        return slurm_run_states(sweep, store)
+    return {run_id: status or "queued" for run_id, status in run_statuses(store, sweep.run_ids).items()}
+
+
+def sweep_progress(sweep: SweepState, store: LocalStore) -> dict[str, Any]:
+    """Counts of queued / running / done / failed runs, elapsed time and an ETA, as JSON data."""
+    import time
+    from datetime import datetime
+
+    states = run_states(sweep, store)
+    counts = {group: 0 for group in ("queued", "running", "done", "failed")}
+    for state in states.values():
+        counts[GROUP_OF_STATE.get(state, "failed")] += 1
+    latest = sweep.submissions[-1] if sweep.submissions else None
+    elapsed = eta = None
+    if latest is not None:
+        started = datetime.fromisoformat(latest.submitted_at).timestamp()
+        elapsed = max(0.0, time.time() - started)
+        in_latest = [states[r] for r in latest.run_ids if r in states]
+        ended = sum(GROUP_OF_STATE.get(s) in (DONE, FAILED) for s in in_latest)
+        remaining = len(in_latest) - ended
+        if remaining == 0:
+            eta = 0.0
+            ends = [r.get("ended_at") for run_id in latest.run_ids for r in attempt_records(store, run_id)]
+            ends = [datetime.fromisoformat(e).timestamp() for e in ends if e]
+            if ends:
+                elapsed = max(0.0, max(ends) - started)
+        elif ended:
+            eta = elapsed / ended * remaining
+    return {
+        "sweep_id": sweep.sweep_id,
+        "name": sweep.name,
+        "backend": sweep.backend,
+        "total": len(states),
+        **counts,
+        "elapsed_s": None if elapsed is None else round(elapsed, 1),
+        "eta_s": None if eta is None else round(eta, 1),
+        "finished": counts["queued"] == 0 and counts["running"] == 0,
+        "slurm_job_ids": [j for s in sweep.submissions for j in s.slurm_job_ids],
+        "runs": [{"run_id": run_id, "state": state} for run_id, state in states.items()],
+    }

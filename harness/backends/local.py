@@ -1,0 +1,252 @@
+"""Run a sweep on this machine: as many runs at once as the host's CPUs, memory and GPUs allow.
+
+Runs execute in worker threads, each through :func:`harness.runner.execute` (the containers and
+processes do the work; the threads only wait on them). A failing run does not stop the others.
+Ctrl-C cancels the runs that have not started, stops the running ones and marks their records
+``interrupted``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from typing import TYPE_CHECKING, Any, Callable
+
+from harness.backends import Backend, Echo, Job
+from harness.errors import HarnessError
+from harness.store.local import LocalStore
+from harness.sweeps import Submission, SweepState, save_state
+
+if TYPE_CHECKING:
+    from harness.manifest import Hardware
+    from harness.plan import RunSpec
+
+Execute = Callable[..., dict[str, Any]]
+MEMORY_HEADROOM = 0.9  # leave a tenth of the host's memory to the harness, the engine and the system
+
+
+def host_resources() -> dict[str, float]:
+    """CPUs (this process may use), memory bytes and GPUs (seen by NVML) of this host."""
+    import psutil
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"cpus": cpus, "memory_bytes": psutil.virtual_memory().total, "gpus": host_gpu_count()}
+
+
+def host_gpu_count() -> int:
+    """GPUs NVML sees (0 without a driver)."""
+    try:
+        from harness.capture.gpu import gpu_status
+
+        return len(gpu_status().get("devices", []))
+    except Exception:  # noqa: BLE001 - no NVML, no GPUs
+        return 0
+
+
+def parallel_slots(hardware: "Hardware", jobs: int | None = None, host: dict[str, float] | None = None) -> int:
+    """How many runs of this hardware target fit on the host at once, capped by ``jobs``."""
+    host = host or host_resources()
+    limits = {
+        "cpus": math.floor(host["cpus"] / float(hardware.cpus) + 1e-9),
+        "memory": math.floor(host["memory_bytes"] * MEMORY_HEADROOM / hardware.memory_bytes),
+    }
+    if hardware.gpus > 0:
+        limits["gpus"] = int(host["gpus"]) // hardware.gpus
+    short = [name for name, count in limits.items() if count < 1]
+    if short:
+        wanted = {"cpus": f"{hardware.cpus} cpus", "memory": f"{hardware.memory} memory", "gpus": f"{hardware.gpus} gpus"}
+        has = {"cpus": f"{host['cpus']:g} cpus", "memory": f"{host['memory_bytes'] / 2**30:.1f} GiB memory",
+               "gpus": f"{int(host['gpus'])} gpus"}
+        raise HarnessError(f"one run needs {', '.join(wanted[n] for n in short)} but this host has "
+                           f"{', '.join(has[n] for n in short)}: lower the manifest's hardware target or use --backend slurm")
+    slots = min(limits.values())
+    return min(slots, jobs) if jobs else slots
+
+
+def engine_available() -> bool:
+    """Whether a Docker engine answers here."""
+    try:
+        from harness.images import docker_client
+
+        docker_client(timeout=10)
+        return True
+    except HarnessError:
+        return False
+
+
+def resolve_runtime(runtime: str) -> str:
+    """``auto`` becomes docker where an engine answers, else process."""
+    if runtime != "auto":
+        return runtime
+    return "docker" if engine_available() else "process"
+
+
+class LocalJob(Job):
+    """A run in the local pool."""
+
+    def __init__(self, spec: "RunSpec", future: "Future[dict[str, Any]]", backend: "LocalBackend"):
+        self.spec = spec
+        self.run_id = spec.run_id
+        self.future = future
+        self.backend = backend
+
+    def status(self) -> str:
+        if self.future.cancelled():
+            return "cancelled"
+        if self.future.done():
+            return str(self.future.result().get("status", "failed"))
+        return "running" if self.run_id in self.backend.started else "queued"
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        if self.future.cancelled():
+            return {"run_id": self.run_id, "config_key": self.spec.config_key, "status": "cancelled",
+                    "detail": "not started: the sweep was interrupted"}
+        return self.future.result(timeout)
+
+
+class LocalBackend(Backend):
+    """Bounded parallelism on this machine."""
+
+    name = "local"
+
+    def __init__(self, store: LocalStore, jobs: int | None = None, runtime: str = "auto", echo: Echo = print,
+                 execute: Execute | None = None):
+        self.store = store
+        self.jobs = jobs
+        self.runtime = runtime
+        self.echo = echo
+        self._execute = execute
+        self.started: dict[str, str] = {}  # spec run id -> the run id execute gave it
+        self.stopping = threading.Event()
+        self._handles: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, specs: list["RunSpec"], sweep: SweepState) -> list[Job]:
+        """Start the pool; runs begin at once, as many at a time as fit."""
+        slots = parallel_slots(specs[0].loaded.manifest.hardware, self.jobs)
+        self.runtime = resolve_runtime(self.runtime)
+        if self.runtime == "docker" and self._execute is None:
+            from harness.runner import prepare_image
+
+            prepare_image(specs[0], log=self.echo)  # once, before the pool: every run shares the image
+        sweep.submissions.append(Submission(backend=self.name, run_ids=[s.run_id for s in specs], runtime=self.runtime))
+        save_state(self.store, sweep)
+        self.echo(f"running {len(specs)} runs locally, {slots} at a time ({self.runtime} runtime)")
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="harness-run")
+        return [LocalJob(spec, self._pool.submit(self._run_one, spec), self) for spec in specs]
+
+    def wait(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        """Wait for every run, reporting each as it ends; Ctrl-C stops them all cleanly."""
+        local_jobs = [job for job in jobs if isinstance(job, LocalJob)]
+        by_future = {job.future: job for job in local_jobs}
+        finished = 0
+        try:
+            for future in as_completed(by_future):
+                finished += 1
+                record = by_future[future].result()
+                duration = record.get("duration_s")
+                took = f" in {duration:.1f}s" if isinstance(duration, (int, float)) else ""
+                detail = f" ({record['detail']})" if record.get("status") != "completed" and record.get("detail") else ""
+                self.echo(f"[{finished}/{len(local_jobs)}] {record.get('run_id')} {record.get('status')}{took}{detail}")
+        except KeyboardInterrupt:
+            self.echo("interrupted: stopping the running runs")
+            self.interrupt()
+            for future in by_future:
+                if not future.cancelled():
+                    try:
+                        future.exception()
+                    except KeyboardInterrupt:
+                        continue
+            raise
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+        return [job.result() for job in local_jobs]
+
+    def interrupt(self) -> None:
+        """Cancel runs not yet started and stop the running ones (their records become ``interrupted``)."""
+        self.stopping.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            running = dict(self.started)
+            handles = dict(self._handles)
+        for spec_run_id, run_id in running.items():
+            handle = handles.get(spec_run_id)
+            if handle is not None and hasattr(handle, "stop"):
+                handle.stop("interrupted")
+            else:
+                stop_run(run_id, self.runtime)
+
+    def _run_one(self, spec: "RunSpec") -> dict[str, Any]:
+        if self.stopping.is_set():
+            return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "cancelled",
+                    "detail": "not started: the sweep was interrupted"}
+        execute = self._execute
+        if execute is None:
+            from harness.runner import execute
+
+        def on_start(record: dict[str, Any], job: Any = None) -> None:
+            with self._lock:
+                self.started[spec.run_id] = record["run_id"]
+                if job is not None:
+                    self._handles[spec.run_id] = job
+            if self.stopping.is_set():
+                # Ctrl-C came while this run was being set up: stop it as soon as it exists.
+                threading.Thread(target=self._stop_soon, args=(spec.run_id,), daemon=True).start()
+
+        try:
+            record = execute(spec, self.store, runtime=self.runtime, on_start=on_start)
+        except HarnessError as exc:
+            return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "failed", "detail": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - one broken run must not stop the sweep
+            return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "failed",
+                    "detail": f"{type(exc).__name__}: {exc}"}
+        finally:
+            with self._lock:
+                self.started.pop(spec.run_id, None)
+                self._handles.pop(spec.run_id, None)
+        if self.stopping.is_set() and record.get("status") not in ("completed", "interrupted"):
+            # Stopped from outside the runner (no job handle): say why, not just "exit 137".
+            record = mark_record(self.store, record["run_id"], "interrupted", "stopped by Ctrl-C on the sweep")
+        return record
+
+    def _stop_soon(self, spec_run_id: str) -> None:
+        time.sleep(0.5)
+        self.interrupt()
+
+
+def stop_run(run_id: str, runtime: str) -> None:
+    """Stop a run started by this process: kill its container, or its process group."""
+    if runtime == "docker":
+        from harness.runtime.docker import RUN_LABEL
+        from harness.images import docker_client
+
+        try:
+            client = docker_client(timeout=30)
+            for container in client.containers.list(filters={"label": f"{RUN_LABEL}={run_id}"}):
+                container.kill()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        return
+    import psutil
+    import signal
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.environ().get("HARNESS_RUN_ID") == run_id:
+                os.killpg(child.pid, signal.SIGKILL)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+
+
+def mark_record(store: LocalStore, run_id: str, status: str, detail: str) -> dict[str, Any]:
+    """Correct a sealed record's final status (its files are unchanged, so the checksums stand)."""
+    record = store.load(run_id)
+    record.update(status=status, detail=detail)
+    store.save(record)
+    return record

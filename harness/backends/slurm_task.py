@@ -1,0 +1,124 @@
+"""One Slurm array task: find its run in the sweep's state and run it with the single-run code.
+
+``python -m harness.backends.slurm_task <state file> <submission> <chunk> <task id>``: run by the
+sbatch scripts of :mod:`harness.backends.slurm`. Exit 0 when the run completed, 1 otherwise (so
+sacct shows FAILED for a failed run), 2 for a task that cannot find its run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import HarnessError
+from harness.store.local import LocalStore, write_json_atomic
+from harness.sweeps import SweepState, load_state, sweeps_dir
+
+if TYPE_CHECKING:
+    from harness.manifest import LoadedManifest
+    from harness.plan import RunSpec
+
+# Slurm's reason for ending a task -> the record's status and detail (the runner only saw SIGTERM)
+ENDED_BY_SLURM = {
+    "CANCELLED": ("cancelled", "cancelled through Slurm (scancel)"),
+    "TIMEOUT": ("timeout", "Slurm's time limit ended the task"),
+    "PREEMPTED": ("interrupted", "preempted by Slurm"),
+    "NODE_FAIL": ("interrupted", "Slurm reported a node failure"),
+}
+
+
+def specs_path(store: LocalStore, sweep_id: str) -> Path:
+    """Where a sweep's run specs (params, seed, smoke per run id) are kept for the nodes."""
+    return sweeps_dir(store) / sweep_id / "specs.json"
+
+
+def save_specs(store: LocalStore, sweep: SweepState, specs: list["RunSpec"]) -> None:
+    """Add these runs' params and seeds to the sweep's specs file."""
+    path = specs_path(store, sweep.sweep_id)
+    runs: dict[str, Any] = json.loads(path.read_text())["runs"] if path.is_file() else {}
+    for spec in specs:
+        runs[spec.run_id] = {"params": spec.params, "seed": spec.seed, "smoke": spec.smoke}
+    write_json_atomic(path, {"manifest_path": sweep.manifest_path, "manifest_sha256": sweep.manifest_sha256, "runs": runs})
+
+
+def rebuild_specs(sweep: SweepState, loaded: "LoadedManifest", store: LocalStore | None = None) -> list["RunSpec"]:
+    """The sweep's RunSpecs again, from the manifest file and the saved params; refused when the
+    manifest changed since submission (the runs would no longer be the ones asked for)."""
+    from harness.plan import RunSpec, config_key
+
+    if loaded.sha256 != sweep.manifest_sha256:
+        raise HarnessError(f"{loaded.path} changed since sweep {sweep.sweep_id} was submitted: "
+                           "submit the sweep again with `harness run`")
+    store = store or LocalStore()
+    runs = json.loads(specs_path(store, sweep.sweep_id).read_text())["runs"]
+    specs = []
+    for run_id, saved in runs.items():
+        key = config_key(loaded, saved["params"], saved["seed"], saved["smoke"])
+        spec = RunSpec(loaded=loaded, params=saved["params"], seed=saved["seed"], smoke=saved["smoke"], config_key=key)
+        if spec.run_id != run_id:
+            raise HarnessError(f"run {run_id} of sweep {sweep.sweep_id} no longer matches its manifest or lockfile")
+        specs.append(spec)
+    return specs
+
+
+def slurm_job_state() -> str:
+    """This job's state as slurmctld sees it (e.g. CANCELLED right after scancel), or ""."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return ""
+    try:
+        text = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    for word in text.split():
+        if word.startswith("JobState="):
+            return word.split("=", 1)[1]
+    return ""
+
+
+def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id: int) -> dict[str, Any]:
+    """Run the run this task stands for and return its record."""
+    from harness.backends.local import mark_record, resolve_runtime
+    from harness.manifest import load_manifest
+    from harness.runner import execute
+
+    store = LocalStore(state_file.parent.parent)
+    sweep = load_state(store, state_file.stem)
+    submission = sweep.submissions[submission_index]
+    position = chunk_index * submission.slurm_chunk_size + task_id
+    run_id = submission.run_ids[position]
+    loaded = load_manifest(sweep.manifest_path)
+    spec = next((s for s in rebuild_specs(sweep, loaded, store) if s.run_id == run_id), None)
+    if spec is None:
+        raise HarnessError(f"sweep {sweep.sweep_id} has no saved spec for run {run_id}")
+    runtime = resolve_runtime(submission.runtime)
+    print(f"harness: {run_id} on {os.uname().nodename} ({runtime} runtime), Slurm task "
+          f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}", flush=True)
+    record = execute(spec, store, runtime=runtime)
+    if record.get("status") == "interrupted":
+        status, detail = ENDED_BY_SLURM.get(slurm_job_state(), (None, None))
+        if status is not None:
+            record = mark_record(store, record["run_id"], status, detail)
+    print(f"harness: {record['run_id']} {record.get('status')}", flush=True)
+    return record
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of one array task."""
+    if len(argv) != 4:
+        print("usage: python -m harness.backends.slurm_task <state file> <submission> <chunk> <task id>", file=sys.stderr)
+        return 2
+    try:
+        record = run_task(Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3]))
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if record.get("status") == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,322 @@
+"""The core commands: validate, schema, lock, image, build, run, ls, show, recover, doctor."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness.errors import HarnessError
+
+
+def _console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@click.command()
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(manifests: tuple[Path, ...]) -> None:
+    """Check manifests: schema, pinning, and the files they point to."""
+    from harness.errors import ManifestError
+    from harness.manifest import load_manifest
+
+    problems: list[str] = []
+    for path in manifests:
+        try:
+            loaded = load_manifest(path)
+            runs = loaded.manifest.sweep_size()
+            click.echo(f"{path}: ok ({loaded.manifest.name}, {runs} run{'s' if runs != 1 else ''})")
+        except ManifestError as exc:
+            problems += exc.problems
+    if problems:
+        raise ManifestError(problems)
+
+
+@click.command()
+def schema() -> None:
+    """Print the JSON Schema of the manifest (for editors)."""
+    from harness.manifest import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@click.command()
+@click.argument("image_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--check", is_flag=True, help="Exit 1 when a lockfile is missing, unusable or stale (for CI).")
+def lock(image_dirs: tuple[Path, ...], check: bool) -> None:
+    """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
+    from harness.lock import compile_lockfile, stale_lockfiles
+
+    if check:
+        stale = stale_lockfiles(Path.cwd())
+        for line in stale:
+            click.echo(f"stale: {line}", err=True)
+        if stale:
+            sys.exit(1)
+        click.echo("lockfiles are up to date")
+        return
+    if not image_dirs:
+        raise HarnessError("harness lock: name an image folder (e.g. images/rl) or use --check")
+    for image_dir in image_dirs:
+        if not (image_dir / "requirements.in").is_file():
+            raise HarnessError(f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)")
+        with _console().status(f"locking {image_dir} (pip-compile)"):
+            output = compile_lockfile(image_dir)
+        click.echo(f"wrote {output}")
+
+
+@click.group()
+def image() -> None:
+    """Base images."""
+
+
+@image.command("bootstrap")
+@click.option("--name", default="harness/base:bookworm", show_default=True)
+@click.option("--suite", default="bookworm", show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even when the image exists.")
+def bootstrap(name: str, suite: str, force: bool) -> None:
+    """Make the base image from Debian packages (mmdebstrap), for hosts without a registry."""
+    from harness.images import bootstrap_base
+
+    with _console().status(f"bootstrapping {name} from Debian {suite}"):
+        info = bootstrap_base(name, suite, force=force)
+    click.echo(f"{name}: {info.id} ({len(info.packages)} Debian packages){' (exists)' if info.cached else ''}")
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--ca-bundle", type=click.Path(path_type=Path), help="Extra CA bundle for the build (default: SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE).")
+@click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
+@click.option("--quiet", is_flag=True)
+def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> None:
+    """Build (or find) the content-addressed image of a manifest."""
+    from harness.manifest import load_manifest
+    from harness.plan import expand
+    from harness.runner import prepare_image
+
+    loaded = load_manifest(manifest)
+    spec = expand(loaded)[0]
+    console = _console()
+    if quiet:
+        info = prepare_image(spec, ca_bundle, force)
+    else:
+        with console.status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
+            info = prepare_image(spec, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
+    state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
+    click.echo(f"{info.tag or info.ref} {info.id} ({state})")
+
+
+@click.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--seed", "seeds", type=int, multiple=True, help="Run these seeds instead of the manifest's.")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a param.")
+@click.option("--smoke", is_flag=True, help="Apply the manifest's smoke params (a quick run for CI).")
+@click.option("--runtime", type=click.Choice(["docker", "process"]), default="docker", show_default=True)
+@click.option("--backend", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option("--jobs", type=int, help="At most this many runs at once.")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--account", help="Slurm account.")
+@click.option("--rerun", is_flag=True, help="Run again even when the store has a completed run of the same config.")
+@click.option("--retry-failed", is_flag=True, help="Re-run failed, timed-out, OOM and interrupted runs.")
+@click.option("--dry-run", is_flag=True, help="List what would run.")
+@click.option("--yes", is_flag=True, help="Confirm a sweep of more than 10,000 runs.")
+@click.option("--ca-bundle", type=click.Path(path_type=Path))
+@click.option("--quiet", is_flag=True, help="Do not stream the job's output.")
+def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: bool, runtime: str, backend: str,
+        jobs: int | None, partition: str | None, account: str | None, rerun: bool, retry_failed: bool,
+        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool) -> None:
+    """Run a manifest (all its seeds × sweep) into the local store."""
+    from harness.manifest import load_manifest
+    from harness.plan import expand, parse_overrides
+    from harness.store.local import LocalStore
+
+    loaded = load_manifest(manifest)
+    specs = expand(loaded, seeds=list(seeds) or None, overrides=parse_overrides(params, loaded), smoke=smoke)
+    store = LocalStore()
+    if len(specs) > 1 or backend != "local" or dry_run or retry_failed:
+        from harness.backends import run_sweep
+
+        outcome = run_sweep(specs, store=store, backend=backend, runtime=runtime, jobs=jobs, partition=partition,
+                            account=account, retry_failed=retry_failed, dry_run=dry_run, yes=yes, rerun=rerun)
+        sys.exit(0 if outcome in (None, 0, True) else (outcome if isinstance(outcome, int) else 1))
+    spec = specs[0]
+    if not rerun:
+        done = [r for r in store.find_by_config(spec.config_key) if r.get("status") == "completed"]
+        if done:
+            click.echo(f"{done[0]['run_id']}: already completed with this manifest, params and seed "
+                       "(use --rerun to run it again)")
+            return
+    console = _console()
+    echo = None if quiet else (lambda line: click.echo(f"  | {line}"))
+    with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
+        record = _execute_with_status(spec, store, runtime, ca_bundle, status, echo)
+    _print_outcome(record)
+    sys.exit(0 if record["status"] == "completed" else 1)
+
+
+def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any) -> dict:
+    from harness.runner import execute
+
+    def started(record: dict) -> None:
+        status.stop()
+        click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}")
+
+    return execute(spec, store, runtime=runtime, on_start=started, echo=echo, ca_bundle=ca_bundle,
+                   build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
+
+
+def _print_outcome(record: dict) -> None:
+    primary = record.get("primary_metric")
+    summary = (record.get("metrics_summary") or {}).get(primary or "", {})
+    extra = f", {primary}: last {summary['last']:.4g}, mean of last N {summary['mean_last_n']:.4g}" if summary else ""
+    click.echo(f"{record['run_id']}: {record['status']} in {record.get('duration_s') or 0:.1f}s{extra}")
+    if record["status"] != "completed" and record.get("detail"):
+        click.echo(f"  {record['detail']}", err=True)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=int, default=50, show_default=True)
+def ls(as_json: bool, limit: int) -> None:
+    """Runs in the local store, newest first."""
+    from rich.table import Table
+
+    from harness.runner import recover
+    from harness.store.local import LocalStore
+
+    store = LocalStore()
+    recover(store)
+    records = list(store.records())[:limit]
+    if as_json:
+        click.echo(json.dumps([{k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")} for r in records], indent=2))
+        return
+    if not records:
+        click.echo(f"no runs in {store.root}")
+        return
+    table = Table("run id", "manifest", "status", "seed", "started (UTC)", "time", "primary metric (last)")
+    for record in records:
+        primary = record.get("primary_metric") or ""
+        summary = (record.get("metrics_summary") or {}).get(primary)
+        value = f"{primary} {summary['last']:.4g}" if summary else ""
+        table.add_row(record["run_id"], record.get("name", ""), _status_text(record.get("status", "")), str(record.get("seed")),
+                      (record.get("started_at") or "")[:19].replace("T", " "), f"{record.get('duration_s') or 0:.1f}s", value)
+    _console().print(table)
+
+
+def _status_text(status: str) -> str:
+    colour = {"completed": "green", "running": "cyan"}.get(status, "red")
+    return f"[{colour}]{status}[/{colour}]"
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole record.json.")
+@click.option("--log-lines", type=int, default=20, show_default=True)
+def show(run_id: str, as_json: bool, log_lines: int) -> None:
+    """Provenance, status and summary metrics of one run."""
+    from rich.table import Table
+
+    from harness.store.local import LocalStore
+
+    store = LocalStore()
+    record = store.load(run_id)
+    if as_json:
+        click.echo(json.dumps(record, indent=2, sort_keys=True))
+        return
+    console = _console()
+    image = record.get("image") or {}
+    host = record.get("host") or {}
+    environment = record.get("environment") or {}
+    rows = [
+        ("run", record["run_id"]), ("manifest", f"{record.get('name')} (sha256 {str(record.get('manifest_sha256'))[:12]})"),
+        ("status", _status_text(record.get("status", "")) + (f" (exit {record.get('exit_code')})" if record.get("exit_code") not in (None, 0) else "")),
+        ("seed / params", f"{record.get('seed')} / {json.dumps(record.get('params'), sort_keys=True)}"),
+        ("runtime", f"{record.get('runtime')} (hermetic: {record.get('hermetic')})"),
+        ("image", f"{image.get('tag') or image.get('ref')} {image.get('id', '')}" if image else "none (process runtime)"),
+        ("started / time", f"{record.get('started_at')} / {record.get('duration_s')}s"),
+        ("host", f"{host.get('hostname')} {host.get('os', '')} {host.get('kernel', '')}; {host.get('cpu_model')} x{host.get('cpu_count')}"),
+        ("gpu", json.dumps(record.get("gpu", {}).get("devices") or record.get("gpu", {}).get("reason") or "none")),
+        ("python / torch", f"{environment.get('python_version', '?')} / {environment.get('torch', {}).get('version', '-') if isinstance(environment.get('torch'), dict) else environment.get('torch', '-')}"),
+        ("docker / harness", f"{record.get('docker_version', '-')} / {record.get('harness_version')}"),
+        ("files", f"{len(record.get('files') or {})} checksummed"),
+    ]
+    if record.get("reproduces"):
+        rows.append(("reproduces", record["reproduces"]))
+    if record.get("pulled_from"):
+        rows.append(("pulled from", json.dumps(record["pulled_from"])))
+    if record.get("detail"):
+        rows.append(("detail", record["detail"]))
+    for key, value in rows:
+        console.print(f"[bold]{key:>16}[/bold]  {value}")
+    summary = record.get("metrics_summary") or {}
+    if summary:
+        table = Table("metric", "count", "last", "min", "max", "mean of last N")
+        for name in sorted(summary):
+            s = summary[name]
+            table.add_row(name, str(s.get("count")), *(f"{s.get(k):.6g}" if isinstance(s.get(k), (int, float)) else "-" for k in ("last", "min", "max", "mean_last_n")))
+        console.print(table)
+    if record.get("status") != "completed":
+        log_path = store.run_dir(run_id) / "logs" / "output.log"
+        if log_path.is_file():
+            tail = log_path.read_text(errors="replace").splitlines()[-log_lines:]
+            console.print(f"[bold]last {len(tail)} log lines[/bold]")
+            for line in tail:
+                console.print(line, markup=False)
+
+
+@click.command()
+def recover() -> None:
+    """Mark runs whose harness process died as interrupted, and seal what they left."""
+    from harness.runner import recover as recover_runs
+    from harness.store.local import LocalStore
+
+    recovered = recover_runs(LocalStore())
+    for run_id in recovered:
+        click.echo(f"{run_id}: interrupted (recovered)")
+    if not recovered:
+        click.echo("nothing to recover")
+
+
+@click.command()
+def doctor() -> None:
+    """Check the prerequisites: Docker engine, base image, GPU/NVML, Hub login, Slurm."""
+    import shutil
+
+    from harness.images import BASE_IMAGE
+
+    checks: list[tuple[str, bool, str]] = []
+    try:
+        from harness.images import docker_client
+        from harness.runtime.docker import engine_version
+
+        client = docker_client(timeout=10)
+        checks.append(("docker engine", True, f"reachable, version {engine_version(client)}"))
+        try:
+            client.images.get(BASE_IMAGE)
+            checks.append(("base image", True, BASE_IMAGE))
+        except Exception:  # noqa: BLE001
+            checks.append(("base image", False, f"{BASE_IMAGE} missing: run `harness image bootstrap`"))
+    except HarnessError as exc:
+        checks.append(("docker engine", False, str(exc)))
+    from harness.capture.gpu import gpu_status
+
+    gpus = gpu_status()
+    checks.append(("gpu / nvml", True, f"{len(gpus.get('devices', []))} GPU(s)" if gpus.get("available") else f"absent ({gpus.get('reason')})"))
+    checks.append(("mmdebstrap", shutil.which("mmdebstrap") is not None, shutil.which("mmdebstrap") or "not installed (apt-get install mmdebstrap)"))
+    checks.append(("slurm", shutil.which("sbatch") is not None, shutil.which("sbatch") or "not installed (optional: --backend slurm)"))
+    try:
+        from huggingface_hub import get_token
+
+        checks.append(("hub login", True, "token found (HF_TOKEN or login)" if get_token() else "none (publish needs HF_TOKEN)"))
+    except Exception as exc:  # noqa: BLE001
+        checks.append(("hub login", True, f"unknown ({exc})"))
+    failed = False
+    for name, ok, text in checks:
+        click.echo(f"{'ok ' if ok else 'NO '} {name:14} {text}")
+        failed |= not ok and name in {"docker engine", "base image"}
+    sys.exit(1 if failed else 0)

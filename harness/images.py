@@ -1,0 +1,316 @@
+"""Images: content-addressed builds from images/<name>/, base-image bootstrap, provenance.
+
+The tag of a built image is a hash of its inputs (Dockerfile and context files, lockfile, base
+image ids). Unchanged inputs find the tag in the engine and never call the engine's build.
+What only helps the build reach packages (a CA bundle, pip's index configuration, the locked
+wheels downloaded on the host) is staged under ``.harness-build/`` for the builder stage: it is
+not part of the hash, and a two-stage Dockerfile keeps it out of the final image.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import EngineError, HarnessError, LockfileError
+
+BUILD_STAGING = ".harness-build"
+HASH_SCHEMA = "harness-image-v1"
+BASE_IMAGE = "harness/base:bookworm"
+IGNORED_NAMES = {"__pycache__", ".pytest_cache", BUILD_STAGING, ".git"}
+CA_ENV_VARS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
+ENGINE_HINT = "start it with `dockerd --bridge=none --iptables=false --ip-masq=false &` or see README (Prerequisites)"
+
+
+@dataclass
+class ImageInfo:
+    """What a run records about its image."""
+
+    ref: str
+    id: str
+    tag: str | None = None
+    content_hash: str | None = None
+    cached: bool = False
+    build_seconds: float = 0.0
+    packages: list[str] = field(default_factory=list)
+
+    def as_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def docker_client(timeout: int = 120):  # type: ignore[no-untyped-def]
+    """A docker SDK client whose engine answers; EngineError saying how to start it otherwise."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except DockerException as exc:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise EngineError(f"Docker engine unreachable at {host}: {ENGINE_HINT}") from exc
+    return client
+
+
+def context_files(build_dir: Path) -> list[Path]:
+    """Files of an image recipe folder that go into the build context and its hash, sorted."""
+    files = []
+    for path in sorted(build_dir.rglob("*")):
+        relative = path.relative_to(build_dir)
+        if any(part in IGNORED_NAMES for part in relative.parts) or path.suffix == ".pyc":
+            continue
+        if path.is_symlink():
+            raise HarnessError(f"{path}: symlinks are not allowed in an image recipe (copy the file instead)")
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def base_images(dockerfile: Path) -> list[str]:
+    """Images named by FROM lines (ARG defaults substituted; earlier stage names skipped)."""
+    args: dict[str, str] = {}
+    stages: set[str] = set()
+    bases: list[str] = []
+    for raw in dockerfile.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        arg = re.match(r"(?i)^ARG\s+([A-Za-z_][A-Za-z0-9_]*)=(\S+)", line)
+        if arg:
+            args.setdefault(arg.group(1), arg.group(2).strip("\"'"))
+            continue
+        match = re.match(r"(?i)^FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", line)
+        if not match:
+            continue
+        image = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: args.get(m.group(1), ""), match.group(1))
+        if image not in stages and image != "scratch":
+            bases.append(image)
+        if match.group(2):
+            stages.add(match.group(2))
+    return bases
+
+
+def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str]) -> str:
+    """sha256 over the build inputs: recipe files, lockfile and base image ids."""
+    digest = hashlib.sha256()
+    digest.update(HASH_SCHEMA.encode())
+    for path in context_files(build_dir):
+        digest.update(path.relative_to(build_dir).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    if lockfile is not None:
+        digest.update(b"lockfile\0" + hashlib.sha256(lockfile.read_bytes()).digest())
+    digest.update(json.dumps(base_ids, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def find_ca_bundle(explicit: Path | None = None) -> Path | None:
+    """An extra CA bundle to give builds: ``--ca-bundle``, else SSL_CERT_FILE / PIP_CERT / REQUESTS_CA_BUNDLE, else pip's cert."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise HarnessError(f"--ca-bundle {explicit}: no such file")
+        return explicit
+    for name in CA_ENV_VARS:
+        value = os.environ.get(name)
+        if value and Path(value).is_file():
+            return Path(value)
+    cert = _pip_config().get("cert")
+    return Path(cert) if cert and Path(cert).is_file() else None
+
+
+def _pip_config() -> dict[str, str]:
+    """pip's effective configuration (``pip config list``) as key -> value, last one wins."""
+    result = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    config: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition("=")
+        config[key.split(".", 1)[-1]] = value.strip().strip("'\"")
+    return config
+
+
+def wheel_cache_dir() -> Path:
+    """Where locked wheels downloaded on the host are kept between builds."""
+    base = os.environ.get("HARNESS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "harness")
+    return Path(base) / "wheels"
+
+
+def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
+    """Download every locked distribution on the host (pip's own index configuration, hashes checked)."""
+    key = hashlib.sha256(lockfile.read_bytes()).hexdigest()[:16]
+    target = wheel_cache_dir() / key
+    done_marker = target / ".complete"
+    if done_marker.is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    log(f"downloading locked packages into {target}")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet", "-r", str(lockfile), "-d", str(target)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise LockfileError(f"{lockfile}: cannot download the locked packages: {tail}")
+    done_marker.touch()
+    return target
+
+
+def stage_context(build_dir: Path, lockfile: Path | None, ca_bundle: Path | None, staging: Path, log: Callable[[str], None]) -> None:
+    """Copy the recipe, the lockfile and the build-only helpers into a fresh context folder."""
+    for path in context_files(build_dir):
+        target = staging / path.relative_to(build_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    helpers = staging / BUILD_STAGING
+    (helpers / "wheels").mkdir(parents=True)
+    if lockfile is not None:
+        shutil.copy2(lockfile, staging / "lockfile.txt")
+        for wheel in download_locked_wheels(lockfile, log).iterdir():
+            if wheel.is_file() and not wheel.name.startswith("."):
+                os.link(wheel, helpers / "wheels" / wheel.name) if _same_device(wheel, helpers) else shutil.copy2(wheel, helpers / "wheels")
+    if ca_bundle is not None:
+        shutil.copy2(ca_bundle, helpers / "ca.pem")
+    pip_conf = configparser.ConfigParser()
+    pip_conf["global"] = {"find-links": "/harness-build/wheels"}
+    if ca_bundle is not None:
+        pip_conf["global"]["cert"] = "/harness-build/ca.pem"
+    index = _pip_config().get("index-url")
+    if index and index.startswith(("http://", "https://")):
+        pip_conf["global"]["index-url"] = index
+    with open(helpers / "pip.conf", "w") as handle:
+        pip_conf.write(handle)
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def locked_packages(lockfile: Path | None) -> list[str]:
+    """``name==version`` of every locked requirement."""
+    if lockfile is None:
+        return []
+    from harness.lock import parse_lockfile
+
+    return [f"{r.name}=={r.version}" for r in parse_lockfile(lockfile)[0]]
+
+
+def resolve_ref(client, ref: str) -> ImageInfo:  # type: ignore[no-untyped-def]
+    """An image given by digest: use the local copy, or pull it by digest."""
+    from docker.errors import APIError, ImageNotFound
+
+    try:
+        image = client.images.get(ref)
+    except ImageNotFound:
+        try:
+            image = client.images.pull(ref)
+        except APIError as exc:
+            raise EngineError(f"image {ref} is not in the engine and could not be pulled: {exc.explanation}") from None
+    return ImageInfo(ref=ref, id=image.id, tag=ref, cached=True)
+
+
+def build_image(
+    build_dir: Path,
+    lockfile: Path | None,
+    ca_bundle: Path | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+) -> ImageInfo:
+    """Build (or find) the content-addressed image of an ``images/<name>`` recipe."""
+    import time
+
+    from docker.errors import APIError, BuildError, ImageNotFound
+
+    client = docker_client(timeout=3600)
+    base_ids: dict[str, str] = {}
+    for base in base_images(build_dir / "Dockerfile"):
+        try:
+            base_ids[base] = client.images.get(base).id
+        except ImageNotFound:
+            hint = "run `harness image bootstrap`" if base == BASE_IMAGE else f"load or pull {base} first"
+            raise EngineError(f"{build_dir / 'Dockerfile'}: base image {base} is not in the engine: {hint}") from None
+    digest = content_hash(build_dir, lockfile, base_ids)
+    tag = f"harness/{build_dir.name}:{digest[:16]}"
+    info = ImageInfo(ref=tag, id="", tag=tag, content_hash=digest, packages=locked_packages(lockfile))
+    if not force:
+        try:
+            info.id = client.images.get(tag).id
+            info.cached = True
+            return info
+        except ImageNotFound:
+            pass
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="harness-build-") as tmp:
+        staging = Path(tmp)
+        stage_context(build_dir, lockfile, find_ca_bundle(ca_bundle), staging, log)
+        labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
+        try:
+            stream = client.api.build(
+                path=str(staging), tag=tag, network_mode="host", rm=True, forcerm=True,
+                decode=True, labels=labels, nocache=force,
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    raise BuildError(chunk["error"].strip(), [])
+                text = (chunk.get("stream") or chunk.get("status") or "").rstrip()
+                if text:
+                    log(text)
+        except (BuildError, APIError) as exc:
+            message = getattr(exc, "msg", None) or str(exc)
+            raise EngineError(f"{build_dir}: docker build failed: {str(message).strip().splitlines()[-1]}") from None
+    info.id = client.images.get(tag).id
+    info.build_seconds = round(time.monotonic() - started, 3)
+    return info
+
+
+def bootstrap_base(
+    name: str = BASE_IMAGE, suite: str = "bookworm", epoch: int = 1700000000, force: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+) -> ImageInfo:
+    """Make the base image from Debian packages with mmdebstrap (no registry needed)."""
+    from docker.errors import ImageNotFound
+
+    client = docker_client(timeout=600)
+    if not force:
+        try:
+            image = client.images.get(name)
+            return ImageInfo(ref=name, id=image.id, tag=name, cached=True, packages=base_packages(name))
+        except ImageNotFound:
+            pass
+    if shutil.which("mmdebstrap") is None:
+        raise HarnessError("mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)")
+    with tempfile.TemporaryDirectory(prefix="harness-base-") as tmp:
+        tarball = Path(tmp) / "base.tar"
+        hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
+        cmd = [
+            "mmdebstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+            f"--customize-hook={hook}", suite, str(tarball),
+        ]
+        log(" ".join(cmd))
+        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
+        if result.returncode != 0:
+            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise HarnessError(f"mmdebstrap failed: {tail}")
+        repository, _, tag = name.partition(":")
+        with open(tarball, "rb") as handle:
+            client.api.import_image_from_data(
+                handle, repository=repository, tag=tag or "latest",
+                changes=['ENV LANG=C.UTF-8', 'CMD ["python3"]'],
+            )
+    image = client.images.get(name)
+    return ImageInfo(ref=name, id=image.id, tag=name, packages=base_packages(name))
+
+
+def base_packages(name: str) -> list[str]:
+    """Debian package list recorded inside a bootstrapped base image."""
+    client = docker_client()
+    try:
+        output = client.containers.run(
+            name, ["cat", "/etc/harness-packages.txt"], remove=True, network_mode="none", user="65534:65534",
+        )
+    except Exception:  # noqa: BLE001 - an imported image without the list is still usable
+        return []
+    return output.decode().split()

@@ -1,0 +1,418 @@
+"""The experiment manifest: pydantic models, safe YAML loading, errors with file:line: field."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import string
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import ValidationError, field_validator, model_validator
+
+from harness.errors import ManifestError
+
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_SWEEP_RUNS_HARD_LIMIT = 1_000_000
+SEED_LIMIT = 2**32
+
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$|^sha256:[0-9a-f]{64}$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+SIZE_FACTORS = {
+    "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+    "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40,
+}
+DURATION_FACTORS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``2GiB``, ``512MB``, ``1024`` (plain numbers are bytes)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    match = SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"cannot read size {text!r}: write a number with a unit, e.g. 2GiB or 512MiB")
+    unit = (match.group(2) or "b").lower()
+    return int(float(match.group(1)) * SIZE_FACTORS[unit])
+
+
+def parse_duration(text: str | int) -> float:
+    """Seconds from ``20m``, ``1h``, ``90s`` or ``90`` (plain numbers are seconds)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    match = DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"cannot read duration {text!r}: write e.g. 90s, 20m or 2h")
+    return float(match.group(1)) * DURATION_FACTORS[match.group(2) or "s"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageSpec(Strict):
+    """Where the image comes from: a recipe folder under images/ or a digest-pinned reference."""
+
+    build: str | None = Field(None, description="folder under images/ with a Dockerfile")
+    ref: str | None = Field(None, description="registry/name@sha256:<64 hex> or sha256:<64 hex> (an image id)")
+    lockfile: str | None = Field(None, description="pip-compile --generate-hashes output under lockfiles/")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ImageSpec":
+        if (self.build is None) == (self.ref is None):
+            raise ValueError("give exactly one of image.build (a folder under images/) or image.ref (with @sha256: digest)")
+        if self.ref is not None and not DIGEST_REF.match(self.ref):
+            raise ValueError(f"image.ref {self.ref!r} is not pinned: use name@sha256:<64 hex digest> (a bare tag can change)")
+        if self.build is not None and self.lockfile is None:
+            raise ValueError("image.build needs image.lockfile (run `harness lock images/<name>`)")
+        return self
+
+
+class Hardware(Strict):
+    """The hardware target of one run."""
+
+    accelerator: Literal["cpu", "cuda"] = "cpu"
+    gpus: StrictInt = Field(0, ge=0, le=64)
+    cpus: Union[StrictInt, StrictFloat] = Field(1, gt=0, le=1024)
+    memory: Union[StrictStr, StrictInt] = "2GiB"
+    timeout: Union[StrictStr, StrictInt] = "1h"
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | int) -> str | int:
+        size = parse_size(value)
+        if size < 6 * 2**20:
+            raise ValueError(f"memory {value!r} is below Docker's minimum of 6MiB")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str | int) -> str | int:
+        seconds = parse_duration(value)
+        if not 1 <= seconds <= 30 * 86400:
+            raise ValueError(f"timeout {value!r} must be between 1s and 30d")
+        return value
+
+    @model_validator(mode="after")
+    def _gpus_need_cuda(self) -> "Hardware":
+        if self.gpus > 0 and self.accelerator != "cuda":
+            raise ValueError("gpus > 0 needs accelerator: cuda")
+        return self
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory)
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout)
+
+
+class MetricsSpec(Strict):
+    """Where the workload's metrics come from and which one matters most."""
+
+    tensorboard: str | None = Field(None, description="folder under $HARNESS_OUT holding TensorBoard event files")
+    primary: str | None = None
+    summary_last_n: StrictInt = Field(10, ge=1, le=100_000)
+    system_interval: Union[StrictInt, StrictFloat] = Field(1.0, ge=0.1, le=60)
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in Path(value).parts):
+            raise ValueError(f"{value!r} must be a relative folder under $HARNESS_OUT")
+        return value
+
+
+class Expect(Strict):
+    """What a reproduction must show."""
+
+    deterministic: StrictBool = True
+    rtol: Union[StrictInt, StrictFloat] = Field(0.0, ge=0)
+    atol: Union[StrictInt, StrictFloat] = Field(0.0, ge=0)
+    alpha: Union[StrictInt, StrictFloat] = Field(0.05, gt=0, lt=1)
+    ignore: list[StrictStr] = Field([], description="metric names (fnmatch patterns) that depend on timing, e.g. charts/SPS")
+
+
+class HubPin(Strict):
+    """A Hub repo pinned to a commit."""
+
+    repo: StrictStr = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+    revision: StrictStr
+    repo_type: Literal["model", "dataset"] = "model"
+
+    @field_validator("revision")
+    @classmethod
+    def _commit(cls, value: str) -> str:
+        if not HEX40.match(value):
+            raise ValueError(f"revision {value!r} is not a commit: pin a 40-hex commit sha, not a branch or tag")
+        return value
+
+
+class Manifest(Strict):
+    """One experiment: everything its result depends on."""
+
+    apiVersion: Literal["harness/v1"]
+    name: StrictStr
+    description: StrictStr = ""
+    image: ImageSpec
+    command: list[StrictStr] = Field(min_length=1, max_length=512)
+    params: dict[str, Scalar] = {}
+    seeds: list[StrictInt] = Field(min_length=1, max_length=100_000)
+    sweep: Union[dict[str, list[Scalar]], list[dict[str, Scalar]], None] = None
+    hardware: Hardware = Hardware()
+    metrics: MetricsSpec = MetricsSpec()
+    expect: Expect = Expect()
+    data: list[HubPin] = []
+    model: HubPin | None = None
+    smoke: dict[str, Scalar] = {}
+    tags: list[StrictStr] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"{value!r}: use lower-case letters, digits, '.', '_' or '-' (at most 63)")
+        return value
+
+    @field_validator("params", "smoke")
+    @classmethod
+    def _param_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not PARAM_NAME.match(key):
+                raise ValueError(f"param name {key!r}: use letters, digits and '_'")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        for seed in value:
+            if not 0 <= seed < SEED_LIMIT:
+                raise ValueError(f"seed {seed} must be an integer from 0 to 2**32-1")
+        if len(set(value)) != len(value):
+            raise ValueError("seeds repeat: list each seed once")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Manifest":
+        known = set(self.params)
+        for key in self.sweep_keys():
+            if key not in known:
+                raise ValueError(f"sweep key {key!r} is not a param: add it to params with a default")
+        if isinstance(self.sweep, dict):
+            for key, values in self.sweep.items():
+                if not values:
+                    raise ValueError(f"sweep.{key} is an empty list: give at least one value")
+        elif isinstance(self.sweep, list) and not self.sweep:
+            raise ValueError("sweep is an empty list: give at least one param set or drop it")
+        for key in self.smoke:
+            if key not in known:
+                raise ValueError(f"smoke key {key!r} is not a param: add it to params")
+        allowed = known | {"seed"}
+        for part in self.command:
+            for field_name in placeholders(part):
+                if field_name not in allowed:
+                    close = difflib.get_close_matches(field_name, sorted(allowed), n=1)
+                    hint = f" (did you mean {{{close[0]}}}?)" if close else ""
+                    raise ValueError(f"placeholder {{{field_name}}} in command has no param{hint}")
+        if self.sweep_size() > MAX_SWEEP_RUNS_HARD_LIMIT:
+            raise ValueError(f"sweep × seeds makes {self.sweep_size()} runs, more than {MAX_SWEEP_RUNS_HARD_LIMIT}")
+        return self
+
+    def sweep_keys(self) -> list[str]:
+        """Names of the params the sweep varies."""
+        if isinstance(self.sweep, dict):
+            return list(self.sweep)
+        if isinstance(self.sweep, list):
+            return sorted({key for entry in self.sweep for key in entry})
+        return []
+
+    def sweep_size(self) -> int:
+        """Number of runs the sweep and seeds expand to."""
+        combos = 1
+        if isinstance(self.sweep, dict):
+            for values in self.sweep.values():
+                combos *= max(len(values), 1)
+        elif isinstance(self.sweep, list):
+            combos = len(self.sweep)
+        return combos * len(self.seeds)
+
+
+def placeholders(text: str) -> list[str]:
+    """Field names of ``{name}`` placeholders in a command argument."""
+    try:
+        return [field for _, field, _, _ in string.Formatter().parse(text) if field is not None]
+    except ValueError as exc:
+        raise ValueError(f"command argument {text!r}: {exc} (write {{{{ and }}}} for literal braces)") from exc
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """A safe loader that refuses anchors and aliases (no billion-laughs expansion)."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(None, None, "anchors and aliases are not allowed in a manifest", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _line_map(node: yaml.Node, path: tuple = (), lines: dict | None = None) -> dict[tuple, int]:
+    """YAML path (keys and indices) -> 1-based line of the node."""
+    lines = {} if lines is None else lines
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), lines)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_map(item, path + (index,), lines)
+    return lines
+
+
+def _field_suggestion(model: type[BaseModel], loc: tuple) -> str:
+    """' (did you mean X?)' for an unknown key, looked up in the model at that location."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return ""
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        current = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(current.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _format_errors(path: Path, error: ValidationError, lines: dict[tuple, int]) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p in {"function-after"})))
+        probe = loc
+        while probe and probe not in lines:
+            probe = probe[:-1]
+        line = lines.get(probe, 1)
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key{_field_suggestion(Manifest, loc)}"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        problems.append(f"{path}:{line}: {field}: {message}")
+    # pydantic reports one error per union member; keep each line once
+    return list(dict.fromkeys(problems))
+
+
+def read_manifest_data(path: Path) -> tuple[dict[str, Any], dict[tuple, int]]:
+    """Parse a manifest file safely: size-capped, no aliases, a mapping at the top."""
+    if not path.is_file():
+        raise ManifestError([f"{path}: no such manifest file"])
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ManifestError([f"{path}: larger than {MAX_MANIFEST_BYTES} bytes; a manifest is a short YAML file"])
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        node = yaml.compose(text, Loader=NoAliasLoader)
+        data = yaml.load(text, Loader=NoAliasLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ManifestError([f"{path}:{line}: YAML syntax error: {exc.problem or exc.context}"]) from None
+    except yaml.YAMLError as exc:
+        raise ManifestError([f"{path}:1: YAML error: {exc}"]) from None
+    if not isinstance(data, dict) or node is None:
+        raise ManifestError([f"{path}:1: (top level): a manifest is a YAML mapping (apiVersion, name, image, ...)"])
+    return data, _line_map(node)
+
+
+def parse_manifest(path: Path) -> Manifest:
+    """Validate a manifest file's schema; every problem as ``file:line: field: message``."""
+    data, lines = read_manifest_data(path)
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(_format_errors(path, exc, lines)) from None
+
+
+def project_root_for(manifest_path: Path) -> Path:
+    """The project folder a manifest's relative paths refer to: the nearest ancestor with images/ or lockfiles/."""
+    for folder in manifest_path.resolve().parents:
+        if (folder / "images").is_dir() or (folder / "lockfiles").is_dir():
+            return folder
+    return Path.cwd().resolve()
+
+
+class LoadedManifest:
+    """A validated manifest together with where it came from and its resolved paths."""
+
+    def __init__(self, path: Path, manifest: Manifest, root: Path):
+        self.path = path
+        self.manifest = manifest
+        self.root = root
+        self.text = path.read_text(encoding="utf-8")
+        self.sha256 = hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def build_dir(self) -> Path | None:
+        spec = self.manifest.image
+        return (self.root / spec.build).resolve() if spec.build else None
+
+    @property
+    def lockfile(self) -> Path | None:
+        spec = self.manifest.image
+        return (self.root / spec.lockfile).resolve() if spec.lockfile else None
+
+
+def _inside(root: Path, relative: str) -> bool:
+    candidate = (root / relative).resolve()
+    return candidate == root or root in candidate.parents
+
+
+def load_manifest(path: str | Path) -> LoadedManifest:
+    """Load and fully check a manifest: schema, then files it points to (inside the project only)."""
+    path = Path(path)
+    manifest = parse_manifest(path)
+    root = project_root_for(path)
+    _, lines = read_manifest_data(path)
+    problems: list[str] = []
+    spec = manifest.image
+    if spec.build is not None:
+        line = lines.get(("image", "build"), 1)
+        if Path(spec.build).is_absolute() or not _inside(root, spec.build):
+            problems.append(f"{path}:{line}: image.build: {spec.build!r} must be a folder inside the project (e.g. images/rl)")
+        elif not (root / spec.build / "Dockerfile").is_file():
+            problems.append(f"{path}:{line}: image.build: {root / spec.build} has no Dockerfile")
+    if spec.lockfile is not None:
+        line = lines.get(("image", "lockfile"), 1)
+        if Path(spec.lockfile).is_absolute() or not _inside(root, spec.lockfile):
+            problems.append(f"{path}:{line}: image.lockfile: {spec.lockfile!r} must be a file inside the project")
+        elif not (root / spec.lockfile).is_file():
+            problems.append(f"{path}:{line}: image.lockfile: {spec.lockfile} does not exist (run `harness lock {spec.build or 'images/<name>'}`)")
+        else:
+            from harness.lock import lockfile_problems
+
+            problems += [f"{path}:{line}: image.lockfile: {p}" for p in lockfile_problems(root / spec.lockfile)]
+    if problems:
+        raise ManifestError(problems)
+    return LoadedManifest(path, manifest, root)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the manifest, for editors."""
+    schema = Manifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "harness manifest (harness/v1)"
+    return schema

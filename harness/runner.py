@@ -1,0 +1,382 @@
+"""One run, end to end: build or find the image, start the job, capture while it runs, write the
+record. Every caller (the CLI, the sweep backends, reproduce) goes through ``execute``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import harness
+from harness.errors import HarnessError
+from harness.images import ImageInfo, build_image, context_files, docker_client, resolve_ref
+from harness.plan import RunSpec
+from harness.runtime.job import JobRequest, JobResult
+from harness.store.local import SCHEMA_VERSION, LocalStore, write_json_atomic
+
+METRICS_PARQUET = "metrics.parquet"
+SYSTEM_JSONL = "system.jsonl"
+SYSTEM_PARQUET = "system.parquet"
+PARQUET_REFRESH_S = 10.0
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def fresh_run_id(store: LocalStore, base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``... when earlier attempts hold the name."""
+    candidate, attempt = base, 1
+    while store.run_dir(candidate).exists():
+        attempt += 1
+        candidate = f"{base}-{attempt}"
+    return candidate
+
+
+def prepare_image(spec: RunSpec, ca_bundle: Path | None = None, force_build: bool = False,
+                  log: Callable[[str], None] = lambda line: None) -> ImageInfo:
+    """The run's image: built from its recipe (content-addressed, cached) or resolved by digest."""
+    loaded = spec.loaded
+    if loaded.manifest.image.ref:
+        return resolve_ref(docker_client(), loaded.manifest.image.ref)
+    assert loaded.build_dir is not None
+    return build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log)
+
+
+def check_gpus(requested: int) -> None:
+    """Refuse a GPU run on a host whose NVML sees fewer GPUs than requested."""
+    if requested <= 0:
+        return
+    from harness.capture.gpu import gpu_status
+
+    status = gpu_status()
+    count = len(status.get("devices", []))
+    if count < requested:
+        reason = status.get("reason") or f"{count} GPU(s) seen"
+        raise HarnessError(f"the manifest asks for {requested} GPU(s) but this host has {count} ({reason}); "
+                           "use a GPU host or set hardware.gpus: 0")
+
+
+def copy_inputs(spec: RunSpec, run_dir: Path) -> None:
+    """Put what rebuilds and re-runs this run into its folder: manifest, lockfile, image recipe."""
+    loaded = spec.loaded
+    (run_dir / "manifest.yaml").write_text(loaded.text, encoding="utf-8")
+    if loaded.lockfile is not None:
+        shutil.copy2(loaded.lockfile, run_dir / "lockfile.txt")
+    if loaded.build_dir is not None:
+        for path in context_files(loaded.build_dir):
+            target = run_dir / "context" / path.relative_to(loaded.build_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
+def job_variables(spec: RunSpec, run_id: str) -> dict[str, str]:
+    """What the job sees of its run: id, seed, params (as JSON and one variable each)."""
+    variables = {
+        "HARNESS_RUN_ID": run_id,
+        "HARNESS_SEED": str(spec.seed),
+        "HARNESS_PARAMS": json.dumps(spec.params, sort_keys=True),
+        "PYTHONHASHSEED": str(spec.seed),
+    }
+    for name, value in spec.params.items():
+        variables[f"HARNESS_PARAM_{name.upper()}"] = str(value)
+    return variables
+
+
+def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | None, reproduces: str | None) -> dict[str, Any]:
+    manifest = spec.loaded.manifest
+    lockfile_sha = None
+    if spec.loaded.lockfile is not None:
+        from harness.store.local import sha256_file
+
+        lockfile_sha = sha256_file(spec.loaded.lockfile)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "config_key": spec.config_key,
+        "name": manifest.name,
+        "description": manifest.description,
+        "tags": list(manifest.tags),
+        "status": "running",
+        "exit_code": None,
+        "detail": "",
+        "started_at": now_iso(),
+        "ended_at": None,
+        "duration_s": None,
+        "seed": spec.seed,
+        "params": spec.params,
+        "smoke": spec.smoke,
+        "command": spec.command(),
+        "runtime": runtime,
+        "hermetic": runtime == "docker",
+        "manifest_sha256": spec.loaded.sha256,
+        "lockfile_sha256": lockfile_sha,
+        "image": image.as_record() if image else None,
+        "hardware": manifest.hardware.model_dump(),
+        "expect": manifest.expect.model_dump(),
+        "primary_metric": manifest.metrics.primary,
+        "harness_version": harness.__version__,
+        "reproduces": reproduces,
+        "owner": {"pid": os.getpid(), "hostname": socket.gethostname()},
+        "files": {},
+    }
+
+
+class _Capture:
+    """Metric ingestion and system sampling around a running job."""
+
+    def __init__(self, spec: RunSpec, run_id: str, run_dir: Path):
+        from harness.capture.metrics import MetricsIngester
+
+        metrics = spec.loaded.manifest.metrics
+        tensorboard = run_dir / "out" / metrics.tensorboard if metrics.tensorboard else None
+        self.run_dir = run_dir
+        self.ingester = MetricsIngester(run_id, run_dir / "out", tensorboard)
+        self.interval = float(metrics.system_interval)
+        self.run_id = run_id
+        self.sampler: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="harness-ingest", daemon=True)
+
+    def start(self, container: Any = None, pid: int | None = None, gpus: int = 0) -> None:
+        from harness.capture.system import SystemSampler
+
+        self.sampler = SystemSampler(
+            self.run_id, self.run_dir / SYSTEM_JSONL, interval=self.interval, container=container, pid=pid,
+            gpu_indices=list(range(gpus)) if gpus else None,
+        )
+        self.sampler.start()
+        self._thread.start()
+
+    def _loop(self) -> None:
+        last_write = time.monotonic()
+        while not self._stop.wait(1.0):
+            try:
+                if self.ingester.poll() and time.monotonic() - last_write > PARQUET_REFRESH_S:
+                    self.ingester.write_parquet(self.run_dir / METRICS_PARQUET)
+                    last_write = time.monotonic()
+            except OSError:
+                continue  # the final write reports a full disk; the JSONL on disk is still there
+
+    def finish(self) -> None:
+        """Stop sampling, read what is left and write both tables."""
+        from harness.capture.system import system_jsonl_to_parquet
+
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if self.sampler is not None:
+            self.sampler.stop()
+        self.ingester.poll()
+        self.ingester.write_parquet(self.run_dir / METRICS_PARQUET)
+        system_jsonl_to_parquet(self.run_id, self.run_dir / SYSTEM_JSONL, self.run_dir / SYSTEM_PARQUET)
+
+
+def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
+    """What is inside the image (pip freeze, Python, torch/CUDA...), captured once per image id."""
+    from harness.capture.environment import ENVIRONMENT_SCRIPT
+    from harness.images import wheel_cache_dir
+    from harness.runtime.docker import run_in_image
+
+    cache = wheel_cache_dir().parent / "environments" / f"{image.id.replace(':', '_')}.json"
+    if cache.is_file():
+        try:
+            return json.loads(cache.read_text())
+        except ValueError:
+            pass
+    try:
+        environment = json.loads(run_in_image(client, image.id, ["python", "-c", ENVIRONMENT_SCRIPT]))
+    except Exception as exc:  # noqa: BLE001 - an image without Python still runs; say what is missing
+        return {"error": f"environment capture failed: {exc}"}
+    write_json_atomic(cache, environment)
+    return environment
+
+
+def process_environment() -> dict[str, Any]:
+    """The same capture for the process runtime, with the host's interpreter."""
+    import subprocess
+    import sys
+
+    from harness.capture.environment import ENVIRONMENT_SCRIPT
+
+    result = subprocess.run([sys.executable, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=120)
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        return {"error": f"environment capture failed: {result.stderr.strip()[-300:]}"}
+
+
+def execute(
+    spec: RunSpec,
+    store: LocalStore,
+    runtime: str = "docker",
+    reproduces: str | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+    echo: Callable[[str], None] | None = None,
+    ca_bundle: Path | None = None,
+    force_build: bool = False,
+    build_log: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Run one run and return its sealed record. Bad input raises before anything is written."""
+    from harness.capture.environment import capture_host
+
+    if runtime not in {"docker", "process"}:
+        raise HarnessError(f"--runtime {runtime}: choose docker or process")
+    manifest = spec.loaded.manifest
+    check_gpus(manifest.hardware.gpus)
+    client = docker_client() if runtime == "docker" else None
+    image = prepare_image(spec, ca_bundle, force_build, build_log) if runtime == "docker" else None
+
+    run_id = fresh_run_id(store, spec.run_id)
+    run_dir = store.run_dir(run_id)
+    (run_dir / "out").mkdir(parents=True)
+    (run_dir / "logs").mkdir()
+    copy_inputs(spec, run_dir)
+    record = initial_record(spec, run_id, runtime, image, reproduces)
+    record["host"] = capture_host()
+    if client is not None:
+        from harness.runtime.docker import engine_version
+
+        record["docker_version"] = engine_version(client)
+    store.save(record)
+
+    request = JobRequest(
+        run_id=run_id, command=spec.command(), environment=job_variables(spec, run_id), out_dir=run_dir / "out",
+        log_path=run_dir / "logs" / "output.log", cpus=float(manifest.hardware.cpus),
+        memory_bytes=manifest.hardware.memory_bytes, gpus=manifest.hardware.gpus,
+        timeout_seconds=manifest.hardware.timeout_seconds, echo=echo,
+        workload_dir=(spec.loaded.build_dir / "workload") if spec.loaded.build_dir else None,
+    )
+    capture = _Capture(spec, run_id, run_dir)
+    if runtime == "docker":
+        from harness.runtime.docker import DockerJob
+
+        assert image is not None
+        job: Any = DockerJob(client, image.id, request)
+    else:
+        from harness.runtime.process import ProcessJob
+
+        job = ProcessJob(request)
+    if on_start is not None:
+        on_start(record)
+
+    started = time.monotonic()
+    previous_term = _raise_on_sigterm()
+    try:
+        job.start()
+        capture.start(container=getattr(job, "container", None), pid=None if runtime == "docker" else job.pid,
+                      gpus=manifest.hardware.gpus)
+        try:
+            result = job.wait()
+        except KeyboardInterrupt:
+            job.stop("interrupted")
+            result = job.wait()
+    except KeyboardInterrupt:
+        job.stop("interrupted")
+        result = JobResult("interrupted", None, "interrupted before the job started")
+    finally:
+        _restore_sigterm(previous_term)
+    record.update(status=result.status, exit_code=result.exit_code, detail=result.detail,
+                  ended_at=now_iso(), duration_s=round(time.monotonic() - started, 3))
+    try:
+        return _finish(store, record, capture, job, manifest, client, image)
+    finally:
+        job.remove()
+
+
+def _finish(store: LocalStore, record: dict[str, Any], capture: _Capture, job: Any, manifest: Any,
+            client: Any, image: ImageInfo | None) -> dict[str, Any]:
+    """Write the tables and seal the record; a full disk is said plainly and leaves a consistent record."""
+    try:
+        capture.finish()
+        record["metrics_summary"] = capture.ingester.summary(manifest.metrics.summary_last_n)
+        if capture.sampler is not None:
+            record["peak_memory_bytes"] = capture.sampler.peak_memory_bytes
+            record["gpu"] = capture.sampler.gpu_status()
+        record["environment"] = image_environment(client, image) if image is not None else process_environment()
+        record.pop("owner", None)
+        return store.seal(record)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        record["detail"] = f"disk full while writing the record: {exc.strerror}"
+        record.pop("owner", None)
+        try:
+            store.save(record)
+        except OSError:
+            pass  # the earlier record.json stays whole: writes are atomic
+        raise HarnessError(f"{store.run_dir(record['run_id'])}: disk full while writing the run record "
+                           f"({exc.strerror}); free space, then `harness recover`") from None
+
+
+def _raise_on_sigterm() -> Any:
+    """Treat SIGTERM (Slurm's scancel, `kill`) like Ctrl-C so the record is marked, not lost."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def recover(store: LocalStore) -> list[str]:
+    """Mark runs whose harness process died as ``interrupted``: kill their container, convert what
+    reached disk into tables, and seal the record. Returns the run ids recovered."""
+    from harness.capture.metrics import ingest_run_folder
+    from harness.capture.system import system_jsonl_to_parquet
+
+    recovered = []
+    hostname = socket.gethostname()
+    for record in store.records():
+        owner = record.get("owner") or {}
+        if record.get("status") != "running" or owner.get("hostname") != hostname or _alive(owner.get("pid")):
+            continue
+        run_id = record["run_id"]
+        run_dir = store.run_dir(run_id)
+        if record.get("runtime") == "docker":
+            from harness.runtime.docker import kill_orphan
+
+            kill_orphan(run_id)
+        manifest_metrics = {}
+        try:
+            from harness.manifest import parse_manifest
+
+            manifest_metrics = parse_manifest(run_dir / "manifest.yaml").metrics.model_dump()
+        except HarnessError:
+            pass
+        ingester = ingest_run_folder(run_id, run_dir, manifest_metrics.get("tensorboard"))
+        ingester.write_parquet(run_dir / METRICS_PARQUET)
+        system_jsonl_to_parquet(run_id, run_dir / SYSTEM_JSONL, run_dir / SYSTEM_PARQUET)
+        record.update(status="interrupted", ended_at=record.get("ended_at") or now_iso(),
+                      detail="the harness process ended before the run finished (recovered)",
+                      metrics_summary=ingester.summary(manifest_metrics.get("summary_last_n", 10)))
+        record.pop("owner", None)
+        store.seal(record)
+        recovered.append(run_id)
+    return recovered
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,33 @@
+"""What every runtime takes and returns for one job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class JobResult:
+    """How a job ended."""
+
+    status: str  # completed | failed | timeout | oom | interrupted
+    exit_code: int | None
+    detail: str = ""
+
+
+@dataclass
+class JobRequest:
+    """Everything a runtime needs to start one job."""
+
+    run_id: str
+    command: list[str]
+    environment: dict[str, str]
+    out_dir: Path
+    log_path: Path
+    cpus: float
+    memory_bytes: int
+    gpus: int
+    timeout_seconds: float
+    echo: Callable[[str], None] | None = None
+    workload_dir: Path | None = None  # the recipe's workload folder, for the process runtime

@@ -1,0 +1,490 @@
+"""Publish run records to a Hugging Face Hub dataset repo, and pull them back verified.
+
+Repo layout::
+
+    README.md                    dataset card: YAML ``configs`` (metrics, system, runs) + a human section
+    runs.parquet                 one row per run in the repo
+    runs/<run_id>/...            the whole run folder of the local store, record.json included
+
+A publish is one commit (all runs or none), made on top of the head it read (``parent_commit``), so
+a concurrent publish cannot silently drop rows from the runs index. Pulled runs are checked file by
+file against their record's sha256 list before they enter the store; nothing pulled is executed or
+unpickled (JSON and parquet only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness.errors import HubError
+from harness.store.local import RECORD_NAME, FINAL_STATUSES, LocalStore, sha256_file
+
+REPO_TYPE = "dataset"
+RUNS_INDEX = "runs.parquet"
+LOCAL_ONLY_FIELDS = ("pulled_from", "owner")
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("name", pa.string()),
+    ("seed", pa.int64()),
+    ("params", pa.string()),
+    ("status", pa.string()),
+    ("hardware", pa.string()),
+    ("image_id", pa.string()),
+    ("primary_metric", pa.string()),
+    ("primary_last", pa.float64()),
+    ("primary_max", pa.float64()),
+    ("primary_mean_last_n", pa.float64()),
+    ("reproduces", pa.string()),
+    ("runtime", pa.string()),
+    ("started_at", pa.string()),
+    ("duration_s", pa.float64()),
+])
+
+
+@dataclass
+class PublishResult:
+    """What a publish did: the commit (None when nothing changed) and which runs it carried."""
+
+    repo: str
+    url: str
+    commit: str | None
+    published: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+# -- shared helpers -------------------------------------------------------------------------------
+
+
+def check_repo_id(repo: str) -> str:
+    """``org/name`` or a HubError saying what a repo id looks like."""
+    if not REPO_ID.match(repo):
+        raise HubError(f"{repo!r} is not a Hub repo id: write org/name")
+    return repo
+
+
+def parse_run_spec(spec: str) -> tuple[str, str | None]:
+    """``org/name`` or ``org/name/<run_id>`` -> (repo id, run id or None)."""
+    parts = spec.strip("/").split("/")
+    if len(parts) == 3 and RUN_ID.match(parts[2]):
+        return check_repo_id("/".join(parts[:2])), parts[2]
+    if len(parts) == 2:
+        return check_repo_id(spec.strip("/")), None
+    raise HubError(f"{spec!r}: write org/name or org/name/<run_id>")
+
+
+def _api(endpoint: str | None, token: str | None):  # type: ignore[no-untyped-def]
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint, token=token)
+
+
+@contextlib.contextmanager
+def hub_errors(repo: str, endpoint: str) -> Iterator[None]:
+    """Turn huggingface_hub and network exceptions into one-line HubErrors (never echoing a token)."""
+    import httpx2
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+        RemoteEntryNotFoundError,
+    )
+
+    try:
+        yield
+    except RepositoryNotFoundError:
+        raise HubError(f"{endpoint}: no dataset repo {repo} (or it is private and your token cannot read it)") from None
+    except RevisionNotFoundError:
+        raise HubError(f"{endpoint}: {repo} has no such revision") from None
+    except RemoteEntryNotFoundError as exc:
+        raise HubError(f"{endpoint}: {repo}: a file is missing on the Hub ({_first_line(exc)})") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            raise HubError(
+                f"{endpoint} refused the token for {repo} (401): set HF_TOKEN or run `hf auth login` with a write token"
+            ) from None
+        if status == 412:
+            raise HubError(f"{repo} changed on the Hub while publishing; run the command again") from None
+        raise HubError(f"{endpoint}: {repo}: {_first_line(exc)}") from None
+    except (httpx2.TransportError, OSError) as exc:
+        raise HubError(f"{endpoint}: connection failed for {repo} ({type(exc).__name__}: {_first_line(exc)}); nothing was changed, try again") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _git_blob_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _git_blob_oid_file(path: Path) -> str:
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def published_record_bytes(record: dict[str, Any]) -> bytes:
+    """record.json as published: without the fields that only describe this machine's copy."""
+    public = {k: v for k, v in record.items() if k not in LOCAL_ONLY_FIELDS}
+    return (json.dumps(public, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def _same_content(remote: Any, sha256: str, git_oid: str) -> bool:
+    """Whether a remote RepoFile holds these bytes (LFS files by sha256, regular ones by git oid)."""
+    if remote is None:
+        return False
+    if remote.lfs is not None:
+        return remote.lfs.sha256 == sha256
+    return remote.blob_id == git_oid
+
+
+# -- publish --------------------------------------------------------------------------------------
+
+
+def _run_index_row(record: dict[str, Any]) -> dict[str, Any]:
+    primary = record.get("primary_metric")
+    summary = (record.get("metrics_summary") or {}).get(primary or "", {})
+    image = record.get("image") or {}
+    return {
+        "run_id": record["run_id"],
+        "name": record.get("name"),
+        "seed": record.get("seed"),
+        "params": json.dumps(record.get("params") or {}, sort_keys=True),
+        "status": record.get("status"),
+        "hardware": json.dumps({"target": record.get("hardware"), "host": record.get("host")}, sort_keys=True, default=str),
+        "image_id": image.get("id"),
+        "primary_metric": primary,
+        "primary_last": summary.get("last"),
+        "primary_max": summary.get("max"),
+        "primary_mean_last_n": summary.get("mean_last_n"),
+        "reproduces": record.get("reproduces"),
+        "runtime": record.get("runtime"),
+        "started_at": record.get("started_at"),
+        "duration_s": record.get("duration_s"),
+    }
+
+
+def _runs_index(existing: list[dict[str, Any]], records: list[dict[str, Any]]) -> tuple[bytes, list[dict[str, Any]]]:
+    new_ids = {r["run_id"] for r in records}
+    rows = [row for row in existing if row.get("run_id") not in new_ids] + [_run_index_row(r) for r in records]
+    rows.sort(key=lambda row: (row.get("started_at") or "", row["run_id"]))
+    table = pa.Table.from_pylist(
+        [{name: row.get(name) for name in RUNS_SCHEMA.names} for row in rows], schema=RUNS_SCHEMA
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue(), rows
+
+
+def dataset_card(repo: str, rows: list[dict[str, Any]], has_system: bool) -> str:
+    """The README.md of a results repo: ``configs`` for ``datasets`` plus what was run and how to reproduce it."""
+    configs = [
+        "- config_name: metrics\n  data_files: runs/*/metrics.parquet",
+        "- config_name: runs\n  data_files: runs.parquet",
+    ]
+    if has_system:
+        configs.insert(1, "- config_name: system\n  data_files: runs/*/system.parquet")
+    names = sorted({str(row.get("name")) for row in rows})
+    lines = [
+        "---",
+        "configs:",
+        *configs,
+        "tags:",
+        "- harness",
+        "- reproducibility",
+        "---",
+        "",
+        f"# {repo}: experiment runs",
+        "",
+        f"Run records of {', '.join(names)}, published with [harness](https://github.com/). Each run folder",
+        "under `runs/` holds the resolved manifest, the lockfile, the image build context, logs, metrics",
+        "and a `record.json` with the sha256 of every file, so the run can be rebuilt and re-run without",
+        "the original project.",
+        "",
+        "| run | name | seed | status | primary metric | last | reproduces |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        last = row.get("primary_last")
+        lines.append(
+            f"| `{row['run_id']}` | {row.get('name')} | {row.get('seed')} | {row.get('status')} | "
+            f"{row.get('primary_metric') or ''} | {'' if last is None else f'{last:.6g}'} | {row.get('reproduces') or ''} |"
+        )
+    example = rows[-1]["run_id"] if rows else "<run_id>"
+    lines += [
+        "",
+        "## Load the data",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'metrics = load_dataset("{repo}", "metrics")   # run_id, name, step, value, wall_time',
+        f'runs = load_dataset("{repo}", "runs")         # one row per run',
+        "```",
+        "",
+        "## Reproduce a run",
+        "",
+        "```",
+        f"harness reproduce {repo}/{example}",
+        "```",
+        "",
+        "This pulls the run (verifying every file), rebuilds its image from the published context and",
+        "lockfile, re-runs the same seed and parameters, and prints whether the result is `identical`,",
+        "`consistent` (within the manifest's `expect`) or `diverged`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _scan_for_token(paths: list[Path], blobs: list[bytes], token: str) -> None:
+    needle = token.encode()
+    for blob in blobs:
+        if needle in blob:
+            raise HubError("refusing to publish: a generated file contains your Hub token")
+    for path in paths:
+        with open(path, "rb") as handle:
+            tail = b""
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                if needle in tail + block:
+                    raise HubError(f"refusing to publish: {path.name} contains your Hub token; remove it from the run")
+                tail = block[-len(needle):]
+
+
+def publish(
+    run_ids: list[str],
+    repo: str,
+    private: bool = False,
+    endpoint: str | None = None,
+    token: str | None = None,
+    store: LocalStore | None = None,
+) -> PublishResult:
+    """Publish runs of the local store to the dataset repo ``repo`` in one commit.
+
+    Runs already on the repo with the same checksums are left alone; when all are, no commit is made
+    (``PublishResult.commit`` is None). The token comes from ``token``, ``HF_TOKEN`` or the
+    huggingface_hub login, and is never logged or written.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, get_token, hf_hub_download
+
+    check_repo_id(repo)
+    if not run_ids:
+        raise HubError("name at least one run id to publish")
+    store = store or LocalStore()
+    records = []
+    for run_id in dict.fromkeys(run_ids):
+        record = store.load(run_id)
+        if record.get("status") not in FINAL_STATUSES:
+            raise HubError(f"run {run_id} is {record.get('status')!r}: only finished runs can be published")
+        problems = store.verify(run_id)
+        if problems:
+            raise HubError(f"run {run_id} does not match its record ({'; '.join(problems[:3])}): not publishing it")
+        records.append(record)
+
+    token = token or get_token()
+    if not token:
+        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
+    api = _api(endpoint, token)
+    with hub_errors(repo, api.endpoint):
+        repo_url = api.create_repo(repo, repo_type=REPO_TYPE, private=private, exist_ok=True)
+        head = api.repo_info(repo, repo_type=REPO_TYPE).sha
+        remote = {
+            entry.path: entry
+            for entry in api.list_repo_tree(repo, repo_type=REPO_TYPE, revision=head, recursive=True)
+            if hasattr(entry, "blob_id")
+        }
+
+        operations: list[Any] = []
+        changed, unchanged = [], []
+        upload_paths: list[Path] = []
+        generated: list[bytes] = []
+        for record in records:
+            run_id = record["run_id"]
+            folder = store.run_dir(run_id)
+            prefix = f"runs/{run_id}/"
+            record_bytes = published_record_bytes(record)
+            wanted = {prefix + RECORD_NAME}
+            same = _same_content(remote.get(prefix + RECORD_NAME), hashlib.sha256(record_bytes).hexdigest(), _git_blob_oid(record_bytes))
+            run_ops: list[Any] = [CommitOperationAdd(prefix + RECORD_NAME, record_bytes)]
+            for relative, sha256 in sorted(record["files"].items()):
+                path = folder / relative
+                wanted.add(prefix + relative)
+                same = same and _same_content(remote.get(prefix + relative), sha256, _git_blob_oid_file(path))
+                run_ops.append(CommitOperationAdd(prefix + relative, str(path)))
+                upload_paths.append(path)
+            stale = [p for p in remote if p.startswith(prefix) and p not in wanted]
+            if same and not stale:
+                unchanged.append(run_id)
+                continue
+            changed.append(run_id)
+            generated.append(record_bytes)
+            operations += run_ops + [CommitOperationDelete(p) for p in stale]
+
+        if not changed:
+            return PublishResult(repo, str(repo_url), None, [], unchanged)
+
+        existing_rows: list[dict[str, Any]] = []
+        if RUNS_INDEX in remote:
+            with tempfile.TemporaryDirectory(prefix="harness-index-") as scratch:
+                index_path = hf_hub_download(
+                    repo, RUNS_INDEX, repo_type=REPO_TYPE, revision=head, endpoint=api.endpoint, token=token, local_dir=scratch
+                )
+                existing_rows = pq.read_table(index_path).to_pylist()
+        index_bytes, rows = _runs_index(existing_rows, records)
+        has_system = any("system.parquet" in r["files"] for r in records) or any(
+            p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
+        )
+        card = dataset_card(repo, rows, has_system).encode()
+        generated += [index_bytes, card]
+        _scan_for_token(upload_paths, generated, token)
+        operations += [CommitOperationAdd(RUNS_INDEX, index_bytes), CommitOperationAdd("README.md", card)]
+        info = api.create_commit(
+            repo,
+            repo_type=REPO_TYPE,
+            operations=operations,
+            commit_message=f"Publish {len(changed)} run(s): {', '.join(changed)}",
+            parent_commit=head,
+        )
+    return PublishResult(repo, str(repo_url), info.oid, changed, unchanged)
+
+
+# -- pull -----------------------------------------------------------------------------------------
+
+
+def _safe_relative(path: str) -> bool:
+    pure = PurePosixPath(path)
+    return (
+        bool(path)
+        and not pure.is_absolute()
+        and "\\" not in path
+        and all(part not in ("", ".", "..") for part in path.split("/"))
+    )
+
+
+def _verify_download(run_id: str, folder: Path) -> dict[str, Any]:
+    """The run's record after checking every file of ``folder`` against it; HubError on any difference."""
+    record_path = folder / RECORD_NAME
+    if not record_path.is_file() or record_path.is_symlink():
+        raise HubError(f"run {run_id}: no record.json in the download")
+    try:
+        record = json.loads(record_path.read_text())
+    except ValueError as exc:
+        raise HubError(f"run {run_id}: record.json is not valid JSON ({exc})") from None
+    expected = record.get("files")
+    if record.get("run_id") != run_id or not isinstance(expected, dict):
+        raise HubError(f"run {run_id}: record.json names run {record.get('run_id')!r} or lacks its file list")
+    bad = [p for p in expected if not _safe_relative(p)]
+    if bad:
+        raise HubError(f"run {run_id}: record lists a path outside the run folder: {bad[0]!r}")
+    actual: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                raise HubError(f"run {run_id}: {path.relative_to(folder)} is a symlink")
+        for name in filenames:
+            path = Path(dirpath) / name
+            relative = path.relative_to(folder).as_posix()
+            if relative != RECORD_NAME:
+                actual[relative] = sha256_file(path)
+    problems = [f"missing {p}" for p in sorted(set(expected) - set(actual))]
+    problems += [f"extra {p}" for p in sorted(set(actual) - set(expected))]
+    problems += [f"checksum mismatch {p}" for p in sorted(set(expected) & set(actual)) if expected[p] != actual[p]]
+    if problems:
+        raise HubError(f"run {run_id} failed verification, not pulled: {'; '.join(problems[:5])}")
+    return record
+
+
+def pull(
+    spec: str,
+    revision: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    store: LocalStore | None = None,
+) -> list[str]:
+    """Download ``org/name`` (every run) or ``org/name/<run_id>`` into the local store, verified.
+
+    Every run is checked against the sha256 list of its record.json; a missing, extra, altered,
+    symlinked or escaping file refuses the whole pull and nothing enters the store. Each pulled
+    record gains ``pulled_from: {repo, revision (commit sha), endpoint}``. Returns the run ids.
+    """
+    from huggingface_hub import snapshot_download
+
+    repo, only_run = parse_run_spec(spec)
+    store = store or LocalStore()
+    api = _api(endpoint, token)
+    with hub_errors(repo, api.endpoint):
+        commit = api.repo_info(repo, repo_type=REPO_TYPE, revision=revision).sha
+        paths = [
+            entry.path
+            for entry in api.list_repo_tree(repo, repo_type=REPO_TYPE, revision=commit, recursive=True)
+            if hasattr(entry, "blob_id")
+        ]
+        unsafe = [p for p in paths if not _safe_relative(p)]
+        if unsafe:
+            raise HubError(f"{repo}@{commit[:12]}: refusing a repo with a path outside it: {unsafe[0]!r}")
+        available = sorted({p.split("/")[1] for p in paths if p.startswith("runs/") and p.endswith("/" + RECORD_NAME) and p.count("/") == 2})
+        if only_run is not None and only_run not in available:
+            known = ", ".join(available[:10]) or "none"
+            raise HubError(f"{repo}@{commit[:12]} has no run {only_run!r} (runs: {known})")
+        run_ids = [only_run] if only_run else available
+        if not run_ids:
+            raise HubError(f"{repo}@{commit[:12]} holds no runs")
+        bad_ids = [r for r in run_ids if not RUN_ID.match(r)]
+        if bad_ids:
+            raise HubError(f"{repo}: invalid run id {bad_ids[0]!r}")
+
+        store.runs_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".pull-", dir=store.root))
+        try:
+            snapshot_download(
+                repo,
+                repo_type=REPO_TYPE,
+                revision=commit,
+                allow_patterns=[f"runs/{run_id}/*" for run_id in run_ids],
+                local_dir=staging / "download",
+                endpoint=api.endpoint,
+                token=token,
+            )
+            return _move_into_store(run_ids, staging / "download" / "runs", store, repo, commit, api.endpoint)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_store(run_ids: list[str], downloaded: Path, store: LocalStore, repo: str, commit: str, endpoint: str) -> list[str]:
+    verified = {run_id: _verify_download(run_id, downloaded / run_id) for run_id in run_ids}
+    for run_id, record in verified.items():
+        if store.exists(run_id):
+            local = store.load(run_id)
+            if local.get("files") != record["files"] or store.verify(run_id):
+                raise HubError(f"run {run_id} is already in {store.root} with different content; remove it first")
+    pulled = []
+    for run_id, record in verified.items():
+        if store.exists(run_id):
+            pulled.append(run_id)
+            continue
+        record["pulled_from"] = {"repo": repo, "revision": commit, "endpoint": endpoint}
+        with open(downloaded / run_id / RECORD_NAME, "w") as handle:
+            json.dump(record, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+        os.replace(downloaded / run_id, store.run_dir(run_id))
+        pulled.append(run_id)
+    return pulled

@@ -1,0 +1,177 @@
+"""Sweeps on this machine: planning, bounded parallelism, failures, Ctrl-C, status — with a real
+Docker engine and the real single-run code."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.backends import plan_sweep, run_sweep, sweep_progress
+from harness.backends.local import parallel_slots
+from harness.errors import HarnessError
+from harness.manifest import Hardware, load_manifest
+from harness.plan import expand
+from harness.store.local import LocalStore
+from harness.sweeps import load_state
+
+BASE_IMAGE = "harness/base:bookworm"
+
+
+def need(reason: str) -> None:
+    """Fail under CI (the service must be there), skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def base_image_id() -> str:
+    """Id of the bootstrapped base image (python3 inside) in a running engine."""
+    try:
+        result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        need(f"docker engine: {exc}")
+    if result.returncode != 0:
+        need(f"no Docker engine with {BASE_IMAGE}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def write_manifest(folder: Path, image_id: str, command: str, seeds: list[int], sweep: dict, **extra: object) -> Path:
+    """A manifest whose runs execute ``python3 -c command`` in the base image (params a, b)."""
+    data = {
+        "apiVersion": "harness/v1",
+        "name": "tiny",
+        "image": {"ref": image_id},
+        "command": ["python3", "-c", command, "{a}", "{b}"],
+        "params": {"a": 1, "b": "x"},
+        "seeds": seeds,
+        "sweep": sweep,
+        "hardware": {"cpus": 1, "memory": "256MiB", "timeout": "60s"},
+        **extra,
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(json.dumps(data))  # JSON is YAML
+    return path
+
+
+FAIL_WHEN_A_IS_3 = "import sys; print('a =', sys.argv[1]); sys.exit(1 if sys.argv[1] == '3' else 0)"
+
+
+def test_sweep_runs_every_run_once_and_one_failure_stops_nothing(tmp_path: Path, base_image_id: str) -> None:
+    manifest = write_manifest(tmp_path, base_image_id, FAIL_WHEN_A_IS_3, [1, 2], {"a": [1, 2, 3]})
+    store = LocalStore(tmp_path / "store")
+    specs = expand(load_manifest(manifest))
+    lines: list[str] = []
+
+    outcome = run_sweep(specs, jobs=2, runtime="docker", store=store, echo=lines.append)
+
+    statuses = sorted(r["status"] for r in outcome.records)
+    assert statuses == ["completed"] * 4 + ["failed"] * 2
+    assert {r["params"]["a"] for r in outcome.records if r["status"] == "failed"} == {3}
+    assert all(r["runtime"] == "docker" and store.verify(r["run_id"]) == [] for r in outcome.records)
+    assert "2 at a time" in "\n".join(lines)
+    progress = sweep_progress(load_state(store, outcome.plan.sweep_id), store)
+    assert (progress["total"], progress["done"], progress["failed"], progress["finished"]) == (6, 4, 2, True)
+
+    # Again: nothing runs; the failed runs only with --retry-failed, as new attempts.
+    again = plan_sweep(specs, store)
+    assert (len(again.to_run), len(again.completed), len(again.failed)) == (0, 4, 2)
+    retried = run_sweep(specs, jobs=2, runtime="docker", store=store, retry_failed=True, echo=lines.append)
+    assert sorted(r["run_id"] for r in retried.records) == sorted(f"{s.run_id}-2" for s in specs if s.params["a"] == 3)
+
+
+def test_dry_run_lists_without_running(tmp_path: Path, base_image_id: str) -> None:
+    manifest = write_manifest(tmp_path, base_image_id, "pass", [1], {"a": [1, 2], "b": ["p", "q"]})
+    store = LocalStore(tmp_path / "store")
+    lines: list[str] = []
+    outcome = run_sweep(expand(load_manifest(manifest)), dry_run=True, store=store, echo=lines.append)
+    would = [line for line in lines if line.startswith("would run")]
+    assert len(would) == 4 and "a=2  b=q" in "\n".join(would)
+    assert outcome.records == [] and not (store.root / "runs").exists()
+
+
+def test_grid_over_ten_thousand_runs_needs_yes(tmp_path: Path, base_image_id: str) -> None:
+    manifest = write_manifest(tmp_path, base_image_id, "pass", [1, 2], {"a": list(range(5001))})
+    specs = expand(load_manifest(manifest))
+    with pytest.raises(HarnessError, match=r"10,002 runs .*--yes"):
+        run_sweep(specs, store=LocalStore(tmp_path / "store"), echo=lambda line: None)
+    plan = run_sweep(specs, yes=True, dry_run=True, store=LocalStore(tmp_path / "store"), echo=lambda line: None).plan
+    assert len(plan.to_run) == 10_002
+
+
+def test_parallelism_follows_the_hardware_target() -> None:
+    host = {"cpus": 8, "memory_bytes": 16 * 2**30, "gpus": 2}
+    assert parallel_slots(Hardware(cpus=1, memory="1GiB"), host=host) == 8
+    assert parallel_slots(Hardware(cpus=2, memory="1GiB"), host=host) == 4
+    assert parallel_slots(Hardware(cpus=1, memory="6GiB"), host=host) == 2  # 90% of 16 GiB holds two
+    assert parallel_slots(Hardware(accelerator="cuda", gpus=1, cpus=1, memory="1GiB"), host=host) == 2
+    assert parallel_slots(Hardware(cpus=1, memory="1GiB"), jobs=3, host=host) == 3
+    with pytest.raises(HarnessError, match="needs 2 gpus but this host has 0 gpus"):
+        parallel_slots(Hardware(accelerator="cuda", gpus=2), host={**host, "gpus": 0})
+
+
+CTRL_C_SCRIPT = """
+import sys
+from harness.backends import run_sweep
+from harness.manifest import load_manifest
+from harness.plan import expand
+from harness.store.local import LocalStore
+run_sweep(expand(load_manifest(sys.argv[1])), jobs=2, runtime="docker", store=LocalStore(sys.argv[2]))
+"""
+
+
+def test_ctrl_c_stops_containers_and_marks_records_interrupted(tmp_path: Path, base_image_id: str) -> None:
+    manifest = write_manifest(tmp_path, base_image_id, "import time; time.sleep(60)", [1, 2, 3], {"a": [1]})
+    store = LocalStore(tmp_path / "store")
+    sweep = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(manifest), str(store.root)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(r.get("status") == "running" for r in store.records()) < 2:
+            assert time.monotonic() < deadline and sweep.poll() is None, "the runs did not start"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the containers are up
+        started = time.monotonic()
+        sweep.send_signal(signal.SIGINT)
+        output, _ = sweep.communicate(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert time.monotonic() - started < 30, output
+    assert sweep.returncode != 0
+    records = list(store.records())
+    assert len(records) == 2, output  # the third run never started
+    assert {r["status"] for r in records} == {"interrupted"}, output
+    assert all(store.verify(r["run_id"]) == [] for r in records)
+    leftover = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.harness.run-id"],
+                              capture_output=True, text=True).stdout.split()
+    names = {r["run_id"] for r in records}
+    for container in leftover:
+        label = subprocess.run(["docker", "inspect", "--format", '{{index .Config.Labels "org.harness.run-id"}}', container],
+                               capture_output=True, text=True).stdout.strip()
+        assert label not in names, f"container of {label} left behind"
+
+
+def test_status_command_reports_json_and_bad_sweep(tmp_path: Path, base_image_id: str) -> None:
+    manifest = write_manifest(tmp_path, base_image_id, "pass", [1], {"a": [1, 2]})
+    store = LocalStore(tmp_path / "store")
+    outcome = run_sweep(expand(load_manifest(manifest)), store=store, runtime="docker", echo=lambda line: None)
+    env = {**os.environ, "HARNESS_HOME": str(store.root)}
+    shown = subprocess.run(["harness", "status", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    progress = json.loads(shown.stdout)
+    assert progress["sweep_id"] == outcome.plan.sweep_id
+    assert (progress["done"], progress["queued"], progress["running"], progress["failed"]) == (2, 0, 0, 0)
+    table = subprocess.run(["harness", "status", outcome.plan.sweep_id], capture_output=True, text=True, env=env, timeout=60)
+    assert table.returncode == 0 and "done" in table.stdout and outcome.plan.sweep_id in table.stdout
+    missing = subprocess.run(["harness", "status", "no-such-sweep"], capture_output=True, text=True, env=env, timeout=60)
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1 and "no sweep 'no-such-sweep'" in missing.stderr
