@@ -1,0 +1,83 @@
+"""Learning curves across seeds: rolling smoothing, a common x grid (linear interpolation),
+and the mean with a 95 % confidence interval (Student t over seeds) per group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+from scipy import stats
+
+from harness.errors import HarnessError
+
+Series = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One group's curve on the grid ``x``: mean and 95 % CI (NaN with a single seed)."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    runs: int
+
+
+def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing rolling mean; the first points average what is there (no NaN head)."""
+    values = np.asarray(values, dtype=float)
+    if window <= 1 or len(values) == 0:
+        return values
+    sums = np.cumsum(np.r_[0.0, values])
+    index = np.arange(1, len(values) + 1)
+    start = np.maximum(index - window, 0)
+    return (sums[index] - sums[start]) / (index - start)
+
+
+def mean_ci(matrix: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over rows and its Student-t confidence interval (NaN bounds for a single row)."""
+    n = matrix.shape[0]
+    mean = matrix.mean(axis=0)
+    if n < 2:
+        nan = np.full_like(mean, np.nan)
+        return mean, nan, nan
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * matrix.std(axis=0, ddof=1) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def group_curves(
+    groups: Mapping[str, Mapping[str, Series]], points: int = 200, smooth: int = 1
+) -> tuple[dict[str, Curve], list[str]]:
+    """Curves of several groups on one common grid; also notes for the user.
+
+    All groups share the x range that every run covers: when runs or groups cover different
+    ranges, they are cut to the common one and a note says so.
+    """
+    runs = [(label, run_id, xy) for label, series in groups.items() for run_id, xy in series.items() if len(xy[0])]
+    if not runs:
+        raise HarnessError("no points to plot: the selected runs logged nothing for this metric")
+    starts = {label: max(float(xy[0][0]) for l2, _, xy in runs if l2 == label) for label in groups if any(l == label for l, _, _ in runs)}
+    stops = {label: min(float(xy[0][-1]) for l2, _, xy in runs if l2 == label) for label in starts}
+    start, stop = max(starts.values()), min(stops.values())
+    notes: list[str] = []
+    if stop <= start:
+        raise HarnessError(
+            "the runs share no common x range: "
+            + ", ".join(f"{label} {starts[label]:g}-{stops[label]:g}" for label in starts)
+        )
+    if len({(starts[g], stops[g]) for g in starts}) > 1:
+        spans = ", ".join(f"{label} {starts[label]:g}-{stops[label]:g}" for label in starts)
+        notes.append(f"groups cover different ranges ({spans}); cut to the common range {start:g}-{stop:g}")
+    grid = np.linspace(start, stop, points)
+    curves: dict[str, Curve] = {}
+    for label in starts:
+        rows = [np.interp(grid, xy[0], rolling_mean(xy[1], smooth)) for l2, _, xy in runs if l2 == label]
+        mean, lo, hi = mean_ci(np.vstack(rows))
+        curves[label] = Curve(grid, mean, lo, hi, len(rows))
+    single = sorted(label for label, c in curves.items() if c.runs < 2)
+    if single:
+        notes.append(f"one seed only for {', '.join(single)}: no confidence interval")
+    return curves, notes

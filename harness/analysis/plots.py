@@ -1,0 +1,118 @@
+"""Figures (matplotlib, Agg backend): learning curves with one panel per environment and the
+legend outside the data, and performance profiles. PNG, SVG or PDF, chosen by the file suffix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from harness.analysis.curves import Curve
+from harness.errors import HarnessError
+
+FORMATS = {".png", ".svg", ".pdf"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def check_output(path: Path) -> None:
+    """Refuse a figure path whose format matplotlib is not asked to write here."""
+    if path.suffix.lower() not in FORMATS:
+        raise HarnessError(f"figure {path}: use a .png, .svg or .pdf file name")
+    if not path.parent.exists():
+        raise HarnessError(f"figure {path}: folder {path.parent} does not exist")
+
+
+def _save(fig, path: Path) -> None:
+    """Save atomically: a reader never sees half a figure."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_curves(
+    panels: Mapping[str, Mapping[str, Curve]],
+    path: Path,
+    metric: str,
+    x_label: str = "environment steps",
+    title: str | None = None,
+) -> Path:
+    """Mean curves with shaded 95 % CIs, one panel per environment, legend outside on the right."""
+    check_output(path)
+    plt = _pyplot()
+    count = len(panels)
+    columns = min(3, count)
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups = sorted({g for curves in panels.values() for g in curves})
+    handles = {}
+    for ax, (env, curves) in zip(axes.flat, sorted(panels.items())):
+        for group in groups:
+            if group not in curves:
+                continue
+            curve = curves[group]
+            colour = colours[groups.index(group) % len(colours)]
+            (line,) = ax.plot(curve.x, curve.mean, color=colour, linewidth=1.6)
+            if not np.isnan(curve.lo).all():
+                ax.fill_between(curve.x, curve.lo, curve.hi, color=colour, alpha=0.2, linewidth=0)
+            handles[group] = line
+        ax.set_title(env)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[count:]:
+        ax.set_visible(False)
+    labels = [f"{g} (n={max(c[g].runs for c in panels.values() if g in c)})" for g in groups]
+    fig.legend([handles[g] for g in groups], labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(title or f"{metric}: mean and 95 % CI over seeds")
+    fig.tight_layout()
+    try:
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_profiles(
+    taus: np.ndarray,
+    profiles: Mapping[str, np.ndarray],
+    cis: Mapping[str, np.ndarray],
+    path: Path,
+    x_label: str = "normalised score (τ)",
+) -> Path:
+    """Performance profiles (fraction of runs with score > τ) with their bootstrap CIs."""
+    check_output(path)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for group, profile in profiles.items():
+        (line,) = ax.plot(taus, profile, label=group, linewidth=1.6)
+        ax.fill_between(taus, cis[group][0], cis[group][1], color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("fraction of runs with score > τ")
+    ax.set_title("Performance profiles, 95 % bootstrap CIs")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    try:
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+    return path
