@@ -46,14 +46,17 @@ def time_track(calls: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200_000, help="track.log calls per repeat")
-    parser.add_argument("--tensorboard-calls", type=int, default=20_000, help="add_scalar calls per repeat")
+    parser.add_argument(
+        "--tensorboard-calls", type=int, default=20_000, help="add_scalar calls per repeat"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many repeats")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["HARNESS_OUT"] = tmp  # read by track at its first call
         tensorboard = min(
-            time_tensorboard(Path(tmp) / f"tb{index}", args.tensorboard_calls) for index in range(args.repeats)
+            time_tensorboard(Path(tmp) / f"tb{index}", args.tensorboard_calls)
+            for index in range(args.repeats)
         )
         track_runs = [time_track(args.calls) for _ in range(args.repeats)]
         track_total = min(total for total, _ in track_runs)
@@ -62,11 +65,13 @@ def main() -> None:
     expected = args.repeats * (args.calls + 1)  # each repeat logs one warm-up point
     assert lines == expected, f"track wrote {lines} lines, expected {expected}"
 
-    print(f"SummaryWriter.add_scalar   {tensorboard * 1e6:8.2f} us/call  ({1 / tensorboard:,.0f} calls/s)")
-    print(f"track.log (call + flush)   {track_total * 1e6:8.2f} us/call  ({1 / track_total:,.0f} calls/s)")
+    print(f"SummaryWriter.add_scalar   {tensorboard * 1e6:8.2f} us/call ({1 / tensorboard:,.0f}/s)")
+    print(f"track.log (call + flush)   {track_total * 1e6:8.2f} us/call ({1 / track_total:,.0f}/s)")
     print(f"track.log (call only)      {track_call * 1e6:8.2f} us/call")
-    print(f"ratio track/tensorboard    {track_total / tensorboard:8.3f}  (aim <= 0.05; call only: "
-          f"{track_call / tensorboard:.3f})")
+    print(
+        f"ratio track/tensorboard    {track_total / tensorboard:8.3f}  (aim <= 0.05; call only: "
+        f"{track_call / tensorboard:.3f})"
+    )
 
 
 if __name__ == "__main__":

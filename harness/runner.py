@@ -26,6 +26,10 @@ METRICS_PARQUET = "metrics.parquet"
 SYSTEM_JSONL = "system.jsonl"
 SYSTEM_PARQUET = "system.parquet"
 PARQUET_REFRESH_S = 10.0
+# Space held from the start of a run so that its final record can be written even when the
+# workload fills the disk.
+RESERVE_NAME = ".harness-reserve"
+RESERVE_BYTES = 512 * 1024
 
 
 def now_iso() -> str:
@@ -51,13 +55,22 @@ def prepare_image(spec: RunSpec, ca_bundle: Path | None = None, force_build: boo
     return build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log)
 
 
+def host_gpu_status() -> dict[str, Any]:
+    """What NVML sees on this host (``available``, ``reason``, ``devices``); never raises."""
+    from harness.capture.gpu import open_nvml
+
+    session = open_nvml(None)
+    try:
+        return session.status()
+    finally:
+        session.close()
+
+
 def check_gpus(requested: int) -> None:
     """Refuse a GPU run on a host whose NVML sees fewer GPUs than requested."""
     if requested <= 0:
         return
-    from harness.capture.gpu import gpu_status
-
-    status = gpu_status()
+    status = host_gpu_status()
     count = len(status.get("devices", []))
     if count < requested:
         reason = status.get("reason") or f"{count} GPU(s) seen"
@@ -240,6 +253,7 @@ def execute(
     (run_dir / "out").mkdir(parents=True)
     (run_dir / "logs").mkdir()
     copy_inputs(spec, run_dir)
+    (run_dir / RESERVE_NAME).write_bytes(b"\0" * RESERVE_BYTES)
     record = initial_record(spec, run_id, runtime, image, reproduces)
     record["host"] = capture_host()
     if client is not None:
@@ -300,14 +314,19 @@ def _finish(store: LocalStore, record: dict[str, Any], capture: _Capture, job: A
         record["metrics_summary"] = capture.ingester.summary(manifest.metrics.summary_last_n)
         if capture.sampler is not None:
             record["peak_memory_bytes"] = capture.sampler.peak_memory_bytes
+            if record["status"] == "oom":
+                # the kernel kills at the limit; a 1 Hz sampler may not have seen the last climb
+                record["peak_memory_bytes"] = max(record["peak_memory_bytes"], manifest.hardware.memory_bytes)
             record["gpu"] = capture.sampler.gpu_status()
         record["environment"] = image_environment(client, image) if image is not None else process_environment()
         record.pop("owner", None)
+        (store.run_dir(record["run_id"]) / RESERVE_NAME).unlink(missing_ok=True)
         return store.seal(record)
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
-        record["detail"] = f"disk full while writing the record: {exc.strerror}"
+        (store.run_dir(record["run_id"]) / RESERVE_NAME).unlink(missing_ok=True)
+        record["detail"] = f"disk full while writing the record: {exc.strerror}; the tables may be incomplete"
         record.pop("owner", None)
         try:
             store.save(record)
@@ -365,6 +384,7 @@ def recover(store: LocalStore) -> list[str]:
                       detail="the harness process ended before the run finished (recovered)",
                       metrics_summary=ingester.summary(manifest_metrics.get("summary_last_n", 10)))
         record.pop("owner", None)
+        (run_dir / RESERVE_NAME).unlink(missing_ok=True)
         store.seal(record)
         recovered.append(run_id)
     return recovered

@@ -1,4 +1,4 @@
-"""Metric ingestion: track JSONL, external JSONL and real TensorBoard files into one parquet table."""
+"""Metric ingestion: track, external JSONL and real TensorBoard files into one parquet table."""
 
 from __future__ import annotations
 
@@ -51,7 +51,13 @@ def log_with_tensorboard(log_dir: Path) -> None:
 
 
 def rows(table) -> set[tuple[str, int, float]]:
-    return set(zip(table.column("name").to_pylist(), table.column("step").to_pylist(), table.column("value").to_pylist()))
+    return set(
+        zip(  # noqa: B905 - columns of one table
+            table.column("name").to_pylist(),
+            table.column("step").to_pylist(),
+            table.column("value").to_pylist(),
+        )
+    )
 
 
 def expected_rows() -> set[tuple[str, int, float]]:
@@ -96,7 +102,11 @@ def test_tensorboard_file_is_read_incrementally_while_written(tmp_path):
     assert ingester.poll() == 2
     assert ingester.poll() == 0
     writer.close()
-    assert rows(ingester.table()) == {("charts/x", 1, 1.0), ("charts/x", 2, 2.0), ("charts/y", 2, 3.0)}
+    assert rows(ingester.table()) == {
+        ("charts/x", 1, 1.0),
+        ("charts/x", 2, 2.0),
+        ("charts/y", 2, 3.0),
+    }
 
 
 def test_external_jsonl_lines_from_any_program(tmp_path):
@@ -108,7 +118,9 @@ def test_external_jsonl_lines_from_any_program(tmp_path):
         {"name": "eval/other", "step": 3, "value": "2.5"},
     ]
     text = "".join(json.dumps(line) + "\n" for line in lines)
-    text += "this is not json\n" + '{"name": "no value"}\n' + '{"name": "x", "step": 1.5, "value": 1}\n'
+    text += (
+        "this is not json\n" + '{"name": "no value"}\n' + '{"name": "x", "step": 1.5, "value": 1}\n'
+    )
     # a shell one-liner, as a program in another language would append lines
     subprocess.run(["sh", "-c", f"cat >> '{path}'"], input=text, text=True, check=True)
     ingester = MetricsIngester("run-d", tmp_path, None)
@@ -120,7 +132,12 @@ def test_external_jsonl_lines_from_any_program(tmp_path):
         ("eval/score", 21, 1.0),
         ("eval/other", 3, 2.5),
     }
-    wall_times = dict(zip(ingester.table().column("step").to_pylist(), ingester.table().column("wall_time").to_pylist()))
+    wall_times = dict(
+        zip(  # noqa: B905 - columns of one table
+            ingester.table().column("step").to_pylist(),
+            ingester.table().column("wall_time").to_pylist(),
+        )
+    )
     assert wall_times[10] == 1700000000.0
 
 
@@ -154,7 +171,9 @@ def test_summary_per_metric(tmp_path):
     values = [3.0, 1.0, 4.0, 1.0, 5.0, float("nan")]
     with open(path, "w") as handle:
         for step, value in reversed(list(enumerate(values))):  # out of order on purpose
-            handle.write(json.dumps({"name": "r", "step": step, "value": value, "wall_time": 1.0}) + "\n")
+            handle.write(
+                json.dumps({"name": "r", "step": step, "value": value, "wall_time": 1.0}) + "\n"
+            )
     ingester = MetricsIngester("run-g", tmp_path, None)
     ingester.poll()
     summary = ingester.summary(last_n=3)

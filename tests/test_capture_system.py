@@ -110,7 +110,7 @@ def test_container_sampled_at_one_hertz_from_its_cgroup(busy_container, tmp_path
     series = by_name(jsonl)
     times = [t for t, _ in series["memory/used_bytes"]]
     assert len(times) == 4
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(0.8 < gap < 1.3 for gap in gaps), gaps
     assert max(value for _, value in series["cpu/percent"]) > 20
     assert max(value for _, value in series["memory/used_bytes"]) > 30_000_000
@@ -118,7 +118,12 @@ def test_container_sampled_at_one_hertz_from_its_cgroup(busy_container, tmp_path
     assert sampler.peak_memory_bytes >= 30_000_000
     assert series["pids/current"][-1][1] >= 1
     assert {value for _, value in series["net/rx_bytes"] + series["net/tx_bytes"]} == {0.0}
-    for name in ("cpu/throttled_periods", "cpu/throttled_seconds", "io/read_bytes", "io/write_bytes"):
+    for name in (
+        "cpu/throttled_periods",
+        "cpu/throttled_seconds",
+        "io/read_bytes",
+        "io/write_bytes",
+    ):
         assert name in series
     assert sampler.gpu_status() == {
         "available": False,
@@ -137,10 +142,10 @@ def test_container_sampled_at_one_hertz_from_its_cgroup(busy_container, tmp_path
 def test_container_sampled_through_the_engine_stats_api(busy_container, tmp_path):
     jsonl = tmp_path / "system.jsonl"
     sampler = SystemSampler(
-        "run-s", jsonl, interval=0.5, container=busy_container, gpu_indices=[], prefer_cgroup=False
+        "run-s", jsonl, interval=1.0, container=busy_container, gpu_indices=[], prefer_cgroup=False
     )
     sampler.start()
-    time.sleep(1.3)
+    time.sleep(2.3)
     sampler.stop()
     assert isinstance(sampler.source, DockerStatsSource)
     series = by_name(jsonl)
@@ -185,7 +190,8 @@ def test_samples_on_disk_survive_kill_9_of_the_sampling_process(tmp_path):
         import os, time
         from pathlib import Path
         from harness.capture.system import SystemSampler
-        SystemSampler("run-k", Path({str(jsonl)!r}), interval=0.5, pid=os.getpid(), gpu_indices=[]).start()
+        path = Path({str(jsonl)!r})
+        SystemSampler("run-k", path, interval=0.5, pid=os.getpid(), gpu_indices=[]).start()
         time.sleep(60)
         """
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -211,13 +217,18 @@ def test_no_nvml_is_recorded_as_absent(tmp_path):
     session = gpu.open_nvml(None)
     assert session.available is False
     assert "NVML" in session.reason
-    sampler = SystemSampler("run-g", tmp_path / "system.jsonl", pid=os.getpid())
+    sampler = SystemSampler("run-g", tmp_path / "system.jsonl", pid=os.getpid(), gpu_indices=[0])
     status = sampler.gpu_status()
     assert status["available"] is False and "NVML" in status["reason"] and status["devices"] == []
     sampler.start()
     sampler.stop()
     assert sampler.gpu_status()["available"] is False
-    assert not any(line.startswith('{"time"') and "gpu/" in line for line in (tmp_path / "system.jsonl").read_text().splitlines())
+    without_gpu = SystemSampler("run-n", tmp_path / "n.jsonl", pid=os.getpid())
+    assert without_gpu.gpu_status()["reason"] == "no GPU assigned to the run"
+    assert not any(
+        line.startswith('{"time"') and "gpu/" in line
+        for line in (tmp_path / "system.jsonl").read_text().splitlines()
+    )
     assert capture_host()["gpus"] == []
 
 
@@ -225,7 +236,11 @@ def test_one_failing_nvml_query_drops_only_its_value():
     def not_supported(handle):
         raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
 
-    queries = {"utilization_percent": lambda handle: 55.0, "power_watts": not_supported, "temperature_c": lambda handle: 61}
+    queries = {
+        "utilization_percent": lambda handle: 55.0,
+        "power_watts": not_supported,
+        "temperature_c": lambda handle: 61,
+    }
     assert gpu.sample_device(0, object(), queries) == [
         ("gpu/0/utilization_percent", 55.0),
         ("gpu/0/temperature_c", 61.0),
@@ -244,13 +259,27 @@ def test_host_facts():
     assert host["cpu_count"] == os.cpu_count()
     assert host["memory_bytes"] > 0
     assert host["kernel"] and host["os"] and host["hostname"]
-    assert set(host) == {"hostname", "os", "kernel", "cpu_model", "cpu_count", "memory_bytes", "gpus", "gpu_driver"}
+    assert set(host) == {
+        "hostname",
+        "os",
+        "kernel",
+        "cpu_model",
+        "cpu_count",
+        "memory_bytes",
+        "gpus",
+        "gpu_driver",
+    }
 
 
 def test_environment_script_on_the_host_python_sees_torch():
     env = dict(os.environ, HARNESS_RUN_ID="r1", HARNESS_HUB_TOKEN="hf_secret", OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-c", ENVIRONMENT_SCRIPT], env=env, capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", ENVIRONMENT_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     facts = json.loads(result.stdout)
     assert facts["torch"]["version"].startswith("2.")
@@ -265,7 +294,12 @@ def test_environment_script_inside_a_bare_image_keeps_secrets_out(docker_client)
     output = docker_client.containers.run(
         BASE_IMAGE,
         ["python3", "-c", ENVIRONMENT_SCRIPT],
-        environment={"HARNESS_SEED": "3", "HF_TOKEN": "hf_abc", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "HARNESS_API_KEY": "k3y"},
+        environment={
+            "HARNESS_SEED": "3",
+            "HF_TOKEN": "hf_abc",
+            "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+            "HARNESS_API_KEY": "k3y",
+        },
         network_mode="none",
         remove=True,
     )

@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -266,3 +265,20 @@ def test_cli_bad_input_exits_2():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: 'not-a-repo-id': write org/name or org/name/<run_id>"]
+
+
+def test_reproduce_refuses_the_process_runtime_for_pulled_runs(hub, store, tmp_path):
+    make_run(store, "toy-aaa", seed=1)
+    publish(["toy-aaa"], REPO, endpoint=hub.url)
+    fresh = LocalStore(tmp_path / "fresh")
+    pull(REPO, endpoint=hub.url, store=fresh)
+
+    for target in (f"{REPO}/toy-aaa", "toy-aaa"):
+        done = subprocess.run(
+            [sys.executable, "-c", "from harness.cli import main; main()", "reproduce", target, "--runtime", "process",
+             "--endpoint", hub.url],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "HARNESS_HOME": str(fresh.root)},
+        )
+        assert done.returncode == 2, done.stderr
+        assert "--trust-code" in done.stderr and "Traceback" not in done.stderr
+    assert [r["run_id"] for r in fresh.records()] == ["toy-aaa"], "nothing was run"

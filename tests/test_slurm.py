@@ -26,7 +26,10 @@ from harness.manifest import Hardware, load_manifest
 from harness.plan import expand
 from harness.store.local import LocalStore
 from harness.sweeps import load_state
-from tests.test_sweeps_local import base_image_id, need, write_manifest  # noqa: F401 - fixture
+from tests import test_sweeps_local
+from tests.test_sweeps_local import need, write_manifest
+
+base_image_id = test_sweeps_local.base_image_id  # the same session fixture
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,7 +92,8 @@ def test_sweep_of_six_runs_in_containers_through_slurm(tmp_path: Path, base_imag
 def test_scancel_marks_the_run_cancelled_and_requeue_runs_it_again(
     tmp_path: Path, base_image_id: str, slurm_cluster: list[str]
 ) -> None:
-    manifest = write_manifest(tmp_path, base_image_id, "import time; time.sleep(120)", [1], {"a": [1]})
+    # A unique command: a fresh run id, whatever earlier test sessions left in the engine.
+    manifest = write_manifest(tmp_path, base_image_id, f"import time; time.sleep(120)  # {time.time_ns()}", [1], {"a": [1]})
     store = LocalStore(tmp_path / "store")
     outcome = run_sweep(expand(load_manifest(manifest)), backend="slurm", store=store, echo=lambda line: None)
     job_id = outcome.slurm_job_ids[0]
@@ -111,9 +115,11 @@ def test_scancel_marks_the_run_cancelled_and_requeue_runs_it_again(
         wait_for(lambda: store.exists(f"{run_id}-2") and store.load(f"{run_id}-2")["status"] == "running", 90,
                  "the requeued run to start")
         assert sweep_progress(load_state(store, state.sweep_id), store)["running"] == 1
+        time.sleep(1.0)  # let the container start before cancelling again
     finally:
         subprocess.run(["scancel", job_id], timeout=30)
-    wait_for(lambda: store.load(f"{run_id}-2")["status"] != "running", 60, "the second attempt to end")
+    wait_for(lambda: task_state(f"{job_id}_0") not in ("RUNNING", "COMPLETING"), 60, "the task to end")
+    assert store.load(f"{run_id}-2")["status"] == "cancelled"
 
 
 def test_bad_partition_and_unreachable_slurm_are_one_line_errors(
@@ -132,7 +138,7 @@ def test_bad_partition_and_unreachable_slurm_are_one_line_errors(
     with pytest.raises(SlurmError) as caught:
         run_sweep(specs, backend="slurm", store=store, echo=lambda line: None)
     message = str(caught.value)
-    assert message.startswith("Slurm is not reachable: `sinfo --noheader --Node --format=%P|%N` failed")
+    assert message.startswith("Slurm is not reachable: `sinfo --noheader --Node") and "failed (exit 1)" in message
     assert "\n" not in message
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SlurmError, match="sinfo is not on PATH"):

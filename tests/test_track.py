@@ -44,7 +44,8 @@ def test_log_writes_json_lines_at_exit(tmp_path):
         """
         from harness import track
         for step in range(5):
-            track.log({"charts/episodic_return": step * 1.5, "losses/td_loss": 0.25}, step=step * 100)
+            metrics = {"charts/episodic_return": step * 1.5, "losses/td_loss": 0.25}
+            track.log(metrics, step=step * 100)
         track.log({"auto": 1})
         track.log({"auto": 2})
         track.log({"weird": float("nan"), 'quote"name': float("inf")}, step=7)
@@ -55,9 +56,14 @@ def test_log_writes_json_lines_at_exit(tmp_path):
     lines = read_lines(tmp_path / "metrics.jsonl")
     assert len(lines) == 14
     assert all(set(line) == {"name", "step", "value", "wall_time"} for line in lines)
-    returns = [(line["step"], line["value"]) for line in lines if line["name"] == "charts/episodic_return"]
+    returns = [
+        (line["step"], line["value"]) for line in lines if line["name"] == "charts/episodic_return"
+    ]
     assert returns == [(0, 0.0), (100, 1.5), (200, 3.0), (300, 4.5), (400, 6.0)]
-    assert [(line["step"], line["value"]) for line in lines if line["name"] == "auto"] == [(0, 1.0), (1, 2.0)]
+    assert [(line["step"], line["value"]) for line in lines if line["name"] == "auto"] == [
+        (0, 1.0),
+        (1, 2.0),
+    ]
     weird = {line["name"]: line["value"] for line in lines if line["step"] == 7}
     assert math.isnan(weird["weird"]) and weird['quote"name'] == math.inf
     assert abs(lines[0]["wall_time"] - time.time()) < 60

@@ -4,8 +4,8 @@ and the mean with a 95 % confidence interval (Student t over seeds) per group.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 from scipy import stats

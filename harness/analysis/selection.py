@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 import yaml
@@ -42,9 +43,11 @@ def value_matches(actual: Any, wanted: str) -> bool:
 
 def _pull_hub(store: LocalStore, repo: str) -> set[str] | None:
     """Pull a Hub dataset repo into the store; the run ids it holds, when the pull says."""
-    if not repo or repo.count("/") != 1:
-        raise HarnessError(f"hub selection must be hub:<org>/<name>, got 'hub:{repo}'")
-    from harness.store import hub  # the Hub client costs seconds to import: only when asked
+    if not repo or repo.count("/") not in (1, 2):
+        raise HarnessError(f"hub selection must be hub:<org>/<name>[/<run_id>], got 'hub:{repo}'")
+    from harness.store import (
+        hub,  # the Hub client costs seconds to import: only when asked
+    )
 
     pulled = hub.pull(repo, store=store)
     if pulled is None:

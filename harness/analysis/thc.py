@@ -10,8 +10,9 @@ everywhere, 1: maximal flips), reported with the std over values (ddof=1).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd

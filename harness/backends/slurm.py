@@ -219,6 +219,7 @@ def array_script(
     lines = ["#!/bin/bash", *(f"#SBATCH {shlex.quote(option)}" for option in options), "",
              "# One run of a harness sweep; written by harness.backends.slurm.",
              f"export HARNESS_HOME={shlex.quote(str(store_root))}",
+             f"export HARNESS_SLURM_LOG_DIR={shlex.quote(str(log_dir))}",
              f'exec {shlex.join(task)} "$SLURM_ARRAY_TASK_ID"', ""]
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,19 +65,37 @@ def rebuild_specs(sweep: SweepState, loaded: "LoadedManifest", store: LocalStore
     return specs
 
 
-def slurm_job_state() -> str:
-    """This job's state as slurmctld sees it (e.g. CANCELLED right after scancel), or ""."""
-    job_id = os.environ.get("SLURM_JOB_ID")
-    if not job_id:
+STEPD_CANCEL = re.compile(r"\*\*\* JOB \d+ ON \S+ CANCELLED AT \S+(?: DUE TO ([A-Z ]+?))? \*\*\*")
+REASON_OF_STEPD = {None: "CANCELLED", "TIME LIMIT": "TIMEOUT", "PREEMPTION": "PREEMPTED", "NODE FAILURE": "NODE_FAIL"}
+
+
+def why_slurm_ended(task_output: str) -> str:
+    """Why Slurm signalled this task, from slurmstepd's notice in the task's output file
+    (``*** JOB 7 ON n1 CANCELLED AT ... DUE TO TIME LIMIT ***``): "" when it did not.
+
+    While the task is still ending, slurmctld reports its state only as COMPLETING, so the
+    notice that slurmstepd writes before it sends SIGTERM is the one place that says why.
+    """
+    matches = list(STEPD_CANCEL.finditer(task_output))
+    if not matches:
+        return ""
+    return REASON_OF_STEPD.get(matches[-1].group(1), "CANCELLED")
+
+
+def task_output() -> str:
+    """This attempt's part of the task's output file (after its last start line)."""
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    log_dir = os.environ.get("HARNESS_SLURM_LOG_DIR")
+    if not (job and task and log_dir):
         return ""
     try:
-        text = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        text = (Path(log_dir) / f"{job}_{task}.out").read_text(errors="replace")
+    except OSError:
         return ""
-    for word in text.split():
-        if word.startswith("JobState="):
-            return word.split("=", 1)[1]
-    return ""
+    return text[text.rfind(START_LINE):]
+
+
+START_LINE = "harness: start "
 
 
 def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id: int) -> dict[str, Any]:
@@ -96,11 +114,11 @@ def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id:
     if spec is None:
         raise HarnessError(f"sweep {sweep.sweep_id} has no saved spec for run {run_id}")
     runtime = resolve_runtime(submission.runtime)
-    print(f"harness: {run_id} on {os.uname().nodename} ({runtime} runtime), Slurm task "
+    print(f"{START_LINE}{run_id} on {os.uname().nodename} ({runtime} runtime), Slurm task "
           f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}", flush=True)
     record = execute(spec, store, runtime=runtime)
     if record.get("status") == "interrupted":
-        status, detail = ENDED_BY_SLURM.get(slurm_job_state(), (None, None))
+        status, detail = ENDED_BY_SLURM.get(why_slurm_ended(task_output()), (None, None))
         if status is not None:
             record = mark_record(store, record["run_id"], status, detail)
     print(f"harness: {record['run_id']} {record.get('status')}", flush=True)

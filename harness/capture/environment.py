@@ -18,7 +18,7 @@ import psutil
 
 from harness.capture.gpu import gpu_inventory
 
-ENVIRONMENT_SCRIPT = r'''
+ENVIRONMENT_SCRIPT = r"""
 import importlib.metadata, json, os, platform, re, shutil, subprocess, sys
 
 ALLOWED_NAMES = {
@@ -61,7 +61,8 @@ def nvidia_smi():
     except (OSError, subprocess.SubprocessError):
         return None
     rows = [[part.strip() for part in line.split(",")] for line in out.splitlines() if line.strip()]
-    return {"gpus": [row[0] for row in rows], "driver": rows[0][1] if rows and len(rows[0]) > 1 else None}
+    driver = rows[0][1] if rows and len(rows[0]) > 1 else None
+    return {"gpus": [row[0] for row in rows], "driver": driver}
 
 def torch_facts():
     try:
@@ -74,7 +75,8 @@ def torch_facts():
         facts["cudnn"] = torch.backends.cudnn.version()
         facts["cuda_available"] = bool(torch.cuda.is_available())
         if facts["cuda_available"]:
-            facts["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            count = torch.cuda.device_count()
+            facts["gpus"] = [torch.cuda.get_device_name(i) for i in range(count)]
     except Exception as exc:
         facts["error"] = f"{type(exc).__name__}: {exc}"
     return facts
@@ -89,7 +91,8 @@ smi = nvidia_smi()
 torch_info = torch_facts()
 gpus = (smi or {}).get("gpus") or (torch_info or {}).get("gpus") or []
 print(json.dumps({
-    "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
+    "python": {"version": platform.python_version(),
+               "implementation": platform.python_implementation(),
                "executable": sys.executable},
     "platform": platform.platform(),
     "packages": packages(),
@@ -100,7 +103,8 @@ print(json.dumps({
     "gpu_driver": (smi or {}).get("driver"),
     "env": environment_variables(),
 }, sort_keys=True))
-'''
+"""
+
 
 def _cpu_model() -> str | None:
     try:

@@ -1,4 +1,4 @@
-"""Algorithm-metric ingestion: the three ways in (track, $HARNESS_METRICS, TensorBoard), one table out.
+"""Algorithm metrics: three ways in (track, $HARNESS_METRICS, TensorBoard), one table out.
 
 The harness polls a run's output folder while it runs, so that a crash keeps what was logged:
 
@@ -111,7 +111,10 @@ class MetricsIngester:
         self.run_id = run_id
         self.out_dir = Path(out_dir)
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir is not None else None
-        self._jsonl = [_JsonlTail(self.out_dir / TRACK_FILE), _JsonlTail(self.out_dir / EXTERNAL_FILE)]
+        self._jsonl = [
+            _JsonlTail(self.out_dir / TRACK_FILE),
+            _JsonlTail(self.out_dir / EXTERNAL_FILE),
+        ]
         self._event_files: dict[Path, _TensorBoardFile] = {}
         self._next_step: dict[str, int] = {}
         self.names: list[str] = []
@@ -183,7 +186,9 @@ class MetricsIngester:
             },
             schema=METRICS_SCHEMA,
         )
-        return table.sort_by([("name", "ascending"), ("step", "ascending"), ("wall_time", "ascending")])
+        return table.sort_by(
+            [("name", "ascending"), ("step", "ascending"), ("wall_time", "ascending")]
+        )
 
     def write_parquet(self, path: Path) -> None:
         """Write every row so far to ``path`` (tmp + rename: never half a file)."""
@@ -196,7 +201,9 @@ class MetricsIngester:
         finite value is left), so that record.json stays strict JSON.
         """
         series: dict[str, list[tuple[int, float, float]]] = {}
-        for name, step, value, wall_time in zip(self.names, self.steps, self.values, self.wall_times):
+        for name, step, value, wall_time in zip(  # noqa: B905 - equal by construction
+            self.names, self.steps, self.values, self.wall_times
+        ):
             series.setdefault(name, []).append((step, wall_time, value))
         result: dict[str, dict[str, Any]] = {}
         for name in sorted(series):
@@ -214,7 +221,9 @@ class MetricsIngester:
         return result
 
 
-def ingest_run_folder(run_id: str, run_dir: Path, tensorboard_subdir: str | None) -> MetricsIngester:
+def ingest_run_folder(
+    run_id: str, run_dir: Path, tensorboard_subdir: str | None
+) -> MetricsIngester:
     """Read a finished (or crashed) run's ``out/`` folder fully, e.g. when recovering it."""
     out_dir = Path(run_dir) / "out"
     tensorboard_dir = out_dir / tensorboard_subdir if tensorboard_subdir else None

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from harness.capture import gpu
 from harness.errors import HarnessError
@@ -30,16 +28,14 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # cgroup v1 reports "no limit" as a huge page-aligned number; anything above this is unlimited.
 _UNLIMITED_V1 = 1 << 60
 
-SYSTEM_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("time", pa.float64()),
-        ("name", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
 
 Samples = list[tuple[str, float]]
+NO_GPU_STATUS = {
+    "available": False,
+    "reason": "no GPU assigned to the run",
+    "driver": None,
+    "devices": [],
+}
 
 
 class SampleSource(Protocol):
@@ -167,7 +163,9 @@ class CgroupSource:
         samples.append(
             ("memory/limit_bytes", float(limit if limit < _UNLIMITED_V1 else _host_memory_bytes()))
         )
-        samples.append(("memory/peak_bytes", float(_read_int(memory / "memory.max_usage_in_bytes"))))
+        samples.append(
+            ("memory/peak_bytes", float(_read_int(memory / "memory.max_usage_in_bytes")))
+        )
         if "blkio" in d:
             read = write = 0
             text = _read_text(d["blkio"] / "blkio.throttle.io_service_bytes_recursive")
@@ -330,8 +328,8 @@ class SystemSampler:
     ):
         """Sample ``container`` (a docker SDK Container) or the process tree of ``pid``.
 
-        ``gpu_indices``: the host GPUs the run sees; None samples every GPU of the host,
-        an empty list none. ``prefer_cgroup=False`` forces the engine's stats API.
+        ``gpu_indices``: the host (NVML) indices of the GPUs given to the run; None or an empty
+        list: no GPU, nothing sampled. ``prefer_cgroup=False`` forces the engine's stats API.
         """
         if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
             raise HarnessError(
@@ -365,16 +363,11 @@ class SystemSampler:
             return
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.jsonl_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if self.gpu_indices == []:
-            self._gpu_status = {
-                "available": False,
-                "reason": "no GPU assigned to the run",
-                "driver": None,
-                "devices": [],
-            }
-        else:
+        if self.gpu_indices:
             self._nvml = gpu.open_nvml(self.gpu_indices)
             self._gpu_status = self._nvml.status()
+        else:
+            self._gpu_status = NO_GPU_STATUS
         self._thread = threading.Thread(target=self._loop, name="harness-sampler", daemon=True)
         self._thread.start()
 
@@ -397,6 +390,8 @@ class SystemSampler:
     def gpu_status(self) -> dict[str, Any]:
         """``{"available", "reason", "driver", "devices"}`` of the GPUs sampled, for record.json."""
         if self._gpu_status is None:
+            if not self.gpu_indices:
+                return NO_GPU_STATUS
             session = gpu.open_nvml(self.gpu_indices)
             status = session.status()
             session.close()
@@ -513,16 +508,29 @@ def read_system_jsonl(jsonl_path: Path) -> tuple[list[float], list[str], list[fl
 
 def system_jsonl_to_parquet(run_id: str, jsonl_path: Path, parquet_path: Path) -> None:
     """Write ``system.parquet`` (run_id, time, name, value) from ``system.jsonl``, atomically."""
+    # pyarrow only here: the sampler needs psutil alone (scripts/gpu_check.py on a bare GPU host)
+    import pyarrow as pa
+
     times, names, values = read_system_jsonl(Path(jsonl_path))
+    schema = pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("time", pa.float64()),
+            ("name", pa.string()),
+            ("value", pa.float64()),
+        ]
+    )
     table = pa.table(
         {"run_id": [run_id] * len(times), "time": times, "name": names, "value": values},
-        schema=SYSTEM_SCHEMA,
+        schema=schema,
     )
     write_table_atomic(table, Path(parquet_path))
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write a parquet file so that readers see the old file or the new one, never half."""
+def write_table_atomic(table: Any, path: Path) -> None:
+    """Write a pyarrow table as parquet: readers see the old file or the new one, never half."""
+    import pyarrow.parquet as pq
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -15,7 +15,8 @@ from harness.errors import HarnessError
 def _console():  # type: ignore[no-untyped-def]
     from rich.console import Console
 
-    return Console(highlight=False)
+    # piped output (scripts, CI logs) gets wide lines instead of wrapped cells
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 @click.command()
@@ -241,7 +242,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         ("started / time", f"{record.get('started_at')} / {record.get('duration_s')}s"),
         ("host", f"{host.get('hostname')} {host.get('os', '')} {host.get('kernel', '')}; {host.get('cpu_model')} x{host.get('cpu_count')}"),
         ("gpu", json.dumps(record.get("gpu", {}).get("devices") or record.get("gpu", {}).get("reason") or "none")),
-        ("python / torch", f"{environment.get('python_version', '?')} / {environment.get('torch', {}).get('version', '-') if isinstance(environment.get('torch'), dict) else environment.get('torch', '-')}"),
+        ("python / torch", f"{(environment.get('python') or {}).get('version', '-')} / {(environment.get('torch') or {}).get('version', '-')}"),
         ("docker / harness", f"{record.get('docker_version', '-')} / {record.get('harness_version')}"),
         ("files", f"{len(record.get('files') or {})} checksummed"),
     ]
@@ -303,9 +304,9 @@ def doctor() -> None:
             checks.append(("base image", False, f"{BASE_IMAGE} missing: run `harness image bootstrap`"))
     except HarnessError as exc:
         checks.append(("docker engine", False, str(exc)))
-    from harness.capture.gpu import gpu_status
+    from harness.runner import host_gpu_status
 
-    gpus = gpu_status()
+    gpus = host_gpu_status()
     checks.append(("gpu / nvml", True, f"{len(gpus.get('devices', []))} GPU(s)" if gpus.get("available") else f"absent ({gpus.get('reason')})"))
     checks.append(("mmdebstrap", shutil.which("mmdebstrap") is not None, shutil.which("mmdebstrap") or "not installed (apt-get install mmdebstrap)"))
     checks.append(("slurm", shutil.which("sbatch") is not None, shutil.which("sbatch") or "not installed (optional: --backend slurm)"))

@@ -75,7 +75,7 @@ def status(sweep: str | None, as_json: bool, watch: bool, interval: float, reque
     state = load_state(store, sweep)
     if requeue:
         if state.backend != "slurm":
-            raise HarnessError(f"--requeue is for Slurm sweeps; re-run a local sweep with `harness run --retry-failed`")
+            raise HarnessError("--requeue is for Slurm sweeps; re-run a local sweep with `harness run --retry-failed`")
         from harness.backends.slurm import requeue as requeue_runs
 
         requeue_runs(state, store, echo=click.echo)

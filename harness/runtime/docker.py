@@ -65,11 +65,25 @@ def job_environment(request: JobRequest) -> dict[str, str]:
 
 
 def _stream_logs(container: Any, log_path: Path, echo: Callable[[str], None] | None) -> None:
-    with open(log_path, "ab", buffering=0) as sink:
-        for chunk in container.logs(stream=True, follow=True):
-            sink.write(chunk)
-            if echo is not None:
-                echo(chunk.decode(errors="replace").rstrip("\n"))
+    copy_lines(container.logs(stream=True, follow=True), log_path, echo)
+
+
+def copy_lines(chunks: Any, log_path: Path, echo: Callable[[str], None] | None) -> None:
+    """Append a job's output to its log file (and the terminal); a full disk stops the file, not the job."""
+    sink = open(log_path, "ab", buffering=0)
+    for chunk in chunks:
+        if sink is not None:
+            try:
+                sink.write(chunk)
+            except OSError:
+                sink = None  # the record's error says the disk filled up
+        if echo is not None:
+            echo(chunk.decode(errors="replace").rstrip("\n"))
+    if sink is not None:
+        try:
+            sink.close()
+        except OSError:
+            pass
 
 
 class DockerJob:

@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from harness.runtime.docker import harness_package_dir
+from harness.runtime.docker import copy_lines, harness_package_dir
 from harness.runtime.job import JobRequest, JobResult
 
 CONTAINER_WORKLOAD = "/workload/"
@@ -69,11 +69,7 @@ class ProcessJob:
 
     def _stream(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        with open(self.request.log_path, "ab", buffering=0) as sink:
-            for line in iter(self.process.stdout.readline, b""):
-                sink.write(line)
-                if self.request.echo is not None:
-                    self.request.echo(line.decode(errors="replace").rstrip("\n"))
+        copy_lines(iter(self.process.stdout.readline, b""), self.request.log_path, self.request.echo)
 
     @property
     def pid(self) -> int | None:

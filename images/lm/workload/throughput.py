@@ -81,13 +81,13 @@ def token_stream(args: argparse.Namespace, vocab: int) -> torch.Tensor:
     """A fixed synthetic corpus: a random first-order Markov chain over the vocabulary (learnable)."""
     generator = torch.Generator().manual_seed(args.seed)
     successors = torch.randint(0, vocab, (vocab, 4), generator=generator)
-    length = (args.warmup + args.steps) * args.global_batch * (args.context + 1)
+    length = (args.warmup + args.steps) * args.global_batch * args.context
     choices = torch.randint(0, 4, (length,), generator=generator)
     stream = torch.empty(length, dtype=torch.long)
     stream[0] = 0
     for i in range(1, length):
         stream[i] = successors[stream[i - 1], choices[i]]
-    return stream.view(args.warmup + args.steps, args.global_batch, args.context + 1)
+    return stream.view(args.warmup + args.steps, args.global_batch, args.context)
 
 
 def worker(rank: int, world: int, args: argparse.Namespace, port: int, results) -> None:  # type: ignore[no-untyped-def]

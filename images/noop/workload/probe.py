@@ -69,6 +69,7 @@ def main() -> None:
         hog = []
         while True:
             hog.append(bytearray(16 * 2**20))
+            time.sleep(0.05)
     elif args.mode == "fill":
         with open(os.path.join(os.environ["HARNESS_OUT"], "fill.bin"), "wb") as handle:
             for _ in range(args.megabytes):

@@ -1,0 +1,201 @@
+"""The run path on the real Docker engine: sandbox, record, determinism, and the ways a run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from harness.store.local import LocalStore
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.docker
+NOOP = str(REPO / "manifests" / "noop.yaml")
+DQN = str(REPO / "manifests" / "dqn-cartpole.yaml")
+
+
+def only_run(home: Path) -> dict:
+    records = list(LocalStore(home).records())
+    assert len(records) == 1, [r["run_id"] for r in records]
+    return records[0]
+
+
+def test_sandboxed_run_writes_a_full_record(noop_image, store_home, cli):
+    result = cli("run", NOOP, "--seed", "7", "--param", "mode=ok")
+    assert result.returncode == 0, result.stderr
+    record = only_run(store_home)
+    assert record["status"] == "completed" and record["exit_code"] == 0 and record["hermetic"] is True
+    run_dir = store_home / "runs" / record["run_id"]
+    sandbox = json.loads((run_dir / "out" / "sandbox.json").read_text())
+    assert sandbox["uid"] == 65534 and sandbox["gid"] == 65534
+    assert int(sandbox["cap_eff"], 16) == 0 and sandbox["no_new_privs"] == "1"
+    assert sandbox["root_writable"] is False and sandbox["network"] is False and sandbox["interfaces"] == ["lo"]
+    assert sandbox["seed"] == "7" and sandbox["run_id"] == record["run_id"] and sandbox["params"]["mode"] == "ok"
+    assert not any("TOKEN" in key for key in sandbox["env_keys"])
+    # provenance
+    assert record["image"]["id"] == noop_image.id and record["image"]["content_hash"]
+    assert record["host"]["cpu_count"] >= 1 and record["docker_version"] and record["harness_version"]
+    assert "six==1.16.0" in record["environment"]["packages"]
+    for name in ("manifest.yaml", "lockfile.txt", "context/Dockerfile", "context/workload/probe.py",
+                 "logs/output.log", "metrics.parquet", "system.parquet", "out/metrics.jsonl"):
+        assert name in record["files"], name
+    assert LocalStore(store_home).verify(record["run_id"]) == []
+    metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    assert [m["value"] for m in metrics if m["name"] == "probe/value"] == [7.0, 7.5, 8.0, 8.5, 9.0]
+    assert record["metrics_summary"]["probe/value"]["last"] == 9.0
+    assert '"uid": 65534' in (run_dir / "logs" / "output.log").read_text()
+    # a second identical request is already in the store
+    again = cli("run", NOOP, "--seed", "7", "--param", "mode=ok")
+    assert again.returncode == 0 and "already completed" in again.stdout
+    shown = cli("show", record["run_id"])
+    assert shown.returncode == 0 and "completed" in shown.stdout and "probe/value" in shown.stdout
+    listed = cli("ls")
+    assert record["run_id"] in listed.stdout
+
+
+def test_dqn_smoke_runs_are_bit_identical(rl_image, store_home, cli):
+    for attempt in range(2):
+        result = cli("run", DQN, "--smoke", "--rerun", "--quiet")
+        assert result.returncode == 0, result.stderr
+    store = LocalStore(store_home)
+    first, second = sorted(store.records(), key=lambda r: r["run_id"])
+    assert first["config_key"] == second["config_key"] and first["run_id"] != second["run_id"]
+    tables = []
+    for record in (first, second):
+        rows = pq.read_table(store.run_dir(record["run_id"]) / "metrics.parquet").to_pylist()
+        tables.append(sorted((r["name"], r["step"], r["value"]) for r in rows if r["name"] != "charts/SPS"))
+    assert tables[0] == tables[1] and len(tables[0]) > 50
+    names = {name for name, _, _ in tables[0]}
+    assert {"charts/episodic_return", "losses/td_loss", "losses/q_values"} <= names
+    assert "torch==2.13.0+cpu" in first["environment"]["packages"]
+
+
+def test_failing_workload_is_marked_failed_with_log_tail(noop_image, store_home, cli):
+    result = cli("run", NOOP, "--param", "mode=fail")
+    assert result.returncode == 1
+    record = only_run(store_home)
+    assert record["status"] == "failed" and record["exit_code"] == 3
+    shown = cli("show", record["run_id"])
+    assert "failing on purpose" in shown.stdout and "exit 3" in shown.stdout
+
+
+def noop_variant(tmp_path: Path, old: str, new: str) -> str:
+    """A copy of the noop project with one manifest text replaced (same recipe, so the same image)."""
+    for part in ("images/noop", "lockfiles/noop.txt"):
+        source, target = REPO / part, tmp_path / part
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, target) if source.is_dir() else shutil.copy(source, target)
+    manifest = tmp_path / "manifests" / "variant.yaml"
+    manifest.parent.mkdir(exist_ok=True)
+    text = (REPO / "manifests" / "noop.yaml").read_text()
+    assert old in text
+    manifest.write_text(text.replace(old, new))
+    return str(manifest)
+
+
+def test_timeout_kills_the_container(noop_image, store_home, cli, tmp_path):
+    manifest = noop_variant(tmp_path, "timeout: 5m", "timeout: 3s")
+    started = time.monotonic()
+    result = cli("run", manifest, "--param", "mode=sleep", "--param", "seconds=60")
+    assert result.returncode == 1 and time.monotonic() - started < 60
+    record = only_run(store_home)
+    assert record["status"] == "timeout"
+    rows = pq.read_table(store_home / "runs" / record["run_id"] / "metrics.parquet").to_pylist()
+    assert len(rows) >= 5  # what the job logged before the timeout is kept
+    assert not noop_image_containers(record["run_id"])
+
+
+def noop_image_containers(run_id: str) -> list:
+    from harness.images import docker_client
+    from harness.runtime.docker import RUN_LABEL
+
+    return docker_client().containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+
+
+def test_oom_is_recorded_with_peak_memory(noop_image, store_home, cli):
+    result = cli("run", NOOP, "--param", "mode=oom")
+    assert result.returncode == 1
+    record = only_run(store_home)
+    assert record["status"] == "oom"
+    assert record["peak_memory_bytes"] > 64 * 2**20
+
+
+def test_kill_9_of_the_harness_leaves_a_recoverable_record(noop_image, store_home):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", NOOP, "--param", "mode=sleep", "--param", "seconds=60", "--quiet"],
+        cwd=REPO, env={**os.environ, "HARNESS_HOME": str(store_home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    metrics_file = None
+    while time.monotonic() < deadline:
+        found = list((store_home / "runs").glob("*/out/metrics.jsonl")) if (store_home / "runs").exists() else []
+        if found and found[0].stat().st_size > 200 and (found[0].parents[1] / "system.jsonl").exists():
+            metrics_file = found[0]
+            break
+        time.sleep(0.5)
+    assert metrics_file is not None, process.stderr.read().decode() if process.poll() is not None else "no metrics"
+    time.sleep(2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    lines_at_kill = metrics_file.read_text().count("\n")
+    listed = subprocess.run([sys.executable, "-m", "harness", "ls"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "HARNESS_HOME": str(store_home)})
+    assert "interrupted" in listed.stdout
+    record = only_run(store_home)
+    assert record["status"] == "interrupted"
+    run_dir = store_home / "runs" / record["run_id"]
+    rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    assert len(rows) >= lines_at_kill - 1 >= 5
+    assert pq.read_table(run_dir / "system.parquet").num_rows > 0
+    assert LocalStore(store_home).verify(record["run_id"]) == []
+    assert not noop_image_containers(record["run_id"])
+
+
+def test_disk_full_is_reported_and_the_record_stays_consistent(noop_image, tmp_path, cli):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    try:
+        result = cli("run", NOOP, "--param", "mode=fill", "--param", "megabytes=64", env={"HARNESS_HOME": str(small)})
+        assert result.returncode in (1, 2)
+        assert "Traceback" not in result.stderr
+        records = list(LocalStore(small).records())
+        assert len(records) == 1
+        record = records[0]
+        assert record["status"] == "failed"  # the workload itself hit the full disk
+        if result.returncode == 2:
+            assert "disk full" in result.stderr
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_gpu_request_on_a_host_without_one(noop_image, store_home, cli, tmp_path):
+    manifest = noop_variant(tmp_path, "accelerator: cpu, gpus: 0", "accelerator: cuda, gpus: 1")
+    result = cli("run", manifest)
+    assert result.returncode == 2 and "GPU" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not store_home.exists()
+
+
+def test_engine_unreachable_says_how_to_start_it(store_home, cli):
+    result = cli("run", NOOP, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == 2 and "Docker engine unreachable" in result.stderr and "dockerd" in result.stderr
+    assert not store_home.exists()
+
+
+def test_process_runtime_is_marked_not_hermetic(store_home, cli):
+    result = cli("run", NOOP, "--runtime", "process", "--param", "mode=ok")
+    assert result.returncode == 0, result.stderr
+    record = only_run(store_home)
+    assert record["runtime"] == "process" and record["hermetic"] is False and record["image"] is None
+    assert record["metrics_summary"]["probe/value"]["count"] == 5
+    assert pq.read_table(store_home / "runs" / record["run_id"] / "system.parquet").num_rows >= 0
