@@ -214,17 +214,31 @@ def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
 
 
 def process_environment() -> dict[str, Any]:
-    """The same capture for the process runtime, with the host's interpreter."""
+    """The same capture for the process runtime, with the host's interpreter; cached until the
+    interpreter's package folders change (installing or removing a package changes their mtime)."""
+    import hashlib
     import subprocess
     import sys
+    import sysconfig
 
     from harness.capture.environment import ENVIRONMENT_SCRIPT
+    from harness.images import wheel_cache_dir
 
+    folders = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    stamp = json.dumps([sys.executable, ENVIRONMENT_SCRIPT] + [[f, os.stat(f).st_mtime_ns] for f in folders if os.path.isdir(f)])
+    cache = wheel_cache_dir().parent / "environments" / f"host-{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.json"
+    if cache.is_file():
+        try:
+            return json.loads(cache.read_text())
+        except ValueError:
+            pass
     result = subprocess.run([sys.executable, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=120)
     try:
-        return json.loads(result.stdout)
+        environment = json.loads(result.stdout)
     except ValueError:
         return {"error": f"environment capture failed: {result.stderr.strip()[-300:]}"}
+    write_json_atomic(cache, environment)
+    return environment
 
 
 def execute(
@@ -232,15 +246,17 @@ def execute(
     store: LocalStore,
     runtime: str = "docker",
     reproduces: str | None = None,
-    on_start: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[..., None] | None = None,
     echo: Callable[[str], None] | None = None,
     ca_bundle: Path | None = None,
     force_build: bool = False,
     build_log: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
-    """Run one run and return its sealed record. Bad input raises before anything is written."""
-    from harness.capture.environment import capture_host
+    """Run one run and return its sealed record. Bad input raises before anything is written.
 
+    ``on_start(record, job)`` is called once the record exists and before the job starts; the job
+    has ``stop(reason)`` for a scheduler that must end it early.
+    """
     if runtime not in {"docker", "process"}:
         raise HarnessError(f"--runtime {runtime}: choose docker or process")
     manifest = spec.loaded.manifest
@@ -248,6 +264,19 @@ def execute(
     client = docker_client() if runtime == "docker" else None
     image = prepare_image(spec, ca_bundle, force_build, build_log) if runtime == "docker" else None
 
+    previous_term = _raise_on_sigterm()
+    try:
+        return _execute_run(spec, store, runtime, reproduces, on_start, echo, client, image)
+    finally:
+        _restore_sigterm(previous_term)
+
+
+def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str | None,
+                 on_start: Callable[..., None] | None, echo: Callable[[str], None] | None,
+                 client: Any, image: ImageInfo | None) -> dict[str, Any]:
+    from harness.capture.environment import capture_host
+
+    manifest = spec.loaded.manifest
     run_id = fresh_run_id(store, spec.run_id)
     run_dir = store.run_dir(run_id)
     (run_dir / "out").mkdir(parents=True)
@@ -279,25 +308,21 @@ def execute(
         from harness.runtime.process import ProcessJob
 
         job = ProcessJob(request)
-    if on_start is not None:
-        on_start(record)
-
     started = time.monotonic()
-    previous_term = _raise_on_sigterm()
     try:
+        if on_start is not None:
+            on_start(record, job)
         job.start()
         capture.start(container=getattr(job, "container", None), pid=None if runtime == "docker" else job.pid,
                       gpus=manifest.hardware.gpus)
         try:
             result = job.wait()
-        except KeyboardInterrupt:
-            job.stop("interrupted")
+        except KeyboardInterrupt as exc:
+            job.stop(_stop_reason(exc))
             result = job.wait()
-    except KeyboardInterrupt:
-        job.stop("interrupted")
-        result = JobResult("interrupted", None, "interrupted before the job started")
-    finally:
-        _restore_sigterm(previous_term)
+    except KeyboardInterrupt as exc:
+        job.stop(_stop_reason(exc))
+        result = JobResult(_stop_reason(exc), None, "stopped before the job started")
     record.update(status=result.status, exit_code=result.exit_code, detail=result.detail,
                   ended_at=now_iso(), duration_s=round(time.monotonic() - started, 3))
     try:
@@ -336,13 +361,21 @@ def _finish(store: LocalStore, record: dict[str, Any], capture: _Capture, job: A
                            f"({exc.strerror}); free space, then `harness recover`") from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the run was cancelled from outside (Slurm's scancel, `kill`)."""
+
+
+def _stop_reason(exc: BaseException) -> str:
+    return "cancelled" if isinstance(exc, Terminated) else "interrupted"
+
+
 def _raise_on_sigterm() -> Any:
-    """Treat SIGTERM (Slurm's scancel, `kill`) like Ctrl-C so the record is marked, not lost."""
+    """Treat SIGTERM like Ctrl-C so the record is marked (``cancelled``), not lost."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     return signal.signal(signal.SIGTERM, handler)
 

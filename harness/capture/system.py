@@ -427,6 +427,8 @@ class SystemSampler:
                 self._source = CgroupSource(self.container.id, container_pid)
                 return self._source
             except FileNotFoundError as exc:
+                if not psutil.pid_exists(container_pid):
+                    raise ProcessLookupError(f"container {self.container.id[:12]} exited") from exc
                 logger.info("%s; using the engine's stats API", exc)
         self._source = DockerStatsSource(self.container, container_pid)
         return self._source
@@ -443,6 +445,8 @@ class SystemSampler:
             if self._nvml is not None and self._nvml.handles:
                 pids = source.pids() if source is not None else None
                 samples += self._nvml.sample(pids)
+        except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess) as exc:
+            logger.debug("run %s has no process left to sample: %s", self.run_id, exc)
         except Exception as exc:  # telemetry must never take a run down: note it and go on
             if not self._warned:
                 logger.warning("system sample of run %s failed: %s", self.run_id, exc)

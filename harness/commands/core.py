@@ -143,8 +143,9 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
         from harness.backends import run_sweep
 
         outcome = run_sweep(specs, store=store, backend=backend, runtime=runtime, jobs=jobs, partition=partition,
-                            account=account, retry_failed=retry_failed, dry_run=dry_run, yes=yes, rerun=rerun)
-        sys.exit(0 if outcome in (None, 0, True) else (outcome if isinstance(outcome, int) else 1))
+                            account=account, retry_failed=retry_failed, dry_run=dry_run, yes=yes, rerun=rerun,
+                            echo=click.echo)
+        sys.exit(outcome.exit_code)
     spec = specs[0]
     if not rerun:
         done = [r for r in store.find_by_config(spec.config_key) if r.get("status") == "completed"]
@@ -163,7 +164,7 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
 def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any) -> dict:
     from harness.runner import execute
 
-    def started(record: dict) -> None:
+    def started(record: dict, job: Any = None) -> None:
         status.stop()
         click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}")
 

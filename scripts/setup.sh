@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian machine needs to run harness and its tests, idempotent:
+#   apt packages (Docker engine, mmdebstrap; Slurm and munge with --with-slurm), the engine
+#   started without its default bridge, the harness installed, the base image bootstrapped.
+# Needs root for apt and dockerd. Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_slurm=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-slurm) with_slurm=1 ;;
+    *) echo "setup.sh: unknown option $arg (known: --with-slurm)" >&2; exit 2 ;;
+  esac
+done
+log() { echo "setup: $*" >&2; }
+
+packages=()
+command -v dockerd >/dev/null || packages+=(docker.io)
+command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
+if [ "$with_slurm" = 1 ]; then
+  command -v slurmctld >/dev/null || packages+=(slurm-wlm)
+  command -v munged >/dev/null || packages+=(munge)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+  log "apt-get install ${packages[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd (no default bridge, no iptables)"
+  # never the default bridge: runs use network none, builds use host networking
+  nohup dockerd --bridge=none --iptables=false --ip-masq=false >/var/log/dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log"; tail -5 /var/log/dockerd.log >&2; exit 1; }
+fi
+
+if ! python3 -c "import harness, pytest, torch, gymnasium" >/dev/null 2>&1 || ! command -v harness >/dev/null; then
+  log "pip install -e .[test]"
+  python3 -m pip install -q -e '.[test]'
+fi
+
+harness image bootstrap
+if [ "$with_slurm" = 1 ]; then
+  bash scripts/start-slurm.sh
+fi
+log "ready: $(harness doctor | tr '\n' ';')"
