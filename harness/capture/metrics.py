@@ -4,7 +4,8 @@ The harness polls a run's output folder while it runs, so that a crash keeps wha
 
 * ``metrics.jsonl`` (written by ``harness.track``) and ``metrics.external.jsonl``
   (``$HARNESS_METRICS``, any language) are read from a byte offset onwards; a last line
-  without its newline is left for the next poll.
+  without its newline is left for the next poll. Well-formed chunks are parsed by pyarrow's
+  JSON reader; a chunk with a bad or unusual line is parsed line by line, skipping bad lines.
 * TensorBoard event files anywhere under the manifest's folder are read by TensorBoard's own
   event-file loader, which keeps its place in each file and retries a truncated record.
 
@@ -13,6 +14,7 @@ All rows go to ``metrics.parquet``: run_id, name, step (int64), value (float64),
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 from harness.capture.system import write_table_atomic
 
@@ -30,15 +34,18 @@ TRACK_FILE = "metrics.jsonl"
 EXTERNAL_FILE = "metrics.external.jsonl"
 TENSORBOARD_GLOB = "*tfevents*"
 
-METRICS_SCHEMA = pa.schema(
+ROW_SCHEMA = pa.schema(
     [
-        ("run_id", pa.string()),
         ("name", pa.string()),
         ("step", pa.int64()),
         ("value", pa.float64()),
         ("wall_time", pa.float64()),
     ]
 )
+METRICS_SCHEMA = pa.schema([("run_id", pa.string()), *ROW_SCHEMA])
+_JSON_PARSE = pa_json.ParseOptions(explicit_schema=ROW_SCHEMA, unexpected_field_behavior="ignore")
+
+Row = tuple[str, int, float, float]
 
 
 class _JsonlTail:
@@ -48,11 +55,12 @@ class _JsonlTail:
         self.path = path
         self.offset = 0
 
-    def read_lines(self, final: bool = False) -> list[bytes]:
+    def read_new(self, final: bool = False) -> bytes:
+        """The complete lines written since the last call (with ``final``, a last partial one)."""
         try:
             handle = open(self.path, "rb")
         except FileNotFoundError:
-            return []
+            return b""
         with handle:
             handle.seek(0, 2)
             if handle.tell() < self.offset:
@@ -60,11 +68,30 @@ class _JsonlTail:
                 self.offset = 0
             handle.seek(self.offset)
             data = handle.read()
-        end = data.rfind(b"\n") + 1
-        if final and end < len(data):
-            end = len(data)  # the writer is gone: its last line will not grow any more
+        end = len(data) if final else data.rfind(b"\n") + 1
         self.offset += end
-        return data[:end].splitlines()
+        chunk = data[:end]
+        return chunk if not chunk or chunk.endswith(b"\n") else chunk + b"\n"
+
+
+def _parse_fast(chunk: bytes) -> pa.Table | None:
+    """The chunk's rows through pyarrow's JSON reader; None if any line needs a closer look."""
+    try:
+        options = pa_json.ReadOptions(block_size=max(len(chunk), 1 << 16))
+        table = pa_json.read_json(
+            io.BytesIO(chunk), read_options=options, parse_options=_JSON_PARSE
+        )
+    except pa.ArrowInvalid:
+        return None
+    if table.num_rows == 0:
+        return table
+    names = table.column("name")
+    if names.null_count or table.column("value").null_count or table.column("step").null_count:
+        return None
+    if pc.min(pc.utf8_length(names)).as_py() == 0:
+        return None
+    wall_time = pc.fill_null(table.column("wall_time"), time.time())
+    return table.set_column(3, "wall_time", wall_time)
 
 
 class _TensorBoardFile:
@@ -77,7 +104,7 @@ class _TensorBoardFile:
         self.loader = EventFileLoader(str(path))
         self.scalar_tags: dict[str, bool] = {}
 
-    def read_rows(self) -> list[tuple[str, int, float, float]]:
+    def read_rows(self) -> list[Row]:
         from tensorboard.compat.proto import summary_pb2
         from tensorboard.util import tensor_util
 
@@ -116,37 +143,46 @@ class MetricsIngester:
             _JsonlTail(self.out_dir / EXTERNAL_FILE),
         ]
         self._event_files: dict[Path, _TensorBoardFile] = {}
-        self._next_step: dict[str, int] = {}
-        self.names: list[str] = []
-        self.steps: list[int] = []
-        self.values: list[float] = []
-        self.wall_times: list[float] = []
+        self._next_step: dict[str, int] = {}  # for lines without a step
+        self._chunks: list[pa.Table] = []  # ROW_SCHEMA tables, in the order read
+        self._rows = 0
         self.skipped_lines = 0
 
     def __len__(self) -> int:
-        return len(self.names)
+        return self._rows
 
     def poll(self, final: bool = False) -> int:
         """Read what is new since the last poll; the number of new rows.
 
         ``final=True`` (the run has ended) also takes a last line that has no newline.
         """
-        before = len(self.names)
+        before = self._rows
         for tail in self._jsonl:
-            for line in tail.read_lines(final):
-                self._add_jsonl_line(line, tail.path)
+            chunk = tail.read_new(final)
+            if not chunk:
+                continue
+            table = _parse_fast(chunk)
+            if table is not None:
+                self._add_table(table)
+            else:
+                self._add_rows(
+                    [
+                        row
+                        for line in chunk.splitlines()
+                        if (row := self._parse_line(line, tail.path))
+                    ]
+                )
         if self.tensorboard_dir is not None and self.tensorboard_dir.is_dir():
             for path in sorted(self.tensorboard_dir.rglob(TENSORBOARD_GLOB)):
                 if path not in self._event_files and path.is_file():
                     self._event_files[path] = _TensorBoardFile(path)
             for event_file in self._event_files.values():
-                for row in event_file.read_rows():
-                    self._append(*row)
-        return len(self.names) - before
+                self._add_rows(event_file.read_rows())
+        return self._rows - before
 
-    def _add_jsonl_line(self, line: bytes, path: Path) -> None:
+    def _parse_line(self, line: bytes, path: Path) -> Row | None:
         if not line.strip():
-            return
+            return None
         try:
             row = json.loads(line)
             name = row["name"]
@@ -164,29 +200,34 @@ class MetricsIngester:
             self.skipped_lines += 1
             if self.skipped_lines <= 3:
                 logger.warning("%s: skipped a metric line (%s): %.200r", path.name, exc, line)
-            return
-        self._append(name, int(step), value, wall_time)
-
-    def _append(self, name: str, step: int, value: float, wall_time: float) -> None:
+            return None
+        step = int(step)
         self._next_step[name] = max(self._next_step.get(name, 0), step + 1)
-        self.names.append(name)
-        self.steps.append(step)
-        self.values.append(value)
-        self.wall_times.append(wall_time)
+        return name, step, value, wall_time
+
+    def _add_rows(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        names, steps, values, wall_times = zip(*rows, strict=True)
+        columns = [list(names), list(steps), list(values), list(wall_times)]
+        self._add_table(pa.Table.from_arrays(columns, schema=ROW_SCHEMA))
+
+    def _add_table(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        last_steps = table.group_by("name").aggregate([("step", "max")])
+        for name, step in zip(  # noqa: B905 - columns of one table
+            last_steps.column("name").to_pylist(), last_steps.column("step_max").to_pylist()
+        ):
+            self._next_step[name] = max(self._next_step.get(name, 0), step + 1)
+        self._chunks.append(table)
+        self._rows += table.num_rows
 
     def table(self) -> pa.Table:
         """All rows so far, sorted by name, step and wall time."""
-        table = pa.table(
-            {
-                "run_id": [self.run_id] * len(self.names),
-                "name": self.names,
-                "step": self.steps,
-                "value": self.values,
-                "wall_time": self.wall_times,
-            },
-            schema=METRICS_SCHEMA,
-        )
-        return table.sort_by(
+        rows = pa.concat_tables(self._chunks) if self._chunks else ROW_SCHEMA.empty_table()
+        rows = rows.add_column(0, "run_id", pa.array([self.run_id] * rows.num_rows, pa.string()))
+        return rows.sort_by(
             [("name", "ascending"), ("step", "ascending"), ("wall_time", "ascending")]
         )
 
@@ -200,24 +241,27 @@ class MetricsIngester:
         Non-finite values are counted but left out of max, min and the mean (None when no
         finite value is left), so that record.json stays strict JSON.
         """
-        series: dict[str, list[tuple[int, float, float]]] = {}
-        for name, step, value, wall_time in zip(  # noqa: B905 - equal by construction
-            self.names, self.steps, self.values, self.wall_times
-        ):
-            series.setdefault(name, []).append((step, wall_time, value))
+        table = self.table()
+        names = table.column("name").to_pylist()
+        values = table.column("value").to_pylist()
         result: dict[str, dict[str, Any]] = {}
-        for name in sorted(series):
-            points = sorted(series[name])
-            finite = [value for _, _, value in points if math.isfinite(value)]
-            tail = [value for _, _, value in points[-last_n:] if math.isfinite(value)]
-            last = points[-1][2]
-            result[name] = {
+        start = 0
+        while start < len(names):  # rows are sorted by name, then step: one slice per name
+            end = start
+            while end < len(names) and names[end] == names[start]:
+                end += 1
+            series = values[start:end]
+            finite = [value for value in series if math.isfinite(value)]
+            tail = [value for value in series[-last_n:] if math.isfinite(value)]
+            last = series[-1]
+            result[names[start]] = {
                 "last": last if math.isfinite(last) else None,
                 "max": max(finite) if finite else None,
                 "min": min(finite) if finite else None,
                 "mean_last_n": sum(tail) / len(tail) if tail else None,
-                "count": len(points),
+                "count": len(series),
             }
+            start = end
         return result
 
 
