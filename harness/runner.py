@@ -188,7 +188,7 @@ class _Capture:
             self._thread.join(timeout=5)
         if self.sampler is not None:
             self.sampler.stop()
-        self.ingester.poll()
+        self.ingester.poll(final=True)
         self.ingester.write_parquet(self.run_dir / METRICS_PARQUET)
         system_jsonl_to_parquet(self.run_id, self.run_dir / SYSTEM_JSONL, self.run_dir / SYSTEM_PARQUET)
 

@@ -172,10 +172,15 @@ def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | 
                    build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
 
 
+def _number(value: Any) -> str:
+    """A metric value for a table: 4 significant digits, '-' for NaN/inf (stored as null)."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+
+
 def _print_outcome(record: dict) -> None:
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "", {})
-    extra = f", {primary}: last {summary['last']:.4g}, mean of last N {summary['mean_last_n']:.4g}" if summary else ""
+    extra = f", {primary}: last {_number(summary.get('last'))}, mean of last N {_number(summary.get('mean_last_n'))}" if summary else ""
     click.echo(f"{record['run_id']}: {record['status']} in {record.get('duration_s') or 0:.1f}s{extra}")
     if record["status"] != "completed" and record.get("detail"):
         click.echo(f"  {record['detail']}", err=True)
@@ -204,7 +209,7 @@ def ls(as_json: bool, limit: int) -> None:
     for record in records:
         primary = record.get("primary_metric") or ""
         summary = (record.get("metrics_summary") or {}).get(primary)
-        value = f"{primary} {summary['last']:.4g}" if summary else ""
+        value = f"{primary} {_number(summary.get('last'))}" if summary else ""
         table.add_row(record["run_id"], record.get("name", ""), _status_text(record.get("status", "")), str(record.get("seed")),
                       (record.get("started_at") or "")[:19].replace("T", " "), f"{record.get('duration_s') or 0:.1f}s", value)
     _console().print(table)
@@ -260,7 +265,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         table = Table("metric", "count", "last", "min", "max", "mean of last N")
         for name in sorted(summary):
             s = summary[name]
-            table.add_row(name, str(s.get("count")), *(f"{s.get(k):.6g}" if isinstance(s.get(k), (int, float)) else "-" for k in ("last", "min", "max", "mean_last_n")))
+            table.add_row(name, str(s.get("count")), *(_number(s.get(k)) for k in ("last", "min", "max", "mean_last_n")))
         console.print(table)
     if record.get("status") != "completed":
         log_path = store.run_dir(run_id) / "logs" / "output.log"
