@@ -259,6 +259,7 @@ def execute(
     """
     if runtime not in {"docker", "process"}:
         raise HarnessError(f"--runtime {runtime}: choose docker or process")
+    threading.Thread(target=_warm_imports, name="harness-imports", daemon=True).start()
     manifest = spec.loaded.manifest
     check_gpus(manifest.hardware.gpus)
     client = docker_client() if runtime == "docker" else None
@@ -359,6 +360,18 @@ def _finish(store: LocalStore, record: dict[str, Any], capture: _Capture, job: A
             pass  # the earlier record.json stays whole: writes are atomic
         raise HarnessError(f"{store.run_dir(record['run_id'])}: disk full while writing the run record "
                            f"({exc.strerror}); free space, then `harness recover`") from None
+
+
+def _warm_imports() -> None:
+    """Import the table libraries while the engine starts the container: the first ``pa.array``
+    also imports pandas (pyarrow checks for it), about half a second that need not be serial."""
+    import pyarrow as pa
+    import pyarrow.parquet  # noqa: F401
+
+    import harness.capture.metrics  # noqa: F401
+    import harness.capture.system  # noqa: F401
+
+    pa.array([0])
 
 
 class Terminated(KeyboardInterrupt):

@@ -202,7 +202,9 @@ def test_pretrained_variant_loads_a_pinned_model_from_the_hub(tmp_path, monkeypa
 
     from tests.hubserver import HubServer
 
+    # The vocabulary comes from the workload's own templates; no __pycache__ in the image context.
     sys.path.insert(0, str(WORKLOADS))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
     try:
         import filtration
     finally:

@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--world-size", type=int, default=2, help="processes in the data-parallel mode")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--peak-tflops", type=float, default=0.1, help="stated peak TFLOP/s of one process's share of the target")
+    parser.add_argument("--peak-tflops", type=float, default=0.16, help="stated peak TFLOP/s of one process's share of the target")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     model_help = "pretrained causal LM to train instead of the config model (Hub repo)"
     parser.add_argument("--model-repo", default="", help=model_help)
