@@ -223,6 +223,11 @@ class Manifest(Strict):
                     close = difflib.get_close_matches(field_name, sorted(allowed), n=1)
                     hint = f" (did you mean {{{close[0]}}}?)" if close else ""
                     raise ValueError(f"placeholder {{{field_name}}} in command has no param{hint}")
+        if self.model is not None:
+            # workloads take the pin as params too; they must not drift apart
+            for param, value in (("model_repo", self.model.repo), ("model_revision", self.model.revision)):
+                if param in self.params and self.params[param] != value:
+                    raise ValueError(f"params.{param} {self.params[param]!r} differs from the model pin {value!r}: keep them equal")
         if self.sweep_size() > MAX_SWEEP_RUNS_HARD_LIMIT:
             raise ValueError(f"sweep × seeds makes {self.sweep_size()} runs, more than {MAX_SWEEP_RUNS_HARD_LIMIT}")
         return self

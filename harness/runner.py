@@ -264,18 +264,22 @@ def execute(
     check_gpus(manifest.hardware.gpus)
     client = docker_client() if runtime == "docker" else None
     image = prepare_image(spec, ca_bundle, force_build, build_log) if runtime == "docker" else None
+    from harness.pins import fetch_pins
+
+    pins = fetch_pins(manifest)
 
     previous_term = _raise_on_sigterm()
     try:
-        return _execute_run(spec, store, runtime, reproduces, on_start, echo, client, image)
+        return _execute_run(spec, store, runtime, reproduces, on_start, echo, client, image, pins)
     finally:
         _restore_sigterm(previous_term)
 
 
 def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str | None,
                  on_start: Callable[..., None] | None, echo: Callable[[str], None] | None,
-                 client: Any, image: ImageInfo | None) -> dict[str, Any]:
+                 client: Any, image: ImageInfo | None, pins: list[dict[str, Any]]) -> dict[str, Any]:
     from harness.capture.environment import capture_host
+    from harness.pins import hub_cache_dir
 
     manifest = spec.loaded.manifest
     run_id = fresh_run_id(store, spec.run_id)
@@ -286,6 +290,7 @@ def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str
     (run_dir / RESERVE_NAME).write_bytes(b"\0" * RESERVE_BYTES)
     record = initial_record(spec, run_id, runtime, image, reproduces)
     record["host"] = capture_host()
+    record["pins"] = pins
     if client is not None:
         from harness.runtime.docker import engine_version
 
@@ -298,6 +303,7 @@ def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str
         memory_bytes=manifest.hardware.memory_bytes, gpus=manifest.hardware.gpus,
         timeout_seconds=manifest.hardware.timeout_seconds, echo=echo,
         workload_dir=(spec.loaded.build_dir / "workload") if spec.loaded.build_dir else None,
+        hub_cache=hub_cache_dir() if pins else None,
     )
     capture = _Capture(spec, run_id, run_dir)
     if runtime == "docker":

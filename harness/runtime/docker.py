@@ -45,6 +45,10 @@ def sandbox_options(request: JobRequest) -> dict[str, Any]:
         },
         "labels": {RUN_LABEL: request.run_id},
     }
+    if request.hub_cache is not None:
+        from harness.pins import CONTAINER_CACHE
+
+        options["volumes"][str(request.hub_cache)] = {"bind": CONTAINER_CACHE, "mode": "ro"}
     if request.gpus > 0:
         import docker
 
@@ -54,8 +58,14 @@ def sandbox_options(request: JobRequest) -> dict[str, Any]:
 
 def job_environment(request: JobRequest) -> dict[str, str]:
     """The container's environment: the job's variables plus where the harness helper lives."""
+    pins = {}
+    if request.hub_cache is not None:
+        from harness.pins import pin_environment
+
+        pins = pin_environment(container=True)
     return {
         **request.environment,
+        **pins,
         "HARNESS_OUT": CONTAINER_OUT,
         "HARNESS_METRICS": f"{CONTAINER_OUT}/metrics.external.jsonl",
         "PYTHONPATH": CONTAINER_LIB,

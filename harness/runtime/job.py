@@ -31,3 +31,4 @@ class JobRequest:
     timeout_seconds: float
     echo: Callable[[str], None] | None = None
     workload_dir: Path | None = None  # the recipe's workload folder, for the process runtime
+    hub_cache: Path | None = None  # pinned Hub repos fetched on the host (read-only for the job)

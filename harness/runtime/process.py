@@ -34,9 +34,15 @@ def host_environment(request: JobRequest) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not any(word in k.upper() for word in secret_words)}
     library = str(harness_package_dir().parent)
     python_path = os.pathsep.join(p for p in (library, base.get("PYTHONPATH", "")) if p)
+    pins = {}
+    if request.hub_cache is not None:
+        from harness.pins import pin_environment
+
+        pins = pin_environment(container=False)
     return {
         **base,
         **request.environment,
+        **pins,
         "HARNESS_OUT": str(request.out_dir),
         "HARNESS_METRICS": str(request.out_dir / "metrics.external.jsonl"),
         "PYTHONPATH": python_path,

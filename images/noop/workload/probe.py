@@ -5,6 +5,7 @@
 --mode sleep     log one metric per --interval seconds for --seconds seconds
 --mode oom       allocate memory until the kernel kills the process
 --mode fill      write --megabytes of data into $HARNESS_OUT (for disk-full tests)
+--mode pins      list the pinned Hub cache the harness mounted ($HF_HUB_CACHE) into pins.json
 """
 
 import argparse
@@ -74,6 +75,19 @@ def main() -> None:
         with open(os.path.join(os.environ["HARNESS_OUT"], "fill.bin"), "wb") as handle:
             for _ in range(args.megabytes):
                 handle.write(b"\0" * 2**20)
+    elif args.mode == "pins":
+        cache = os.environ["HF_HUB_CACHE"]
+        files = sorted(os.path.relpath(os.path.join(folder, name), cache)
+                       for folder, _, names in os.walk(cache) for name in names)
+        try:
+            open(os.path.join(cache, "write-test"), "w").close()
+            cache_writable = True
+        except OSError:
+            cache_writable = False
+        report = {"files": files, "offline": os.environ.get("HF_HUB_OFFLINE"), "cache_writable": cache_writable,
+                  "env_keys": sorted(os.environ)}
+        with open(os.path.join(os.environ["HARNESS_OUT"], "pins.json"), "w") as handle:
+            json.dump(report, handle)
     elif args.mode == "noop":
         pass
     track.flush()
