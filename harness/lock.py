@@ -115,8 +115,10 @@ def compile_lockfile(image_dir: Path, output: Path | None = None) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         compiled = Path(tmp) / "lock.txt"
-        cmd = [sys.executable, "-m", "piptools", "compile", *COMPILE_FLAGS, "-o", str(compiled), str(requirements_in)]
-        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "CUSTOM_COMPILE_COMMAND": "harness lock"})
+        # run inside the image folder so that "# via -r requirements.in" names no machine path
+        cmd = [sys.executable, "-m", "piptools", "compile", *COMPILE_FLAGS, "-o", str(compiled), "requirements.in"]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=image_dir,
+                                env={**os.environ, "CUSTOM_COMPILE_COMMAND": "harness lock"})
         if result.returncode != 0:
             tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise LockfileError(f"{requirements_in}: pip-compile failed: {tail}")

@@ -109,7 +109,8 @@ def expand(
     for seed in chosen_seeds:
         if not 0 <= seed < 2**32:
             raise HarnessError(f"--seed {seed}: a seed is an integer from 0 to 2**32-1")
-    specs = []
+    specs: list[RunSpec] = []
+    seen: set[str] = set()
     for point in sweep_points(loaded):
         params = {**manifest.params, **point}
         if smoke:
@@ -117,5 +118,8 @@ def expand(
         params.update(overrides or {})
         for seed in chosen_seeds:
             key = config_key(loaded, params, seed, smoke)
+            if key in seen:  # smoke params or overrides can make sweep points coincide
+                continue
+            seen.add(key)
             specs.append(RunSpec(loaded=loaded, params=params, seed=seed, smoke=smoke, config_key=key))
     return specs
