@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -48,17 +49,28 @@ class ImageInfo:
         return asdict(self)
 
 
+_clients = threading.local()
+
+
 def docker_client(timeout: int = 120):  # type: ignore[no-untyped-def]
-    """A docker SDK client whose engine answers; EngineError saying how to start it otherwise."""
+    """A docker SDK client whose engine answers; EngineError saying how to start it otherwise.
+
+    One client per thread and timeout, kept: a sweep's runs reuse its connection pool."""
     import docker
     from docker.errors import DockerException
 
+    cached = getattr(_clients, "by_timeout", None)
+    if cached is None:
+        cached = _clients.by_timeout = {}
+    if timeout in cached:
+        return cached[timeout]
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
     except DockerException as exc:
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise EngineError(f"Docker engine unreachable at {host}: {ENGINE_HINT}") from exc
+    cached[timeout] = client
     return client
 
 

@@ -45,14 +45,29 @@ def fresh_run_id(store: LocalStore, base: str) -> str:
     return candidate
 
 
+_prepared_images: dict[tuple, ImageInfo] = {}
+_prepared_lock = threading.Lock()
+
+
 def prepare_image(spec: RunSpec, ca_bundle: Path | None = None, force_build: bool = False,
                   log: Callable[[str], None] = lambda line: None) -> ImageInfo:
-    """The run's image: built from its recipe (content-addressed, cached) or resolved by digest."""
+    """The run's image: built from its recipe (content-addressed, cached) or resolved by digest.
+
+    Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
     loaded = spec.loaded
+    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes())
+    if not force_build:
+        with _prepared_lock:
+            if key in _prepared_images:
+                return _prepared_images[key]
     if loaded.manifest.image.ref:
-        return resolve_ref(docker_client(), loaded.manifest.image.ref)
-    assert loaded.build_dir is not None
-    return build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log)
+        info = resolve_ref(docker_client(), loaded.manifest.image.ref)
+    else:
+        assert loaded.build_dir is not None
+        info = build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log)
+    with _prepared_lock:
+        _prepared_images[key] = info
+    return info
 
 
 def host_gpu_status() -> dict[str, Any]:
