@@ -240,12 +240,13 @@ def thc(
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in rows], indent=1))
         return
-    group_keys = list(rows[0].group)
+    # with several hyper-parameters, each one's groups hold the others: show every key, "-" where absent
+    group_keys = list(dict.fromkeys(k for r in rows for k in r.group))
     header = [*group_keys, "hyperparameter", "values", "settings", "THC mean", "THC std"]
     click.echo("| " + " | ".join(header) + " |")
     click.echo("|" + "---|" * (len(header) - 3) + "---:|---:|---:|")
     for r in rows:
-        cells = [*(r.group[k] for k in group_keys), r.hyperparameter, str(len(r.score.spread)), str(r.score.settings),
+        cells = [*(str(r.group.get(k, "-")) for k in group_keys), r.hyperparameter, str(len(r.score.spread)), str(r.score.settings),
                  f"{r.score.thc_mean:.4f}", f"{r.score.thc_std:.4f}"]
         click.echo("| " + " | ".join(cells) + " |")
 
