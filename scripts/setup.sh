@@ -37,7 +37,9 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log"; tail -5 /var/log/dockerd.log >&2; exit 1; }
 fi
 
-if ! python3 -c "import harness, pytest, torch, gymnasium" >/dev/null 2>&1 || ! command -v harness >/dev/null; then
+# install when missing, or when the installed harness is another checkout's
+installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
+if [ "$installed" != "$(pwd -P)" ] || ! command -v harness >/dev/null; then
   log "pip install -e .[test]"
   python3 -m pip install -q -e '.[test]'
 fi
