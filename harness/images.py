@@ -74,6 +74,48 @@ def docker_client(timeout: int = 120):  # type: ignore[no-untyped-def]
     return client
 
 
+def engine_image_id(name: str) -> str | None:
+    """The id of image ``name`` in the engine, or None when it has none.
+
+    A warm build is only this lookup, so it speaks the engine's HTTP API over its unix socket
+    with the standard library: importing the docker SDK (and requests) costs more than the whole
+    cache check. Other engine addresses go through the SDK.
+    """
+    import http.client
+    import socket
+    from urllib.parse import quote
+
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        from docker.errors import ImageNotFound
+
+        try:
+            return docker_client().images.get(name).id
+        except ImageNotFound:
+            return None
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(30)
+            self.sock.connect(host[len("unix://"):])
+
+    connection = UnixConnection("localhost")
+    try:
+        connection.request("GET", f"/images/{quote(name, safe='')}/json")
+        response = connection.getresponse()
+        body = response.read()
+    except OSError as exc:
+        raise EngineError(f"Docker engine unreachable at {host}: {ENGINE_HINT}") from exc
+    finally:
+        connection.close()
+    if response.status == 404:
+        return None
+    if response.status != 200:
+        raise EngineError(f"the engine answered {response.status} for image {name}: {body[:200]!r}")
+    return json.loads(body)["Id"]
+
+
 def context_files(build_dir: Path) -> list[Path]:
     """Files of an image recipe folder that go into the build context and its hash, sorted."""
     files = []
@@ -234,26 +276,24 @@ def build_image(
     """Build (or find) the content-addressed image of an ``images/<name>`` recipe."""
     import time
 
-    from docker.errors import APIError, BuildError, ImageNotFound
-
-    client = docker_client(timeout=3600)
     base_ids: dict[str, str] = {}
     for base in base_images(build_dir / "Dockerfile"):
-        try:
-            base_ids[base] = client.images.get(base).id
-        except ImageNotFound:
+        base_id = engine_image_id(base)
+        if base_id is None:
             hint = "run `harness image bootstrap`" if base == BASE_IMAGE else f"load or pull {base} first"
-            raise EngineError(f"{build_dir / 'Dockerfile'}: base image {base} is not in the engine: {hint}") from None
+            raise EngineError(f"{build_dir / 'Dockerfile'}: base image {base} is not in the engine: {hint}")
+        base_ids[base] = base_id
     digest = content_hash(build_dir, lockfile, base_ids)
     tag = f"harness/{build_dir.name}:{digest[:16]}"
     info = ImageInfo(ref=tag, id="", tag=tag, content_hash=digest, packages=locked_packages(lockfile))
     if not force:
-        try:
-            info.id = client.images.get(tag).id
-            info.cached = True
+        cached_id = engine_image_id(tag)
+        if cached_id is not None:
+            info.id, info.cached = cached_id, True
             return info
-        except ImageNotFound:
-            pass
+    from docker.errors import APIError, BuildError
+
+    client = docker_client(timeout=3600)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="harness-build-") as tmp:
         staging = Path(tmp)

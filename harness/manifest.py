@@ -330,8 +330,12 @@ def read_manifest_data(path: Path) -> tuple[dict[str, Any], dict[tuple, int]]:
         raise ManifestError([f"{path}: larger than {MAX_MANIFEST_BYTES} bytes; a manifest is a short YAML file"])
     text = path.read_text(encoding="utf-8", errors="replace")
     try:
-        node = yaml.compose(text, Loader=NoAliasLoader)
-        data = yaml.load(text, Loader=NoAliasLoader)
+        loader = NoAliasLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -345,9 +349,13 @@ def read_manifest_data(path: Path) -> tuple[dict[str, Any], dict[tuple, int]]:
 
 def parse_manifest(path: Path) -> Manifest:
     """Validate a manifest file's schema; every problem as ``file:line: field: message``."""
+    return _parse_with_lines(path)[0]
+
+
+def _parse_with_lines(path: Path) -> tuple[Manifest, dict[tuple, int]]:
     data, lines = read_manifest_data(path)
     try:
-        return Manifest.model_validate(data)
+        return Manifest.model_validate(data), lines
     except ValidationError as exc:
         raise ManifestError(_format_errors(path, exc, lines)) from None
 
@@ -389,9 +397,8 @@ def _inside(root: Path, relative: str) -> bool:
 def load_manifest(path: str | Path) -> LoadedManifest:
     """Load and fully check a manifest: schema, then files it points to (inside the project only)."""
     path = Path(path)
-    manifest = parse_manifest(path)
+    manifest, lines = _parse_with_lines(path)
     root = project_root_for(path)
-    _, lines = read_manifest_data(path)
     problems: list[str] = []
     spec = manifest.image
     if spec.build is not None:

@@ -102,11 +102,10 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
-    console = _console()
     if quiet:
         info = prepare_image(spec, ca_bundle, force)
     else:
-        with console.status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
+        with _console().status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
             info = prepare_image(spec, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
     state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
     click.echo(f"{info.tag or info.ref} {info.id} ({state})")
