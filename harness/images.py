@@ -22,6 +22,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from harness.errors import EngineError, HarnessError, LockfileError
 
@@ -233,7 +234,8 @@ def stage_context(build_dir: Path, lockfile: Path | None, ca_bundle: Path | None
     if ca_bundle is not None:
         pip_conf["global"]["cert"] = "/harness-build/ca.pem"
     index = _pip_config().get("index-url")
-    if index and index.startswith(("http://", "https://")):
+    # an index URL that carries credentials stays on the host: builder layers are kept as cache
+    if index and index.startswith(("http://", "https://")) and "@" not in urlsplit(index).netloc:
         pip_conf["global"]["index-url"] = index
     with open(helpers / "pip.conf", "w") as handle:
         pip_conf.write(handle)
