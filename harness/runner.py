@@ -208,24 +208,39 @@ class _Capture:
         system_jsonl_to_parquet(self.run_id, self.run_dir / SYSTEM_JSONL, self.run_dir / SYSTEM_PARQUET)
 
 
-def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
-    """What is inside the image (pip freeze, Python, torch/CUDA...), captured once per image id."""
+def _cached_environment(key: str, capture: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """An environment capture, kept on disk under ``key`` (plus the capture script's hash);
+    a failed capture is returned but not kept."""
+    import hashlib
+
     from harness.capture.environment import ENVIRONMENT_SCRIPT
     from harness.images import wheel_cache_dir
-    from harness.runtime.docker import run_in_image
 
-    cache = wheel_cache_dir().parent / "environments" / f"{image.id.replace(':', '_')}.json"
+    script = hashlib.sha256(ENVIRONMENT_SCRIPT.encode()).hexdigest()[:12]
+    cache = wheel_cache_dir().parent / "environments" / f"{key}-{script}.json"
     if cache.is_file():
         try:
             return json.loads(cache.read_text())
         except ValueError:
             pass
-    try:
-        environment = json.loads(run_in_image(client, image.id, ["python", "-c", ENVIRONMENT_SCRIPT]))
-    except Exception as exc:  # noqa: BLE001 - an image without Python still runs; say what is missing
-        return {"error": f"environment capture failed: {exc}"}
-    write_json_atomic(cache, environment)
+    environment = capture()
+    if "error" not in environment:
+        write_json_atomic(cache, environment)
     return environment
+
+
+def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
+    """What is inside the image (pip freeze, Python, torch/CUDA...), captured once per image id."""
+    from harness.capture.environment import ENVIRONMENT_SCRIPT
+    from harness.runtime.docker import run_in_image
+
+    def capture() -> dict[str, Any]:
+        try:
+            return json.loads(run_in_image(client, image.id, ["python", "-c", ENVIRONMENT_SCRIPT]))
+        except Exception as exc:  # noqa: BLE001 - an image without Python still runs; say what is missing
+            return {"error": f"environment capture failed: {exc}"}
+
+    return _cached_environment(image.id.replace(":", "_"), capture)
 
 
 def process_environment() -> dict[str, Any]:
@@ -237,23 +252,17 @@ def process_environment() -> dict[str, Any]:
     import sysconfig
 
     from harness.capture.environment import ENVIRONMENT_SCRIPT
-    from harness.images import wheel_cache_dir
+
+    def capture() -> dict[str, Any]:
+        result = subprocess.run([sys.executable, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=120)
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            return {"error": f"environment capture failed: {result.stderr.strip()[-300:]}"}
 
     folders = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-    stamp = json.dumps([sys.executable, ENVIRONMENT_SCRIPT] + [[f, os.stat(f).st_mtime_ns] for f in folders if os.path.isdir(f)])
-    cache = wheel_cache_dir().parent / "environments" / f"host-{hashlib.sha256(stamp.encode()).hexdigest()[:24]}.json"
-    if cache.is_file():
-        try:
-            return json.loads(cache.read_text())
-        except ValueError:
-            pass
-    result = subprocess.run([sys.executable, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=120)
-    try:
-        environment = json.loads(result.stdout)
-    except ValueError:
-        return {"error": f"environment capture failed: {result.stderr.strip()[-300:]}"}
-    write_json_atomic(cache, environment)
-    return environment
+    stamp = json.dumps([sys.executable] + [[f, os.stat(f).st_mtime_ns] for f in folders if os.path.isdir(f)])
+    return _cached_environment(f"host-{hashlib.sha256(stamp.encode()).hexdigest()[:24]}", capture)
 
 
 def execute(

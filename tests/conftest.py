@@ -77,3 +77,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO, tim
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def noop_variant(tmp_path: Path, old: str = "", new: str = "", extra: str = "") -> str:
+    """A copy of the noop project whose manifest has ``old`` replaced by ``new`` and ``extra``
+    appended (same recipe and lockfile, so the same image); returns the manifest's path."""
+    import shutil
+
+    for part in ("images/noop", "lockfiles/noop.txt"):
+        source, target = REPO / part, tmp_path / part
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, target) if source.is_dir() else shutil.copy(source, target)
+    manifest = tmp_path / "manifests" / "variant.yaml"
+    manifest.parent.mkdir(exist_ok=True)
+    text = (REPO / "manifests" / "noop.yaml").read_text()
+    assert old in text
+    manifest.write_text(text.replace(old, new) + extra)
+    return str(manifest)

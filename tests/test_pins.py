@@ -4,27 +4,14 @@ into the sandbox with the Hub offline, recorded; an unreachable Hub is one clear
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 from harness.store.local import LocalStore
-from tests.conftest import REPO
+from tests.conftest import noop_variant
 
 pytestmark = pytest.mark.docker
 TOKEN = "hf_pins_secret_token"
-
-
-def noop_project(tmp_path: Path, extra: str) -> str:
-    for part in ("images/noop", "lockfiles/noop.txt"):
-        source, target = REPO / part, tmp_path / part
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, target) if source.is_dir() else shutil.copy(source, target)
-    manifest = tmp_path / "manifests" / "pinned.yaml"
-    manifest.parent.mkdir(exist_ok=True)
-    manifest.write_text((REPO / "manifests" / "noop.yaml").read_text() + extra)
-    return str(manifest)
 
 
 def test_pinned_model_is_fetched_and_mounted_read_only(noop_image, store_home, cli, tmp_path, monkeypatch):
@@ -41,7 +28,7 @@ def test_pinned_model_is_fetched_and_mounted_read_only(noop_image, store_home, c
                                    commit_message="tiny model")
         revision = commit.oid
         api.upload_file(path_or_fileobj=b'{"n_layer": 3}', path_in_repo="config.json", repo_id="lab/tiny-model")
-        manifest = noop_project(tmp_path, f"model: {{repo: lab/tiny-model, revision: {revision}}}\n")
+        manifest = noop_variant(tmp_path, extra=f"model: {{repo: lab/tiny-model, revision: {revision}}}\n")
         env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN,
                "HARNESS_CACHE": str(tmp_path / "cache")}
         result = cli("run", manifest, "--param", "mode=pins", env=env)
@@ -65,7 +52,7 @@ def test_pinned_model_is_fetched_and_mounted_read_only(noop_image, store_home, c
 
 
 def test_unreachable_hub_is_one_line_and_writes_nothing(noop_image, store_home, cli, tmp_path):
-    manifest = noop_project(tmp_path, "model: {repo: lab/absent, revision: " + "b" * 40 + "}\n")
+    manifest = noop_variant(tmp_path, extra="model: {repo: lab/absent, revision: " + "b" * 40 + "}\n")
     result = cli("run", manifest, env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_XET": "1",
                                        "HARNESS_CACHE": str(tmp_path / "cache"), "HF_HUB_ETAG_TIMEOUT": "2"})
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.store.local import LocalStore
-from tests.conftest import REPO
+from tests.conftest import REPO, noop_variant
 
 pytestmark = pytest.mark.docker
 NOOP = str(REPO / "manifests" / "noop.yaml")
@@ -85,20 +84,6 @@ def test_failing_workload_is_marked_failed_with_log_tail(noop_image, store_home,
     assert record["status"] == "failed" and record["exit_code"] == 3
     shown = cli("show", record["run_id"])
     assert "failing on purpose" in shown.stdout and "exit 3" in shown.stdout
-
-
-def noop_variant(tmp_path: Path, old: str, new: str) -> str:
-    """A copy of the noop project with one manifest text replaced (same recipe, so the same image)."""
-    for part in ("images/noop", "lockfiles/noop.txt"):
-        source, target = REPO / part, tmp_path / part
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, target) if source.is_dir() else shutil.copy(source, target)
-    manifest = tmp_path / "manifests" / "variant.yaml"
-    manifest.parent.mkdir(exist_ok=True)
-    text = (REPO / "manifests" / "noop.yaml").read_text()
-    assert old in text
-    manifest.write_text(text.replace(old, new))
-    return str(manifest)
 
 
 def test_timeout_kills_the_container(noop_image, store_home, cli, tmp_path):
