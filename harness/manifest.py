@@ -91,6 +91,8 @@ class Hardware(Strict):
         size = parse_size(value)
         if size < 6 * 2**20:
             raise ValueError(f"memory {value!r} is below Docker's minimum of 6MiB")
+        if size > 64 * 2**40:
+            raise ValueError(f"memory {value!r} is more than 64TiB: write the run's real limit, e.g. 16GiB")
         return value
 
     @field_validator("timeout")

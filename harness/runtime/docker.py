@@ -181,12 +181,18 @@ def kill_orphan(run_id: str) -> bool:
     return bool(found)
 
 
+_engine_versions: dict[str, str] = {}
+
+
 def engine_version(client: Any) -> str:
-    """The engine's version string, for the record."""
-    try:
-        return str(client.version().get("Version", "unknown"))
-    except Exception:  # noqa: BLE001
-        return "unknown"
+    """The engine's version string, for the record (asked once per engine and process)."""
+    address = str(getattr(client.api, "base_url", ""))
+    if address not in _engine_versions:
+        try:
+            _engine_versions[address] = str(client.version().get("Version", "unknown"))
+        except Exception:  # noqa: BLE001
+            return "unknown"
+    return _engine_versions[address]
 
 
 def run_in_image(client: Any, image_id: str, command: list[str], timeout: float = 120) -> str:
