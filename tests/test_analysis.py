@@ -208,6 +208,18 @@ def test_compare_command(store: LocalStore, tmp_path: Path) -> None:
     assert nothing.returncode == 2 and "dqn-a (6)" in nothing.stderr and "Traceback" not in nothing.stderr
 
 
+def test_compare_adds_probability_of_improvement_and_profiles(store: LocalStore, tmp_path: Path) -> None:
+    figure = tmp_path / "profiles.png"
+    result = cli(store.root, "compare", "tag=paper", "--by", "param:learning_rate", "--reps", "200",
+                 "--improvement", "--profiles", str(figure))
+    assert result.returncode == 0, result.stderr
+    assert "Probability of improvement" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| learning_rate=0.0001 | learning_rate=0.00025 |"))
+    point = float(row.split("|")[3].split("[")[0])
+    assert point == 0.0  # dqn-b (2.5e-4) learns twice as fast in every environment and seed
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_plot_command_png_svg_and_single_seed(store: LocalStore, tmp_path: Path) -> None:
     png = tmp_path / "fig.png"
     result = cli(store.root, "plot", "tag=paper", "--out", str(png), "--smooth", "5")

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from harness.analysis import index as run_index
-from harness.analysis.aggregate import Estimate, interval_estimates, normalize_scores
+from harness.analysis.aggregate import Estimate, interval_estimates, normalize_scores, probability_of_improvement
 from harness.analysis.selection import run_params
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
@@ -45,6 +45,9 @@ class Comparison:
     aggregates: dict[str, dict[str, Estimate]] = field(default_factory=dict)
     normalization: str = "none"
     notes: list[str] = field(default_factory=list)
+    # per group: (runs x environments) scores on the aggregates' scale, for profiles and P(X > Y)
+    matrices: dict[str, np.ndarray] = field(default_factory=dict)
+    improvement: dict[tuple[str, str], Estimate] = field(default_factory=dict)
 
 
 def group_labels(runs: pa.Table, by: str) -> list[str]:
@@ -114,10 +117,19 @@ def build_comparison(
     if single:
         notes.append(f"one seed only for {', '.join(single)}: no std or CI there")
     comparison = Comparison(metric, last_n, cells, notes=notes, normalization=normalization)
-    comparison.aggregates, comparison.normalization = _aggregates(
+    comparison.aggregates, comparison.normalization, comparison.matrices = _aggregates(
         cells_data, normalization, reference, reps, seed, notes
     )
     return comparison
+
+
+def add_improvement(comparison: Comparison, reps: int = 2000, seed: int = 0) -> None:
+    """Probability of improvement of the first group over each other one (rliable, stratified
+    bootstrap CIs). Opt-in: its cost grows with runs² per environment."""
+    if len(comparison.matrices) < 2:
+        comparison.notes.append("probability of improvement needs two groups with shared environments")
+        return
+    comparison.improvement = probability_of_improvement(comparison.matrices, reps=reps, seed=seed)
 
 
 def _aggregates(
@@ -127,15 +139,16 @@ def _aggregates(
     reps: int,
     seed: int,
     notes: list[str],
-) -> tuple[dict[str, dict[str, Estimate]], str]:
-    """rliable aggregates per group over the environments every group ran; the scale used."""
+) -> tuple[dict[str, dict[str, Estimate]], str, dict[str, np.ndarray]]:
+    """rliable aggregates per group over the environments every group ran; the scale used; the
+    score matrices they were computed from."""
     groups = sorted({g for g, _ in cells_data})
     envs = sorted({e for _, e in cells_data})
     shared = [e for e in envs if all((g, e) in cells_data for g in groups)]
     if len(shared) < len(envs):
         notes.append(f"aggregates use the {len(shared)} environments every group ran (of {len(envs)})")
     if not shared:
-        return {}, "none"
+        return {}, "none", {}
     matrices: dict[str, np.ndarray] = {}
     for group in groups:
         counts = [len(cells_data[(group, e)]) for e in shared]
@@ -154,7 +167,7 @@ def _aggregates(
     elif normalization != "none":
         raise HarnessError(f"normalisation must be minmax, none or reference scores, not {normalization!r}")
     scale = "reference" if reference is not None else normalization
-    return interval_estimates(matrices, AGGREGATE_METRICS, reps=reps, seed=seed), scale
+    return interval_estimates(matrices, AGGREGATE_METRICS, reps=reps, seed=seed), scale, matrices
 
 
 def _spans(matrices: dict[str, np.ndarray]) -> bool:
@@ -193,6 +206,11 @@ def to_markdown(comparison: Comparison) -> str:
                 for e in (estimates[m] for m in AGGREGATE_METRICS)
             ]
             lines.append(f"| {group} | " + " | ".join(row) + " |")
+    if comparison.improvement:
+        lines += ["", "Probability of improvement P(X > Y), 95 % stratified bootstrap CIs", "",
+                  "| X | Y | P(X > Y) |", "|---|---|---:|"]
+        for (x, y), estimate in comparison.improvement.items():
+            lines.append(f"| {x} | {y} | {_fmt(estimate.point, 3)} [{_fmt(estimate.ci[0], 3)}, {_fmt(estimate.ci[1], 3)}] |")
     for note in comparison.notes:
         lines += ["", f"note: {note}"]
     return "\n".join(lines) + "\n"

@@ -72,16 +72,23 @@ def _write_text(path: Path, text: str) -> None:
 @click.option("--reps", default=2000, show_default=True, help="Bootstrap resamples.")
 @click.option("--seed", default=0, show_default=True, help="Bootstrap seed (same seed, same CIs).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Also write the table (.md or .csv).")
+@click.option("--improvement", is_flag=True, help="Add the probability of improvement of the first group over each other.")
+@click.option("--profiles", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write performance profiles (fraction of runs above each score) to this figure.")
 def compare(
     selection: tuple[str, ...], metric: str | None, by: str, env_key: str, last_n: int, normalize: str,
-    reference: Path | None, reps: int, seed: int, out: Path | None,
+    reference: Path | None, reps: int, seed: int, out: Path | None, improvement: bool, profiles: Path | None,
 ) -> None:
     """Summary table of the selected runs, per group and environment, with rliable aggregates."""
     from harness.analysis.selection import select_runs
-    from harness.analysis.tables import build_comparison, to_csv, to_markdown
+    from harness.analysis.tables import add_improvement, build_comparison, to_csv, to_markdown
 
     if out is not None and out.suffix.lower() not in (".md", ".csv"):
         raise HarnessError(f"--out {out}: use a .md or .csv file name")
+    if profiles is not None:
+        from harness.analysis.plots import check_output
+
+        check_output(profiles)
     reference_scores = _read_reference(reference) if reference else None
     store = _store()
     runs = select_runs(store, selection)
@@ -90,11 +97,23 @@ def compare(
         store, runs, chosen, by=by, env_key=env_key, last_n=last_n, normalization=normalize,
         reference=reference_scores, reps=reps, seed=seed,
     )
+    if improvement:
+        add_improvement(comparison, reps=reps, seed=seed)
     markdown = to_markdown(comparison)
     click.echo(markdown, nl=False)
     if out is not None:
         _write_text(out, to_csv(comparison) if out.suffix.lower() == ".csv" else markdown)
         click.echo(f"wrote {out}", err=True)
+    if profiles is not None:
+        from harness.analysis.aggregate import performance_profiles
+        from harness.analysis.plots import plot_profiles
+
+        if not comparison.matrices:
+            raise HarnessError("--profiles: the groups share no environment, so there is nothing to profile")
+        taus, curves, cis = performance_profiles(comparison.matrices, reps=reps, seed=seed)
+        scale = "normalised score (τ)" if comparison.normalization != "none" else f"{comparison.metric} (τ)"
+        plot_profiles(taus, curves, cis, profiles, x_label=scale)
+        click.echo(f"wrote {profiles}", err=True)
 
 
 @click.command()
