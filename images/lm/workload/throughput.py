@@ -181,6 +181,8 @@ def main() -> None:
     args = parse_args()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    # deterministic cuBLAS needs a fixed workspace; set before the workers start CUDA
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     world = args.world_size
     if args.device == "cuda":
         world = max(1, min(world, torch.cuda.device_count()))
