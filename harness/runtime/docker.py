@@ -71,6 +71,9 @@ def job_environment(request: JobRequest) -> dict[str, str]:
         "PYTHONPATH": CONTAINER_LIB,
         "HOME": "/tmp",
         "MPLCONFIGDIR": "/tmp/matplotlib",
+        # the sandbox's only interface: torch.distributed's gloo would otherwise look up the
+        # container's hostname, find no address and wait forever
+        "GLOO_SOCKET_IFNAME": "lo",
     }
 
 

@@ -183,6 +183,9 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     # deterministic cuBLAS needs a fixed workspace; set before the workers start CUDA
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # the processes meet on 127.0.0.1: gloo must pair over loopback too (in a container without
+    # a network, resolving the hostname gives no address and the pairing waits forever)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     world = args.world_size
     if args.device == "cuda":
         world = max(1, min(world, torch.cuda.device_count()))
