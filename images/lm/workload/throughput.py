@@ -22,12 +22,13 @@ Losses are bit-identical across runs; timings are not. Artifacts: ``throughput.j
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import random
 import resource
-import socket
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def token_stream(args: argparse.Namespace, vocab: int) -> torch.Tensor:
     return stream.view(args.warmup + args.steps, args.global_batch, args.context)
 
 
-def worker(rank: int, world: int, args: argparse.Namespace, port: int, results) -> None:  # type: ignore[no-untyped-def]
+def worker(rank: int, world: int, args: argparse.Namespace, rendezvous: str, results) -> None:  # type: ignore[no-untyped-def]
     """Train on this rank's share of every global batch; rank 0 reports timings and losses."""
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -101,7 +102,10 @@ def worker(rank: int, world: int, args: argparse.Namespace, port: int, results) 
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
     if world > 1:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        # a file rendezvous: no port to pick (two runs at once could pick the same one), and a
+        # timeout so that a broken pairing fails the run instead of holding it for 30 minutes
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{rendezvous}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(minutes=3))
     model = build_model(args).to(device)
     params = sum(p.numel() for p in model.parameters())
     vocab = model.config.vocab_size
@@ -143,16 +147,12 @@ def worker(rank: int, world: int, args: argparse.Namespace, port: int, results) 
         results.put({"times": times, "losses": losses, "params": params, "peak_memory_mb": peaks.item()})
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_mode(world: int, args: argparse.Namespace) -> dict:
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
-    mp.start_processes(worker, args=(world, args, free_port(), results), nprocs=world, join=True, start_method="spawn")
+    with tempfile.TemporaryDirectory(prefix="rendezvous-") as folder:
+        rendezvous = os.path.join(folder, "store")
+        mp.start_processes(worker, args=(world, args, rendezvous, results), nprocs=world, join=True, start_method="spawn")
     return results.get()
 
 
@@ -183,7 +183,7 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     # deterministic cuBLAS needs a fixed workspace; set before the workers start CUDA
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # the processes meet on 127.0.0.1: gloo must pair over loopback too (in a container without
+    # the processes run on one host: gloo must pair over loopback (in a container without
     # a network, resolving the hostname gives no address and the pairing waits forever)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     world = args.world_size
