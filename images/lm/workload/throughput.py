@@ -25,6 +25,7 @@ import argparse
 import datetime
 import json
 import os
+import queue
 import random
 import resource
 import statistics
@@ -142,18 +143,36 @@ def worker(rank: int, world: int, args: argparse.Namespace, rendezvous: str, res
     peaks = torch.tensor([peak_mb], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
-        dist.destroy_process_group()
-    if rank == 0:
+    if rank == 0:  # before the teardown: the measurement is complete whatever the teardown does
         results.put({"times": times, "losses": losses, "params": params, "peak_memory_mb": peaks.item()})
+    if world > 1:
+        dist.destroy_process_group()
 
 
 def run_mode(world: int, args: argparse.Namespace) -> dict:
+    """Run ``world`` workers and return rank 0's result. The parent reads the result as soon as it
+    is there, and ends workers still tearing down 30 s later (gloo's shutdown can hang)."""
     context = mp.get_context("spawn")
-    results = context.SimpleQueue()
+    results = context.Queue()
     with tempfile.TemporaryDirectory(prefix="rendezvous-") as folder:
         rendezvous = os.path.join(folder, "store")
-        mp.start_processes(worker, args=(world, args, rendezvous, results), nprocs=world, join=True, start_method="spawn")
-    return results.get()
+        workers = mp.start_processes(worker, args=(world, args, rendezvous, results), nprocs=world, join=False,
+                                     start_method="spawn")
+        while True:
+            try:
+                result = results.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if workers.join(timeout=0):  # raises if a worker failed
+                    raise SystemExit("the workers ended without a result")
+        deadline = time.monotonic() + 30
+        while not workers.join(timeout=1) and time.monotonic() < deadline:
+            pass
+        for process in workers.processes:
+            if process.is_alive():
+                print(f"worker {process.pid} still tearing down after its result: ended", flush=True)
+                process.terminate()
+    return result
 
 
 def save_figure(modes: dict[str, dict], path: Path) -> None:
