@@ -10,6 +10,7 @@ not part of the hash, and a two-stage Dockerfile keeps it out of the final image
 from __future__ import annotations
 
 import configparser
+import functools
 import hashlib
 import json
 import os
@@ -180,6 +181,7 @@ def find_ca_bundle(explicit: Path | None = None) -> Path | None:
     return Path(cert) if cert and Path(cert).is_file() else None
 
 
+@functools.lru_cache(maxsize=1)
 def _pip_config() -> dict[str, str]:
     """pip's effective configuration (``pip config list``) as key -> value, last one wins."""
     result = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)

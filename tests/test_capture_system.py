@@ -53,17 +53,9 @@ def nvml_works() -> bool:
 
 
 @pytest.fixture(scope="module")
-def docker_client():
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env()
-        client.ping()
-        client.images.get(BASE_IMAGE)
-    except Exception as exc:  # noqa: BLE001 - any failure means "no usable engine"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs the Docker engine and {BASE_IMAGE}: {exc}")
-        pytest.skip(f"no Docker engine or {BASE_IMAGE}: {exc}")
-    return client
+def docker_client(docker_engine, base_image):
+    """The shared engine fixture (conftest), with the base image present."""
+    return docker_engine
 
 
 @pytest.fixture
