@@ -15,8 +15,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any, Callable
 
-from harness.backends import Backend, Echo, Job
+from harness.backends import Backend, BackendOptions, Echo, Job
 from harness.errors import HarnessError
+from harness.record import RunStatus
+from harness.runtime.engine import resolve_runtime
 from harness.store.local import LocalStore
 from harness.sweeps import Submission, SweepState, save_state
 
@@ -56,24 +58,6 @@ def parallel_slots(hardware: "Hardware", jobs: int | None = None, host: dict[str
                            f"{', '.join(has[n] for n in short)}: lower the manifest's hardware target or use --backend slurm")
     slots = min(limits.values())
     return min(slots, jobs) if jobs else slots
-
-
-def engine_available() -> bool:
-    """Whether a Docker engine answers here."""
-    try:
-        from harness.runtime.engine import docker_client
-
-        docker_client(timeout=10)
-        return True
-    except HarnessError:
-        return False
-
-
-def resolve_runtime(runtime: str) -> str:
-    """``auto`` becomes docker where an engine answers, else process."""
-    if runtime != "auto":
-        return runtime
-    return "docker" if engine_available() else "process"
 
 
 class LocalJob(Job):
@@ -116,6 +100,13 @@ class LocalBackend(Backend):
         self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def create(cls, store: LocalStore, options: BackendOptions) -> "LocalBackend":
+        """Local runs take no Slurm options."""
+        if options.partition or options.account:
+            raise HarnessError("--partition and --account are for --backend slurm")
+        return cls(store, jobs=options.jobs, runtime=options.runtime, echo=options.echo)
 
     def submit(self, specs: list["RunSpec"], sweep: SweepState) -> list[Job]:
         """Start the pool; runs begin at once, as many at a time as fit."""
@@ -204,7 +195,7 @@ class LocalBackend(Backend):
                 self._handles.pop(spec.run_id, None)
         if self.stopping.is_set() and record.get("status") not in ("completed", "interrupted"):
             # Stopped from outside the runner (no job handle): say why, not just "exit 137".
-            record = mark_record(self.store, record["run_id"], "interrupted", "stopped by Ctrl-C on the sweep")
+            record = self.store.mark(record["run_id"], RunStatus.INTERRUPTED, "stopped by Ctrl-C on the sweep")
         return record
 
     def _stop_soon(self, spec_run_id: str) -> None:
@@ -234,11 +225,3 @@ def stop_run(run_id: str, runtime: str) -> None:
                 os.killpg(child.pid, signal.SIGKILL)
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
-
-
-def mark_record(store: LocalStore, run_id: str, status: str, detail: str) -> dict[str, Any]:
-    """Correct a sealed record's final status (its files are unchanged, so the checksums stand)."""
-    record = store.load(run_id)
-    record.update(status=status, detail=detail)
-    store.save(record)
-    return record

@@ -101,7 +101,7 @@ START_LINE = "harness: start "
 
 def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id: int) -> dict[str, Any]:
     """Run the run this task stands for and return its record."""
-    from harness.backends.local import mark_record, resolve_runtime
+    from harness.runtime.engine import resolve_runtime
     from harness.manifest import load_manifest
     from harness.runner import execute
 
@@ -121,7 +121,7 @@ def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id:
     if record.get("status") == "interrupted":
         status, detail = ENDED_BY_SLURM.get(why_slurm_ended(task_output()), (None, None))
         if status is not None:
-            record = mark_record(store, record["run_id"], status, detail)
+            record = store.mark(record["run_id"], status, detail)
     print(f"harness: {record['run_id']} {record.get('status')}", flush=True)
     return record
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from harness.commands.options import json_option
 from harness.errors import HarnessError
 
 DEFAULT_METRIC = "charts/episodic_return"
@@ -222,7 +223,7 @@ def _thc_rows_from_runs(
 @click.option("--task-col", help="With --ranking iqm-ci: the column (or param) of the tasks, e.g. game_index.")
 @click.option("--reps", default=2000, show_default=True, help="Bootstrap resamples (iqm-ci).")
 @click.option("--seed", "boot_seed", default=0, show_default=True, help="Bootstrap seed (iqm-ci).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@json_option
 def thc(
     selection: tuple[str, ...], hparams: str | None, across: str | None, metric: str | None, last_n: int,
     table: Path | None, hparam_col: str, value_col: str, setting_col: str, seed_col: str, score_col: str,

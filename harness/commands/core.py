@@ -9,14 +9,11 @@ from typing import Any
 
 import click
 
+from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
 from harness.errors import HarnessError
 
 
-def _console():  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
-    # piped output (scripts, CI logs) gets wide lines instead of wrapped cells
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+_console = console
 
 
 @click.command()
@@ -91,7 +88,7 @@ def bootstrap(name: str, suite: str, force: bool) -> None:
 
 @click.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--ca-bundle", type=click.Path(path_type=Path), help="Extra CA bundle for the build (default: SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE).")
+@ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
 @click.option("--quiet", is_flag=True)
 def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> None:
@@ -116,7 +113,7 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--seed", "seeds", type=int, multiple=True, help="Run these seeds instead of the manifest's.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a param.")
 @click.option("--smoke", is_flag=True, help="Apply the manifest's smoke params (a quick run for CI).")
-@click.option("--runtime", type=click.Choice(["docker", "process"]), default="docker", show_default=True)
+@runtime_option
 @click.option("--backend", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option("--jobs", type=int, help="At most this many runs at once.")
 @click.option("--partition", help="Slurm partition.")
@@ -125,7 +122,7 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--retry-failed", is_flag=True, help="Re-run failed, timed-out, OOM and interrupted runs.")
 @click.option("--dry-run", is_flag=True, help="List what would run.")
 @click.option("--yes", is_flag=True, help="Confirm a sweep of more than 10,000 runs.")
-@click.option("--ca-bundle", type=click.Path(path_type=Path))
+@ca_bundle_option
 @click.option("--quiet", is_flag=True, help="Do not stream the job's output.")
 def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: bool, runtime: str, backend: str,
         jobs: int | None, partition: str | None, account: str | None, rerun: bool, retry_failed: bool,
@@ -145,13 +142,14 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
                             account=account, retry_failed=retry_failed, dry_run=dry_run, yes=yes, rerun=rerun,
                             echo=click.echo)
         sys.exit(outcome.exit_code)
+    from harness.backends import plan_sweep
+
     spec = specs[0]
-    if not rerun:
-        done = [r for r in store.find_by_config(spec.config_key) if r.get("status") == "completed"]
-        if done:
-            click.echo(f"{done[0]['run_id']}: already completed with this manifest, params and seed "
-                       "(use --rerun to run it again)")
-            return
+    # a single run that ended badly runs again without --retry-failed; a completed one needs --rerun
+    if plan_sweep(specs, store, retry_failed=True, rerun=rerun).completed:
+        click.echo(f"{spec.run_id}: already completed with this manifest, params and seed "
+                   "(use --rerun to run it again)")
+        return
     console = _console()
     echo = None if quiet else (lambda line: click.echo(f"  | {line}"))
     with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
@@ -186,7 +184,7 @@ def _print_outcome(record: dict) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--limit", type=int, default=50, show_default=True)
 def ls(as_json: bool, limit: int) -> None:
     """Runs in the local store, newest first."""
@@ -221,7 +219,7 @@ def _status_text(status: str) -> str:
 
 @click.command()
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole record.json.")
+@json_option
 @click.option("--log-lines", type=int, default=20, show_default=True)
 def show(run_id: str, as_json: bool, log_lines: int) -> None:
     """Provenance, status and summary metrics of one run."""

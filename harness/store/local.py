@@ -76,6 +76,13 @@ class LocalStore:
         self.save(record)
         return record
 
+    def mark(self, run_id: str, status: str, detail: str) -> Record:
+        """Correct a sealed record's final status (its files are unchanged, so the checksums stand)."""
+        record = self.load(run_id)
+        record.update(status=str(status), detail=detail)
+        self.save(record)
+        return record
+
     def records(self) -> Iterator[Record]:
         """Every readable run record, newest first."""
         if not self.runs_dir.is_dir():
