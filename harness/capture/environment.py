@@ -115,7 +115,7 @@ print(json.dumps({
     "gpu_driver": (smi or {}).get("driver"),
     "env": environment_variables(),
 }, sort_keys=True))
-""".replace("@SECRET_NAME_PATTERN@", repr(SECRET_NAME_PATTERN)).replace("@NOT_SECRET@", repr(set(NOT_SECRET)))
+""".replace("@SECRET_NAME_PATTERN@", repr(SECRET_NAME_PATTERN)).replace("@NOT_SECRET@", repr(tuple(sorted(NOT_SECRET))))
 
 
 def _cpu_model() -> str | None:
