@@ -73,7 +73,8 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
 
 def original_run(store: LocalStore, target: str, endpoint: str | None, revision: str | None) -> tuple[str, str | None]:
     """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first."""
-    from harness.store.hub import parse_run_spec, pull as pull_runs
+    from harness.store.hub import parse_run_spec
+    from harness.store.hub import pull as pull_runs
     if "/" not in target:
         record = store.load(target)
         return target, (record.get("pulled_from") or {}).get("repo")

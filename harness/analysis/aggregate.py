@@ -190,7 +190,7 @@ def probability_of_improvement(
             pair_scores, improvement, reps=reps, confidence_interval_size=confidence
         )
     return {
-        tuple(key.split("\x00")): Estimate(float(points[key][0]), (float(intervals[key][0, 0]), float(intervals[key][1, 0])))
+        (key.split("\x00")[0], key.split("\x00")[1]): Estimate(float(points[key][0]), (float(intervals[key][0, 0]), float(intervals[key][1, 0])))
         for key in pair_scores
     }
 

@@ -63,7 +63,7 @@ def group_curves(
     runs = [(label, run_id, xy) for label, series in groups.items() for run_id, xy in series.items() if len(xy[0])]
     if not runs:
         raise HarnessError("no points to plot: the selected runs logged nothing for this metric")
-    starts = {label: max(float(xy[0][0]) for l2, _, xy in runs if l2 == label) for label in groups if any(l == label for l, _, _ in runs)}
+    starts = {label: max(float(xy[0][0]) for l2, _, xy in runs if l2 == label) for label in groups if any(name == label for name, _, _ in runs)}
     stops = {label: min(float(xy[0][-1]) for l2, _, xy in runs if l2 == label) for label in starts}
     start, stop = max(starts.values()), min(stops.values())
     notes: list[str] = []

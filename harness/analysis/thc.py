@@ -9,8 +9,8 @@ everywhere, 1: maximal flips), reported with the std over values (ddof=1).
 
 from __future__ import annotations
 
-import warnings
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +176,7 @@ def thc_from_table(
         dropped = sorted(set(settings_with_all.index) - set(complete))
         if dropped:
             label = "/".join([*key[:-1], hyperparameter])
-            warnings.warn(f"{label}: settings {', '.join(dropped)} lack some values; THC uses the other {len(complete)}")
+            warnings.warn(f"{label}: settings {', '.join(dropped)} lack some values; THC uses the other {len(complete)}", stacklevel=2)
         if len(complete) < 2:
             continue
         part = part[part[setting_col].isin(complete)]
@@ -186,7 +186,7 @@ def thc_from_table(
             scores = cube.to_numpy().reshape(len(complete), len(values), -1)
             lo, hi = mean_std_intervals(scores)
         else:
-            cube = _pivot(part, [setting_col, value_col, seed_col], task_col, score_col)
+            cube = _pivot(part, [setting_col, value_col, seed_col], str(task_col), score_col)  # checked above: iqm-ci needs task_col
             seeds = sorted(part[seed_col].unique())
             tasks = list(cube.columns)
             cube = cube.reindex(pd.MultiIndex.from_product([complete, values, seeds]))

@@ -10,12 +10,13 @@ hands the runs to the chosen backend.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
-from harness.store.local import LocalStore
 from harness.record import DONE, FAILED, status_group
+from harness.store.local import LocalStore
 from harness.sweeps import (
     SweepState,
     attempt_records,
@@ -71,18 +72,18 @@ class Backend(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def create(cls, store: LocalStore, options: BackendOptions) -> "Backend":
+    def create(cls, store: LocalStore, options: BackendOptions) -> Backend:
         """A backend for ``options``; HarnessError for options it cannot honour."""
 
     @abc.abstractmethod
-    def submit(self, specs: list["RunSpec"], sweep: SweepState) -> list[Job]:
+    def submit(self, specs: list[RunSpec], sweep: SweepState) -> list[Job]:
         """Start (or queue) every spec; one job per spec, in the same order."""
 
     def wait(self, jobs: list[Job]) -> list[dict[str, Any]]:
         """Wait for every job; their records, in order."""
         return [job.result() for job in jobs]
 
-    def collect(self, jobs: list[Job], sweep: SweepState, outcome: "SweepOutcome") -> None:
+    def collect(self, jobs: list[Job], sweep: SweepState, outcome: SweepOutcome) -> None:
         """What :func:`run_sweep` does once the jobs are submitted: by default, wait for them."""
         outcome.records = self.wait(jobs)
 
@@ -112,8 +113,8 @@ class SweepPlan:
     """What a sweep holds and which of its runs will run now."""
 
     sweep_id: str
-    specs: list["RunSpec"]
-    to_run: list["RunSpec"]
+    specs: list[RunSpec]
+    to_run: list[RunSpec]
     completed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # skipped: ended badly, no --retry-failed
     running: list[str] = field(default_factory=list)  # skipped: a record says it is running
@@ -151,7 +152,7 @@ class SweepOutcome:
         return 0 if self.ok else 1
 
 
-def plan_sweep(specs: list["RunSpec"], store: LocalStore, retry_failed: bool = False, rerun: bool = False) -> SweepPlan:
+def plan_sweep(specs: list[RunSpec], store: LocalStore, retry_failed: bool = False, rerun: bool = False) -> SweepPlan:
     """Split a sweep's runs into those to run now and those the store already holds
     (``rerun`` runs completed ones again; ``retry_failed`` runs the ones that ended badly)."""
     if not specs:
@@ -191,7 +192,7 @@ def sweep_state_for(plan: SweepPlan, store: LocalStore) -> SweepState:
 
 
 def run_sweep(
-    specs: list["RunSpec"],
+    specs: list[RunSpec],
     backend: str = "local",
     jobs: int | None = None,
     partition: str | None = None,
@@ -254,7 +255,7 @@ def sweep_progress(sweep: SweepState, store: LocalStore) -> dict[str, Any]:
     from datetime import datetime
 
     states = run_states(sweep, store)
-    counts = {group: 0 for group in ("queued", "running", "done", "failed")}
+    counts = dict.fromkeys(("queued", "running", "done", "failed"), 0)
     for state in states.values():
         counts[status_group(state)] += 1
     latest = sweep.submissions[-1] if sweep.submissions else None
@@ -267,8 +268,8 @@ def sweep_progress(sweep: SweepState, store: LocalStore) -> dict[str, Any]:
         remaining = len(in_latest) - ended
         if remaining == 0:
             eta = 0.0
-            ends = [r.get("ended_at") for run_id in latest.run_ids for r in attempt_records(store, run_id)]
-            ends = [datetime.fromisoformat(e).timestamp() for e in ends if e]
+            ended_at = [r.get("ended_at") for run_id in latest.run_ids for r in attempt_records(store, run_id)]
+            ends = [datetime.fromisoformat(e).timestamp() for e in ended_at if e]
             if ends:
                 elapsed = max(0.0, max(ends) - started)
         elif ended:

@@ -158,14 +158,14 @@ def max_array_size() -> int:
 
 def slurm_time(seconds: float) -> str:
     """Seconds as Slurm's ``D-HH:MM:SS``."""
-    total = int(math.ceil(seconds))
+    total = math.ceil(seconds)
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-def resource_options(hardware: "Hardware") -> list[str]:
+def resource_options(hardware: Hardware) -> list[str]:
     """sbatch options for one run of this hardware target."""
     options = [
         f"--cpus-per-task={max(1, math.ceil(float(hardware.cpus)))}",
@@ -182,7 +182,7 @@ def array_script(
     submission_index: int,
     chunk_index: int,
     task_count: int,
-    hardware: "Hardware",
+    hardware: Hardware,
     job_name: str,
     log_dir: Path,
     store_root: Path,
@@ -383,7 +383,7 @@ class SlurmBackend(Backend):
         self.explicit_partition = partition
 
     @classmethod
-    def create(cls, store: LocalStore, options: BackendOptions) -> "SlurmBackend":
+    def create(cls, store: LocalStore, options: BackendOptions) -> SlurmBackend:
         """Nodes run docker where they have an engine, else process, unless process is asked for."""
         node_runtime = "process" if options.runtime == "process" else "auto"
         return cls(store, jobs=options.jobs, partition=options.partition, account=options.account,
@@ -400,7 +400,7 @@ class SlurmBackend(Backend):
         """Each run's state, from its latest task's Slurm state and its records in the store."""
         return run_states(sweep, store)
 
-    def submit(self, specs: list["RunSpec"], sweep: SweepState) -> list[Job]:
+    def submit(self, specs: list[RunSpec], sweep: SweepState) -> list[Job]:
         """Write the sweep's state and scripts into the store and sbatch one array job."""
         loaded = specs[0].loaded
         check_shared({"results store": self.store.root, "project": loaded.root}, self.nodes)

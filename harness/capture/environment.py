@@ -176,7 +176,7 @@ def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
     def capture() -> dict[str, Any]:
         try:
             return json.loads(run_in_image(client, image.id, ["python", "-c", ENVIRONMENT_SCRIPT]))
-        except Exception as exc:  # noqa: BLE001 - an image without Python still runs; say what is missing
+        except Exception as exc:
             return {"error": f"environment capture failed: {exc}"}
 
     return _cached_environment(image.id.replace(":", "_"), capture)

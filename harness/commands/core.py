@@ -11,7 +11,7 @@ import click
 
 from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
 from harness.errors import HarnessError
-
+from harness.record import Record
 
 _console = console
 
@@ -93,9 +93,9 @@ def bootstrap(name: str, suite: str, force: bool) -> None:
 @click.option("--quiet", is_flag=True)
 def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> None:
     """Build (or find) the content-addressed image of a manifest."""
+    from harness.images import prepare_image
     from harness.manifest import load_manifest
     from harness.plan import expand
-    from harness.images import prepare_image
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
@@ -158,7 +158,7 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
     sys.exit(0 if record["status"] == "completed" else 1)
 
 
-def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any) -> dict:
+def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any) -> Record:
     from harness.runner import execute
 
     def started(record: dict, job: Any = None) -> None:
@@ -174,7 +174,7 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
 
 
-def _print_outcome(record: dict) -> None:
+def _print_outcome(record: Record) -> None:
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "", {})
     extra = f", {primary}: last {_number(summary.get('last'))}, mean of last N {_number(summary.get('mean_last_n'))}" if summary else ""
@@ -250,7 +250,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         ("files", f"{len(record.get('files') or {})} checksummed"),
     ]
     if record.get("reproduces"):
-        rows.append(("reproduces", record["reproduces"]))
+        rows.append(("reproduces", str(record["reproduces"])))
     if record.get("pulled_from"):
         rows.append(("pulled from", json.dumps(record["pulled_from"])))
     if record.get("detail"):
@@ -295,15 +295,15 @@ def doctor() -> None:
 
     checks: list[tuple[str, bool, str]] = []
     try:
-        from harness.runtime.engine import docker_client
         from harness.runtime.docker import engine_version
+        from harness.runtime.engine import docker_client
 
         client = docker_client(timeout=10)
         checks.append(("docker engine", True, f"reachable, version {engine_version(client)}"))
         try:
             client.images.get(BASE_IMAGE)
             checks.append(("base image", True, BASE_IMAGE))
-        except Exception:  # noqa: BLE001
+        except Exception:
             checks.append(("base image", False, f"{BASE_IMAGE} missing: run `harness image bootstrap`"))
     except HarnessError as exc:
         checks.append(("docker engine", False, str(exc)))
@@ -317,7 +317,7 @@ def doctor() -> None:
         from huggingface_hub import get_token
 
         checks.append(("hub login", True, "token found (HF_TOKEN or login)" if get_token() else "none (publish needs HF_TOKEN)"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         checks.append(("hub login", True, f"unknown ({exc})"))
     failed = False
     for name, ok, text in checks:

@@ -11,7 +11,6 @@ import click
 from harness.commands.options import endpoint_option, runtime_option
 
 
-
 @click.command()
 @click.argument("run_ids", nargs=-1, required=True)
 @click.option("--repo", required=True, help="dataset repo to publish to, org/name")

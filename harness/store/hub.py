@@ -22,16 +22,18 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
 from harness.fsutil import sha256_file
-from harness.layout import RECORD as RECORD_NAME, SYSTEM_PARQUET
+from harness.layout import RECORD as RECORD_NAME
+from harness.layout import SYSTEM_PARQUET
 from harness.record import FINAL_STATUSES
 from harness.store.local import LocalStore
 
@@ -103,9 +105,9 @@ def hub_errors(repo: str, endpoint: str) -> Iterator[None]:
     import httpx2
     from huggingface_hub.errors import (
         HfHubHTTPError,
+        RemoteEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
-        RemoteEntryNotFoundError,
     )
 
     try:
@@ -146,7 +148,7 @@ def _git_blob_oid_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def published_record_bytes(record: dict[str, Any]) -> bytes:
+def published_record_bytes(record: Mapping[str, Any]) -> bytes:
     """record.json as published: without the fields that only describe this machine's copy."""
     public = {k: v for k, v in record.items() if k not in LOCAL_ONLY_FIELDS}
     return (json.dumps(public, indent=2, sort_keys=True, default=str) + "\n").encode()
@@ -164,7 +166,7 @@ def _same_content(remote: Any, sha256: str, git_oid: str) -> bool:
 # -- publish --------------------------------------------------------------------------------------
 
 
-def _run_index_row(record: dict[str, Any]) -> dict[str, Any]:
+def _run_index_row(record: Mapping[str, Any]) -> dict[str, Any]:
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "", {})
     image = record.get("image") or {}
@@ -187,7 +189,7 @@ def _run_index_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _runs_index(existing: list[dict[str, Any]], records: list[dict[str, Any]]) -> tuple[bytes, list[dict[str, Any]]]:
+def _runs_index(existing: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]) -> tuple[bytes, list[dict[str, Any]]]:
     new_ids = {r["run_id"] for r in records}
     rows = [row for row in existing if row.get("run_id") not in new_ids] + [_run_index_row(r) for r in records]
     rows.sort(key=lambda row: (row.get("started_at") or "", row["run_id"]))
