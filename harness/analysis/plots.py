@@ -9,11 +9,15 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harness.analysis.curves import Curve
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.analysis.equivalence import CurveComparison
 
 FORMATS = {".png", ".svg", ".pdf"}
 
@@ -110,6 +114,44 @@ def plot_profiles(
     ax.set_title("Performance profiles, 95 % bootstrap CIs")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    try:
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_equivalence(
+    curves: "CurveComparison",
+    path: Path,
+    metric: str,
+    verdict: str,
+    labels: tuple[str, str] = ("original", "reproduction"),
+    x_label: str = "environment steps",
+) -> Path:
+    """Both groups' curves (aggregate across seeds, CI band) with the margin band around the
+    original, the first checkpoint outside the margin marked, and the verdict in the title."""
+    check_output(path)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    steps = curves.steps
+    ax.fill_between(steps, curves.original_mean - curves.margin, curves.original_mean + curves.margin,
+                    color="0.85", linewidth=0, label=f"margin ±{curves.margin:.3g} around the original")
+    for (mean, lo, hi), label, n, colour in (
+        ((curves.original_mean, curves.original_lo, curves.original_hi), labels[0], curves.n_original, "C0"),
+        ((curves.reproduction_mean, curves.reproduction_lo, curves.reproduction_hi), labels[1], curves.n_reproduction, "C1"),
+    ):
+        ax.plot(steps, mean, color=colour, linewidth=1.6, label=f"{label} (n={n})")
+        ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, linewidth=0)
+    if curves.first_diverged is not None:
+        ax.axvline(curves.first_diverged, color="C3", linestyle="--", linewidth=1.0,
+                   label=f"first checkpoint outside the margin ({curves.first_diverged:g})")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{verdict}: {metric}, {100 * curves.confidence:g} % CIs over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
     fig.tight_layout()
     try:
         _save(fig, path)
