@@ -373,3 +373,23 @@ def test_validate_warns_when_a_non_deterministic_run_states_no_margin(tmp_path, 
                           "expect: {deterministic: false, margin_relative: 0.1, aggregate: iqm, statistic: final}")
     quiet = cli("validate", stated)
     assert quiet.returncode == 0 and "no margin is stated" not in quiet.stderr
+
+
+# -- real runs on the engine --------------------------------------------------------------------------
+
+def test_real_runs_repeated_are_identical_and_their_environments_match(noop_image, store_home, cli):
+    for again in ((), ("--rerun",)):
+        for seed in ("0", "1"):
+            result = cli("run", "manifests/noop.yaml", "--seed", seed, "--param", "seconds=1", *again)
+            assert result.returncode == 0, result.stderr
+    store = LocalStore(store_home)
+    ids = sorted(path.name for path in store.runs_dir.iterdir())
+    originals = [store.run_dir(i) for i in ids if not i.endswith("-2")]
+    reruns = [store.run_dir(i) for i in ids if i.endswith("-2")]
+    assert len(originals) == len(reruns) == 2
+
+    result = group_verdict(originals, reruns)
+
+    assert result.verdict == "identical" and result.seeds == "same"
+    assert result.environment.identical and not result.environment.unknown
+    assert any(p.startswith("libc6=") for p in store.load(ids[0])["environment"]["debian_packages"])
