@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.analysis.equivalence import (  # noqa: E402
+from harness.analysis.equivalence import (
     CONSISTENT,
     DIVERGED,
     SD_PLANNING_CONFIDENCE,

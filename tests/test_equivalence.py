@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.analysis.environment_diff import bit_identity_ruled_out, compare_environments, lockfile_hashes
+from harness.analysis.environment_diff import (
+    bit_identity_ruled_out,
+    compare_environments,
+    lockfile_hashes,
+)
 from harness.analysis.equivalence import (
     CONSISTENT,
     DIVERGED,
@@ -29,7 +33,12 @@ from harness.analysis.equivalence import (
     shared_grid,
     tost_power,
 )
-from harness.analysis.group_verdict import EquivalenceSpec, group_verdict, plan_seeds
+from harness.analysis.group_verdict import (
+    EquivalenceSpec,
+    group_verdict,
+    plan_seeds,
+    published_group,
+)
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
 from tests.conftest import noop_variant
@@ -152,6 +161,16 @@ def test_plan_seeds_same_more_new_and_auto():
     assert len(auto.seeds) == choose_seed_count([200.0, 210, 190, 205, 195, 202, 198, 207, 193, 200], margin=20).seeds
     with pytest.raises(HarnessError, match="positive number"):
         plan_seeds([1], 0)
+
+
+def test_published_group_is_the_same_configuration_over_seeds():
+    base = {"name": "dqn", "manifest_sha256": "m", "lockfile_sha256": "l", "params": {"lr": 1}, "smoke": False,
+            "status": "completed", "reproduces": None}
+    runs = [dict(base, run_id=f"r{s}", seed=s) for s in (1, 2, 3)]
+    others = [dict(base, run_id="lr2", seed=4, params={"lr": 2}), dict(base, run_id="again", seed=5, reproduces="r1"),
+              dict(base, run_id="failed", seed=6, status="failed"), dict(base, run_id="smoke", seed=7, smoke=True)]
+    group = published_group(runs + others, runs[1])
+    assert [r["run_id"] for r in group] == ["r2", "r1", "r3"]
 
 
 # -- curves -------------------------------------------------------------------------------------

@@ -372,11 +372,11 @@ def equivalence_test(original: Sequence[float], reproduction: Sequence[float], a
         estimate = reproduction_value - original_value
         spread = [_spreads(x, aggregate) for x in (a, b) if len(x) >= 2]
         sd = spread[0][0] if spread else math.nan
-        needed = (seeds_per_side(sd, delta, confidence, power, aggregate, sd_untrimmed=spread[0][1]) if spread
-                  else (None, False))
+        planned: tuple[int | None, bool] = (
+            seeds_per_side(sd, delta, confidence, power, aggregate, sd_untrimmed=spread[0][1]) if spread else (None, False))
         return EquivalenceResult(INCONCLUSIVE, estimate, (-math.inf, math.inf), delta, fraction, confidence, aggregate,
                                  "none (too few seeds)", original_value, reproduction_value, len(a), len(b), sd, 0.0,
-                                 needed[0], needed[1], notes)
+                                 planned[0], planned[1], notes)
     interval = difference_interval(a, b, aggregate, confidence)
     lo, hi = float(interval.lo), float(interval.hi)
     verdict = str(classify(lo, hi, delta))

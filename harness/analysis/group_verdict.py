@@ -62,7 +62,7 @@ class EquivalenceSpec:
     ignore: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, expect: Any, **overrides: Any) -> "EquivalenceSpec":
+    def of(cls, expect: Any, **overrides: Any) -> EquivalenceSpec:
         """From a pydantic ``Expect``, its dict (record.json's ``expect``), None or a spec; then
         ``overrides`` whose value is not None (command-line options)."""
         if isinstance(expect, cls):
@@ -284,6 +284,25 @@ def group_verdict(original_runs: Sequence[Path], reproduced_runs: Sequence[Path]
     if identity is not None and spec.deterministic:
         notes.insert(0, f"expected bit-identity; the runs are {identity} run by run, so the verdict is statistical")
     return result(equivalence.verdict, equivalence, curves)
+
+
+GROUP_FIELDS = ("name", "manifest_sha256", "lockfile_sha256", "params", "smoke")
+
+
+def published_group(records: Sequence[Mapping[str, Any]], target: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The completed original runs of ``target``'s configuration (one per seed, ``target``'s first),
+    out of ``records`` (e.g. every run pulled from a repo): same manifest, lockfile, params and
+    smoke flag; reproductions (``reproduces`` set) left out."""
+    def key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(repr(record.get(name)) for name in GROUP_FIELDS)
+
+    wanted = key(target)
+    by_seed: dict[Any, Mapping[str, Any]] = {target.get("seed"): target}
+    for record in records:
+        if (key(record) == wanted and record.get("status") == "completed" and not record.get("reproduces")
+                and record.get("seed") not in by_seed):
+            by_seed[record.get("seed")] = record
+    return list(by_seed.values())
 
 
 @dataclass(frozen=True)
