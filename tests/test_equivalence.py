@@ -121,8 +121,16 @@ def test_one_seed_a_side_is_inconclusive_without_a_seed_count():
 
 
 def test_groups_that_do_not_vary_compare_exactly():
-    assert equivalence_test([5.0, 5.0, 5.0], [5.5, 5.5], margin=1).verdict == CONSISTENT
-    assert equivalence_test([5.0, 5.0, 5.0], [7.0, 7.0], margin=1).verdict == DIVERGED
+    assert equivalence_test([5.0, 5.0, 5.0], [5.5, 5.5, 5.5], margin=1).verdict == CONSISTENT
+    assert equivalence_test([5.0, 5.0, 5.0], [7.0, 7.0, 7.0], margin=1).verdict == DIVERGED
+
+
+def test_two_seeds_a_side_are_never_decisive():
+    # two low seeds against two high ones that happen to agree closely: the interval lies far
+    # outside the margin, but a spread from two seeds cannot carry a verdict
+    result = equivalence_test([200.3, 228.1], [360.8, 400.1], margin_relative=0.1)
+    assert result.ci[0] > result.margin
+    assert result.verdict == INCONCLUSIVE and result.seeds_needed is not None and "at least 3" in result.notes[0]
 
 
 # -- seed counts --------------------------------------------------------------------------------------

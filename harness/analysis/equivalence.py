@@ -53,6 +53,11 @@ SEEDS_NEEDED_CAP = 1000
 # with it would fall short of 80 % power about as often (benchmarks/bench_equivalence.py).
 SD_PLANNING_CONFIDENCE = 0.95
 MIN_AUTO_SEEDS = 3
+# Two seeds give a spread with one degree of freedom: one pair that happens to agree makes the
+# interval arbitrarily narrow, and with scores that are not normal (RL returns are often bimodal:
+# seeds that learn early and seeds that learn late) its level no longer holds. So a decisive verdict
+# needs three seeds a side; fewer is inconclusive, with the interval and the seeds still reported.
+MIN_VERDICT_SEEDS = 3
 
 
 @dataclass(frozen=True)
@@ -380,6 +385,10 @@ def equivalence_test(original: Sequence[float], reproduction: Sequence[float], a
     interval = difference_interval(a, b, aggregate, confidence)
     lo, hi = float(interval.lo), float(interval.hi)
     verdict = str(classify(lo, hi, delta))
+    if min(len(a), len(b)) < MIN_VERDICT_SEEDS and verdict != INCONCLUSIVE:
+        notes.append(f"the interval says {verdict}, but {min(len(a), len(b))} seeds a side cannot be trusted with "
+                     f"that: a verdict needs at least {MIN_VERDICT_SEEDS}")
+        verdict = INCONCLUSIVE
     sd_a, plain_a, h_a = _spreads(a, aggregate)
     sd_b, plain_b, h_b = _spreads(b, aggregate)
     sd = math.sqrt(((h_a - 1) * sd_a**2 + (h_b - 1) * sd_b**2) / (h_a + h_b - 2))
@@ -475,6 +484,8 @@ def compare_curves(original: Sequence[Series], reproduction: Sequence[Series], m
     a, b = align(original, grid, smooth).T, align(reproduction, grid, smooth).T  # checkpoints x seeds
     interval = difference_interval(a, b, aggregate, confidence)
     verdicts = classify(interval.lo, interval.hi, margin)
+    if min(len(original), len(reproduction)) < MIN_VERDICT_SEEDS:
+        verdicts = np.full(verdicts.shape, INCONCLUSIVE)
 
     def band(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         centre = aggregate_of(matrix, aggregate)

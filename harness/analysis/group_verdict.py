@@ -147,8 +147,8 @@ class GroupVerdict:
                 out.append(f"curves: first checkpoint outside the margin: step {c.first_diverged:g} "
                            f"(of {len(c.steps)} compared)")
             elif c.first_not_shown is not None:
-                out.append(f"curves: within the margin or undecided at every checkpoint; equivalence not shown "
-                           f"from step {c.first_not_shown:g}")
+                out.append(f"curves: no checkpoint outside the margin; the first where equivalence is not shown: "
+                           f"step {c.first_not_shown:g} (of {len(c.steps)} compared)")
             else:
                 out.append(f"curves: inside the margin at all {len(c.steps)} checkpoints")
         for reason in self.bit_identity_ruled_out:

@@ -53,7 +53,8 @@ def compare_groups(selection: tuple[str, ...], against: tuple[str, ...], *, metr
             from harness.analysis.plots import plot_equivalence
 
             plot_equivalence(result.curves, figure, result.metric, result.verdict,
-                             labels=(_label(selection, ids_a), _label(tuple(split_terms(against)), ids_b)))
+                             labels=(_label("original", selection), _label("against", tuple(split_terms(against)))),
+                             run_ids=(ids_a, ids_b))
     if as_json:
         payload: dict[str, Any] = {"original_selection": list(selection), "reproduction_selection": split_terms(against),
                                    **result.to_dict()}
@@ -68,6 +69,6 @@ def compare_groups(selection: tuple[str, ...], against: tuple[str, ...], *, metr
     return result.exit_status
 
 
-def _label(terms: tuple[str, ...], ids: list[str]) -> str:
+def _label(side: str, terms: tuple[str, ...]) -> str:
     shown = " ".join(terms)
-    return f"{shown[:40]}{'…' if len(shown) > 40 else ''}: {ids[0]}{' …' if len(ids) > 1 else ''}"
+    return f"{side} {shown[:60]}{'…' if len(shown) > 60 else ''}"
