@@ -128,7 +128,7 @@ def _runs_label(label: str, ids: Sequence[str], n: int) -> str:
 
 
 def plot_equivalence(
-    curves: "CurveComparison",
+    curves: CurveComparison,
     path: Path,
     metric: str,
     verdict: str,
