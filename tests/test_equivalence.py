@@ -35,6 +35,7 @@ from harness.analysis.equivalence import (
 )
 from harness.analysis.group_verdict import (
     EquivalenceSpec,
+    group_scores,
     group_verdict,
     plan_seeds,
     published_group,
@@ -319,6 +320,16 @@ def test_gpu_original_reproduced_on_cpu_goes_to_statistics(store):
     result = group_verdict(original, again, {"deterministic": True, "margin_relative": 0.1})
     assert result.verdict == CONSISTENT and result.bit_identity_ruled_out
     assert any(line.startswith("bit-identity ruled out: the original ran on GPU") for line in result.lines())
+
+
+def test_group_scores_follow_the_statistic(store):
+    runs = make_group(store, "toy-a", (1, 2), (0.0, 10.0), shift=5.0, shift_from=4500)
+    metric, last = group_scores(runs, {"statistic": "final"})
+    _, mean10 = group_scores(runs, {"statistic": "last_n", "last_n": 10})
+    assert metric == METRIC
+    assert last == pytest.approx([level(4900) + 5.0, level(4900) + 15.0])
+    expected = np.mean([level(s) + (5.0 if s >= 4500 else 0.0) for s in range(4000, 5000, 100)])
+    assert mean10 == pytest.approx([expected, expected + 10.0])
 
 
 def test_spec_overrides_keep_one_margin():

@@ -191,6 +191,18 @@ def run_score(series: Series, statistic: str, last_n: int) -> float:
     return float(values[-1] if statistic == "final" else values[-last_n:].mean())
 
 
+def group_scores(run_dirs: Sequence[Path], expect: Any = None) -> tuple[str, list[float]]:
+    """(metric, each run's score) as a verdict computes them, e.g. for ``plan_seeds(..., "auto")``
+    from the published runs; ``expect`` defaults to the first run's record."""
+    dirs = [Path(p) for p in run_dirs]
+    if not dirs:
+        raise HarnessError("no runs to score")
+    first = read_run(dirs[0])[0]
+    spec = EquivalenceSpec.of(expect if expect is not None else first.get("expect"))
+    metric = spec.metric or first.get("primary_metric") or DEFAULT_METRIC
+    return metric, [run_score(metric_series(d, metric), spec.statistic, spec.last_n) for d in dirs]
+
+
 def _seed_relation(seeds_a: list[Any], seeds_b: list[Any]) -> str:
     a, b = set(seeds_a), set(seeds_b)
     if a == b:
