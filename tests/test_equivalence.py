@@ -23,6 +23,7 @@ from harness.analysis.equivalence import (
     CONSISTENT,
     DIVERGED,
     INCONCLUSIVE,
+    aggregate_of,
     choose_seed_count,
     classify,
     compare_curves,
@@ -63,6 +64,15 @@ def test_interval_is_welch_or_yuen_as_scipy_computes_them(aggregate, trim):
     assert (float(interval.lo), float(interval.hi)) == pytest.approx((lo, hi), rel=1e-12)
     assert float(interval.df) == pytest.approx(reference.df, rel=1e-12)
     assert float(interval.estimate) == pytest.approx(stats.trim_mean(reproduction, trim) - stats.trim_mean(original, trim))
+
+
+def test_iqm_is_rliables():
+    from rliable import metrics
+
+    rng = np.random.default_rng(5)
+    for n in range(2, 13):
+        scores = rng.standard_t(3, n)
+        assert float(aggregate_of(scores, "iqm")) == pytest.approx(metrics.aggregate_iqm(scores[:, None]))
 
 
 def test_batched_intervals_equal_one_by_one():
