@@ -156,7 +156,8 @@ class Expect(Strict):
     deterministic: StrictBool = True
     rtol: StrictInt | StrictFloat = Field(0.0, ge=0)
     atol: StrictInt | StrictFloat = Field(0.0, ge=0)
-    alpha: StrictInt | StrictFloat = Field(0.05, gt=0, lt=1)
+    alpha: StrictInt | StrictFloat | None = Field(
+        None, gt=0, lt=1, description="ignored: superseded by confidence (kept so older manifests still load)")
     ignore: list[StrictStr] = Field([], description="metric names (fnmatch patterns) that depend on timing, e.g. charts/SPS")
     metric: StrictStr | None = Field(None, description="metric compared across seeds (default: metrics.primary)")
     statistic: Literal["final", "last_n"] = Field("last_n", description="per seed: the final value or the mean of the last last_n")
@@ -507,6 +508,9 @@ def expect_warnings(loaded: LoadedManifest) -> list[str]:
     if not expect.deterministic and len(manifest.seeds) < 3:
         warnings.append(f"{where}: warning: {len(manifest.seeds)} seed{'s' if len(manifest.seeds) != 1 else ''}: "
                         "a reproduction across seeds needs at least 3 a side to show equivalence")
+    if expect.alpha is not None:
+        warnings.append(f"{where}: warning: alpha is ignored: the verdict across seeds is an equivalence test "
+                        f"at confidence {expect.confidence:g} (0.90 is TOST at α = 0.05); remove alpha")
     if expect.statistic == "final" and ("expect", "last_n") in lines:
         warnings.append(f"{where}: warning: last_n is ignored with statistic: final")
     return warnings

@@ -113,7 +113,8 @@ class Record(TypedDict, total=False):
     primary_metric: str | None
     harness_version: str
     reproduces: str | None
-    reproduction_verdict: str
+    reproduction_verdict: str  # identical | consistent | diverged | inconclusive
+    reproduction: dict[str, Any]  # the group verdict (harness.analysis.group_verdict), environment comparison included
     owner: dict[str, Any]  # pid and host of the harness while the run goes; removed when sealed
     host: dict[str, Any]
     pins: list[dict[str, Any]]

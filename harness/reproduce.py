@@ -1,5 +1,7 @@
 """Reproduce a run from its own record: stage its manifest, lockfile and recipe as a project,
-rebuild the image, re-run it, compare with the original and keep the verdict.
+rebuild the image, re-run it over seeds (the published ones, more, or new ones), give the verdict
+between the published group and the reproduction (identical, consistent, diverged or
+inconclusive; harness.analysis.group_verdict) and keep it in the reproduction records.
 
 :func:`reproduce` returns a :class:`ReproductionResult`; ``harness reproduce`` only prints it.
 """
@@ -9,10 +11,13 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
+from harness.analysis.compare import Difference, Verdict, compare_runs, plot_comparison
+from harness.analysis.group_verdict import GroupVerdict, json_safe
+from harness.analysis.plots import plot_equivalence
 from harness.errors import HarnessError, HubError
 from harness.fsutil import write_json_atomic
 from harness.layout import CONTEXT, LOCKFILE, MANIFEST
@@ -21,22 +26,71 @@ from harness.store.local import LocalStore
 
 
 @dataclass
-class ReproductionResult:
-    """What a reproduction did and found."""
+class SeedPair:
+    """A reproduction run and the original run of the same seed, compared point by point."""
 
+    seed: int
     original_id: str
     reproduction_id: str
+    comparison: Verdict
+
+
+@dataclass
+class ReproductionResult:
+    """What a reproduction did and found: the original group (the published seeds of the target's
+    configuration, the target first), the reproduction runs and the verdict between them."""
+
+    original_id: str  # the run named on the command line
     repo: str | None  # the Hub repo the original came from, if any
-    verdict: Any  # harness.analysis.compare.Verdict
+    verdict: GroupVerdict
     figure: Path
     verdict_path: Path
-    record: Record
+    records: list[Record]  # the reproduction runs' sealed records, in seed order
+    original_ids: list[str]
+    original_seeds: list[int]
+    seed_plan: str
+    pairs: list[SeedPair] = field(default_factory=list)
     published_commit: str | None = None
 
     @property
+    def reproduction_ids(self) -> list[str]:
+        """The reproduction runs, in seed order."""
+        return [record["run_id"] for record in self.records]
+
+    @property
+    def reproduction_id(self) -> str:
+        """The first reproduction run (the only one when one seed was reproduced)."""
+        return self.records[0]["run_id"]
+
+    @property
+    def record(self) -> Record:
+        """The first reproduction run's record."""
+        return self.records[0]
+
+    @property
     def exit_code(self) -> int:
-        """0 for identical or consistent, 1 for diverged."""
-        return 1 if self.verdict.verdict == "diverged" else 0
+        """0 for identical or consistent, 1 for diverged, 3 for inconclusive."""
+        return self.verdict.exit_status
+
+    @property
+    def first_difference(self) -> Difference | None:
+        """The first point where a reproduction run differs from the original of its seed."""
+        for pair in self.pairs:
+            if pair.comparison.first_difference is not None:
+                return pair.comparison.first_difference
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """verdict.json: the verdict with its per-checkpoint curves, the seed plan and each same-seed pair."""
+        difference = self.first_difference
+        return {
+            "original": self.original_id, "reproduction": self.reproduction_id, "repo": self.repo,
+            "seed_plan": self.seed_plan, "figure": str(self.figure),
+            "first_difference": None if difference is None else asdict(difference),
+            "pairs": [{"seed": p.seed, "original": p.original_id, "reproduction": p.reproduction_id,
+                       **p.comparison.to_dict()} for p in self.pairs],
+            **self.verdict.to_dict(curves=True),
+        }
 
 
 def stage_project(run_dir: Path, workdir: Path) -> Path:
@@ -85,6 +139,48 @@ def original_run(store: LocalStore, target: str, endpoint: str | None, revision:
     return run_id, repo
 
 
+def parse_seed_count(value: int | str | None) -> int | str | None:
+    """``--seeds``: a positive number of seeds, ``auto`` or None (as many as were published)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or str(value).strip() not in (str(count), f"+{count}"):
+        raise HarnessError(f"--seeds {value}: give a positive number of seeds or auto")
+    return count
+
+
+def original_group(store: LocalStore, original: Record, target: str, endpoint: str | None,
+                   whole_repo: bool) -> list[Record]:
+    """The published group of the original's configuration (the original first, one run per seed).
+
+    For a run from the Hub it is taken from the repo at the commit the original was pulled from
+    (the whole repo is pulled when ``whole_repo``); for a local run id, from the local store. Every
+    run of the group must match its record.
+    """
+    from harness.analysis.group_verdict import published_group
+    from harness.store.hub import pull as pull_runs
+
+    source = original.get("pulled_from") or {}
+    if "/" in target and whole_repo:
+        run_ids = pull_runs(source["repo"], revision=source.get("revision"), endpoint=endpoint or source.get("endpoint"),
+                            store=store)
+        candidates: list[Record] = [store.load(run_id) for run_id in run_ids]
+    elif "/" in target:
+        candidates = []
+    else:
+        candidates = list(store.records())
+    group = [cast(Record, dict(record)) for record in published_group(candidates, original)]
+    for record in group[1:]:
+        problems = store.verify(record["run_id"])
+        if problems:
+            raise HarnessError(f"run {record['run_id']} of the published group does not match its record "
+                               f"({'; '.join(problems[:3])})")
+    return group
+
+
 def reproduce(
     target: str,
     store: LocalStore | None = None,
@@ -94,20 +190,31 @@ def reproduce(
     trust_code: bool = False,
     publish_result: bool = False,
     out: Path | None = None,
+    seeds: int | str | None = None,
+    new_seeds: bool = False,
     echo: Callable[[str], None] = lambda line: None,
 ) -> ReproductionResult:
     """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record, with a
-    fresh image build, and compare the reproduction with the original.
+    fresh image build, over seeds, and give the verdict between the published group and the
+    reproduction runs (harness.analysis.group_verdict).
+
+    ``seeds``: None re-runs the published seeds of the configuration (every run of the repo, or
+    of the local store, with the same manifest, lockfile, params and smoke flag); ``N`` the first
+    N of them and then new ones; ``"auto"`` as many as give 80 % power to show equivalence given
+    the published spread. ``new_seeds`` runs none of the published seeds. A Hub repo is pulled
+    whole when the manifest lists more than one seed or ``seeds``/``new_seeds`` is given.
 
     Raises HarnessError for bad input: a pulled run asked to run on the host without
-    ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the Hub.
+    ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the
+    Hub, a seed count that is not positive.
     """
-    from harness.analysis.compare import compare_runs, plot_comparison
+    from harness.analysis.group_verdict import group_scores, group_verdict, plan_seeds
     from harness.manifest import load_manifest
     from harness.plan import RunSpec, config_key
     from harness.runner import execute
 
     store = store or LocalStore()
+    seeds = parse_seed_count(seeds)
     if runtime == "process" and "/" in target and not trust_code:
         raise HarnessError("--runtime process would run downloaded code on this host without a sandbox; "
                            "add --trust-code if you have read it, or use --runtime docker")
@@ -123,31 +230,69 @@ def reproduce(
     if problems:
         raise HarnessError(f"run {original_id} does not match its record ({'; '.join(problems[:3])})")
 
+    records: list[Record] = []
     with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
         loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
-        params = dict(original.get("params") or {})
-        seed, smoke = int(original["seed"]), bool(original.get("smoke"))
-        spec = RunSpec(loaded=loaded, params=params, seed=seed, smoke=smoke,
-                       config_key=config_key(loaded, params, seed, smoke))
-        echo(f"reproducing {original_id} (seed {seed}) with a fresh image build")
-        record = execute(spec, store, runtime=runtime, reproduces=original_id, force_build=True, echo=echo)
         expect = loaded.manifest.expect
+        whole_repo = seeds is not None or new_seeds or len(loaded.manifest.seeds) > 1
+        group = original_group(store, original, target, endpoint, whole_repo)
+        original_dirs = [store.run_dir(r["run_id"]) for r in group]
+        published_seeds = [int(r["seed"]) for r in group]
+        if seeds == "auto":
+            _, scores = group_scores(original_dirs, expect)
+            plan = plan_seeds(published_seeds, "auto", new_seeds, scores, expect)
+        else:
+            plan = plan_seeds(published_seeds, seeds, new_seeds)
+        echo(f"published group: {len(group)} run{'s' if len(group) != 1 else ''} of {original.get('name')} "
+             f"(seeds {', '.join(map(str, published_seeds[:12]))}{' ...' if len(group) > 12 else ''})")
+        echo(plan.message)
+        of_seed = {int(r["seed"]): r["run_id"] for r in group}
+        params = dict(original.get("params") or {})
+        smoke = bool(original.get("smoke"))
+        for index, seed in enumerate(plan.seeds):
+            spec = RunSpec(loaded=loaded, params=params, seed=seed, smoke=smoke,
+                           config_key=config_key(loaded, params, seed, smoke))
+            echo(f"reproducing {of_seed.get(seed, original_id)} with seed {seed} ({index + 1} of {len(plan.seeds)})"
+                 + (" with a fresh image build" if index == 0 else ""))
+            # The first run rebuilds the image; the others reuse that build (prepare_image caches it).
+            record = execute(spec, store, runtime=runtime, reproduces=of_seed.get(seed, original_id),
+                             force_build=index == 0, echo=echo)
+            records.append(record)
+            if record.get("status") != RunStatus.COMPLETED:
+                echo(f"{record['run_id']} is {record.get('status')}: no further seeds are run")
+                break
 
-    reproduction_id = record["run_id"]
-    verdict = compare_runs(store.run_dir(original_id), store.run_dir(reproduction_id), expect)
-    out_dir = out or store.root / "reproductions" / reproduction_id
-    figure = plot_comparison(store.run_dir(original_id), store.run_dir(reproduction_id), out_dir / "comparison.png")
-    verdict_path = out_dir / "verdict.json"
-    write_json_atomic(verdict_path, {"original": original_id, "reproduction": reproduction_id, **verdict.to_dict()})
-    # record.json is outside the checksummed files, so the verdict can join the sealed record.
-    record["reproduction_verdict"] = verdict.verdict
-    store.save(record)
-    result = ReproductionResult(original_id, reproduction_id, repo, verdict, figure, verdict_path, record)
+    reproduction_dirs = [store.run_dir(r["run_id"]) for r in records]
+    verdict = group_verdict(original_dirs, reproduction_dirs, expect)
+    pairs = [SeedPair(int(r["seed"]), of_seed[int(r["seed"])], r["run_id"],
+                      compare_runs(store.run_dir(of_seed[int(r["seed"])]), store.run_dir(r["run_id"]), expect))
+             for r in records if int(r["seed"]) in of_seed]
+    out_dir = out or store.root / "reproductions" / records[0]["run_id"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = out_dir / "comparison.png"
+    if verdict.curves is not None:
+        plot_equivalence(verdict.curves, figure, verdict.metric, verdict.verdict,
+                         labels=(f"original ({repo})" if repo else "original", "reproduction"),
+                         run_ids=(verdict.original_runs, verdict.reproduction_runs))
+    else:
+        first = pairs[0] if pairs else None
+        plot_comparison(store.run_dir(first.original_id if first else original_id), reproduction_dirs[0], figure,
+                        title=f"{verdict.verdict}: {first.original_id if first else original_id} (original) vs "
+                              f"{records[0]['run_id']} (reproduction)")
+    result = ReproductionResult(original_id, repo, verdict, figure, out_dir / "verdict.json", records,
+                                [r["run_id"] for r in group], published_seeds, plan.message, pairs)
+    write_json_atomic(result.verdict_path, json_safe(result.to_dict()))
+    # record.json is outside the checksummed files, so the verdict can join the sealed records.
+    summary = verdict.to_dict()
+    for record in records:
+        record["reproduction_verdict"] = verdict.verdict
+        record["reproduction"] = summary
+        store.save(record)
     if publish_result:
         from harness.store.hub import publish
 
         assert repo is not None
-        published = publish([reproduction_id], repo, store=store,
+        published = publish(result.reproduction_ids, repo, store=store,
                             endpoint=endpoint or (original.get("pulled_from") or {}).get("endpoint"))
         result.published_commit = published.commit
     return result

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from harness.analysis.compare import ExpectSpec, compare_runs, compare_seed_groups, plot_comparison
+from harness.analysis.compare import ExpectSpec, compare_runs, plot_comparison
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
 from tests.hubserver.runs import curve, make_run
@@ -73,24 +73,6 @@ def test_ignored_metrics_and_the_records_expect(store):
     assert compare_runs(store.run_dir("orig"), store.run_dir("repro"), ExpectSpec()).verdict == "diverged"
     verdict = compare_runs(store.run_dir("orig"), store.run_dir("repro"), {"ignore": ["charts/SPS"]})
     assert verdict.verdict == "identical"
-
-
-def test_seed_groups_with_welch_t_test(store):
-    for seed in (1, 2, 3, 4, 5):
-        make_run(store, f"orig-{seed}", seed=seed, metrics=curve(seed, noise=0.0))
-        make_run(store, f"close-{seed}", seed=seed, metrics=curve(seed + 10, noise=0.1))
-        make_run(store, f"far-{seed}", seed=seed, metrics=curve(seed, noise=-60.0))
-    originals = [store.run_dir(f"orig-{s}") for s in (1, 2, 3, 4, 5)]
-
-    close = compare_seed_groups(originals, [store.run_dir(f"close-{s}") for s in (1, 2, 3, 4, 5)],
-                                "charts/episodic_return", {"deterministic": False, "alpha": 0.05})
-    far = compare_seed_groups(originals, [store.run_dir(f"far-{s}") for s in (1, 2, 3, 4, 5)],
-                              "charts/episodic_return", {"deterministic": False, "alpha": 0.05})
-
-    assert close.verdict == "consistent" and "Welch" in close.test
-    assert far.verdict == "diverged"
-    with pytest.raises(HarnessError, match="at least two seeds"):
-        compare_seed_groups(originals[:1], originals[:1], "charts/episodic_return")
 
 
 def test_plot_writes_a_png(store, tmp_path):

@@ -187,7 +187,8 @@ def test_published_group_is_the_same_configuration_over_seeds():
             "status": "completed", "reproduces": None}
     runs = [dict(base, run_id=f"r{s}", seed=s) for s in (1, 2, 3)]
     others = [dict(base, run_id="lr2", seed=4, params={"lr": 2}), dict(base, run_id="again", seed=5, reproduces="r1"),
-              dict(base, run_id="failed", seed=6, status="failed"), dict(base, run_id="smoke", seed=7, smoke=True)]
+              dict(base, run_id="failed", seed=6, status="failed"), dict(base, run_id="smoke", seed=7, smoke=True),
+              dict(base, run_id="recipe", seed=8, image={"content_hash": "edited workload"})]
     group = published_group(runs + others, runs[1])
     assert [r["run_id"] for r in group] == ["r2", "r1", "r3"]
 
@@ -312,10 +313,11 @@ def make_group(store: LocalStore, name: str, seeds, offsets, shift: float = 0.0,
             for seed, offset in zip(seeds, offsets)]
 
 
-def test_same_seeds_repeated_bit_for_bit_are_identical(store):
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_same_seeds_repeated_bit_for_bit_are_identical(store, deterministic):
     original = make_group(store, "toy-a", range(1, 6), OFFSETS)
     again = make_group(store, "toy-b", range(1, 6), OFFSETS)
-    result = group_verdict(original, again, {"deterministic": True})
+    result = group_verdict(original, again, {"deterministic": deterministic})
     assert result.verdict == "identical" and result.exit_status == 0 and result.equivalence is None
 
 

@@ -1,9 +1,11 @@
 """Reproduction verdicts: is a re-run identical to, consistent with, or diverged from the original?
 
 * ``identical``: the metric streams (name, step, value) are bit-for-bit equal (wall_time ignored).
-* ``consistent``: every point within the manifest's ``expect`` tolerance (``rtol``/``atol``); for runs
-  that are not deterministic, compared across seeds with Welch's t-test on each seed's final value.
+* ``consistent``: every point within the manifest's ``expect`` tolerance (``rtol``/``atol``).
 * ``diverged``: otherwise, naming the first metric and step that differ.
+
+This is the verdict between one run and one run; across seeds (runs that are not deterministic,
+or whose bit-identity the hardware rules out) it is harness.analysis.group_verdict's.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ class ExpectSpec:
     deterministic: bool = True
     rtol: float = 0.0
     atol: float = 0.0
-    alpha: float = 0.05
     ignore: tuple[str, ...] = ()
 
     @classmethod
@@ -44,7 +45,7 @@ class ExpectSpec:
             return cls()
         data = expect if isinstance(expect, dict) else expect.model_dump()
         return cls(bool(data.get("deterministic", True)), float(data.get("rtol", 0.0)), float(data.get("atol", 0.0)),
-                   float(data.get("alpha", 0.05)), tuple(data.get("ignore") or ()))
+                   tuple(data.get("ignore") or ()))
 
 
 @dataclass
@@ -78,7 +79,6 @@ class Verdict:
     first_difference: Difference | None
     rows: list[MetricRow]
     hardware_differences: list[tuple[str, Any, Any]] = field(default_factory=list)
-    test: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -198,46 +198,10 @@ def compare_runs(original_record_dir: Path, reproduction_record_dir: Path, expec
     return Verdict(verdict, first, rows, hardware_differences(original_record, reproduction_record))
 
 
-def final_value(run_dir: Path, metric: str, last_n: int = 1) -> float:
-    """Mean of the last ``last_n`` values of ``metric`` in a run."""
-    streams = _load_streams(Path(run_dir), ())
-    if metric not in streams or not len(streams[metric][1]):
-        raise HarnessError(f"{run_dir}: no values of metric {metric!r}")
-    return float(np.mean(streams[metric][1][-last_n:]))
-
-
-def compare_seed_groups(original_dirs: Sequence[Path], reproduction_dirs: Sequence[Path], metric: str,
-                        expect: Any = None, last_n: int = 1) -> Verdict:
-    """Non-deterministic runs: Welch's t-test on each seed's final ``metric`` value, original vs reproduction.
-
-    ``consistent`` when the test does not reject equal means at ``expect.alpha``; needs two seeds a side.
-    """
-    from scipy import stats
-
-    spec = ExpectSpec.of(expect)
-    if len(original_dirs) < 2 or len(reproduction_dirs) < 2:
-        raise HarnessError("a statistical comparison needs at least two seeds on each side")
-    a = np.array([final_value(d, metric, last_n) for d in original_dirs])
-    b = np.array([final_value(d, metric, last_n) for d in reproduction_dirs])
-    if np.array_equal(a.view(np.int64), b.view(np.int64)):
-        p_value = 1.0
-    else:
-        p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-        if math.isnan(p_value):  # both sides constant but different
-            p_value = 0.0
-    verdict = "consistent" if p_value >= spec.alpha else "diverged"
-    row = MetricRow(metric, len(a), len(b), float(abs(a.mean() - b.mean())),
-                    float(abs(a.mean() - b.mean()) / max(abs(a.mean()), np.finfo(float).tiny)),
-                    "within tolerance" if verdict == "consistent" else "differs")
-    first = None if verdict == "consistent" else Difference(metric, -1, float(a.mean()), float(b.mean()))
-    test = (f"Welch's t-test on the final {metric} over {len(a)} vs {len(b)} seeds: "
-            f"mean {a.mean():.6g} vs {b.mean():.6g}, p={p_value:.3g} (alpha {spec.alpha})")
-    return Verdict(verdict, first, [row], hardware_differences(_record(original_dirs[0]), _record(reproduction_dirs[0])), test)
-
-
 def plot_comparison(original_record_dir: Path, reproduction_record_dir: Path, out_path: Path,
-                    metrics: Sequence[str] | None = None, max_panels: int = 6) -> Path:
-    """Write a PNG of original vs reproduction curves, one panel per metric (primary first)."""
+                    metrics: Sequence[str] | None = None, max_panels: int = 6, title: str | None = None) -> Path:
+    """Write a PNG of original vs reproduction curves, one panel per metric (primary first), under
+    ``title`` if given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,9 +224,12 @@ def plot_comparison(original_record_dir: Path, reproduction_record_dir: Path, ou
             axis.plot(*reproduced[name], label="reproduction", linewidth=1.0, linestyle="--")
         axis.set_title(name, fontsize=10)
         axis.set_xlabel("step")
+        axis.set_ylabel(name, fontsize=8)
         axis.legend(fontsize=8)
     for axis in list(axes.flat)[len(names):]:
         axis.set_visible(False)
+    if title:
+        figure.suptitle(title, fontsize=11)
     from harness.analysis.plots import save_figure
 
     out_path = Path(out_path)

@@ -2,7 +2,7 @@
 ``compare --against``.
 
 ``identical`` when every reproduced run repeats the original run of its seed bit for bit (and
-bit-identity is not ruled out by the hardware); otherwise, with at least two seeds a side, the
+bit-identity is not ruled out by the hardware), whether or not the manifest expected it; otherwise, with at least two seeds a side, the
 equivalence verdict of harness.analysis.equivalence on each seed's final value (or mean of the
 last N) of the metric, the per-checkpoint curve comparison, and the environment comparison. A
 single run a side keeps the single-run verdict of harness.analysis.compare (tolerances), unless
@@ -116,7 +116,7 @@ class GroupVerdict:
             curve_part = self.curves.to_dict() if curves else {
                 "checkpoints": len(self.curves.steps), "first_not_shown": self.curves.first_not_shown,
                 "first_diverged": self.curves.first_diverged, "margin": self.curves.margin}
-        return _json_safe({
+        return json_safe({
             "verdict": self.verdict, "metric": self.metric, "statistic": self.statistic,
             "original_runs": self.original_runs, "reproduction_runs": self.reproduction_runs,
             "original_scores": self.original_scores, "reproduction_scores": self.reproduction_scores,
@@ -158,12 +158,12 @@ class GroupVerdict:
         return out
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Non-finite floats as None and numpy scalars as Python ones: strict JSON."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -219,7 +219,7 @@ def _identity(original: list[Path], reproduction: list[Path], records_a: list[di
     by_seed = {r.get("seed"): d for r, d in zip(records_a, original)}
     if len(by_seed) != len(original) or any(r.get("seed") not in by_seed for r in records_b):
         return None, []
-    tolerance = ExpectSpec(True, spec.rtol, spec.atol, 0.05, spec.ignore)
+    tolerance = ExpectSpec(True, spec.rtol, spec.atol, spec.ignore)
     verdicts = []
     first: str | None = None
     for record, folder in zip(records_b, reproduction):
@@ -278,11 +278,15 @@ def group_verdict(original_runs: Sequence[Path], reproduced_runs: Sequence[Path]
         notes.append(f"reproduction runs did not complete: {', '.join(unfinished)}")
         return result(DIVERGED)
     identity: str | None = None
-    if not ruled_out and spec.deterministic:
+    if not ruled_out:
+        # Runs that repeat bit for bit are identical even when the manifest did not promise it.
         identity, differences = _identity(original, reproduction, records_a, records_b, spec)
-        notes += differences
-        if identity == IDENTICAL or (identity is not None and (len(original) < 2 or len(reproduction) < 2)):
+        if identity == IDENTICAL:
             return result(identity)
+        if spec.deterministic:
+            notes += differences
+            if identity is not None and (len(original) < 2 or len(reproduction) < 2):
+                return result(identity)
     equivalence = equivalence_test(scores_a, scores_b, spec.aggregate, spec.margin,  # type: ignore[arg-type]
                                    spec.margin_relative, spec.confidence)
     notes += equivalence.notes
@@ -304,9 +308,11 @@ GROUP_FIELDS = ("name", "manifest_sha256", "lockfile_sha256", "params", "smoke")
 def published_group(records: Sequence[Mapping[str, Any]], target: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The completed original runs of ``target``'s configuration (one per seed, ``target``'s first),
     out of ``records`` (e.g. every run pulled from a repo): same manifest, lockfile, params and
-    smoke flag; reproductions (``reproduces`` set) left out."""
+    smoke flag, and the same image recipe (the workload's code lives there, not in the manifest);
+    reproductions (``reproduces`` set) left out."""
     def key(record: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(repr(record.get(name)) for name in GROUP_FIELDS)
+        recipe = (record.get("image") or {}).get("content_hash")
+        return (*(repr(record.get(name)) for name in GROUP_FIELDS), repr(recipe))
 
     wanted = key(target)
     by_seed: dict[Any, Mapping[str, Any]] = {target.get("seed"): target}
