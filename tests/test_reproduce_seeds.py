@@ -1,0 +1,82 @@
+"""``harness reproduce`` over seeds (issue 12): the published group of a configuration is re-run
+(the same seeds, more, or new ones) and judged as a group. Real Docker engine, real image builds,
+the project's test Hub and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.store.local import LocalStore
+from tests.conftest import HUB_TOKEN, noop_variant
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+REPO = "lab/noop-seeds"
+
+
+def in_store(cli, home: Path):
+    """``cli`` with ``HARNESS_HOME`` set to ``home``."""
+    def call(*args: str):
+        return cli(*args, env={"HARNESS_HOME": str(home)})
+    return call
+
+
+def test_bad_seed_counts_are_one_line_and_run_nothing(store_home, cli):
+    for value in ("0", "-2", "many", "2.5"):
+        done = cli("reproduce", "noop-aaaaaaaaaaaa", "--seeds", value)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [f"error: --seeds {value}: give a positive number of seeds or auto"]
+    assert not (store_home / "runs").exists()
+
+
+def test_published_seeds_rerun_identical_and_new_seeds_inconclusive(noop_image, tmp_path, hub, cli):
+    manifest = noop_variant(tmp_path / "project", "seeds: [0]", "seeds: [0, 1]")
+    origin = in_store(cli, tmp_path / "origin")
+    ran = origin("run", manifest, "--param", "seconds=1")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    published = sorted(LocalStore(tmp_path / "origin").records(), key=lambda r: r["seed"])
+    assert [r["seed"] for r in published] == [0, 1]
+    ids = [r["run_id"] for r in published]
+    done = origin("publish", *ids, "--repo", REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    # The manifest lists two seeds, so the whole repo is pulled and both are re-run: bit for bit.
+    fresh_home = tmp_path / "fresh"
+    fresh = in_store(cli, fresh_home)
+    same = fresh("reproduce", f"{REPO}/{ids[0]}", "--out", str(tmp_path / "same"))
+    assert same.returncode == 0, same.stdout[-3000:] + same.stderr[-3000:]
+    assert "verdict: identical" in same.stdout and "environment: environment identical" in same.stdout
+    assert "2 seeds: 0, 1" in same.stderr
+    store = LocalStore(fresh_home)
+    again = [r for r in store.records() if r.get("reproduces")]
+    assert sorted((r["seed"], r["reproduces"]) for r in again) == [(0, ids[0]), (1, ids[1])]
+    assert {r["reproduction_verdict"] for r in again} == {"identical"}
+    assert all(r["reproduction"]["environment"]["differences"] == [] for r in again)
+    verdict = json.loads((tmp_path / "same" / "verdict.json").read_text())
+    assert verdict["verdict"] == "identical" and verdict["first_difference"] is None
+    assert [p["verdict"] for p in verdict["pairs"]] == ["identical", "identical"]
+    assert (tmp_path / "same" / "comparison.png").stat().st_size > 10_000
+
+    # Two new seeds a side: never decisive; exit 3 with the seeds that would settle it.
+    new = fresh("reproduce", f"{REPO}/{ids[0]}", "--new-seeds", "--out", str(tmp_path / "new"), "--publish")
+    assert new.returncode == 3, new.stdout[-3000:] + new.stderr[-3000:]
+    assert "verdict: inconclusive" in new.stdout and "seeds per side for 80 %:" in new.stdout
+    assert "2 new seeds: 2, 3" in new.stderr
+    verdict = json.loads((tmp_path / "new" / "verdict.json").read_text())
+    assert verdict["verdict"] == "inconclusive" and verdict["seeds"] == "new" and verdict["pairs"] == []
+    assert verdict["original_runs"] == ids and len(verdict["reproduction_runs"]) == 2
+    assert verdict["equivalence"]["seeds_needed"] >= 3 and len(verdict["curves"]["steps"]) == 5
+    assert (tmp_path / "new" / "comparison.png").stat().st_size > 10_000
+    tree = hub.storage.commit(hub_repo(), hub.storage.resolve(hub_repo(), "main"))["tree"]
+    assert all(f"runs/{run}/record.json" in tree for run in verdict["reproduction_runs"])
+    for output in (ran, done, same, new):
+        assert HUB_TOKEN not in output.stdout + output.stderr
+
+
+def hub_repo():
+    from tests.hubserver import RepoRef
+
+    return RepoRef("dataset", REPO)
