@@ -80,3 +80,68 @@ def hub_repo():
     from tests.hubserver import RepoRef
 
     return RepoRef("dataset", REPO)
+
+
+DQN_REPO = "lab/dqn-seeds"
+# Smoke-sized DQN (3,000 steps, 2,000 of them learning): the return is still a random policy's, so
+# the metric is the Q-value estimate over the last 500 steps, which the learning rate sets and the
+# seed barely moves (SD about 3 % at learning rate 1e-3). See docs/hub.md, "A real demonstration".
+DQN_EXPECT = ("expect: {deterministic: false, ignore: [charts/SPS], metric: losses/q_values, last_n: 5, "
+              "margin_relative: 0.1}")
+
+
+def dqn_variant(target: Path) -> str:
+    from tests.conftest import REPO as ROOT
+    from tests.conftest import copy_project
+
+    copy_project(target, "images/rl", "lockfiles/rl.txt")
+    text = (ROOT / "manifests" / "dqn-cartpole.yaml").read_text()
+    for old, new in (("learning_rate: 2.5e-4", "learning_rate: 1.0e-3"), ("seeds: [1]", "seeds: [1, 2, 3]"),
+                     ("expect: {deterministic: true, ignore: [charts/SPS]}", DQN_EXPECT)):
+        assert old in text
+        text = text.replace(old, new)
+    manifest = target / "manifests" / "dqn-seeds.yaml"
+    manifest.write_text(text)
+    return str(manifest)
+
+
+def test_dqn_new_seeds_consistent_changed_learning_rate_diverged_two_seeds_inconclusive(rl_image, tmp_path, hub, cli):
+    manifest = dqn_variant(tmp_path / "project")
+    origin_home = tmp_path / "origin"
+    origin = in_store(cli, origin_home)
+    for extra in ((), ("--param", "learning_rate=1e-05")):
+        ran = origin("run", manifest, "--smoke", "--quiet", *extra)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+    runs = sorted(LocalStore(origin_home).records(), key=lambda r: (-r["params"]["learning_rate"], r["seed"]))
+    published = [r["run_id"] for r in runs if r["params"]["learning_rate"] == 1e-3]
+    slow = [r["run_id"] for r in runs if r["params"]["learning_rate"] == 1e-5]
+    assert len(published) == len(slow) == 3
+    done = origin("publish", *published, *slow, "--repo", DQN_REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    fresh_home = tmp_path / "fresh"
+    fresh = in_store(cli, fresh_home)
+    new = fresh("reproduce", f"{DQN_REPO}/{published[0]}", "--seeds", "3", "--new-seeds", "--out", str(tmp_path / "new"))
+    assert new.returncode == 0, new.stdout[-3000:] + new.stderr[-3000:]
+    assert "verdict: consistent" in new.stdout and "margin ±" in new.stdout and "(10 % of the original)" in new.stdout
+    assert "3 new seeds: 4, 5, 6" in new.stderr
+    verdict = json.loads((tmp_path / "new" / "verdict.json").read_text())
+    assert verdict["original_runs"] == published and verdict["seeds"] == "new"
+    assert verdict["equivalence"]["n_original"] == verdict["equivalence"]["n_reproduction"] == 3
+    assert verdict["curves"]["first_diverged"] is None
+    store = LocalStore(fresh_home)
+    reproduced = sorted((r for r in store.records() if r.get("reproduces")), key=lambda r: r["seed"])
+    assert [r["seed"] for r in reproduced] == [4, 5, 6]
+    assert {r["reproduction_verdict"] for r in reproduced} == {"consistent"}
+    assert all(r["reproduction"]["environment"]["differences"] == [] for r in reproduced)
+
+    # The same configuration with the learning rate changed to 1e-5, against the published seeds.
+    changed = fresh("compare", *(f"run={r}" for r in published), "--against", " ".join(f"run={r}" for r in slow))
+    assert changed.returncode == 1, changed.stdout[-3000:] + changed.stderr[-3000:]
+    assert "verdict: diverged" in changed.stdout and "curves: first checkpoint outside the margin" in changed.stdout
+
+    # Two seeds a side (published 1, 2 against reproduced 4, 5): not decisive, with a seed count.
+    two = fresh("compare", *(f"run={r}" for r in published[:2]),
+                "--against", " ".join(f"run={r['run_id']}" for r in reproduced[:2]))
+    assert two.returncode == 3, two.stdout[-3000:] + two.stderr[-3000:]
+    assert "verdict: inconclusive" in two.stdout and "seeds per side for 80 %:" in two.stdout
