@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from harness.commands.output import emit_json, examples, json_option
 from harness.errors import HarnessError
 
 DEFAULT_METRIC = "charts/episodic_return"
@@ -59,7 +60,11 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-@click.command()
+@click.command(epilog=examples(
+    "harness compare dqn-cartpole",
+    "harness compare dqn-sweep --by param:learning_rate --out table.csv",
+    "harness compare dqn-sweep status=completed --json | jq '.aggregates'",
+))
 @click.argument("selection", nargs=-1, required=True)
 @click.option("--metric", help=f"Metric to compare (default: the runs' primary metric, else {DEFAULT_METRIC}).")
 @click.option("--by", default="manifest", show_default=True, help="Group runs by manifest or param:NAME.")
@@ -75,9 +80,11 @@ def _write_text(path: Path, text: str) -> None:
 @click.option("--improvement", is_flag=True, help="Add the probability of improvement of the first group over each other.")
 @click.option("--profiles", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write performance profiles (fraction of runs above each score) to this figure.")
+@json_option
 def compare(
     selection: tuple[str, ...], metric: str | None, by: str, env_key: str, last_n: int, normalize: str,
     reference: Path | None, reps: int, seed: int, out: Path | None, improvement: bool, profiles: Path | None,
+    as_json: bool,
 ) -> None:
     """Summary table of the selected runs, per group and environment, with rliable aggregates."""
     from harness.analysis.selection import select_runs
@@ -99,8 +106,15 @@ def compare(
     )
     if improvement:
         add_improvement(comparison, reps=reps, seed=seed)
+    if profiles is not None:
+        _check_profile_runs(comparison)
     markdown = to_markdown(comparison)
-    click.echo(markdown, nl=False)
+    if as_json:
+        from harness.analysis.tables import to_dict
+
+        emit_json(to_dict(comparison))
+    else:
+        click.echo(markdown, nl=False)
     if out is not None:
         _write_text(out, to_csv(comparison) if out.suffix.lower() == ".csv" else markdown)
         click.echo(f"wrote {out}", err=True)
@@ -108,15 +122,26 @@ def compare(
         from harness.analysis.aggregate import performance_profiles
         from harness.analysis.plots import plot_profiles
 
-        if not comparison.matrices:
-            raise HarnessError("--profiles: the groups share no environment, so there is nothing to profile")
         taus, curves, cis = performance_profiles(comparison.matrices, reps=reps, seed=seed)
         scale = "normalised score (τ)" if comparison.normalization != "none" else f"{comparison.metric} (τ)"
         plot_profiles(taus, curves, cis, profiles, x_label=scale)
         click.echo(f"wrote {profiles}", err=True)
 
 
-@click.command()
+def _check_profile_runs(comparison: Any) -> None:
+    """Refuse a performance profile that would be a single step (or empty axes): it needs runs to spread."""
+    if not comparison.matrices:
+        raise HarnessError("--profiles: the groups share no environment, so there is nothing to profile")
+    thin = {group: matrix.shape[0] for group, matrix in comparison.matrices.items() if matrix.shape[0] < 2}
+    if thin:
+        named = ", ".join(f"{group} has {n}" for group, n in thin.items())
+        raise HarnessError(f"--profiles needs at least 2 runs per group and environment ({named}); select more seeds")
+
+
+@click.command(epilog=examples(
+    "harness plot dqn-cartpole --out curves.png",
+    "harness plot dqn-sweep --by param:learning_rate --smooth 10 --x wall_time --out sweep.svg",
+))
 @click.argument("selection", nargs=-1, required=True)
 @click.option("--metric", help=f"Metric to plot (default: the runs' primary metric, else {DEFAULT_METRIC}).")
 @click.option("--by", default="manifest", show_default=True, help="One curve per manifest or param:NAME.")
@@ -206,7 +231,10 @@ def _thc_rows_from_runs(
     return rows
 
 
-@click.command()
+@click.command(epilog=examples(
+    "harness thc dqn-thc --hparams learning_rate --across env_id",
+    "harness thc --table study.csv --group-by regime,agent --json",
+))
 @click.argument("selection", nargs=-1)
 @click.option("--hparams", help="Comma-separated hyper-parameters (params of the sweep) to score.")
 @click.option("--across", help="Param whose values are the settings (e.g. env_id).")

@@ -9,36 +9,49 @@ from typing import Any
 
 import click
 
+from harness.commands.output import emit_json, examples, json_option
 from harness.errors import HarnessError
+from harness.runids import RUN_ID
 
 
-def _console():  # type: ignore[no-untyped-def]
+def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
     from rich.console import Console
 
+    stream = sys.stderr if stderr else sys.stdout
     # piped output (scripts, CI logs) gets wide lines instead of wrapped cells
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return Console(highlight=False, stderr=stderr, width=None if stream.isatty() else 200)
 
 
-@click.command()
+@click.command(epilog=examples("harness validate manifests/*.yaml", "harness validate --json manifests/dqn-cartpole.yaml"))
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
-def validate(manifests: tuple[Path, ...]) -> None:
+@json_option
+def validate(manifests: tuple[Path, ...], as_json: bool) -> None:
     """Check manifests: schema, pinning, and the files they point to."""
     from harness.errors import ManifestError
     from harness.manifest import load_manifest
 
     problems: list[str] = []
+    results: list[dict[str, Any]] = []
     for path in manifests:
         try:
             loaded = load_manifest(path)
             runs = loaded.manifest.sweep_size()
-            click.echo(f"{path}: ok ({loaded.manifest.name}, {runs} run{'s' if runs != 1 else ''})")
+            results.append({"path": str(path), "ok": True, "name": loaded.manifest.name, "runs": runs, "problems": []})
+            if not as_json:
+                click.echo(f"{path}: ok ({loaded.manifest.name}, {runs} run{'s' if runs != 1 else ''})")
         except ManifestError as exc:
             problems += exc.problems
+            results.append({"path": str(path), "ok": False, "name": None, "runs": None, "problems": exc.problems})
+    if as_json:
+        emit_json(results)
+        if problems:
+            raise SystemExit(2)
+        return
     if problems:
         raise ManifestError(problems)
 
 
-@click.command()
+@click.command(epilog=examples("harness schema > manifest.schema.json"))
 def schema() -> None:
     """Print the JSON Schema of the manifest (for editors)."""
     from harness.manifest import json_schema
@@ -46,7 +59,7 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-@click.command()
+@click.command(epilog=examples("harness lock images/rl", "harness lock --check"))
 @click.argument("image_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--check", is_flag=True, help="Exit 1 when a lockfile is missing, unusable or stale (for CI).")
 def lock(image_dirs: tuple[Path, ...], check: bool) -> None:
@@ -71,12 +84,12 @@ def lock(image_dirs: tuple[Path, ...], check: bool) -> None:
         click.echo(f"wrote {output}")
 
 
-@click.group()
+@click.group(epilog=examples("harness image bootstrap"))
 def image() -> None:
     """Base images."""
 
 
-@image.command("bootstrap")
+@image.command("bootstrap", epilog=examples("harness image bootstrap", "harness image bootstrap --force"))
 @click.option("--name", default="harness/base:bookworm", show_default=True)
 @click.option("--suite", default="bookworm", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when the image exists.")
@@ -89,7 +102,7 @@ def bootstrap(name: str, suite: str, force: bool) -> None:
     click.echo(f"{name}: {info.id} ({len(info.packages)} Debian packages){' (exists)' if info.cached else ''}")
 
 
-@click.command()
+@click.command(epilog=examples("harness build manifests/dqn-cartpole.yaml", "harness build --force manifests/noop.yaml"))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--ca-bundle", type=click.Path(path_type=Path), help="Extra CA bundle for the build (default: SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE).")
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
@@ -111,7 +124,11 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
     click.echo(f"{info.tag or info.ref} {info.id} ({state})")
 
 
-@click.command()
+@click.command(epilog=examples(
+    "harness run manifests/dqn-cartpole.yaml",
+    "harness run manifests/noop.yaml --smoke --param seconds=2 --json",
+    "harness run manifests/dqn-sweep.yaml --jobs 2",
+))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--seed", "seeds", type=int, multiple=True, help="Run these seeds instead of the manifest's.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a param.")
@@ -127,9 +144,10 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--yes", is_flag=True, help="Confirm a sweep of more than 10,000 runs.")
 @click.option("--ca-bundle", type=click.Path(path_type=Path))
 @click.option("--quiet", is_flag=True, help="Do not stream the job's output.")
+@json_option
 def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: bool, runtime: str, backend: str,
         jobs: int | None, partition: str | None, account: str | None, rerun: bool, retry_failed: bool,
-        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool) -> None:
+        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool, as_json: bool) -> None:
     """Run a manifest (all its seeds × sweep) into the local store."""
     from harness.manifest import load_manifest
     from harness.plan import expand, parse_overrides
@@ -143,29 +161,63 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
 
         outcome = run_sweep(specs, store=store, backend=backend, runtime=runtime, jobs=jobs, partition=partition,
                             account=account, retry_failed=retry_failed, dry_run=dry_run, yes=yes, rerun=rerun,
-                            echo=click.echo)
+                            echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
+        if as_json:
+            emit_json(_sweep_json(outcome))
         sys.exit(outcome.exit_code)
     spec = specs[0]
     if not rerun:
         done = [r for r in store.find_by_config(spec.config_key) if r.get("status") == "completed"]
         if done:
+            if as_json:
+                emit_json(_run_json(done[0], store, skipped=True))
+                return
             click.echo(f"{done[0]['run_id']}: already completed with this manifest, params and seed "
                        "(use --rerun to run it again)")
             return
-    console = _console()
-    echo = None if quiet else (lambda line: click.echo(f"  | {line}"))
+    console = _console(stderr=as_json)
+    echo = None if quiet else (lambda line: click.echo(f"  | {line}", err=as_json))
     with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
-        record = _execute_with_status(spec, store, runtime, ca_bundle, status, echo)
-    _print_outcome(record)
+        record = _execute_with_status(spec, store, runtime, ca_bundle, status, echo, err=as_json)
+    if as_json:
+        emit_json(_run_json(record, store))
+    else:
+        _print_outcome(record)
     sys.exit(0 if record["status"] == "completed" else 1)
 
 
-def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any) -> dict:
+def _run_json(record: dict, store: Any, skipped: bool = False) -> dict[str, Any]:
+    """``harness run --json`` of one run (docs/cli-json.md)."""
+    primary = record.get("primary_metric")
+    summary = (record.get("metrics_summary") or {}).get(primary or "") or {}
+    return {
+        "run_id": record["run_id"], "name": record.get("name"), "status": record.get("status"),
+        "skipped": skipped, "seed": record.get("seed"), "params": record.get("params"),
+        "duration_s": record.get("duration_s"), "exit_code": record.get("exit_code"), "detail": record.get("detail") or "",
+        "run_dir": str(store.run_dir(record["run_id"])), "primary_metric": primary,
+        "primary_last": summary.get("last"), "primary_mean_last_n": summary.get("mean_last_n"),
+    }
+
+
+def _sweep_json(outcome: Any) -> dict[str, Any]:
+    """``harness run --json`` of a sweep (docs/cli-json.md)."""
+    plan = outcome.plan
+    return {
+        "sweep_id": plan.sweep_id, "backend": outcome.backend, "dry_run": outcome.dry_run, "ok": outcome.ok,
+        "total": len(plan.specs), "to_run": [spec.run_id for spec in plan.to_run],
+        "already_completed": plan.completed, "failed_earlier": plan.failed, "still_running": plan.running,
+        "runs": [{k: r.get(k) for k in ("run_id", "status", "seed", "params", "duration_s")} for r in outcome.records],
+        "slurm_job_ids": outcome.slurm_job_ids,
+    }
+
+
+def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any,
+                         err: bool = False) -> dict:
     from harness.runner import execute
 
     def started(record: dict, job: Any = None) -> None:
         status.stop()
-        click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}")
+        click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}", err=err)
 
     return execute(spec, store, runtime=runtime, on_start=started, echo=echo, ca_bundle=ca_bundle,
                    build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
@@ -185,11 +237,12 @@ def _print_outcome(record: dict) -> None:
         click.echo(f"  {record['detail']}", err=True)
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.command(epilog=examples("harness ls", "harness ls --limit 200 --json | jq -r '.[].run_id'"))
+@json_option
 @click.option("--limit", type=int, default=50, show_default=True)
 def ls(as_json: bool, limit: int) -> None:
-    """Runs in the local store, newest first."""
+    """Runs in the local store, newest first (full run ids: any unique prefix names a run)."""
+    from rich import box
     from rich.table import Table
 
     from harness.runner import recover
@@ -204,13 +257,23 @@ def ls(as_json: bool, limit: int) -> None:
     if not records:
         click.echo(f"no runs in {store.root}")
         return
-    table = Table("run id", "manifest", "status", "seed", "started (UTC)", "time", "primary metric (last)")
+    primaries = {record.get("primary_metric") or "" for record in records}
+    shared = primaries.pop() if len(primaries) == 1 else None
+    # The run id never wraps or shortens (it is what the user copies); the other cells fold.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=f"last value: {shared}" if shared else None,
+                  caption_justify="left")
+    table.add_column("run id", no_wrap=True, min_width=max(len(r["run_id"]) for r in records))
+    table.add_column("status", overflow="fold")
+    table.add_column("seed", justify="right", overflow="fold")
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("last" if shared else "primary metric (last)", justify="right" if shared else "left", overflow="fold")
     for record in records:
         primary = record.get("primary_metric") or ""
         summary = (record.get("metrics_summary") or {}).get(primary)
-        value = f"{primary} {_number(summary.get('last'))}" if summary else ""
-        table.add_row(record["run_id"], record.get("name", ""), _status_text(record.get("status", "")), str(record.get("seed")),
-                      (record.get("started_at") or "")[:19].replace("T", " "), f"{record.get('duration_s') or 0:.1f}s", value)
+        value = "" if not summary else _number(summary.get("last")) if shared else f"{primary} {_number(summary.get('last'))}"
+        table.add_row(record["run_id"], _status_text(record.get("status", "")), str(record.get("seed")),
+                      (record.get("started_at") or "")[5:16].replace("T", " "), f"{record.get('duration_s') or 0:.1f}s", value)
     _console().print(table)
 
 
@@ -219,8 +282,8 @@ def _status_text(status: str) -> str:
     return f"[{colour}]{status}[/{colour}]"
 
 
-@click.command()
-@click.argument("run_id")
+@click.command(epilog=examples("harness show dqn-cartpole-3f2a", "harness show --json dqn-cartpole-3f2a | jq .metrics_summary"))
+@click.argument("run_id", type=RUN_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record.json.")
 @click.option("--log-lines", type=int, default=20, show_default=True)
 def show(run_id: str, as_json: bool, log_lines: int) -> None:
@@ -262,6 +325,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     summary = record.get("metrics_summary") or {}
     if summary:
         table = Table("metric", "count", "last", "min", "max", "mean of last N")
+        table.columns[0].overflow = "fold"
         for name in sorted(summary):
             s = summary[name]
             table.add_row(name, str(s.get("count")), *(_number(s.get(k)) for k in ("last", "min", "max", "mean_last_n")))
@@ -275,7 +339,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
                 console.print(line, markup=False)
 
 
-@click.command()
+@click.command(epilog=examples("harness recover"))
 def recover() -> None:
     """Mark runs whose harness process died as interrupted, and seal what they left."""
     from harness.runner import recover as recover_runs
@@ -288,8 +352,9 @@ def recover() -> None:
         click.echo("nothing to recover")
 
 
-@click.command()
-def doctor() -> None:
+@click.command(epilog=examples("harness doctor", "harness doctor --json | jq '.checks[] | select(.ok | not)'"))
+@json_option
+def doctor(as_json: bool) -> None:
     """Check the prerequisites: Docker engine, base image, GPU/NVML, Hub login, Slurm."""
     import shutil
 
@@ -321,8 +386,10 @@ def doctor() -> None:
         checks.append(("hub login", True, "token found (HF_TOKEN or login)" if get_token() else "none (publish needs HF_TOKEN)"))
     except Exception as exc:  # noqa: BLE001
         checks.append(("hub login", True, f"unknown ({exc})"))
-    failed = False
-    for name, ok, text in checks:
-        click.echo(f"{'ok ' if ok else 'NO '} {name:14} {text}")
-        failed |= not ok and name in {"docker engine", "base image"}
+    failed = any(not ok and name in {"docker engine", "base image"} for name, ok, _ in checks)
+    if as_json:
+        emit_json({"ok": not failed, "checks": [{"name": name, "ok": ok, "detail": text} for name, ok, text in checks]})
+    else:
+        for name, ok, text in checks:
+            click.echo(f"{'ok ' if ok else 'NO '} {name:14} {text}")
     sys.exit(1 if failed else 0)

@@ -11,21 +11,31 @@ from typing import Any
 
 import click
 
+from harness.commands.output import emit_json, examples, json_option
 from harness.errors import HarnessError, HubError
+from harness.runids import RUN_ID, RUN_ID_OR_HUB
 
 ENDPOINT_HELP = "Hub URL (default: HF_ENDPOINT or https://huggingface.co)"
 
 
-@click.command()
-@click.argument("run_ids", nargs=-1, required=True)
+@click.command(epilog=examples(
+    "harness publish dqn-cartpole-3f2a --repo my-lab/cartpole-dqn",
+    "harness publish $(harness ls --json | jq -r '.[].run_id') --repo my-lab/all --json",
+))
+@click.argument("run_ids", nargs=-1, required=True, type=RUN_ID)
 @click.option("--repo", required=True, help="dataset repo to publish to, org/name")
 @click.option("--private", is_flag=True, help="create the repo private")
 @click.option("--endpoint", help=ENDPOINT_HELP)
-def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | None) -> None:
+@json_option
+def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | None, as_json: bool) -> None:
     """Publish runs of the local store to a Hub dataset repo, in one commit."""
     from harness.store.hub import publish as publish_runs
 
     result = publish_runs(list(run_ids), repo, private=private, endpoint=endpoint)
+    if as_json:
+        emit_json({"repo": repo, "url": result.url, "commit": result.commit, "published": result.published,
+                   "unchanged": result.unchanged})
+        return
     if result.commit is None:
         click.echo(f"{repo}: already up to date ({', '.join(result.unchanged)}); no commit made")
         return
@@ -35,17 +45,31 @@ def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | 
     click.echo(result.url)
 
 
-@click.command()
+@click.command(epilog=examples(
+    "harness pull my-lab/cartpole-dqn",
+    "harness pull my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --revision 4b8e0f... --json",
+))
 @click.argument("spec")
 @click.option("--revision", help="branch or 40-hex commit sha (default: main)")
 @click.option("--endpoint", help=ENDPOINT_HELP)
-def pull(spec: str, revision: str | None, endpoint: str | None) -> None:
+@json_option
+def pull(spec: str, revision: str | None, endpoint: str | None, as_json: bool) -> None:
     """Download org/name (all runs) or org/name/<run_id> into the local store, verified."""
     from harness.store.hub import pull as pull_runs
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    for run_id in pull_runs(spec, revision=revision, endpoint=endpoint, store=store):
+    pulled = pull_runs(spec, revision=revision, endpoint=endpoint, store=store)
+    if as_json:
+        rows = []
+        for run_id in pulled:
+            record = store.load(run_id)
+            source = record.get("pulled_from") or {}
+            rows.append({"run_id": run_id, "status": record.get("status"), "repo": source.get("repo"),
+                         "revision": source.get("revision"), "run_dir": str(store.run_dir(run_id))})
+        emit_json(rows)
+        return
+    for run_id in pulled:
         record = store.load(run_id)
         source = record.get("pulled_from") or {}
         click.echo(f"{run_id}\t{record.get('status')}\tfrom {source.get('repo', spec)}@{str(source.get('revision', ''))[:12]}")
@@ -127,16 +151,20 @@ def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path)
     click.echo(f"verdict: {verdict.verdict}")
 
 
-@click.command()
-@click.argument("target")
+@click.command(epilog=examples(
+    "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e",
+    "harness reproduce dqn-cartpole-3f2a --out repro/ --json",
+))
+@click.argument("target", type=RUN_ID_OR_HUB)
 @click.option("--endpoint", help=ENDPOINT_HELP)
 @click.option("--revision", help="Hub revision to pull the original from (default: main)")
 @click.option("--publish", "publish_result", is_flag=True, help="publish the reproduction to the same repo")
 @click.option("--runtime", type=click.Choice(["docker", "process"]), default="docker", show_default=True)
 @click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
+@json_option
 def reproduce(target: str, endpoint: str | None, revision: str | None, publish_result: bool, runtime: str,
-              trust_code: bool, out: Path | None) -> None:
+              trust_code: bool, out: Path | None, as_json: bool) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record and compare with the original.
 
     Exit status 0: identical or consistent; 1: diverged; 2: bad input.
@@ -183,13 +211,21 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, publish_r
     # record.json is outside the checksummed files, so the verdict can join the sealed record.
     record["reproduction_verdict"] = verdict.verdict
     store.save(record)
-    _print_verdict(verdict, original_id, reproduction_id, figure)
+    if not as_json:
+        _print_verdict(verdict, original_id, reproduction_id, figure)
 
+    published_commit = None
     if publish_result:
         from harness.store.hub import publish as publish_runs
 
         assert repo is not None
         result = publish_runs([reproduction_id], repo, endpoint=endpoint or (original.get("pulled_from") or {}).get("endpoint"))
-        click.echo(f"{repo}: published {reproduction_id} in commit {result.commit}")
+        published_commit = result.commit
+        if not as_json:
+            click.echo(f"{repo}: published {reproduction_id} in commit {result.commit}")
+    if as_json:
+        emit_json({"original": original_id, "reproduction": reproduction_id, "repo": repo, "figure": str(figure),
+                   "verdict_file": str(out_dir / "verdict.json"), "published_commit": published_commit,
+                   **verdict.to_dict()})
     if verdict.verdict == "diverged":
         raise click.exceptions.Exit(1)

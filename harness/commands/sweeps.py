@@ -51,7 +51,7 @@ def progress_table(progress: dict[str, Any]) -> Any:
     return Group(*parts)
 
 
-@click.command()
+@click.command(epilog="\b\nExamples:\n  harness status --watch\n  harness status dqn-sweep-1a2b --json")
 @click.argument("sweep", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the progress as JSON (for scripts).")
 @click.option("--watch", is_flag=True, help="Refresh until every run has ended (Ctrl-C leaves).")

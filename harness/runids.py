@@ -1,0 +1,83 @@
+"""Run ids as a user types them: any unique prefix names a run, and the shell completes them.
+
+Completion lists the store's run folders only (no record is read), so pressing Tab stays fast
+with thousands of runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from harness.errors import StoreError
+from harness.store.local import RECORD_NAME, LocalStore
+
+SHOWN_CANDIDATES = 8
+
+
+class AmbiguousRunId(StoreError):
+    """A prefix that names more than one run."""
+
+
+def run_ids(store: LocalStore) -> list[str]:
+    """Every run id in the store (folders holding a record.json), sorted."""
+    if not store.runs_dir.is_dir():
+        return []
+    return sorted(p.name for p in store.runs_dir.iterdir() if not p.name.startswith(".") and (p / RECORD_NAME).is_file())
+
+
+def resolve_run_id(store: LocalStore, text: str) -> str:
+    """The run id that ``text`` names: the id itself, or the only run whose id starts with it.
+
+    Raises AmbiguousRunId (listing the candidates) or StoreError (no such run) as one line.
+    """
+    if not text:
+        raise StoreError("empty run id: see `harness ls`")
+    if "/" not in text and not text.startswith(".") and store.exists(text):
+        return text
+    matches = [run_id for run_id in run_ids(store) if run_id.startswith(text)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = ", ".join(matches[:SHOWN_CANDIDATES]) + (f" and {len(matches) - SHOWN_CANDIDATES} more" if len(matches) > SHOWN_CANDIDATES else "")
+        raise AmbiguousRunId(f"run id prefix {text!r} is ambiguous: it matches {shown}")
+    store.load(text)  # raises the store's own "no run" error, with the newest runs listed
+    raise StoreError(f"{store.root}: no run {text!r}")  # pragma: no cover - load raised
+
+
+def complete_run_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Click ``shell_complete`` callback: the store's run ids starting with what was typed."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        ids = run_ids(LocalStore())
+    except OSError:
+        return []
+    return [CompletionItem(run_id) for run_id in ids if run_id.startswith(incomplete)]
+
+
+class RunIdType(click.ParamType):
+    """A run id argument: a unique prefix is expanded to the full id, and Tab completes ids.
+
+    With ``allow_hub=True`` a Hub spec (``org/name/<run_id>``) passes through unchanged.
+    """
+
+    name = "run_id"
+
+    def __init__(self, allow_hub: bool = False):
+        self.allow_hub = allow_hub
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if self.allow_hub and "/" in text:
+            return text
+        # A StoreError (not click's BadParameter) so that the CLI prints one line and exits 2.
+        return resolve_run_id(LocalStore(), text)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        return complete_run_ids(ctx, param, incomplete)
+
+
+RUN_ID = RunIdType()
+RUN_ID_OR_HUB = RunIdType(allow_hub=True)
