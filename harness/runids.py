@@ -81,3 +81,23 @@ class RunIdType(click.ParamType):
 
 RUN_ID = RunIdType()
 RUN_ID_OR_HUB = RunIdType(allow_hub=True)
+
+
+def expand_selection(store: LocalStore, terms: tuple[str, ...] | list[str]) -> list[str]:
+    """Selection terms with run-id prefixes written out in full.
+
+    A bare word that names a manifest stays as it is (a manifest name is also a prefix of its run
+    ids); any other bare word that is a unique run-id prefix becomes that run's id.
+    """
+    from harness.analysis.index import refresh_index
+
+    bare = [t for t in terms if "=" not in t and not t.startswith("hub:")]
+    if not bare:
+        return list(terms)
+    names = set(refresh_index(store).column("name").to_pylist())
+    expanded = []
+    for term in terms:
+        if term in bare and term not in names and any(run_id.startswith(term) for run_id in run_ids(store)):
+            term = resolve_run_id(store, term)
+        expanded.append(term)
+    return expanded
