@@ -16,20 +16,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from harness.errors import StoreError
-from harness.store.local import FINAL_STATUSES, LocalStore, write_json_atomic
+from harness.fsutil import write_json_atomic
+from harness.layout import RECORD
+from harness.store.local import LocalStore
 
-# Display groups of run states: every status a run or a scheduler task can have maps to one.
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-GROUP_OF_STATE = {
-    "queued": QUEUED,
-    "pending": QUEUED,
-    "requeued": QUEUED,
-    "running": RUNNING,
-    "completed": DONE,
-    **{status: FAILED for status in FINAL_STATUSES - {"completed"}},
-    "node_fail": FAILED,
-    "preempted": FAILED,
-}
 
 
 def utc_now() -> str:
@@ -139,7 +129,7 @@ def attempt_records(store: LocalStore, run_id: str) -> list[dict[str, Any]]:
         if suffix and not suffix[1:].isdigit():
             continue
         try:
-            records.append(json.loads((folder / "record.json").read_text()))
+            records.append(json.loads((folder / RECORD).read_text()))
         except (OSError, ValueError):
             continue
     records.sort(key=lambda r: r.get("started_at") or "")

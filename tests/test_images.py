@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.images import BUILD_STAGING, base_images, build_image, content_hash, docker_client
+from harness.images import BUILD_STAGING, base_images, build_image, content_hash
+from harness.runtime.engine import docker_client
 from harness.lock import compile_lockfile, lockfile_problems, parse_lockfile, stale_lockfiles
 from tests.conftest import REPO
 

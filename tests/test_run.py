@@ -99,7 +99,7 @@ def test_timeout_kills_the_container(noop_image, store_home, cli, tmp_path):
 
 
 def noop_image_containers(run_id: str) -> list:
-    from harness.images import docker_client
+    from harness.runtime.engine import docker_client
     from harness.runtime.docker import RUN_LABEL
 
     return docker_client().containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError
+from harness.layout import METRICS_PARQUET, RECORD
 
-METRICS_FILE = "metrics.parquet"
 HOST_FIELDS = ("cpu_model", "cpu_count", "memory_bytes", "gpus", "gpu_driver", "os", "kernel")
 
 
@@ -86,9 +86,9 @@ class Verdict:
 
 def _load_streams(run_dir: Path, ignore: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """metric name -> (steps, values), in step order (stable for repeated steps); wall_time dropped."""
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run_dir) / METRICS_PARQUET
     if not path.is_file():
-        raise HarnessError(f"{run_dir}: no {METRICS_FILE}; was the run completed?")
+        raise HarnessError(f"{run_dir}: no {METRICS_PARQUET}; was the run completed?")
     table = pq.read_table(path, columns=["name", "step", "value"])
     names = np.asarray(table.column("name").to_pylist(), dtype=object)
     steps = table.column("step").to_numpy().astype(np.int64)
@@ -105,7 +105,7 @@ def _load_streams(run_dir: Path, ignore: Sequence[str]) -> dict[str, tuple[np.nd
 
 def _record(run_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((Path(run_dir) / "record.json").read_text())
+        return json.loads((Path(run_dir) / RECORD).read_text())
     except (OSError, ValueError):
         return {}
 

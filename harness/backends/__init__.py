@@ -15,10 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
+from harness.record import DONE, FAILED, status_group
 from harness.sweeps import (
-    DONE,
-    FAILED,
-    GROUP_OF_STATE,
     SweepState,
     Submission,
     attempt_records,
@@ -53,7 +51,7 @@ class Job(abc.ABC):
 
     def done(self) -> bool:
         """Whether the run has ended, one way or another."""
-        return GROUP_OF_STATE.get(self.status()) in (DONE, FAILED)
+        return status_group(self.status()) in (DONE, FAILED)
 
 
 class Backend(abc.ABC):
@@ -248,14 +246,14 @@ def sweep_progress(sweep: SweepState, store: LocalStore) -> dict[str, Any]:
     states = run_states(sweep, store)
     counts = {group: 0 for group in ("queued", "running", "done", "failed")}
     for state in states.values():
-        counts[GROUP_OF_STATE.get(state, "failed")] += 1
+        counts[status_group(state)] += 1
     latest = sweep.submissions[-1] if sweep.submissions else None
     elapsed = eta = None
     if latest is not None:
         started = datetime.fromisoformat(latest.submitted_at).timestamp()
         elapsed = max(0.0, time.time() - started)
         in_latest = [states[r] for r in latest.run_ids if r in states]
-        ended = sum(GROUP_OF_STATE.get(s) in (DONE, FAILED) for s in in_latest)
+        ended = sum(status_group(s) in (DONE, FAILED) for s in in_latest)
         remaining = len(in_latest) - ended
         if remaining == 0:
             eta = 0.0

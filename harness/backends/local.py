@@ -33,17 +33,9 @@ def host_resources() -> dict[str, float]:
     import psutil
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from harness.capture.gpu import host_gpu_count
+
     return {"cpus": cpus, "memory_bytes": psutil.virtual_memory().total, "gpus": host_gpu_count()}
-
-
-def host_gpu_count() -> int:
-    """GPUs NVML sees (0 without a driver)."""
-    try:
-        from harness.capture.gpu import gpu_status
-
-        return len(gpu_status().get("devices", []))
-    except Exception:  # noqa: BLE001 - no NVML, no GPUs
-        return 0
 
 
 def parallel_slots(hardware: "Hardware", jobs: int | None = None, host: dict[str, float] | None = None) -> int:
@@ -69,7 +61,7 @@ def parallel_slots(hardware: "Hardware", jobs: int | None = None, host: dict[str
 def engine_available() -> bool:
     """Whether a Docker engine answers here."""
     try:
-        from harness.images import docker_client
+        from harness.runtime.engine import docker_client
 
         docker_client(timeout=10)
         return True
@@ -130,9 +122,9 @@ class LocalBackend(Backend):
         slots = parallel_slots(specs[0].loaded.manifest.hardware, self.jobs)
         self.runtime = resolve_runtime(self.runtime)
         if self.runtime == "docker" and self._execute is None:
-            from harness.runner import prepare_image
+            from harness.images import prepare_image
 
-            prepare_image(specs[0], log=self.echo)  # once, before the pool: every run shares the image
+            prepare_image(specs[0].loaded, log=self.echo)  # once, before the pool: every run shares the image
         sweep.submissions.append(Submission(backend=self.name, run_ids=[s.run_id for s in specs], runtime=self.runtime))
         save_state(self.store, sweep)
         self.echo(f"running {len(specs)} runs locally, {slots} at a time ({self.runtime} runtime)")
@@ -224,7 +216,7 @@ def stop_run(run_id: str, runtime: str) -> None:
     """Stop a run started by this process: kill its container, or its process group."""
     if runtime == "docker":
         from harness.runtime.docker import RUN_LABEL
-        from harness.images import docker_client
+        from harness.runtime.engine import docker_client
 
         try:
             client = docker_client(timeout=30)

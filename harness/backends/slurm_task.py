@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
-from harness.store.local import LocalStore, write_json_atomic
+from harness.fsutil import write_json_atomic
+from harness.store.local import LocalStore
 from harness.sweeps import SweepState, load_state, sweeps_dir
 
 if TYPE_CHECKING:

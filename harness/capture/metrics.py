@@ -26,12 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from harness.capture.system import write_table_atomic
+from harness.fsutil import write_table_atomic
 
 logger = logging.getLogger(__name__)
 
-TRACK_FILE = "metrics.jsonl"
-EXTERNAL_FILE = "metrics.external.jsonl"
+from harness.layout import EXTERNAL_JSONL as EXTERNAL_FILE, TRACK_JSONL as TRACK_FILE
 TENSORBOARD_GLOB = "*tfevents*"
 
 ROW_SCHEMA = pa.schema(

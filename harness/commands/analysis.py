@@ -48,16 +48,12 @@ def _read_reference(path: Path) -> dict[str, tuple[float, float]]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (tmp + rename): never half a table."""
-    import os
-    import tempfile
+    """Write a text file atomically: never half a table."""
+    from harness.fsutil import write_text_atomic
 
     if not path.parent.exists():
         raise HarnessError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 @click.command(epilog=examples(

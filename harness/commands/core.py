@@ -111,15 +111,15 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
     """Build (or find) the content-addressed image of a manifest."""
     from harness.manifest import load_manifest
     from harness.plan import expand
-    from harness.runner import prepare_image
+    from harness.images import prepare_image
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
     if quiet:
-        info = prepare_image(spec, ca_bundle, force)
+        info = prepare_image(spec.loaded, ca_bundle, force)
     else:
         with _console().status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
-            info = prepare_image(spec, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
+            info = prepare_image(spec.loaded, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
     state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
     click.echo(f"{info.tag or info.ref} {info.id} ({state})")
 
@@ -362,7 +362,7 @@ def doctor(as_json: bool) -> None:
 
     checks: list[tuple[str, bool, str]] = []
     try:
-        from harness.images import docker_client
+        from harness.runtime.engine import docker_client
         from harness.runtime.docker import engine_version
 
         client = docker_client(timeout=10)
@@ -374,7 +374,7 @@ def doctor(as_json: bool) -> None:
             checks.append(("base image", False, f"{BASE_IMAGE} missing: run `harness image bootstrap`"))
     except HarnessError as exc:
         checks.append(("docker engine", False, str(exc)))
-    from harness.runner import host_gpu_status
+    from harness.capture.gpu import host_gpu_status
 
     gpus = host_gpu_status()
     checks.append(("gpu / nvml", True, f"{len(gpus.get('devices', []))} GPU(s)" if gpus.get("available") else f"absent ({gpus.get('reason')})"))

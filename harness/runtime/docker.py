@@ -169,7 +169,7 @@ class DockerJob:
 
 def kill_orphan(run_id: str) -> bool:
     """Kill and remove the container of a run whose harness process died; True if one was found."""
-    from harness.images import docker_client
+    from harness.runtime.engine import docker_client
 
     try:
         client = docker_client(timeout=30)

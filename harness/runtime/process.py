@@ -10,6 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
+from harness.layout import EXTERNAL_JSONL
+from harness.secrets import without_secrets
 from harness.runtime.docker import copy_lines, harness_package_dir
 from harness.runtime.job import JobRequest, JobResult
 
@@ -30,8 +32,7 @@ def host_command(request: JobRequest) -> list[str]:
 
 def host_environment(request: JobRequest) -> dict[str, str]:
     """The host's environment less secrets, plus the job's variables."""
-    secret_words = ("TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "API_KEY")
-    base = {k: v for k, v in os.environ.items() if not any(word in k.upper() for word in secret_words)}
+    base = without_secrets(os.environ)
     library = str(harness_package_dir().parent)
     python_path = os.pathsep.join(p for p in (library, base.get("PYTHONPATH", "")) if p)
     pins = {}
@@ -44,7 +45,7 @@ def host_environment(request: JobRequest) -> dict[str, str]:
         **request.environment,
         **pins,
         "HARNESS_OUT": str(request.out_dir),
-        "HARNESS_METRICS": str(request.out_dir / "metrics.external.jsonl"),
+        "HARNESS_METRICS": str(request.out_dir / EXTERNAL_JSONL),
         "PYTHONPATH": python_path,
         "MPLBACKEND": "Agg",
     }

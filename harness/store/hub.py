@@ -30,7 +30,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
-from harness.store.local import RECORD_NAME, FINAL_STATUSES, LocalStore, sha256_file
+from harness.fsutil import sha256_file
+from harness.layout import RECORD as RECORD_NAME, SYSTEM_PARQUET
+from harness.record import FINAL_STATUSES
+from harness.store.local import LocalStore
 
 REPO_TYPE = "dataset"
 RUNS_INDEX = "runs.parquet"
@@ -349,7 +352,7 @@ def publish(
                 )
                 existing_rows = pq.read_table(index_path).to_pylist()
         index_bytes, rows = _runs_index(existing_rows, records)
-        has_system = any("system.parquet" in r["files"] for r in records) or any(
+        has_system = any(SYSTEM_PARQUET in r["files"] for r in records) or any(
             p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
         )
         card = dataset_card(repo, rows, has_system).encode()

@@ -2,49 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
 
 from harness.errors import StoreError
+from harness.fsutil import sha256_file, write_json_atomic
+from harness.layout import RECORD, RunLayout
+from harness.record import Record
 
-RECORD_NAME = "record.json"
-SCHEMA_VERSION = 1
-FINAL_STATUSES = {"completed", "failed", "timeout", "oom", "interrupted", "cancelled"}
 
 
 def store_root() -> Path:
     """The store's root folder: ``$HARNESS_HOME`` or ``./results``."""
     return Path(os.environ.get("HARNESS_HOME") or "results").absolute()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checksum_tree(folder: Path) -> dict[str, str]:
@@ -54,7 +26,7 @@ def checksum_tree(folder: Path) -> dict[str, str]:
         if path.is_symlink() or not path.is_file():
             continue
         relative = path.relative_to(folder).as_posix()
-        if relative == RECORD_NAME or path.name.startswith(f".{RECORD_NAME}."):
+        if relative == RECORD or (path.parent == folder and RunLayout(folder).is_record_temp(path.name)):
             continue
         sums[relative] = sha256_file(path)
     return sums
@@ -73,13 +45,17 @@ class LocalStore:
             raise StoreError(f"invalid run id {run_id!r}")
         return self.runs_dir / run_id
 
+    def layout(self, run_id: str) -> RunLayout:
+        """The file names of one run's folder."""
+        return RunLayout(self.run_dir(run_id))
+
     def exists(self, run_id: str) -> bool:
         """Whether the store holds a record for ``run_id``."""
-        return (self.run_dir(run_id) / RECORD_NAME).is_file()
+        return (self.run_dir(run_id) / RECORD).is_file()
 
-    def load(self, run_id: str) -> dict[str, Any]:
+    def load(self, run_id: str) -> Record:
         """The record of one run; a clear error when there is none."""
-        path = self.run_dir(run_id) / RECORD_NAME
+        path = self.run_dir(run_id) / RECORD
         if not path.is_file():
             known = ", ".join(r["run_id"] for r in list(self.records())[:5]) or "none"
             raise StoreError(f"{self.root}: no run {run_id!r} (newest: {known}); see `harness ls`")
@@ -88,24 +64,24 @@ class LocalStore:
         except (OSError, ValueError) as exc:
             raise StoreError(f"{path}: unreadable run record ({exc})") from exc
 
-    def save(self, record: dict[str, Any]) -> Path:
+    def save(self, record: Record) -> Path:
         """Write ``record`` as its run's record.json, atomically."""
-        path = self.run_dir(record["run_id"]) / RECORD_NAME
+        path = self.run_dir(record["run_id"]) / RECORD
         write_json_atomic(path, record)
         return path
 
-    def seal(self, record: dict[str, Any]) -> dict[str, Any]:
+    def seal(self, record: Record) -> Record:
         """Checksum every file of the run folder into ``record['files']`` and save it."""
         record["files"] = checksum_tree(self.run_dir(record["run_id"]))
         self.save(record)
         return record
 
-    def records(self) -> Iterator[dict[str, Any]]:
+    def records(self) -> Iterator[Record]:
         """Every readable run record, newest first."""
         if not self.runs_dir.is_dir():
             return iter(())
         found = []
-        for path in self.runs_dir.glob(f"*/{RECORD_NAME}"):
+        for path in self.runs_dir.glob(f"*/{RECORD}"):
             try:
                 found.append(json.loads(path.read_text()))
             except (OSError, ValueError):
@@ -113,7 +89,7 @@ class LocalStore:
         found.sort(key=lambda r: r.get("started_at") or "", reverse=True)
         return iter(found)
 
-    def find_by_config(self, config_key: str) -> list[dict[str, Any]]:
+    def find_by_config(self, config_key: str) -> list[Record]:
         """Records of earlier attempts of the same (manifest, params, seed)."""
         return [r for r in self.records() if r.get("config_key") == config_key]
 
