@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from harness.errors import StoreError
-from harness.store.local import RECORD_NAME, LocalStore
+from harness.layout import RECORD as RECORD_NAME
+from harness.store.local import LocalStore
 
 SHOWN_CANDIDATES = 8
 

@@ -143,12 +143,21 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--dry-run", is_flag=True, help="List what would run.")
 @click.option("--yes", is_flag=True, help="Confirm a sweep of more than 10,000 runs.")
 @click.option("--ca-bundle", type=click.Path(path_type=Path))
-@click.option("--quiet", is_flag=True, help="Do not stream the job's output.")
+@click.option("--quiet", is_flag=True, help="Do not stream the job's output (progress is still shown).")
+@click.option("--progress-every", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="When not on a terminal (or CI is set): one progress line every SECONDS "
+                   "[default: $HARNESS_PROGRESS_INTERVAL or 10].")
 @json_option
 def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: bool, runtime: str, backend: str,
         jobs: int | None, partition: str | None, account: str | None, rerun: bool, retry_failed: bool,
-        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool, as_json: bool) -> None:
-    """Run a manifest (all its seeds × sweep) into the local store."""
+        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool, progress_every: float | None,
+        as_json: bool) -> None:
+    """Run a manifest (all its seeds × sweep) into the local store.
+
+    A single run shows its progress while it goes (elapsed, last step, primary metric, ETA when a
+    param such as total_timesteps says how many steps): redrawn in place on a terminal, one plain
+    line every --progress-every seconds in a pipe or when CI is set.
+    """
     from harness.manifest import load_manifest
     from harness.plan import expand, parse_overrides
     from harness.store.local import LocalStore
@@ -176,9 +185,9 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
                        "(use --rerun to run it again)")
             return
     console = _console(stderr=as_json)
-    echo = None if quiet else (lambda line: click.echo(f"  | {line}", err=as_json))
     with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
-        record = _execute_with_status(spec, store, runtime, ca_bundle, status, echo, err=as_json)
+        record = _execute_with_status(spec, store, runtime, ca_bundle, status, quiet, err=as_json,
+                                      progress_every=progress_every)
     if as_json:
         emit_json(_run_json(record, store))
     else:
@@ -211,16 +220,22 @@ def _sweep_json(outcome: Any) -> dict[str, Any]:
     }
 
 
-def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any,
-                         err: bool = False) -> dict:
+def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, quiet: bool,
+                         err: bool = False, progress_every: float | None = None) -> dict:
+    """Run one spec with live progress (harness.progress) below the job's streamed output."""
+    from harness.progress import LiveRun
     from harness.runner import execute
 
-    def started(record: dict, job: Any = None) -> None:
+    def announce(record: dict) -> None:
         status.stop()
         click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}", err=err)
 
-    return execute(spec, store, runtime=runtime, on_start=started, echo=echo, ca_bundle=ca_bundle,
-                   build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
+    live = LiveRun(spec, store, sys.stderr if err else sys.stdout, interval=progress_every, announce=announce)
+    try:
+        return execute(spec, store, runtime=runtime, on_start=live.on_start, echo=None if quiet else live.echo,
+                       ca_bundle=ca_bundle, build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
+    finally:
+        live.stop()
 
 
 def _number(value: Any) -> str:

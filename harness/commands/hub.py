@@ -198,8 +198,14 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, publish_r
         spec = RunSpec(loaded=loaded, params=params, seed=seed, smoke=smoke,
                        config_key=config_key(loaded, params, seed, smoke))
         click.echo(f"reproducing {original_id} (seed {seed}) with a fresh image build", err=True)
-        record = execute(spec, store, runtime=runtime, reproduces=original_id, force_build=True,
-                         echo=lambda line: click.echo(line, err=True))
+        from harness.progress import LiveRun
+
+        live = LiveRun(spec, store, sys.stderr, prefix="")
+        try:
+            record = execute(spec, store, runtime=runtime, reproduces=original_id, force_build=True,
+                             on_start=live.on_start, echo=live.echo)
+        finally:
+            live.stop()
         expect = loaded.manifest.expect
 
     reproduction_id = record["run_id"]
