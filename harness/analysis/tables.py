@@ -201,8 +201,9 @@ def to_markdown(comparison: Comparison) -> str:
             "|---|---:|---:|---:|---:|",
         ]
         for group, estimates in comparison.aggregates.items():
+            single = group in comparison.matrices and comparison.matrices[group].shape[0] < 2
             row = [
-                f"{_fmt(e.point, 3)} [{_fmt(e.ci[0], 3)}, {_fmt(e.ci[1], 3)}]"
+                f"{_fmt(e.point, 3)} (one run: no CI)" if single else f"{_fmt(e.point, 3)} [{_fmt(e.ci[0], 3)}, {_fmt(e.ci[1], 3)}]"
                 for e in (estimates[m] for m in AGGREGATE_METRICS)
             ]
             lines.append(f"| {group} | " + " | ".join(row) + " |")

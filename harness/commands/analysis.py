@@ -101,6 +101,8 @@ def compare(
         reference=reference_scores, reps=reps, seed=seed,
     )
     if improvement:
+        if comparison.matrices:
+            _check_runs_per_group(comparison, "--improvement")
         add_improvement(comparison, reps=reps, seed=seed)
     if profiles is not None:
         _check_profile_runs(comparison)
@@ -128,10 +130,15 @@ def _check_profile_runs(comparison: Any) -> None:
     """Refuse a performance profile that would be a single step (or empty axes): it needs runs to spread."""
     if not comparison.matrices:
         raise HarnessError("--profiles: the groups share no environment, so there is nothing to profile")
+    _check_runs_per_group(comparison, "--profiles")
+
+
+def _check_runs_per_group(comparison: Any, option: str) -> None:
+    """Refuse an aggregate over seeds when some group has a single run per environment."""
     thin = {group: matrix.shape[0] for group, matrix in comparison.matrices.items() if matrix.shape[0] < 2}
     if thin:
         named = ", ".join(f"{group} has {n}" for group, n in thin.items())
-        raise HarnessError(f"--profiles needs at least 2 runs per group and environment ({named}); select more seeds")
+        raise HarnessError(f"{option} needs at least 2 runs per group and environment ({named}); select more seeds")
 
 
 @click.command(epilog=examples(
@@ -151,7 +158,8 @@ def plot(
     selection: tuple[str, ...], metric: str | None, by: str, env_key: str, x_axis: str, smooth: int,
     points: int, out: Path,
 ) -> None:
-    """Learning curves: mean and 95 % CI across seeds, one panel per environment."""
+    """Learning curves: mean and 95 % bootstrap CI across seeds (one seed: the curve alone, said
+    in the legend), one panel per environment; the title says n and the smoothing."""
     import numpy as np
 
     from harness.analysis.curves import group_curves
@@ -183,7 +191,7 @@ def plot(
         for note in notes:
             _note(f"{env}: {note}" if env != "-" else note)
     x_label = "environment steps" if x_axis == "step" else "wall time (s)"
-    plot_curves(panels, out, chosen, x_label=x_label)
+    plot_curves(panels, out, chosen, x_label=x_label, smooth=smooth)
     click.echo(f"wrote {out} ({len(series)} runs, {len(panels)} panel{'s' if len(panels) != 1 else ''})")
 
 

@@ -26,12 +26,18 @@ ENDPOINT_HELP = "Hub URL (default: HF_ENDPOINT or https://huggingface.co)"
 @click.option("--repo", required=True, help="dataset repo to publish to, org/name")
 @click.option("--private", is_flag=True, help="create the repo private")
 @click.option("--endpoint", help=ENDPOINT_HELP)
+@click.option("--license", "license_id", help="License of the results for the dataset card (a Hub license id, e.g. "
+              "cc-by-4.0, mit) [default: unknown].")
+@click.option("--pretty-name", help="Title of the dataset card [default: the manifests' names].")
 @json_option
-def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | None, as_json: bool) -> None:
-    """Publish runs of the local store to a Hub dataset repo, in one commit."""
+def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | None, license_id: str | None,
+            pretty_name: str | None, as_json: bool) -> None:
+    """Publish runs of the local store to a Hub dataset repo, in one commit (with the runs index,
+    the dataset card and the learning-curve figure)."""
     from harness.store.hub import publish as publish_runs
 
-    result = publish_runs(list(run_ids), repo, private=private, endpoint=endpoint)
+    result = publish_runs(list(run_ids), repo, private=private, endpoint=endpoint, license=license_id,
+                          pretty_name=pretty_name)
     if as_json:
         emit_json({"repo": repo, "url": result.url, "commit": result.commit, "published": result.published,
                    "unchanged": result.unchanged})
@@ -211,7 +217,8 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, publish_r
     reproduction_id = record["run_id"]
     verdict = compare_runs(store.run_dir(original_id), store.run_dir(reproduction_id), expect)
     out_dir = out or store.root / "reproductions" / reproduction_id
-    figure = plot_comparison(store.run_dir(original_id), store.run_dir(reproduction_id), out_dir / "comparison.png")
+    figure = plot_comparison(store.run_dir(original_id), store.run_dir(reproduction_id), out_dir / "comparison.png",
+                             verdict=verdict)
     (out_dir / "verdict.json").write_text(json.dumps(
         {"original": original_id, "reproduction": reproduction_id, **verdict.to_dict()}, indent=2, default=str) + "\n")
     # record.json is outside the checksummed files, so the verdict can join the sealed record.
