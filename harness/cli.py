@@ -72,7 +72,7 @@ def main() -> None:
     from harness.errors import HarnessError
 
     try:
-        cli.main(standalone_mode=False)
+        cli.main(standalone_mode=False, prog_name="harness")  # also under `python -m harness`: usage and completion say harness
     except HarnessError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

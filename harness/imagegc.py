@@ -63,9 +63,11 @@ def built_ids() -> set[str]:
     return {line.split()[0] for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()}
 
 
-def mark_stages(dockerfile: Path, recipe: str, digest: str) -> None:
-    """Insert ``LABEL org.harness.build=… org.harness.recipe=…`` after every FROM of a staged Dockerfile."""
-    label = f'LABEL {BUILD_LABEL}="{digest[:16]}" {RECIPE_LABEL}="{recipe}"'
+def mark_stages(dockerfile: Path, recipe: str) -> None:
+    """Insert ``LABEL org.harness.build=1 org.harness.recipe=<recipe>`` after every FROM of a staged
+    Dockerfile. The label is the same for every build of a recipe, so the builder stage stays cached
+    when only the workload changes."""
+    label = f'LABEL {BUILD_LABEL}="1" {RECIPE_LABEL}="{recipe}"'
     lines = dockerfile.read_text(encoding="utf-8").splitlines()
     out: list[str] = []
     continued = False

@@ -241,7 +241,7 @@ def build_image(
         stage_context(build_dir, lockfile, find_ca_bundle(ca_bundle), staging, log)
         from harness.imagegc import built_ids_in, mark_stages, record_built
 
-        mark_stages(staging / "Dockerfile", build_dir.name, digest)
+        mark_stages(staging / "Dockerfile", build_dir.name)
         produced: list[str] = []
         labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
         try:

@@ -15,6 +15,7 @@ import click
 
 from harness.commands.output import emit_json, examples, json_option
 from harness.errors import HarnessError
+from harness.runids import expand_selection
 
 DEFAULT_METRIC = "charts/episodic_return"
 
@@ -94,7 +95,7 @@ def compare(
         check_output(profiles)
     reference_scores = _read_reference(reference) if reference else None
     store = _store()
-    runs = select_runs(store, selection)
+    runs = select_runs(store, expand_selection(store, selection))
     chosen = _metric(runs, metric)
     comparison = build_comparison(
         store, runs, chosen, by=by, env_key=env_key, last_n=last_n, normalization=normalize,
@@ -172,7 +173,7 @@ def plot(
     if points < 2 or smooth < 1:
         raise HarnessError("--points must be at least 2 and --smooth at least 1")
     store = _store()
-    runs = select_runs(store, selection)
+    runs = select_runs(store, expand_selection(store, selection))
     chosen = _metric(runs, metric)
     series = metric_series(store, runs, chosen, x=x_axis)
     if not series:
@@ -207,7 +208,7 @@ def _thc_rows_from_runs(
     from harness.analysis.thc import thc_from_table
 
     store = _store()
-    runs = select_runs(store, selection)
+    runs = select_runs(store, expand_selection(store, selection))
     chosen = _metric(runs, metric)
     scores, notes = final_scores(store, runs, chosen, last_n)
     for note in notes:

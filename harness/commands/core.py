@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    # piped output (scripts, CI logs) gets wide lines instead of wrapped cells
-    return Console(highlight=False, stderr=stderr, width=None if stream.isatty() else 200)
+    # piped output (scripts, CI logs) gets wide lines instead of wrapped cells, unless COLUMNS says otherwise
+    columns = os.environ.get("COLUMNS", "")
+    return Console(highlight=False, stderr=stderr,
+                   width=None if stream.isatty() else int(columns) if columns.isdigit() else 200)
 
 
 @click.command(epilog=examples("harness validate manifests/*.yaml", "harness validate --json manifests/dqn-cartpole.yaml"))
