@@ -75,12 +75,12 @@ class Snapshot:
     eta_s: float | None
     points: int
 
-    def line(self) -> str:
+    def line(self, with_id: bool = True) -> str:
         """``<run>: 1:23 elapsed, step 45,000/100,000 (45%), charts/episodic_return 123.4, ETA 1:41``."""
         parts = [f"{clock(self.elapsed_s)} elapsed", *self.facts()]
         if self.eta_s is not None:
             parts.append(f"ETA {clock(self.eta_s)}")
-        return f"{self.run_id}: " + ", ".join(parts)
+        return (f"{self.run_id}: " if with_id else "") + ", ".join(parts)
 
     def facts(self) -> list[str]:
         """The step and the primary metric, as words."""
@@ -168,6 +168,7 @@ class ProgressReporter:
         self.interval = 1.0 if self.live else (interval or plain_interval())
         self._lock = threading.Lock()
         self._status = ""
+        self._ended: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="harness-progress", daemon=True)
 
@@ -187,16 +188,33 @@ class ProgressReporter:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
+            if self._ended is not None:
+                continue
             try:
                 snapshot = self.progress.poll()
             except Exception:  # noqa: BLE001 - a progress line is a courtesy; the capture owns the data
                 continue
             with self._lock:
                 if self.live:
-                    self._status = snapshot.line()[: self._width()]
+                    # the run id is on the line above: the status line keeps its width for the numbers
+                    self._status = snapshot.line(with_id=False)[: self._width()]
                     self._write(CLEAR_LINE + self._status)
                 else:
                     self._write(f"[progress] {snapshot.line()}\n")
+
+    def job_ended(self) -> None:
+        """The job has exited: stop the clock (what follows is the harness writing the record)."""
+        if self._ended is not None:
+            return
+        self._ended = time.time()
+        try:
+            snapshot = self.progress.poll(now=self._ended)
+        except Exception:  # noqa: BLE001
+            return
+        with self._lock:
+            if self.live:
+                self._status = (snapshot.line(with_id=False) + ", job ended; writing the record")[: self._width()]
+                self._write(CLEAR_LINE + self._status)
 
     def echo(self, line: str) -> None:
         """Print one line of the job's output above the status line."""
@@ -242,7 +260,16 @@ class LiveRun:
         metrics = self.spec.loaded.manifest.metrics
         progress = RunProgress(record["run_id"], self.store.layout(record["run_id"]), metrics.primary,
                                metrics.tensorboard, total_steps(self.spec.params))
-        self.reporter = ProgressReporter(progress, self.stream, interval=self.interval).start()
+        reporter = self.reporter = ProgressReporter(progress, self.stream, interval=self.interval).start()
+        wait = job.wait if job is not None else None
+        if wait is not None:
+            def wait_then_stop_the_clock() -> Any:  # the runner calls job.wait() once the job has started
+                try:
+                    return wait()
+                finally:
+                    reporter.job_ended()
+
+            job.wait = wait_then_stop_the_clock
 
     def echo(self, line: str) -> None:
         """One line of the job's output."""
