@@ -41,7 +41,7 @@ def _events(table, tag_prefix: str, x_column: str, relative_x: bool):  # type: i
     for name, x, value, wall in zip(names, xs, values, walls):
         if name is None or x is None or value is None or not math.isfinite(value):
             continue
-        step = int(round(x - start)) if relative_x else int(x)
+        step = round(x - start) if relative_x else int(x)
         yield tag_prefix + str(name), step, float(wall or 0.0), float(value)
 
 

@@ -56,7 +56,10 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], mode: int = 0o6
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    write_atomic(path, lambda handle: handle.write(data))
+    def write(handle: IO[bytes]) -> None:
+        handle.write(data)
+
+    write_atomic(path, write)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -19,9 +19,10 @@ image that also carries a tag outside ``harness/``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 BUILD_LABEL = "org.harness.build"
 RECIPE_LABEL = "org.harness.recipe"
@@ -109,8 +110,17 @@ class GcResult:
         """``harness gc --json`` (docs/cli-json.md)."""
         return {
             "dry_run": dry_run,
-            "images": [{"id": c.id, "tags": c.tags, "reason": c.reason, "recipe": c.recipe, "size_bytes": c.size,
-                        "removed": c.id in self.removed} for c in self.candidates],
+            "images": [
+                {
+                    "id": c.id,
+                    "tags": c.tags,
+                    "reason": c.reason,
+                    "recipe": c.recipe,
+                    "size_bytes": c.size,
+                    "removed": c.id in self.removed,
+                }
+                for c in self.candidates
+            ],
             "skipped": [{"id": image_id, "why": why} for image_id, why in self.skipped],
             "kept_referenced": self.kept_referenced,
             "estimated_bytes": self.estimated_bytes,
@@ -126,7 +136,7 @@ def _legacy_builder(image: Any) -> bool:
     """A dangling builder stage of a harness build made before stages were labelled."""
     try:
         return any(STAGING_MARK in (step.get("CreatedBy") or "") for step in image.history())
-    except Exception:  # noqa: BLE001 - an image whose history cannot be read is not ours to judge
+    except Exception:
         return False
 
 
@@ -168,7 +178,7 @@ def find_garbage(client: Any, referenced: set[str], recipes: set[str] | None = N
         for entry in client.df().get("Images") or []:
             shared = entry.get("SharedSize", 0)
             sizes[entry["Id"]] = max(int(entry.get("Size", 0)) - max(int(shared), 0), 0)
-    except Exception:  # noqa: BLE001 - sizes are a courtesy; gc works without them
+    except Exception:
         pass
     candidates: list[Candidate] = []
     kept = 0
@@ -202,7 +212,7 @@ def find_garbage(client: Any, referenced: set[str], recipes: set[str] | None = N
 def _layers_size(client: Any) -> int | None:
     try:
         return int(client.df().get("LayersSize") or 0)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 

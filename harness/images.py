@@ -20,9 +20,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from harness.errors import EngineError, HarnessError, LockfileError
@@ -311,7 +312,7 @@ def base_packages(name: str) -> list[str]:
         output = client.containers.run(
             name, ["cat", "/etc/harness-packages.txt"], remove=True, network_mode="none", user="65534:65534",
         )
-    except Exception:  # noqa: BLE001 - an imported image without the list is still usable
+    except Exception:
         return []
     return output.decode().split()
 

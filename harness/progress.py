@@ -97,16 +97,30 @@ class Snapshot:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form (``harness logs --json``)."""
-        return {"run_id": self.run_id, "elapsed_s": round(self.elapsed_s, 1), "step": self.step, "total_steps": self.total,
-                "primary_metric": self.primary, "primary_last": self.value, "eta_s": None if self.eta_s is None else round(self.eta_s),
-                "points": self.points}
+        return {
+            "run_id": self.run_id,
+            "elapsed_s": round(self.elapsed_s, 1),
+            "step": self.step,
+            "total_steps": self.total,
+            "primary_metric": self.primary,
+            "primary_last": self.value,
+            "eta_s": None if self.eta_s is None else round(self.eta_s),
+            "points": self.points,
+        }
 
 
 class RunProgress:
     """Follows one run folder's metric files and keeps the last step and primary value."""
 
-    def __init__(self, run_id: str, layout: RunLayout, primary: str | None, tensorboard: str | None,
-                 total: int | None, started: float | None = None):
+    def __init__(
+        self,
+        run_id: str,
+        layout: RunLayout,
+        primary: str | None,
+        tensorboard: str | None,
+        total: int | None,
+        started: float | None = None,
+    ):
         from harness.capture.metrics import MetricsIngester
 
         self.run_id = run_id
@@ -141,8 +155,16 @@ class RunProgress:
                     if steps[last] >= self._value_step:
                         self._value_step = steps[last]
                         self.value = rows.column("value")[last].as_py()
-        return Snapshot(self.run_id, now - self.started, self.step, self.total, self.primary, self.value,
-                        self._eta(now), len(self.ingester))
+        return Snapshot(
+            self.run_id,
+            now - self.started,
+            self.step,
+            self.total,
+            self.primary,
+            self.value,
+            self._eta(now),
+            len(self.ingester),
+        )
 
     def _eta(self, now: float) -> float | None:
         if not self.total or self.step is None or self._first is None:
@@ -160,8 +182,13 @@ class ProgressReporter:
     Route the job's output through :meth:`echo` so that the status line stays below it.
     """
 
-    def __init__(self, progress: RunProgress, stream: IO[str] | None = None, live: bool | None = None,
-                 interval: float | None = None):
+    def __init__(
+        self,
+        progress: RunProgress,
+        stream: IO[str] | None = None,
+        live: bool | None = None,
+        interval: float | None = None,
+    ):
         self.progress = progress
         self.stream = stream or sys.stdout
         self.live = interactive(self.stream) if live is None else live
@@ -172,7 +199,7 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="harness-progress", daemon=True)
 
-    def start(self) -> "ProgressReporter":
+    def start(self) -> ProgressReporter:
         self._thread.start()
         return self
 
@@ -192,7 +219,7 @@ class ProgressReporter:
                 continue
             try:
                 snapshot = self.progress.poll()
-            except Exception:  # noqa: BLE001 - a progress line is a courtesy; the capture owns the data
+            except Exception:
                 continue
             with self._lock:
                 if self.live:
@@ -209,7 +236,7 @@ class ProgressReporter:
         self._ended = time.time()
         try:
             snapshot = self.progress.poll(now=self._ended)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return
         with self._lock:
             if self.live:
@@ -235,7 +262,7 @@ class ProgressReporter:
             self._status = ""
         try:
             return self.progress.poll()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
 
 
@@ -243,8 +270,15 @@ class LiveRun:
     """Progress for a run that ``harness.runner.execute`` is about to start: pass :meth:`on_start`
     and :meth:`echo` to it, and call :meth:`stop` when it returns."""
 
-    def __init__(self, spec: Any, store: Any, stream: IO[str], interval: float | None = None, prefix: str = "  | ",
-                 announce: Any = None):
+    def __init__(
+        self,
+        spec: Any,
+        store: Any,
+        stream: IO[str],
+        interval: float | None = None,
+        prefix: str = "  | ",
+        announce: Any = None,
+    ):
         self.spec = spec
         self.store = store
         self.stream = stream
@@ -258,11 +292,17 @@ class LiveRun:
         if self.announce is not None:
             self.announce(record)
         metrics = self.spec.loaded.manifest.metrics
-        progress = RunProgress(record["run_id"], self.store.layout(record["run_id"]), metrics.primary,
-                               metrics.tensorboard, total_steps(self.spec.params))
+        progress = RunProgress(
+            record["run_id"],
+            self.store.layout(record["run_id"]),
+            metrics.primary,
+            metrics.tensorboard,
+            total_steps(self.spec.params),
+        )
         reporter = self.reporter = ProgressReporter(progress, self.stream, interval=self.interval).start()
         wait = job.wait if job is not None else None
         if wait is not None:
+
             def wait_then_stop_the_clock() -> Any:  # the runner calls job.wait() once the job has started
                 try:
                     return wait()

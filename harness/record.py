@@ -12,7 +12,7 @@ from typing import Any, TypedDict
 SCHEMA_VERSION = 1
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """Every state a run (or a scheduler task holding one) can be in."""
 
     QUEUED = "queued"
@@ -59,7 +59,7 @@ GROUP_OF_STATUS: dict[RunStatus, str] = {
 def status_group(status: str | None) -> str:
     """The display group of a status string; an unknown one counts as failed."""
     try:
-        return RunStatus(status).group
+        return RunStatus(status or "").group
     except ValueError:
         return FAILED
 
@@ -67,7 +67,7 @@ def status_group(status: str | None) -> str:
 def is_final(status: str | None) -> bool:
     """Whether ``status`` (a string from a record) is a final status."""
     try:
-        return RunStatus(status).final
+        return RunStatus(status or "").final
     except ValueError:
         return False
 

@@ -7,6 +7,7 @@ Every field becomes one row ``(section, field, a, b)``; rows whose values differ
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,8 @@ class RunDiff:
     def to_dict(self) -> dict[str, Any]:
         """JSON shape of ``harness diff --json`` (docs/cli-json.md)."""
         return {
-            "a": self.a, "b": self.b,
+            "a": self.a,
+            "b": self.b,
             "differences": [asdict(row) for row in self.differences],
             "same": [asdict(row) for row in self.same],
         }
@@ -96,7 +98,7 @@ def _lockfile(run_dir: Path) -> dict[str, str]:
     return _requirements(path.read_text(errors="replace").splitlines()) if path.is_file() else {}
 
 
-def _packages(record: dict[str, Any]) -> dict[str, str]:
+def _packages(record: Mapping[str, Any]) -> dict[str, str]:
     """Packages installed in the image as the run's environment capture saw them."""
     packages = (record.get("environment") or {}).get("packages")
     if isinstance(packages, dict):
@@ -119,9 +121,10 @@ def diff_runs(store: LocalStore, run_a: str, run_b: str) -> RunDiff:
     for m, r in zip(manifests, records):
         m["sha256"] = r.get("manifest_sha256")
     rows += _section_rows("manifest", *manifests)
-    rows += _section_rows("params", *[{**(r.get("params") or {}), "(seed)": r.get("seed"), "(smoke)": r.get("smoke")}
-                                      for r in records])
-    locks = [_lockfile(d) for d in dirs]
+    rows += _section_rows(
+        "params", *[{**(r.get("params") or {}), "(seed)": r.get("seed"), "(smoke)": r.get("smoke")} for r in records]
+    )
+    locks: list[dict[str, Any]] = [dict(_lockfile(d)) for d in dirs]
     for lock, record in zip(locks, records):
         lock["(sha256)"] = record.get("lockfile_sha256")
     rows += _section_rows("lockfile", *locks)
@@ -129,18 +132,30 @@ def diff_runs(store: LocalStore, run_a: str, run_b: str) -> RunDiff:
     images = []
     for record in records:
         image = record.get("image") or {}
-        images.append({"tag": image.get("tag") or image.get("ref"), "id": image.get("id"),
-                       "content_hash": image.get("content_hash"), "runtime": record.get("runtime"),
-                       "hermetic": record.get("hermetic"), "docker": record.get("docker_version"),
-                       "harness": record.get("harness_version"),
-                       "python": ((record.get("environment") or {}).get("python") or {}).get("version"),
-                       "torch": ((record.get("environment") or {}).get("torch") or {}).get("version")})
+        images.append(
+            {
+                "tag": image.get("tag") or image.get("ref"),
+                "id": image.get("id"),
+                "content_hash": image.get("content_hash"),
+                "runtime": record.get("runtime"),
+                "hermetic": record.get("hermetic"),
+                "docker": record.get("docker_version"),
+                "harness": record.get("harness_version"),
+                "python": ((record.get("environment") or {}).get("python") or {}).get("version"),
+                "torch": ((record.get("environment") or {}).get("torch") or {}).get("version"),
+            }
+        )
     rows += _section_rows("image", *images)
     hardware = []
     for record in records:
         host = {k: v for k, v in (record.get("host") or {}).items() if k != "hostname"}
-        hardware.append({**_flatten(record.get("hardware") or {}, "target"), **_flatten(host, "host"),
-                         "host.hostname": (record.get("host") or {}).get("hostname")})
+        hardware.append(
+            {
+                **_flatten(record.get("hardware") or {}, "target"),
+                **_flatten(host, "host"),
+                "host.hostname": (record.get("host") or {}).get("hostname"),
+            }
+        )
     rows += _section_rows("hardware", *hardware)
     summaries = []
     for record in records:

@@ -25,7 +25,9 @@ def run_ids(store: LocalStore) -> list[str]:
     """Every run id in the store (folders holding a record.json), sorted."""
     if not store.runs_dir.is_dir():
         return []
-    return sorted(p.name for p in store.runs_dir.iterdir() if not p.name.startswith(".") and (p / RECORD_NAME).is_file())
+    return sorted(
+        p.name for p in store.runs_dir.iterdir() if not p.name.startswith(".") and (p / RECORD_NAME).is_file()
+    )
 
 
 def resolve_run_id(store: LocalStore, text: str) -> str:
@@ -41,7 +43,9 @@ def resolve_run_id(store: LocalStore, text: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        shown = ", ".join(matches[:SHOWN_CANDIDATES]) + (f" and {len(matches) - SHOWN_CANDIDATES} more" if len(matches) > SHOWN_CANDIDATES else "")
+        shown = ", ".join(matches[:SHOWN_CANDIDATES]) + (
+            f" and {len(matches) - SHOWN_CANDIDATES} more" if len(matches) > SHOWN_CANDIDATES else ""
+        )
         raise AmbiguousRunId(f"run id prefix {text!r} is ambiguous: it matches {shown}")
     store.load(text)  # raises the store's own "no run" error, with the newest runs listed
     raise StoreError(f"{store.root}: no run {text!r}")  # pragma: no cover - load raised

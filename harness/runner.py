@@ -41,7 +41,7 @@ RESERVE_BYTES = 512 * 1024
 
 def now_iso() -> str:
     """The current time, ISO 8601 UTC with milliseconds."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def fresh_run_id(store: LocalStore, base: str) -> str:
@@ -206,8 +206,8 @@ def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str
     except KeyboardInterrupt as exc:
         job.stop(_stop_reason(exc))
         result = JobResult(_stop_reason(exc), None, "stopped before the job started")
-    record.update(status=result.status, exit_code=result.exit_code, detail=result.detail,
-                  ended_at=now_iso(), duration_s=round(time.monotonic() - started, 3))
+    record.update({"status": result.status, "exit_code": result.exit_code, "detail": result.detail,
+                   "ended_at": now_iso(), "duration_s": round(time.monotonic() - started, 3)})
     try:
         return _finish(store, record, capture, manifest.hardware.memory_bytes, client, image)
     finally:
@@ -246,7 +246,7 @@ def _finish(store: LocalStore, record: Record, capture: Any, memory_limit: int, 
             pass  # the earlier record.json stays whole: writes are atomic
         raise HarnessError(f"{layout.root}: disk full while writing the run record "
                            f"({exc.strerror}); free space, then `harness recover`") from None
-    except Exception as exc:  # noqa: BLE001 - whatever the harness meets, the record reaches a final status
+    except Exception as exc:
         return _seal_as_error(store, record, exc)
 
 
@@ -260,7 +260,7 @@ def _seal_as_error(store: LocalStore, record: Record, exc: BaseException) -> Rec
     store.layout(record["run_id"]).reserve.unlink(missing_ok=True)
     try:
         return store.seal(record)
-    except Exception:  # noqa: BLE001 - the unsealed record still says error
+    except Exception:
         store.save(record)
         return record
 
@@ -269,9 +269,9 @@ def _warm_imports() -> None:
     """Import the table libraries while the engine starts the container: the first ``pa.array``
     also imports pandas (pyarrow checks for it), about half a second that need not be serial."""
     import pyarrow as pa
-    import pyarrow.parquet  # noqa: F401
+    import pyarrow.parquet
 
-    import harness.capture.metrics  # noqa: F401
+    import harness.capture.metrics
     import harness.capture.system  # noqa: F401
 
     pa.array([0])
@@ -329,9 +329,9 @@ def recover(store: LocalStore) -> list[str]:
         ingester = ingest_run_folder(run_id, layout.root, manifest_metrics.get("tensorboard"))
         ingester.write_parquet(layout.metrics_parquet)
         system_jsonl_to_parquet(run_id, layout.system_jsonl, layout.system_parquet)
-        record.update(status=RunStatus.INTERRUPTED.value, ended_at=record.get("ended_at") or now_iso(),
-                      detail="the harness process ended before the run finished (recovered)",
-                      metrics_summary=ingester.summary(manifest_metrics.get("summary_last_n", 10)))
+        record.update({"status": RunStatus.INTERRUPTED.value, "ended_at": record.get("ended_at") or now_iso(),
+                       "detail": "the harness process ended before the run finished (recovered)",
+                       "metrics_summary": ingester.summary(manifest_metrics.get("summary_last_n", 10))})
         record.pop("owner", None)
         layout.reserve.unlink(missing_ok=True)
         store.seal(record)

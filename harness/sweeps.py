@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from harness.errors import StoreError
 from harness.fsutil import write_json_atomic
@@ -21,10 +22,9 @@ from harness.layout import RECORD
 from harness.store.local import LocalStore
 
 
-
 def utc_now() -> str:
     """The current time as ISO 8601 UTC."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def sweep_id_for(name: str, run_ids: Iterable[str]) -> str:
@@ -70,7 +70,7 @@ class SweepState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SweepState":
+    def from_json(cls, data: dict[str, Any]) -> SweepState:
         """Rebuild a state from :meth:`to_json` output."""
         data = dict(data)
         data["submissions"] = [Submission(**s) for s in data.get("submissions", [])]

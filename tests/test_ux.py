@@ -28,12 +28,24 @@ TOKEN = "hf_uxTestToken0123456789abcdef"
 HUB_REPO = "lab/ux-results"
 
 
-def harness(home: Path, *args: str, cwd: Path = ROOT, timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
+def harness(
+    home: Path, *args: str, cwd: Path = ROOT, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess[str]:
     """The CLI in a fresh interpreter, as a user runs it (stdout piped: not a terminal)."""
     return subprocess.run(
-        [sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "HARNESS_HOME": str(home), "MPLBACKEND": "Agg", "HF_HUB_DISABLE_XET": "1",
-             "HF_HUB_DISABLE_PROGRESS_BARS": "1", **env},
+        [sys.executable, "-m", "harness", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={
+            **os.environ,
+            "HARNESS_HOME": str(home),
+            "MPLBACKEND": "Agg",
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            **env,
+        },
     )
 
 
@@ -43,16 +55,23 @@ def store(tmp_path: Path) -> LocalStore:
     store = LocalStore(tmp_path / "store")
     make_run(store, "dqn-cartpole-0123456789ab", seed=1)
     make_run(store, "dqn-cartpole-0123456789ab-2", seed=2)
-    make_run(store, "dqn-cartpole-fedcba987654", seed=3,
-             metrics=[("charts/episodic_return_of_the_evaluation_policy", s, float(s)) for s in range(0, 500, 100)])
+    make_run(
+        store,
+        "dqn-cartpole-fedcba987654",
+        seed=3,
+        metrics=[("charts/episodic_return_of_the_evaluation_policy", s, float(s)) for s in range(0, 500, 100)],
+    )
     record = store.load("dqn-cartpole-fedcba987654")
-    record.update(primary_metric="charts/episodic_return_of_the_evaluation_policy",
-                  params={"learning_rate_of_the_q_network": 0.00025, "lr": 0.002})
+    record.update(
+        primary_metric="charts/episodic_return_of_the_evaluation_policy",
+        params={"learning_rate_of_the_q_network": 0.00025, "lr": 0.002},
+    )
     store.save(record)
     return store
 
 
 # ---- 1. run ids ------------------------------------------------------------------------------
+
 
 def test_ls_prints_full_ids_on_an_80_column_terminal(store: LocalStore) -> None:
     done = harness(store.root, "ls", COLUMNS="80")
@@ -70,13 +89,18 @@ def test_a_unique_prefix_names_a_run_and_an_ambiguous_one_lists_candidates(store
     exact = harness(store.root, "show", "dqn-cartpole-0123456789ab", "--json")  # also a prefix of -2: exact wins
     assert json.loads(exact.stdout)["run_id"] == "dqn-cartpole-0123456789ab"
 
-    for args in (["show", "dqn-cartpole-0"], ["diff", "dqn-cartpole-0", "dqn-cartpole-f"], ["logs", "dqn-cartpole-0"],
-                 ["export", "dqn-cartpole-0", "--tensorboard", str(tmp_path / "tb")]):
+    for args in (
+        ["show", "dqn-cartpole-0"],
+        ["diff", "dqn-cartpole-0", "dqn-cartpole-f"],
+        ["logs", "dqn-cartpole-0"],
+        ["export", "dqn-cartpole-0", "--tensorboard", str(tmp_path / "tb")],
+    ):
         ambiguous = harness(store.root, *args)
         assert ambiguous.returncode == 2, (args, ambiguous.stderr)
         assert ambiguous.stderr.splitlines() == [
             "error: run id prefix 'dqn-cartpole-0' is ambiguous: it matches dqn-cartpole-0123456789ab, "
-            "dqn-cartpole-0123456789ab-2"], args
+            "dqn-cartpole-0123456789ab-2"
+        ], args
     missing = harness(store.root, "show", "ppo")
     assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1 and "no run 'ppo'" in missing.stderr
     logs = harness(store.root, "logs", "dqn-cartpole-f")
@@ -85,8 +109,12 @@ def test_a_unique_prefix_names_a_run_and_an_ambiguous_one_lists_candidates(store
 
 def test_shell_completion_offers_run_ids_from_the_store(store: LocalStore) -> None:
     for command in ("show", "logs", "diff", "publish", "reproduce", "export"):
-        done = harness(store.root, _HARNESS_COMPLETE="bash_complete", COMP_WORDS=f"harness {command} dqn-cartpole-0",
-                       COMP_CWORD="2")
+        done = harness(
+            store.root,
+            _HARNESS_COMPLETE="bash_complete",
+            COMP_WORDS=f"harness {command} dqn-cartpole-0",
+            COMP_CWORD="2",
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["plain,dqn-cartpole-0123456789ab", "plain,dqn-cartpole-0123456789ab-2"], command
     script = harness(store.root, _HARNESS_COMPLETE="bash_source")
@@ -96,6 +124,7 @@ def test_shell_completion_offers_run_ids_from_the_store(store: LocalStore) -> No
 
 
 # ---- 2. --json, tables, examples -----------------------------------------------------------
+
 
 def test_every_command_has_an_example_in_its_help() -> None:
     from harness.cli import COMMANDS, cli
@@ -110,7 +139,10 @@ def test_every_command_has_an_example_in_its_help() -> None:
 def test_json_of_validate_doctor_and_compare_and_unambiguous_csv(store: LocalStore, tmp_path: Path) -> None:
     valid = harness(store.root, "validate", "--json", "manifests/noop.yaml", "manifests/dqn-cartpole.yaml")
     assert valid.returncode == 0, valid.stderr
-    assert [(v["name"], v["ok"], v["runs"]) for v in json.loads(valid.stdout)] == [("noop", True, 1), ("dqn-cartpole", True, 1)]
+    assert [(v["name"], v["ok"], v["runs"]) for v in json.loads(valid.stdout)] == [
+        ("noop", True, 1),
+        ("dqn-cartpole", True, 1),
+    ]
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: harness/v1\nname: x\n")
     invalid = harness(store.root, "validate", "--json", str(bad))
@@ -123,8 +155,18 @@ def test_json_of_validate_doctor_and_compare_and_unambiguous_csv(store: LocalSto
     assert doctor.returncode == (0 if checks["ok"] else 1)
 
     out = tmp_path / "table.csv"
-    compared = harness(store.root, "compare", "toy-train", "--metric", "charts/episodic_return", "--reps", "200",
-                       "--out", str(out), "--json")
+    compared = harness(
+        store.root,
+        "compare",
+        "toy-train",
+        "--metric",
+        "charts/episodic_return",
+        "--reps",
+        "200",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert compared.returncode == 0, compared.stderr
     data = json.loads(compared.stdout)
     assert data["metric"] == "charts/episodic_return" and data["cells"][0]["runs"] == 2
@@ -135,6 +177,7 @@ def test_json_of_validate_doctor_and_compare_and_unambiguous_csv(store: LocalSto
 
 
 # ---- 5. diff ---------------------------------------------------------------------------------
+
 
 def test_diff_puts_differences_first(store: LocalStore) -> None:
     done = harness(store.root, "diff", "dqn-cartpole-0123456789ab-2", "dqn-cartpole-f", "--json")
@@ -147,12 +190,15 @@ def test_diff_puts_differences_first(store: LocalStore) -> None:
     assert (lr["a"], lr["b"]) == (0.001, 0.002)
     assert ("image", "tag") in {(d["section"], d["field"]) for d in data["same"]}
     sections = [d["section"] for d in data["differences"]]
-    assert sections == sorted(sections, key=["manifest", "params", "lockfile", "packages", "image", "hardware", "metrics"].index)
+    assert sections == sorted(
+        sections, key=["manifest", "params", "lockfile", "packages", "image", "hardware", "metrics"].index
+    )
     text = harness(store.root, "diff", "dqn-cartpole-0123456789ab-2", "dqn-cartpole-f")
     assert text.returncode == 0 and "learning_rate_of_the_q_network" in text.stdout and "field(s) differ" in text.stdout
 
 
 # ---- 4. TensorBoard export -------------------------------------------------------------------
+
 
 def test_export_writes_event_files_tensorboard_reads(store: LocalStore, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -162,8 +208,11 @@ def test_export_writes_event_files_tensorboard_reads(store: LocalStore, tmp_path
         done = harness(store.root, "export", "toy-train", "--tensorboard", str(target), "--json")
         assert done.returncode == 0, done.stderr
     exported = json.loads(done.stdout)["runs"]
-    assert sorted(e["run_id"] for e in exported) == ["dqn-cartpole-0123456789ab", "dqn-cartpole-0123456789ab-2",
-                                                      "dqn-cartpole-fedcba987654"]
+    assert sorted(e["run_id"] for e in exported) == [
+        "dqn-cartpole-0123456789ab",
+        "dqn-cartpole-0123456789ab-2",
+        "dqn-cartpole-fedcba987654",
+    ]
     assert sorted(p.name for p in target.iterdir()) == sorted(e["run_id"] for e in exported)
     events = EventAccumulator(str(target / "dqn-cartpole-0123456789ab-2"))
     events.Reload()
@@ -178,6 +227,7 @@ def test_export_writes_event_files_tensorboard_reads(store: LocalStore, tmp_path
 
 # ---- 7. figures ------------------------------------------------------------------------------
 
+
 def test_bootstrap_intervals_stay_inside_a_bounded_metric() -> None:
     from harness.analysis.curves import bootstrap_ci, mean_ci
 
@@ -186,7 +236,12 @@ def test_bootstrap_intervals_stay_inside_a_bounded_metric() -> None:
     _, t_lo, t_hi = mean_ci(scores)
     assert t_hi[0] > 500 and t_lo[1] < 0
     mean, lo, hi = bootstrap_ci(scores)
-    assert (lo >= scores.min(axis=0)).all() and (hi <= scores.max(axis=0)).all() and (lo <= mean).all() and (mean <= hi).all()
+    assert (
+        (lo >= scores.min(axis=0)).all()
+        and (hi <= scores.max(axis=0)).all()
+        and (lo <= mean).all()
+        and (mean <= hi).all()
+    )
     assert np.array_equal(bootstrap_ci(scores)[1], lo)  # seeded: the same figure every time
 
 
@@ -204,8 +259,9 @@ def test_plot_titles_say_n_and_smoothing_and_one_seed_has_no_interval(store: Loc
     text = _svg_text(svg)
     assert "one seed per curve, no confidence interval (rolling mean over 3 points)" in text
     many = tmp_path / "many.svg"
-    done = harness(store.root, "plot", "toy-train", "--metric", "charts/episodic_return", "--out", str(many),
-                   MATPLOTLIBRC=str(rc))
+    done = harness(
+        store.root, "plot", "toy-train", "--metric", "charts/episodic_return", "--out", str(many), MATPLOTLIBRC=str(rc)
+    )
     assert done.returncode == 0, done.stderr
     assert "95 % bootstrap CI over seeds (n = 2 seeds, no smoothing)" in _svg_text(many)
     assert "environment steps" in _svg_text(many)
@@ -216,7 +272,8 @@ def test_aggregates_that_need_more_runs_are_refused(store: LocalStore, tmp_path:
     done = harness(store.root, "compare", "dqn-cartpole-f", "--profiles", str(figure))
     assert done.returncode == 2 and not figure.exists()
     assert done.stderr.splitlines() == [
-        "error: --profiles needs at least 2 runs per group and environment (toy-train has 1); select more seeds"]
+        "error: --profiles needs at least 2 runs per group and environment (toy-train has 1); select more seeds"
+    ]
     improvement = harness(store.root, "compare", "dqn-cartpole-f", "--improvement")
     assert improvement.returncode == 2 and "--improvement needs at least 2 runs" in improvement.stderr
 
@@ -248,22 +305,48 @@ print(json.dumps({"rows": table.num_rows, "columns": table.column_names, "smoke"
 """
 
 
-def test_publish_makes_a_card_and_index_that_load_dataset_reads_with_no_config(store: LocalStore, tmp_path: Path) -> None:
+def test_publish_makes_a_card_and_index_that_load_dataset_reads_with_no_config(
+    store: LocalStore, tmp_path: Path
+) -> None:
     smoke = store.load("dqn-cartpole-0123456789ab")
     smoke["smoke"] = True
     store.save(smoke)
     reproduction = store.load("dqn-cartpole-0123456789ab-2")
-    reproduction.update(reproduces="dqn-cartpole-fedcba987654", reproduction_verdict="identical", started_at="2026-01-02T00:00:00Z")
+    reproduction.update(
+        reproduces="dqn-cartpole-fedcba987654", reproduction_verdict="identical", started_at="2026-01-02T00:00:00Z"
+    )
     store.save(reproduction)
     with HubServer(tmp_path / "hub", token=TOKEN) as hub:
         env = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": hub.url}
-        first = harness(store.root, "publish", "dqn-cartpole-f", "--repo", HUB_REPO, "--license", "cc-by-4.0",
-                        "--pretty-name", "DQN on CartPole, reproduced", "--json", **env)
+        first = harness(
+            store.root,
+            "publish",
+            "dqn-cartpole-f",
+            "--repo",
+            HUB_REPO,
+            "--license",
+            "cc-by-4.0",
+            "--pretty-name",
+            "DQN on CartPole, reproduced",
+            "--json",
+            **env,
+        )
         assert first.returncode == 0, first.stderr
         assert json.loads(first.stdout)["published"] == ["dqn-cartpole-fedcba987654"]
-        second = harness(store.root, "publish", "dqn-cartpole-0123456789ab", "dqn-cartpole-0123456789ab-2",
-                         "--repo", HUB_REPO, "--license", "cc-by-4.0", "--pretty-name", "DQN on CartPole, reproduced",
-                         "--json", **env)
+        second = harness(
+            store.root,
+            "publish",
+            "dqn-cartpole-0123456789ab",
+            "dqn-cartpole-0123456789ab-2",
+            "--repo",
+            HUB_REPO,
+            "--license",
+            "cc-by-4.0",
+            "--pretty-name",
+            "DQN on CartPole, reproduced",
+            "--json",
+            **env,
+        )
         assert second.returncode == 0, second.stderr
         commit = json.loads(second.stdout)["commit"]
 
@@ -280,16 +363,27 @@ def test_publish_makes_a_card_and_index_that_load_dataset_reads_with_no_config(s
         assert f"harness reproduce {HUB_REPO}/dqn-cartpole-fedcba987654" in card
         assert "| `dqn-cartpole-0123456789ab-2` |" in card and "identical" in card
         index = pq.read_table(hub.storage.blob_path(tree["runs.parquet"]["sha256"]))
-        assert {"param_lr", "param_learning_rate_of_the_q_network", "smoke", "reproduction_verdict", "host_cpu_model",
-                "accelerator"} <= set(index.column_names)
+        assert {
+            "param_lr",
+            "param_learning_rate_of_the_q_network",
+            "smoke",
+            "reproduction_verdict",
+            "host_cpu_model",
+            "accelerator",
+        } <= set(index.column_names)
         assert index.schema.field("param_lr").type == "double" and index.schema.field("smoke").type == "bool"
 
         pulled = harness(tmp_path / "fresh", "pull", HUB_REPO, "--json", **env)
         assert pulled.returncode == 0, pulled.stderr
         assert sorted(r["run_id"] for r in json.loads(pulled.stdout)) == sorted(index.column("run_id").to_pylist())
 
-        loaded = subprocess.run([sys.executable, "-c", LOAD_DEFAULT, HUB_REPO, str(tmp_path / "cache")],
-                                capture_output=True, text=True, timeout=180, env={**os.environ, **env})
+        loaded = subprocess.run(
+            [sys.executable, "-c", LOAD_DEFAULT, HUB_REPO, str(tmp_path / "cache")],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, **env},
+        )
         assert loaded.returncode == 0, loaded.stderr[-2000:]
         rows = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert rows["rows"] == 3 and "param_lr" in rows["columns"]
@@ -301,6 +395,7 @@ def test_publish_makes_a_card_and_index_that_load_dataset_reads_with_no_config(s
 
 # ---- 9. distribution name --------------------------------------------------------------------
 
+
 def test_the_distribution_name_is_not_pypis_harness() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "harness-repro" and project["scripts"]["harness"] == "harness.cli:main"
@@ -310,13 +405,31 @@ def test_the_distribution_name_is_not_pypis_harness() -> None:
 
 # ---- with the real engine: live progress, logs -f, run/reproduce --json, gc ------------------
 
+
 @pytest.mark.docker
 def test_a_piped_run_prints_plain_progress_lines_and_logs_follows_it(noop_image, tmp_path: Path) -> None:
     home = tmp_path / "store"
     env = {**os.environ, "HARNESS_HOME": str(home), "CI": "1"}
     run = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", "manifests/noop.yaml", "--param", "mode=sleep", "--param", "seconds=6",
-         "--progress-every", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "manifests/noop.yaml",
+            "--param",
+            "mode=sleep",
+            "--param",
+            "seconds=6",
+            "--progress-every",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.time() + 120
         runs = home / "runs"
@@ -347,8 +460,9 @@ def test_progress_has_an_eta_when_the_params_say_how_many_steps(tmp_path: Path) 
 
     layout = RunLayout(tmp_path)
     layout.out.mkdir()
-    progress = RunProgress("r", layout, "charts/episodic_return", None, total_steps({"total_timesteps": 100_000}),
-                           started=1000.0)
+    progress = RunProgress(
+        "r", layout, "charts/episodic_return", None, total_steps({"total_timesteps": 100_000}), started=1000.0
+    )
     with open(layout.out / "metrics.jsonl", "w") as handle:
         handle.write(json.dumps({"name": "charts/episodic_return", "step": 10_000, "value": 20.0}) + "\n")
     progress.poll(now=1010.0)
@@ -391,8 +505,12 @@ def test_gc_removes_the_harness_leftovers_and_never_a_foreign_image(noop_image, 
     (project / "lockfiles").mkdir()
     shutil.copy(ROOT / "lockfiles" / "noop.txt", project / "lockfiles" / "gcprobe.txt")
     (project / "manifests").mkdir()
-    manifest = (ROOT / "manifests" / "noop.yaml").read_text().replace("images/noop", "images/gcprobe").replace(
-        "lockfiles/noop.txt", "lockfiles/gcprobe.txt")
+    manifest = (
+        (ROOT / "manifests" / "noop.yaml")
+        .read_text()
+        .replace("images/noop", "images/gcprobe")
+        .replace("lockfiles/noop.txt", "lockfiles/gcprobe.txt")
+    )
     (project / "manifests" / "gcprobe.yaml").write_text(manifest)
     home = tmp_path / "store"
 
@@ -403,8 +521,9 @@ def test_gc_removes_the_harness_leftovers_and_never_a_foreign_image(noop_image, 
         assert done.returncode == 0, done.stderr
         built.append(done.stdout.split()[0])
     old, current = built
-    foreign_tagged = client.images.build(fileobj=io.BytesIO(FOREIGN_DOCKERFILE.format(n=1).encode()),
-                                         tag="harness/foreign-gc-test:1", rm=True)[0]
+    foreign_tagged = client.images.build(
+        fileobj=io.BytesIO(FOREIGN_DOCKERFILE.format(n=1).encode()), tag="harness/foreign-gc-test:1", rm=True
+    )[0]
     foreign_dangling = client.images.build(fileobj=io.BytesIO(FOREIGN_DOCKERFILE.format(n=2).encode()), rm=True)[0]
     child = client.images.build(fileobj=io.BytesIO(f"FROM {current}\nRUN echo child > /child\n".encode()), rm=True)[0]
     foreign = {foreign_tagged.id, foreign_dangling.id, child.id}
@@ -432,5 +551,5 @@ def test_gc_removes_the_harness_leftovers_and_never_a_foreign_image(noop_image, 
         for image in (child.id, foreign_dangling.id, "harness/foreign-gc-test:1", current):
             try:
                 client.images.remove(image, force=True)
-            except Exception:  # noqa: BLE001 - best-effort cleanup
+            except Exception:
                 pass

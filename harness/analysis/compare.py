@@ -11,9 +11,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -35,7 +36,7 @@ class ExpectSpec:
     ignore: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, expect: Any) -> "ExpectSpec":
+    def of(cls, expect: Any) -> ExpectSpec:
         """From a pydantic ``Expect``, a dict (as in record.json), None (defaults) or an ExpectSpec."""
         if isinstance(expect, cls):
             return expect

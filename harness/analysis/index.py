@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from harness.errors import HarnessError, StoreError
 from harness.fsutil import write_table_atomic
-from harness.layout import METRICS_PARQUET, RECORD as RECORD_NAME
+from harness.layout import METRICS_PARQUET
+from harness.layout import RECORD as RECORD_NAME
 from harness.record import FINAL_STATUSES
 from harness.store.local import LocalStore
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from harness.fsutil import atomic_path
 FORMATS = {".png", ".svg", ".pdf"}
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +35,7 @@ def check_output(path: Path) -> None:
         raise HarnessError(f"figure {path}: folder {path.parent} does not exist")
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Any, path: Path) -> None:
     """Save atomically: a reader never sees half a figure."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight")

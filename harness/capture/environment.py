@@ -115,7 +115,7 @@ print(json.dumps({
     "gpu_driver": (smi or {}).get("driver"),
     "env": environment_variables(),
 }, sort_keys=True))
-""".replace("@SECRET_NAME_PATTERN@", repr(SECRET_NAME_PATTERN)).replace("@NOT_SECRET@", repr(set(NOT_SECRET)))
+""".replace("@SECRET_NAME_PATTERN@", repr(SECRET_NAME_PATTERN)).replace("@NOT_SECRET@", repr(tuple(sorted(NOT_SECRET))))
 
 
 def _cpu_model() -> str | None:
@@ -176,7 +176,7 @@ def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
     def capture() -> dict[str, Any]:
         try:
             return json.loads(run_in_image(client, image.id, ["python", "-c", ENVIRONMENT_SCRIPT]))
-        except Exception as exc:  # noqa: BLE001 - an image without Python still runs; say what is missing
+        except Exception as exc:
             return {"error": f"environment capture failed: {exc}"}
 
     return _cached_environment(image.id.replace(":", "_"), capture)

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 try:
     import pynvml
 except ImportError:  # nvidia-ml-py is a dependency, but a broken install must not stop a run
-    pynvml = None  # type: ignore[assignment]
+    pynvml = None
 
 # metric suffix (after gpu/<i>/) -> query on one device handle
 DeviceQuery = Callable[[Any], float]

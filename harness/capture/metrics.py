@@ -27,10 +27,12 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from harness.fsutil import write_table_atomic
+from harness.layout import EXTERNAL_JSONL as EXTERNAL_FILE
+from harness.layout import TRACK_JSONL as TRACK_FILE
 
 logger = logging.getLogger(__name__)
 
-from harness.layout import EXTERNAL_JSONL as EXTERNAL_FILE, TRACK_JSONL as TRACK_FILE
+
 TENSORBOARD_GLOB = "*tfevents*"
 
 ROW_SCHEMA = pa.schema(
@@ -215,7 +217,7 @@ class MetricsIngester:
         if table.num_rows == 0:
             return
         last_steps = table.group_by("name").aggregate([("step", "max")])
-        for name, step in zip(  # noqa: B905 - columns of one table
+        for name, step in zip(
             last_steps.column("name").to_pylist(), last_steps.column("step_max").to_pylist()
         ):
             self._next_step[name] = max(self._next_step.get(name, 0), step + 1)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.layout import RunLayout
 

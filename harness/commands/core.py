@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
+from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
+from harness.commands.output import emit_json, examples
 from harness.errors import HarnessError
+from harness.record import Record
 from harness.runids import RUN_ID
 
-
-def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    # piped output (scripts, CI logs) gets wide lines instead of wrapped cells, unless COLUMNS says otherwise
-    columns = os.environ.get("COLUMNS", "")
-    return Console(highlight=False, stderr=stderr,
-                   width=None if stream.isatty() else int(columns) if columns.isdigit() else 200)
+_console = console
 
 
 @click.command(epilog=examples("harness validate manifests/*.yaml", "harness validate --json manifests/dqn-cartpole.yaml"))
@@ -107,14 +101,14 @@ def bootstrap(name: str, suite: str, force: bool) -> None:
 
 @click.command(epilog=examples("harness build manifests/dqn-cartpole.yaml", "harness build --force manifests/noop.yaml"))
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--ca-bundle", type=click.Path(path_type=Path), help="Extra CA bundle for the build (default: SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE).")
+@ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
 @click.option("--quiet", is_flag=True)
 def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> None:
     """Build (or find) the content-addressed image of a manifest."""
+    from harness.images import prepare_image
     from harness.manifest import load_manifest
     from harness.plan import expand
-    from harness.images import prepare_image
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
@@ -136,7 +130,7 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--seed", "seeds", type=int, multiple=True, help="Run these seeds instead of the manifest's.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a param.")
 @click.option("--smoke", is_flag=True, help="Apply the manifest's smoke params (a quick run for CI).")
-@click.option("--runtime", type=click.Choice(["docker", "process"]), default="docker", show_default=True)
+@runtime_option
 @click.option("--backend", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option("--jobs", type=int, help="At most this many runs at once.")
 @click.option("--partition", help="Slurm partition.")
@@ -145,7 +139,7 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--retry-failed", is_flag=True, help="Re-run failed, timed-out, OOM and interrupted runs.")
 @click.option("--dry-run", is_flag=True, help="List what would run.")
 @click.option("--yes", is_flag=True, help="Confirm a sweep of more than 10,000 runs.")
-@click.option("--ca-bundle", type=click.Path(path_type=Path))
+@ca_bundle_option
 @click.option("--quiet", is_flag=True, help="Do not stream the job's output (progress is still shown).")
 @click.option("--progress-every", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
               help="When not on a terminal (or CI is set): one progress line every SECONDS "
@@ -177,16 +171,18 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
         if as_json:
             emit_json(_sweep_json(outcome))
         sys.exit(outcome.exit_code)
+    from harness.backends import plan_sweep
+
     spec = specs[0]
-    if not rerun:
-        done = [r for r in store.find_by_config(spec.config_key) if r.get("status") == "completed"]
-        if done:
-            if as_json:
-                emit_json(_run_json(done[0], store, skipped=True))
-                return
-            click.echo(f"{done[0]['run_id']}: already completed with this manifest, params and seed "
-                       "(use --rerun to run it again)")
+    # a single run that ended badly runs again without --retry-failed; a completed one needs --rerun
+    completed = plan_sweep(specs, store, retry_failed=True, rerun=rerun).completed
+    if completed:
+        if as_json:
+            emit_json(_run_json(store.load(completed[0]), store, skipped=True))
             return
+        click.echo(f"{spec.run_id}: already completed with this manifest, params and seed "
+                   "(use --rerun to run it again)")
+        return
     console = _console(stderr=as_json)
     with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
         record = _execute_with_status(spec, store, runtime, ca_bundle, status, quiet, err=as_json,
@@ -198,7 +194,7 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
     sys.exit(0 if record["status"] == "completed" else 1)
 
 
-def _run_json(record: dict, store: Any, skipped: bool = False) -> dict[str, Any]:
+def _run_json(record: Mapping[str, Any], store: Any, skipped: bool = False) -> dict[str, Any]:
     """``harness run --json`` of one run (docs/cli-json.md)."""
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "") or {}
@@ -224,7 +220,7 @@ def _sweep_json(outcome: Any) -> dict[str, Any]:
 
 
 def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, quiet: bool,
-                         err: bool = False, progress_every: float | None = None) -> dict:
+                         err: bool = False, progress_every: float | None = None) -> Record:
     """Run one spec with live progress (harness.progress) below the job's streamed output."""
     from harness.progress import LiveRun
     from harness.runner import execute
@@ -246,7 +242,7 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
 
 
-def _print_outcome(record: dict) -> None:
+def _print_outcome(record: Record) -> None:
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "", {})
     extra = f", {primary}: last {_number(summary.get('last'))}, mean of last N {_number(summary.get('mean_last_n'))}" if summary else ""
@@ -302,7 +298,7 @@ def _status_text(status: str) -> str:
 
 @click.command(epilog=examples("harness show dqn-cartpole-3f2a", "harness show --json dqn-cartpole-3f2a | jq .metrics_summary"))
 @click.argument("run_id", type=RUN_ID)
-@click.option("--json", "as_json", is_flag=True, help="Print the whole record.json.")
+@json_option
 @click.option("--log-lines", type=int, default=20, show_default=True)
 def show(run_id: str, as_json: bool, log_lines: int) -> None:
     """Provenance, status and summary metrics of one run."""
@@ -333,7 +329,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         ("files", f"{len(record.get('files') or {})} checksummed"),
     ]
     if record.get("reproduces"):
-        rows.append(("reproduces", record["reproduces"]))
+        rows.append(("reproduces", str(record["reproduces"])))
     if record.get("pulled_from"):
         rows.append(("pulled from", json.dumps(record["pulled_from"])))
     if record.get("detail"):
@@ -380,15 +376,15 @@ def doctor(as_json: bool) -> None:
 
     checks: list[tuple[str, bool, str]] = []
     try:
-        from harness.runtime.engine import docker_client
         from harness.runtime.docker import engine_version
+        from harness.runtime.engine import docker_client
 
         client = docker_client(timeout=10)
         checks.append(("docker engine", True, f"reachable, version {engine_version(client)}"))
         try:
             client.images.get(BASE_IMAGE)
             checks.append(("base image", True, BASE_IMAGE))
-        except Exception:  # noqa: BLE001
+        except Exception:
             checks.append(("base image", False, f"{BASE_IMAGE} missing: run `harness image bootstrap`"))
     except HarnessError as exc:
         checks.append(("docker engine", False, str(exc)))
@@ -402,7 +398,7 @@ def doctor(as_json: bool) -> None:
         from huggingface_hub import get_token
 
         checks.append(("hub login", True, "token found (HF_TOKEN or login)" if get_token() else "none (publish needs HF_TOKEN)"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         checks.append(("hub login", True, f"unknown ({exc})"))
     failed = any(not ok and name in {"docker engine", "base image"} for name, ok, _ in checks)
     if as_json:

@@ -10,11 +10,13 @@ from harness.commands.output import emit_json, examples, json_option
 from harness.runids import RUN_ID
 
 
-@click.command(epilog=examples(
-    "harness diff dqn-cartpole-3f2a dqn-cartpole-3f2a1b0c9d8e-2",
-    "harness diff A B --all            # also the fields that are the same",
-    "harness diff A B --json | jq '.differences[] | select(.section == \"params\")'",
-))
+@click.command(
+    epilog=examples(
+        "harness diff dqn-cartpole-3f2a dqn-cartpole-3f2a1b0c9d8e-2",
+        "harness diff A B --all            # also the fields that are the same",
+        "harness diff A B --json | jq '.differences[] | select(.section == \"params\")'",
+    )
+)
 @click.argument("run_a", type=RUN_ID)
 @click.argument("run_b", type=RUN_ID)
 @click.option("--all", "show_all", is_flag=True, help="Also list the fields both runs share.")
@@ -46,5 +48,7 @@ def diff(run_a: str, run_b: str, show_all: bool, as_json: bool) -> None:
     if rows:
         console.print(table)
     sections = sorted({row.section for row in result.differences})
-    click.echo(f"{len(result.differences)} field(s) differ ({', '.join(sections) or 'none'}); "
-               f"{len(result.same)} the same{'' if show_all else ' (--all shows them)'}")
+    click.echo(
+        f"{len(result.differences)} field(s) differ ({', '.join(sections) or 'none'}); "
+        f"{len(result.same)} the same{'' if show_all else ' (--all shows them)'}"
+    )

@@ -9,14 +9,21 @@ import click
 from harness.commands.output import emit_json, examples, json_option
 
 
-@click.command(epilog=examples(
-    "harness gc --dry-run",
-    "harness gc",
-    "harness gc --recipe rl --json",
-))
+@click.command(
+    epilog=examples(
+        "harness gc --dry-run",
+        "harness gc",
+        "harness gc --recipe rl --json",
+    )
+)
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
-@click.option("--project", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True,
-              help="Project whose manifests/ keep their images.")
+@click.option(
+    "--project",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Project whose manifests/ keep their images.",
+)
 @click.option("--recipe", "recipes", multiple=True, help="Only images of this recipe (images/<name>); repeatable.")
 @json_option
 def gc(dry_run: bool, project: Path, recipes: tuple[str, ...], as_json: bool) -> None:
@@ -47,8 +54,12 @@ def gc(dry_run: bool, project: Path, recipes: tuple[str, ...], as_json: bool) ->
     for image_id, why in result.skipped:
         click.echo(f"skipped      {image_id.split(':')[-1][:12]}: {why}", err=True)
     if dry_run:
-        click.echo(f"{len(result.candidates)} image(s), about {human_bytes(result.estimated_bytes)} would come back; "
-                   f"{result.kept_referenced} referenced harness image(s) kept")
+        click.echo(
+            f"{len(result.candidates)} image(s), about {human_bytes(result.estimated_bytes)} would come back; "
+            f"{result.kept_referenced} referenced harness image(s) kept"
+        )
     else:
-        click.echo(f"removed {len(result.removed)} image(s), {human_bytes(result.reclaimed_bytes)} came back; "
-                   f"{result.kept_referenced} referenced harness image(s) kept")
+        click.echo(
+            f"removed {len(result.removed)} image(s), {human_bytes(result.reclaimed_bytes)} came back; "
+            f"{result.kept_referenced} referenced harness image(s) kept"
+        )

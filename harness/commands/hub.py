@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
-import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
-from harness.errors import HarnessError, HubError
+from harness.commands.options import endpoint_option, json_option, runtime_option
+from harness.commands.output import emit_json, examples
 from harness.runids import RUN_ID, RUN_ID_OR_HUB
-
-ENDPOINT_HELP = "Hub URL (default: HF_ENDPOINT or https://huggingface.co)"
 
 
 @click.command(epilog=examples(
@@ -25,7 +20,7 @@ ENDPOINT_HELP = "Hub URL (default: HF_ENDPOINT or https://huggingface.co)"
 @click.argument("run_ids", nargs=-1, required=True, type=RUN_ID)
 @click.option("--repo", required=True, help="dataset repo to publish to, org/name")
 @click.option("--private", is_flag=True, help="create the repo private")
-@click.option("--endpoint", help=ENDPOINT_HELP)
+@endpoint_option
 @click.option("--license", "license_id", help="License of the results for the dataset card (a Hub license id, e.g. "
               "cc-by-4.0, mit) [default: unknown].")
 @click.option("--pretty-name", help="Title of the dataset card [default: the manifests' names].")
@@ -57,7 +52,7 @@ def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | 
 ))
 @click.argument("spec")
 @click.option("--revision", help="branch or 40-hex commit sha (default: main)")
-@click.option("--endpoint", help=ENDPOINT_HELP)
+@endpoint_option
 @json_option
 def pull(spec: str, revision: str | None, endpoint: str | None, as_json: bool) -> None:
     """Download org/name (all runs) or org/name/<run_id> into the local store, verified."""
@@ -79,54 +74,6 @@ def pull(spec: str, revision: str | None, endpoint: str | None, as_json: bool) -
         record = store.load(run_id)
         source = record.get("pulled_from") or {}
         click.echo(f"{run_id}\t{record.get('status')}\tfrom {source.get('repo', spec)}@{str(source.get('revision', ''))[:12]}")
-
-
-def stage_project(run_dir: Path, workdir: Path) -> Path:
-    """Lay a run's manifest, lockfile and image context out as a project; returns the manifest's path.
-
-    The paths come from the manifest itself (image.build, image.lockfile) after a schema check, and
-    must stay inside the project, exactly as for a local manifest.
-    """
-    from harness.manifest import parse_manifest
-
-    source = run_dir / "manifest.yaml"
-    if not source.is_file():
-        raise HarnessError(f"{run_dir}: no manifest.yaml in the run record; it cannot be reproduced")
-    manifest_path = workdir / "manifests" / "manifest.yaml"
-    manifest_path.parent.mkdir(parents=True)
-    shutil.copyfile(source, manifest_path)
-    image = parse_manifest(manifest_path).image
-    for relative in (image.build, image.lockfile):
-        if relative is not None and (PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts):
-            raise HarnessError(f"{source}: image path {relative!r} leaves the project")
-    if image.build is not None:
-        if not (run_dir / "context").is_dir():
-            raise HarnessError(f"{run_dir}: the record has no context/ to rebuild image {image.build} from")
-        shutil.copytree(run_dir / "context", workdir / image.build, symlinks=False)
-    else:
-        (workdir / "images").mkdir()  # marks the project root for manifests with image.ref
-    if image.lockfile is not None:
-        if not (run_dir / "lockfile.txt").is_file():
-            raise HarnessError(f"{run_dir}: the record has no lockfile.txt for {image.lockfile}")
-        (workdir / image.lockfile).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "lockfile.txt", workdir / image.lockfile)
-    return manifest_path
-
-
-def _original_run(target: str, endpoint: str | None, revision: str | None) -> tuple[str, str | None]:
-    """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first."""
-    from harness.store.hub import parse_run_spec, pull as pull_runs
-    from harness.store.local import LocalStore
-
-    store = LocalStore()
-    if "/" not in target:
-        record = store.load(target)
-        return target, (record.get("pulled_from") or {}).get("repo")
-    repo, run_id = parse_run_spec(target)
-    if run_id is None:
-        raise HubError(f"{target!r}: name the run to reproduce, org/name/<run_id>")
-    pull_runs(target, revision=revision, endpoint=endpoint, store=store)
-    return run_id, repo
 
 
 def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path) -> None:
@@ -162,10 +109,10 @@ def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path)
     "harness reproduce dqn-cartpole-3f2a --out repro/ --json",
 ))
 @click.argument("target", type=RUN_ID_OR_HUB)
-@click.option("--endpoint", help=ENDPOINT_HELP)
+@endpoint_option
 @click.option("--revision", help="Hub revision to pull the original from (default: main)")
 @click.option("--publish", "publish_result", is_flag=True, help="publish the reproduction to the same repo")
-@click.option("--runtime", type=click.Choice(["docker", "process"]), default="docker", show_default=True)
+@runtime_option
 @click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
 @json_option
@@ -175,70 +122,18 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, publish_r
 
     Exit status 0: identical or consistent; 1: diverged; 2: bad input.
     """
-    from harness.analysis.compare import compare_runs, plot_comparison
-    from harness.manifest import load_manifest
-    from harness.plan import RunSpec, config_key
-    from harness.runner import execute
-    from harness.store.local import LocalStore
+    from harness.reproduce import reproduce as reproduce_run
 
-    store = LocalStore()
-    if runtime == "process" and "/" in target and not trust_code:
-        raise HarnessError("--runtime process would run downloaded code on this host without a sandbox; "
-                           "add --trust-code if you have read it, or use --runtime docker")
-    original_id, repo = _original_run(target, endpoint, revision)
-    original = store.load(original_id)
-    if runtime == "process" and original.get("pulled_from") and not trust_code:
-        raise HarnessError(f"run {original_id} was pulled from {repo}: --runtime process needs --trust-code")
-    if publish_result and repo is None:
-        raise HarnessError(f"run {original_id} was not pulled from the Hub: publish the reproduction with `harness publish`")
-    if original.get("status") != "completed":
-        raise HarnessError(f"run {original_id} is {original.get('status')!r}: only completed runs can be reproduced")
-    problems = store.verify(original_id)
-    if problems:
-        raise HarnessError(f"run {original_id} does not match its record ({'; '.join(problems[:3])})")
-
-    with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
-        loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
-        params = dict(original.get("params") or {})
-        seed, smoke = int(original["seed"]), bool(original.get("smoke"))
-        spec = RunSpec(loaded=loaded, params=params, seed=seed, smoke=smoke,
-                       config_key=config_key(loaded, params, seed, smoke))
-        click.echo(f"reproducing {original_id} (seed {seed}) with a fresh image build", err=True)
-        from harness.progress import LiveRun
-
-        live = LiveRun(spec, store, sys.stderr, prefix="")
-        try:
-            record = execute(spec, store, runtime=runtime, reproduces=original_id, force_build=True,
-                             on_start=live.on_start, echo=live.echo)
-        finally:
-            live.stop()
-        expect = loaded.manifest.expect
-
-    reproduction_id = record["run_id"]
-    verdict = compare_runs(store.run_dir(original_id), store.run_dir(reproduction_id), expect)
-    out_dir = out or store.root / "reproductions" / reproduction_id
-    figure = plot_comparison(store.run_dir(original_id), store.run_dir(reproduction_id), out_dir / "comparison.png",
-                             verdict=verdict)
-    (out_dir / "verdict.json").write_text(json.dumps(
-        {"original": original_id, "reproduction": reproduction_id, **verdict.to_dict()}, indent=2, default=str) + "\n")
-    # record.json is outside the checksummed files, so the verdict can join the sealed record.
-    record["reproduction_verdict"] = verdict.verdict
-    store.save(record)
-    if not as_json:
-        _print_verdict(verdict, original_id, reproduction_id, figure)
-
-    published_commit = None
-    if publish_result:
-        from harness.store.hub import publish as publish_runs
-
-        assert repo is not None
-        result = publish_runs([reproduction_id], repo, endpoint=endpoint or (original.get("pulled_from") or {}).get("endpoint"))
-        published_commit = result.commit
-        if not as_json:
-            click.echo(f"{repo}: published {reproduction_id} in commit {result.commit}")
+    result = reproduce_run(target, endpoint=endpoint, revision=revision, runtime=runtime, trust_code=trust_code,
+                           publish_result=publish_result, out=out, echo=lambda line: click.echo(line, err=True),
+                           progress=sys.stderr)
     if as_json:
-        emit_json({"original": original_id, "reproduction": reproduction_id, "repo": repo, "figure": str(figure),
-                   "verdict_file": str(out_dir / "verdict.json"), "published_commit": published_commit,
-                   **verdict.to_dict()})
-    if verdict.verdict == "diverged":
-        raise click.exceptions.Exit(1)
+        emit_json({"original": result.original_id, "reproduction": result.reproduction_id, "repo": result.repo,
+                   "figure": str(result.figure), "verdict_file": str(result.verdict_path),
+                   "published_commit": result.published_commit, **result.verdict.to_dict()})
+    else:
+        _print_verdict(result.verdict, result.original_id, result.reproduction_id, result.figure)
+        if result.published_commit is not None:
+            click.echo(f"{result.repo}: published {result.reproduction_id} in commit {result.published_commit}")
+    if result.exit_code:
+        raise click.exceptions.Exit(result.exit_code)

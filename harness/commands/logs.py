@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,14 @@ from harness.runids import RUN_ID
 READ_LIMIT = 1 << 20  # bytes read from the log per poll: a flood cannot stall the follower
 
 
-def _started(record: dict[str, Any]) -> float:
+def _started(record: Mapping[str, Any]) -> float:
     try:
         return dt.datetime.fromisoformat(str(record.get("started_at"))).timestamp()
     except ValueError:
         return time.time()
 
 
-def _progress(store: Any, record: dict[str, Any]) -> Any:
+def _progress(store: Any, record: Mapping[str, Any]) -> Any:
     from harness.errors import HarnessError
     from harness.manifest import parse_manifest
     from harness.progress import RunProgress, total_steps
@@ -35,8 +36,14 @@ def _progress(store: Any, record: dict[str, Any]) -> Any:
         tensorboard = parse_manifest(layout.manifest).metrics.tensorboard
     except HarnessError:
         pass  # a run without a readable manifest still has its JSON lines
-    return RunProgress(record["run_id"], layout, record.get("primary_metric"), tensorboard,
-                       total_steps(record.get("params")), started=_started(record))
+    return RunProgress(
+        record["run_id"],
+        layout,
+        record.get("primary_metric"),
+        tensorboard,
+        total_steps(record.get("params")),
+        started=_started(record),
+    )
 
 
 class _LogTail:
@@ -49,7 +56,11 @@ class _LogTail:
         if skip_to_last is not None and path.is_file():
             data = path.read_bytes()[-READ_LIMIT:]
             lines = data.splitlines(keepends=True)
-            self.offset = path.stat().st_size - sum(len(line) for line in lines[-skip_to_last:]) if skip_to_last else path.stat().st_size
+            self.offset = (
+                path.stat().st_size - sum(len(line) for line in lines[-skip_to_last:])
+                if skip_to_last
+                else path.stat().st_size
+            )
 
     def lines(self, final: bool = False) -> list[str]:
         if not self.path.is_file():
@@ -64,16 +75,24 @@ class _LogTail:
         return [part.decode("utf-8", errors="replace").rstrip("\r") for part in parts if part or not final]
 
 
-@click.command(epilog=examples(
-    "harness logs dqn-cartpole-3f2a",
-    "harness logs -f dqn-cartpole-3f2a            # follow until the run ends",
-    "harness logs dqn-cartpole-3f2a --json | jq .progress",
-))
+@click.command(
+    epilog=examples(
+        "harness logs dqn-cartpole-3f2a",
+        "harness logs -f dqn-cartpole-3f2a            # follow until the run ends",
+        "harness logs dqn-cartpole-3f2a --json | jq .progress",
+    )
+)
 @click.argument("run_id", type=RUN_ID)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output and progress until the run ends.")
-@click.option("--tail", "tail_lines", type=click.IntRange(min=0), default=None, help="Start with only the last N lines.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=None,
-              help="Seconds between progress lines when not on a terminal [default: $HARNESS_PROGRESS_INTERVAL or 10].")
+@click.option(
+    "--tail", "tail_lines", type=click.IntRange(min=0), default=None, help="Start with only the last N lines."
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds between progress lines when not on a terminal [default: $HARNESS_PROGRESS_INTERVAL or 10].",
+)
 @json_option
 def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | None, as_json: bool) -> None:
     """A run's output (logs/output.log) and progress: elapsed time, last step, primary metric, ETA.
@@ -84,14 +103,20 @@ def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | No
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    record = store.load(run_id)
+    record: Mapping[str, Any] = store.load(run_id)
     layout = store.layout(run_id)
     tail = _LogTail(layout.output_log, tail_lines)
     progress = _progress(store, record)
     if as_json and not follow:
         snapshot = progress.poll(now=_ended(record))
-        emit_json({"run_id": run_id, "status": record.get("status"), "log": tail.lines(final=True),
-                   "progress": snapshot.as_dict()})
+        emit_json(
+            {
+                "run_id": run_id,
+                "status": record.get("status"),
+                "log": tail.lines(final=True),
+                "progress": snapshot.as_dict(),
+            }
+        )
         return
     if as_json:  # one JSON object per line while it runs, for scripts that follow along
         _follow_json(store, run_id, tail, progress, interval)
@@ -121,24 +146,28 @@ def _follow_json(store: Any, run_id: str, tail: _LogTail, progress: Any, interva
     from harness.progress import plain_interval
 
     every = interval or plain_interval()
-    record = store.load(run_id)
+    record: Mapping[str, Any] = store.load(run_id)
     while True:
         record = _reload(store, run_id, record)
         running = _running(record)
         lines = tail.lines(final=not running)
         snapshot = progress.poll(now=None if running else _ended(record))
-        click.echo(json.dumps({"run_id": run_id, "status": record.get("status"), "log": lines,
-                               "progress": snapshot.as_dict()}, sort_keys=True))
+        click.echo(
+            json.dumps(
+                {"run_id": run_id, "status": record.get("status"), "log": lines, "progress": snapshot.as_dict()},
+                sort_keys=True,
+            )
+        )
         if not running:
             return
         time.sleep(every)
 
 
-def _running(record: dict[str, Any]) -> bool:
+def _running(record: Mapping[str, Any]) -> bool:
     return record.get("status") == "running"
 
 
-def _reload(store: Any, run_id: str, previous: dict[str, Any]) -> dict[str, Any]:
+def _reload(store: Any, run_id: str, previous: Mapping[str, Any]) -> Mapping[str, Any]:
     from harness.errors import StoreError
 
     try:
@@ -147,14 +176,14 @@ def _reload(store: Any, run_id: str, previous: dict[str, Any]) -> dict[str, Any]
         return previous  # record.json is replaced atomically; a failed read is a race, try again
 
 
-def _ended(record: dict[str, Any]) -> float | None:
+def _ended(record: Mapping[str, Any]) -> float | None:
     """The time a finished run ended (elapsed stops there); None while it runs."""
     if _running(record) or record.get("duration_s") is None:
         return None
     return _started(record) + float(record["duration_s"])
 
 
-def _final_line(record: dict[str, Any], snapshot: Any) -> str:
+def _final_line(record: Mapping[str, Any], snapshot: Any) -> str:
     """``<run>: completed in 0:26; step 100,000/100,000 (100%), charts/episodic_return 200``."""
     from harness.progress import clock
 

@@ -1,19 +1,14 @@
-"""What the commands print for scripts: ``--json`` (shapes in docs/cli-json.md) and examples
-for ``--help``."""
+"""What the commands print for scripts (``--json``, shapes in docs/cli-json.md) and the examples
+at the end of every ``--help``."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-JSON_HELP = "Print the result as JSON on stdout (shape: docs/cli-json.md); progress goes to stderr."
-
-
-def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    """The ``--json`` flag, passed to the command as ``as_json``."""
-    return click.option("--json", "as_json", is_flag=True, help=JSON_HELP)(function)
+from harness.commands.options import json_option  # noqa: F401 - declared once there; re-exported for the new commands
 
 
 def emit_json(data: Any) -> None:

@@ -7,7 +7,7 @@ import os
 import threading
 from typing import Any
 
-from harness.errors import EngineError
+from harness.errors import EngineError, HarnessError
 
 ENGINE_HINT = "start it with `dockerd --bridge=none --iptables=false --ip-masq=false &` or see README (Prerequisites)"
 
@@ -76,3 +76,19 @@ def engine_image_id(name: str) -> str | None:
     if response.status != 200:
         raise EngineError(f"the engine answered {response.status} for image {name}: {body[:200]!r}")
     return json.loads(body)["Id"]
+
+
+def engine_available() -> bool:
+    """Whether a Docker engine answers here."""
+    try:
+        docker_client(timeout=10)
+        return True
+    except HarnessError:
+        return False
+
+
+def resolve_runtime(runtime: str) -> str:
+    """``auto`` becomes docker where an engine answers, else process."""
+    if runtime != "auto":
+        return runtime
+    return "docker" if engine_available() else "process"

@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 
 from harness.layout import EXTERNAL_JSONL
-from harness.secrets import without_secrets
 from harness.runtime.docker import copy_lines, harness_package_dir
 from harness.runtime.job import JobRequest, JobResult
+from harness.secrets import without_secrets
 
 CONTAINER_WORKLOAD = "/workload/"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +23,35 @@ FIGURE_PATH = "figures/learning_curves.png"
 FIGURE_RUNS = 60  # at most this many runs are drawn (the newest)
 DEFAULT_LICENSE = "unknown"
 
-BASE_COLUMNS = pa.schema([
-    ("run_id", pa.string()),
-    ("name", pa.string()),
-    ("description", pa.string()),
-    ("seed", pa.int64()),
-    ("smoke", pa.bool_()),
-    ("status", pa.string()),
-    ("primary_metric", pa.string()),
-    ("primary_last", pa.float64()),
-    ("primary_max", pa.float64()),
-    ("primary_mean_last_n", pa.float64()),
-    ("reproduces", pa.string()),
-    ("reproduction_verdict", pa.string()),
-    ("runtime", pa.string()),
-    ("started_at", pa.string()),
-    ("duration_s", pa.float64()),
-    ("image_id", pa.string()),
-    ("accelerator", pa.string()),
-    ("gpus", pa.int64()),
-    ("cpus", pa.float64()),
-    ("memory", pa.string()),
-    ("host_cpu_model", pa.string()),
-    ("host_cpu_count", pa.int64()),
-    ("host_gpu", pa.string()),
-    ("params", pa.string()),
-    ("hardware", pa.string()),
-])
+BASE_COLUMNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("name", pa.string()),
+        ("description", pa.string()),
+        ("seed", pa.int64()),
+        ("smoke", pa.bool_()),
+        ("status", pa.string()),
+        ("primary_metric", pa.string()),
+        ("primary_last", pa.float64()),
+        ("primary_max", pa.float64()),
+        ("primary_mean_last_n", pa.float64()),
+        ("reproduces", pa.string()),
+        ("reproduction_verdict", pa.string()),
+        ("runtime", pa.string()),
+        ("started_at", pa.string()),
+        ("duration_s", pa.float64()),
+        ("image_id", pa.string()),
+        ("accelerator", pa.string()),
+        ("gpus", pa.int64()),
+        ("cpus", pa.float64()),
+        ("memory", pa.string()),
+        ("host_cpu_model", pa.string()),
+        ("host_cpu_count", pa.int64()),
+        ("host_gpu", pa.string()),
+        ("params", pa.string()),
+        ("hardware", pa.string()),
+    ]
+)
 
 
 def _number(value: Any, kind: type) -> Any:
@@ -92,7 +94,9 @@ def index_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "host_cpu_count": _number(host.get("cpu_count"), int),
         "host_gpu": ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus) or None,
         "params": json.dumps(record.get("params") or {}, sort_keys=True, default=str),
-        "hardware": json.dumps({"target": record.get("hardware"), "host": record.get("host")}, sort_keys=True, default=str),
+        "hardware": json.dumps(
+            {"target": record.get("hardware"), "host": record.get("host")}, sort_keys=True, default=str
+        ),
     }
 
 
@@ -133,12 +137,15 @@ def runs_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema}, schema=schema)
 
 
-def runs_index(existing: list[dict[str, Any]], records: list[Mapping[str, Any]]) -> tuple[bytes, list[dict[str, Any]]]:
+def runs_index(existing: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]) -> tuple[bytes, list[dict[str, Any]]]:
     """``runs.parquet`` bytes after adding ``records`` to the rows already on the Hub (a run published
     again replaces its row); also the rows, oldest first."""
     new_ids = {r["run_id"] for r in records}
-    kept = [{k: v for k, v in row.items() if not k.startswith(PARAM_PREFIX)} for row in existing
-            if row.get("run_id") not in new_ids]
+    kept = [
+        {k: v for k, v in row.items() if not k.startswith(PARAM_PREFIX)}
+        for row in existing
+        if row.get("run_id") not in new_ids
+    ]
     rows = kept + [index_row(r) for r in records]
     rows.sort(key=lambda row: (row.get("started_at") or "", row["run_id"]))
     buffer = io.BytesIO()
@@ -159,8 +166,11 @@ def learning_curves(run_dirs: Mapping[str, Path], rows: list[dict[str, Any]], pa
     from harness.errors import HarnessError
 
     by_id = {row["run_id"]: row for row in rows}
-    usable = [r for r in rows if r["run_id"] in run_dirs and not r.get("smoke") and r.get("status") == "completed"
-              and r.get("primary_metric")]
+    usable = [
+        r
+        for r in rows
+        if r["run_id"] in run_dirs and not r.get("smoke") and r.get("status") == "completed" and r.get("primary_metric")
+    ]
     if not usable:
         return None
     metric = max({r["primary_metric"] for r in usable}, key=lambda m: sum(r["primary_metric"] == m for r in usable))
@@ -205,8 +215,14 @@ def _varying_params(rows: list[dict[str, Any]]) -> list[str]:
     return [n for n in names if len({json.dumps(p.get(n), sort_keys=True) for p in params}) > 1]
 
 
-def card_text(repo: str, rows: list[dict[str, Any]], has_system: bool, figure: str | None,
-              license: str | None = None, pretty_name: str | None = None) -> str:
+def card_text(
+    repo: str,
+    rows: list[dict[str, Any]],
+    has_system: bool,
+    figure: str | None,
+    license: str | None = None,
+    pretty_name: str | None = None,
+) -> str:
     """README.md of a results repo: YAML metadata (a default config, license, pretty name, tags)
     and a page that says what was run, shows the curves and the runs, and how to reproduce them."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -229,33 +245,63 @@ def card_text(repo: str, rows: list[dict[str, Any]], has_system: bool, figure: s
         if row.get("description") and row.get("name") not in descriptions:
             descriptions[row["name"]] = " ".join(str(row["description"]).split())
     lines = [f"# {data.pretty_name}", ""]
-    lines += [f"Run records published with harness, a containerised reproducibility harness: {len(rows)} run(s) of "
-              f"{len(names)} manifest(s). Each run folder under `runs/` holds the resolved manifest, the lockfile, "
-              "the image build context, logs, metrics and a `record.json` with the sha256 of every file, so the run "
-              "can be rebuilt and re-run without the original project.", ""]
+    lines += [
+        f"Run records published with harness, a containerised reproducibility harness: {len(rows)} run(s) of "
+        f"{len(names)} manifest(s). Each run folder under `runs/` holds the resolved manifest, the lockfile, "
+        "the image build context, logs, metrics and a `record.json` with the sha256 of every file, so the run "
+        "can be rebuilt and re-run without the original project.",
+        "",
+    ]
     for name in names:
         if name in descriptions:
             lines += [f"**{name}**: {descriptions[name]}", ""]
     if figure:
-        lines += ["## Learning curves", "", f"![learning curves]({figure})", "",
-                  "Each manifest's primary metric; smoke runs left out, reproductions drawn as their own curve.", ""]
+        lines += [
+            "## Learning curves",
+            "",
+            f"![learning curves]({figure})",
+            "",
+            "Each manifest's primary metric; smoke runs left out, reproductions drawn as their own curve.",
+            "",
+        ]
     varying = _varying_params(rows)
     reproductions: dict[str, list[str]] = {}
     for row in rows:
         if row.get("reproduces"):
             reproductions.setdefault(row["reproduces"], []).append(f"{row.get('reproduction_verdict') or 'unknown'}")
-    header = ["run", "manifest", "seed", *varying, "status", "smoke", "primary metric", "last", "reproduces", "verdict",
-              "reproduced as"]
+    header = [
+        "run",
+        "manifest",
+        "seed",
+        *varying,
+        "status",
+        "smoke",
+        "primary metric",
+        "last",
+        "reproduces",
+        "verdict",
+        "reproduced as",
+    ]
     lines += ["## Runs", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         params = json.loads(row.get("params") or "{}")
-        cells = [f"`{row['run_id']}`", _cell(row.get("name")), _cell(row.get("seed")),
-                 *(_cell(params.get(n)) for n in varying), _cell(row.get("status")), "yes" if row.get("smoke") else "",
-                 _cell(row.get("primary_metric")), _cell(row.get("primary_last")),
-                 f"`{row['reproduces']}`" if row.get("reproduces") else "", _cell(row.get("reproduction_verdict")),
-                 ", ".join(reproductions.get(row["run_id"], []))]
+        cells = [
+            f"`{row['run_id']}`",
+            _cell(row.get("name")),
+            _cell(row.get("seed")),
+            *(_cell(params.get(n)) for n in varying),
+            _cell(row.get("status")),
+            "yes" if row.get("smoke") else "",
+            _cell(row.get("primary_metric")),
+            _cell(row.get("primary_last")),
+            f"`{row['reproduces']}`" if row.get("reproduces") else "",
+            _cell(row.get("reproduction_verdict")),
+            ", ".join(reproductions.get(row["run_id"], [])),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    example = next((r["run_id"] for r in reversed(rows) if not r.get("reproduces")), rows[-1]["run_id"] if rows else "<run_id>")
+    example = next(
+        (r["run_id"] for r in reversed(rows) if not r.get("reproduces")), rows[-1]["run_id"] if rows else "<run_id>"
+    )
     lines += [
         "",
         "`runs.parquet` (the default config) has one row per run, every param as its own `param_<name>` column, "

@@ -22,15 +22,17 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
 from harness.fsutil import sha256_file
-from harness.layout import METRICS_PARQUET, RECORD as RECORD_NAME, SYSTEM_PARQUET
+from harness.layout import METRICS_PARQUET, SYSTEM_PARQUET
+from harness.layout import RECORD as RECORD_NAME
 from harness.record import FINAL_STATUSES
 from harness.store.local import LocalStore
 
@@ -83,9 +85,9 @@ def hub_errors(repo: str, endpoint: str) -> Iterator[None]:
     import httpx2
     from huggingface_hub.errors import (
         HfHubHTTPError,
+        RemoteEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
-        RemoteEntryNotFoundError,
     )
 
     try:
@@ -126,7 +128,7 @@ def _git_blob_oid_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def published_record_bytes(record: dict[str, Any]) -> bytes:
+def published_record_bytes(record: Mapping[str, Any]) -> bytes:
     """record.json as published: without the fields that only describe this machine's copy."""
     public = {k: v for k, v in record.items() if k not in LOCAL_ONLY_FIELDS}
     return (json.dumps(public, indent=2, sort_keys=True, default=str) + "\n").encode()

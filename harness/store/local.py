@@ -13,7 +13,6 @@ from harness.layout import RECORD, RunLayout
 from harness.record import Record
 
 
-
 def store_root() -> Path:
     """The store's root folder: ``$HARNESS_HOME`` or ``./results``."""
     return Path(os.environ.get("HARNESS_HOME") or "results").absolute()
@@ -73,6 +72,14 @@ class LocalStore:
     def seal(self, record: Record) -> Record:
         """Checksum every file of the run folder into ``record['files']`` and save it."""
         record["files"] = checksum_tree(self.run_dir(record["run_id"]))
+        self.save(record)
+        return record
+
+    def mark(self, run_id: str, status: str, detail: str) -> Record:
+        """Correct a sealed record's final status (its files are unchanged, so the checksums stand)."""
+        record = self.load(run_id)
+        record["status"] = str(status)
+        record["detail"] = detail
         self.save(record)
         return record
 
