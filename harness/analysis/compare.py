@@ -263,7 +263,7 @@ def plot_comparison(original_record_dir: Path, reproduction_record_dir: Path, ou
             axis.plot(*original[name], label=f"original {original_id}", linewidth=2.2, alpha=0.7)
         if name in reproduced:
             axis.plot(*reproduced[name], label=f"reproduction {reproduction_id}", linewidth=1.0, linestyle="--")
-        status = statuses.get(name)
+        status = statuses.get(name) or ("not compared (expect.ignore)" if verdict is not None else None)
         axis.set_title(f"{name}: {status}" if status else name, fontsize=10)
         axis.set_xlabel("step")
         axis.set_ylabel(name, fontsize=9)

@@ -5,6 +5,7 @@ legend outside the data, and performance profiles. PNG, SVG or PDF, chosen by th
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ def plot_curves(
     count = len(panels)
     columns = min(3, count)
     rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    size = (4.2 * columns, 3.2 * rows) if count > 1 else (6.4, 4.0)
+    fig, axes = plt.subplots(rows, columns, figsize=size, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     groups = sorted({g for curves in panels.values() for g in curves})
     handles = {}
@@ -95,7 +97,8 @@ def plot_curves(
 
     labels = [label(g) for g in groups]
     fig.legend([handles[g] for g in groups], labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.suptitle(title or curves_title(metric, panels, smooth), fontsize=10)
+    # wrapped to the figure's width: a title that says n and the smoothing must not widen the figure
+    fig.suptitle(textwrap.fill(title or curves_title(metric, panels, smooth), width=int(14 * size[0])), fontsize=10)
     fig.tight_layout()
     try:
         _save(fig, path)

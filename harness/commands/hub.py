@@ -80,10 +80,10 @@ def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path)
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=sys.stdout, soft_wrap=True)
+    console = Console(file=sys.stdout, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"{original} vs {reproduction}")
     for column in ("metric", "points", "max |diff|", "max rel diff", "first step", "status"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "metric", overflow="fold")  # a metric name is never cut
     for row in verdict.rows:
         points = str(row.original_points) if row.original_points == row.reproduced_points else f"{row.original_points} / {row.reproduced_points}"
         table.add_row(row.metric, points, f"{row.max_abs_diff:.3g}", f"{row.max_rel_diff:.3g}",

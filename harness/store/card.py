@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 PARAM_PREFIX = "param_"
 FIGURE_PATH = "figures/learning_curves.png"
 FIGURE_RUNS = 60  # at most this many runs are drawn (the newest)
+FIGURE_SMOOTH = 10  # rolling mean over this many points: episode returns are noisy (the title says so)
 DEFAULT_LICENSE = "unknown"
 
 BASE_COLUMNS = pa.schema(
@@ -137,7 +138,9 @@ def runs_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema}, schema=schema)
 
 
-def runs_index(existing: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]) -> tuple[bytes, list[dict[str, Any]]]:
+def runs_index(
+    existing: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]
+) -> tuple[bytes, list[dict[str, Any]]]:
     """``runs.parquet`` bytes after adding ``records`` to the rows already on the Hub (a run published
     again replaces its row); also the rows, oldest first."""
     new_ids = {r["run_id"] for r in records}
@@ -191,11 +194,11 @@ def learning_curves(run_dirs: Mapping[str, Path], rows: list[dict[str, Any]], pa
     if not groups:
         return None
     try:
-        curves, _ = group_curves(groups, points=200)
+        curves, _ = group_curves(groups, points=200, smooth=FIGURE_SMOOTH)
     except HarnessError:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    return plot_curves({"-": curves}, path, metric)
+    return plot_curves({"-": curves}, path, metric, smooth=FIGURE_SMOOTH)
 
 
 # -- card ----------------------------------------------------------------------------------------
@@ -261,7 +264,8 @@ def card_text(
             "",
             f"![learning curves]({figure})",
             "",
-            "Each manifest's primary metric; smoke runs left out, reproductions drawn as their own curve.",
+            "Each manifest's primary metric (rolling mean over 10 points); smoke runs left out, reproductions drawn "
+            "as their own curve.",
             "",
         ]
     varying = _varying_params(rows)
