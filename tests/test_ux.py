@@ -175,6 +175,13 @@ def test_json_of_validate_doctor_and_compare_and_unambiguous_csv(store: LocalSto
     assert header[:6] == ["group", "environment", "runs", "final_mean", "final_std", "runtime_mean_s"]
     assert "aggregate_mean" in header and "mean" not in header
 
+    recovered = harness(store.root, "recover", "--json")
+    assert recovered.returncode == 0 and json.loads(recovered.stdout) == {"recovered": []}
+    figure = tmp_path / "curves.png"
+    plotted = harness(store.root, "plot", "toy-train", "--metric", "charts/episodic_return", "--out", str(figure), "--json")
+    assert plotted.returncode == 0, plotted.stderr
+    assert json.loads(plotted.stdout) == {"figure": str(figure), "metric": "charts/episodic_return", "runs": 2, "panels": ["-"]}
+
 
 # ---- 5. diff ---------------------------------------------------------------------------------
 
@@ -476,6 +483,8 @@ def test_progress_has_an_eta_when_the_params_say_how_many_steps(tmp_path: Path) 
 @pytest.mark.docker
 def test_run_and_reproduce_print_json(noop_image, tmp_path: Path) -> None:
     home = tmp_path / "store"
+    built = harness(home, "build", "manifests/noop.yaml", "--json")
+    assert built.returncode == 0 and json.loads(built.stdout)["tag"] == noop_image.tag
     ran = harness(home, "run", "manifests/noop.yaml", "--json")
     assert ran.returncode == 0, ran.stderr
     result = json.loads(ran.stdout)

@@ -147,9 +147,10 @@ def _check_runs_per_group(comparison: Any, option: str) -> None:
 @click.option("--points", default=200, show_default=True, help="Points of the common grid.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("curves.png"), show_default=True,
               help="Figure file: .png, .svg or .pdf.")
+@json_option
 def plot(
     selection: tuple[str, ...], metric: str | None, by: str, env_key: str, x_axis: str, smooth: int,
-    points: int, out: Path,
+    points: int, out: Path, as_json: bool,
 ) -> None:
     """Learning curves: mean and 95 % bootstrap CI across seeds (one seed: the curve alone, said
     in the legend), one panel per environment; the title says n and the smoothing."""
@@ -168,6 +169,9 @@ def plot(
         _note(text)
     x_label = "environment steps" if x_axis == "step" else "wall time (s)"
     plot_curves(panels, out, chosen, x_label=x_label, smooth=smooth)
+    if as_json:
+        emit_json({"figure": str(out), "metric": chosen, "runs": run_count, "panels": sorted(panels)})
+        return
     click.echo(f"wrote {out} ({run_count} runs, {len(panels)} panel{'s' if len(panels) != 1 else ''})")
 
 

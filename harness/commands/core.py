@@ -56,29 +56,39 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-@click.command(epilog=examples("harness lock images/rl", "harness lock --check"))
+@click.command(epilog=examples("harness lock images/rl", "harness lock --check", "harness lock --check --json"))
 @click.argument("image_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--check", is_flag=True, help="Exit 1 when a lockfile is missing, unusable or stale (for CI).")
-def lock(image_dirs: tuple[Path, ...], check: bool) -> None:
+@json_option
+def lock(image_dirs: tuple[Path, ...], check: bool, as_json: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
     from harness.lock import compile_lockfile, stale_lockfiles
 
     if check:
         stale = stale_lockfiles(Path.cwd())
-        for line in stale:
-            click.echo(f"stale: {line}", err=True)
+        if as_json:
+            emit_json({"ok": not stale, "stale": stale})
+        else:
+            for line in stale:
+                click.echo(f"stale: {line}", err=True)
+            if not stale:
+                click.echo("lockfiles are up to date")
         if stale:
             sys.exit(1)
-        click.echo("lockfiles are up to date")
         return
     if not image_dirs:
         raise HarnessError("harness lock: name an image folder (e.g. images/rl) or use --check")
+    written = []
     for image_dir in image_dirs:
         if not (image_dir / "requirements.in").is_file():
             raise HarnessError(f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)")
-        with _console().status(f"locking {image_dir} (pip-compile)"):
+        with _console(stderr=as_json).status(f"locking {image_dir} (pip-compile)"):
             output = compile_lockfile(image_dir)
-        click.echo(f"wrote {output}")
+        written.append(str(output))
+        if not as_json:
+            click.echo(f"wrote {output}")
+    if as_json:
+        emit_json({"written": written})
 
 
 @click.group(epilog=examples("harness image bootstrap"))
@@ -104,7 +114,8 @@ def bootstrap(name: str, suite: str, force: bool) -> None:
 @ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
 @click.option("--quiet", is_flag=True)
-def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> None:
+@json_option
+def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Build (or find) the content-addressed image of a manifest."""
     from harness.images import prepare_image
     from harness.manifest import load_manifest
@@ -112,11 +123,15 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
-    if quiet:
+    if quiet or as_json:
         info = prepare_image(spec.loaded, ca_bundle, force)
     else:
         with _console().status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
             info = prepare_image(spec.loaded, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
+    if as_json:
+        emit_json({"tag": info.tag, "ref": info.ref, "id": info.id, "content_hash": info.content_hash,
+                   "cached": info.cached, "build_seconds": info.build_seconds})
+        return
     state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
     click.echo(f"{info.tag or info.ref} {info.id} ({state})")
 
@@ -353,13 +368,17 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
                 console.print(line, markup=False)
 
 
-@click.command(epilog=examples("harness recover"))
-def recover() -> None:
+@click.command(epilog=examples("harness recover", "harness recover --json"))
+@json_option
+def recover(as_json: bool) -> None:
     """Mark runs whose harness process died as interrupted, and seal what they left."""
     from harness.runner import recover as recover_runs
     from harness.store.local import LocalStore
 
     recovered = recover_runs(LocalStore())
+    if as_json:
+        emit_json({"recovered": recovered})
+        return
     for run_id in recovered:
         click.echo(f"{run_id}: interrupted (recovered)")
     if not recovered:
