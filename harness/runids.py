@@ -62,6 +62,31 @@ def complete_run_ids(ctx: click.Context, param: click.Parameter, incomplete: str
     return [CompletionItem(run_id) for run_id in ids if run_id.startswith(incomplete)]
 
 
+def known_repos(store: LocalStore) -> list[str]:
+    """Hub repos this store has pulled runs from (``pulled_from.repo`` of its records), sorted."""
+    return sorted({str((r.get("pulled_from") or {}).get("repo")) for r in store.records() if r.get("pulled_from")})
+
+
+def complete_repos(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Click ``shell_complete`` callback for ``org/name[/<run_id>]``: repos runs were pulled from,
+    then that repo's runs in the store."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        store = LocalStore()
+        if incomplete.count("/") >= 2:
+            repo = incomplete.rsplit("/", 1)[0]
+            pulled = [r["run_id"] for r in store.records() if (r.get("pulled_from") or {}).get("repo") == repo]
+            return [
+                CompletionItem(f"{repo}/{run_id}")
+                for run_id in sorted(pulled)
+                if f"{repo}/{run_id}".startswith(incomplete)
+            ]
+        return [CompletionItem(repo) for repo in known_repos(store) if repo.startswith(incomplete)]
+    except OSError:
+        return []
+
+
 class RunIdType(click.ParamType):
     """A run id argument: a unique prefix is expanded to the full id, and Tab completes ids.
 
@@ -81,6 +106,8 @@ class RunIdType(click.ParamType):
         return resolve_run_id(LocalStore(), text)
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        if self.allow_hub and "/" in incomplete:
+            return complete_repos(ctx, param, incomplete)
         return complete_run_ids(ctx, param, incomplete)
 
 

@@ -117,6 +117,15 @@ def test_shell_completion_offers_run_ids_from_the_store(store: LocalStore) -> No
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["plain,dqn-cartpole-0123456789ab", "plain,dqn-cartpole-0123456789ab-2"], command
+    pulled = store.load("dqn-cartpole-fedcba987654")
+    pulled["pulled_from"] = {"repo": "lab/cartpole", "revision": "0" * 40, "endpoint": "http://hub"}
+    store.save(pulled)
+    for words, expected in (
+        ("harness pull la", ["plain,lab/cartpole"]),
+        ("harness reproduce lab/cartpole/", ["plain,lab/cartpole/dqn-cartpole-fedcba987654"]),
+    ):
+        done = harness(store.root, _HARNESS_COMPLETE="bash_complete", COMP_WORDS=words, COMP_CWORD="2")
+        assert done.stdout.split() == expected, words
     script = harness(store.root, _HARNESS_COMPLETE="bash_source")
     assert "_harness_completion" in script.stdout
     readme = (ROOT / "README.md").read_text()
@@ -178,9 +187,16 @@ def test_json_of_validate_doctor_and_compare_and_unambiguous_csv(store: LocalSto
     recovered = harness(store.root, "recover", "--json")
     assert recovered.returncode == 0 and json.loads(recovered.stdout) == {"recovered": []}
     figure = tmp_path / "curves.png"
-    plotted = harness(store.root, "plot", "toy-train", "--metric", "charts/episodic_return", "--out", str(figure), "--json")
+    plotted = harness(
+        store.root, "plot", "toy-train", "--metric", "charts/episodic_return", "--out", str(figure), "--json"
+    )
     assert plotted.returncode == 0, plotted.stderr
-    assert json.loads(plotted.stdout) == {"figure": str(figure), "metric": "charts/episodic_return", "runs": 2, "panels": ["-"]}
+    assert json.loads(plotted.stdout) == {
+        "figure": str(figure),
+        "metric": "charts/episodic_return",
+        "runs": 2,
+        "panels": ["-"],
+    }
 
 
 # ---- 5. diff ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import click
 
 from harness.commands.options import endpoint_option, json_option, runtime_option
 from harness.commands.output import emit_json, examples
-from harness.runids import RUN_ID, RUN_ID_OR_HUB
+from harness.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
 
 
 @click.command(epilog=examples(
@@ -50,7 +50,7 @@ def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | 
     "harness pull my-lab/cartpole-dqn",
     "harness pull my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --revision 4b8e0f... --json",
 ))
-@click.argument("spec")
+@click.argument("spec", shell_complete=complete_repos)
 @click.option("--revision", help="branch or 40-hex commit sha (default: main)")
 @endpoint_option
 @json_option
