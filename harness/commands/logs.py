@@ -15,7 +15,8 @@ import click
 from harness.commands.output import emit_json, examples, json_option
 from harness.runids import RUN_ID
 
-READ_LIMIT = 1 << 20  # bytes read from the log per poll: a flood cannot stall the follower
+READ_LIMIT = 1 << 20  # bytes per read of the log
+READS_PER_CALL = 64  # at most 64 MiB per poll: a log that grows faster cannot stall the follower
 
 
 def _started(record: Mapping[str, Any]) -> float:
@@ -47,32 +48,39 @@ def _progress(store: Any, record: Mapping[str, Any]) -> Any:
 
 
 class _LogTail:
-    """New complete lines of a growing log file, read in bounded pieces."""
+    """New lines of a growing log file, read in bounded pieces (a flood cannot stall the follower)."""
 
     def __init__(self, path: Path, skip_to_last: int | None):
         self.path = path
         self.offset = 0
         self.partial = b""
         if skip_to_last is not None and path.is_file():
-            data = path.read_bytes()[-READ_LIMIT:]
-            lines = data.splitlines(keepends=True)
-            self.offset = (
-                path.stat().st_size - sum(len(line) for line in lines[-skip_to_last:])
-                if skip_to_last
-                else path.stat().st_size
-            )
+            size = path.stat().st_size
+            with open(path, "rb") as handle:
+                handle.seek(max(size - READ_LIMIT, 0))
+                lines = handle.read(READ_LIMIT).splitlines(keepends=True)
+            kept = lines[-skip_to_last:] if skip_to_last else []
+            self.offset = size - sum(len(line) for line in kept)
 
     def lines(self, final: bool = False) -> list[str]:
+        """Complete lines written since the last call (with ``final``, also a last line without a newline)."""
         if not self.path.is_file():
             return []
+        out: list[str] = []
         with open(self.path, "rb") as handle:
             handle.seek(self.offset)
-            data = handle.read(READ_LIMIT)
-        self.offset += len(data)
-        data = self.partial + data
-        parts = data.split(b"\n")
-        self.partial = b"" if final else parts.pop()
-        return [part.decode("utf-8", errors="replace").rstrip("\r") for part in parts if part or not final]
+            for _ in range(READS_PER_CALL):
+                data = handle.read(READ_LIMIT)
+                self.offset += len(data)
+                parts = (self.partial + data).split(b"\n")
+                self.partial = parts.pop()
+                out += [part.decode("utf-8", errors="replace").rstrip("\r") for part in parts]
+                if len(data) < READ_LIMIT:
+                    break
+        if final and self.partial:
+            out.append(self.partial.decode("utf-8", errors="replace").rstrip("\r"))
+            self.partial = b""
+        return out
 
 
 @click.command(
