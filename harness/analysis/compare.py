@@ -272,11 +272,12 @@ def plot_comparison(original_record_dir: Path, reproduction_record_dir: Path, ou
     for axis in list(axes.flat)[len(names):]:
         axis.set_visible(False)
     if verdict is not None:
+        colour = {"identical": "#1a7f37", "consistent": "#1f6feb"}.get(verdict.verdict, "#cf222e")
         figure.suptitle(f"verdict: {verdict.verdict}  ({original_id} reproduced as {reproduction_id})", fontsize=11,
-                        fontweight="bold", color={"identical": "#1a7f37", "consistent": "#1f6feb"}.get(verdict.verdict, "#cf222e"))
-    figure.tight_layout()
+                        fontweight="bold", color=colour)
+    from harness.analysis.plots import save_figure
+
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, out_path)
     return out_path

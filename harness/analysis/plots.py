@@ -36,10 +36,14 @@ def check_output(path: Path) -> None:
         raise HarnessError(f"figure {path}: folder {path.parent} does not exist")
 
 
-def _save(fig: Any, path: Path) -> None:
-    """Save atomically: a reader never sees half a figure."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, save atomically (a reader never sees half a figure) and close the figure."""
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
 
 
 def curves_title(metric: str, panels: Mapping[str, Mapping[str, Curve]], smooth: int = 1) -> str:
@@ -99,11 +103,7 @@ def plot_curves(
     fig.legend([handles[g] for g in groups], labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     # wrapped to the figure's width: a title that says n and the smoothing must not widen the figure
     fig.suptitle(textwrap.fill(title or curves_title(metric, panels, smooth), width=int(14 * size[0])), fontsize=10)
-    fig.tight_layout()
-    try:
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -126,9 +126,5 @@ def plot_profiles(
     ax.set_title("Performance profiles, 95 % bootstrap CIs")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    try:
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return path

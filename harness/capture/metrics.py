@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from harness.arrow import constant_string_column, empty_table
 from harness.fsutil import write_table_atomic
 from harness.layout import EXTERNAL_JSONL as EXTERNAL_FILE
 from harness.layout import TRACK_JSONL as TRACK_FILE
@@ -226,8 +227,8 @@ class MetricsIngester:
 
     def table(self) -> pa.Table:
         """All rows so far, sorted by name, step and wall time."""
-        rows = pa.concat_tables(self._chunks) if self._chunks else ROW_SCHEMA.empty_table()
-        rows = rows.add_column(0, "run_id", pa.array([self.run_id] * rows.num_rows, pa.string()))
+        rows = pa.concat_tables(self._chunks) if self._chunks else empty_table(ROW_SCHEMA)
+        rows = rows.add_column(0, "run_id", constant_string_column(self.run_id, rows.num_rows))
         return rows.sort_by(
             [("name", "ascending"), ("step", "ascending"), ("wall_time", "ascending")]
         )
