@@ -399,7 +399,9 @@ def doctor(as_json: bool) -> None:
         from harness.runtime.engine import docker_client
 
         client = docker_client(timeout=10)
-        checks.append(("docker engine", True, f"reachable, version {engine_version(client)}"))
+        from harness.runtime.engine_api import engine_api
+
+        checks.append(("docker engine", True, f"reachable, version {engine_version(engine_api(timeout=10))}"))
         try:
             client.images.get(BASE_IMAGE)
             checks.append(("base image", True, BASE_IMAGE))
