@@ -13,6 +13,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -496,48 +497,66 @@ def test_progress_has_an_eta_when_the_params_say_how_many_steps(tmp_path: Path) 
     assert snapshot.line() == "r: 0:20 elapsed, step 30,000/100,000 (30%), charts/episodic_return 95.5, ETA 0:35"
 
 
-@pytest.mark.docker
-def test_run_and_reproduce_print_json(noop_image, tmp_path: Path) -> None:
-    home = tmp_path / "store"
-    built = harness(home, "build", "manifests/noop.yaml", "--json")
-    assert built.returncode == 0 and json.loads(built.stdout)["tag"] == noop_image.tag
-    ran = harness(home, "run", "manifests/noop.yaml", "--json")
-    assert ran.returncode == 0, ran.stderr
-    result = json.loads(ran.stdout)
-    assert result["status"] == "completed" and result["primary_metric"] == "probe/value" and not result["skipped"]
-    again = harness(home, "run", "manifests/noop.yaml", "--json")
-    assert json.loads(again.stdout)["skipped"] is True
+def probe_project(root: Path, recipe: str) -> Path:
+    """A project with the noop recipe under another name, so that rebuilding or removing its images
+    leaves the session's images (and other checkouts sharing the engine) alone; manifest manifests/<recipe>.yaml."""
+    import shutil
 
-    reproduced = harness(home, "reproduce", result["run_id"][:8], "--out", str(tmp_path / "out"), "--json")
-    assert reproduced.returncode == 0, reproduced.stderr[-3000:]
-    verdict = json.loads(reproduced.stdout)
-    assert verdict["original"] == result["run_id"] and verdict["verdict"] == "identical"
-    assert Path(verdict["figure"]).is_file() and Path(verdict["verdict_file"]).is_file()
+    shutil.copytree(ROOT / "images" / "noop", root / "images" / recipe)
+    (root / "lockfiles").mkdir()
+    shutil.copy(ROOT / "lockfiles" / "noop.txt", root / "lockfiles" / f"{recipe}.txt")
+    (root / "manifests").mkdir()
+    text = (ROOT / "manifests" / "noop.yaml").read_text()
+    text = text.replace("images/noop", f"images/{recipe}").replace("lockfiles/noop.txt", f"lockfiles/{recipe}.txt")
+    (root / "manifests" / f"{recipe}.yaml").write_text(text)
+    return root
+
+
+def _remove_images(client: Any, recipe: str) -> None:
+    for image in client.images.list(filters={"label": f"org.harness.recipe={recipe}"}):
+        try:
+            client.images.remove(image.id, force=True)
+        except Exception:  # best-effort cleanup
+            pass
+
+
+@pytest.mark.docker
+def test_run_and_reproduce_print_json(base_image, tmp_path: Path) -> None:
+    from harness.runtime.engine import docker_client
+
+    project = probe_project(tmp_path / "project", "uxprobe")
+    home = tmp_path / "store"
+    try:
+        built = harness(home, "build", "manifests/uxprobe.yaml", "--json", cwd=project)
+        assert built.returncode == 0, built.stderr
+        assert json.loads(built.stdout)["tag"].startswith("harness/uxprobe:")
+        ran = harness(home, "run", "manifests/uxprobe.yaml", "--json", cwd=project)
+        assert ran.returncode == 0, ran.stderr
+        result = json.loads(ran.stdout)
+        assert result["status"] == "completed" and result["primary_metric"] == "probe/value" and not result["skipped"]
+        again = harness(home, "run", "manifests/uxprobe.yaml", "--json", cwd=project)
+        assert json.loads(again.stdout)["skipped"] is True
+
+        reproduced = harness(home, "reproduce", result["run_id"][:8], "--out", str(tmp_path / "out"), "--json")
+        assert reproduced.returncode == 0, reproduced.stderr[-3000:]
+        verdict = json.loads(reproduced.stdout)
+        assert verdict["original"] == result["run_id"] and verdict["verdict"] == "identical"
+        assert Path(verdict["figure"]).is_file() and Path(verdict["verdict_file"]).is_file()
+    finally:
+        _remove_images(docker_client(timeout=600), "uxprobe")
 
 
 FOREIGN_DOCKERFILE = "FROM harness/base:bookworm\nLABEL made.by=someone-else\nRUN echo {n} > /marker\n"
 
 
 @pytest.mark.docker
-def test_gc_removes_the_harness_leftovers_and_never_a_foreign_image(noop_image, tmp_path: Path) -> None:
+def test_gc_removes_the_harness_leftovers_and_never_a_foreign_image(base_image, tmp_path: Path) -> None:
     import io
-    import shutil
 
     from harness.runtime.engine import docker_client
 
     client = docker_client(timeout=600)
-    project = tmp_path / "project"
-    shutil.copytree(ROOT / "images" / "noop", project / "images" / "gcprobe")
-    (project / "lockfiles").mkdir()
-    shutil.copy(ROOT / "lockfiles" / "noop.txt", project / "lockfiles" / "gcprobe.txt")
-    (project / "manifests").mkdir()
-    manifest = (
-        (ROOT / "manifests" / "noop.yaml")
-        .read_text()
-        .replace("images/noop", "images/gcprobe")
-        .replace("lockfiles/noop.txt", "lockfiles/gcprobe.txt")
-    )
-    (project / "manifests" / "gcprobe.yaml").write_text(manifest)
+    project = probe_project(tmp_path / "project", "gcprobe")
     home = tmp_path / "store"
 
     built = []
@@ -574,8 +593,9 @@ def test_gc_removes_the_harness_leftovers_and_never_a_foreign_image(noop_image, 
         text = harness(home, "gc", "--recipe", "gcprobe", "--dry-run", cwd=project)
         assert "would come back" in text.stdout
     finally:
-        for image in (child.id, foreign_dangling.id, "harness/foreign-gc-test:1", current):
+        for image in (child.id, foreign_dangling.id, "harness/foreign-gc-test:1"):
             try:
                 client.images.remove(image, force=True)
             except Exception:  # best-effort cleanup
                 pass
+        _remove_images(client, "gcprobe")
