@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.store.local import LocalStore
 
 SECTIONS = ("manifest", "params", "lockfile", "packages", "image", "hardware", "metrics")
@@ -72,13 +70,18 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _manifest(run_dir: Path) -> dict[str, Any]:
+    """The run's manifest as data, read with the manifest loader's limits (size cap, no YAML aliases):
+    a pulled run's manifest is untrusted input."""
+    from harness.errors import HarnessError
+    from harness.manifest import read_manifest_data
+
     path = run_dir / "manifest.yaml"
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(errors="replace"))
-    except yaml.YAMLError:
-        return {"(unparsable manifest.yaml)": True}
+        data = read_manifest_data(path)[0]
+    except HarnessError as exc:
+        return {"(unreadable manifest.yaml)": str(exc).splitlines()[0]}
     return data if isinstance(data, dict) else {}
 
 

@@ -599,3 +599,20 @@ def test_gc_removes_the_harness_leftovers_and_never_a_foreign_image(base_image, 
             except Exception:  # best-effort cleanup
                 pass
         _remove_images(client, "gcprobe")
+
+
+def test_logs_follow_stops_when_the_harness_process_running_the_run_is_gone(store: LocalStore) -> None:
+    import socket
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record = store.load("dqn-cartpole-fedcba987654")
+    record.update(status="running", duration_s=None, owner={"pid": gone.pid, "hostname": socket.gethostname()})
+    store.save(record)
+    done = harness(store.root, "logs", "-f", "dqn-cartpole-f", timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        "error: run dqn-cartpole-fedcba987654: the harness process running it has ended; "
+        "`harness recover` marks it interrupted"
+    )
+    assert "seed 3" in done.stdout  # the output so far was printed first

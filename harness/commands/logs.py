@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from harness.commands.output import emit_json, examples, json_option
+from harness.errors import HarnessError
 from harness.runids import RUN_ID
 
 READ_LIMIT = 1 << 20  # bytes per read of the log
@@ -142,6 +143,11 @@ def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | No
             record = _reload(store, run_id, record)
             if not _running(record):
                 break
+            if _orphaned(record):
+                reporter.stop()
+                raise HarnessError(
+                    f"run {run_id}: the harness process running it has ended; `harness recover` marks it interrupted"
+                )
             time.sleep(0.5)
     finally:
         reporter.stop()
@@ -169,6 +175,23 @@ def _follow_json(store: Any, run_id: str, tail: _LogTail, progress: Any, interva
         if not running:
             return
         time.sleep(every)
+
+
+def _orphaned(record: Mapping[str, Any]) -> bool:
+    """A running record whose harness process, on this host, is gone (it will never end by itself)."""
+    import os
+    import socket
+
+    owner = record.get("owner") or {}
+    if owner.get("hostname") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False  # another host's run (Slurm): keep following
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _running(record: Mapping[str, Any]) -> bool:
