@@ -128,7 +128,6 @@ class RunProgress:
         self.total = total
         self.started = time.time() if started is None else started
         self.ingester = MetricsIngester(run_id, layout.out, layout.tensorboard(tensorboard))
-        self._seen = 0
         self.step: int | None = None
         self.value: float | None = None
         self._value_step = -1
@@ -138,8 +137,7 @@ class RunProgress:
         """Read what the run has written since the last poll; where it is now."""
         now = time.time() if now is None else now
         self.ingester.poll()
-        tables, self._seen = self.ingester.chunks_since(self._seen)
-        for table in tables:
+        for table in self.ingester.take_new():
             if table.num_rows == 0:
                 continue
             step = pc.max(table.column("step")).as_py()
