@@ -272,12 +272,14 @@ class LiveRun:
         self,
         spec: Any,
         store: Any,
-        stream: IO[str],
+        stream: IO[str] | None,
         interval: float | None = None,
         prefix: str = "  | ",
         announce: Any = None,
+        err: bool = False,
     ):
         self.spec = spec
+        self.err = err
         self.store = store
         self.stream = stream
         self.interval = interval
@@ -289,6 +291,8 @@ class LiveRun:
         """The record exists: say so, and start reporting."""
         if self.announce is not None:
             self.announce(record)
+        # looked up now, not when made: a rich status shown until the announcement replaces sys.stdout
+        stream = self.stream or (sys.stderr if self.err else sys.stdout)
         metrics = self.spec.loaded.manifest.metrics
         progress = RunProgress(
             record["run_id"],
@@ -297,7 +301,7 @@ class LiveRun:
             metrics.tensorboard,
             total_steps(self.spec.params),
         )
-        reporter = self.reporter = ProgressReporter(progress, self.stream, interval=self.interval).start()
+        reporter = self.reporter = ProgressReporter(progress, stream, interval=self.interval).start()
         wait = job.wait if job is not None else None
         if wait is not None:
 
@@ -314,7 +318,7 @@ class LiveRun:
         if self.reporter is not None:
             self.reporter.echo(self.prefix + line)
         else:
-            print(self.prefix + line, file=self.stream, flush=True)
+            print(self.prefix + line, file=self.stream or (sys.stderr if self.err else sys.stdout), flush=True)
 
     def stop(self) -> None:
         """Stop reporting (idempotent)."""

@@ -616,3 +616,52 @@ def test_logs_follow_stops_when_the_harness_process_running_the_run_is_gone(stor
         "`harness recover` marks it interrupted"
     )
     assert "seed 3" in done.stdout  # the output so far was printed first
+
+
+@pytest.mark.docker
+def test_on_a_terminal_the_status_line_is_redrawn_in_place(noop_image, tmp_path: Path) -> None:
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "CI"}  # CI set means plain lines even on a terminal
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "manifests/noop.yaml",
+            "--param",
+            "mode=sleep",
+            "--param",
+            "seconds=4",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env={**env, "HARNESS_HOME": str(tmp_path / "store"), "COLUMNS": "80"},
+    )
+    os.close(slave)
+    output = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert run.wait(timeout=60) == 0, run.stderr.read() if run.stderr else ""
+    text = output.decode(errors="replace")
+    redraws = re.findall(r"\r\x1b\[K(\d+:\d\d elapsed[^\r\n]*)", text)
+    assert len(redraws) >= 3, text
+    assert any("step" in line for line in redraws) and all(len(line) <= 79 for line in redraws)
+    between = text[text.index(redraws[0]) : text.index(redraws[-1])]
+    assert "\n" not in between, "the status line is redrawn in place, not printed line after line"
+    assert re.search(r"\r\x1b\[Knoop-[0-9a-f]{12}: completed in", text)

@@ -244,7 +244,7 @@ def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | 
         status.stop()
         click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}", err=err)
 
-    live = LiveRun(spec, store, sys.stderr if err else sys.stdout, interval=progress_every, announce=announce)
+    live = LiveRun(spec, store, None, interval=progress_every, announce=announce, err=err)
     try:
         return execute(spec, store, runtime=runtime, on_start=live.on_start, echo=None if quiet else live.echo,
                        ca_bundle=ca_bundle, build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
