@@ -238,6 +238,7 @@ class ProgressReporter:
             return
         with self._lock:
             if self.live:
+                snapshot.eta_s = None  # no estimate left to give: the job is done
                 self._status = (snapshot.line(with_id=False) + ", job ended; writing the record")[: self._width()]
                 self._write(CLEAR_LINE + self._status)
 
