@@ -25,7 +25,7 @@ _console = console
 def validate(manifests: tuple[Path, ...], as_json: bool) -> None:
     """Check manifests: schema, pinning, and the files they point to."""
     from harness.errors import ManifestError
-    from harness.manifest import load_manifest
+    from harness.manifest import expect_warnings, load_manifest
 
     problems: list[str] = []
     results: list[dict[str, Any]] = []
@@ -36,6 +36,8 @@ def validate(manifests: tuple[Path, ...], as_json: bool) -> None:
             results.append({"path": str(path), "ok": True, "name": loaded.manifest.name, "runs": runs, "problems": []})
             if not as_json:
                 click.echo(f"{path}: ok ({loaded.manifest.name}, {runs} run{'s' if runs != 1 else ''})")
+            for warning in expect_warnings(loaded):
+                click.echo(warning, err=True)
         except ManifestError as exc:
             problems += exc.problems
             results.append({"path": str(path), "ok": False, "name": None, "runs": None, "problems": exc.problems})
