@@ -171,8 +171,9 @@ def referenced_images(store: Any, project: Path | None, note: Callable[[str], No
     return wanted
 
 
-def find_garbage(client: Any, referenced: set[str], recipes: set[str] | None = None) -> GcResult:
-    """The harness's images that nothing needs; ``recipes`` limits it to those recipe names."""
+def find_garbage(client: Any, referenced: set[str], recipes: set[str] | None = None, tagged: bool = True) -> GcResult:
+    """The harness's images that nothing needs; ``recipes`` limits it to those recipe names, and
+    ``tagged=False`` to dangling images (without a project, what its manifests name is unknown)."""
     sizes = {}
     try:
         for entry in client.df().get("Images") or []:
@@ -199,6 +200,8 @@ def find_garbage(client: Any, referenced: set[str], recipes: set[str] | None = N
                 continue
             if image.id in referenced or any(t in referenced for t in tags):
                 kept += 1
+                continue
+            if not tagged:
                 continue
             reason = "unreferenced"
         if recipes is not None and recipe not in recipes:

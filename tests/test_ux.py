@@ -578,6 +578,9 @@ def test_gc_removes_the_harness_leftovers_and_never_a_foreign_image(base_image, 
         listed = json.loads(dry.stdout)["images"]
         assert not foreign & {i["id"] for i in listed}, "a foreign image was listed"
         assert client.images.get(old)  # a dry run removes nothing
+        outside = harness(home, "gc", "--dry-run", "--json", cwd=tmp_path)  # no manifests/: tagged images stay
+        assert outside.returncode == 0 and "no manifests/ here" in outside.stderr
+        assert not [i for i in json.loads(outside.stdout)["images"] if i["reason"] == "unreferenced"]
 
         done = harness(home, "gc", "--recipe", "gcprobe", "--json", cwd=project)
         assert done.returncode == 0, done.stderr

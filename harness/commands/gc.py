@@ -39,7 +39,13 @@ def gc(dry_run: bool, project: Path, recipes: tuple[str, ...], as_json: bool) ->
     client = docker_client(timeout=600)
     notes: list[str] = []
     referenced = referenced_images(LocalStore(), project, notes.append)
-    result = find_garbage(client, referenced, set(recipes) or None)
+    has_project = (project / "manifests").is_dir()
+    if not has_project:
+        notes.append(
+            f"{project}: no manifests/ here, so tagged harness/* images are kept (another project's manifests "
+            "may name them) and only dangling ones go; run gc in the project, or give --project"
+        )
+    result = find_garbage(client, referenced, set(recipes) or None, tagged=has_project)
     if not dry_run:
         remove_garbage(client, result)
     for note in notes:
