@@ -7,6 +7,7 @@ import datetime as dt
 import errno
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ from harness.runtime.job import JobRequest, JobResult
 from harness.store.local import SCHEMA_VERSION, LocalStore, write_json_atomic
 
 METRICS_PARQUET = "metrics.parquet"
+METRICS_SPOOL = ".metrics-spool"  # rows spilled while a run goes; removed before the record is sealed
 SYSTEM_JSONL = "system.jsonl"
 SYSTEM_PARQUET = "system.parquet"
 PARQUET_REFRESH_S = 10.0
@@ -37,11 +39,12 @@ def now_iso() -> str:
 
 
 def fresh_run_id(store: LocalStore, base: str) -> str:
-    """``base``, or ``base-2``, ``base-3``... when earlier attempts hold the name."""
-    candidate, attempt = base, 1
-    while store.run_dir(candidate).exists():
-        attempt += 1
-        candidate = f"{base}-{attempt}"
+    """``base`` for a first attempt; later attempts (``--rerun``, reproductions) get
+    ``base-r<8 hex>``, random, so that two stores never make the same id for different runs
+    (their records could otherwise replace each other on the Hub)."""
+    candidate = base
+    while os.path.lexists(store.run_dir(candidate)):
+        candidate = f"{base}-r{secrets.token_hex(4)}"
     return candidate
 
 
@@ -167,7 +170,8 @@ class _Capture:
         metrics = spec.loaded.manifest.metrics
         tensorboard = run_dir / "out" / metrics.tensorboard if metrics.tensorboard else None
         self.run_dir = run_dir
-        self.ingester = MetricsIngester(run_id, run_dir / "out", tensorboard)
+        self.ingester = MetricsIngester(run_id, run_dir / "out", tensorboard, spool_dir=run_dir / METRICS_SPOOL)
+        self.last_n = metrics.summary_last_n
         self.interval = float(metrics.system_interval)
         self.run_id = run_id
         self.sampler: Any = None
@@ -188,11 +192,12 @@ class _Capture:
         last_write = time.monotonic()
         while not self._stop.wait(1.0):
             try:
-                if self.ingester.poll() and time.monotonic() - last_write > PARQUET_REFRESH_S:
-                    self.ingester.write_parquet(self.run_dir / METRICS_PARQUET)
+                if (self.ingester.poll() and time.monotonic() - last_write > PARQUET_REFRESH_S
+                        and self.ingester.live_refresh_allowed()):
+                    self.ingester.write_parquet(self.run_dir / METRICS_PARQUET, self.last_n)
                     last_write = time.monotonic()
-            except OSError:
-                continue  # the final write reports a full disk; the JSONL on disk is still there
+            except Exception:  # noqa: BLE001 - finish() reads again and reports what still fails
+                continue
 
     def finish(self) -> None:
         """Stop sampling, read what is left and write both tables."""
@@ -204,7 +209,8 @@ class _Capture:
         if self.sampler is not None:
             self.sampler.stop()
         self.ingester.poll(final=True)
-        self.ingester.write_parquet(self.run_dir / METRICS_PARQUET)
+        self.ingester.write_parquet(self.run_dir / METRICS_PARQUET, self.last_n)
+        self.ingester.close()
         system_jsonl_to_parquet(self.run_id, self.run_dir / SYSTEM_JSONL, self.run_dir / SYSTEM_PARQUET)
 
 
@@ -368,6 +374,7 @@ def _finish(store: LocalStore, record: dict[str, Any], capture: _Capture, job: A
     try:
         capture.finish()
         record["metrics_summary"] = capture.ingester.summary(manifest.metrics.summary_last_n)
+        _note_ingestion(record, capture.ingester)
         if capture.sampler is not None:
             record["peak_memory_bytes"] = capture.sampler.peak_memory_bytes
             if record["status"] == "oom":
@@ -378,9 +385,9 @@ def _finish(store: LocalStore, record: dict[str, Any], capture: _Capture, job: A
         record.pop("owner", None)
         (store.run_dir(record["run_id"]) / RESERVE_NAME).unlink(missing_ok=True)
         return store.seal(record)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
+    except Exception as exc:  # noqa: BLE001 - whatever happens, the record reaches a final status
+        if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+            return _finish_with_error(store, record, exc)
         (store.run_dir(record["run_id"]) / RESERVE_NAME).unlink(missing_ok=True)
         record["detail"] = f"disk full while writing the record: {exc.strerror}; the tables may be incomplete"
         record.pop("owner", None)
@@ -390,6 +397,35 @@ def _finish(store: LocalStore, record: dict[str, Any], capture: _Capture, job: A
             pass  # the earlier record.json stays whole: writes are atomic
         raise HarnessError(f"{store.run_dir(record['run_id'])}: disk full while writing the run record "
                            f"({exc.strerror}); free space, then `harness recover`") from None
+
+
+def _note_ingestion(record: dict[str, Any], ingester: Any) -> None:
+    """Put what metric ingestion skipped into the record: counts of bad lines by reason, files."""
+    from harness.safefs import skipped_for_record
+
+    record["metrics_rejected"] = dict(sorted(ingester.rejected.items()))
+    record["metrics_skipped"] = skipped_for_record(ingester.skipped)
+
+
+def _finish_with_error(store: LocalStore, record: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """Seal a run whose finishing failed inside the harness as ``error``, with the reason."""
+    from harness.safefs import printable
+
+    run_dir = store.run_dir(record["run_id"])
+    (run_dir / RESERVE_NAME).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / METRICS_SPOOL, ignore_errors=True)
+    reason = printable(f"{type(exc).__name__}: {exc}", 300)
+    workload = f"the workload ended {record.get('status')}" + (f" ({record['detail']})" if record.get("detail") else "")
+    record.update(status="error", detail=f"harness error while finishing the run: {reason}; {workload}")
+    record.pop("owner", None)
+    try:
+        return store.seal(record)
+    except Exception:  # noqa: BLE001 - a record without checksums still says what happened
+        try:
+            store.save(record)
+        except OSError:
+            pass
+        return record
 
 
 def _warm_imports() -> None:
@@ -437,41 +473,49 @@ def recover(store: LocalStore) -> list[str]:
     recovered = []
     hostname = socket.gethostname()
     for record in store.records():
-        owner = record.get("owner") or {}
+        owner = record.get("owner") if isinstance(record.get("owner"), dict) else {}
         if record.get("status") != "running" or owner.get("hostname") != hostname or _alive(owner.get("pid")):
             continue
         run_id = record["run_id"]
         run_dir = store.run_dir(run_id)
-        if record.get("runtime") == "docker":
-            from harness.runtime.docker import kill_orphan
-
-            kill_orphan(run_id)
-        manifest_metrics = {}
-        try:
-            from harness.manifest import parse_manifest
-
-            manifest_metrics = parse_manifest(run_dir / "manifest.yaml").metrics.model_dump()
-        except HarnessError:
-            pass
-        ingester = ingest_run_folder(run_id, run_dir, manifest_metrics.get("tensorboard"))
-        ingester.write_parquet(run_dir / METRICS_PARQUET)
-        system_jsonl_to_parquet(run_id, run_dir / SYSTEM_JSONL, run_dir / SYSTEM_PARQUET)
         record.update(status="interrupted", ended_at=record.get("ended_at") or now_iso(),
-                      detail="the harness process ended before the run finished (recovered)",
-                      metrics_summary=ingester.summary(manifest_metrics.get("summary_last_n", 10)))
-        record.pop("owner", None)
-        (run_dir / RESERVE_NAME).unlink(missing_ok=True)
-        store.seal(record)
+                      detail="the harness process ended before the run finished (recovered)")
+        try:
+            if record.get("runtime") == "docker":
+                from harness.runtime.docker import kill_orphan
+
+                kill_orphan(run_id)
+            manifest_metrics: dict[str, Any] = {}
+            try:
+                from harness.manifest import parse_manifest
+
+                manifest_metrics = parse_manifest(run_dir / "manifest.yaml").metrics.model_dump()
+            except HarnessError:
+                pass
+            last_n = manifest_metrics.get("summary_last_n", 10)
+            shutil.rmtree(run_dir / METRICS_SPOOL, ignore_errors=True)
+            ingester = ingest_run_folder(run_id, run_dir, manifest_metrics.get("tensorboard"),
+                                         spool_dir=run_dir / METRICS_SPOOL)
+            ingester.write_parquet(run_dir / METRICS_PARQUET, last_n)
+            ingester.close()
+            system_jsonl_to_parquet(run_id, run_dir / SYSTEM_JSONL, run_dir / SYSTEM_PARQUET)
+            record["metrics_summary"] = ingester.summary(last_n)
+            _note_ingestion(record, ingester)
+            record.pop("owner", None)
+            (run_dir / RESERVE_NAME).unlink(missing_ok=True)
+            store.seal(record)
+        except Exception as exc:  # noqa: BLE001 - one broken run folder must not stop `harness ls`
+            _finish_with_error(store, record, exc)
         recovered.append(run_id)
     return recovered
 
 
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
