@@ -58,7 +58,8 @@ def prepare_image(spec: RunSpec, ca_bundle: Path | None = None, force_build: boo
 
     Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
     loaded = spec.loaded
-    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes())
+    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes(),
+           loaded.manifest.image.network)
     if not force_build:
         with _prepared_lock:
             if key in _prepared_images:
@@ -67,7 +68,8 @@ def prepare_image(spec: RunSpec, ca_bundle: Path | None = None, force_build: boo
         info = resolve_ref(docker_client(), loaded.manifest.image.ref)
     else:
         assert loaded.build_dir is not None
-        info = build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log)
+        info = build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log,
+                           network=loaded.manifest.image.network)
     with _prepared_lock:
         _prepared_images[key] = info
     return info

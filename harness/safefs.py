@@ -99,6 +99,8 @@ def relative_path_problem(path: str) -> str | None:
     if PurePosixPath(path).is_absolute():
         return "absolute path"
     for part in path.split("/"):
+        if part == "..":
+            return "path outside its folder"
         problem = name_problem(part)
         if problem:
             return problem
@@ -252,6 +254,23 @@ def sha256_beneath(root: Path | str, relative: str, limit: int = MAX_CHECKSUM_BY
     try:
         _check_regular(fd, relative, limit)
         return sha256_fd(fd, limit, relative)
+    finally:
+        os.close(fd)
+
+
+def copy_beneath(root: Path | str, relative: str, target: Path, limit: int = MAX_CHECKSUM_BYTES) -> None:
+    """Copy the regular file ``root/relative`` (no link followed below ``root``) to ``target``."""
+    fd = open_beneath(root, relative)
+    try:
+        _check_regular(fd, relative, limit)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as out:
+            offset = 0
+            while block := os.pread(fd, READ_BLOCK, offset):
+                offset += len(block)
+                if offset > limit:
+                    raise UnsafeFile(relative, f"larger than {limit} bytes")
+                out.write(block)
     finally:
         os.close(fd)
 

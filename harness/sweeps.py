@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from harness.errors import StoreError
-from harness.store.local import FINAL_STATUSES, LocalStore, write_json_atomic
+from harness.store.local import FINAL_STATUSES, LocalStore, read_record, write_json_atomic
+
+ATTEMPT_SUFFIX = re.compile(r"-r[0-9a-f]{8}|-[0-9]+")  # a later attempt's id: <run_id><suffix>
 
 # Display groups of run states: every status a run or a scheduler task can have maps to one.
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -132,15 +135,16 @@ def list_sweep_ids(store: LocalStore) -> list[str]:
 
 
 def attempt_records(store: LocalStore, run_id: str) -> list[dict[str, Any]]:
-    """Records of every attempt of a run (``<run_id>``, ``<run_id>-2``, ...), oldest first."""
+    """Records of every attempt of a run (``<run_id>``, then ``<run_id>-r<8 hex>``; ``-2``, ``-3``...
+    from older stores), oldest first."""
     records = []
     for folder in [store.run_dir(run_id), *store.runs_dir.glob(f"{run_id}-*")]:
         suffix = folder.name[len(run_id):]
-        if suffix and not suffix[1:].isdigit():
+        if suffix and not ATTEMPT_SUFFIX.fullmatch(suffix):
             continue
         try:
-            records.append(json.loads((folder / "record.json").read_text()))
-        except (OSError, ValueError):
+            records.append(read_record(folder / "record.json"))
+        except StoreError:
             continue
     records.sort(key=lambda r: r.get("started_at") or "")
     return records

@@ -2,8 +2,8 @@
 
 ``ENVIRONMENT_SCRIPT`` is Python source (standard library only) that the runtime runs inside the
 run's image with ``python -c``; it prints one JSON object. ``capture_host`` describes the host for
-record.json. Environment variables are recorded from an allow-list only, and a name that looks
-like a secret is dropped even when the allow-list would take it.
+record.json. Environment variables are recorded from an allow-list only, and what the one secret
+filter (``harness.secret_env.is_secret``) flags is dropped even when the allow-list would take it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from harness.capture.gpu import gpu_inventory
+from harness.secret_env import filter_source
 
 ENVIRONMENT_SCRIPT = r"""
 import importlib.metadata, json, os, platform, re, shutil, subprocess, sys
@@ -30,7 +31,7 @@ ALLOWED_NAMES = {
     "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
 }
 ALLOWED_PREFIXES = ("HARNESS_",)
-SECRET = re.compile(r"TOKEN|SECRET|KEY|PASSWORD|PASSWD|AUTH|CREDENTIAL|COOKIE|SESSION", re.I)
+# SECRET FILTER (harness.secret_env.is_secret, embedded below)
 
 def packages():
     found = {}
@@ -84,7 +85,7 @@ def torch_facts():
 def environment_variables():
     return {
         name: value for name, value in sorted(os.environ.items())
-        if (name in ALLOWED_NAMES or name.startswith(ALLOWED_PREFIXES)) and not SECRET.search(name)
+        if (name in ALLOWED_NAMES or name.startswith(ALLOWED_PREFIXES)) and not is_secret(name, value)
     }
 
 smi = nvidia_smi()
@@ -103,7 +104,7 @@ print(json.dumps({
     "gpu_driver": (smi or {}).get("driver"),
     "env": environment_variables(),
 }, sort_keys=True))
-"""
+""".replace("# SECRET FILTER (harness.secret_env.is_secret, embedded below)\n", filter_source())
 
 
 def _cpu_model() -> str | None:

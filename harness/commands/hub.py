@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -59,12 +58,14 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     """
     from harness.manifest import parse_manifest
 
+    from harness.safefs import UnsafeFile, copy_beneath
+
     source = run_dir / "manifest.yaml"
-    if not source.is_file():
-        raise HarnessError(f"{run_dir}: no manifest.yaml in the run record; it cannot be reproduced")
     manifest_path = workdir / "manifests" / "manifest.yaml"
-    manifest_path.parent.mkdir(parents=True)
-    shutil.copyfile(source, manifest_path)
+    try:
+        copy_beneath(run_dir, "manifest.yaml", manifest_path, limit=1 << 20)
+    except UnsafeFile as exc:
+        raise HarnessError(f"{run_dir}: no usable manifest.yaml in the run record ({exc.reason}); it cannot be reproduced") from None
     image = parse_manifest(manifest_path).image
     for relative in (image.build, image.lockfile):
         if relative is not None and (PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts):
@@ -72,14 +73,18 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     if image.build is not None:
         if not (run_dir / "context").is_dir():
             raise HarnessError(f"{run_dir}: the record has no context/ to rebuild image {image.build} from")
-        shutil.copytree(run_dir / "context", workdir / image.build, symlinks=False)
+        from harness.images import context_files
+
+        for path in context_files(run_dir / "context"):  # refuses links, special files, oversize
+            relative = path.relative_to(run_dir).as_posix()
+            copy_beneath(run_dir, relative, workdir / image.build / path.relative_to(run_dir / "context"))
     else:
         (workdir / "images").mkdir()  # marks the project root for manifests with image.ref
     if image.lockfile is not None:
         if not (run_dir / "lockfile.txt").is_file():
             raise HarnessError(f"{run_dir}: the record has no lockfile.txt for {image.lockfile}")
         (workdir / image.lockfile).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "lockfile.txt", workdir / image.lockfile)
+        copy_beneath(run_dir, "lockfile.txt", workdir / image.lockfile, limit=64 << 20)
     return manifest_path
 
 
@@ -135,8 +140,10 @@ def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path)
 @click.option("--runtime", type=click.Choice(["docker", "process"]), default="docker", show_default=True)
 @click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
+@click.option("--allow-build-network", is_flag=True,
+              help="build a recipe that declares image.network: true (its build then reaches this host's network)")
 def reproduce(target: str, endpoint: str | None, revision: str | None, publish_result: bool, runtime: str,
-              trust_code: bool, out: Path | None) -> None:
+              trust_code: bool, out: Path | None, allow_build_network: bool) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record and compare with the original.
 
     Exit status 0: identical or consistent; 1: diverged; 2: bad input.
@@ -165,6 +172,9 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, publish_r
 
     with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
         loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
+        if loaded.manifest.image.network and not allow_build_network and runtime == "docker":
+            raise HarnessError(f"run {original_id}: its recipe declares image.network: true, so rebuilding it would give "
+                               "its build this host's network; read its context/, then pass --allow-build-network to build it")
         params = dict(original.get("params") or {})
         seed, smoke = int(original["seed"]), bool(original.get("smoke"))
         spec = RunSpec(loaded=loaded, params=params, seed=seed, smoke=smoke,

@@ -30,8 +30,9 @@ def host_command(request: JobRequest) -> list[str]:
 
 def host_environment(request: JobRequest) -> dict[str, str]:
     """The host's environment less secrets, plus the job's variables."""
-    secret_words = ("TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "API_KEY")
-    base = {k: v for k, v in os.environ.items() if not any(word in k.upper() for word in secret_words)}
+    from harness.secret_env import drop_secrets
+
+    base = drop_secrets(os.environ)
     library = str(harness_package_dir().parent)
     python_path = os.pathsep.join(p for p in (library, base.get("PYTHONPATH", "")) if p)
     pins = {}

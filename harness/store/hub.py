@@ -23,17 +23,22 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
-from harness.store.local import RECORD_NAME, FINAL_STATUSES, LocalStore, sha256_file
+from harness.safefs import (MAX_CHECKSUM_BYTES, MAX_RECORD_BYTES, UnsafeFile, checksum_files, load_json, open_beneath,
+                            printable, relative_path_problem)
+from harness.store.local import RECORD_NAME, FINAL_STATUSES, LocalStore
 
 REPO_TYPE = "dataset"
 RUNS_INDEX = "runs.parquet"
+MAX_INDEX_BYTES = 1 << 30  # a larger runs.parquet on the repo is refused rather than downloaded
+INDEX_BATCH_ROWS = 1 << 16  # rows of the repo's runs index in memory at a time
+CARD_ROWS = 50  # runs listed in the dataset card (the newest; runs.parquet has them all)
 LOCAL_ONLY_FIELDS = ("pulled_from", "owner")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -135,11 +140,20 @@ def _git_blob_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _git_blob_oid_file(path: Path) -> str:
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+def _git_blob_oid_file(folder: Path, relative: str) -> str:
+    fd = open_beneath(folder, relative)
+    try:
+        size = os.fstat(fd).st_size
+        digest = hashlib.sha1(b"blob %d\0" % size)
+        offset = 0
+        while offset < size:
+            block = os.pread(fd, min(1 << 20, size - offset), offset)
+            if not block:
+                break
             digest.update(block)
+            offset += len(block)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
@@ -184,19 +198,72 @@ def _run_index_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _runs_index(existing: list[dict[str, Any]], records: list[dict[str, Any]]) -> tuple[bytes, list[dict[str, Any]]]:
-    new_ids = {r["run_id"] for r in records}
-    rows = [row for row in existing if row.get("run_id") not in new_ids] + [_run_index_row(r) for r in records]
-    rows.sort(key=lambda row: (row.get("started_at") or "", row["run_id"]))
-    table = pa.Table.from_pylist(
-        [{name: row.get(name) for name in RUNS_SCHEMA.names} for row in rows], schema=RUNS_SCHEMA
-    )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue(), rows
+@dataclass
+class _IndexOutcome:
+    """What was written to the new runs index: its row count, the newest rows and some names."""
+
+    rows: int = 0
+    tail: list[dict[str, Any]] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)
 
 
-def dataset_card(repo: str, rows: list[dict[str, Any]], has_system: bool) -> str:
+def _conform_index_batch(batch: pa.RecordBatch, source: str) -> pa.Table:
+    """A batch of a repo's runs index as RUNS_SCHEMA (missing columns null); HubError when the
+    columns it has cannot be read as such."""
+    columns = []
+    for name, kind in zip(RUNS_SCHEMA.names, RUNS_SCHEMA.types):  # noqa: B905 - one schema
+        index = batch.schema.get_field_index(name)
+        if index < 0:
+            columns.append(pa.nulls(batch.num_rows, kind))
+            continue
+        try:
+            columns.append(batch.column(index).cast(kind))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise HubError(f"{source}: column {printable(name)!r} of {RUNS_INDEX} is not {kind}; "
+                           "fix or remove the repo's runs index") from None
+    return pa.Table.from_arrays(columns, schema=RUNS_SCHEMA)
+
+
+def write_runs_index(existing: Path | None, records: list[dict[str, Any]], target: Path, source: str = RUNS_INDEX) -> _IndexOutcome:
+    """Write ``target``: the rows of the ``existing`` runs index (minus the runs being published),
+    then one row per record. The old index is streamed in batches, never loaded whole."""
+    import collections
+
+    import pyarrow.compute as pc
+
+    new_ids = pa.array(sorted({r["run_id"] for r in records}), pa.string())
+    outcome = _IndexOutcome()
+    tail: collections.deque[dict[str, Any]] = collections.deque(maxlen=CARD_ROWS)
+
+    def note(table: pa.Table) -> None:
+        outcome.rows += table.num_rows
+        tail.extend(table.slice(max(0, table.num_rows - CARD_ROWS)).to_pylist())
+        if len(outcome.names) < 20:
+            outcome.names.update(str(n) for n in pc.unique(table.column("name")).to_pylist()[:20])
+
+    with pq.ParquetWriter(target, RUNS_SCHEMA) as writer:
+        if existing is not None:
+            try:
+                handle = pq.ParquetFile(existing)
+                batches = handle.iter_batches(batch_size=INDEX_BATCH_ROWS)
+                for batch in batches:
+                    table = _conform_index_batch(batch, source)
+                    table = table.filter(pc.invert(pc.fill_null(pc.is_in(table.column("run_id"), value_set=new_ids), False)))
+                    if table.num_rows:
+                        writer.write_table(table)
+                        note(table)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise HubError(f"{source}: the repo's {RUNS_INDEX} is not a readable parquet file ({_first_line(exc)}); "
+                               "fix or remove it") from None
+        table = pa.Table.from_pylist([_run_index_row(r) for r in records], schema=RUNS_SCHEMA)
+        writer.write_table(table)
+        note(table)
+    outcome.tail = list(tail)
+    return outcome
+
+
+def dataset_card(repo: str, rows: list[dict[str, Any]], has_system: bool, total: int | None = None,
+                 names: set[str] | None = None) -> str:
     """The README.md of a results repo: ``configs`` for ``datasets`` plus what was run and how to reproduce it."""
     configs = [
         "- config_name: metrics\n  data_files: runs/*/metrics.parquet",
@@ -204,7 +271,8 @@ def dataset_card(repo: str, rows: list[dict[str, Any]], has_system: bool) -> str
     ]
     if has_system:
         configs.insert(1, "- config_name: system\n  data_files: runs/*/system.parquet")
-    names = sorted({str(row.get("name")) for row in rows})
+    names_text = ", ".join(sorted(names if names is not None else {str(row.get("name")) for row in rows}))
+    total = len(rows) if total is None else total
     lines = [
         "---",
         "configs:",
@@ -216,11 +284,12 @@ def dataset_card(repo: str, rows: list[dict[str, Any]], has_system: bool) -> str
         "",
         f"# {repo}: experiment runs",
         "",
-        f"Run records of {', '.join(names)}, published with [harness](https://github.com/). Each run folder",
+        f"Run records of {names_text}, published with [harness](https://github.com/). Each run folder",
         "under `runs/` holds the resolved manifest, the lockfile, the image build context, logs, metrics",
         "and a `record.json` with the sha256 of every file, so the run can be rebuilt and re-run without",
         "the original project.",
         "",
+        *([f"{total} runs; the newest {len(rows)} are listed here, `runs.parquet` lists all.", ""] if total > len(rows) else []),
         "| run | name | seed | status | primary metric | last | reproduces |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -255,18 +324,22 @@ def dataset_card(repo: str, rows: list[dict[str, Any]], has_system: bool) -> str
     return "\n".join(lines)
 
 
-def _scan_for_token(paths: list[Path], blobs: list[bytes], token: str) -> None:
+def _scan_for_token(paths: list[tuple[Path, str]], blobs: list[bytes], token: str) -> None:
     needle = token.encode()
     for blob in blobs:
         if needle in blob:
             raise HubError("refusing to publish: a generated file contains your Hub token")
-    for path in paths:
-        with open(path, "rb") as handle:
-            tail = b""
-            for block in iter(lambda: handle.read(1 << 20), b""):
+    for folder, relative in paths:
+        fd = open_beneath(folder, relative)
+        try:
+            tail, offset = b"", 0
+            while block := os.pread(fd, 1 << 20, offset):
+                offset += len(block)
                 if needle in tail + block:
-                    raise HubError(f"refusing to publish: {path.name} contains your Hub token; remove it from the run")
+                    raise HubError(f"refusing to publish: {relative} contains your Hub token; remove it from the run")
                 tail = block[-len(needle):]
+        finally:
+            os.close(fd)
 
 
 def publish(
@@ -291,7 +364,10 @@ def publish(
     store = store or LocalStore()
     records = []
     for run_id in dict.fromkeys(run_ids):
+        if not RUN_ID.match(run_id):
+            raise HubError(f"{printable(run_id)!r} is not a run id that a pull would accept (letters, digits, '.', '_', '-')")
         record = store.load(run_id)
+        _check_publishable_paths(run_id, record)
         if record.get("status") not in FINAL_STATUSES:
             raise HubError(f"run {run_id} is {record.get('status')!r}: only finished runs can be published")
         problems = store.verify(run_id)
@@ -314,7 +390,7 @@ def publish(
 
         operations: list[Any] = []
         changed, unchanged = [], []
-        upload_paths: list[Path] = []
+        upload_paths: list[tuple[Path, str]] = []
         generated: list[bytes] = []
         for record in records:
             run_id = record["run_id"]
@@ -324,13 +400,20 @@ def publish(
             wanted = {prefix + RECORD_NAME}
             same = _same_content(remote.get(prefix + RECORD_NAME), hashlib.sha256(record_bytes).hexdigest(), _git_blob_oid(record_bytes))
             run_ops: list[Any] = [CommitOperationAdd(prefix + RECORD_NAME, record_bytes)]
+            differing: list[str] = []
             for relative, sha256 in sorted(record["files"].items()):
                 path = folder / relative
                 wanted.add(prefix + relative)
-                same = same and _same_content(remote.get(prefix + relative), sha256, _git_blob_oid_file(path))
+                if not _same_content(remote.get(prefix + relative), sha256, _git_blob_oid_file(folder, relative)):
+                    differing.append(relative)
                 run_ops.append(CommitOperationAdd(prefix + relative, str(path)))
-                upload_paths.append(path)
+                upload_paths.append((folder, relative))
             stale = [p for p in remote if p.startswith(prefix) and p not in wanted]
+            if prefix + RECORD_NAME in remote and (differing or stale):
+                what = f"{differing[0]} differs" if differing else f"{stale[0][len(prefix):]} is not in this run"
+                raise HubError(f"run {run_id} is already on {repo} with different files ({what}); not replacing it. "
+                               f"Re-run it with `harness run --rerun` (a new run id) and publish that, or publish to another repo")
+            same = same and not differing
             if same and not stale:
                 unchanged.append(run_id)
                 continue
@@ -341,70 +424,72 @@ def publish(
         if not changed:
             return PublishResult(repo, str(repo_url), None, [], unchanged)
 
-        existing_rows: list[dict[str, Any]] = []
-        if RUNS_INDEX in remote:
-            with tempfile.TemporaryDirectory(prefix="harness-index-") as scratch:
-                index_path = hf_hub_download(
+        with tempfile.TemporaryDirectory(prefix="harness-index-") as scratch:
+            index_path: Path | None = None
+            if RUNS_INDEX in remote:
+                size = getattr(remote[RUNS_INDEX], "size", 0) or 0
+                if size > MAX_INDEX_BYTES:
+                    raise HubError(f"{repo}: its {RUNS_INDEX} is {size} bytes (more than {MAX_INDEX_BYTES}); not reading it")
+                index_path = Path(hf_hub_download(
                     repo, RUNS_INDEX, repo_type=REPO_TYPE, revision=head, endpoint=api.endpoint, token=token, local_dir=scratch
-                )
-                existing_rows = pq.read_table(index_path).to_pylist()
-        index_bytes, rows = _runs_index(existing_rows, records)
-        has_system = any("system.parquet" in r["files"] for r in records) or any(
-            p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
-        )
-        card = dataset_card(repo, rows, has_system).encode()
-        generated += [index_bytes, card]
-        _scan_for_token(upload_paths, generated, token)
-        operations += [CommitOperationAdd(RUNS_INDEX, index_bytes), CommitOperationAdd("README.md", card)]
-        info = api.create_commit(
-            repo,
-            repo_type=REPO_TYPE,
-            operations=operations,
-            commit_message=f"Publish {len(changed)} run(s): {', '.join(changed)}",
-            parent_commit=head,
-        )
+                ))
+            new_index = Path(scratch) / "new-runs.parquet"
+            index = write_runs_index(index_path, records, new_index, f"{repo}@{head[:12]}")
+            has_system = any("system.parquet" in r["files"] for r in records) or any(
+                p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
+            )
+            card = dataset_card(repo, index.tail, has_system, total=index.rows, names=index.names).encode()
+            generated += [card]
+            _scan_for_token(upload_paths + [(new_index.parent, new_index.name)], generated, token)
+            operations += [CommitOperationAdd(RUNS_INDEX, str(new_index)), CommitOperationAdd("README.md", card)]
+            info = api.create_commit(
+                repo,
+                repo_type=REPO_TYPE,
+                operations=operations,
+                commit_message=f"Publish {len(changed)} run(s): {', '.join(changed)}",
+                parent_commit=head,
+            )
     return PublishResult(repo, str(repo_url), info.oid, changed, unchanged)
+
+
+def _check_publishable_paths(run_id: str, record: dict[str, Any]) -> None:
+    """Refuse a run with a file name that a pull would refuse (one line naming the file)."""
+    files = record.get("files")
+    if not isinstance(files, dict):
+        raise HubError(f"run {run_id}: record.json has no file list; run `harness recover` or re-run it")
+    for relative in files:
+        problem = relative_path_problem(relative)
+        if problem:
+            raise HubError(f"run {run_id}: cannot publish {printable(str(relative))!r} ({problem}): a pull would refuse it; "
+                           "rename or remove that file in the run folder and re-run, or publish without it")
 
 
 # -- pull -----------------------------------------------------------------------------------------
 
 
 def _safe_relative(path: str) -> bool:
-    pure = PurePosixPath(path)
-    return (
-        bool(path)
-        and not pure.is_absolute()
-        and "\\" not in path
-        and all(part not in ("", ".", "..") for part in path.split("/"))
-    )
+    """Whether a repo path is one that both publish and pull accept."""
+    return relative_path_problem(path) is None
 
 
 def _verify_download(run_id: str, folder: Path) -> dict[str, Any]:
     """The run's record after checking every file of ``folder`` against it; HubError on any difference."""
     record_path = folder / RECORD_NAME
-    if not record_path.is_file() or record_path.is_symlink():
-        raise HubError(f"run {run_id}: no record.json in the download")
     try:
-        record = json.loads(record_path.read_text())
-    except ValueError as exc:
-        raise HubError(f"run {run_id}: record.json is not valid JSON ({exc})") from None
-    expected = record.get("files")
-    if record.get("run_id") != run_id or not isinstance(expected, dict):
+        record = load_json(record_path, MAX_RECORD_BYTES)
+    except UnsafeFile as exc:
+        raise HubError(f"run {run_id}: no usable record.json in the download ({exc.reason})") from None
+    except ValueError:
+        raise HubError(f"run {run_id}: record.json is not valid JSON") from None
+    expected = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or record.get("run_id") != run_id or not isinstance(expected, dict):
         raise HubError(f"run {run_id}: record.json names run {record.get('run_id')!r} or lacks its file list")
     bad = [p for p in expected if not _safe_relative(p)]
     if bad:
         raise HubError(f"run {run_id}: record lists a path outside the run folder: {bad[0]!r}")
-    actual: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            if path.is_symlink():
-                raise HubError(f"run {run_id}: {path.relative_to(folder)} is a symlink")
-        for name in filenames:
-            path = Path(dirpath) / name
-            relative = path.relative_to(folder).as_posix()
-            if relative != RECORD_NAME:
-                actual[relative] = sha256_file(path)
+    actual, skipped = checksum_files(folder, exclude=frozenset({RECORD_NAME}))
+    if skipped:
+        raise HubError(f"run {run_id} failed verification, not pulled: {skipped[0].path}: {skipped[0].reason}")
     problems = [f"missing {p}" for p in sorted(set(expected) - set(actual))]
     problems += [f"extra {p}" for p in sorted(set(actual) - set(expected))]
     problems += [f"checksum mismatch {p}" for p in sorted(set(expected) & set(actual)) if expected[p] != actual[p]]
@@ -433,14 +518,18 @@ def pull(
     api = _api(endpoint, token)
     with hub_errors(repo, api.endpoint):
         commit = api.repo_info(repo, repo_type=REPO_TYPE, revision=revision).sha
-        paths = [
-            entry.path
-            for entry in api.list_repo_tree(repo, repo_type=REPO_TYPE, revision=commit, recursive=True)
+        entries = [
+            entry for entry in api.list_repo_tree(repo, repo_type=REPO_TYPE, revision=commit, recursive=True)
             if hasattr(entry, "blob_id")
         ]
+        paths = [entry.path for entry in entries]
+        too_large = [e.path for e in entries if (getattr(e, "size", 0) or 0) > MAX_CHECKSUM_BYTES]
+        if too_large:
+            raise HubError(f"{repo}@{commit[:12]}: {printable(too_large[0])} is larger than {MAX_CHECKSUM_BYTES} bytes; not pulling it")
         unsafe = [p for p in paths if not _safe_relative(p)]
         if unsafe:
-            raise HubError(f"{repo}@{commit[:12]}: refusing a repo with a path outside it: {unsafe[0]!r}")
+            raise HubError(f"{repo}@{commit[:12]}: refusing a repo with an unusable path {printable(unsafe[0])!r} "
+                           f"({relative_path_problem(unsafe[0])})")
         available = sorted({p.split("/")[1] for p in paths if p.startswith("runs/") and p.endswith("/" + RECORD_NAME) and p.count("/") == 2})
         if only_run is not None and only_run not in available:
             known = ", ".join(available[:10]) or "none"
