@@ -104,9 +104,12 @@ def _load_streams(run_dir: Path, ignore: Sequence[str]) -> dict[str, tuple[np.nd
 
 
 def _record(run_dir: Path) -> dict[str, Any]:
+    from harness.errors import StoreError
+    from harness.store.local import read_record
+
     try:
-        return json.loads((Path(run_dir) / "record.json").read_text())
-    except (OSError, ValueError):
+        return read_record(Path(run_dir) / "record.json")
+    except StoreError:
         return {}
 
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError, StoreError
-from harness.store.local import FINAL_STATUSES, RECORD_NAME, LocalStore
+from harness.store.local import FINAL_STATUSES, RECORD_NAME, LocalStore, read_record
 
 INDEX_NAME = "index.parquet"
 PARTS_DIR = "metrics"
@@ -158,8 +158,8 @@ def refresh_index(store: LocalStore, compact: bool = True) -> pa.Table:
                     rows.append(cached)
                     continue
                 try:
-                    record = json.loads((Path(entry.path) / RECORD_NAME).read_text())
-                except (OSError, ValueError):
+                    record = read_record(Path(entry.path) / RECORD_NAME)
+                except StoreError:
                     continue
                 rows.append(_row(record, stamp))
                 changed = True

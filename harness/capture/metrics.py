@@ -540,7 +540,7 @@ class MetricsIngester:
             return
         if counted:  # rows from the fast path: keep the per-name next step up to date
             last_steps = table.group_by("name").aggregate([("step", "max")])
-            for name, step in zip(  # noqa: B905 - columns of one table
+            for name, step in zip(
                 last_steps.column("name").to_pylist(), last_steps.column("step_max").to_pylist()
             ):
                 self._next_step[name] = max(self._next_step.get(name, 0), min(step + 1, INT64_MAX))
@@ -684,7 +684,7 @@ class _Summary:
         dictionary = encoded.dictionary.to_pylist()
         starts = np.flatnonzero(np.r_[True, indices[1:] != indices[:-1]])
         ends = np.r_[starts[1:], len(indices)]
-        for start, end in zip(starts.tolist(), ends.tolist()):  # noqa: B905 - same length
+        for start, end in zip(starts.tolist(), ends.tolist()):
             name = dictionary[indices[start]]
             series = values[start:end]
             finite = series[np.isfinite(series)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -211,7 +210,7 @@ def _conform_index_batch(batch: pa.RecordBatch, source: str) -> pa.Table:
     """A batch of a repo's runs index as RUNS_SCHEMA (missing columns null); HubError when the
     columns it has cannot be read as such."""
     columns = []
-    for name, kind in zip(RUNS_SCHEMA.names, RUNS_SCHEMA.types):  # noqa: B905 - one schema
+    for name, kind in zip(RUNS_SCHEMA.names, RUNS_SCHEMA.types):
         index = batch.schema.get_field_index(name)
         if index < 0:
             columns.append(pa.nulls(batch.num_rows, kind))

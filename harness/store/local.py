@@ -109,7 +109,10 @@ class LocalStore:
         if not os.path.lexists(path):
             known = ", ".join(str(r.get("run_id")) for r in list(self.records())[:5]) or "none"
             raise StoreError(f"{self.root}: no run {run_id!r} (newest: {known}); see `harness ls`")
-        return read_record(path)
+        record = read_record(path)
+        if record.get("run_id") != run_id:
+            raise StoreError(f"{path}: the record names run {str(record.get('run_id'))[:80]!r}, not {run_id!r}")
+        return record
 
     def save(self, record: dict[str, Any]) -> Path:
         """Write ``record`` as its run's record.json, atomically."""
