@@ -150,9 +150,9 @@ def tb_huge_record(target):
     header = struct.pack("<Q", 1 << 62)
     with open(os.path.join(TB, "events.out.tfevents.1.huge"), "wb") as handle:
         handle.write(header + struct.pack("<I", masked_crc32c(header)) + b"\0" * 64)
-    header = struct.pack("<Q", 8 << 20)  # too large a record, but complete: skipped unread
+    header = struct.pack("<Q", 24 << 20)  # too large a record, but complete: skipped unread
     with open(os.path.join(TB, "events.out.tfevents.2.large"), "wb") as handle:
-        handle.write(header + struct.pack("<I", masked_crc32c(header)) + b"\0" * (8 << 20) + b"\0" * 4)
+        handle.write(header + struct.pack("<I", masked_crc32c(header)) + b"\0" * (24 << 20) + b"\0" * 4)
         handle.write(os.urandom(1 << 16))  # then garbage
 
 
@@ -168,5 +168,7 @@ ATTACKS = {name: value for name, value in globals().items() if callable(value) a
 if __name__ == "__main__":
     attack, target = sys.argv[1], sys.argv[2]
     ATTACKS[attack](target)
-    log("probe/value", 1.0, 0)
+    track_file = os.path.join(OUT, "metrics.jsonl")
+    if not os.path.lexists(track_file) or (os.path.isfile(track_file) and not os.path.islink(track_file)):
+        log("probe/value", 1.0, 0)
     print(f"planted {attack}")

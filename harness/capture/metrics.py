@@ -512,7 +512,10 @@ class MetricsIngester:
             if wall_time is None:
                 wall_time = time.time()
             else:
-                wall_time = check_value(wall_time)
+                try:
+                    wall_time = check_value(wall_time)
+                except Rejected:
+                    raise Rejected("bad_wall_time") from None
                 if math.isnan(wall_time):
                     raise Rejected("bad_wall_time")
             if name not in self._next_step and len(self._next_step) >= MAX_METRIC_NAMES:
