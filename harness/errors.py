@@ -27,5 +27,17 @@ class StoreError(HarnessError):
     """The results store holds no such run, or a run record is unreadable."""
 
 
+class SlurmError(HarnessError):
+    """Slurm is unreachable or refused a request.
+
+    ``unreachable`` says the controller (or its client commands) could not be reached at all;
+    ``command`` is what was tried."""
+
+    def __init__(self, message: str, command: str | None = None, unreachable: bool = False):
+        super().__init__(message)
+        self.command = command
+        self.unreachable = unreachable
+
+
 class HubError(HarnessError):
     """The Hub refused a request (auth, missing repo, tampered files)."""

@@ -20,12 +20,19 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from harness.errors import EngineError, HarnessError, LockfileError
+from harness.fsutil import cache_root
+
+if TYPE_CHECKING:
+    from harness.manifest import LoadedManifest
+
+from harness.runtime.engine import docker_client, engine_image_id
 
 BUILD_STAGING = ".harness-build"
 HASH_SCHEMA = "harness-image-v1"
@@ -34,7 +41,6 @@ IGNORED_NAMES = {"__pycache__", ".pytest_cache", BUILD_STAGING, ".git"}
 MAX_CONTEXT_FILES = 10_000
 MAX_CONTEXT_BYTES = 256 << 20
 CA_ENV_VARS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
-ENGINE_HINT = "start it with `dockerd --bridge=none --iptables=false --ip-masq=false &` or see README (Prerequisites)"
 
 
 @dataclass
@@ -51,73 +57,6 @@ class ImageInfo:
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
-
-
-_clients = threading.local()
-
-
-def docker_client(timeout: int = 120):  # type: ignore[no-untyped-def]
-    """A docker SDK client whose engine answers; EngineError saying how to start it otherwise.
-
-    One client per thread and timeout, kept: a sweep's runs reuse its connection pool."""
-    import docker
-    from docker.errors import DockerException
-
-    cached = getattr(_clients, "by_timeout", None)
-    if cached is None:
-        cached = _clients.by_timeout = {}
-    if timeout in cached:
-        return cached[timeout]
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except DockerException as exc:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        raise EngineError(f"Docker engine unreachable at {host}: {ENGINE_HINT}") from exc
-    cached[timeout] = client
-    return client
-
-
-def engine_image_id(name: str) -> str | None:
-    """The id of image ``name`` in the engine, or None when it has none.
-
-    A warm build is only this lookup, so it speaks the engine's HTTP API over its unix socket
-    with the standard library: importing the docker SDK (and requests) costs more than the whole
-    cache check. Other engine addresses go through the SDK.
-    """
-    import http.client
-    import socket
-    from urllib.parse import quote
-
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not host.startswith("unix://"):
-        from docker.errors import ImageNotFound
-
-        try:
-            return docker_client().images.get(name).id
-        except ImageNotFound:
-            return None
-
-    class UnixConnection(http.client.HTTPConnection):
-        def connect(self) -> None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(30)
-            self.sock.connect(host[len("unix://"):])
-
-    connection = UnixConnection("localhost")
-    try:
-        connection.request("GET", f"/images/{quote(name, safe='')}/json")
-        response = connection.getresponse()
-        body = response.read()
-    except OSError as exc:
-        raise EngineError(f"Docker engine unreachable at {host}: {ENGINE_HINT}") from exc
-    finally:
-        connection.close()
-    if response.status == 404:
-        return None
-    if response.status != 200:
-        raise EngineError(f"the engine answered {response.status} for image {name}: {body[:200]!r}")
-    return json.loads(body)["Id"]
 
 
 def context_files(build_dir: Path) -> list[Path]:
@@ -212,8 +151,7 @@ def _pip_config() -> dict[str, str]:
 
 def wheel_cache_dir() -> Path:
     """Where locked wheels downloaded on the host are kept between builds."""
-    base = os.environ.get("HARNESS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "harness")
-    return Path(base) / "wheels"
+    return cache_root() / "wheels"
 
 
 def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
@@ -389,6 +327,32 @@ def base_packages(name: str) -> list[str]:
         output = client.containers.run(
             name, ["cat", "/etc/harness-packages.txt"], remove=True, network_mode="none", user="65534:65534",
         )
-    except Exception:  # noqa: BLE001 - an imported image without the list is still usable
+    except Exception:
         return []
     return output.decode().split()
+
+
+_prepared_images: dict[tuple[Any, ...], ImageInfo] = {}
+_prepared_lock = threading.Lock()
+
+
+def prepare_image(loaded: LoadedManifest, ca_bundle: Path | None = None, force_build: bool = False,
+                  log: Callable[[str], None] = lambda line: None) -> ImageInfo:
+    """A manifest's image: built from its recipe (content-addressed, cached) or resolved by digest.
+
+    Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
+    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes(),
+           loaded.manifest.image.network)
+    if not force_build:
+        with _prepared_lock:
+            if key in _prepared_images:
+                return _prepared_images[key]
+    if loaded.manifest.image.ref:
+        info = resolve_ref(docker_client(), loaded.manifest.image.ref)
+    else:
+        assert loaded.build_dir is not None
+        info = build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log,
+                           network=loaded.manifest.image.network)
+    with _prepared_lock:
+        _prepared_images[key] = info
+    return info

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import LockfileError
+from harness.fsutil import write_text_atomic
 
 INPUT_HASH_PREFIX = "# harness: requirements.in sha256="
 PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
@@ -127,9 +128,7 @@ def compile_lockfile(image_dir: Path, output: Path | None = None) -> Path:
             f"{INPUT_HASH_PREFIX}{requirements_hash(requirements_in)}\n"
         )
         body = compiled.read_text(encoding="utf-8")
-        tmp_out = output.with_suffix(".tmp")
-        tmp_out.write_text(header + body, encoding="utf-8")
-        os.replace(tmp_out, output)
+        write_text_atomic(output, header + body)
     problems = lockfile_problems(output)
     if problems:
         raise LockfileError(f"{output}: {problems[0]}")

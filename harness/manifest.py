@@ -7,11 +7,21 @@ import hashlib
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.errors import ManifestError
 
@@ -19,7 +29,7 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_SWEEP_RUNS_HARD_LIMIT = 1_000_000
 SEED_LIMIT = 2**32
 
-Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$|^sha256:[0-9a-f]{64}$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -68,7 +78,7 @@ class ImageSpec(Strict):
                                 "reproducing such a recipe needs --allow-build-network")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ImageSpec":
+    def _one_source(self) -> ImageSpec:
         if (self.build is None) == (self.ref is None):
             raise ValueError("give exactly one of image.build (a folder under images/) or image.ref (with @sha256: digest)")
         if self.ref is not None and not DIGEST_REF.match(self.ref):
@@ -85,9 +95,9 @@ class Hardware(Strict):
 
     accelerator: Literal["cpu", "cuda"] = "cpu"
     gpus: StrictInt = Field(0, ge=0, le=64)
-    cpus: Union[StrictInt, StrictFloat] = Field(1, gt=0, le=1024)
-    memory: Union[StrictStr, StrictInt] = "2GiB"
-    timeout: Union[StrictStr, StrictInt] = "1h"
+    cpus: StrictInt | StrictFloat = Field(1, gt=0, le=1024)
+    memory: StrictStr | StrictInt = "2GiB"
+    timeout: StrictStr | StrictInt = "1h"
 
     @field_validator("memory")
     @classmethod
@@ -108,7 +118,7 @@ class Hardware(Strict):
         return value
 
     @model_validator(mode="after")
-    def _gpus_need_cuda(self) -> "Hardware":
+    def _gpus_need_cuda(self) -> Hardware:
         if self.gpus > 0 and self.accelerator != "cuda":
             raise ValueError("gpus > 0 needs accelerator: cuda")
         return self
@@ -128,7 +138,7 @@ class MetricsSpec(Strict):
     tensorboard: str | None = Field(None, description="folder under $HARNESS_OUT holding TensorBoard event files")
     primary: str | None = None
     summary_last_n: StrictInt = Field(10, ge=1, le=100_000)
-    system_interval: Union[StrictInt, StrictFloat] = Field(1.0, ge=0.1, le=60)
+    system_interval: StrictInt | StrictFloat = Field(1.0, ge=0.1, le=60)
 
     @field_validator("tensorboard")
     @classmethod
@@ -142,9 +152,9 @@ class Expect(Strict):
     """What a reproduction must show."""
 
     deterministic: StrictBool = True
-    rtol: Union[StrictInt, StrictFloat] = Field(0.0, ge=0)
-    atol: Union[StrictInt, StrictFloat] = Field(0.0, ge=0)
-    alpha: Union[StrictInt, StrictFloat] = Field(0.05, gt=0, lt=1)
+    rtol: StrictInt | StrictFloat = Field(0.0, ge=0)
+    atol: StrictInt | StrictFloat = Field(0.0, ge=0)
+    alpha: StrictInt | StrictFloat = Field(0.05, gt=0, lt=1)
     ignore: list[StrictStr] = Field([], description="metric names (fnmatch patterns) that depend on timing, e.g. charts/SPS")
 
 
@@ -173,7 +183,7 @@ class Manifest(Strict):
     command: list[StrictStr] = Field(min_length=1, max_length=512)
     params: dict[str, Scalar] = {}
     seeds: list[StrictInt] = Field(min_length=1, max_length=100_000)
-    sweep: Union[dict[str, list[Scalar]], list[dict[str, Scalar]], None] = None
+    sweep: dict[str, list[Scalar]] | list[dict[str, Scalar]] | None = None
     hardware: Hardware = Hardware()
     metrics: MetricsSpec = MetricsSpec()
     expect: Expect = Expect()
@@ -208,7 +218,7 @@ class Manifest(Strict):
         return value
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Manifest":
+    def _cross_checks(self) -> Manifest:
         known = set(self.params)
         for key in self.sweep_keys():
             if key not in known:

@@ -9,7 +9,6 @@ The host's token is used for the download and never reaches the container.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,9 @@ CONTAINER_CACHE = "/opt/hf-cache"
 
 def hub_cache_dir() -> Path:
     """Where pinned repos are kept on the host between runs."""
-    base = os.environ.get("HARNESS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "harness")
-    return Path(base) / "hub"
+    from harness.fsutil import cache_root
+
+    return cache_root() / "hub"
 
 
 def pins_of(manifest: Manifest) -> list[HubPin]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.manifest import LoadedManifest
+from harness.manifest import SEED_LIMIT, LoadedManifest
 
 Scalar = bool | int | float | str
 
@@ -107,7 +107,7 @@ def expand(
     manifest = loaded.manifest
     chosen_seeds = seeds if seeds else list(manifest.seeds)
     for seed in chosen_seeds:
-        if not 0 <= seed < 2**32:
+        if not 0 <= seed < SEED_LIMIT:
             raise HarnessError(f"--seed {seed}: a seed is an integer from 0 to 2**32-1")
     specs: list[RunSpec] = []
     seen: set[str] = set()

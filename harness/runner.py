@@ -1,5 +1,11 @@
-"""One run, end to end: build or find the image, start the job, capture while it runs, write the
-record. Every caller (the CLI, the sweep backends, reproduce) goes through ``execute``."""
+"""One run's lifecycle: make its folder and record, start the job, end it (normally, on a signal,
+on a timeout), finish the capture and seal the record. Every caller (the CLI, the sweep backends,
+reproduce) goes through :func:`execute`; :func:`recover` seals runs whose harness died.
+
+What happens around the lifecycle lives where its name says: the image in ``harness.images``,
+the engine client in ``harness.runtime.engine``, the job itself in ``harness.runtime``, metrics and
+system sampling in ``harness.capture.session``, the environment and GPUs in ``harness.capture``.
+"""
 
 from __future__ import annotations
 
@@ -13,29 +19,30 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import harness
+from harness.capture.gpu import check_gpus
 from harness.errors import HarnessError
-from harness.images import ImageInfo, build_image, context_files, docker_client, resolve_ref
+from harness.fsutil import sha256_file
+from harness.images import ImageInfo, context_files, prepare_image
+from harness.layout import RunLayout
 from harness.plan import RunSpec
+from harness.record import SCHEMA_VERSION, Record, RunStatus
+from harness.runtime.engine import docker_client
 from harness.runtime.job import JobRequest, JobResult
-from harness.store.local import SCHEMA_VERSION, LocalStore, write_json_atomic
+from harness.store.local import LocalStore
 
-METRICS_PARQUET = "metrics.parquet"
-METRICS_SPOOL = ".metrics-spool"  # rows spilled while a run goes; removed before the record is sealed
-SYSTEM_JSONL = "system.jsonl"
-SYSTEM_PARQUET = "system.parquet"
-PARQUET_REFRESH_S = 10.0
 # Space held from the start of a run so that its final record can be written even when the
 # workload fills the disk.
-RESERVE_NAME = ".harness-reserve"
 RESERVE_BYTES = 512 * 1024
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    """The current time, ISO 8601 UTC with milliseconds."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def fresh_run_id(store: LocalStore, base: str) -> str:
@@ -48,65 +55,15 @@ def fresh_run_id(store: LocalStore, base: str) -> str:
     return candidate
 
 
-_prepared_images: dict[tuple, ImageInfo] = {}
-_prepared_lock = threading.Lock()
-
-
-def prepare_image(spec: RunSpec, ca_bundle: Path | None = None, force_build: bool = False,
-                  log: Callable[[str], None] = lambda line: None) -> ImageInfo:
-    """The run's image: built from its recipe (content-addressed, cached) or resolved by digest.
-
-    Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
-    loaded = spec.loaded
-    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes(),
-           loaded.manifest.image.network)
-    if not force_build:
-        with _prepared_lock:
-            if key in _prepared_images:
-                return _prepared_images[key]
-    if loaded.manifest.image.ref:
-        info = resolve_ref(docker_client(), loaded.manifest.image.ref)
-    else:
-        assert loaded.build_dir is not None
-        info = build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log,
-                           network=loaded.manifest.image.network)
-    with _prepared_lock:
-        _prepared_images[key] = info
-    return info
-
-
-def host_gpu_status() -> dict[str, Any]:
-    """What NVML sees on this host (``available``, ``reason``, ``devices``); never raises."""
-    from harness.capture.gpu import open_nvml
-
-    session = open_nvml(None)
-    try:
-        return session.status()
-    finally:
-        session.close()
-
-
-def check_gpus(requested: int) -> None:
-    """Refuse a GPU run on a host whose NVML sees fewer GPUs than requested."""
-    if requested <= 0:
-        return
-    status = host_gpu_status()
-    count = len(status.get("devices", []))
-    if count < requested:
-        reason = status.get("reason") or f"{count} GPU(s) seen"
-        raise HarnessError(f"the manifest asks for {requested} GPU(s) but this host has {count} ({reason}); "
-                           "use a GPU host or set hardware.gpus: 0")
-
-
-def copy_inputs(spec: RunSpec, run_dir: Path) -> None:
+def copy_inputs(spec: RunSpec, layout: RunLayout) -> None:
     """Put what rebuilds and re-runs this run into its folder: manifest, lockfile, image recipe."""
     loaded = spec.loaded
-    (run_dir / "manifest.yaml").write_text(loaded.text, encoding="utf-8")
+    layout.manifest.write_text(loaded.text, encoding="utf-8")
     if loaded.lockfile is not None:
-        shutil.copy2(loaded.lockfile, run_dir / "lockfile.txt")
+        shutil.copy2(loaded.lockfile, layout.lockfile)
     if loaded.build_dir is not None:
         for path in context_files(loaded.build_dir):
-            target = run_dir / "context" / path.relative_to(loaded.build_dir)
+            target = layout.context / path.relative_to(loaded.build_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
 
@@ -124,13 +81,10 @@ def job_variables(spec: RunSpec, run_id: str) -> dict[str, str]:
     return variables
 
 
-def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | None, reproduces: str | None) -> dict[str, Any]:
+def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | None, reproduces: str | None) -> Record:
+    """The record as it stands when the job starts (status ``running``, with its owner)."""
     manifest = spec.loaded.manifest
-    lockfile_sha = None
-    if spec.loaded.lockfile is not None:
-        from harness.store.local import sha256_file
-
-        lockfile_sha = sha256_file(spec.loaded.lockfile)
+    lockfile_sha = sha256_file(spec.loaded.lockfile) if spec.loaded.lockfile is not None else None
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -138,7 +92,7 @@ def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | 
         "name": manifest.name,
         "description": manifest.description,
         "tags": list(manifest.tags),
-        "status": "running",
+        "status": RunStatus.RUNNING.value,
         "exit_code": None,
         "detail": "",
         "started_at": now_iso(),
@@ -152,7 +106,7 @@ def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | 
         "hermetic": runtime == "docker",
         "manifest_sha256": spec.loaded.sha256,
         "lockfile_sha256": lockfile_sha,
-        "image": image.as_record() if image else None,
+        "image": image.as_record() if image else None,  # type: ignore[typeddict-item]
         "hardware": manifest.hardware.model_dump(),
         "expect": manifest.expect.model_dump(),
         "primary_metric": manifest.metrics.primary,
@@ -161,116 +115,6 @@ def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | 
         "owner": {"pid": os.getpid(), "hostname": socket.gethostname()},
         "files": {},
     }
-
-
-class _Capture:
-    """Metric ingestion and system sampling around a running job."""
-
-    def __init__(self, spec: RunSpec, run_id: str, run_dir: Path):
-        from harness.capture.metrics import MetricsIngester
-
-        metrics = spec.loaded.manifest.metrics
-        tensorboard = run_dir / "out" / metrics.tensorboard if metrics.tensorboard else None
-        self.run_dir = run_dir
-        self.ingester = MetricsIngester(run_id, run_dir / "out", tensorboard, spool_dir=run_dir / METRICS_SPOOL)
-        self.last_n = metrics.summary_last_n
-        self.interval = float(metrics.system_interval)
-        self.run_id = run_id
-        self.sampler: Any = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="harness-ingest", daemon=True)
-
-    def start(self, container: Any = None, pid: int | None = None, gpus: int = 0) -> None:
-        from harness.capture.system import SystemSampler
-
-        self.sampler = SystemSampler(
-            self.run_id, self.run_dir / SYSTEM_JSONL, interval=self.interval, container=container, pid=pid,
-            gpu_indices=list(range(gpus)) if gpus else None,
-        )
-        self.sampler.start()
-        self._thread.start()
-
-    def _loop(self) -> None:
-        last_write = time.monotonic()
-        while not self._stop.wait(1.0):
-            try:
-                if (self.ingester.poll() and time.monotonic() - last_write > PARQUET_REFRESH_S
-                        and self.ingester.live_refresh_allowed()):
-                    self.ingester.write_parquet(self.run_dir / METRICS_PARQUET, self.last_n)
-                    last_write = time.monotonic()
-            except Exception:  # noqa: BLE001 - finish() reads again and reports what still fails
-                continue
-
-    def finish(self) -> None:
-        """Stop sampling, read what is left and write both tables."""
-        from harness.capture.system import system_jsonl_to_parquet
-
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        if self.sampler is not None:
-            self.sampler.stop()
-        self.ingester.poll(final=True)
-        self.ingester.write_parquet(self.run_dir / METRICS_PARQUET, self.last_n)
-        self.ingester.close()
-        system_jsonl_to_parquet(self.run_id, self.run_dir / SYSTEM_JSONL, self.run_dir / SYSTEM_PARQUET)
-
-
-def _cached_environment(key: str, capture: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """An environment capture, kept on disk under ``key`` (plus the capture script's hash);
-    a failed capture is returned but not kept."""
-    import hashlib
-
-    from harness.capture.environment import ENVIRONMENT_SCRIPT
-    from harness.images import wheel_cache_dir
-
-    script = hashlib.sha256(ENVIRONMENT_SCRIPT.encode()).hexdigest()[:12]
-    cache = wheel_cache_dir().parent / "environments" / f"{key}-{script}.json"
-    if cache.is_file():
-        try:
-            return json.loads(cache.read_text())
-        except ValueError:
-            pass
-    environment = capture()
-    if "error" not in environment:
-        write_json_atomic(cache, environment)
-    return environment
-
-
-def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
-    """What is inside the image (pip freeze, Python, torch/CUDA...), captured once per image id."""
-    from harness.capture.environment import ENVIRONMENT_SCRIPT
-    from harness.runtime.docker import run_in_image
-
-    def capture() -> dict[str, Any]:
-        try:
-            return json.loads(run_in_image(client, image.id, ["python", "-c", ENVIRONMENT_SCRIPT]))
-        except Exception as exc:  # noqa: BLE001 - an image without Python still runs; say what is missing
-            return {"error": f"environment capture failed: {exc}"}
-
-    return _cached_environment(image.id.replace(":", "_"), capture)
-
-
-def process_environment() -> dict[str, Any]:
-    """The same capture for the process runtime, with the host's interpreter; cached until the
-    interpreter's package folders change (installing or removing a package changes their mtime)."""
-    import hashlib
-    import subprocess
-    import sys
-    import sysconfig
-
-    from harness.capture.environment import ENVIRONMENT_SCRIPT
-
-    def capture() -> dict[str, Any]:
-        result = subprocess.run([sys.executable, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=120)
-        try:
-            return json.loads(result.stdout)
-        except ValueError:
-            return {"error": f"environment capture failed: {result.stderr.strip()[-300:]}"}
-
-    folders = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-    stamp = json.dumps([sys.executable] + [[f, os.stat(f).st_mtime_ns] for f in folders if os.path.isdir(f)])
-    return _cached_environment(f"host-{hashlib.sha256(stamp.encode()).hexdigest()[:24]}", capture)
 
 
 def execute(
@@ -283,7 +127,7 @@ def execute(
     ca_bundle: Path | None = None,
     force_build: bool = False,
     build_log: Callable[[str], None] = lambda line: None,
-) -> dict[str, Any]:
+) -> Record:
     """Run one run and return its sealed record. Bad input raises before anything is written.
 
     ``on_start(record, job)`` is called once the record exists and before the job starts; the job
@@ -295,7 +139,7 @@ def execute(
     manifest = spec.loaded.manifest
     check_gpus(manifest.hardware.gpus)
     client = docker_client() if runtime == "docker" else None
-    image = prepare_image(spec, ca_bundle, force_build, build_log) if runtime == "docker" else None
+    image = prepare_image(spec.loaded, ca_bundle, force_build, build_log) if runtime == "docker" else None
     from harness.pins import fetch_pins
 
     pins = fetch_pins(manifest)
@@ -309,17 +153,18 @@ def execute(
 
 def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str | None,
                  on_start: Callable[..., None] | None, echo: Callable[[str], None] | None,
-                 client: Any, image: ImageInfo | None, pins: list[dict[str, Any]]) -> dict[str, Any]:
+                 client: Any, image: ImageInfo | None, pins: list[dict[str, Any]]) -> Record:
     from harness.capture.environment import capture_host
+    from harness.capture.session import CaptureSession
     from harness.pins import hub_cache_dir
 
     manifest = spec.loaded.manifest
     run_id = fresh_run_id(store, spec.run_id)
-    run_dir = store.run_dir(run_id)
-    (run_dir / "out").mkdir(parents=True)
-    (run_dir / "logs").mkdir()
-    copy_inputs(spec, run_dir)
-    (run_dir / RESERVE_NAME).write_bytes(b"\0" * RESERVE_BYTES)
+    layout = store.layout(run_id)
+    layout.out.mkdir(parents=True)
+    layout.logs.mkdir()
+    copy_inputs(spec, layout)
+    layout.reserve.write_bytes(b"\0" * RESERVE_BYTES)
     record = initial_record(spec, run_id, runtime, image, reproduces)
     record["host"] = capture_host()
     record["pins"] = pins
@@ -330,19 +175,20 @@ def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str
     store.save(record)
 
     request = JobRequest(
-        run_id=run_id, command=spec.command(), environment=job_variables(spec, run_id), out_dir=run_dir / "out",
-        log_path=run_dir / "logs" / "output.log", cpus=float(manifest.hardware.cpus),
+        run_id=run_id, command=spec.command(), environment=job_variables(spec, run_id), out_dir=layout.out,
+        log_path=layout.output_log, cpus=float(manifest.hardware.cpus),
         memory_bytes=manifest.hardware.memory_bytes, gpus=manifest.hardware.gpus,
         timeout_seconds=manifest.hardware.timeout_seconds, echo=echo,
         workload_dir=(spec.loaded.build_dir / "workload") if spec.loaded.build_dir else None,
         hub_cache=hub_cache_dir() if pins else None,
     )
-    capture = _Capture(spec, run_id, run_dir)
+    capture = CaptureSession(run_id, layout, manifest.metrics)
+    job: Any
     if runtime == "docker":
         from harness.runtime.docker import DockerJob
 
         assert image is not None
-        job: Any = DockerJob(client, image.id, request)
+        job = DockerJob(client, image.id, request)
     else:
         from harness.runtime.process import ProcessJob
 
@@ -362,46 +208,68 @@ def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str
     except KeyboardInterrupt as exc:
         job.stop(_stop_reason(exc))
         result = JobResult(_stop_reason(exc), None, "stopped before the job started")
-    record.update(status=result.status, exit_code=result.exit_code, detail=result.detail,
-                  ended_at=now_iso(), duration_s=round(time.monotonic() - started, 3))
+    record.update({"status": result.status, "exit_code": result.exit_code, "detail": result.detail,
+                   "ended_at": now_iso(), "duration_s": round(time.monotonic() - started, 3)})
     try:
-        return _finish(store, record, capture, job, manifest, client, image)
+        return _finish(store, record, capture, manifest.hardware.memory_bytes, client, image)
     finally:
         job.remove()
 
 
-def _finish(store: LocalStore, record: dict[str, Any], capture: _Capture, job: Any, manifest: Any,
-            client: Any, image: ImageInfo | None) -> dict[str, Any]:
-    """Write the tables and seal the record; a full disk is said plainly and leaves a consistent record."""
+def _finish(store: LocalStore, record: Record, capture: Any, memory_limit: int, client: Any,
+            image: ImageInfo | None) -> Record:
+    """Write the tables and seal the record. A full disk is said plainly and leaves a consistent
+    record; any other fault of the harness itself seals the record as ``error`` with the reason."""
+    from harness.capture.environment import image_environment, process_environment
+
+    layout = store.layout(record["run_id"])
     try:
         capture.finish()
-        record["metrics_summary"] = capture.ingester.summary(manifest.metrics.summary_last_n)
+        record["metrics_summary"] = capture.summary()
         _note_ingestion(record, capture.ingester)
         if capture.sampler is not None:
             record["peak_memory_bytes"] = capture.sampler.peak_memory_bytes
-            if record["status"] == "oom":
+            if record["status"] == RunStatus.OOM:
                 # the kernel kills at the limit; a 1 Hz sampler may not have seen the last climb
-                record["peak_memory_bytes"] = max(record["peak_memory_bytes"], manifest.hardware.memory_bytes)
+                record["peak_memory_bytes"] = max(record["peak_memory_bytes"], memory_limit)
             record["gpu"] = capture.sampler.gpu_status()
         record["environment"] = image_environment(client, image) if image is not None else process_environment()
         record.pop("owner", None)
-        (store.run_dir(record["run_id"]) / RESERVE_NAME).unlink(missing_ok=True)
+        layout.reserve.unlink(missing_ok=True)
         return store.seal(record)
-    except Exception as exc:  # noqa: BLE001 - whatever happens, the record reaches a final status
-        if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
-            return _finish_with_error(store, record, exc)
-        (store.run_dir(record["run_id"]) / RESERVE_NAME).unlink(missing_ok=True)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            return _seal_as_error(store, record, exc)
+        layout.reserve.unlink(missing_ok=True)
         record["detail"] = f"disk full while writing the record: {exc.strerror}; the tables may be incomplete"
         record.pop("owner", None)
         try:
             store.save(record)
         except OSError:
             pass  # the earlier record.json stays whole: writes are atomic
-        raise HarnessError(f"{store.run_dir(record['run_id'])}: disk full while writing the run record "
+        raise HarnessError(f"{layout.root}: disk full while writing the run record "
                            f"({exc.strerror}); free space, then `harness recover`") from None
+    except Exception as exc:
+        return _seal_as_error(store, record, exc)
 
 
-def _note_ingestion(record: dict[str, Any], ingester: Any) -> None:
+def _seal_as_error(store: LocalStore, record: Record, exc: BaseException) -> Record:
+    """Seal a record whose finishing failed: status ``error``, what the job did kept in ``detail``."""
+    job_status = record.get("status")
+    record["status"] = RunStatus.ERROR.value
+    record["detail"] = (f"the harness failed while finishing the run (the job ended {job_status}): "
+                        f"{type(exc).__name__}: {str(exc)[:500]}")
+    record.pop("owner", None)
+    store.layout(record["run_id"]).reserve.unlink(missing_ok=True)
+    shutil.rmtree(store.layout(record["run_id"]).metrics_spool, ignore_errors=True)
+    try:
+        return store.seal(record)
+    except Exception:
+        store.save(record)
+        return record
+
+
+def _note_ingestion(record: Record, ingester: Any) -> None:
     """Put what metric ingestion skipped into the record: counts of bad lines by reason, files."""
     from harness.safefs import skipped_for_record
 
@@ -409,34 +277,13 @@ def _note_ingestion(record: dict[str, Any], ingester: Any) -> None:
     record["metrics_skipped"] = skipped_for_record(ingester.skipped)
 
 
-def _finish_with_error(store: LocalStore, record: dict[str, Any], exc: BaseException) -> dict[str, Any]:
-    """Seal a run whose finishing failed inside the harness as ``error``, with the reason."""
-    from harness.safefs import printable
-
-    run_dir = store.run_dir(record["run_id"])
-    (run_dir / RESERVE_NAME).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / METRICS_SPOOL, ignore_errors=True)
-    reason = printable(f"{type(exc).__name__}: {exc}", 300)
-    workload = f"the workload ended {record.get('status')}" + (f" ({record['detail']})" if record.get("detail") else "")
-    record.update(status="error", detail=f"harness error while finishing the run: {reason}; {workload}")
-    record.pop("owner", None)
-    try:
-        return store.seal(record)
-    except Exception:  # noqa: BLE001 - a record without checksums still says what happened
-        try:
-            store.save(record)
-        except OSError:
-            pass
-        return record
-
-
 def _warm_imports() -> None:
     """Import the table libraries while the engine starts the container: the first ``pa.array``
     also imports pandas (pyarrow checks for it), about half a second that need not be serial."""
     import pyarrow as pa
-    import pyarrow.parquet  # noqa: F401
+    import pyarrow.parquet
 
-    import harness.capture.metrics  # noqa: F401
+    import harness.capture.metrics
     import harness.capture.system  # noqa: F401
 
     pa.array([0])
@@ -475,13 +322,14 @@ def recover(store: LocalStore) -> list[str]:
     recovered = []
     hostname = socket.gethostname()
     for record in store.records():
-        owner = record.get("owner") if isinstance(record.get("owner"), dict) else {}
-        if record.get("status") != "running" or owner.get("hostname") != hostname or _alive(owner.get("pid")):
+        owner = record.get("owner")
+        owner = owner if isinstance(owner, dict) else {}
+        if record.get("status") != RunStatus.RUNNING or owner.get("hostname") != hostname or _alive(owner.get("pid")):
             continue
         run_id = record["run_id"]
-        run_dir = store.run_dir(run_id)
-        record.update(status="interrupted", ended_at=record.get("ended_at") or now_iso(),
-                      detail="the harness process ended before the run finished (recovered)")
+        layout = store.layout(run_id)
+        record.update({"status": RunStatus.INTERRUPTED.value, "ended_at": record.get("ended_at") or now_iso(),
+                       "detail": "the harness process ended before the run finished (recovered)"})
         try:
             if record.get("runtime") == "docker":
                 from harness.runtime.docker import kill_orphan
@@ -491,23 +339,23 @@ def recover(store: LocalStore) -> list[str]:
             try:
                 from harness.manifest import parse_manifest
 
-                manifest_metrics = parse_manifest(run_dir / "manifest.yaml").metrics.model_dump()
+                manifest_metrics = parse_manifest(layout.manifest).metrics.model_dump()
             except HarnessError:
                 pass
             last_n = manifest_metrics.get("summary_last_n", 10)
-            shutil.rmtree(run_dir / METRICS_SPOOL, ignore_errors=True)
-            ingester = ingest_run_folder(run_id, run_dir, manifest_metrics.get("tensorboard"),
-                                         spool_dir=run_dir / METRICS_SPOOL)
-            ingester.write_parquet(run_dir / METRICS_PARQUET, last_n)
+            shutil.rmtree(layout.metrics_spool, ignore_errors=True)
+            ingester = ingest_run_folder(run_id, layout.root, manifest_metrics.get("tensorboard"),
+                                         spool_dir=layout.metrics_spool)
+            ingester.write_parquet(layout.metrics_parquet, last_n)
             ingester.close()
-            system_jsonl_to_parquet(run_id, run_dir / SYSTEM_JSONL, run_dir / SYSTEM_PARQUET)
+            system_jsonl_to_parquet(run_id, layout.system_jsonl, layout.system_parquet)
             record["metrics_summary"] = ingester.summary(last_n)
             _note_ingestion(record, ingester)
             record.pop("owner", None)
-            (run_dir / RESERVE_NAME).unlink(missing_ok=True)
+            layout.reserve.unlink(missing_ok=True)
             store.seal(record)
-        except Exception as exc:  # noqa: BLE001 - one broken run folder must not stop `harness ls`
-            _finish_with_error(store, record, exc)
+        except Exception as exc:
+            _seal_as_error(store, record, exc)
         recovered.append(run_id)
     return recovered
 

@@ -69,7 +69,9 @@ class Entry:
 
 def printable(text: str, limit: int = MAX_LINK_TEXT) -> str:
     """``text`` safe to show in a log or a record: escapes for anything unprintable, bounded."""
-    shown = "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else f"\\u{ord(c):04x}" for c in text[: limit + 1])
+    shown = "".join(
+        c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else f"\\u{ord(c):04x}" for c in text[: limit + 1]
+    )
     return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
@@ -119,8 +121,14 @@ def _check_regular(fd: int, shown: str, limit: int | None) -> os.stat_result:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISLNK, "symlink"), (stat.S_ISDIR, "directory")):
+    for test, name in (
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISDIR, "directory"),
+    ):
         if test(mode):
             return name
     return "special file"
@@ -283,8 +291,13 @@ class WalkResult:
     skipped: list[Skipped]
 
 
-def walk(root: Path | str, max_depth: int = MAX_DEPTH, max_entries: int = MAX_ENTRIES,
-         skip_names: frozenset[str] = frozenset(), below: str = "") -> WalkResult:
+def walk(
+    root: Path | str,
+    max_depth: int = MAX_DEPTH,
+    max_entries: int = MAX_ENTRIES,
+    skip_names: frozenset[str] = frozenset(),
+    below: str = "",
+) -> WalkResult:
     """Every regular file under ``root`` (or under ``root/below``), found without following links.
 
     Iterative (no recursion limit to hit), with at most ``max_depth`` folder levels and
@@ -362,8 +375,9 @@ def walk(root: Path | str, max_depth: int = MAX_DEPTH, max_entries: int = MAX_EN
     return WalkResult(files, skipped)
 
 
-def checksum_files(root: Path | str, exclude: frozenset[str] = frozenset(),
-                   limit: int = MAX_CHECKSUM_BYTES) -> tuple[dict[str, str], list[Skipped]]:
+def checksum_files(
+    root: Path | str, exclude: frozenset[str] = frozenset(), limit: int = MAX_CHECKSUM_BYTES
+) -> tuple[dict[str, str], list[Skipped]]:
     """sha256 of every regular file under ``root`` (top-level names in ``exclude`` left out).
 
     Each file is opened again beneath ``root`` (no link followed) and checked on its descriptor,

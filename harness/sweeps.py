@@ -11,33 +11,23 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from harness.errors import StoreError
-from harness.store.local import FINAL_STATUSES, LocalStore, read_record, write_json_atomic
+from harness.fsutil import write_json_atomic
+from harness.layout import RECORD
+from harness.store.local import LocalStore, read_record
 
 ATTEMPT_SUFFIX = re.compile(r"-r[0-9a-f]{8}|-[0-9]+")  # a later attempt's id: <run_id><suffix>
-
-# Display groups of run states: every status a run or a scheduler task can have maps to one.
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-GROUP_OF_STATE = {
-    "queued": QUEUED,
-    "pending": QUEUED,
-    "requeued": QUEUED,
-    "running": RUNNING,
-    "completed": DONE,
-    **{status: FAILED for status in FINAL_STATUSES - {"completed"}},
-    "node_fail": FAILED,
-    "preempted": FAILED,
-}
 
 
 def utc_now() -> str:
     """The current time as ISO 8601 UTC."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def sweep_id_for(name: str, run_ids: Iterable[str]) -> str:
@@ -83,7 +73,7 @@ class SweepState:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SweepState":
+    def from_json(cls, data: dict[str, Any]) -> SweepState:
         """Rebuild a state from :meth:`to_json` output."""
         data = dict(data)
         data["submissions"] = [Submission(**s) for s in data.get("submissions", [])]
@@ -137,16 +127,16 @@ def list_sweep_ids(store: LocalStore) -> list[str]:
 def attempt_records(store: LocalStore, run_id: str) -> list[dict[str, Any]]:
     """Records of every attempt of a run (``<run_id>``, then ``<run_id>-r<8 hex>``; ``-2``, ``-3``...
     from older stores), oldest first."""
-    records = []
+    records: list[dict[str, Any]] = []
     for folder in [store.run_dir(run_id), *store.runs_dir.glob(f"{run_id}-*")]:
         suffix = folder.name[len(run_id):]
         if suffix and not ATTEMPT_SUFFIX.fullmatch(suffix):
             continue
         try:
-            records.append(read_record(folder / "record.json"))
+            records.append(dict(read_record(folder / RECORD)))
         except StoreError:
             continue
-    records.sort(key=lambda r: r.get("started_at") or "")
+    records.sort(key=lambda r: str(r.get("started_at") or ""))
     return records
 
 

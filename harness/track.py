@@ -24,7 +24,7 @@ import threading
 import time
 import warnings
 
-__all__ = ["log", "flush", "FLUSH_INTERVAL_S"]
+__all__ = ["FLUSH_INTERVAL_S", "flush", "log"]
 
 FLUSH_INTERVAL_S = 1.0
 METRICS_FILE = "metrics.jsonl"

@@ -38,7 +38,7 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 # install when missing, or when the installed harness is another checkout's
-installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
+installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, ruff, mypy, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
 if [ "$installed" != "$(pwd -P)" ] || ! command -v harness >/dev/null; then
   log "pip install -e .[test]"
   python3 -m pip install -q -e '.[test]'

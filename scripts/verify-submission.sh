@@ -39,7 +39,7 @@ if [ -z "$to_run" ]; then
   echo "verify: no manifest touched by this change needs a run"
   exit 0
 fi
-gpus=$(python3 -c "from harness.runner import host_gpu_status as s; print(len(s().get('devices', [])))")
+gpus=$(python3 -c "from harness.capture.gpu import host_gpu_status as s; print(len(s().get('devices', [])))")
 failed=0
 for entry in $to_run; do
   manifest=${entry%%:*}

@@ -26,7 +26,7 @@ def need(service: str, reason: str) -> None:
 def docker_engine():
     """A docker SDK client of the real engine."""
     from harness.errors import EngineError
-    from harness.images import docker_client
+    from harness.runtime.engine import docker_client
 
     try:
         return docker_client(timeout=300)

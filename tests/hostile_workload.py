@@ -92,8 +92,8 @@ def deep(target):
 def bad_lines(target):
     lines = [
         '{"name": "ok/a", "step": 1, "value": 1.5}',
-        '{"name": "bad/step", "step": %d, "value": 1}' % (2**63),
-        '{"name": "bad/negstep", "step": %d, "value": 1}' % (-(2**63) - 1),
+        f'{{"name": "bad/step", "step": {2**63}, "value": 1}}',
+        f'{{"name": "bad/negstep", "step": {-(2**63) - 1}, "value": 1}}',
         "[" * 200000 + "]" * 200000,
         '{"name": "bad/nested", "value": 1, "x": ' + "[" * 5000 + "]" * 5000 + "}",
         '{"name": "\\ud800", "step": 2, "value": 1}',
@@ -162,8 +162,11 @@ def many_files(target):
             handle.write("x")
 
 
-ATTACKS = {name: value for name, value in globals().items() if callable(value) and not name.startswith("_")
-           and name not in {"log", "masked_crc32c"}}
+ATTACKS = {
+    name: value
+    for name, value in globals().items()
+    if callable(value) and not name.startswith("_") and name not in {"log", "masked_crc32c"}
+}
 
 if __name__ == "__main__":
     attack, target = sys.argv[1], sys.argv[2]

@@ -52,7 +52,7 @@ def log_with_tensorboard(log_dir: Path) -> None:
 
 def rows(table) -> set[tuple[str, int, float]]:
     return set(
-        zip(  # noqa: B905 - columns of one table
+        zip(
             table.column("name").to_pylist(),
             table.column("step").to_pylist(),
             table.column("value").to_pylist(),
@@ -133,7 +133,7 @@ def test_external_jsonl_lines_from_any_program(tmp_path):
         ("eval/other", 3, 2.5),
     }
     wall_times = dict(
-        zip(  # noqa: B905 - columns of one table
+        zip(
             ingester.table().column("step").to_pylist(),
             ingester.table().column("wall_time").to_pylist(),
         )

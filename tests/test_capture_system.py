@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -102,7 +103,7 @@ def test_container_sampled_at_one_hertz_from_its_cgroup(busy_container, tmp_path
     series = by_name(jsonl)
     times = [t for t, _ in series["memory/used_bytes"]]
     assert len(times) == 4
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(0.8 < gap < 1.3 for gap in gaps), gaps
     assert max(value for _, value in series["cpu/percent"]) > 20
     assert max(value for _, value in series["memory/used_bytes"]) > 30_000_000

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -95,11 +94,22 @@ def hub(tmp_path, monkeypatch):
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def attack(project: Path, name: str, home: Path, target: Path, timeout: float = 600) -> tuple[dict, subprocess.CompletedProcess]:
+def attack(
+    project: Path, name: str, home: Path, target: Path, timeout: float = 600
+) -> tuple[dict, subprocess.CompletedProcess]:
     """Run one attack through the real CLI into the store ``home``; (its record, the process)."""
     started = time.monotonic()
-    proc = run_cli("run", "manifests/hostile.yaml", "--param", f"attack={name}", "--param", f"target={target}",
-                   cwd=project, env={"HARNESS_HOME": str(home)}, timeout=timeout)
+    proc = run_cli(
+        "run",
+        "manifests/hostile.yaml",
+        "--param",
+        f"attack={name}",
+        "--param",
+        f"target={target}",
+        cwd=project,
+        env={"HARNESS_HOME": str(home)},
+        timeout=timeout,
+    )
     assert time.monotonic() - started < timeout
     runs = [p for p in (home / "runs").iterdir() if not p.name.startswith(".")]
     assert len(runs) == 1, (proc.stdout, proc.stderr)
@@ -137,14 +147,19 @@ def assert_nowhere(*roots: Path, texts: tuple[str, ...] = ()) -> None:
                 tail = b""
                 while block := handle.read(1 << 20):
                     assert needle not in tail + block, f"the host secret leaked into {path}"
-                    tail = block[-len(needle):]
+                    tail = block[-len(needle) :]
 
 
 def assert_store_usable(home: Path, run_id: str | None = None) -> list[str]:
     """``harness ls``, ``show`` and ``recover`` finish, exit 0 and print no secret; their output."""
     env = {"HARNESS_HOME": str(home)}
     outputs = []
-    for args in (["ls"], ["recover"], ["ls", "--json"], *([["show", run_id], ["show", run_id, "--json"]] if run_id else [])):
+    for args in (
+        ["ls"],
+        ["recover"],
+        ["ls", "--json"],
+        *([["show", run_id], ["show", run_id, "--json"]] if run_id else []),
+    ):
         proc = run_cli(*args, env=env, timeout=120)
         assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
@@ -189,7 +204,9 @@ def test_a_linked_metrics_file_is_not_published_or_pulled(hostile_project, host_
     assert published.returncode == 0, published.stderr
     pulled = run_cli("pull", HUB_REPO, env={"HARNESS_HOME": str(tmp_path / "elsewhere")})
     assert pulled.returncode == 0, pulled.stderr
-    tree = hub.storage.commit(RepoRef("dataset", HUB_REPO), hub.storage.resolve(RepoRef("dataset", HUB_REPO), "main"))["tree"]
+    tree = hub.storage.commit(RepoRef("dataset", HUB_REPO), hub.storage.resolve(RepoRef("dataset", HUB_REPO), "main"))[
+        "tree"
+    ]
     assert f"runs/{record['run_id']}/out/metrics.external.jsonl" not in tree
     assert_nowhere(tmp_path / "hub", tmp_path / "elsewhere", texts=(published.stdout, published.stderr, pulled.stdout))
 
@@ -206,7 +223,7 @@ def test_tensorboard_folder_linked_to_root(hostile_project, host_secret, store_h
 
 
 def test_links_to_dev_zero_are_not_read(hostile_project, host_secret, store_home):
-    record, proc = attack(hostile_project, "dev_zero", store_home, host_secret, timeout=180)
+    record, _proc = attack(hostile_project, "dev_zero", store_home, host_secret, timeout=180)
 
     assert record["status"] == "completed", record["detail"]
     assert "/dev/zero" in skipped_reasons(record)
@@ -215,7 +232,7 @@ def test_links_to_dev_zero_are_not_read(hostile_project, host_secret, store_home
 
 
 def test_fifos_named_like_metrics_files_do_not_hang(hostile_project, host_secret, store_home):
-    record, proc = attack(hostile_project, "fifo", store_home, host_secret, timeout=180)
+    record, _proc = attack(hostile_project, "fifo", store_home, host_secret, timeout=180)
 
     assert record["status"] == "completed", record["detail"]
     reasons = skipped_reasons(record)
@@ -235,17 +252,35 @@ def test_a_1200_deep_tree_is_walked_with_a_limit(hostile_project, host_secret, s
 
 
 def test_bad_metric_lines_are_counted_and_skipped(hostile_project, host_secret, store_home):
-    record, proc = attack(hostile_project, "bad_lines", store_home, host_secret, timeout=300)
+    record, _proc = attack(hostile_project, "bad_lines", store_home, host_secret, timeout=300)
 
     assert record["status"] == "completed", record["detail"]
     rejected = record["metrics_rejected"]
-    for reason in ("step_out_of_range", "too_deeply_nested", "name_not_utf8", "line_too_long", "name_too_long",
-                   "value_not_finite", "bad_value", "bad_name", "too_many_names", "bad_wall_time", "invalid_json"):
+    for reason in (
+        "step_out_of_range",
+        "too_deeply_nested",
+        "name_not_utf8",
+        "line_too_long",
+        "name_too_long",
+        "value_not_finite",
+        "bad_value",
+        "bad_name",
+        "too_many_names",
+        "bad_wall_time",
+        "invalid_json",
+    ):
         assert rejected.get(reason, 0) >= 1, (reason, rejected)
     assert 1_900 <= rejected["too_many_names"] <= 2_100
     table = pq.read_table(store_home / "runs" / record["run_id"] / "metrics.parquet")
-    rows = {(n, s): v for n, s, v in zip(table.column("name").to_pylist(), table.column("step").to_pylist(),
-                                         table.column("value").to_pylist(), strict=True)}
+    rows = {
+        (n, s): v
+        for n, s, v in zip(
+            table.column("name").to_pylist(),
+            table.column("step").to_pylist(),
+            table.column("value").to_pylist(),
+            strict=True,
+        )
+    }
     assert [rows[("ok/a", step)] for step in (1, 2, 3)] == [1.5, 2.5, 3.5]
     assert rows[("ok/bool", 4)] == 1.0 and rows[("ok/nan", 5)] != rows[("ok/nan", 5)]
     assert max(len(name) for name in table.column("name").to_pylist()) <= 256
@@ -254,7 +289,9 @@ def test_bad_metric_lines_are_counted_and_skipped(hostile_project, host_secret, 
     assert "rejected metrics" in shown[3] and "step_out_of_range" in shown[3]
 
 
-def test_bad_file_names_are_left_out_and_the_run_still_publishes(hostile_project, host_secret, store_home, hub, tmp_path):
+def test_bad_file_names_are_left_out_and_the_run_still_publishes(
+    hostile_project, host_secret, store_home, hub, tmp_path
+):
     record, _ = attack(hostile_project, "bad_names", store_home, host_secret)
 
     assert record["status"] == "completed", record["detail"]
@@ -293,11 +330,28 @@ def test_ls_show_recover_survive_any_record(store_home, host_secret, tmp_path):
     (runs / "list" / "record.json").write_text("[1, 2]")
     (runs / "binary" / "record.json").write_bytes(b"\xff\xfe\x00garbage")
     (runs / "noid" / "record.json").write_text('{"status": "completed"}')
-    (runs / "types" / "record.json").write_text(json.dumps({
-        "run_id": "types", "status": ["completed"], "started_at": 12, "duration_s": "long", "seed": {"a": 1},
-        "metrics_summary": "nope", "primary_metric": 3, "image": "x", "host": [1], "gpu": "none", "files": [],
-        "environment": 5, "detail": "\x1b[31mred", "exit_code": "x", "skipped_files": "x", "metrics_rejected": [1],
-    }))
+    (runs / "types" / "record.json").write_text(
+        json.dumps(
+            {
+                "run_id": "types",
+                "status": ["completed"],
+                "started_at": 12,
+                "duration_s": "long",
+                "seed": {"a": 1},
+                "metrics_summary": "nope",
+                "primary_metric": 3,
+                "image": "x",
+                "host": [1],
+                "gpu": "none",
+                "files": [],
+                "environment": 5,
+                "detail": "\x1b[31mred",
+                "exit_code": "x",
+                "skipped_files": "x",
+                "metrics_rejected": [1],
+            }
+        )
+    )
     # a run whose harness died, with a hostile output folder: recover must seal it
     out = runs / "running" / "out"
     (out / "tb").mkdir(parents=True)
@@ -305,10 +359,18 @@ def test_ls_show_recover_survive_any_record(store_home, host_secret, tmp_path):
     os.symlink(host_secret, out / "metrics.external.jsonl")
     os.symlink("/", out / "tb" / "root")
     (out / "tb" / "events.out.tfevents.1.x").write_bytes(b"\xff" * 100)
-    (runs / "running" / "record.json").write_text(json.dumps({
-        "run_id": "running", "status": "running", "runtime": "process", "started_at": "2026-01-01T00:00:00Z",
-        "owner": {"pid": 2**62, "hostname": _socket.gethostname()}, "files": {},
-    }))
+    (runs / "running" / "record.json").write_text(
+        json.dumps(
+            {
+                "run_id": "running",
+                "status": "running",
+                "runtime": "process",
+                "started_at": "2026-01-01T00:00:00Z",
+                "owner": {"pid": 2**62, "hostname": _socket.gethostname()},
+                "files": {},
+            }
+        )
+    )
 
     started = time.monotonic()
     outputs = assert_store_usable(store_home, "types")
@@ -349,7 +411,7 @@ def test_an_internal_error_while_finishing_is_a_final_status(noop_image, store_h
 class _Recorder(http.server.BaseHTTPRequestHandler):
     hits: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+    def do_GET(self) -> None:
         type(self).hits.append(self.path)
         body = MARKER.encode()
         self.send_response(200)
@@ -405,11 +467,18 @@ def test_recipe_context_with_links_or_fifos_is_refused(tmp_path, host_secret):
 
 def test_reproduce_refuses_a_recipe_that_declares_build_network(hub, tmp_path):
     origin = LocalStore(tmp_path / "origin")
-    record = make_run(origin, "netrecipe-aaa", seed=1, extra_files={
-        "manifest.yaml": (b"apiVersion: harness/v1\nname: netrecipe\n"
-                          b"image: {build: images/rl, lockfile: lockfiles/rl.txt, network: true}\n"
-                          b"command: [python, /workload/train.py]\nseeds: [1]\n"),
-    })
+    record = make_run(
+        origin,
+        "netrecipe-aaa",
+        seed=1,
+        extra_files={
+            "manifest.yaml": (
+                b"apiVersion: harness/v1\nname: netrecipe\n"
+                b"image: {build: images/rl, lockfile: lockfiles/rl.txt, network: true}\n"
+                b"command: [python, /workload/train.py]\nseeds: [1]\n"
+            ),
+        },
+    )
     assert record["files"]["manifest.yaml"]
     from harness.store.hub import publish
 
@@ -435,9 +504,13 @@ def test_publish_refuses_a_name_that_pull_would_refuse(hub, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "out/a\\\\b.txt" in proc.stderr and "backslash" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not hub.storage.exists(RepoRef("dataset", HUB_REPO)) or \
-        "runs/names-aaa/record.json" not in hub.storage.commit(
-            RepoRef("dataset", HUB_REPO), hub.storage.resolve(RepoRef("dataset", HUB_REPO), "main"))["tree"]
+    assert (
+        not hub.storage.exists(RepoRef("dataset", HUB_REPO))
+        or "runs/names-aaa/record.json"
+        not in hub.storage.commit(
+            RepoRef("dataset", HUB_REPO), hub.storage.resolve(RepoRef("dataset", HUB_REPO), "main")
+        )["tree"]
+    )
 
 
 def test_two_stores_cannot_replace_each_others_runs(hub, tmp_path):
@@ -470,7 +543,9 @@ def _huge_index(rows: int) -> bytes:
     from harness.store.hub import RUNS_SCHEMA
 
     columns = {field.name: pa.nulls(rows, field.type) for field in RUNS_SCHEMA}
-    columns["run_id"] = pc.binary_join_element_wise(pa.array(["old-"] * rows), pc.cast(pa.array(range(rows)), pa.string()), "")
+    columns["run_id"] = pc.binary_join_element_wise(
+        pa.array(["old-"] * rows), pc.cast(pa.array(range(rows)), pa.string()), ""
+    )
     columns["name"] = pa.array(["old"] * rows)
     buffer = io.BytesIO()
     pq.write_table(pa.table(columns, schema=RUNS_SCHEMA), buffer, row_group_size=rows)  # one huge row group
@@ -484,10 +559,18 @@ def test_publish_streams_a_huge_runs_index(hub, tmp_path):
     hub.storage.create_repo(repo, private=False)
     hub.storage.force_commit(repo, {"runs.parquet": _huge_index(3_000_000)})
 
-    measure = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-               "print('maxrss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
-    proc = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "harness", "publish", "small-aaa", "--repo", HUB_REPO],
-                          cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "HARNESS_HOME": str(store.root)})
+    measure = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", measure, sys.executable, "-m", "harness", "publish", "small-aaa", "--repo", HUB_REPO],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HARNESS_HOME": str(store.root)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak_mb = int(proc.stderr.split("maxrss_kb")[1].split()[0]) / 1024
     assert peak_mb < 500, f"publish peaked at {peak_mb:.0f} MB"
@@ -506,28 +589,63 @@ def test_a_scalar_tensor_claiming_a_huge_shape_is_not_materialised():
 
     from harness.capture.metrics import _tensor_scalar
 
-    huge = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0],
-                                  tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=10**12)]))
+    huge = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        float_val=[1.0],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=10**12)]),
+    )
     assert _tensor_scalar(huge) is None
     scalar = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[2.5])
     assert _tensor_scalar(scalar) == 2.5
 
 
-def test_the_secret_filter_is_one_function_for_both_copies(monkeypatch):
+def test_one_secret_filter_for_both_copies(monkeypatch):
+    import subprocess
+
     from harness.capture.environment import ENVIRONMENT_SCRIPT
     from harness.runtime.job import JobRequest
     from harness.runtime.process import host_environment
-    from harness.secret_env import filter_source, is_secret
+    from harness.secrets import SECRET_VALUE_PATTERN, is_secret
 
-    assert filter_source() in ENVIRONMENT_SCRIPT
-    for name, value in (("HF_TOKEN", "x"), ("HF_ENDPOINT", "x"), ("AWS_ACCESS_KEY_ID", "x"), ("MY_API_KEY", "x"),
-                        ("DB_PASSWORD", "x"), ("GITHUB_TOKEN", "x"), ("X_AUTH", "x"), ("PLAIN", "https://u:p@host/"),
-                        ("PLAIN2", "hf_" + "a" * 30)):
+    assert repr(SECRET_VALUE_PATTERN) in ENVIRONMENT_SCRIPT
+    cases = {
+        "HF_TOKEN": "x",
+        "HF_ENDPOINT": "x",
+        "AWS_ACCESS_KEY_ID": "x",
+        "MY_API_KEY": "x",
+        "DB_PASSWORD": "x",
+        "GITHUB_TOKEN": "x",
+        "X_AUTH": "x",
+        "WANDB_API_KEY": "x",
+        "PLAIN": "https://u:p@host/",
+        "PLAIN2": "hf_" + "a" * 30,
+        "HARNESS_LEAK": "https://user:pw@example.org/x",
+    }
+    for name, value in cases.items():
         assert is_secret(name, value), name
         monkeypatch.setenv(name, value)
     for name in ("PATH", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "HARNESS_SEED"):
         assert not is_secret(name, "1"), name
-    environment = host_environment(JobRequest(run_id="r", command=["true"], environment={}, out_dir=Path("/tmp"),
-                                              log_path=Path("/tmp/log"), cpus=1.0, memory_bytes=1 << 30, gpus=0,
-                                              timeout_seconds=10))
-    assert not {"HF_TOKEN", "HF_ENDPOINT", "AWS_ACCESS_KEY_ID", "MY_API_KEY", "DB_PASSWORD", "PLAIN", "PLAIN2"} & set(environment)
+    environment = host_environment(
+        JobRequest(
+            run_id="r",
+            command=["true"],
+            environment={},
+            out_dir=Path("/tmp"),
+            log_path=Path("/tmp/log"),
+            cpus=1.0,
+            memory_bytes=1 << 30,
+            gpus=0,
+            timeout_seconds=10,
+        )
+    )
+    assert not set(cases) & set(environment)
+    captured = subprocess.run(
+        [sys.executable, "-c", ENVIRONMENT_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HARNESS_SEED": "1"},
+    ).stdout
+    recorded = json.loads(captured)["env"]
+    assert "HARNESS_SEED" in recorded and not set(cases) & set(recorded)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.images import BUILD_STAGING, base_images, build_image, content_hash, docker_client
+from harness.images import BUILD_STAGING, base_images, build_image, content_hash
 from harness.lock import compile_lockfile, lockfile_problems, parse_lockfile, stale_lockfiles
+from harness.runtime.engine import docker_client
 from tests.conftest import REPO
 
 
@@ -41,7 +42,7 @@ def test_lockfile_checks_catch_each_problem(tmp_path):
 
 
 def test_lock_check_reports_a_stale_lockfile(tmp_path, cli):
-    image_dir, lockfile = copy_recipe(tmp_path)
+    image_dir, _lockfile = copy_recipe(tmp_path)
     assert cli("lock", "--check", cwd=tmp_path).returncode == 0
     (image_dir / "requirements.in").write_text("six==1.16.0\nidna\n")
     result = cli("lock", "--check", cwd=tmp_path)

@@ -8,6 +8,7 @@ writing ``$HARNESS_OUT/metrics.jsonl``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -135,7 +136,7 @@ def test_filtration_separates_labels_and_removal_falls_with_threshold(filtration
     removed = metrics["filtration/removed_fraction"]
     steps = sorted(thresholds)
     assert [thresholds[s] for s in steps] == sorted(thresholds[s] for s in steps)
-    assert all(removed[a] >= removed[b] for a, b in zip(steps, steps[1:]))
+    assert all(removed[a] >= removed[b] for a, b in itertools.pairwise(steps))
     assert removed[steps[0]] == 1.0 and removed[steps[-1]] < 0.1
     # At every threshold the score removes undesirable documents at least as readily as benign ones.
     recall, benign = metrics["filtration/removed_undesirable_fraction"], metrics["filtration/removed_benign_fraction"]

@@ -82,7 +82,7 @@ def test_run_publish_pull_reproduce_identical(engine, tmp_path):
         assert TOKEN not in output.stdout + output.stderr
 
 
-def hub_repo():  # noqa: ANN201 - small helper
+def hub_repo():
     from tests.hubserver import RepoRef
 
     return RepoRef("dataset", REPO)

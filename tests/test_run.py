@@ -61,7 +61,7 @@ def test_sandboxed_run_writes_a_full_record(noop_image, store_home, cli):
 
 
 def test_dqn_smoke_runs_are_bit_identical(rl_image, store_home, cli):
-    for attempt in range(2):
+    for _attempt in range(2):
         result = cli("run", DQN, "--smoke", "--rerun", "--quiet")
         assert result.returncode == 0, result.stderr
     store = LocalStore(store_home)
@@ -99,8 +99,8 @@ def test_timeout_kills_the_container(noop_image, store_home, cli, tmp_path):
 
 
 def noop_image_containers(run_id: str) -> list:
-    from harness.images import docker_client
     from harness.runtime.docker import RUN_LABEL
+    from harness.runtime.engine import docker_client
 
     return docker_client().containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
 

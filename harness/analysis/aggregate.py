@@ -190,7 +190,7 @@ def probability_of_improvement(
             pair_scores, improvement, reps=reps, confidence_interval_size=confidence
         )
     return {
-        tuple(key.split("\x00")): Estimate(float(points[key][0]), (float(intervals[key][0, 0]), float(intervals[key][1, 0])))
+        (key.split("\x00")[0], key.split("\x00")[1]): Estimate(float(points[key][0]), (float(intervals[key][0, 0]), float(intervals[key][1, 0])))
         for key in pair_scores
     }
 
@@ -212,31 +212,6 @@ def performance_profiles(
     with seeded_bootstrap(seed):
         profiles, cis = library.create_performance_profile(checked, np.asarray(taus), reps=reps)
     return np.asarray(taus), profiles, cis
-
-
-def sample_efficiency_curves(
-    scores: Mapping[str, np.ndarray],
-    metric: str = "iqm",
-    reps: int = 2000,
-    seed: int = 0,
-    confidence: float = 0.95,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """An aggregate at every point of a (runs x tasks x points) array: group -> (points, cis (2 x points))."""
-    from rliable import library
-
-    aggregate = _aggregates().get(metric)
-    if aggregate is None:
-        raise HarnessError(f"unknown aggregate {metric!r} (known: {', '.join(_aggregates())})")
-    checked = _check_scores(scores, ndim=3)
-
-    def per_point(array: np.ndarray) -> np.ndarray:
-        return np.array([aggregate(array[..., p]) for p in range(array.shape[-1])])
-
-    with seeded_bootstrap(seed):
-        points, cis = library.get_interval_estimates(
-            checked, per_point, reps=reps, confidence_interval_size=confidence
-        )
-    return {group: (np.asarray(points[group]), np.asarray(cis[group])) for group in checked}
 
 
 def normalize_scores(

@@ -9,18 +9,18 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError
+from harness.layout import METRICS_PARQUET, RECORD
 
-METRICS_FILE = "metrics.parquet"
 HOST_FIELDS = ("cpu_model", "cpu_count", "memory_bytes", "gpus", "gpu_driver", "os", "kernel")
 
 
@@ -35,7 +35,7 @@ class ExpectSpec:
     ignore: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, expect: Any) -> "ExpectSpec":
+    def of(cls, expect: Any) -> ExpectSpec:
         """From a pydantic ``Expect``, a dict (as in record.json), None (defaults) or an ExpectSpec."""
         if isinstance(expect, cls):
             return expect
@@ -86,9 +86,9 @@ class Verdict:
 
 def _load_streams(run_dir: Path, ignore: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """metric name -> (steps, values), in step order (stable for repeated steps); wall_time dropped."""
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run_dir) / METRICS_PARQUET
     if not path.is_file():
-        raise HarnessError(f"{run_dir}: no {METRICS_FILE}; was the run completed?")
+        raise HarnessError(f"{run_dir}: no {METRICS_PARQUET}; was the run completed?")
     table = pq.read_table(path, columns=["name", "step", "value"])
     names = np.asarray(table.column("name").to_pylist(), dtype=object)
     steps = table.column("step").to_numpy().astype(np.int64)
@@ -108,7 +108,7 @@ def _record(run_dir: Path) -> dict[str, Any]:
     from harness.store.local import read_record
 
     try:
-        return read_record(Path(run_dir) / "record.json")
+        return dict(read_record(Path(run_dir) / RECORD))
     except StoreError:
         return {}
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.store.local import LocalStore
 
 Series = tuple[np.ndarray, np.ndarray]
 
@@ -59,7 +63,7 @@ def group_curves(
     runs = [(label, run_id, xy) for label, series in groups.items() for run_id, xy in series.items() if len(xy[0])]
     if not runs:
         raise HarnessError("no points to plot: the selected runs logged nothing for this metric")
-    starts = {label: max(float(xy[0][0]) for l2, _, xy in runs if l2 == label) for label in groups if any(l == label for l, _, _ in runs)}
+    starts = {label: max(float(xy[0][0]) for l2, _, xy in runs if l2 == label) for label in groups if any(name == label for name, _, _ in runs)}
     stops = {label: min(float(xy[0][-1]) for l2, _, xy in runs if l2 == label) for label in starts}
     start, stop = max(starts.values()), min(stops.values())
     notes: list[str] = []
@@ -81,3 +85,31 @@ def group_curves(
     if single:
         notes.append(f"one seed only for {', '.join(single)}: no confidence interval")
     return curves, notes
+
+
+def learning_curve_panels(
+    store: LocalStore, runs: Any, metric: str, by: str, env_key: str, x_axis: str, points: int, smooth: int,
+) -> tuple[dict[str, dict[str, Curve]], list[str], int]:
+    """The selected runs' curves of ``metric``, one panel per environment and one curve per group:
+    (panels, notes, number of runs with the metric). HarnessError when no run logged it."""
+    from harness.analysis.index import metric_names, metric_series
+    from harness.analysis.tables import env_labels, group_labels
+
+    series = metric_series(store, runs, metric, x=x_axis)
+    if not series:
+        names = metric_names(store, runs)
+        raise HarnessError(f"no selected run logged metric {metric!r} (they logged: {', '.join(names[:12]) or 'nothing'})")
+    if x_axis == "wall_time":  # seconds since each run's first point
+        series = {r: (x - x[0], y) for r, (x, y) in series.items()}
+    panels_in: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+    for run_id, group, env in zip(runs.column("run_id").to_pylist(), group_labels(runs, by), env_labels(runs, env_key)):
+        if run_id in series:
+            panels_in.setdefault(env, {}).setdefault(group, {})[run_id] = series[run_id]
+    panels: dict[str, dict[str, Curve]] = {}
+    notes: list[str] = []
+    for env, groups in panels_in.items():
+        curves, group_notes = group_curves(groups, points=points, smooth=smooth)
+        panels[env] = curves
+        notes += [f"{env}: {note}" if env != "-" else note for note in group_notes]
+    return panels, notes, len(series)
+

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError, StoreError
-from harness.store.local import FINAL_STATUSES, RECORD_NAME, LocalStore, read_record
+from harness.fsutil import write_table_atomic
+from harness.layout import METRICS_PARQUET
+from harness.layout import RECORD as RECORD_NAME
+from harness.record import FINAL_STATUSES
+from harness.store.local import LocalStore, read_record
 
 INDEX_NAME = "index.parquet"
 PARTS_DIR = "metrics"
@@ -71,17 +74,6 @@ def _row(record: dict[str, Any], stamp: str) -> dict[str, Any]:
     }
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _connect() -> Any:
     import duckdb
 
@@ -98,7 +90,7 @@ def _compact(store: LocalStore, run_ids: list[str]) -> str:
     parts.mkdir(exist_ok=True)
     name = f"part-{time.time_ns():x}-{os.getpid()}.parquet"
     tmp = parts / f".{name}.tmp"
-    files = [str(store.run_dir(r) / "metrics.parquet") for r in run_ids]
+    files = [str(store.run_dir(r) / METRICS_PARQUET) for r in run_ids]
     query = """
         COPY (
             SELECT run_id, name, step, value, wall_time,
@@ -158,7 +150,7 @@ def refresh_index(store: LocalStore, compact: bool = True) -> pa.Table:
                     rows.append(cached)
                     continue
                 try:
-                    record = read_record(Path(entry.path) / RECORD_NAME)
+                    record = dict(read_record(Path(entry.path) / RECORD_NAME))
                 except StoreError:
                     continue
                 rows.append(_row(record, stamp))
@@ -169,7 +161,7 @@ def refresh_index(store: LocalStore, compact: bool = True) -> pa.Table:
         pending = [
             r for r in rows
             if r["metrics_part"] is None and r["status"] in FINAL_STATUSES
-            and (store.run_dir(r["run_id"]) / "metrics.parquet").is_file()
+            and (store.run_dir(r["run_id"]) / METRICS_PARQUET).is_file()
         ]
         for start in range(0, len(pending), PART_RUNS):
             batch = pending[start : start + PART_RUNS]
@@ -179,7 +171,7 @@ def refresh_index(store: LocalStore, compact: bool = True) -> pa.Table:
             changed = True
     table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
     if changed and store.root.is_dir():
-        _write_atomic(table, path)
+        write_table_atomic(table, path)
         _remove_unreferenced_parts(store, {r["metrics_part"] for r in rows if r["metrics_part"]})
     return table
 
@@ -198,7 +190,7 @@ def _sources(store: LocalStore, runs: pa.Table) -> tuple[pa.Table, list[str]]:
             compacted_ids.append(run_id)
             compacted_parts.append(str(parts_dir / part))
         else:
-            path = store.run_dir(run_id) / "metrics.parquet"
+            path = store.run_dir(run_id) / METRICS_PARQUET
             if path.is_file():
                 files.append(str(path))
     wanted = pa.table({"run_id": compacted_ids, "part": compacted_parts})

@@ -5,20 +5,20 @@ legend outside the data, and performance profiles. PNG, SVG or PDF, chosen by th
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from harness.analysis.curves import Curve
 from harness.errors import HarnessError
+from harness.fsutil import atomic_path
 
 FORMATS = {".png", ".svg", ".pdf"}
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,16 +35,10 @@ def check_output(path: Path) -> None:
         raise HarnessError(f"figure {path}: folder {path.parent} does not exist")
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Any, path: Path) -> None:
     """Save atomically: a reader never sees half a figure."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot_curves(

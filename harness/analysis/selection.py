@@ -41,24 +41,13 @@ def value_matches(actual: Any, wanted: str) -> bool:
     return actual == parsed or str(actual) == wanted
 
 
-def _pull_hub(store: LocalStore, repo: str) -> set[str] | None:
-    """Pull a Hub dataset repo into the store; the run ids it holds, when the pull says."""
+def _pull_hub(store: LocalStore, repo: str) -> set[str]:
+    """Pull a Hub dataset repo into the store; the run ids it holds."""
     if not repo or repo.count("/") not in (1, 2):
         raise HarnessError(f"hub selection must be hub:<org>/<name>[/<run_id>], got 'hub:{repo}'")
-    from harness.store import (
-        hub,  # the Hub client costs seconds to import: only when asked
-    )
+    from harness.store import hub  # the Hub client costs seconds to import: only when asked
 
-    pulled = hub.pull(repo, store=store)
-    if pulled is None:
-        return None
-    ids: set[str] = set()
-    for item in pulled if not isinstance(pulled, (str, dict)) else [pulled]:
-        if isinstance(item, str):
-            ids.add(item)
-        elif isinstance(item, dict) and "run_id" in item:
-            ids.add(str(item["run_id"]))
-    return ids
+    return set(hub.pull(repo, store=store))
 
 
 def _describe(rows: list[dict[str, Any]]) -> str:
@@ -103,9 +92,7 @@ def select_runs(store: LocalStore, terms: Sequence[str]) -> pa.Table:
         raise HarnessError("no selection: name runs by manifest, param=value, status=, tag= or hub:org/name")
     hub_ids: set[str] | None = None
     for repo in grouped.pop("hub", []):
-        ids = _pull_hub(store, repo)
-        if ids is not None:
-            hub_ids = (hub_ids or set()) | ids
+        hub_ids = (hub_ids or set()) | _pull_hub(store, repo)
     index = refresh_index(store)
     rows = index.to_pylist()
     statuses = grouped.get("status") or ["completed"]
@@ -142,6 +129,14 @@ def select_runs(store: LocalStore, terms: Sequence[str]) -> pa.Table:
         implicit = "" if "status" in grouped else " (status=completed unless given)"
         raise HarnessError(f"no runs match '{shown}'{implicit}; {_describe(rows)}")
     return index.take(pa.array(chosen, pa.int64()))
+
+
+def default_metric(runs: pa.Table, metric: str | None, fallback: str = "charts/episodic_return") -> str:
+    """The metric asked for, else the selected runs' most common primary metric, else ``fallback``."""
+    if metric:
+        return metric
+    primaries = Counter(p for p in runs.column("primary_metric").to_pylist() if p)
+    return primaries.most_common(1)[0][0] if primaries else fallback
 
 
 def run_params(runs: pa.Table) -> list[dict[str, Any]]:

@@ -9,15 +9,20 @@ everywhere, 1: maximal flips), reported with the std over values (ddof=1).
 
 from __future__ import annotations
 
+import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.store.local import LocalStore
 
 Ranking = Literal["interval", "iqm-ci"]
 
@@ -171,7 +176,7 @@ def thc_from_table(
         dropped = sorted(set(settings_with_all.index) - set(complete))
         if dropped:
             label = "/".join([*key[:-1], hyperparameter])
-            warnings.warn(f"{label}: settings {', '.join(dropped)} lack some values; THC uses the other {len(complete)}")
+            warnings.warn(f"{label}: settings {', '.join(dropped)} lack some values; THC uses the other {len(complete)}", stacklevel=2)
         if len(complete) < 2:
             continue
         part = part[part[setting_col].isin(complete)]
@@ -181,7 +186,7 @@ def thc_from_table(
             scores = cube.to_numpy().reshape(len(complete), len(values), -1)
             lo, hi = mean_std_intervals(scores)
         else:
-            cube = _pivot(part, [setting_col, value_col, seed_col], task_col, score_col)
+            cube = _pivot(part, [setting_col, value_col, seed_col], str(task_col), score_col)  # checked above: iqm-ci needs task_col
             seeds = sorted(part[seed_col].unique())
             tasks = list(cube.columns)
             cube = cube.reindex(pd.MultiIndex.from_product([complete, values, seeds]))
@@ -191,3 +196,57 @@ def thc_from_table(
             lo, hi = iqm_ci_intervals(scores, reps=reps, seed=seed)
         rows.append(ThcRow(group, hyperparameter, thc_from_intervals(values, lo, hi), dropped))
     return rows
+
+
+def thc_of_runs(
+    store: LocalStore, selection: Sequence[str], hparams: list[str], across: str, metric: str | None, last_n: int,
+    ranking: str, task_key: str | None, reps: int, seed: int, note: Callable[[str], None] = lambda text: None,
+) -> list[Any]:
+    """THC of a harness sweep: scores are final metrics, settings the values of ``across``."""
+    from harness.analysis.selection import default_metric, run_params, select_runs
+    from harness.analysis.tables import final_scores
+
+    runs = select_runs(store, selection)
+    chosen = default_metric(runs, metric)
+    scores, notes = final_scores(store, runs, chosen, last_n)
+    for text in notes:
+        note(text)
+    params = run_params(runs)
+    for key in [*hparams, across] + ([task_key] if task_key else []):
+        if not any(key in p for p in params):
+            known = sorted({k for p in params for k in p})
+            raise HarnessError(f"no selected run has param {key!r} (params: {', '.join(known) or 'none'})")
+    records = []
+    for run_id, seed_value, p in zip(runs.column("run_id").to_pylist(), runs.column("seed").to_pylist(), params):
+        if run_id in scores:
+            records.append({**{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in p.items()},
+                            "__seed": seed_value, "__score": scores[run_id]})
+    frame = pd.DataFrame.from_records(records)
+    varying = [c for c in frame.columns if not c.startswith("__") and frame[c].astype(str).nunique() > 1]
+    rows = []
+    for hparam in hparams:
+        others = [c for c in varying if c not in (hparam, across, task_key)]
+        long = frame.assign(__hparam=hparam, __value=frame[hparam].astype(str))
+        rows += thc_from_table(
+            long, "__hparam", "__value", across, "__seed", "__score", group_by=others,
+            ranking=ranking, task_col=task_key, reps=reps, seed=seed,  # type: ignore[arg-type]
+        )
+    return rows
+
+
+def read_study_table(path: Path, numeric: list[str]) -> Any:
+    """A long table; CSV cells stay text as the study spelled them, except the ``numeric`` columns."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"{path}: unreadable table ({str(exc).splitlines()[0]})") from exc
+    for column in numeric:
+        if column in frame.columns:
+            converted = pd.to_numeric(frame[column], errors="coerce")
+            bad = frame[column][converted.isna()]
+            if len(bad):
+                raise HarnessError(f"{path}: column {column!r} has a non-number {bad.iloc[0]!r}")
+            frame[column] = converted
+    return frame

@@ -10,21 +10,18 @@ hands the runs to the chosen backend.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+from harness.record import DONE, FAILED, status_group
 from harness.store.local import LocalStore
 from harness.sweeps import (
-    DONE,
-    FAILED,
-    GROUP_OF_STATE,
     SweepState,
-    Submission,
     attempt_records,
     load_state,
     run_statuses,
-    save_state,
     state_path,
     sweep_id_for,
 )
@@ -32,7 +29,6 @@ from harness.sweeps import (
 if TYPE_CHECKING:
     from harness.plan import RunSpec
 
-BACKENDS = ("local", "slurm")
 CONFIRM_ABOVE = 10_000
 Echo = Callable[[str], None]
 
@@ -53,21 +49,63 @@ class Job(abc.ABC):
 
     def done(self) -> bool:
         """Whether the run has ended, one way or another."""
-        return GROUP_OF_STATE.get(self.status()) in (DONE, FAILED)
+        return status_group(self.status()) in (DONE, FAILED)
+
+
+@dataclass
+class BackendOptions:
+    """What ``harness run`` hands to whichever backend it picks."""
+
+    jobs: int | None = None
+    partition: str | None = None
+    account: str | None = None
+    runtime: str = "auto"
+    echo: Echo = print
 
 
 class Backend(abc.ABC):
-    """Schedules runs somewhere: this machine, a Slurm cluster, ..."""
+    """Schedules runs somewhere: this machine, a Slurm cluster, ...
+
+    A backend is one module under ``harness.backends`` with one class; :data:`BACKENDS` names it."""
 
     name: str
 
+    @classmethod
     @abc.abstractmethod
-    def submit(self, specs: list["RunSpec"], sweep: SweepState) -> list[Job]:
+    def create(cls, store: LocalStore, options: BackendOptions) -> Backend:
+        """A backend for ``options``; HarnessError for options it cannot honour."""
+
+    @abc.abstractmethod
+    def submit(self, specs: list[RunSpec], sweep: SweepState) -> list[Job]:
         """Start (or queue) every spec; one job per spec, in the same order."""
 
     def wait(self, jobs: list[Job]) -> list[dict[str, Any]]:
         """Wait for every job; their records, in order."""
         return [job.result() for job in jobs]
+
+    def collect(self, jobs: list[Job], sweep: SweepState, outcome: SweepOutcome) -> None:
+        """What :func:`run_sweep` does once the jobs are submitted: by default, wait for them."""
+        outcome.records = self.wait(jobs)
+
+    @classmethod
+    def run_states(cls, sweep: SweepState, store: LocalStore) -> dict[str, str]:
+        """Each run of a sweep sent to this backend, with its state (by default: from the store)."""
+        return {run_id: status or "queued" for run_id, status in run_statuses(store, sweep.run_ids).items()}
+
+
+# backend name -> (module under harness.backends, class); imported only when used
+BACKENDS: dict[str, tuple[str, str]] = {"local": ("local", "LocalBackend"), "slurm": ("slurm", "SlurmBackend")}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class of backend ``name``; HarnessError for an unknown one."""
+    import importlib
+
+    if name not in BACKENDS:
+        raise HarnessError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    module, attribute = BACKENDS[name]
+    cls: type[Backend] = getattr(importlib.import_module(f"harness.backends.{module}"), attribute)
+    return cls
 
 
 @dataclass
@@ -75,8 +113,8 @@ class SweepPlan:
     """What a sweep holds and which of its runs will run now."""
 
     sweep_id: str
-    specs: list["RunSpec"]
-    to_run: list["RunSpec"]
+    specs: list[RunSpec]
+    to_run: list[RunSpec]
     completed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # skipped: ended badly, no --retry-failed
     running: list[str] = field(default_factory=list)  # skipped: a record says it is running
@@ -114,7 +152,7 @@ class SweepOutcome:
         return 0 if self.ok else 1
 
 
-def plan_sweep(specs: list["RunSpec"], store: LocalStore, retry_failed: bool = False, rerun: bool = False) -> SweepPlan:
+def plan_sweep(specs: list[RunSpec], store: LocalStore, retry_failed: bool = False, rerun: bool = False) -> SweepPlan:
     """Split a sweep's runs into those to run now and those the store already holds
     (``rerun`` runs completed ones again; ``retry_failed`` runs the ones that ended badly)."""
     if not specs:
@@ -154,7 +192,7 @@ def sweep_state_for(plan: SweepPlan, store: LocalStore) -> SweepState:
 
 
 def run_sweep(
-    specs: list["RunSpec"],
+    specs: list[RunSpec],
     backend: str = "local",
     jobs: int | None = None,
     partition: str | None = None,
@@ -187,7 +225,7 @@ def run_sweep(
     plan = plan_sweep(specs, store, retry_failed, rerun)
     echo(plan.summary())
     outcome = SweepOutcome(plan=plan, backend=backend, dry_run=dry_run)
-    chosen = _make_backend(backend, store, jobs, partition, account, runtime, echo)
+    chosen = backend_class(backend).create(store, BackendOptions(jobs, partition, account, runtime, echo))
     if dry_run:
         for spec in plan.to_run:
             swept = {k: spec.params[k] for k in spec.loaded.manifest.sweep_keys()}
@@ -196,13 +234,7 @@ def run_sweep(
     if not plan.to_run:
         return outcome
     state = sweep_state_for(plan, store)
-    jobs_started = chosen.submit(plan.to_run, state)
-    if backend == "slurm":
-        outcome.slurm_job_ids = list(state.submissions[-1].slurm_job_ids)
-        echo(f"submitted {len(plan.to_run)} runs as Slurm job {', '.join(outcome.slurm_job_ids)}; "
-             f"follow with `harness status {plan.sweep_id}`")
-        return outcome
-    outcome.records = chosen.wait(jobs_started)
+    chosen.collect(chosen.submit(plan.to_run, state), state, outcome)
     return outcome
 
 
@@ -210,34 +242,11 @@ def _format_params(params: dict[str, Any]) -> str:
     return "  ".join(f"{k}={v}" for k, v in params.items())
 
 
-def _make_backend(
-    name: str, store: LocalStore, jobs: int | None, partition: str | None, account: str | None, runtime: str, echo: Echo
-) -> Backend:
-    if name == "slurm":
-        from harness.backends.slurm import SlurmBackend
-
-        node_runtime = "process" if runtime == "process" else "auto"
-        return SlurmBackend(store, jobs=jobs, partition=partition, account=account, runtime=node_runtime, echo=echo)
-    if partition or account:
-        raise HarnessError("--partition and --account are for --backend slurm")
-    from harness.backends.local import LocalBackend
-
-    return LocalBackend(store, jobs=jobs, runtime=runtime, echo=echo)
-
-
-def record_submission(store: LocalStore, state: SweepState, submission: Submission) -> None:
-    """Append a submission to the sweep's state and save it."""
-    state.submissions.append(submission)
-    save_state(store, state)
-
-
 def run_states(sweep: SweepState, store: LocalStore) -> dict[str, str]:
     """Each run of a sweep with its state (from the store, and from Slurm for Slurm sweeps)."""
-    if sweep.backend == "slurm":
-        from harness.backends.slurm import run_states as slurm_run_states
-
-        return slurm_run_states(sweep, store)
-    return {run_id: status or "queued" for run_id, status in run_statuses(store, sweep.run_ids).items()}
+    if sweep.backend not in BACKENDS:  # "none": nothing submitted yet
+        return Backend.run_states(sweep, store)
+    return backend_class(sweep.backend).run_states(sweep, store)
 
 
 def sweep_progress(sweep: SweepState, store: LocalStore) -> dict[str, Any]:
@@ -246,21 +255,21 @@ def sweep_progress(sweep: SweepState, store: LocalStore) -> dict[str, Any]:
     from datetime import datetime
 
     states = run_states(sweep, store)
-    counts = {group: 0 for group in ("queued", "running", "done", "failed")}
+    counts = dict.fromkeys(("queued", "running", "done", "failed"), 0)
     for state in states.values():
-        counts[GROUP_OF_STATE.get(state, "failed")] += 1
+        counts[status_group(state)] += 1
     latest = sweep.submissions[-1] if sweep.submissions else None
     elapsed = eta = None
     if latest is not None:
         started = datetime.fromisoformat(latest.submitted_at).timestamp()
         elapsed = max(0.0, time.time() - started)
         in_latest = [states[r] for r in latest.run_ids if r in states]
-        ended = sum(GROUP_OF_STATE.get(s) in (DONE, FAILED) for s in in_latest)
+        ended = sum(status_group(s) in (DONE, FAILED) for s in in_latest)
         remaining = len(in_latest) - ended
         if remaining == 0:
             eta = 0.0
-            ends = [r.get("ended_at") for run_id in latest.run_ids for r in attempt_records(store, run_id)]
-            ends = [datetime.fromisoformat(e).timestamp() for e in ends if e]
+            ended_at = [r.get("ended_at") for run_id in latest.run_ids for r in attempt_records(store, run_id)]
+            ends = [datetime.fromisoformat(e).timestamp() for e in ended_at if e]
             if ends:
                 elapsed = max(0.0, max(ends) - started)
         elif ended:

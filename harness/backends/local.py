@@ -12,11 +12,14 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from harness.backends import Backend, Echo, Job
+from harness.backends import Backend, BackendOptions, Echo, Job
 from harness.errors import HarnessError
+from harness.record import RunStatus
+from harness.runtime.engine import resolve_runtime
 from harness.store.local import LocalStore
 from harness.sweeps import Submission, SweepState, save_state
 
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
     from harness.manifest import Hardware
     from harness.plan import RunSpec
 
-Execute = Callable[..., dict[str, Any]]
+Execute = Callable[..., Any]
 MEMORY_HEADROOM = 0.9  # leave a tenth of the host's memory to the harness, the engine and the system
 
 
@@ -33,20 +36,12 @@ def host_resources() -> dict[str, float]:
     import psutil
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from harness.capture.gpu import host_gpu_count
+
     return {"cpus": cpus, "memory_bytes": psutil.virtual_memory().total, "gpus": host_gpu_count()}
 
 
-def host_gpu_count() -> int:
-    """GPUs NVML sees (0 without a driver)."""
-    try:
-        from harness.capture.gpu import gpu_status
-
-        return len(gpu_status().get("devices", []))
-    except Exception:  # noqa: BLE001 - no NVML, no GPUs
-        return 0
-
-
-def parallel_slots(hardware: "Hardware", jobs: int | None = None, host: dict[str, float] | None = None) -> int:
+def parallel_slots(hardware: Hardware, jobs: int | None = None, host: dict[str, float] | None = None) -> int:
     """How many runs of this hardware target fit on the host at once, capped by ``jobs``."""
     host = host or host_resources()
     limits = {
@@ -66,28 +61,10 @@ def parallel_slots(hardware: "Hardware", jobs: int | None = None, host: dict[str
     return min(slots, jobs) if jobs else slots
 
 
-def engine_available() -> bool:
-    """Whether a Docker engine answers here."""
-    try:
-        from harness.images import docker_client
-
-        docker_client(timeout=10)
-        return True
-    except HarnessError:
-        return False
-
-
-def resolve_runtime(runtime: str) -> str:
-    """``auto`` becomes docker where an engine answers, else process."""
-    if runtime != "auto":
-        return runtime
-    return "docker" if engine_available() else "process"
-
-
 class LocalJob(Job):
     """A run in the local pool."""
 
-    def __init__(self, spec: "RunSpec", future: "Future[dict[str, Any]]", backend: "LocalBackend"):
+    def __init__(self, spec: RunSpec, future: Future[dict[str, Any]], backend: LocalBackend):
         self.spec = spec
         self.run_id = spec.run_id
         self.future = future
@@ -125,14 +102,21 @@ class LocalBackend(Backend):
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
-    def submit(self, specs: list["RunSpec"], sweep: SweepState) -> list[Job]:
+    @classmethod
+    def create(cls, store: LocalStore, options: BackendOptions) -> LocalBackend:
+        """Local runs take no Slurm options."""
+        if options.partition or options.account:
+            raise HarnessError("--partition and --account are for --backend slurm")
+        return cls(store, jobs=options.jobs, runtime=options.runtime, echo=options.echo)
+
+    def submit(self, specs: list[RunSpec], sweep: SweepState) -> list[Job]:
         """Start the pool; runs begin at once, as many at a time as fit."""
         slots = parallel_slots(specs[0].loaded.manifest.hardware, self.jobs)
         self.runtime = resolve_runtime(self.runtime)
         if self.runtime == "docker" and self._execute is None:
-            from harness.runner import prepare_image
+            from harness.images import prepare_image
 
-            prepare_image(specs[0], log=self.echo)  # once, before the pool: every run shares the image
+            prepare_image(specs[0].loaded, log=self.echo)  # once, before the pool: every run shares the image
         sweep.submissions.append(Submission(backend=self.name, run_ids=[s.run_id for s in specs], runtime=self.runtime))
         save_state(self.store, sweep)
         self.echo(f"running {len(specs)} runs locally, {slots} at a time ({self.runtime} runtime)")
@@ -182,13 +166,13 @@ class LocalBackend(Backend):
             else:
                 stop_run(run_id, self.runtime)
 
-    def _run_one(self, spec: "RunSpec") -> dict[str, Any]:
+    def _run_one(self, spec: RunSpec) -> dict[str, Any]:
         if self.stopping.is_set():
             return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "cancelled",
                     "detail": "not started: the sweep was interrupted"}
-        execute = self._execute
-        if execute is None:
-            from harness.runner import execute
+        from harness.runner import execute as run_one
+
+        execute: Execute = self._execute or run_one
 
         def on_start(record: dict[str, Any], job: Any = None) -> None:
             with self._lock:
@@ -203,7 +187,7 @@ class LocalBackend(Backend):
             record = execute(spec, self.store, runtime=self.runtime, on_start=on_start)
         except HarnessError as exc:
             return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "failed", "detail": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - one broken run must not stop the sweep
+        except Exception as exc:
             return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "failed",
                     "detail": f"{type(exc).__name__}: {exc}"}
         finally:
@@ -212,7 +196,7 @@ class LocalBackend(Backend):
                 self._handles.pop(spec.run_id, None)
         if self.stopping.is_set() and record.get("status") not in ("completed", "interrupted"):
             # Stopped from outside the runner (no job handle): say why, not just "exit 137".
-            record = mark_record(self.store, record["run_id"], "interrupted", "stopped by Ctrl-C on the sweep")
+            record = self.store.mark(record["run_id"], RunStatus.INTERRUPTED, "stopped by Ctrl-C on the sweep")
         return record
 
     def _stop_soon(self, spec_run_id: str) -> None:
@@ -224,17 +208,18 @@ def stop_run(run_id: str, runtime: str) -> None:
     """Stop a run started by this process: kill its container, or its process group."""
     if runtime == "docker":
         from harness.runtime.docker import RUN_LABEL
-        from harness.images import docker_client
+        from harness.runtime.engine import docker_client
 
         try:
             client = docker_client(timeout=30)
             for container in client.containers.list(filters={"label": f"{RUN_LABEL}={run_id}"}):
                 container.kill()
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:
             pass
         return
-    import psutil
     import signal
+
+    import psutil
 
     for child in psutil.Process().children(recursive=True):
         try:
@@ -242,11 +227,3 @@ def stop_run(run_id: str, runtime: str) -> None:
                 os.killpg(child.pid, signal.SIGKILL)
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
-
-
-def mark_record(store: LocalStore, run_id: str, status: str, detail: str) -> dict[str, Any]:
-    """Correct a sealed record's final status (its files are unchanged, so the checksums stand)."""
-    record = store.load(run_id)
-    record.update(status=status, detail=detail)
-    store.save(record)
-    return record

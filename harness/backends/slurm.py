@@ -17,12 +17,11 @@ import shutil
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.backends import Backend, Echo, Job
-from harness.errors import HarnessError
+from harness.backends import Backend, BackendOptions, Echo, Job, SweepOutcome
+from harness.errors import SlurmError
 from harness.store.local import LocalStore
 from harness.sweeps import Submission, SweepState, attempt_records, save_state, sweeps_dir
 
@@ -55,8 +54,6 @@ STATE_OF_SLURM = {
 REQUEUE_STATES = ("failed", "cancelled", "preempted", "node_fail", "timeout", "oom", "interrupted")
 
 
-class SlurmError(HarnessError):
-    """Slurm is unreachable or refused a request."""
 
 
 def slurm(args: list[str], what: str | None = None, timeout: float = COMMAND_TIMEOUT_S) -> str:
@@ -64,14 +61,15 @@ def slurm(args: list[str], what: str | None = None, timeout: float = COMMAND_TIM
     tried = what or shlex.join(args)
     if shutil.which(args[0]) is None:
         raise SlurmError(f"Slurm is not reachable: tried `{tried}`, but {args[0]} is not on PATH "
-                         "(install the Slurm client or run on a login node)")
+                         "(install the Slurm client or run on a login node)", command=tried, unreachable=True)
     try:
         result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"Slurm is not reachable: `{tried}` gave no answer in {timeout:.0f}s") from None
+        raise SlurmError(f"Slurm is not reachable: `{tried}` gave no answer in {timeout:.0f}s",
+                         command=tried, unreachable=True) from None
     if result.returncode != 0:
         message = " ".join((result.stderr or result.stdout).split())[:300]
-        raise SlurmError(f"`{tried}` failed (exit {result.returncode}): {message or 'no message'}")
+        raise SlurmError(f"`{tried}` failed (exit {result.returncode}): {message or 'no message'}", command=tried)
     return result.stdout
 
 
@@ -80,9 +78,9 @@ def partitions() -> dict[str, list[str]]:
     try:
         text = slurm(["sinfo", "--noheader", "--Node", "--format=%P|%N"])
     except SlurmError as exc:
-        if "is not reachable" in str(exc):
+        if exc.unreachable:
             raise
-        raise SlurmError(f"Slurm is not reachable: {exc}") from None
+        raise SlurmError(f"Slurm is not reachable: {exc}", command=exc.command, unreachable=True) from None
     found: dict[str, list[str]] = {}
     default = None
     for line in text.splitlines():
@@ -160,14 +158,14 @@ def max_array_size() -> int:
 
 def slurm_time(seconds: float) -> str:
     """Seconds as Slurm's ``D-HH:MM:SS``."""
-    total = int(math.ceil(seconds))
+    total = math.ceil(seconds)
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-def resource_options(hardware: "Hardware") -> list[str]:
+def resource_options(hardware: Hardware) -> list[str]:
     """sbatch options for one run of this hardware target."""
     options = [
         f"--cpus-per-task={max(1, math.ceil(float(hardware.cpus)))}",
@@ -179,21 +177,12 @@ def resource_options(hardware: "Hardware") -> list[str]:
     return options
 
 
-@dataclass
-class ArrayScript:
-    """An sbatch script for one chunk of a submission."""
-
-    path: Path
-    text: str
-    array: str
-
-
 def array_script(
     state_file: Path,
     submission_index: int,
     chunk_index: int,
     task_count: int,
-    hardware: "Hardware",
+    hardware: Hardware,
     job_name: str,
     log_dir: Path,
     store_root: Path,
@@ -393,7 +382,25 @@ class SlurmBackend(Backend):
         self.partition, self.nodes = partition_nodes(partition)  # fails early: unreachable, unknown partition
         self.explicit_partition = partition
 
-    def submit(self, specs: list["RunSpec"], sweep: SweepState) -> list[Job]:
+    @classmethod
+    def create(cls, store: LocalStore, options: BackendOptions) -> SlurmBackend:
+        """Nodes run docker where they have an engine, else process, unless process is asked for."""
+        node_runtime = "process" if options.runtime == "process" else "auto"
+        return cls(store, jobs=options.jobs, partition=options.partition, account=options.account,
+                   runtime=node_runtime, echo=options.echo)
+
+    def collect(self, jobs: list[Job], sweep: SweepState, outcome: SweepOutcome) -> None:
+        """Slurm runs on: say where to follow them and return."""
+        outcome.slurm_job_ids = list(sweep.submissions[-1].slurm_job_ids)
+        self.echo(f"submitted {len(jobs)} runs as Slurm job {', '.join(outcome.slurm_job_ids)}; "
+                  f"follow with `harness status {sweep.sweep_id}`")
+
+    @classmethod
+    def run_states(cls, sweep: SweepState, store: LocalStore) -> dict[str, str]:
+        """Each run's state, from its latest task's Slurm state and its records in the store."""
+        return run_states(sweep, store)
+
+    def submit(self, specs: list[RunSpec], sweep: SweepState) -> list[Job]:
         """Write the sweep's state and scripts into the store and sbatch one array job."""
         loaded = specs[0].loaded
         check_shared({"results store": self.store.root, "project": loaded.root}, self.nodes)

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
-from harness.store.local import LocalStore, write_json_atomic
+from harness.fsutil import write_json_atomic
+from harness.record import Record
+from harness.store.local import LocalStore
 from harness.sweeps import SweepState, load_state, sweeps_dir
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ def specs_path(store: LocalStore, sweep_id: str) -> Path:
     return sweeps_dir(store) / sweep_id / "specs.json"
 
 
-def save_specs(store: LocalStore, sweep: SweepState, specs: list["RunSpec"]) -> None:
+def save_specs(store: LocalStore, sweep: SweepState, specs: list[RunSpec]) -> None:
     """Add these runs' params and seeds to the sweep's specs file."""
     path = specs_path(store, sweep.sweep_id)
     runs: dict[str, Any] = json.loads(path.read_text())["runs"] if path.is_file() else {}
@@ -45,7 +47,7 @@ def save_specs(store: LocalStore, sweep: SweepState, specs: list["RunSpec"]) -> 
     write_json_atomic(path, {"manifest_path": sweep.manifest_path, "manifest_sha256": sweep.manifest_sha256, "runs": runs})
 
 
-def rebuild_specs(sweep: SweepState, loaded: "LoadedManifest", store: LocalStore | None = None) -> list["RunSpec"]:
+def rebuild_specs(sweep: SweepState, loaded: LoadedManifest, store: LocalStore | None = None) -> list[RunSpec]:
     """The sweep's RunSpecs again, from the manifest file and the saved params; refused when the
     manifest changed since submission (the runs would no longer be the ones asked for)."""
     from harness.plan import RunSpec, config_key
@@ -98,11 +100,11 @@ def task_output() -> str:
 START_LINE = "harness: start "
 
 
-def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id: int) -> dict[str, Any]:
+def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id: int) -> Record:
     """Run the run this task stands for and return its record."""
-    from harness.backends.local import mark_record, resolve_runtime
     from harness.manifest import load_manifest
     from harness.runner import execute
+    from harness.runtime.engine import resolve_runtime
 
     store = LocalStore(state_file.parent.parent)
     sweep = load_state(store, state_file.stem)
@@ -120,7 +122,7 @@ def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id:
     if record.get("status") == "interrupted":
         status, detail = ENDED_BY_SLURM.get(why_slurm_ended(task_output()), (None, None))
         if status is not None:
-            record = mark_record(store, record["run_id"], status, detail)
+            record = store.mark(record["run_id"], status, detail or "")
     print(f"harness: {record['run_id']} {record.get('status')}", flush=True)
     return record
 

@@ -2,22 +2,32 @@
 
 ``ENVIRONMENT_SCRIPT`` is Python source (standard library only) that the runtime runs inside the
 run's image with ``python -c``; it prints one JSON object. ``capture_host`` describes the host for
-record.json. Environment variables are recorded from an allow-list only, and what the one secret
-filter (``harness.secret_env.is_secret``) flags is dropped even when the allow-list would take it.
+record.json. Environment variables are recorded from an allow-list only, and a name that looks
+like a secret (``harness.secrets``) is dropped even when the allow-list would take it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import socket
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from harness.capture.gpu import gpu_inventory
-from harness.secret_env import filter_source
+from harness.fsutil import cache_root, write_json_atomic
+from harness.secrets import NOT_SECRET, SECRET_NAME_PATTERN, SECRET_VALUE_PATTERN
+
+if TYPE_CHECKING:
+    from harness.images import ImageInfo
 
 ENVIRONMENT_SCRIPT = r"""
 import importlib.metadata, json, os, platform, re, shutil, subprocess, sys
@@ -31,7 +41,9 @@ ALLOWED_NAMES = {
     "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
 }
 ALLOWED_PREFIXES = ("HARNESS_",)
-# SECRET FILTER (harness.secret_env.is_secret, embedded below)
+SECRET = re.compile(@SECRET_NAME_PATTERN@, re.I)
+NOT_SECRET = @NOT_SECRET@
+SECRET_VALUE = re.compile(@SECRET_VALUE_PATTERN@)
 
 def packages():
     found = {}
@@ -85,7 +97,8 @@ def torch_facts():
 def environment_variables():
     return {
         name: value for name, value in sorted(os.environ.items())
-        if (name in ALLOWED_NAMES or name.startswith(ALLOWED_PREFIXES)) and not is_secret(name, value)
+        if (name in ALLOWED_NAMES or name.startswith(ALLOWED_PREFIXES)) and (name.upper() in NOT_SECRET or not SECRET.search(name))
+        and not SECRET_VALUE.search(value)
     }
 
 smi = nvidia_smi()
@@ -104,7 +117,7 @@ print(json.dumps({
     "gpu_driver": (smi or {}).get("driver"),
     "env": environment_variables(),
 }, sort_keys=True))
-""".replace("# SECRET FILTER (harness.secret_env.is_secret, embedded below)\n", filter_source())
+""".replace("@SECRET_NAME_PATTERN@", repr(SECRET_NAME_PATTERN)).replace("@NOT_SECRET@", repr(tuple(sorted(NOT_SECRET)))).replace("@SECRET_VALUE_PATTERN@", repr(SECRET_VALUE_PATTERN))
 
 
 def _cpu_model() -> str | None:
@@ -140,3 +153,48 @@ def capture_host() -> dict[str, Any]:
         "gpus": inventory["gpus"],
         "gpu_driver": inventory["gpu_driver"],
     }
+
+
+def _cached_environment(key: str, capture: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """An environment capture, kept on disk under ``key`` (plus the capture script's hash);
+    a failed capture is returned but not kept."""
+    script = hashlib.sha256(ENVIRONMENT_SCRIPT.encode()).hexdigest()[:12]
+    cache = cache_root() / "environments" / f"{key}-{script}.json"
+    if cache.is_file():
+        try:
+            return json.loads(cache.read_text())
+        except ValueError:
+            pass
+    environment = capture()
+    if "error" not in environment:
+        write_json_atomic(cache, environment)
+    return environment
+
+
+def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
+    """What is inside the image (pip freeze, Python, torch/CUDA...), captured once per image id."""
+    from harness.runtime.docker import run_in_image
+
+    def capture() -> dict[str, Any]:
+        try:
+            return json.loads(run_in_image(client, image.id, ["python", "-c", ENVIRONMENT_SCRIPT]))
+        except Exception as exc:
+            return {"error": f"environment capture failed: {exc}"}
+
+    return _cached_environment(image.id.replace(":", "_"), capture)
+
+
+def process_environment() -> dict[str, Any]:
+    """The same capture for the process runtime, with the host's interpreter; cached until the
+    interpreter's package folders change (installing or removing a package changes their mtime)."""
+
+    def capture() -> dict[str, Any]:
+        result = subprocess.run([sys.executable, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=120)
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            return {"error": f"environment capture failed: {result.stderr.strip()[-300:]}"}
+
+    folders = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    stamp = json.dumps([sys.executable] + [[f, os.stat(f).st_mtime_ns] for f in folders if os.path.isdir(f)])
+    return _cached_environment(f"host-{hashlib.sha256(stamp.encode()).hexdigest()[:24]}", capture)

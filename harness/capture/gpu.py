@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.errors import HarnessError
+
 logger = logging.getLogger(__name__)
 
 try:
     import pynvml
 except ImportError:  # nvidia-ml-py is a dependency, but a broken install must not stop a run
-    pynvml = None  # type: ignore[assignment]
+    pynvml = None
 
 # metric suffix (after gpu/<i>/) -> query on one device handle
 DeviceQuery = Callable[[Any], float]
@@ -202,3 +204,29 @@ def gpu_inventory() -> dict[str, Any]:
         }
     finally:
         session.close()
+
+
+def host_gpu_status() -> dict[str, Any]:
+    """What NVML sees on this host (``available``, ``reason``, ``devices``); never raises."""
+    session = open_nvml(None)
+    try:
+        return session.status()
+    finally:
+        session.close()
+
+
+def check_gpus(requested: int) -> None:
+    """Refuse a GPU run on a host whose NVML sees fewer GPUs than requested."""
+    if requested <= 0:
+        return
+    status = host_gpu_status()
+    count = len(status.get("devices", []))
+    if count < requested:
+        reason = status.get("reason") or f"{count} GPU(s) seen"
+        raise HarnessError(f"the manifest asks for {requested} GPU(s) but this host has {count} ({reason}); "
+                           "use a GPU host or set hardware.gpus: 0")
+
+
+def host_gpu_count() -> int:
+    """GPUs NVML sees on this host (0 without a driver or without NVML)."""
+    return len(host_gpu_status().get("devices", []))

@@ -41,12 +41,12 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from harness.layout import EXTERNAL_JSONL as EXTERNAL_FILE
+from harness.layout import TRACK_JSONL as TRACK_FILE
 from harness.safefs import READ_BLOCK, Skipped, UnsafeFile, open_beneath, walk
 
 logger = logging.getLogger(__name__)
 
-TRACK_FILE = "metrics.jsonl"
-EXTERNAL_FILE = "metrics.external.jsonl"
 TENSORBOARD_MARK = "tfevents"
 
 MAX_LINE_BYTES = 64 << 10  # a longer JSON line is skipped (reason line_too_long)
@@ -303,7 +303,7 @@ class _EventFile:
         for data in self.records(reject):
             try:
                 event = event_pb2.Event.FromString(data)
-            except Exception:  # noqa: BLE001 - protobuf raises several kinds on hostile bytes
+            except Exception:
                 reject("tb_bad_record")
                 continue
             if not event.HasField("summary"):
@@ -336,8 +336,13 @@ def _tensor_scalar(tensor: Any) -> float | None:
 
     if any(dim.size != 1 for dim in tensor.tensor_shape.dim):
         return None
-    dtypes = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_HALF: np.float16,
-              types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64}
+    dtypes = {
+        types_pb2.DT_FLOAT: np.float32,
+        types_pb2.DT_DOUBLE: np.float64,
+        types_pb2.DT_HALF: np.float16,
+        types_pb2.DT_INT32: np.int32,
+        types_pb2.DT_INT64: np.int64,
+    }
     dtype = dtypes.get(tensor.dtype)
     if dtype is None:
         return None
@@ -359,8 +364,7 @@ class MetricsIngester:
     ``rejected`` counts skipped lines and values by reason; ``skipped`` lists metric files that
     were not read (a symlink, a FIFO, a folder too deep...) with the reason."""
 
-    def __init__(self, run_id: str, out_dir: Path, tensorboard_dir: Path | None,
-                 spool_dir: Path | None = None):
+    def __init__(self, run_id: str, out_dir: Path, tensorboard_dir: Path | None, spool_dir: Path | None = None):
         """Read ``out_dir``'s metric files and TensorBoard files under ``tensorboard_dir`` (a folder
         inside ``out_dir``); rows past ``FLUSH_ROWS`` are spilled to ``spool_dir`` (default: a
         temporary folder, removed with the ingester)."""
@@ -431,9 +435,14 @@ class MetricsIngester:
             self._tb_skipped = [Skipped(str(self.tensorboard_dir), "not inside the output folder")]
             return
         found = walk(self.out_dir, max_depth=MAX_TB_DEPTH, max_entries=MAX_TB_ENTRIES, below=below)
-        self._tb_skipped = [Skipped(f"out/{s.path}", s.reason) for s in found.skipped
-                            if TENSORBOARD_MARK in s.path.rsplit("/", 1)[-1] or "limit" in s.reason
-                            or "deeper" in s.reason or s.path == below]
+        self._tb_skipped = [
+            Skipped(f"out/{s.path}", s.reason)
+            for s in found.skipped
+            if TENSORBOARD_MARK in s.path.rsplit("/", 1)[-1]
+            or "limit" in s.reason
+            or "deeper" in s.reason
+            or s.path == below
+        ]
         for entry in found.files:
             if TENSORBOARD_MARK not in entry.relative.rsplit("/", 1)[-1] or entry.relative in self._event_files:
                 continue
@@ -543,9 +552,7 @@ class MetricsIngester:
             return
         if counted:  # rows from the fast path: keep the per-name next step up to date
             last_steps = table.group_by("name").aggregate([("step", "max")])
-            for name, step in zip(
-                last_steps.column("name").to_pylist(), last_steps.column("step_max").to_pylist()
-            ):
+            for name, step in zip(last_steps.column("name").to_pylist(), last_steps.column("step_max").to_pylist()):
                 self._next_step[name] = max(self._next_step.get(name, 0), min(step + 1, INT64_MAX))
         self._buffer.append(table)
         self._buffered += table.num_rows
@@ -606,8 +613,14 @@ class MetricsIngester:
                 return
             names, steps, wall_times, values = zip(*block, strict=True)
             yield pa.RecordBatch.from_arrays(
-                [pa.array(names, pa.string()), pa.array(steps, pa.int64()), pa.array(values, pa.float64()),
-                 pa.array(wall_times, pa.float64())], schema=ROW_SCHEMA)
+                [
+                    pa.array(names, pa.string()),
+                    pa.array(steps, pa.int64()),
+                    pa.array(values, pa.float64()),
+                    pa.array(wall_times, pa.float64()),
+                ],
+                schema=ROW_SCHEMA,
+            )
 
     # -- output ----------------------------------------------------------------------------------
 
@@ -697,7 +710,7 @@ class _Summary:
                 high, low = float(finite.max()), float(finite.min())
                 entry["max"] = high if entry["max"] is None else max(entry["max"], high)
                 entry["min"] = low if entry["min"] is None else min(entry["min"], low)
-            entry["tail"] = (entry["tail"] + series[-self.last_n:].tolist())[-self.last_n:]
+            entry["tail"] = (entry["tail"] + series[-self.last_n :].tolist())[-self.last_n :]
 
     def result(self) -> dict[str, dict[str, Any]]:
         result = {}

@@ -528,20 +528,6 @@ def system_jsonl_to_parquet(run_id: str, jsonl_path: Path, parquet_path: Path) -
         {"run_id": [run_id] * len(times), "time": times, "name": names, "value": values},
         schema=schema,
     )
+    from harness.fsutil import write_table_atomic
+
     write_table_atomic(table, Path(parquet_path))
-
-
-def write_table_atomic(table: Any, path: Path) -> None:
-    """Write a pyarrow table as parquet: readers see the old file or the new one, never half."""
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

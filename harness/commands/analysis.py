@@ -7,12 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import warnings
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import click
 
+from harness.commands.options import json_option
 from harness.errors import HarnessError
 
 DEFAULT_METRIC = "charts/episodic_return"
@@ -28,14 +27,6 @@ def _note(message: str) -> None:
     click.echo(f"note: {message}", err=True)
 
 
-def _metric(runs: Any, metric: str | None) -> str:
-    """The metric asked for, else the selected runs' most common primary metric."""
-    if metric:
-        return metric
-    primaries = Counter(p for p in runs.column("primary_metric").to_pylist() if p)
-    return primaries.most_common(1)[0][0] if primaries else DEFAULT_METRIC
-
-
 def _read_reference(path: Path) -> dict[str, tuple[float, float]]:
     """Reference scores: a CSV with columns env, low, high (e.g. random and human scores)."""
     try:
@@ -47,16 +38,12 @@ def _read_reference(path: Path) -> dict[str, tuple[float, float]]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (tmp + rename): never half a table."""
-    import os
-    import tempfile
+    """Write a text file atomically: never half a table."""
+    from harness.fsutil import write_text_atomic
 
     if not path.parent.exists():
         raise HarnessError(f"{path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 @click.command()
@@ -80,7 +67,7 @@ def compare(
     reference: Path | None, reps: int, seed: int, out: Path | None, improvement: bool, profiles: Path | None,
 ) -> None:
     """Summary table of the selected runs, per group and environment, with rliable aggregates."""
-    from harness.analysis.selection import select_runs
+    from harness.analysis.selection import default_metric, select_runs
     from harness.analysis.tables import add_improvement, build_comparison, to_csv, to_markdown
 
     if out is not None and out.suffix.lower() not in (".md", ".csv"):
@@ -92,7 +79,7 @@ def compare(
     reference_scores = _read_reference(reference) if reference else None
     store = _store()
     runs = select_runs(store, selection)
-    chosen = _metric(runs, metric)
+    chosen = default_metric(runs, metric, DEFAULT_METRIC)
     comparison = build_comparison(
         store, runs, chosen, by=by, env_key=env_key, last_n=last_n, normalization=normalize,
         reference=reference_scores, reps=reps, seed=seed,
@@ -131,79 +118,22 @@ def plot(
     points: int, out: Path,
 ) -> None:
     """Learning curves: mean and 95 % CI across seeds, one panel per environment."""
-    import numpy as np
-
-    from harness.analysis.curves import group_curves
-    from harness.analysis.index import metric_names, metric_series
+    from harness.analysis.curves import learning_curve_panels
     from harness.analysis.plots import check_output, plot_curves
-    from harness.analysis.selection import select_runs
-    from harness.analysis.tables import env_labels, group_labels
+    from harness.analysis.selection import default_metric, select_runs
 
     check_output(out)
     if points < 2 or smooth < 1:
         raise HarnessError("--points must be at least 2 and --smooth at least 1")
     store = _store()
     runs = select_runs(store, selection)
-    chosen = _metric(runs, metric)
-    series = metric_series(store, runs, chosen, x=x_axis)
-    if not series:
-        names = metric_names(store, runs)
-        raise HarnessError(f"no selected run logged metric {chosen!r} (they logged: {', '.join(names[:12]) or 'nothing'})")
-    if x_axis == "wall_time":  # seconds since each run's first point
-        series = {r: (x - x[0], y) for r, (x, y) in series.items()}
-    panels_in: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
-    for run_id, group, env in zip(runs.column("run_id").to_pylist(), group_labels(runs, by), env_labels(runs, env_key)):
-        if run_id in series:
-            panels_in.setdefault(env, {}).setdefault(group, {})[run_id] = series[run_id]
-    panels = {}
-    for env, groups in panels_in.items():
-        curves, notes = group_curves(groups, points=points, smooth=smooth)
-        panels[env] = curves
-        for note in notes:
-            _note(f"{env}: {note}" if env != "-" else note)
+    chosen = default_metric(runs, metric, DEFAULT_METRIC)
+    panels, notes, run_count = learning_curve_panels(store, runs, chosen, by, env_key, x_axis, points, smooth)
+    for text in notes:
+        _note(text)
     x_label = "environment steps" if x_axis == "step" else "wall time (s)"
     plot_curves(panels, out, chosen, x_label=x_label)
-    click.echo(f"wrote {out} ({len(series)} runs, {len(panels)} panel{'s' if len(panels) != 1 else ''})")
-
-
-def _thc_rows_from_runs(
-    selection: tuple[str, ...], hparams: list[str], across: str, metric: str | None, last_n: int,
-    ranking: str, task_key: str | None, reps: int, seed: int,
-) -> list[Any]:
-    """THC of a harness sweep: scores are final metrics, settings the values of ``across``."""
-    import pandas as pd
-
-    from harness.analysis.selection import run_params, select_runs
-    from harness.analysis.tables import final_scores
-    from harness.analysis.thc import thc_from_table
-
-    store = _store()
-    runs = select_runs(store, selection)
-    chosen = _metric(runs, metric)
-    scores, notes = final_scores(store, runs, chosen, last_n)
-    for note in notes:
-        _note(note)
-    params = run_params(runs)
-    for key in [*hparams, across] + ([task_key] if task_key else []):
-        if not any(key in p for p in params):
-            known = sorted({k for p in params for k in p})
-            raise HarnessError(f"no selected run has param {key!r} (params: {', '.join(known) or 'none'})")
-    records = []
-    for run_id, seed_value, p in zip(runs.column("run_id").to_pylist(), runs.column("seed").to_pylist(), params):
-        if run_id in scores:
-            records.append({**{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in p.items()},
-                            "__seed": seed_value, "__score": scores[run_id]})
-    frame = pd.DataFrame.from_records(records)
-    varying = [c for c in frame.columns if not c.startswith("__") and frame[c].astype(str).nunique() > 1]
-    rows = []
-    for hparam in hparams:
-        others = [c for c in varying if c not in (hparam, across, task_key)]
-        long = frame.assign(__hparam=hparam, __value=frame[hparam].astype(str))
-        rows += thc_from_table(
-            long, "__hparam", "__value", across, "__seed", "__score", group_by=others,
-            ranking=ranking, task_col=task_key, reps=reps, seed=seed,  # type: ignore[arg-type]
-        )
-    return rows
+    click.echo(f"wrote {out} ({run_count} runs, {len(panels)} panel{'s' if len(panels) != 1 else ''})")
 
 
 @click.command()
@@ -226,7 +156,7 @@ def _thc_rows_from_runs(
 @click.option("--task-col", help="With --ranking iqm-ci: the column (or param) of the tasks, e.g. game_index.")
 @click.option("--reps", default=2000, show_default=True, help="Bootstrap resamples (iqm-ci).")
 @click.option("--seed", "boot_seed", default=0, show_default=True, help="Bootstrap seed (iqm-ci).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@json_option
 def thc(
     selection: tuple[str, ...], hparams: str | None, across: str | None, metric: str | None, last_n: int,
     table: Path | None, hparam_col: str, value_col: str, setting_col: str, seed_col: str, score_col: str,
@@ -234,14 +164,14 @@ def thc(
 ) -> None:
     """THC (Tuning Hyperparameter Consistency): how much the ranking of each hyper-parameter's
     values changes across settings. 0: the same everywhere; 1: maximal flips."""
-    from harness.analysis.thc import thc_from_table
+    from harness.analysis.thc import read_study_table, thc_from_table, thc_of_runs
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if table is not None:
             if selection or hparams or across:
                 raise HarnessError("give either --table or a selection with --hparams/--across, not both")
-            frame = _read_table(table, numeric=[seed_col, score_col])
+            frame = read_study_table(table, numeric=[seed_col, score_col])
             groups = [g for g in group_by.split(",") if g]
             rows = thc_from_table(
                 frame, hparam_col, value_col, setting_col, seed_col, score_col, group_by=groups,
@@ -251,7 +181,8 @@ def thc(
             if not selection or not hparams or not across:
                 raise HarnessError("thc needs a selection with --hparams and --across, or --table")
             names = [h for h in hparams.split(",") if h]
-            rows = _thc_rows_from_runs(selection, names, across, metric, last_n, ranking, task_col, reps, boot_seed)
+            rows = thc_of_runs(_store(), selection, names, across, metric, last_n, ranking, task_col, reps, boot_seed,
+                               note=_note)
     for warning in caught:
         _note(str(warning.message))
     if not rows:
@@ -268,23 +199,3 @@ def thc(
         cells = [*(str(r.group.get(k, "-")) for k in group_keys), r.hyperparameter, str(len(r.score.spread)), str(r.score.settings),
                  f"{r.score.thc_mean:.4f}", f"{r.score.thc_std:.4f}"]
         click.echo("| " + " | ".join(cells) + " |")
-
-
-def _read_table(path: Path, numeric: list[str]):  # type: ignore[no-untyped-def]
-    """A long table; CSV cells stay text as the study spelled them, except the ``numeric`` columns."""
-    import pandas as pd
-
-    try:
-        if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path)
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise HarnessError(f"{path}: unreadable table ({str(exc).splitlines()[0]})") from exc
-    for column in numeric:
-        if column in frame.columns:
-            converted = pd.to_numeric(frame[column], errors="coerce")
-            bad = frame[column][converted.isna()]
-            if len(bad):
-                raise HarnessError(f"{path}: column {column!r} has a non-number {bad.iloc[0]!r}")
-            frame[column] = converted
-    return frame

@@ -9,14 +9,11 @@ from typing import Any
 
 import click
 
+from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
 from harness.errors import HarnessError
+from harness.record import Record
 
-
-def _console():  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
-    # piped output (scripts, CI logs) gets wide lines instead of wrapped cells
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+_console = console
 
 
 @click.command()
@@ -91,22 +88,22 @@ def bootstrap(name: str, suite: str, force: bool) -> None:
 
 @click.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--ca-bundle", type=click.Path(path_type=Path), help="Extra CA bundle for the build (default: SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE).")
+@ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
 @click.option("--quiet", is_flag=True)
 def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> None:
     """Build (or find) the content-addressed image of a manifest."""
+    from harness.images import prepare_image
     from harness.manifest import load_manifest
     from harness.plan import expand
-    from harness.runner import prepare_image
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
     if quiet:
-        info = prepare_image(spec, ca_bundle, force)
+        info = prepare_image(spec.loaded, ca_bundle, force)
     else:
         with _console().status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
-            info = prepare_image(spec, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
+            info = prepare_image(spec.loaded, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
     state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
     click.echo(f"{info.tag or info.ref} {info.id} ({state})")
 
@@ -116,7 +113,7 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--seed", "seeds", type=int, multiple=True, help="Run these seeds instead of the manifest's.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a param.")
 @click.option("--smoke", is_flag=True, help="Apply the manifest's smoke params (a quick run for CI).")
-@click.option("--runtime", type=click.Choice(["docker", "process"]), default="docker", show_default=True)
+@runtime_option
 @click.option("--backend", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option("--jobs", type=int, help="At most this many runs at once.")
 @click.option("--partition", help="Slurm partition.")
@@ -125,7 +122,7 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--retry-failed", is_flag=True, help="Re-run failed, timed-out, OOM and interrupted runs.")
 @click.option("--dry-run", is_flag=True, help="List what would run.")
 @click.option("--yes", is_flag=True, help="Confirm a sweep of more than 10,000 runs.")
-@click.option("--ca-bundle", type=click.Path(path_type=Path))
+@ca_bundle_option
 @click.option("--quiet", is_flag=True, help="Do not stream the job's output.")
 def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: bool, runtime: str, backend: str,
         jobs: int | None, partition: str | None, account: str | None, rerun: bool, retry_failed: bool,
@@ -145,13 +142,14 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
                             account=account, retry_failed=retry_failed, dry_run=dry_run, yes=yes, rerun=rerun,
                             echo=click.echo)
         sys.exit(outcome.exit_code)
+    from harness.backends import plan_sweep
+
     spec = specs[0]
-    if not rerun:
-        done = [r for r in store.find_by_config(spec.config_key) if r.get("status") == "completed"]
-        if done:
-            click.echo(f"{done[0]['run_id']}: already completed with this manifest, params and seed "
-                       "(use --rerun to run it again)")
-            return
+    # a single run that ended badly runs again without --retry-failed; a completed one needs --rerun
+    if plan_sweep(specs, store, retry_failed=True, rerun=rerun).completed:
+        click.echo(f"{spec.run_id}: already completed with this manifest, params and seed "
+                   "(use --rerun to run it again)")
+        return
     console = _console()
     echo = None if quiet else (lambda line: click.echo(f"  | {line}"))
     with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
@@ -160,7 +158,7 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
     sys.exit(0 if record["status"] == "completed" else 1)
 
 
-def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any) -> dict:
+def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any) -> Record:
     from harness.runner import execute
 
     def started(record: dict, job: Any = None) -> None:
@@ -176,7 +174,7 @@ def _number(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
-def _print_outcome(record: dict) -> None:
+def _print_outcome(record: Record) -> None:
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "", {})
     extra = f", {primary}: last {_number(summary.get('last'))}, mean of last N {_number(summary.get('mean_last_n'))}" if summary else ""
@@ -186,7 +184,7 @@ def _print_outcome(record: dict) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--limit", type=int, default=50, show_default=True)
 def ls(as_json: bool, limit: int) -> None:
     """Runs in the local store, newest first."""
@@ -229,6 +227,10 @@ def _mapping(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
 def _status_text(status: Any) -> str:
     colour = {"completed": "green", "running": "cyan"}.get(status, "red") if isinstance(status, str) else "red"
     return f"[{colour}]{_text(status, 40)}[/{colour}]"
@@ -236,7 +238,7 @@ def _status_text(status: Any) -> str:
 
 @click.command()
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole record.json.")
+@json_option
 @click.option("--log-lines", type=int, default=20, show_default=True)
 def show(run_id: str, as_json: bool, log_lines: int) -> None:
     """Provenance, status and summary metrics of one run."""
@@ -266,7 +268,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         ("docker / harness", f"{_text(record.get('docker_version', '-'))} / {_text(record.get('harness_version'))}"),
         ("files", f"{len(_mapping(record.get('files')))} checksummed"),
     ]
-    skipped = [s for key in ("skipped_files", "metrics_skipped") for s in (record.get(key) or []) if isinstance(s, dict)]
+    skipped = [s for key in ("skipped_files", "metrics_skipped") for s in _list(record.get(key)) if isinstance(s, dict)]
     if skipped:
         shown = "; ".join(f"{_text(s.get('path'), 60)}: {_text(s.get('reason'), 80)}" for s in skipped[:3])
         rows.append(("skipped files", f"{len(skipped)} ({shown}{'; ...' if len(skipped) > 3 else ''})"))
@@ -337,19 +339,19 @@ def doctor() -> None:
 
     checks: list[tuple[str, bool, str]] = []
     try:
-        from harness.images import docker_client
         from harness.runtime.docker import engine_version
+        from harness.runtime.engine import docker_client
 
         client = docker_client(timeout=10)
         checks.append(("docker engine", True, f"reachable, version {engine_version(client)}"))
         try:
             client.images.get(BASE_IMAGE)
             checks.append(("base image", True, BASE_IMAGE))
-        except Exception:  # noqa: BLE001
+        except Exception:
             checks.append(("base image", False, f"{BASE_IMAGE} missing: run `harness image bootstrap`"))
     except HarnessError as exc:
         checks.append(("docker engine", False, str(exc)))
-    from harness.runner import host_gpu_status
+    from harness.capture.gpu import host_gpu_status
 
     gpus = host_gpu_status()
     checks.append(("gpu / nvml", True, f"{len(gpus.get('devices', []))} GPU(s)" if gpus.get("available") else f"absent ({gpus.get('reason')})"))
@@ -359,7 +361,7 @@ def doctor() -> None:
         from huggingface_hub import get_token
 
         checks.append(("hub login", True, "token found (HF_TOKEN or login)" if get_token() else "none (publish needs HF_TOKEN)"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         checks.append(("hub login", True, f"unknown ({exc})"))
     failed = False
     for name, ok, text in checks:

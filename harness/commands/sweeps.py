@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from harness.commands.options import json_option
+
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
@@ -53,7 +55,7 @@ def progress_table(progress: dict[str, Any]) -> Any:
 
 @click.command()
 @click.argument("sweep", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print the progress as JSON (for scripts).")
+@json_option
 @click.option("--watch", is_flag=True, help="Refresh until every run has ended (Ctrl-C leaves).")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
 @click.option("--requeue", is_flag=True, help="Slurm: send failed, cancelled and preempted runs back to the queue.")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any
 
 import harness
 from harness.errors import EngineError
@@ -83,7 +84,7 @@ def _stream_logs(container: Any, log_path: Path, echo: Callable[[str], None] | N
 
 def copy_lines(chunks: Any, log_path: Path, echo: Callable[[str], None] | None) -> None:
     """Append a job's output to its log file (and the terminal); a full disk stops the file, not the job."""
-    sink = open(log_path, "ab", buffering=0)
+    sink: IO[bytes] | None = open(log_path, "ab", buffering=0)
     for chunk in chunks:
         if sink is not None:
             try:
@@ -157,19 +158,19 @@ class DockerJob:
     def _kill(self) -> None:
         try:
             self.container.kill()
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:
             pass
 
     def remove(self) -> None:
         try:
             self.container.remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:
             pass
 
 
 def kill_orphan(run_id: str) -> bool:
     """Kill and remove the container of a run whose harness process died; True if one was found."""
-    from harness.images import docker_client
+    from harness.runtime.engine import docker_client
 
     try:
         client = docker_client(timeout=30)
@@ -179,7 +180,7 @@ def kill_orphan(run_id: str) -> bool:
     for container in found:
         try:
             container.remove(force=True)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     return bool(found)
 
@@ -193,7 +194,7 @@ def engine_version(client: Any) -> str:
     if address not in _engine_versions:
         try:
             _engine_versions[address] = str(client.version().get("Version", "unknown"))
-        except Exception:  # noqa: BLE001
+        except Exception:
             return "unknown"
     return _engine_versions[address]
 

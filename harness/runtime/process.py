@@ -10,8 +10,10 @@ import sys
 import threading
 from pathlib import Path
 
+from harness.layout import EXTERNAL_JSONL
 from harness.runtime.docker import copy_lines, harness_package_dir
 from harness.runtime.job import JobRequest, JobResult
+from harness.secrets import without_secrets
 
 CONTAINER_WORKLOAD = "/workload/"
 
@@ -30,9 +32,7 @@ def host_command(request: JobRequest) -> list[str]:
 
 def host_environment(request: JobRequest) -> dict[str, str]:
     """The host's environment less secrets, plus the job's variables."""
-    from harness.secret_env import drop_secrets
-
-    base = drop_secrets(os.environ)
+    base = without_secrets(os.environ)
     library = str(harness_package_dir().parent)
     python_path = os.pathsep.join(p for p in (library, base.get("PYTHONPATH", "")) if p)
     pins = {}
@@ -45,7 +45,7 @@ def host_environment(request: JobRequest) -> dict[str, str]:
         **request.environment,
         **pins,
         "HARNESS_OUT": str(request.out_dir),
-        "HARNESS_METRICS": str(request.out_dir / "metrics.external.jsonl"),
+        "HARNESS_METRICS": str(request.out_dir / EXTERNAL_JSONL),
         "PYTHONPATH": python_path,
         "MPLBACKEND": "Agg",
     }

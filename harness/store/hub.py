@@ -21,17 +21,29 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
-from harness.safefs import (MAX_CHECKSUM_BYTES, MAX_RECORD_BYTES, UnsafeFile, checksum_files, load_json, open_beneath,
-                            printable, relative_path_problem)
-from harness.store.local import RECORD_NAME, FINAL_STATUSES, LocalStore
+from harness.layout import RECORD as RECORD_NAME
+from harness.layout import SYSTEM_PARQUET
+from harness.record import FINAL_STATUSES
+from harness.safefs import (
+    MAX_CHECKSUM_BYTES,
+    MAX_RECORD_BYTES,
+    UnsafeFile,
+    checksum_files,
+    load_json,
+    open_beneath,
+    printable,
+    relative_path_problem,
+)
+from harness.store.local import LocalStore
 
 REPO_TYPE = "dataset"
 RUNS_INDEX = "runs.parquet"
@@ -104,9 +116,9 @@ def hub_errors(repo: str, endpoint: str) -> Iterator[None]:
     import httpx2
     from huggingface_hub.errors import (
         HfHubHTTPError,
+        RemoteEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
-        RemoteEntryNotFoundError,
     )
 
     try:
@@ -156,7 +168,7 @@ def _git_blob_oid_file(folder: Path, relative: str) -> str:
     return digest.hexdigest()
 
 
-def published_record_bytes(record: dict[str, Any]) -> bytes:
+def published_record_bytes(record: Mapping[str, Any]) -> bytes:
     """record.json as published: without the fields that only describe this machine's copy."""
     public = {k: v for k, v in record.items() if k not in LOCAL_ONLY_FIELDS}
     return (json.dumps(public, indent=2, sort_keys=True, default=str) + "\n").encode()
@@ -174,7 +186,7 @@ def _same_content(remote: Any, sha256: str, git_oid: str) -> bool:
 # -- publish --------------------------------------------------------------------------------------
 
 
-def _run_index_row(record: dict[str, Any]) -> dict[str, Any]:
+def _run_index_row(record: Mapping[str, Any]) -> dict[str, Any]:
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "", {})
     image = record.get("image") or {}
@@ -223,7 +235,8 @@ def _conform_index_batch(batch: pa.RecordBatch, source: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=RUNS_SCHEMA)
 
 
-def write_runs_index(existing: Path | None, records: list[dict[str, Any]], target: Path, source: str = RUNS_INDEX) -> _IndexOutcome:
+def write_runs_index(existing: Path | None, records: Sequence[Mapping[str, Any]], target: Path,
+                     source: str = RUNS_INDEX) -> _IndexOutcome:
     """Write ``target``: the rows of the ``existing`` runs index (minus the runs being published),
     then one row per record. The old index is streamed in batches, never loaded whole."""
     import collections
@@ -434,7 +447,7 @@ def publish(
                 ))
             new_index = Path(scratch) / "new-runs.parquet"
             index = write_runs_index(index_path, records, new_index, f"{repo}@{head[:12]}")
-            has_system = any("system.parquet" in r["files"] for r in records) or any(
+            has_system = any(SYSTEM_PARQUET in r["files"] for r in records) or any(
                 p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
             )
             card = dataset_card(repo, index.tail, has_system, total=index.rows, names=index.names).encode()
@@ -451,7 +464,7 @@ def publish(
     return PublishResult(repo, str(repo_url), info.oid, changed, unchanged)
 
 
-def _check_publishable_paths(run_id: str, record: dict[str, Any]) -> None:
+def _check_publishable_paths(run_id: str, record: Mapping[str, Any]) -> None:
     """Refuse a run with a file name that a pull would refuse (one line naming the file)."""
     files = record.get("files")
     if not isinstance(files, dict):

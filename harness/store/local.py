@@ -2,54 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 import stat
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import cast
 
 from harness.errors import StoreError
+from harness.fsutil import write_json_atomic
+from harness.layout import RECORD, RunLayout
+from harness.record import Record
 from harness.safefs import MAX_RECORD_BYTES, Skipped, UnsafeFile, checksum_files, load_json, skipped_for_record
 
-RECORD_NAME = "record.json"
-SCHEMA_VERSION = 1
 MAX_RUNS = 1_000_000  # run folders looked at by one listing
-# "error": the harness itself failed while finishing the run (the reason is in ``detail``)
-FINAL_STATUSES = {"completed", "failed", "timeout", "oom", "interrupted", "cancelled", "error"}
 
 
 def store_root() -> Path:
     """The store's root folder: ``$HARNESS_HOME`` or ``./results``."""
     return Path(os.environ.get("HARNESS_HOME") or "results").absolute()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checksum_tree(folder: Path) -> dict[str, str]:
@@ -60,17 +31,14 @@ def checksum_tree(folder: Path) -> dict[str, str]:
     return checksum_report(folder)[0]
 
 
-def _is_record_name(name: str) -> bool:
-    return name == RECORD_NAME or name.startswith(f".{RECORD_NAME}.")
-
-
 def checksum_report(folder: Path) -> tuple[dict[str, str], list[Skipped]]:
     """``checksum_tree`` and the list of what it left out, through the one safe walker."""
     sums, skipped = checksum_files(folder)
-    return {path: digest for path, digest in sums.items() if not _is_record_name(path)}, skipped
+    layout = RunLayout(folder)
+    return {path: digest for path, digest in sums.items() if not ("/" not in path and layout.is_record_temp(path))}, skipped
 
 
-def read_record(path: Path) -> dict[str, Any]:
+def read_record(path: Path) -> Record:
     """A record.json read safely (regular file, size-capped); StoreError when it is not a record."""
     try:
         data = load_json(path, MAX_RECORD_BYTES)
@@ -80,7 +48,7 @@ def read_record(path: Path) -> dict[str, Any]:
         raise StoreError(f"{path}: unreadable run record ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise StoreError(f"{path}: unreadable run record (not a JSON object)")
-    return data
+    return cast(Record, data)
 
 
 class LocalStore:
@@ -96,16 +64,20 @@ class LocalStore:
             raise StoreError(f"invalid run id {run_id!r}")
         return self.runs_dir / run_id
 
+    def layout(self, run_id: str) -> RunLayout:
+        """The file names of one run's folder."""
+        return RunLayout(self.run_dir(run_id))
+
     def exists(self, run_id: str) -> bool:
         """Whether the store holds a record for ``run_id``."""
         try:
-            return stat.S_ISREG(os.lstat(self.run_dir(run_id) / RECORD_NAME).st_mode)
+            return stat.S_ISREG(os.lstat(self.run_dir(run_id) / RECORD).st_mode)
         except OSError:
             return False
 
-    def load(self, run_id: str) -> dict[str, Any]:
+    def load(self, run_id: str) -> Record:
         """The record of one run; a clear error when there is none."""
-        path = self.run_dir(run_id) / RECORD_NAME
+        path = self.run_dir(run_id) / RECORD
         if not os.path.lexists(path):
             known = ", ".join(str(r.get("run_id")) for r in list(self.records())[:5]) or "none"
             raise StoreError(f"{self.root}: no run {run_id!r} (newest: {known}); see `harness ls`")
@@ -114,20 +86,28 @@ class LocalStore:
             raise StoreError(f"{path}: the record names run {str(record.get('run_id'))[:80]!r}, not {run_id!r}")
         return record
 
-    def save(self, record: dict[str, Any]) -> Path:
+    def save(self, record: Record) -> Path:
         """Write ``record`` as its run's record.json, atomically."""
-        path = self.run_dir(record["run_id"]) / RECORD_NAME
+        path = self.run_dir(record["run_id"]) / RECORD
         write_json_atomic(path, record)
         return path
 
-    def seal(self, record: dict[str, Any]) -> dict[str, Any]:
+    def seal(self, record: Record) -> Record:
         """Checksum every file of the run folder into ``record['files']`` and save it."""
         record["files"], skipped = checksum_report(self.run_dir(record["run_id"]))
         record["skipped_files"] = skipped_for_record(skipped)
         self.save(record)
         return record
 
-    def records(self) -> Iterator[dict[str, Any]]:
+    def mark(self, run_id: str, status: str, detail: str) -> Record:
+        """Correct a sealed record's final status (its files are unchanged, so the checksums stand)."""
+        record = self.load(run_id)
+        record["status"] = str(status)
+        record["detail"] = detail
+        self.save(record)
+        return record
+
+    def records(self) -> Iterator[Record]:
         """Every readable run record, newest first.
 
         Records are read safely (no link followed, FIFOs and huge files skipped); a record whose
@@ -142,7 +122,7 @@ class LocalStore:
             return iter(())
         for name in names:
             try:
-                record = read_record(self.runs_dir / name / RECORD_NAME)
+                record = read_record(self.runs_dir / name / RECORD)
             except StoreError:
                 continue
             if record.get("run_id") != name:
@@ -151,7 +131,7 @@ class LocalStore:
         found.sort(key=lambda r: str(r.get("started_at") or ""), reverse=True)
         return iter(found)
 
-    def find_by_config(self, config_key: str) -> list[dict[str, Any]]:
+    def find_by_config(self, config_key: str) -> list[Record]:
         """Records of earlier attempts of the same (manifest, params, seed)."""
         return [r for r in self.records() if r.get("config_key") == config_key]
 

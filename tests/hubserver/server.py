@@ -43,11 +43,11 @@ class HubHandler(BaseHTTPRequestHandler):
     """One request: routes by method and path to the handlers below."""
 
     protocol_version = "HTTP/1.1"
-    server: "HubHTTPServer"
+    server: HubHTTPServer
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
+    def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
 
@@ -109,16 +109,16 @@ class HubHandler(BaseHTTPRequestHandler):
 
     # -- dispatch ---------------------------------------------------------------------------------
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._dispatch()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch()
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch()
 
     ROUTES: list[tuple[str, re.Pattern[str], str]] = [
@@ -455,7 +455,7 @@ class HubServer:
         self.faults = self.httpd.faults
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="hubserver", daemon=True)
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         """Start serving in the background."""
         self._thread.start()
         return self
@@ -466,7 +466,7 @@ class HubServer:
         self.httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

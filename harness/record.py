@@ -1,0 +1,129 @@
+"""The run record: its status vocabulary and its fields, as ``docs/architecture.md`` lists them.
+
+A record is stored as JSON (``record.json``), so in code it is a ``dict`` typed as :class:`Record`;
+the keys below are all it may hold.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, TypedDict
+
+SCHEMA_VERSION = 1
+
+
+class RunStatus(enum.StrEnum):
+    """Every state a run (or a scheduler task holding one) can be in."""
+
+    QUEUED = "queued"
+    PENDING = "pending"
+    REQUEUED = "requeued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
+    ERROR = "error"  # the harness itself failed while finishing the run; detail says why
+    NODE_FAIL = "node_fail"
+    PREEMPTED = "preempted"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def final(self) -> bool:
+        """Whether a record with this status is sealed (nothing will change it)."""
+        return self in FINAL_STATUSES
+
+    @property
+    def group(self) -> str:
+        """The display group: queued, running, done or failed."""
+        return GROUP_OF_STATUS[self]
+
+
+# the statuses a sealed run record can hold
+FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.OOM,
+                            RunStatus.INTERRUPTED, RunStatus.CANCELLED, RunStatus.ERROR})
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+GROUP_OF_STATUS: dict[RunStatus, str] = {
+    RunStatus.QUEUED: QUEUED, RunStatus.PENDING: QUEUED, RunStatus.REQUEUED: QUEUED,
+    RunStatus.RUNNING: RUNNING, RunStatus.COMPLETED: DONE,
+    **{status: FAILED for status in RunStatus if status not in (RunStatus.QUEUED, RunStatus.PENDING,
+                                                                   RunStatus.REQUEUED, RunStatus.RUNNING,
+                                                                   RunStatus.COMPLETED)},
+}
+
+
+def status_group(status: str | None) -> str:
+    """The display group of a status string; an unknown one counts as failed."""
+    try:
+        return RunStatus(status or "").group
+    except ValueError:
+        return FAILED
+
+
+def is_final(status: str | None) -> bool:
+    """Whether ``status`` (a string from a record) is a final status."""
+    try:
+        return RunStatus(status or "").final
+    except ValueError:
+        return False
+
+
+class ImageRecord(TypedDict, total=False):
+    """``record["image"]``: what ran (see :class:`harness.images.ImageInfo`)."""
+
+    ref: str
+    id: str
+    tag: str | None
+    content_hash: str | None
+    cached: bool
+    build_seconds: float
+    packages: list[str]
+
+
+class Record(TypedDict, total=False):
+    """One run's ``record.json``."""
+
+    schema_version: int
+    run_id: str
+    config_key: str
+    name: str
+    description: str
+    tags: list[str]
+    status: str  # a RunStatus value
+    exit_code: int | None
+    detail: str
+    started_at: str
+    ended_at: str | None
+    duration_s: float | None
+    seed: int
+    params: dict[str, Any]
+    smoke: bool
+    command: list[str]
+    runtime: str
+    hermetic: bool
+    manifest_sha256: str
+    lockfile_sha256: str | None
+    image: ImageRecord | None
+    hardware: dict[str, Any]
+    expect: dict[str, Any]
+    primary_metric: str | None
+    harness_version: str
+    reproduces: str | None
+    reproduction_verdict: str
+    owner: dict[str, Any]  # pid and host of the harness while the run goes; removed when sealed
+    host: dict[str, Any]
+    pins: list[dict[str, Any]]
+    docker_version: str
+    metrics_summary: dict[str, dict[str, Any]]
+    peak_memory_bytes: int
+    gpu: dict[str, Any]
+    environment: dict[str, Any]
+    pulled_from: dict[str, Any]
+    files: dict[str, str]  # posix path -> sha256 of every file but record.json
+    skipped_files: list[dict[str, str]]  # {path, reason} of what the checksums left out (links, FIFOs...)
+    metrics_rejected: dict[str, int]  # skipped metric lines or values, counted by reason
+    metrics_skipped: list[dict[str, str]]  # {path, reason} of metric files left unread

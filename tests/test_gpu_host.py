@@ -1,0 +1,71 @@
+"""The host's GPU count as the local backend sees it, with NVML faked at the pynvml boundary (this
+machine has no GPU): the count must come from NVML, and a GPU sweep must fit a GPU host."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pynvml
+import pytest
+
+from harness.backends.local import host_resources, parallel_slots
+from harness.capture import gpu
+from harness.manifest import Hardware
+
+
+class FakeNvml:
+    """The pynvml calls ``open_nvml`` makes, answering for ``count`` H100s."""
+
+    NVMLError = pynvml.NVMLError
+
+    def __init__(self, count: int):
+        self.count = count
+        self.initialised = 0
+
+    def nvmlInit(self) -> None:
+        self.initialised += 1
+
+    def nvmlShutdown(self) -> None:
+        self.initialised -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "580.65.06"
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self.count
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
+        return ("handle", index)
+
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        return "NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        return f"GPU-{handle[1]}"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any:
+        return type("Memory", (), {"total": 80 * 2**30, "used": 0})()
+
+
+@pytest.fixture
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
+    fake = FakeNvml(2)
+    monkeypatch.setattr(gpu, "pynvml", fake)
+    return fake
+
+
+def test_host_resources_count_the_gpus_nvml_sees(two_gpus: FakeNvml) -> None:
+    assert gpu.host_gpu_count() == 2
+    assert host_resources()["gpus"] == 2
+    assert two_gpus.initialised == 0  # every open was closed
+
+
+def test_a_gpu_sweep_fits_a_gpu_host(two_gpus: FakeNvml) -> None:
+    one_gpu_each = Hardware(accelerator="cuda", gpus=1, cpus=1, memory="1GiB", timeout="1m")
+    assert parallel_slots(one_gpu_each, host={"cpus": 8, "memory_bytes": 64 * 2**30, "gpus": gpu.host_gpu_count()}) == 2
+
+
+def test_no_nvml_counts_no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu, "pynvml", None)
+    assert gpu.host_gpu_count() == 0
+    assert host_resources()["gpus"] == 0
