@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.errors import EngineError, HubError
-from harness.store.local import FINAL_STATUSES, LocalStore
+from harness.record import FINAL_STATUSES
+from harness.store.local import LocalStore
 from tests.conftest import REPO, run_cli
 from tests.hubserver import HubServer, RepoRef
 from tests.hubserver.runs import make_run
