@@ -75,6 +75,14 @@ def printable(text: str, limit: int = MAX_LINK_TEXT) -> str:
     return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
+def terminal_safe(text: str, limit: int = 4000) -> str:
+    """A workload's output line for a terminal or CI log: control characters (escape sequences
+    that could rewrite the screen or forge lines) shown escaped, tabs kept, length bounded."""
+    shown = "".join(c if c == "\t" or (c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF) else f"\\x{ord(c):02x}"
+                    for c in text[: limit + 1])
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
 def name_problem(name: str) -> str | None:
     """Why a single file name cannot be taken as it is (None: it can)."""
     try:

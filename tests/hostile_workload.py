@@ -156,6 +156,15 @@ def tb_huge_record(target):
         handle.write(os.urandom(1 << 16))  # then garbage
 
 
+def escapes(target):
+    """Terminal escape sequences and forged lines in the output, then a failure (so `show` prints the log)."""
+    sys.stdout.write("\x1b[2J\x1b[H\x1b]0;owned\x07fake\rerror: forged harness line\n")
+    sys.stdout.write("\x1b[31mred\x1b[0m \x9b31m c1 csi\n")
+    sys.stdout.flush()
+    log("probe/value", 1.0, 0)
+    sys.exit(3)
+
+
 def many_files(target):
     for index in range(3000):
         with open(os.path.join(OUT, f"f{index}"), "w") as handle:

@@ -314,6 +314,17 @@ def test_a_huge_tensorboard_record_is_skipped_unread(hostile_project, host_secre
     assert_store_usable(store_home, record["run_id"])
 
 
+def test_escape_sequences_in_output_do_not_reach_the_terminal(hostile_project, host_secret, store_home):
+    record, proc = attack(hostile_project, "escapes", store_home, host_secret)
+
+    assert record["status"] == "failed"
+    assert "forged harness line" in proc.stdout  # echoed, but escaped
+    shown = assert_store_usable(store_home, record["run_id"])
+    for text in (proc.stdout, proc.stderr, shown[3]):
+        assert "\x1b" not in text and "\x9b" not in text and "\r" not in text
+    assert "forged harness line" in shown[3]
+
+
 # -- the store: any record, any run folder --------------------------------------------------------
 
 
@@ -650,3 +661,69 @@ def test_one_secret_filter_for_both_copies(monkeypatch):
     ).stdout
     recorded = json.loads(captured)["env"]
     assert "HARNESS_SEED" in recorded and not set(cases) & set(recorded)
+
+
+def test_walk_stops_at_its_entry_limit(tmp_path):
+    from harness.safefs import walk
+
+    for index in range(1_100):
+        (tmp_path / f"f{index}").write_text("x")
+    found = walk(tmp_path, max_entries=1_000)
+    assert len(found.files) == 1_000
+    assert any("entry limit" in s.reason for s in found.skipped)
+
+
+def test_odd_metric_files_on_the_host_side(tmp_path):
+    import struct
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    from harness.capture.metrics import MetricsIngester
+
+    out = tmp_path / "out"
+    (out / "metrics.jsonl").mkdir(parents=True)  # a folder where a file is expected
+    with open(out / "metrics.external.jsonl", "wb") as handle:  # a last line of 5 MB without a newline
+        handle.write(b'{"name": "ok", "step": 1, "value": 1}\n' + b"x" * (5 << 20))
+    (out / "tb").mkdir()
+    garbage = b"\x08\xff\xff\xff\xff\xff"
+    header = struct.pack("<Q", len(garbage))
+    with open(out / "tb" / "events.out.tfevents.1.bad", "wb") as handle:
+        handle.write(header + struct.pack("<I", masked_crc32c(header)) + garbage + b"\0\0\0\0")
+    ingester = MetricsIngester("r", out, out / "tb")
+    assert ingester.poll(final=True) == 1
+    assert ingester.rejected == {"line_too_long": 1, "tb_bad_record": 1}
+    assert any(s.path == "out/metrics.jsonl" and "directory" in s.reason for s in ingester.skipped)
+
+
+def test_publish_into_a_repo_with_a_garbage_runs_index(hub, tmp_path):
+    store = LocalStore(tmp_path / "origin")
+    make_run(store, "garbage-aaa")
+    repo = RepoRef("dataset", HUB_REPO)
+    hub.storage.create_repo(repo, private=False)
+    hub.storage.force_commit(repo, {"runs.parquet": b"PAR1 this is not parquet " + MARKER.encode()})
+    proc = run_cli("publish", "garbage-aaa", "--repo", HUB_REPO, env={"HARNESS_HOME": str(store.root)})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "runs.parquet" in proc.stderr, proc.stderr
+    assert_nowhere(texts=(proc.stdout, proc.stderr))
+
+
+@pytest.mark.parametrize(
+    "record_bytes",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"run_id": "evil-aaa", "x": "' + b"a" * (40 << 20) + b'"}',
+        b"\xff\xfe garbage",
+    ],
+    ids=["deep", "huge", "binary"],
+)
+def test_pull_refuses_a_hostile_record(hub, tmp_path, record_bytes):
+    store = LocalStore(tmp_path / "origin")
+    make_run(store, "evil-aaa")
+    from harness.store.hub import publish
+
+    publish(["evil-aaa"], HUB_REPO, endpoint=hub.url, store=store)
+    hub.storage.force_commit(RepoRef("dataset", HUB_REPO), {"runs/evil-aaa/record.json": record_bytes})
+    started = time.monotonic()
+    proc = run_cli("pull", HUB_REPO, env={"HARNESS_HOME": str(tmp_path / "mine")})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert time.monotonic() - started < 120
+    assert not (tmp_path / "mine" / "runs" / "evil-aaa").exists()

@@ -10,6 +10,7 @@ from typing import IO, Any
 import harness
 from harness.errors import EngineError
 from harness.runtime.job import JobRequest, JobResult
+from harness.safefs import terminal_safe
 
 CONTAINER_OUT = "/harness/out"
 CONTAINER_LIB = "/opt/harness"
@@ -92,7 +93,8 @@ def copy_lines(chunks: Any, log_path: Path, echo: Callable[[str], None] | None) 
             except OSError:
                 sink = None  # the record's error says the disk filled up
         if echo is not None:
-            echo(chunk.decode(errors="replace").rstrip("\n"))
+            for line in chunk.decode(errors="replace").rstrip("\n").split("\n"):
+                echo(terminal_safe(line))
     if sink is not None:
         try:
             sink.close()
