@@ -78,8 +78,10 @@ def printable(text: str, limit: int = MAX_LINK_TEXT) -> str:
 def terminal_safe(text: str, limit: int = 4000) -> str:
     """A workload's output line for a terminal or CI log: control characters (escape sequences
     that could rewrite the screen or forge lines) shown escaped, tabs kept, length bounded."""
-    shown = "".join(c if c == "\t" or (c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF) else f"\\x{ord(c):02x}"
-                    for c in text[: limit + 1])
+    shown = "".join(
+        c if c == "\t" or (c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF) else f"\\x{ord(c):02x}"
+        for c in text[: limit + 1]
+    )
     return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
