@@ -31,7 +31,7 @@ from harness.images import ImageInfo, context_files, prepare_image
 from harness.layout import RunLayout
 from harness.plan import RunSpec
 from harness.record import SCHEMA_VERSION, Record, RunStatus
-from harness.runtime.engine import docker_client
+from harness.runtime.engine_api import engine_api
 from harness.runtime.job import JobRequest, JobResult
 from harness.store.local import LocalStore
 
@@ -138,7 +138,7 @@ def execute(
     threading.Thread(target=_warm_imports, name="harness-imports", daemon=True).start()
     manifest = spec.loaded.manifest
     check_gpus(manifest.hardware.gpus)
-    client = docker_client() if runtime == "docker" else None
+    client = engine_api() if runtime == "docker" else None
     image = prepare_image(spec.loaded, ca_bundle, force_build, build_log) if runtime == "docker" else None
     from harness.pins import fetch_pins
 
@@ -278,15 +278,11 @@ def _note_ingestion(record: Record, ingester: Any) -> None:
 
 
 def _warm_imports() -> None:
-    """Import the table libraries while the engine starts the container: the first ``pa.array``
-    also imports pandas (pyarrow checks for it), about half a second that need not be serial."""
-    import pyarrow as pa
-    import pyarrow.parquet
+    """Import the table libraries while the engine starts the container."""
+    import pyarrow.parquet  # noqa: F401
 
     import harness.capture.metrics
     import harness.capture.system  # noqa: F401
-
-    pa.array([0])
 
 
 class Terminated(KeyboardInterrupt):

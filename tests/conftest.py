@@ -79,18 +79,54 @@ def cli():
     return run_cli
 
 
+def copy_project(target: Path, *parts: str) -> Path:
+    """Copy ``parts`` of this repository (folders or files, e.g. ``images/noop``) into ``target``
+    at the same relative paths, without bytecode caches; returns ``target``."""
+    import shutil
+
+    for part in parts:
+        source, destination = REPO / part, target / part
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            shutil.copy(source, destination)
+    (target / "manifests").mkdir(exist_ok=True)
+    return target
+
+
+def noop_project(target: Path) -> Path:
+    """A project folder with the noop image recipe, its lockfile and an empty manifests/ folder."""
+    return copy_project(target, "images/noop", "lockfiles/noop.txt")
+
+
 def noop_variant(tmp_path: Path, old: str = "", new: str = "", extra: str = "") -> str:
     """A copy of the noop project whose manifest has ``old`` replaced by ``new`` and ``extra``
     appended (same recipe and lockfile, so the same image); returns the manifest's path."""
-    import shutil
-
-    for part in ("images/noop", "lockfiles/noop.txt"):
-        source, target = REPO / part, tmp_path / part
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, target) if source.is_dir() else shutil.copy(source, target)
+    noop_project(tmp_path)
     manifest = tmp_path / "manifests" / "variant.yaml"
-    manifest.parent.mkdir(exist_ok=True)
     text = (REPO / "manifests" / "noop.yaml").read_text()
     assert old in text
     manifest.write_text(text.replace(old, new) + extra)
     return str(manifest)
+
+
+HUB_TOKEN = "hf_testTOKENvalue0123456789abcdef"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The project's test Hub on a free loopback port, with the huggingface_hub client pointed at it
+    (``HF_ENDPOINT``, ``HF_TOKEN`` = :data:`HUB_TOKEN`), Xet off (the server speaks the classic LFS
+    API) and no progress bars."""
+    from huggingface_hub import constants
+
+    from tests.hubserver import HubServer
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    with HubServer(tmp_path / "hub", token=HUB_TOKEN) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server

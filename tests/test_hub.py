@@ -15,25 +15,12 @@ from click.testing import CliRunner
 from harness.errors import HubError
 from harness.store.hub import publish, pull
 from harness.store.local import LocalStore
+from tests.conftest import HUB_TOKEN
 from tests.hubserver import HubServer, RepoRef
 from tests.hubserver.runs import make_run
 
-TOKEN = "hf_testTOKENvalue0123456789abcdef"
+TOKEN = HUB_TOKEN
 REPO = "lab/cartpole-results"
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """The test Hub on a free loopback port, the client pointed at it with Xet disabled."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    with HubServer(tmp_path / "hub", token=TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
 
 
 @pytest.fixture

@@ -12,20 +12,10 @@ import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-from tests.hubserver import HubServer
+from tests.conftest import HUB_TOKEN
 
-TOKEN = "hf_serverTestToken42"
+TOKEN = HUB_TOKEN
 REPO = "org/data"
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    with HubServer(tmp_path / "hub", token=TOKEN) as server:
-        yield server
 
 
 @pytest.fixture

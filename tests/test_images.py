@@ -127,15 +127,17 @@ def test_image_ref_by_digest(noop_image, store_home, cli, tmp_path):
 
 
 def test_gpu_runs_get_a_device_request_and_the_sandbox(tmp_path):
-    from harness.runtime.docker import sandbox_options
+    from harness.runtime.docker import container_config, sandbox_options
     from harness.runtime.job import JobRequest
 
     request = JobRequest(run_id="r", command=["true"], environment={}, out_dir=tmp_path, log_path=tmp_path / "log",
                          cpus=2, memory_bytes=2**30, gpus=1, timeout_seconds=10)
     options = sandbox_options(request)
-    (device,) = options["device_requests"]
+    (device,) = options["DeviceRequests"]
     assert device["Count"] == 1 and device["Capabilities"] == [["gpu"]]
-    assert options["network_mode"] == "none" and options["read_only"] and options["cap_drop"] == ["ALL"]
-    assert options["user"] == "65534:65534" and options["nano_cpus"] == 2 * 10**9 and options["mem_limit"] == 2**30
+    assert options["NetworkMode"] == "none" and options["ReadonlyRootfs"] and options["CapDrop"] == ["ALL"]
+    assert options["SecurityOpt"] == ["no-new-privileges"] and options["NanoCpus"] == 2 * 10**9
+    assert options["Memory"] == options["MemorySwap"] == 2**30
+    assert container_config("sha256:x", request)["User"] == "65534:65534"
     request.gpus = 0
-    assert "device_requests" not in sandbox_options(request)
+    assert "DeviceRequests" not in sandbox_options(request)

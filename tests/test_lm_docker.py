@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.store.local import LocalStore
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_project
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -38,12 +38,7 @@ def test_lm_constraints_in_the_sandbox_is_bit_identical(lm_image, store_home, cl
 def test_lm_throughput_data_parallel_in_the_sandbox(lm_image, store_home, cli, tmp_path):
     """Two gloo processes over loopback inside a container with no network (a short timeout, so a
     hang in the rendezvous fails the test instead of holding CI)."""
-    import shutil
-
-    for part in ("images/lm", "lockfiles/lm.txt", "manifests/lm-throughput.yaml"):
-        source, target = REPO / part, tmp_path / part
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__")) if source.is_dir() else shutil.copy(source, target)
+    copy_project(tmp_path, "images/lm", "lockfiles/lm.txt", "manifests/lm-throughput.yaml")
     manifest = tmp_path / "manifests" / "lm-throughput.yaml"
     manifest.write_text(manifest.read_text().replace("timeout: 20m", "timeout: 4m"))
     result = cli("run", str(manifest), "--smoke", "--quiet")

@@ -20,6 +20,7 @@ import pytest
 
 from harness.manifest import load_manifest
 from harness.plan import expand
+from tests.conftest import HUB_TOKEN
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ROOT / "images" / "lm" / "workload"
@@ -192,16 +193,14 @@ def test_constraints_equivariant_layers_at_eps_and_positional_ones_far(constrain
     assert_identical(metrics, again)
 
 
-def test_pretrained_variant_loads_a_pinned_model_from_the_hub(tmp_path, monkeypatch):
+def test_pretrained_variant_loads_a_pinned_model_from_the_hub(tmp_path, monkeypatch, hub):
     """The ``--model-repo``/``--model-revision`` path (the pretrained manifests) against the test hub:
     a small GPT-2 and word-level tokenizer are published as a model repo, and the workloads load
     them by commit (safetensors only), measure, and log."""
     import torch
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    from tests.hubserver import HubServer
 
     # The vocabulary comes from the workload's own templates; no __pycache__ in the image context.
     sys.path.insert(0, str(WORKLOADS))
@@ -221,30 +220,27 @@ def test_pretrained_variant_loads_a_pinned_model_from_the_hub(tmp_path, monkeypa
     config = GPT2Config(vocab_size=len(vocab), n_positions=512, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
     GPT2LMHeadModel(config).save_pretrained(model_dir, safe_serialization=True)
 
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    with HubServer(tmp_path / "hub", token="hf_test_token") as hub:
-        api = HfApi(endpoint=hub.url, token="hf_test_token")
-        api.create_repo("lab/tiny-gpt2")
-        revision = api.upload_folder(repo_id="lab/tiny-gpt2", folder_path=model_dir).oid
-        assert len(revision) == 40
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_XET": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        pin = ["--model-repo", "lab/tiny-gpt2", "--model-revision", revision]
-        runs = {
-            "collapse": [str(WORKLOADS / "collapse.py"), "--max-n", "64", *pin],
-            "filtration": [str(WORKLOADS / "filtration.py"), "--eval-docs", "20", *pin],
-        }
-        for name, args in runs.items():
-            out = tmp_path / name
-            out.mkdir()
-            result = subprocess.run([sys.executable, *args], env={**env, "HARNESS_OUT": str(out), "MPLCONFIGDIR": str(tmp_path / "mpl")},
-                                    capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-            metrics = read_metrics(out)
-            if name == "collapse":
-                l2 = metrics["collapse/l2_fp32"]
-                assert min(l2) == 2 and max(l2) == 64 and all(v >= 0 for v in l2.values())
-            else:
-                assert 0.0 <= metrics["filtration/auroc_max"][0] <= 1.0
-                assert "losses/train_loss" not in metrics  # scored by the pinned model, not trained here
+    api = HfApi(endpoint=hub.url, token=HUB_TOKEN)
+    api.create_repo("lab/tiny-gpt2")
+    revision = api.upload_folder(repo_id="lab/tiny-gpt2", folder_path=model_dir).oid
+    assert len(revision) == 40
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_XET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    pin = ["--model-repo", "lab/tiny-gpt2", "--model-revision", revision]
+    runs = {
+        "collapse": [str(WORKLOADS / "collapse.py"), "--max-n", "64", *pin],
+        "filtration": [str(WORKLOADS / "filtration.py"), "--eval-docs", "20", *pin],
+    }
+    for name, args in runs.items():
+        out = tmp_path / name
+        out.mkdir()
+        result = subprocess.run([sys.executable, *args], env={**env, "HARNESS_OUT": str(out), "MPLCONFIGDIR": str(tmp_path / "mpl")},
+                                capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        metrics = read_metrics(out)
+        if name == "collapse":
+            l2 = metrics["collapse/l2_fp32"]
+            assert min(l2) == 2 and max(l2) == 64 and all(v >= 0 for v in l2.values())
+        else:
+            assert 0.0 <= metrics["filtration/auroc_max"][0] <= 1.0
+            assert "losses/train_loss" not in metrics  # scored by the pinned model, not trained here

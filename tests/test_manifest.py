@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, noop_project
 
 GOOD = """\
 apiVersion: harness/v1
@@ -24,11 +23,7 @@ hardware: {cpus: 1, memory: 256MiB, timeout: 2m}
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A project folder with the noop image recipe and its lockfile."""
-    shutil.copytree(REPO / "images" / "noop", tmp_path / "images" / "noop")
-    (tmp_path / "lockfiles").mkdir()
-    shutil.copy(REPO / "lockfiles" / "noop.txt", tmp_path / "lockfiles" / "noop.txt")
-    (tmp_path / "manifests").mkdir()
-    return tmp_path
+    return noop_project(tmp_path)
 
 
 def write(project: Path, text: str, name: str = "m.yaml") -> Path:

@@ -8,30 +8,26 @@ import json
 import pytest
 
 from harness.store.local import LocalStore
-from tests.conftest import noop_variant
+from tests.conftest import HUB_TOKEN, noop_variant
 
 pytestmark = pytest.mark.docker
-TOKEN = "hf_pins_secret_token"
+TOKEN = HUB_TOKEN
 
 
-def test_pinned_model_is_fetched_and_mounted_read_only(noop_image, store_home, cli, tmp_path, monkeypatch):
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
+def test_pinned_model_is_fetched_and_mounted_read_only(noop_image, store_home, cli, tmp_path, hub):
+    from huggingface_hub import CommitOperationAdd, HfApi
 
-    from tests.hubserver import HubServer
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the test Hub speaks the classic LFS API
-    with HubServer(tmp_path / "hub", token=TOKEN) as hub:
-        api = HfApi(endpoint=hub.url, token=TOKEN)
-        api.create_repo("lab/tiny-model")
-        files = {"config.json": b'{"n_layer": 2}', "model.safetensors": b"\0" * 1024, "pytorch_model.bin": b"pickle!"}
-        commit = api.create_commit("lab/tiny-model", [CommitOperationAdd(k, v) for k, v in files.items()],
-                                   commit_message="tiny model")
-        revision = commit.oid
-        api.upload_file(path_or_fileobj=b'{"n_layer": 3}', path_in_repo="config.json", repo_id="lab/tiny-model")
-        manifest = noop_variant(tmp_path, extra=f"model: {{repo: lab/tiny-model, revision: {revision}}}\n")
-        env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN,
-               "HARNESS_CACHE": str(tmp_path / "cache")}
-        result = cli("run", manifest, "--param", "mode=pins", env=env)
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo("lab/tiny-model")
+    files = {"config.json": b'{"n_layer": 2}', "model.safetensors": b"\0" * 1024, "pytorch_model.bin": b"pickle!"}
+    commit = api.create_commit("lab/tiny-model", [CommitOperationAdd(k, v) for k, v in files.items()],
+                               commit_message="tiny model")
+    revision = commit.oid
+    api.upload_file(path_or_fileobj=b'{"n_layer": 3}', path_in_repo="config.json", repo_id="lab/tiny-model")
+    manifest = noop_variant(tmp_path, extra=f"model: {{repo: lab/tiny-model, revision: {revision}}}\n")
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN,
+           "HARNESS_CACHE": str(tmp_path / "cache")}
+    result = cli("run", manifest, "--param", "mode=pins", env=env)
     assert result.returncode == 0, result.stderr
     record = next(LocalStore(store_home).records())
     assert record["pins"][0]["revision"] == revision

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from harness.store.local import LocalStore
-from tests.hubserver import HubServer
+from tests.conftest import HUB_TOKEN
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "hf_e2eReproduceToken0042"
+TOKEN = HUB_TOKEN
 REPO = "lab/dqn-cartpole"
 BASE_IMAGE = "harness/base:bookworm"
 
@@ -48,7 +48,7 @@ def harness(args: list[str], home: Path, **env: str) -> subprocess.CompletedProc
     )
 
 
-def test_run_publish_pull_reproduce_identical(engine, tmp_path):
+def test_run_publish_pull_reproduce_identical(engine, tmp_path, hub):
     origin, fresh = tmp_path / "origin", tmp_path / "fresh"
     ran = harness(["run", "manifests/dqn-cartpole.yaml", "--param", "total_timesteps=1500",
                    "--param", "learning_starts=500"], origin)
@@ -56,27 +56,26 @@ def test_run_publish_pull_reproduce_identical(engine, tmp_path):
     (original,) = LocalStore(origin).records()
     assert original["status"] == "completed"
 
-    with HubServer(tmp_path / "hub", token=TOKEN) as hub:
-        published = harness(["publish", original["run_id"], "--repo", REPO, "--endpoint", hub.url], origin)
-        assert published.returncode == 0, published.stderr[-3000:]
+    published = harness(["publish", original["run_id"], "--repo", REPO, "--endpoint", hub.url], origin)
+    assert published.returncode == 0, published.stderr[-3000:]
 
-        reproduced = harness(["reproduce", f"{REPO}/{original['run_id']}", "--endpoint", hub.url,
-                              "--out", str(tmp_path / "out"), "--publish"], fresh)
-        assert reproduced.returncode == 0, reproduced.stdout[-3000:] + reproduced.stderr[-3000:]
-        assert "verdict: identical" in reproduced.stdout
+    reproduced = harness(["reproduce", f"{REPO}/{original['run_id']}", "--endpoint", hub.url,
+                          "--out", str(tmp_path / "out"), "--publish"], fresh)
+    assert reproduced.returncode == 0, reproduced.stdout[-3000:] + reproduced.stderr[-3000:]
+    assert "verdict: identical" in reproduced.stdout
 
-        store = LocalStore(fresh)
-        pulled = store.load(original["run_id"])
-        assert pulled["pulled_from"]["repo"] == REPO and store.verify(original["run_id"]) == []
-        (reproduction,) = [r for r in store.records() if r.get("reproduces") == original["run_id"]]
-        assert reproduction["status"] == "completed" and reproduction["reproduction_verdict"] == "identical"
-        assert reproduction["run_id"] != original["run_id"]
-        verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
-        assert verdict["verdict"] == "identical" and verdict["first_difference"] is None
-        assert (tmp_path / "out" / "comparison.png").stat().st_size > 10_000
+    store = LocalStore(fresh)
+    pulled = store.load(original["run_id"])
+    assert pulled["pulled_from"]["repo"] == REPO and store.verify(original["run_id"]) == []
+    (reproduction,) = [r for r in store.records() if r.get("reproduces") == original["run_id"]]
+    assert reproduction["status"] == "completed" and reproduction["reproduction_verdict"] == "identical"
+    assert reproduction["run_id"] != original["run_id"]
+    verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    assert verdict["verdict"] == "identical" and verdict["first_difference"] is None
+    assert (tmp_path / "out" / "comparison.png").stat().st_size > 10_000
 
-        tree = hub.storage.commit(hub_repo(), hub.storage.resolve(hub_repo(), "main"))["tree"]
-        assert f"runs/{reproduction['run_id']}/record.json" in tree  # --publish added the confirmation
+    tree = hub.storage.commit(hub_repo(), hub.storage.resolve(hub_repo(), "main"))["tree"]
+    assert f"runs/{reproduction['run_id']}/record.json" in tree  # --publish added the confirmation
 
     for output in (ran, published, reproduced):
         assert TOKEN not in output.stdout + output.stderr

@@ -265,9 +265,9 @@ def plot_comparison(original_record_dir: Path, reproduction_record_dir: Path, ou
         axis.legend(fontsize=8)
     for axis in list(axes.flat)[len(names):]:
         axis.set_visible(False)
-    figure.tight_layout()
+    from harness.analysis.plots import save_figure
+
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, out_path)
     return out_path

@@ -35,10 +35,14 @@ def check_output(path: Path) -> None:
         raise HarnessError(f"figure {path}: folder {path.parent} does not exist")
 
 
-def _save(fig: Any, path: Path) -> None:
-    """Save atomically: a reader never sees half a figure."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, save atomically (a reader never sees half a figure) and close the figure."""
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
 
 
 def plot_curves(
@@ -77,11 +81,7 @@ def plot_curves(
     labels = [f"{g} (n={max(c[g].runs for c in panels.values() if g in c)})" for g in groups]
     fig.legend([handles[g] for g in groups], labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle(title or f"{metric}: mean and 95 % CI over seeds")
-    fig.tight_layout()
-    try:
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -104,9 +104,5 @@ def plot_profiles(
     ax.set_title("Performance profiles, 95 % bootstrap CIs")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    try:
-        _save(fig, path)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return path

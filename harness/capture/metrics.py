@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from harness.arrow import constant_string_column, float64_column, int64_column, string_column
 from harness.layout import EXTERNAL_JSONL as EXTERNAL_FILE
 from harness.layout import TRACK_JSONL as TRACK_FILE
 from harness.safefs import READ_BLOCK, Skipped, UnsafeFile, open_beneath, walk
@@ -545,7 +546,8 @@ class MetricsIngester:
         names, steps, values, wall_times = self._pending
         if names:
             self._pending = ([], [], [], [])
-            self._add_table(pa.Table.from_arrays([names, steps, values, wall_times], schema=ROW_SCHEMA), counted=False)
+            columns = [string_column(names), int64_column(steps), float64_column(values), float64_column(wall_times)]
+            self._add_table(pa.Table.from_arrays(columns, schema=ROW_SCHEMA), counted=False)
 
     def _add_table(self, table: pa.Table, counted: bool = True) -> None:
         if table.num_rows == 0:
@@ -614,10 +616,10 @@ class MetricsIngester:
             names, steps, wall_times, values = zip(*block, strict=True)
             yield pa.RecordBatch.from_arrays(
                 [
-                    pa.array(names, pa.string()),
-                    pa.array(steps, pa.int64()),
-                    pa.array(values, pa.float64()),
-                    pa.array(wall_times, pa.float64()),
+                    string_column(names),
+                    int64_column(steps),
+                    float64_column(values),
+                    float64_column(wall_times),
                 ],
                 schema=ROW_SCHEMA,
             )
@@ -631,7 +633,7 @@ class MetricsIngester:
     def table(self) -> pa.Table:
         """All rows so far, sorted by name, step and wall time (in memory: for small runs and tests)."""
         rows = pa.Table.from_batches(list(self._sorted_batches()), schema=ROW_SCHEMA)
-        return rows.add_column(0, "run_id", pa.array([self.run_id] * rows.num_rows, pa.string()))
+        return rows.add_column(0, "run_id", constant_string_column(self.run_id, rows.num_rows))
 
     def write_parquet(self, path: Path, last_n: int = 10) -> None:
         """Write every row so far to ``path`` (tmp + rename: never half a file), in a stream;
@@ -644,7 +646,7 @@ class MetricsIngester:
             with pq.ParquetWriter(tmp, METRICS_SCHEMA) as writer:
                 for batch in self._sorted_batches():
                     summary.add(batch)
-                    run_ids = pa.array([self.run_id] * batch.num_rows, pa.string())
+                    run_ids = constant_string_column(self.run_id, batch.num_rows)
                     writer.write_batch(pa.RecordBatch.from_arrays([run_ids, *batch.columns], schema=METRICS_SCHEMA))
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())

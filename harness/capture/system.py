@@ -513,21 +513,11 @@ def read_system_jsonl(jsonl_path: Path) -> tuple[list[float], list[str], list[fl
 def system_jsonl_to_parquet(run_id: str, jsonl_path: Path, parquet_path: Path) -> None:
     """Write ``system.parquet`` (run_id, time, name, value) from ``system.jsonl``, atomically."""
     # pyarrow only here: the sampler needs psutil alone (scripts/gpu_check.py on a bare GPU host)
-    import pyarrow as pa
+    from harness.arrow import constant_string_column, float64_column, string_column, table
 
     times, names, values = read_system_jsonl(Path(jsonl_path))
-    schema = pa.schema(
-        [
-            ("run_id", pa.string()),
-            ("time", pa.float64()),
-            ("name", pa.string()),
-            ("value", pa.float64()),
-        ]
-    )
-    table = pa.table(
-        {"run_id": [run_id] * len(times), "time": times, "name": names, "value": values},
-        schema=schema,
-    )
+    columns = {"run_id": constant_string_column(run_id, len(times)), "time": float64_column(times),
+               "name": string_column(names), "value": float64_column(values)}
     from harness.fsutil import write_table_atomic
 
-    write_table_atomic(table, Path(parquet_path))
+    write_table_atomic(table(columns), Path(parquet_path))

@@ -1,7 +1,9 @@
-"""Run one job in a sandboxed container through the docker SDK."""
+"""Run one job in a sandboxed container, through the engine API (``harness.runtime.engine_api``)."""
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +11,7 @@ from typing import IO, Any
 
 import harness
 from harness.errors import EngineError
+from harness.runtime.engine_api import EngineAPI, EngineAPIError, EngineContainer, engine_api
 from harness.runtime.job import JobRequest, JobResult
 from harness.safefs import terminal_safe
 
@@ -28,34 +31,42 @@ def container_name(run_id: str) -> str:
 
 
 def sandbox_options(request: JobRequest) -> dict[str, Any]:
-    """The container settings of the sandbox: no network, read-only root, no capabilities, non-root."""
-    options: dict[str, Any] = {
-        "network_mode": "none",
-        "read_only": True,
-        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g,mode=1777"},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "user": SANDBOX_USER,
-        "mem_limit": request.memory_bytes,
-        "memswap_limit": request.memory_bytes,
-        "nano_cpus": int(request.cpus * 1e9),
-        "pids_limit": 4096,
-        "ipc_mode": "private",
-        "volumes": {
-            str(request.out_dir): {"bind": CONTAINER_OUT, "mode": "rw"},
-            str(harness_package_dir()): {"bind": f"{CONTAINER_LIB}/harness", "mode": "ro"},
-        },
-        "labels": {RUN_LABEL: request.run_id},
-    }
+    """The container's ``HostConfig`` for the engine API: no network, read-only root, no
+    capabilities, no new privileges, CPU/memory/pids limits, the run's folders, GPUs."""
+    binds = [f"{request.out_dir}:{CONTAINER_OUT}:rw", f"{harness_package_dir()}:{CONTAINER_LIB}/harness:ro"]
     if request.hub_cache is not None:
         from harness.pins import CONTAINER_CACHE
 
-        options["volumes"][str(request.hub_cache)] = {"bind": CONTAINER_CACHE, "mode": "ro"}
+        binds.append(f"{request.hub_cache}:{CONTAINER_CACHE}:ro")
+    host_config: dict[str, Any] = {
+        "NetworkMode": "none",
+        "ReadonlyRootfs": True,
+        "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g,mode=1777"},
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "Memory": request.memory_bytes,
+        "MemorySwap": request.memory_bytes,
+        "NanoCpus": int(request.cpus * 1e9),
+        "PidsLimit": 4096,
+        "IpcMode": "private",
+        "Binds": binds,
+    }
     if request.gpus > 0:
-        import docker
+        host_config["DeviceRequests"] = [{"Driver": "", "Count": request.gpus, "Capabilities": [["gpu"]]}]
+    return host_config
 
-        options["device_requests"] = [docker.types.DeviceRequest(count=request.gpus, capabilities=[["gpu"]])]
-    return options
+
+def container_config(image_id: str, request: JobRequest) -> dict[str, Any]:
+    """The whole create request of a run's container."""
+    return {
+        "Image": image_id,
+        "Cmd": list(request.command),
+        "Env": [f"{name}={value}" for name, value in job_environment(request).items()],
+        "User": SANDBOX_USER,
+        "Labels": {RUN_LABEL: request.run_id},
+        "AttachStdin": False, "OpenStdin": False, "Tty": False,
+        "HostConfig": sandbox_options(request),
+    }
 
 
 def job_environment(request: JobRequest) -> dict[str, str]:
@@ -77,10 +88,6 @@ def job_environment(request: JobRequest) -> dict[str, str]:
         # container's hostname, find no address and wait forever
         "GLOO_SOCKET_IFNAME": "lo",
     }
-
-
-def _stream_logs(container: Any, log_path: Path, echo: Callable[[str], None] | None) -> None:
-    copy_lines(container.logs(stream=True, follow=True), log_path, echo)
 
 
 def copy_lines(chunks: Any, log_path: Path, echo: Callable[[str], None] | None) -> None:
@@ -105,19 +112,15 @@ def copy_lines(chunks: Any, log_path: Path, echo: Callable[[str], None] | None) 
 class DockerJob:
     """A started container; ``wait`` returns how it ended, ``stop`` ends it early."""
 
-    def __init__(self, client: Any, image_id: str, request: JobRequest):
-        self.client = client
+    def __init__(self, api: EngineAPI, image_id: str, request: JobRequest):
         self.request = request
         request.out_dir.chmod(0o777)  # the sandbox user is not the host's owner of the folder
         try:
-            self.container = client.containers.create(
-                image_id, command=request.command, name=container_name(request.run_id), detach=True,
-                environment=job_environment(request), stdin_open=False, **sandbox_options(request),
-            )
-        except Exception as exc:  # docker.errors.APIError
-            explanation = getattr(exc, "explanation", None) or str(exc)
-            raise EngineError(f"could not create the container of {request.run_id}: {explanation}") from None
-        self.log_thread = threading.Thread(target=_stream_logs, args=(self.container, request.log_path, request.echo), daemon=True)
+            self.container = EngineContainer.create(api, container_name(request.run_id), container_config(image_id, request))
+        except EngineAPIError as exc:
+            raise EngineError(f"could not create the container of {request.run_id}: {exc}") from None
+        self.log_thread = threading.Thread(
+            target=lambda: copy_lines(self.container.logs(), request.log_path, request.echo), daemon=True)
         self._stopped_by: str | None = None
 
     def start(self) -> None:
@@ -131,12 +134,10 @@ class DockerJob:
 
     def wait(self) -> JobResult:
         """Wait for the container, killing it at the timeout."""
-        import requests
-
         try:
             outcome = self.container.wait(timeout=self.request.timeout_seconds)
-            exit_code = int(outcome.get("StatusCode", -1))
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            exit_code: int | None = int(outcome.get("StatusCode", -1))
+        except (TimeoutError, OSError):
             self._kill()
             self.container.wait(timeout=60)
             self._stopped_by = self._stopped_by or "timeout"
@@ -160,29 +161,28 @@ class DockerJob:
     def _kill(self) -> None:
         try:
             self.container.kill()
-        except Exception:
-            pass
+        except (EngineError, OSError):
+            pass  # already gone
 
     def remove(self) -> None:
         try:
             self.container.remove(force=True)
-        except Exception:
-            pass
+        except (EngineError, OSError):
+            pass  # already gone
 
 
 def kill_orphan(run_id: str) -> bool:
     """Kill and remove the container of a run whose harness process died; True if one was found."""
-    from harness.runtime.engine import docker_client
-
     try:
-        client = docker_client(timeout=30)
-    except EngineError:
+        api = engine_api(timeout=30)
+        found = api.call("GET", "/containers/json",
+                         query={"all": "true", "filters": json.dumps({"label": [f"{RUN_LABEL}={run_id}"]})})
+    except (EngineError, OSError):
         return False
-    found = client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
     for container in found:
         try:
-            container.remove(force=True)
-        except Exception:
+            EngineContainer(api, container["Id"]).remove(force=True)
+        except (EngineError, OSError):
             pass
     return bool(found)
 
@@ -190,30 +190,29 @@ def kill_orphan(run_id: str) -> bool:
 _engine_versions: dict[str, str] = {}
 
 
-def engine_version(client: Any) -> str:
+def engine_version(api: EngineAPI) -> str:
     """The engine's version string, for the record (asked once per engine and process)."""
-    address = str(getattr(client.api, "base_url", ""))
-    if address not in _engine_versions:
+    if api.path not in _engine_versions:
         try:
-            _engine_versions[address] = str(client.version().get("Version", "unknown"))
-        except Exception:
+            _engine_versions[api.path] = str(api.version().get("Version", "unknown"))
+        except (EngineError, OSError):
             return "unknown"
-    return _engine_versions[address]
+    return _engine_versions[api.path]
 
 
-def run_in_image(client: Any, image_id: str, command: list[str], timeout: float = 120) -> str:
+def run_in_image(api: EngineAPI, image_id: str, command: list[str], timeout: float = 120) -> str:
     """Run a short command in the image under the same sandbox and return its stdout."""
-    container = client.containers.create(
-        image_id, command=command, detach=True, network_mode="none", read_only=True, user=SANDBOX_USER,
-        cap_drop=["ALL"], security_opt=["no-new-privileges"], tmpfs={"/tmp": "rw,size=64m"},
-        environment={"HOME": "/tmp", "PYTHONPATH": CONTAINER_LIB},
-        volumes={str(harness_package_dir()): {"bind": f"{CONTAINER_LIB}/harness", "mode": "ro"}},
-    )
+    container = EngineContainer.create(api, f"harness-probe-{os.getpid()}-{threading.get_ident()}", {
+        "Image": image_id, "Cmd": command, "User": SANDBOX_USER, "Tty": False,
+        "Env": ["HOME=/tmp", f"PYTHONPATH={CONTAINER_LIB}"],
+        "HostConfig": {
+            "NetworkMode": "none", "ReadonlyRootfs": True, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"],
+            "Tmpfs": {"/tmp": "rw,size=64m"}, "Binds": [f"{harness_package_dir()}:{CONTAINER_LIB}/harness:ro"],
+        },
+    })
     try:
         container.start()
         container.wait(timeout=timeout)
-        return container.logs(stdout=True, stderr=False).decode(errors="replace")
+        return b"".join(container.api.stream_logs(container.id, stderr=False)).decode(errors="replace")
     finally:
         container.remove(force=True)
-
-

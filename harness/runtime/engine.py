@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from typing import Any
 
 from harness.errors import EngineError, HarnessError
-
-ENGINE_HINT = "start it with `dockerd --bridge=none --iptables=false --ip-masq=false &` or see README (Prerequisites)"
+from harness.runtime.engine_api import ENGINE_HINT
 
 _clients = threading.local()
 
@@ -39,43 +37,24 @@ def docker_client(timeout: int = 120) -> Any:
 def engine_image_id(name: str) -> str | None:
     """The id of image ``name`` in the engine, or None when it has none.
 
-    A warm build is only this lookup, so it speaks the engine's HTTP API over its unix socket
-    with the standard library: importing the docker SDK (and requests) costs more than the whole
-    cache check. Other engine addresses go through the SDK.
+    A warm build is only this lookup, so it goes through the standard-library client
+    (``harness.runtime.engine_api``) where the engine is on a unix socket: importing the docker SDK
+    (and requests) costs more than the whole cache check. Other engine addresses use the SDK.
     """
-    import http.client
-    import socket
-    from urllib.parse import quote
+    from harness.runtime.engine_api import EngineAPI, engine_socket
 
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not host.startswith("unix://"):
+    path = engine_socket()
+    if path is None:
         from docker.errors import ImageNotFound
 
         try:
-            return docker_client().images.get(name).id
+            return str(docker_client().images.get(name).id)
         except ImageNotFound:
             return None
-
-    class UnixConnection(http.client.HTTPConnection):
-        def connect(self) -> None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(30)
-            self.sock.connect(host[len("unix://"):])
-
-    connection = UnixConnection("localhost")
     try:
-        connection.request("GET", f"/images/{quote(name, safe='')}/json")
-        response = connection.getresponse()
-        body = response.read()
+        return EngineAPI(path, timeout=30).image_id(name)
     except OSError as exc:
-        raise EngineError(f"Docker engine unreachable at {host}: {ENGINE_HINT}") from exc
-    finally:
-        connection.close()
-    if response.status == 404:
-        return None
-    if response.status != 200:
-        raise EngineError(f"the engine answered {response.status} for image {name}: {body[:200]!r}")
-    return json.loads(body)["Id"]
+        raise EngineError(f"Docker engine unreachable at unix://{path}: {ENGINE_HINT}") from exc
 
 
 def engine_available() -> bool:
