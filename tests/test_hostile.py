@@ -28,12 +28,11 @@ import pytest
 from harness.errors import EngineError, HubError
 from harness.record import FINAL_STATUSES
 from harness.store.local import LocalStore
-from tests.conftest import REPO, run_cli
-from tests.hubserver import HubServer, RepoRef
+from tests.conftest import REPO, noop_project, run_cli
+from tests.hubserver import RepoRef
 from tests.hubserver.runs import make_run
 
 MARKER = f"HOSTILE-MARKER-{secrets.token_hex(12)}"
-TOKEN = "hf_hostileTOKEN0123456789abcdef"
 HUB_REPO = "lab/hostile"
 
 MANIFEST = """apiVersion: harness/v1
@@ -67,29 +66,11 @@ def hostile_project(tmp_path_factory, noop_image) -> Path:
     """A copy of the noop project whose image also holds the hostile workload (built once)."""
     from harness.images import build_image
 
-    root = tmp_path_factory.mktemp("hostile-project")
-    shutil.copytree(REPO / "images" / "noop", root / "images" / "noop")
+    root = noop_project(tmp_path_factory.mktemp("hostile-project"))
     shutil.copy(REPO / "tests" / "hostile_workload.py", root / "images" / "noop" / "workload" / "hostile.py")
-    (root / "lockfiles").mkdir()
-    shutil.copy(REPO / "lockfiles" / "noop.txt", root / "lockfiles" / "noop.txt")
-    (root / "manifests").mkdir()
     (root / "manifests" / "hostile.yaml").write_text(MANIFEST)
     build_image(root / "images" / "noop", root / "lockfiles" / "noop.txt")
     return root
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """The test Hub on a free loopback port, the client pointed at it."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    with HubServer(tmp_path / "hub", token=TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
 
 
 # -- helpers --------------------------------------------------------------------------------------
