@@ -481,6 +481,28 @@ def test_reproduce_refuses_a_recipe_that_declares_build_network(hub, tmp_path):
     assert "--allow-build-network" in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
+def test_a_pulled_lockfile_cannot_point_the_host_at_a_loopback_index(hub, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    lockfile = (
+        f"--extra-index-url {url}/simple\n--find-links {url}/wheels\n"
+        f"numpy==2.0.0 --hash=sha256:{'0' * 64}\nevil @ {url}/evil.whl --hash=sha256:{'1' * 64}\n"
+    )
+    origin = LocalStore(tmp_path / "origin")
+    make_run(origin, "lockfile-aaa", extra_files={"lockfile.txt": lockfile.encode()})
+    from harness.store.hub import publish
+
+    publish(["lockfile-aaa"], HUB_REPO, endpoint=hub.url, store=origin)
+    try:
+        proc = run_cli("reproduce", f"{HUB_REPO}/lockfile-aaa", env={"HARNESS_HOME": str(tmp_path / "mine")})
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "not allowed" in proc.stderr or "not pinned" in proc.stderr
+    assert _Recorder.hits == []
+
+
 # -- publishing ------------------------------------------------------------------------------------
 
 
