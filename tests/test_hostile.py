@@ -730,3 +730,24 @@ def test_pull_refuses_a_hostile_record(hub, tmp_path, record_bytes):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert time.monotonic() - started < 120
     assert not (tmp_path / "mine" / "runs" / "evil-aaa").exists()
+
+
+def test_pull_refuses_names_that_publish_would_refuse(hub, tmp_path):
+    from harness.store.hub import publish
+
+    store = LocalStore(tmp_path / "origin")
+    make_run(store, "names-bbb")
+    publish(["names-bbb"], HUB_REPO, endpoint=hub.url, store=store)
+    repo = RepoRef("dataset", HUB_REPO)
+    for crafted in ({"runs/names-bbb/out/a\\b.txt": b"x"}, {"runs/names-bbb/out/ctl\x1bname": b"x"}):
+        hub.storage.force_commit(repo, crafted)
+        proc = run_cli("pull", HUB_REPO, env={"HARNESS_HOME": str(tmp_path / "mine")})
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "backslash" in proc.stderr or "control character" in proc.stderr
+        assert "\x1b" not in proc.stderr
+        assert not (tmp_path / "mine" / "runs" / "names-bbb").exists()
+    record = json.loads((store.run_dir("names-bbb") / "record.json").read_text())
+    record["files"]["out/\udcffbad"] = "0" * 64  # a lone surrogate: what a non-UTF-8 name becomes
+    (store.run_dir("names-bbb") / "record.json").write_text(json.dumps(record))
+    proc = run_cli("publish", "names-bbb", "--repo", HUB_REPO, env={"HARNESS_HOME": str(store.root)})
+    assert proc.returncode == 2 and "not valid UTF-8" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
