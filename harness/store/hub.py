@@ -49,6 +49,7 @@ REPO_TYPE = "dataset"
 RUNS_INDEX = "runs.parquet"
 MAX_INDEX_BYTES = 1 << 30  # a larger runs.parquet on the repo is refused rather than downloaded
 INDEX_BATCH_ROWS = 1 << 16  # rows of the repo's runs index in memory at a time
+MAX_OPEN_UPLOADS = 1_000  # files uploaded from open descriptors; beyond, by path (checked the same way)
 CARD_ROWS = 50  # runs listed in the dataset card (the newest; runs.parquet has them all)
 LOCAL_ONLY_FIELDS = ("pulled_from", "owner")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -391,7 +392,7 @@ def publish(
     if not token:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = _api(endpoint, token)
-    with hub_errors(repo, api.endpoint):
+    with hub_errors(repo, api.endpoint), contextlib.ExitStack() as open_files:
         repo_url = api.create_repo(repo, repo_type=REPO_TYPE, private=private, exist_ok=True)
         head = api.repo_info(repo, repo_type=REPO_TYPE).sha
         remote = {
@@ -401,6 +402,7 @@ def publish(
         }
 
         operations: list[Any] = []
+        opened: list[str] = []
         changed, unchanged = [], []
         upload_paths: list[tuple[Path, str]] = []
         generated: list[bytes] = []
@@ -414,11 +416,10 @@ def publish(
             run_ops: list[Any] = [CommitOperationAdd(prefix + RECORD_NAME, record_bytes)]
             differing: list[str] = []
             for relative, sha256 in sorted(record["files"].items()):
-                path = folder / relative
                 wanted.add(prefix + relative)
                 if not _same_content(remote.get(prefix + relative), sha256, _git_blob_oid_file(folder, relative)):
                     differing.append(relative)
-                run_ops.append(CommitOperationAdd(prefix + relative, str(path)))
+                run_ops.append(_upload_operation(prefix + relative, folder, relative, sha256, open_files, opened))
                 upload_paths.append((folder, relative))
             stale = [p for p in remote if p.startswith(prefix) and p not in wanted]
             if prefix + RECORD_NAME in remote and (differing or stale):
@@ -462,6 +463,24 @@ def publish(
                 parent_commit=head,
             )
     return PublishResult(repo, str(repo_url), info.oid, changed, unchanged)
+
+
+def _upload_operation(path_in_repo: str, folder: Path, relative: str, sha256: str, open_files: contextlib.ExitStack,
+                      opened: list[str]) -> Any:
+    """The commit operation that uploads ``folder/relative``, from a descriptor opened without
+    following links (the upload reads the file that was checked, whatever its name points at
+    later); HubError when its bytes are no longer the ones the record lists."""
+    from huggingface_hub import CommitOperationAdd
+
+    if len(opened) >= MAX_OPEN_UPLOADS:
+        operation = CommitOperationAdd(path_in_repo, str(folder / relative))
+    else:
+        handle = open_files.enter_context(os.fdopen(open_beneath(folder, relative), "rb"))
+        opened.append(relative)
+        operation = CommitOperationAdd(path_in_repo, handle)
+    if operation.upload_info.sha256.hex() != sha256:
+        raise HubError(f"{folder.name}: {relative} changed since the run was sealed; not publishing it")
+    return operation
 
 
 def _check_publishable_paths(run_id: str, record: Mapping[str, Any]) -> None:
