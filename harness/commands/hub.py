@@ -115,9 +115,11 @@ def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path)
 @runtime_option
 @click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
+@click.option("--allow-build-network", is_flag=True,
+              help="build a recipe that declares image.network: true (its build then reaches this host's network)")
 @json_option
 def reproduce(target: str, endpoint: str | None, revision: str | None, publish_result: bool, runtime: str,
-              trust_code: bool, out: Path | None, as_json: bool) -> None:
+              trust_code: bool, out: Path | None, allow_build_network: bool, as_json: bool) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record and compare with the original.
 
     Exit status 0: identical or consistent; 1: diverged; 2: bad input.
@@ -126,7 +128,7 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, publish_r
 
     result = reproduce_run(target, endpoint=endpoint, revision=revision, runtime=runtime, trust_code=trust_code,
                            publish_result=publish_result, out=out, echo=lambda line: click.echo(line, err=True),
-                           progress=sys.stderr)
+                           progress=sys.stderr, allow_build_network=allow_build_network)
     if as_json:
         emit_json({"original": result.original_id, "reproduction": result.reproduction_id, "repo": result.repo,
                    "figure": str(result.figure), "verdict_file": str(result.verdict_path),
