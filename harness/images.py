@@ -38,6 +38,8 @@ BUILD_STAGING = ".harness-build"
 HASH_SCHEMA = "harness-image-v1"
 BASE_IMAGE = "harness/base:bookworm"
 IGNORED_NAMES = {"__pycache__", ".pytest_cache", BUILD_STAGING, ".git"}
+MAX_CONTEXT_FILES = 10_000
+MAX_CONTEXT_BYTES = 256 << 20
 CA_ENV_VARS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
 
 
@@ -58,17 +60,30 @@ class ImageInfo:
 
 
 def context_files(build_dir: Path) -> list[Path]:
-    """Files of an image recipe folder that go into the build context and its hash, sorted."""
-    files = []
-    for path in sorted(build_dir.rglob("*")):
-        relative = path.relative_to(build_dir)
-        if any(part in IGNORED_NAMES for part in relative.parts) or path.suffix == ".pyc":
+    """Files of an image recipe folder that go into the build context and its hash, sorted.
+
+    The recipe may come from a pulled record, so it is walked without following links: a
+    symlink, a special file, an unusable name or a context past the size limits is refused."""
+    from harness.safefs import walk
+
+    def ignored(relative: str) -> bool:
+        return any(part in IGNORED_NAMES for part in relative.split("/")) or relative.endswith(".pyc")
+
+    found = walk(build_dir, max_entries=MAX_CONTEXT_FILES * 2)
+    for skipped in found.skipped:
+        if ignored(skipped.path):
             continue
-        if path.is_symlink():
-            raise HarnessError(f"{path}: symlinks are not allowed in an image recipe (copy the file instead)")
-        if path.is_file():
-            files.append(path)
-    return files
+        if skipped.reason.startswith("symlink"):
+            raise HarnessError(f"{build_dir / skipped.path}: symlinks are not allowed in an image recipe (copy the file instead)")
+        raise HarnessError(f"{build_dir / skipped.path}: not allowed in an image recipe ({skipped.reason})")
+    entries = [e for e in found.files if not ignored(e.relative)]
+    if len(entries) > MAX_CONTEXT_FILES:
+        raise HarnessError(f"{build_dir}: the image recipe has {len(entries)} files (at most {MAX_CONTEXT_FILES})")
+    total = sum(e.size for e in entries)
+    if total > MAX_CONTEXT_BYTES:
+        raise HarnessError(f"{build_dir}: the image recipe holds {total} bytes (at most {MAX_CONTEXT_BYTES}); "
+                           "keep data and weights out of it (pin them in the manifest instead)")
+    return [build_dir / e.relative for e in entries]
 
 
 def base_images(dockerfile: Path) -> list[str]:
@@ -93,8 +108,9 @@ def base_images(dockerfile: Path) -> list[str]:
     return bases
 
 
-def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str]) -> str:
-    """sha256 over the build inputs: recipe files, lockfile and base image ids."""
+def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str], network: bool = False) -> str:
+    """sha256 over the build inputs: recipe files, lockfile, base image ids (and a declared
+    need for the network, which makes a different build)."""
     digest = hashlib.sha256()
     digest.update(HASH_SCHEMA.encode())
     for path in context_files(build_dir):
@@ -103,6 +119,8 @@ def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str
     if lockfile is not None:
         digest.update(b"lockfile\0" + hashlib.sha256(lockfile.read_bytes()).digest())
     digest.update(json.dumps(base_ids, sort_keys=True).encode())
+    if network:
+        digest.update(b"network\0")
     return digest.hexdigest()
 
 
@@ -214,8 +232,12 @@ def build_image(
     ca_bundle: Path | None = None,
     force: bool = False,
     log: Callable[[str], None] = lambda line: None,
+    network: bool = False,
 ) -> ImageInfo:
-    """Build (or find) the content-addressed image of an ``images/<name>`` recipe."""
+    """Build (or find) the content-addressed image of an ``images/<name>`` recipe.
+
+    The build has no network (the locked wheels are staged on the host), unless ``network``:
+    a recipe that declares ``image.network: true`` gets the host's network."""
     import time
 
     base_ids: dict[str, str] = {}
@@ -225,7 +247,7 @@ def build_image(
             hint = "run `harness image bootstrap`" if base == BASE_IMAGE else f"load or pull {base} first"
             raise EngineError(f"{build_dir / 'Dockerfile'}: base image {base} is not in the engine: {hint}")
         base_ids[base] = base_id
-    digest = content_hash(build_dir, lockfile, base_ids)
+    digest = content_hash(build_dir, lockfile, base_ids, network)
     tag = f"harness/{build_dir.name}:{digest[:16]}"
     info = ImageInfo(ref=tag, id="", tag=tag, content_hash=digest, packages=locked_packages(lockfile))
     if not force:
@@ -240,22 +262,29 @@ def build_image(
     with tempfile.TemporaryDirectory(prefix="harness-build-") as tmp:
         staging = Path(tmp)
         stage_context(build_dir, lockfile, find_ca_bundle(ca_bundle), staging, log)
+        from harness.imagegc import built_ids_in, mark_stages, record_built
+
+        mark_stages(staging / "Dockerfile", build_dir.name)
+        produced: list[str] = []
         labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
         try:
             stream = client.api.build(
-                path=str(staging), tag=tag, network_mode="host", rm=True, forcerm=True,
+                path=str(staging), tag=tag, network_mode="host" if network else "none", rm=True, forcerm=True,
                 decode=True, labels=labels, nocache=force,
             )
             for chunk in stream:
                 if "error" in chunk:
                     raise BuildError(chunk["error"].strip(), [])
                 text = (chunk.get("stream") or chunk.get("status") or "").rstrip()
+                produced += built_ids_in(text + " " + str((chunk.get("aux") or {}).get("ID", "")))
                 if text:
                     log(text)
         except (BuildError, APIError) as exc:
+            record_built(produced, build_dir.name)  # a failed build's steps are harness images too
             message = getattr(exc, "msg", None) or str(exc)
             raise EngineError(f"{build_dir}: docker build failed: {str(message).strip().splitlines()[-1]}") from None
     info.id = client.images.get(tag).id
+    record_built(produced + built_ids_in(info.id), build_dir.name)
     info.build_seconds = round(time.monotonic() - started, 3)
     return info
 
@@ -319,7 +348,8 @@ def prepare_image(loaded: LoadedManifest, ca_bundle: Path | None = None, force_b
     """A manifest's image: built from its recipe (content-addressed, cached) or resolved by digest.
 
     Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
-    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes())
+    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes(),
+           loaded.manifest.image.network)
     if not force_build:
         with _prepared_lock:
             if key in _prepared_images:
@@ -328,7 +358,8 @@ def prepare_image(loaded: LoadedManifest, ca_bundle: Path | None = None, force_b
         info = resolve_ref(docker_client(), loaded.manifest.image.ref)
     else:
         assert loaded.build_dir is not None
-        info = build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log)
+        info = build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log,
+                           network=loaded.manifest.image.network)
     with _prepared_lock:
         _prepared_images[key] = info
     return info

@@ -8,12 +8,11 @@ inconclusive; harness.analysis.group_verdict) and keep it in the reproduction re
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, cast
+from typing import IO, Any, cast
 
 from harness.analysis.compare import Difference, Verdict, compare_runs, plot_comparison
 from harness.analysis.group_verdict import GroupVerdict, json_safe
@@ -22,6 +21,7 @@ from harness.errors import HarnessError, HubError
 from harness.fsutil import write_json_atomic
 from harness.layout import CONTEXT, LOCKFILE, MANIFEST
 from harness.record import Record, RunStatus
+from harness.safefs import UnsafeFile, copy_beneath
 from harness.store.local import LocalStore
 
 
@@ -99,14 +99,15 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     The paths come from the manifest itself (image.build, image.lockfile) after a schema check, and
     must stay inside the project, exactly as for a local manifest.
     """
+    from harness.images import context_files
     from harness.manifest import parse_manifest
 
     source = run_dir / MANIFEST
-    if not source.is_file():
-        raise HarnessError(f"{run_dir}: no manifest.yaml in the run record; it cannot be reproduced")
     manifest_path = workdir / "manifests" / "manifest.yaml"
-    manifest_path.parent.mkdir(parents=True)
-    shutil.copyfile(source, manifest_path)
+    try:  # the record may be a pulled one: nothing in it is followed or read unbounded
+        copy_beneath(run_dir, MANIFEST, manifest_path, limit=1 << 20)
+    except UnsafeFile as exc:
+        raise HarnessError(f"{run_dir}: no usable manifest.yaml in the run record ({exc.reason}); it cannot be reproduced") from None
     image = parse_manifest(manifest_path).image
     for relative in (image.build, image.lockfile):
         if relative is not None and (PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts):
@@ -114,14 +115,15 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     if image.build is not None:
         if not (run_dir / CONTEXT).is_dir():
             raise HarnessError(f"{run_dir}: the record has no context/ to rebuild image {image.build} from")
-        shutil.copytree(run_dir / "context", workdir / image.build, symlinks=False)
+        for path in context_files(run_dir / CONTEXT):  # refuses links, special files, oversize
+            copy_beneath(run_dir, path.relative_to(run_dir).as_posix(), workdir / image.build / path.relative_to(run_dir / CONTEXT))
     else:
         (workdir / "images").mkdir()  # marks the project root for manifests with image.ref
     if image.lockfile is not None:
         if not (run_dir / LOCKFILE).is_file():
             raise HarnessError(f"{run_dir}: the record has no lockfile.txt for {image.lockfile}")
         (workdir / image.lockfile).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "lockfile.txt", workdir / image.lockfile)
+        copy_beneath(run_dir, LOCKFILE, workdir / image.lockfile, limit=64 << 20)
     return manifest_path
 
 
@@ -181,6 +183,23 @@ def original_group(store: LocalStore, original: Record, target: str, endpoint: s
     return group
 
 
+def _run_one(spec: Any, store: LocalStore, runtime: str, reproduces: str, build: bool,
+             echo: Callable[[str], None], progress: IO[str] | None) -> Record:
+    """One reproduction run (``build``: with a forced image rebuild), with live progress on ``progress``."""
+    from harness.runner import execute
+
+    if progress is None:
+        return execute(spec, store, runtime=runtime, reproduces=reproduces, force_build=build, echo=echo)
+    from harness.progress import LiveRun
+
+    live = LiveRun(spec, store, progress, prefix="")
+    try:
+        return execute(spec, store, runtime=runtime, reproduces=reproduces, force_build=build,
+                       on_start=live.on_start, echo=live.echo)
+    finally:
+        live.stop()
+
+
 def reproduce(
     target: str,
     store: LocalStore | None = None,
@@ -193,6 +212,8 @@ def reproduce(
     seeds: int | str | None = None,
     new_seeds: bool = False,
     echo: Callable[[str], None] = lambda line: None,
+    progress: IO[str] | None = None,
+    allow_build_network: bool = False,
 ) -> ReproductionResult:
     """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record, with a
     fresh image build, over seeds, and give the verdict between the published group and the
@@ -206,12 +227,13 @@ def reproduce(
 
     Raises HarnessError for bad input: a pulled run asked to run on the host without
     ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the
-    Hub, a seed count that is not positive.
+    Hub, a recipe that declares ``image.network: true`` without ``allow_build_network``, a seed
+    count that is not positive. With ``progress``, each run's live progress (harness.progress) is
+    shown on that stream.
     """
     from harness.analysis.group_verdict import group_scores, group_verdict, plan_seeds
     from harness.manifest import load_manifest
     from harness.plan import RunSpec, config_key
-    from harness.runner import execute
 
     store = store or LocalStore()
     seeds = parse_seed_count(seeds)
@@ -233,6 +255,9 @@ def reproduce(
     records: list[Record] = []
     with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
         loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
+        if loaded.manifest.image.network and not allow_build_network and runtime == "docker":
+            raise HarnessError(f"run {original_id}: its recipe declares image.network: true, so rebuilding it would give "
+                               "its build this host's network; read its context/, then pass --allow-build-network")
         expect = loaded.manifest.expect
         whole_repo = seeds is not None or new_seeds or len(loaded.manifest.seeds) > 1
         group = original_group(store, original, target, endpoint, whole_repo)
@@ -255,8 +280,7 @@ def reproduce(
             echo(f"reproducing {of_seed.get(seed, original_id)} with seed {seed} ({index + 1} of {len(plan.seeds)})"
                  + (" with a fresh image build" if index == 0 else ""))
             # The first run rebuilds the image; the others reuse that build (prepare_image caches it).
-            record = execute(spec, store, runtime=runtime, reproduces=of_seed.get(seed, original_id),
-                             force_build=index == 0, echo=echo)
+            record = _run_one(spec, store, runtime, of_seed.get(seed, original_id), index == 0, echo, progress)
             records.append(record)
             if record.get("status") != RunStatus.COMPLETED:
                 echo(f"{record['run_id']} is {record.get('status')}: no further seeds are run")
@@ -277,8 +301,7 @@ def reproduce(
     else:
         first = pairs[0] if pairs else None
         plot_comparison(store.run_dir(first.original_id if first else original_id), reproduction_dirs[0], figure,
-                        title=f"{verdict.verdict}: {first.original_id if first else original_id} (original) vs "
-                              f"{records[0]['run_id']} (reproduction)")
+                        verdict=first.comparison if first else None)
     result = ReproductionResult(original_id, repo, verdict, figure, out_dir / "verdict.json", records,
                                 [r["run_id"] for r in group], published_seeds, plan.message, pairs)
     write_json_atomic(result.verdict_path, json_safe(result.to_dict()))

@@ -26,7 +26,7 @@ def in_store(cli, home: Path):
 
 def test_bad_seed_counts_are_one_line_and_run_nothing(store_home, cli):
     for value in ("0", "-2", "many", "2.5"):
-        done = cli("reproduce", "noop-aaaaaaaaaaaa", "--seeds", value)
+        done = cli("reproduce", f"{REPO}/noop-aaaaaaaaaaaa", "--seeds", value)
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().splitlines() == [f"error: --seeds {value}: give a positive number of seeds or auto"]
     assert not (store_home / "runs").exists()

@@ -4,40 +4,53 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
 from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
+from harness.commands.output import emit_json, examples
 from harness.errors import HarnessError
 from harness.record import Record
+from harness.runids import RUN_ID
 
 _console = console
 
 
-@click.command()
+@click.command(epilog=examples("harness validate manifests/*.yaml", "harness validate --json manifests/dqn-cartpole.yaml"))
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
-def validate(manifests: tuple[Path, ...]) -> None:
+@json_option
+def validate(manifests: tuple[Path, ...], as_json: bool) -> None:
     """Check manifests: schema, pinning, and the files they point to."""
     from harness.errors import ManifestError
     from harness.manifest import expect_warnings, load_manifest
 
     problems: list[str] = []
+    results: list[dict[str, Any]] = []
     for path in manifests:
         try:
             loaded = load_manifest(path)
             runs = loaded.manifest.sweep_size()
-            click.echo(f"{path}: ok ({loaded.manifest.name}, {runs} run{'s' if runs != 1 else ''})")
+            results.append({"path": str(path), "ok": True, "name": loaded.manifest.name, "runs": runs, "problems": []})
+            if not as_json:
+                click.echo(f"{path}: ok ({loaded.manifest.name}, {runs} run{'s' if runs != 1 else ''})")
             for warning in expect_warnings(loaded):
                 click.echo(warning, err=True)
         except ManifestError as exc:
             problems += exc.problems
+            results.append({"path": str(path), "ok": False, "name": None, "runs": None, "problems": exc.problems})
+    if as_json:
+        emit_json(results)
+        if problems:
+            raise SystemExit(2)
+        return
     if problems:
         raise ManifestError(problems)
 
 
-@click.command()
+@click.command(epilog=examples("harness schema > manifest.schema.json"))
 def schema() -> None:
     """Print the JSON Schema of the manifest (for editors)."""
     from harness.manifest import json_schema
@@ -45,37 +58,47 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-@click.command()
+@click.command(epilog=examples("harness lock images/rl", "harness lock --check", "harness lock --check --json"))
 @click.argument("image_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--check", is_flag=True, help="Exit 1 when a lockfile is missing, unusable or stale (for CI).")
-def lock(image_dirs: tuple[Path, ...], check: bool) -> None:
+@json_option
+def lock(image_dirs: tuple[Path, ...], check: bool, as_json: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
     from harness.lock import compile_lockfile, stale_lockfiles
 
     if check:
         stale = stale_lockfiles(Path.cwd())
-        for line in stale:
-            click.echo(f"stale: {line}", err=True)
+        if as_json:
+            emit_json({"ok": not stale, "stale": stale})
+        else:
+            for line in stale:
+                click.echo(f"stale: {line}", err=True)
+            if not stale:
+                click.echo("lockfiles are up to date")
         if stale:
             sys.exit(1)
-        click.echo("lockfiles are up to date")
         return
     if not image_dirs:
         raise HarnessError("harness lock: name an image folder (e.g. images/rl) or use --check")
+    written = []
     for image_dir in image_dirs:
         if not (image_dir / "requirements.in").is_file():
             raise HarnessError(f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)")
-        with _console().status(f"locking {image_dir} (pip-compile)"):
+        with _console(stderr=as_json).status(f"locking {image_dir} (pip-compile)"):
             output = compile_lockfile(image_dir)
-        click.echo(f"wrote {output}")
+        written.append(str(output))
+        if not as_json:
+            click.echo(f"wrote {output}")
+    if as_json:
+        emit_json({"written": written})
 
 
-@click.group()
+@click.group(epilog=examples("harness image bootstrap"))
 def image() -> None:
     """Base images."""
 
 
-@image.command("bootstrap")
+@image.command("bootstrap", epilog=examples("harness image bootstrap", "harness image bootstrap --force"))
 @click.option("--name", default="harness/base:bookworm", show_default=True)
 @click.option("--suite", default="bookworm", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when the image exists.")
@@ -88,12 +111,13 @@ def bootstrap(name: str, suite: str, force: bool) -> None:
     click.echo(f"{name}: {info.id} ({len(info.packages)} Debian packages){' (exists)' if info.cached else ''}")
 
 
-@click.command()
+@click.command(epilog=examples("harness build manifests/dqn-cartpole.yaml", "harness build --force manifests/noop.yaml"))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
 @click.option("--quiet", is_flag=True)
-def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> None:
+@json_option
+def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Build (or find) the content-addressed image of a manifest."""
     from harness.images import prepare_image
     from harness.manifest import load_manifest
@@ -101,16 +125,24 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
-    if quiet:
+    if quiet or as_json:
         info = prepare_image(spec.loaded, ca_bundle, force)
     else:
         with _console().status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
             info = prepare_image(spec.loaded, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
+    if as_json:
+        emit_json({"tag": info.tag, "ref": info.ref, "id": info.id, "content_hash": info.content_hash,
+                   "cached": info.cached, "build_seconds": info.build_seconds})
+        return
     state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
     click.echo(f"{info.tag or info.ref} {info.id} ({state})")
 
 
-@click.command()
+@click.command(epilog=examples(
+    "harness run manifests/dqn-cartpole.yaml",
+    "harness run manifests/noop.yaml --smoke --param seconds=2 --json",
+    "harness run manifests/dqn-sweep.yaml --jobs 2",
+))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--seed", "seeds", type=int, multiple=True, help="Run these seeds instead of the manifest's.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a param.")
@@ -125,11 +157,21 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--dry-run", is_flag=True, help="List what would run.")
 @click.option("--yes", is_flag=True, help="Confirm a sweep of more than 10,000 runs.")
 @ca_bundle_option
-@click.option("--quiet", is_flag=True, help="Do not stream the job's output.")
+@click.option("--quiet", is_flag=True, help="Do not stream the job's output (progress is still shown).")
+@click.option("--progress-every", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="When not on a terminal (or CI is set): one progress line every SECONDS "
+                   "[default: $HARNESS_PROGRESS_INTERVAL or 10].")
+@json_option
 def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: bool, runtime: str, backend: str,
         jobs: int | None, partition: str | None, account: str | None, rerun: bool, retry_failed: bool,
-        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool) -> None:
-    """Run a manifest (all its seeds × sweep) into the local store."""
+        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool, progress_every: float | None,
+        as_json: bool) -> None:
+    """Run a manifest (all its seeds × sweep) into the local store.
+
+    A single run shows its progress while it goes (elapsed, last step, primary metric, ETA when a
+    param such as total_timesteps says how many steps): redrawn in place on a terminal, one plain
+    line every --progress-every seconds in a pipe or when CI is set.
+    """
     from harness.manifest import load_manifest
     from harness.plan import expand, parse_overrides
     from harness.store.local import LocalStore
@@ -142,38 +184,79 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
 
         outcome = run_sweep(specs, store=store, backend=backend, runtime=runtime, jobs=jobs, partition=partition,
                             account=account, retry_failed=retry_failed, dry_run=dry_run, yes=yes, rerun=rerun,
-                            echo=click.echo)
+                            echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
+        if as_json:
+            emit_json(_sweep_json(outcome))
         sys.exit(outcome.exit_code)
     from harness.backends import plan_sweep
 
     spec = specs[0]
     # a single run that ended badly runs again without --retry-failed; a completed one needs --rerun
-    if plan_sweep(specs, store, retry_failed=True, rerun=rerun).completed:
+    completed = plan_sweep(specs, store, retry_failed=True, rerun=rerun).completed
+    if completed:
+        if as_json:
+            emit_json(_run_json(store.load(completed[0]), store, skipped=True))
+            return
         click.echo(f"{spec.run_id}: already completed with this manifest, params and seed "
                    "(use --rerun to run it again)")
         return
-    console = _console()
-    echo = None if quiet else (lambda line: click.echo(f"  | {line}"))
+    console = _console(stderr=as_json)
     with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
-        record = _execute_with_status(spec, store, runtime, ca_bundle, status, echo)
-    _print_outcome(record)
+        record = _execute_with_status(spec, store, runtime, ca_bundle, status, quiet, err=as_json,
+                                      progress_every=progress_every)
+    if as_json:
+        emit_json(_run_json(record, store))
+    else:
+        _print_outcome(record)
     sys.exit(0 if record["status"] == "completed" else 1)
 
 
-def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any) -> Record:
+def _run_json(record: Mapping[str, Any], store: Any, skipped: bool = False) -> dict[str, Any]:
+    """``harness run --json`` of one run (docs/cli-json.md)."""
+    primary = record.get("primary_metric")
+    summary = (record.get("metrics_summary") or {}).get(primary or "") or {}
+    return {
+        "run_id": record["run_id"], "name": record.get("name"), "status": record.get("status"),
+        "skipped": skipped, "seed": record.get("seed"), "params": record.get("params"),
+        "duration_s": record.get("duration_s"), "exit_code": record.get("exit_code"), "detail": record.get("detail") or "",
+        "run_dir": str(store.run_dir(record["run_id"])), "primary_metric": primary,
+        "primary_last": summary.get("last"), "primary_mean_last_n": summary.get("mean_last_n"),
+    }
+
+
+def _sweep_json(outcome: Any) -> dict[str, Any]:
+    """``harness run --json`` of a sweep (docs/cli-json.md)."""
+    plan = outcome.plan
+    return {
+        "sweep_id": plan.sweep_id, "backend": outcome.backend, "dry_run": outcome.dry_run, "ok": outcome.ok,
+        "total": len(plan.specs), "to_run": [spec.run_id for spec in plan.to_run],
+        "already_completed": plan.completed, "failed_earlier": plan.failed, "still_running": plan.running,
+        "runs": [{k: r.get(k) for k in ("run_id", "status", "seed", "params", "duration_s")} for r in outcome.records],
+        "slurm_job_ids": outcome.slurm_job_ids,
+    }
+
+
+def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, quiet: bool,
+                         err: bool = False, progress_every: float | None = None) -> Record:
+    """Run one spec with live progress (harness.progress) below the job's streamed output."""
+    from harness.progress import LiveRun
     from harness.runner import execute
 
-    def started(record: dict, job: Any = None) -> None:
+    def announce(record: dict) -> None:
         status.stop()
-        click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}")
+        click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}", err=err)
 
-    return execute(spec, store, runtime=runtime, on_start=started, echo=echo, ca_bundle=ca_bundle,
-                   build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
+    live = LiveRun(spec, store, None, interval=progress_every, announce=announce, err=err)
+    try:
+        return execute(spec, store, runtime=runtime, on_start=live.on_start, echo=None if quiet else live.echo,
+                       ca_bundle=ca_bundle, build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
+    finally:
+        live.stop()
 
 
-def _number(value: Any) -> str:
+def _number(value: Any, spec: str = ".4g") -> str:
     """A metric value for a table: 4 significant digits, '-' for NaN/inf (stored as null)."""
-    return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def _print_outcome(record: Record) -> None:
@@ -185,11 +268,12 @@ def _print_outcome(record: Record) -> None:
         click.echo(f"  {record['detail']}", err=True)
 
 
-@click.command()
+@click.command(epilog=examples("harness ls", "harness ls --limit 200 --json | jq -r '.[].run_id'"))
 @json_option
 @click.option("--limit", type=int, default=50, show_default=True)
 def ls(as_json: bool, limit: int) -> None:
-    """Runs in the local store, newest first."""
+    """Runs in the local store, newest first (full run ids: any unique prefix names a run)."""
+    from rich import box
     from rich.table import Table
 
     from harness.runner import recover
@@ -199,28 +283,57 @@ def ls(as_json: bool, limit: int) -> None:
     recover(store)
     records = list(store.records())[:limit]
     if as_json:
-        click.echo(json.dumps([{k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")} for r in records], indent=2))
+        click.echo(json.dumps([{k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")} for r in records], indent=2, default=str))
         return
     if not records:
         click.echo(f"no runs in {store.root}")
         return
-    table = Table("run id", "manifest", "status", "seed", "started (UTC)", "time", "primary metric (last)")
+    primaries = {_text(record.get("primary_metric")) for record in records}
+    shared = primaries.pop() if len(primaries) == 1 else None
+    # The run id never wraps or shortens (it is what the user copies); the other cells fold.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=f"last value: {shared}" if shared else None,
+                  caption_justify="left")
+    table.add_column("run id", no_wrap=True, min_width=max(len(_text(r["run_id"])) for r in records))
+    table.add_column("status", overflow="fold")
+    table.add_column("seed", justify="right", overflow="fold")
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("last" if shared else "primary metric (last)", justify="right" if shared else "left", overflow="fold")
     for record in records:
-        primary = record.get("primary_metric") or ""
-        summary = (record.get("metrics_summary") or {}).get(primary)
-        value = f"{primary} {_number(summary.get('last'))}" if summary else ""
-        table.add_row(record["run_id"], record.get("name", ""), _status_text(record.get("status", "")), str(record.get("seed")),
-                      (record.get("started_at") or "")[:19].replace("T", " "), f"{record.get('duration_s') or 0:.1f}s", value)
+        # records can come from anywhere (a pull, an older harness, a hand edit): every field is
+        # shown as text of bounded length, whatever its type
+        primary = _text(record.get("primary_metric"))
+        summary = _mapping(_mapping(record.get("metrics_summary")).get(primary))
+        value = "" if not summary else _number(summary.get("last")) if shared else f"{primary} {_number(summary.get('last'))}"
+        table.add_row(_text(record["run_id"]), _status_text(record.get("status")), _text(record.get("seed")),
+                      _text(record.get("started_at"))[5:16].replace("T", " "), f"{_number(record.get('duration_s'), '.1f')}s", value)
     _console().print(table)
 
 
-def _status_text(status: str) -> str:
-    colour = {"completed": "green", "running": "cyan"}.get(status, "red")
-    return f"[{colour}]{status}[/{colour}]"
+def _text(value: Any, limit: int = 120) -> str:
+    """A record field as one line of printable text (None: empty), for tables."""
+    from rich.markup import escape
+
+    from harness.safefs import printable
+
+    return escape(printable("" if value is None else str(value), limit))
 
 
-@click.command()
-@click.argument("run_id")
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _status_text(status: Any) -> str:
+    colour = {"completed": "green", "running": "cyan"}.get(status, "red") if isinstance(status, str) else "red"
+    return f"[{colour}]{_text(status, 40)}[/{colour}]"
+
+
+@click.command(epilog=examples("harness show dqn-cartpole-3f2a", "harness show --json dqn-cartpole-3f2a | jq .metrics_summary"))
+@click.argument("run_id", type=RUN_ID)
 @json_option
 @click.option("--log-lines", type=int, default=20, show_default=True)
 def show(run_id: str, as_json: bool, log_lines: int) -> None:
@@ -232,64 +345,95 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     store = LocalStore()
     record = store.load(run_id)
     if as_json:
-        click.echo(json.dumps(record, indent=2, sort_keys=True))
+        click.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
         return
     console = _console()
-    image = record.get("image") or {}
-    host = record.get("host") or {}
-    environment = record.get("environment") or {}
+    image, host = _mapping(record.get("image")), _mapping(record.get("host"))
+    environment, gpu = _mapping(record.get("environment")), _mapping(record.get("gpu"))
+    exit_code = record.get("exit_code")
     rows = [
-        ("run", record["run_id"]), ("manifest", f"{record.get('name')} (sha256 {str(record.get('manifest_sha256'))[:12]})"),
-        ("status", _status_text(record.get("status", "")) + (f" (exit {record.get('exit_code')})" if record.get("exit_code") not in (None, 0) else "")),
-        ("seed / params", f"{record.get('seed')} / {json.dumps(record.get('params'), sort_keys=True)}"),
-        ("runtime", f"{record.get('runtime')} (hermetic: {record.get('hermetic')})"),
-        ("image", f"{image.get('tag') or image.get('ref')} {image.get('id', '')}" if image else "none (process runtime)"),
-        ("started / time", f"{record.get('started_at')} / {record.get('duration_s')}s"),
-        ("host", f"{host.get('hostname')} {host.get('os', '')} {host.get('kernel', '')}; {host.get('cpu_model')} x{host.get('cpu_count')}"),
-        ("gpu", json.dumps(record.get("gpu", {}).get("devices") or record.get("gpu", {}).get("reason") or "none")),
-        ("python / torch", f"{(environment.get('python') or {}).get('version', '-')} / {(environment.get('torch') or {}).get('version', '-')}"),
-        ("docker / harness", f"{record.get('docker_version', '-')} / {record.get('harness_version')}"),
-        ("files", f"{len(record.get('files') or {})} checksummed"),
+        ("run", _text(record["run_id"])), ("manifest", f"{_text(record.get('name'))} (sha256 {_text(record.get('manifest_sha256'))[:12]})"),
+        ("status", _status_text(record.get("status")) + (f" (exit {_text(exit_code)})" if exit_code not in (None, 0) else "")),
+        ("seed / params", f"{_text(record.get('seed'))} / {_text(json.dumps(record.get('params'), sort_keys=True, default=str), 400)}"),
+        ("runtime", f"{_text(record.get('runtime'))} (hermetic: {_text(record.get('hermetic'))})"),
+        ("image", f"{_text(image.get('tag') or image.get('ref'))} {_text(image.get('id', ''))}" if image else "none (process runtime)"),
+        ("started / time", f"{_text(record.get('started_at'))} / {_text(record.get('duration_s'))}s"),
+        ("host", _text(f"{host.get('hostname')} {host.get('os', '')} {host.get('kernel', '')}; {host.get('cpu_model')} x{host.get('cpu_count')}", 300)),
+        ("gpu", _text(json.dumps(gpu.get("devices") or gpu.get("reason") or "none", default=str), 300)),
+        ("python / torch", f"{_text(_mapping(environment.get('python')).get('version', '-'))} / {_text(_mapping(environment.get('torch')).get('version', '-'))}"),
+        ("docker / harness", f"{_text(record.get('docker_version', '-'))} / {_text(record.get('harness_version'))}"),
+        ("files", f"{len(_mapping(record.get('files')))} checksummed"),
     ]
+    skipped = [s for key in ("skipped_files", "metrics_skipped") for s in _list(record.get(key)) if isinstance(s, dict)]
+    if skipped:
+        shown = "; ".join(f"{_text(s.get('path'), 60)}: {_text(s.get('reason'), 80)}" for s in skipped[:3])
+        rows.append(("skipped files", f"{len(skipped)} ({shown}{'; ...' if len(skipped) > 3 else ''})"))
+    rejected = _mapping(record.get("metrics_rejected"))
+    if rejected:
+        rows.append(("rejected metrics", ", ".join(f"{_text(reason, 40)} {_text(count, 20)}" for reason, count in sorted(rejected.items())[:20])))
     if record.get("reproduces"):
-        rows.append(("reproduces", str(record["reproduces"])))
+        rows.append(("reproduces", _text(record["reproduces"])))
     if record.get("pulled_from"):
-        rows.append(("pulled from", json.dumps(record["pulled_from"])))
+        rows.append(("pulled from", _text(json.dumps(record["pulled_from"], default=str), 300)))
     if record.get("detail"):
-        rows.append(("detail", record["detail"]))
+        rows.append(("detail", _text(record["detail"], 600)))
     for key, value in rows:
         console.print(f"[bold]{key:>16}[/bold]  {value}")
-    summary = record.get("metrics_summary") or {}
+    summary = _mapping(record.get("metrics_summary"))
     if summary:
         table = Table("metric", "count", "last", "min", "max", "mean of last N")
-        for name in sorted(summary):
-            s = summary[name]
-            table.add_row(name, str(s.get("count")), *(_number(s.get(k)) for k in ("last", "min", "max", "mean_last_n")))
+        table.columns[0].overflow = "fold"
+        for name in sorted(summary)[:1000]:
+            s = _mapping(summary[name])
+            table.add_row(_text(name), _text(s.get("count")), *(_number(s.get(k)) for k in ("last", "min", "max", "mean_last_n")))
         console.print(table)
     if record.get("status") != "completed":
-        log_path = store.run_dir(run_id) / "logs" / "output.log"
-        if log_path.is_file():
-            tail = log_path.read_text(errors="replace").splitlines()[-log_lines:]
+        tail = _log_tail(store.run_dir(run_id), log_lines)
+        if tail:
             console.print(f"[bold]last {len(tail)} log lines[/bold]")
             for line in tail:
                 console.print(line, markup=False)
 
 
-@click.command()
-def recover() -> None:
+def _log_tail(run_dir: Path, lines: int, window: int = 64 << 10) -> list[str]:
+    """The last ``lines`` lines of the run's log, reading at most ``window`` bytes of it."""
+    import os
+
+    from harness.safefs import UnsafeFile, open_beneath, printable
+
+    try:
+        fd = open_beneath(run_dir, "logs/output.log")
+    except (UnsafeFile, OSError):
+        return []
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, window, max(0, size - window))
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
+    return [printable(line, 500) for line in text]
+
+
+@click.command(epilog=examples("harness recover", "harness recover --json"))
+@json_option
+def recover(as_json: bool) -> None:
     """Mark runs whose harness process died as interrupted, and seal what they left."""
     from harness.runner import recover as recover_runs
     from harness.store.local import LocalStore
 
     recovered = recover_runs(LocalStore())
+    if as_json:
+        emit_json({"recovered": recovered})
+        return
     for run_id in recovered:
         click.echo(f"{run_id}: interrupted (recovered)")
     if not recovered:
         click.echo("nothing to recover")
 
 
-@click.command()
-def doctor() -> None:
+@click.command(epilog=examples("harness doctor", "harness doctor --json | jq '.checks[] | select(.ok | not)'"))
+@json_option
+def doctor(as_json: bool) -> None:
     """Check the prerequisites: Docker engine, base image, GPU/NVML, Hub login, Slurm."""
     import shutil
 
@@ -301,7 +445,9 @@ def doctor() -> None:
         from harness.runtime.engine import docker_client
 
         client = docker_client(timeout=10)
-        checks.append(("docker engine", True, f"reachable, version {engine_version(client)}"))
+        from harness.runtime.engine_api import engine_api
+
+        checks.append(("docker engine", True, f"reachable, version {engine_version(engine_api(timeout=10))}"))
         try:
             client.images.get(BASE_IMAGE)
             checks.append(("base image", True, BASE_IMAGE))
@@ -321,8 +467,10 @@ def doctor() -> None:
         checks.append(("hub login", True, "token found (HF_TOKEN or login)" if get_token() else "none (publish needs HF_TOKEN)"))
     except Exception as exc:
         checks.append(("hub login", True, f"unknown ({exc})"))
-    failed = False
-    for name, ok, text in checks:
-        click.echo(f"{'ok ' if ok else 'NO '} {name:14} {text}")
-        failed |= not ok and name in {"docker engine", "base image"}
+    failed = any(not ok and name in {"docker engine", "base image"} for name, ok, _ in checks)
+    if as_json:
+        emit_json({"ok": not failed, "checks": [{"name": name, "ok": ok, "detail": text} for name, ok, text in checks]})
+    else:
+        for name, ok, text in checks:
+            click.echo(f"{'ok ' if ok else 'NO '} {name:14} {text}")
     sys.exit(1 if failed else 0)

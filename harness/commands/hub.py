@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from harness.commands.options import endpoint_option, runtime_option
+from harness.commands.options import endpoint_option, json_option, runtime_option
+from harness.commands.output import emit_json, examples
+from harness.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
 
 
-@click.command()
-@click.argument("run_ids", nargs=-1, required=True)
+@click.command(epilog=examples(
+    "harness publish dqn-cartpole-3f2a --repo my-lab/cartpole-dqn",
+    "harness publish $(harness ls --json | jq -r '.[].run_id') --repo my-lab/all --json",
+))
+@click.argument("run_ids", nargs=-1, required=True, type=RUN_ID)
 @click.option("--repo", required=True, help="dataset repo to publish to, org/name")
 @click.option("--private", is_flag=True, help="create the repo private")
 @endpoint_option
-def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | None) -> None:
-    """Publish runs of the local store to a Hub dataset repo, in one commit."""
+@click.option("--license", "license_id", help="License of the results for the dataset card (a Hub license id, e.g. "
+              "cc-by-4.0, mit) [default: unknown].")
+@click.option("--pretty-name", help="Title of the dataset card [default: the manifests' names].")
+@json_option
+def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | None, license_id: str | None,
+            pretty_name: str | None, as_json: bool) -> None:
+    """Publish runs of the local store to a Hub dataset repo, in one commit (with the runs index,
+    the dataset card and the learning-curve figure)."""
     from harness.store.hub import publish as publish_runs
 
-    result = publish_runs(list(run_ids), repo, private=private, endpoint=endpoint)
+    result = publish_runs(list(run_ids), repo, private=private, endpoint=endpoint, license=license_id,
+                          pretty_name=pretty_name)
+    if as_json:
+        emit_json({"repo": repo, "url": result.url, "commit": result.commit, "published": result.published,
+                   "unchanged": result.unchanged})
+        return
     if result.commit is None:
         click.echo(f"{repo}: already up to date ({', '.join(result.unchanged)}); no commit made")
         return
@@ -29,17 +46,31 @@ def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | 
     click.echo(result.url)
 
 
-@click.command()
-@click.argument("spec")
+@click.command(epilog=examples(
+    "harness pull my-lab/cartpole-dqn",
+    "harness pull my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --revision 4b8e0f... --json",
+))
+@click.argument("spec", shell_complete=complete_repos)
 @click.option("--revision", help="branch or 40-hex commit sha (default: main)")
 @endpoint_option
-def pull(spec: str, revision: str | None, endpoint: str | None) -> None:
+@json_option
+def pull(spec: str, revision: str | None, endpoint: str | None, as_json: bool) -> None:
     """Download org/name (all runs) or org/name/<run_id> into the local store, verified."""
     from harness.store.hub import pull as pull_runs
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    for run_id in pull_runs(spec, revision=revision, endpoint=endpoint, store=store):
+    pulled = pull_runs(spec, revision=revision, endpoint=endpoint, store=store)
+    if as_json:
+        rows = []
+        for run_id in pulled:
+            record = store.load(run_id)
+            source = record.get("pulled_from") or {}
+            rows.append({"run_id": run_id, "status": record.get("status"), "repo": source.get("repo"),
+                         "revision": source.get("revision"), "run_dir": str(store.run_dir(run_id))})
+        emit_json(rows)
+        return
+    for run_id in pulled:
         record = store.load(run_id)
         source = record.get("pulled_from") or {}
         click.echo(f"{run_id}\t{record.get('status')}\tfrom {source.get('repo', spec)}@{str(source.get('revision', ''))[:12]}")
@@ -54,7 +85,7 @@ def _print_pair(comparison: Any, original: str, reproduction: str) -> None:
     out = console()
     table = Table(title=f"{original} vs {reproduction}")
     for column in ("metric", "points", "max |diff|", "max rel diff", "first step", "status"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "metric", overflow="fold")  # a metric name is never cut
     for row in comparison.rows:
         points = str(row.original_points) if row.original_points == row.reproduced_points else f"{row.original_points} / {row.reproduced_points}"
         table.add_row(row.metric, points, f"{row.max_abs_diff:.3g}", f"{row.max_rel_diff:.3g}",
@@ -85,7 +116,7 @@ def _print_seeds(result: Any) -> None:
     same_seed = {pair.seed: pair.comparison.verdict for pair in result.pairs}
     table = Table(title=f"{verdict.metric} ({verdict.statistic}) per seed")
     for column in ("seed", "original", "score", "reproduction", "score", "vs same seed"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("original", "reproduction"))  # run ids are never cut
     for seed in sorted(set(originals) | set(reproductions)):
         a, b = originals.get(seed), reproductions.get(seed)
         table.add_row(str(seed), a[0] if a else "", f"{a[1]:.6g}" if a else "", b[0] if b else "",
@@ -93,41 +124,58 @@ def _print_seeds(result: Any) -> None:
     console().print(table)
 
 
-@click.command()
-@click.argument("target")
+@click.command(epilog=examples(
+    "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e",
+    "harness reproduce dqn-cartpole-3f2a --out repro/ --json",
+    "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --seeds 5 --new-seeds",
+))
+@click.argument("target", type=RUN_ID_OR_HUB)
 @endpoint_option
 @click.option("--revision", help="Hub revision to pull the original from (default: main)")
 @click.option("--seeds", "seeds", metavar="N|auto",
-              help="seeds to run: N, or auto (80 % power to show equivalence given the published spread); "
-                   "default: as many as were published")
+              help="seeds to run: N, or auto (80 % power to show equivalence given the published spread) "
+                   "[default: as many as were published]")
 @click.option("--new-seeds", is_flag=True, help="run seeds other than the published ones")
 @click.option("--publish", "publish_result", is_flag=True, help="publish the reproduction runs to the same repo")
 @runtime_option
 @click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
+@click.option("--allow-build-network", is_flag=True,
+              help="build a recipe that declares image.network: true (its build then reaches this host's network)")
+@json_option
 def reproduce(target: str, endpoint: str | None, revision: str | None, seeds: str | None, new_seeds: bool,
-              publish_result: bool, runtime: str, trust_code: bool, out: Path | None) -> None:
+              publish_result: bool, runtime: str, trust_code: bool, out: Path | None, allow_build_network: bool,
+              as_json: bool) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record over seeds and give the
     verdict against the published runs of its configuration.
 
     Exit status 0: identical or consistent; 1: diverged; 2: bad input; 3: inconclusive (the
     verdict says how many seeds per side would settle it).
     """
+    from harness.analysis.group_verdict import json_safe
     from harness.reproduce import reproduce as reproduce_run
 
     result = reproduce_run(target, endpoint=endpoint, revision=revision, runtime=runtime, trust_code=trust_code,
                            publish_result=publish_result, out=out, seeds=seeds, new_seeds=new_seeds,
-                           echo=lambda line: click.echo(line, err=True))
-    if len(result.pairs) == 1 and len(result.original_ids) == 1 and len(result.records) == 1:
-        pair = result.pairs[0]
-        _print_pair(pair.comparison, pair.original_id, pair.reproduction_id)
+                           echo=lambda line: click.echo(line, err=True), progress=sys.stderr,
+                           allow_build_network=allow_build_network)
+    if as_json:
+        emit_json(json_safe({"original": result.original_id, "reproduction": result.reproduction_id,
+                             "reproductions": result.reproduction_ids, "repo": result.repo,
+                             "seed_plan": result.seed_plan, "figure": str(result.figure),
+                             "verdict_file": str(result.verdict_path), "published_commit": result.published_commit,
+                             **result.verdict.to_dict()}))
     else:
-        _print_seeds(result)
-    for line in result.verdict.lines():
-        click.echo(line)
-    click.echo(f"figure: {result.figure}")
-    click.echo(f"verdict.json: {result.verdict_path}")
-    if result.published_commit is not None:
-        click.echo(f"{result.repo}: published {', '.join(result.reproduction_ids)} in commit {result.published_commit}")
+        if len(result.pairs) == 1 and len(result.original_ids) == 1 and len(result.records) == 1:
+            pair = result.pairs[0]
+            _print_pair(pair.comparison, pair.original_id, pair.reproduction_id)
+        else:
+            _print_seeds(result)
+        for line in result.verdict.lines():
+            click.echo(line)
+        click.echo(f"figure: {result.figure}")
+        click.echo(f"verdict.json: {result.verdict_path}")
+        if result.published_commit is not None:
+            click.echo(f"{result.repo}: published {', '.join(result.reproduction_ids)} in commit {result.published_commit}")
     if result.exit_code:
         raise click.exceptions.Exit(result.exit_code)
