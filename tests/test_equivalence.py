@@ -426,6 +426,13 @@ def test_validate_warns_when_a_non_deterministic_run_states_no_margin(tmp_path, 
     assert quiet.returncode == 0 and "no margin is stated" not in quiet.stderr
 
 
+def test_an_older_manifests_alpha_still_loads_and_is_said_to_be_ignored(tmp_path, cli):
+    manifest = noop_variant(tmp_path, "expect: {deterministic: true}", "expect: {deterministic: true, alpha: 0.05}")
+    result = cli("validate", manifest)
+    assert result.returncode == 0, result.stderr
+    assert "expect: warning: alpha is ignored" in result.stderr
+
+
 # -- real runs on the engine --------------------------------------------------------------------------
 
 def test_real_runs_repeated_are_identical_and_their_environments_match(noop_image, store_home, cli):
