@@ -43,7 +43,7 @@ class ReproductionResult:
     original_id: str  # the run named on the command line
     repo: str | None  # the Hub repo the original came from, if any
     verdict: GroupVerdict
-    figure: Path
+    figure: Path | None
     verdict_path: Path
     records: list[Record]  # the reproduction runs' sealed records, in seed order
     original_ids: list[str]
@@ -85,7 +85,7 @@ class ReproductionResult:
         difference = self.first_difference
         return {
             "original": self.original_id, "reproduction": self.reproduction_id, "repo": self.repo,
-            "seed_plan": self.seed_plan, "figure": str(self.figure),
+            "seed_plan": self.seed_plan, "figure": None if self.figure is None else str(self.figure),
             "first_difference": None if difference is None else asdict(difference),
             "pairs": [{"seed": p.seed, "original": p.original_id, "reproduction": p.reproduction_id,
                        **p.comparison.to_dict()} for p in self.pairs],
@@ -290,18 +290,21 @@ def reproduce(
     verdict = group_verdict(original_dirs, reproduction_dirs, expect)
     pairs = [SeedPair(int(r["seed"]), of_seed[int(r["seed"])], r["run_id"],
                       compare_runs(store.run_dir(of_seed[int(r["seed"])]), store.run_dir(r["run_id"]), expect))
-             for r in records if int(r["seed"]) in of_seed]
+             for r in records if int(r["seed"]) in of_seed and r.get("status") == RunStatus.COMPLETED]
     out_dir = out or store.root / "reproductions" / records[0]["run_id"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    figure = out_dir / "comparison.png"
+    drawn = out_dir / "comparison.png"
+    figure: Path | None = drawn
     if verdict.curves is not None:
-        plot_equivalence(verdict.curves, figure, verdict.metric, verdict.verdict,
+        plot_equivalence(verdict.curves, drawn, verdict.metric, verdict.verdict,
                          labels=(f"original ({repo})" if repo else "original", "reproduction"),
                          run_ids=(verdict.original_runs, verdict.reproduction_runs))
-    else:
+    elif records[0].get("status") == RunStatus.COMPLETED:
         first = pairs[0] if pairs else None
-        plot_comparison(store.run_dir(first.original_id if first else original_id), reproduction_dirs[0], figure,
+        plot_comparison(store.run_dir(first.original_id if first else original_id), reproduction_dirs[0], drawn,
                         verdict=first.comparison if first else None)
+    else:
+        figure = None  # a run that did not complete may have no metrics to draw
     result = ReproductionResult(original_id, repo, verdict, figure, out_dir / "verdict.json", records,
                                 [r["run_id"] for r in group], published_seeds, plan.message, pairs)
     write_json_atomic(result.verdict_path, json_safe(result.to_dict()))

@@ -162,7 +162,8 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, seeds: st
     if as_json:
         emit_json(json_safe({"original": result.original_id, "reproduction": result.reproduction_id,
                              "reproductions": result.reproduction_ids, "repo": result.repo,
-                             "seed_plan": result.seed_plan, "figure": str(result.figure),
+                             "seed_plan": result.seed_plan,
+                             "figure": None if result.figure is None else str(result.figure),
                              "verdict_file": str(result.verdict_path), "published_commit": result.published_commit,
                              **result.verdict.to_dict()}))
     else:
@@ -173,7 +174,7 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, seeds: st
             _print_seeds(result)
         for line in result.verdict.lines():
             click.echo(line)
-        click.echo(f"figure: {result.figure}")
+        click.echo(f"figure: {result.figure or 'none (the reproduction did not complete)'}")
         click.echo(f"verdict.json: {result.verdict_path}")
         if result.published_commit is not None:
             click.echo(f"{result.repo}: published {', '.join(result.reproduction_ids)} in commit {result.published_commit}")
