@@ -174,7 +174,8 @@ def original_group(store: LocalStore, original: Record, target: str, endpoint: s
         candidates = []
     else:
         candidates = list(store.records())
-    group = [cast(Record, dict(record)) for record in published_group(candidates, original)]
+    found = [cast(Record, dict(record)) for record in published_group(candidates, original)]
+    group = found[:1] + sorted(found[1:], key=lambda record: int(record["seed"]))
     for record in group[1:]:
         problems = store.verify(record["run_id"])
         if problems:
