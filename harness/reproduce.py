@@ -80,16 +80,18 @@ class ReproductionResult:
                 return pair.comparison.first_difference
         return None
 
-    def to_dict(self) -> dict[str, Any]:
-        """verdict.json: the verdict with its per-checkpoint curves, the seed plan and each same-seed pair."""
+    def to_dict(self, curves: bool = True) -> dict[str, Any]:
+        """verdict.json: the verdict (with its per-checkpoint curves unless not ``curves``), the seed
+        plan and each same-seed pair's per-metric comparison."""
         difference = self.first_difference
         return {
-            "original": self.original_id, "reproduction": self.reproduction_id, "repo": self.repo,
+            "original": self.original_id, "reproduction": self.reproduction_id, "reproductions": self.reproduction_ids,
+            "repo": self.repo, "verdict_file": str(self.verdict_path), "published_commit": self.published_commit,
             "seed_plan": self.seed_plan, "figure": None if self.figure is None else str(self.figure),
             "first_difference": None if difference is None else asdict(difference),
             "pairs": [{"seed": p.seed, "original": p.original_id, "reproduction": p.reproduction_id,
                        **p.comparison.to_dict()} for p in self.pairs],
-            **self.verdict.to_dict(curves=True),
+            **self.verdict.to_dict(curves=curves),
         }
 
 

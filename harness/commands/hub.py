@@ -160,12 +160,7 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, seeds: st
                            echo=lambda line: click.echo(line, err=True), progress=sys.stderr,
                            allow_build_network=allow_build_network)
     if as_json:
-        emit_json(json_safe({"original": result.original_id, "reproduction": result.reproduction_id,
-                             "reproductions": result.reproduction_ids, "repo": result.repo,
-                             "seed_plan": result.seed_plan,
-                             "figure": None if result.figure is None else str(result.figure),
-                             "verdict_file": str(result.verdict_path), "published_commit": result.published_commit,
-                             **result.verdict.to_dict()}))
+        emit_json(json_safe(result.to_dict(curves=False)))
     else:
         if len(result.pairs) == 1 and len(result.original_ids) == 1 and len(result.records) == 1:
             pair = result.pairs[0]
