@@ -313,7 +313,7 @@ def card_text(
         "",
         "`runs.parquet` (the default config) has one row per run, every param as its own `param_<name>` column, "
         "the hardware target and host as columns, a `smoke` flag, and for reproductions the run they reproduce "
-        "and their verdict (`identical`, `consistent` or `diverged`).",
+        "and their verdict (`identical`, `consistent`, `diverged` or `inconclusive`).",
         "",
         "## Load the data",
         "",
@@ -331,9 +331,11 @@ def card_text(
         f"harness reproduce {repo}/{example}",
         "```",
         "",
-        "`reproduce` pulls the run, rebuilds its image from the published context and lockfile, re-runs the same",
-        "seed and params in the sandbox and prints whether the result is `identical`, `consistent` (within the",
-        "manifest's `expect`) or `diverged`; `--publish` adds the reproduction to this repo.",
+        "`reproduce` pulls the run, rebuilds its image from the published context and lockfile, re-runs the",
+        "published seeds of its configuration with the same params in the sandbox (`--seeds N|auto` and",
+        "`--new-seeds` choose others) and prints whether the result is `identical`, `consistent` (equivalent",
+        "within the manifest's `expect` margin), `diverged` or `inconclusive` (with the seeds that would settle",
+        "it); `--publish` adds the reproduction runs to this repo.",
         "",
     ]
     card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
