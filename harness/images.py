@@ -22,10 +22,13 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 from harness.errors import EngineError, HarnessError, LockfileError
+
+if TYPE_CHECKING:
+    from harness.lock import PackageIndex
 
 BUILD_STAGING = ".harness-build"
 HASH_SCHEMA = "harness-image-v1"
@@ -198,20 +201,59 @@ def wheel_cache_dir() -> Path:
     return Path(base) / "wheels"
 
 
+def wheel_download_command(requirements: Path, target: Path, indexes: Sequence["PackageIndex"] = ()) -> list[str]:
+    """The ``pip download`` argv for locked requirements: pip's own configuration, plus ``indexes``.
+
+    ``requirements`` holds only ``name==version --hash=…`` lines, so the indexes pip asks are
+    those of its configuration (PyPI when there is none) and the ones given here, nothing else."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet",
+           "-r", str(requirements), "-d", str(target)]
+    for index in indexes:
+        cmd += index.as_args()
+    return cmd
+
+
+def wheel_download_commands(requirements: Path, target: Path, indexes: Sequence["PackageIndex"]) -> list[list[str]]:
+    """The download attempts, in order: pip's configuration alone, then with the lockfile's indexes."""
+    attempts = [wheel_download_command(requirements, target)]
+    if indexes:
+        attempts.append(wheel_download_command(requirements, target, indexes))
+    return attempts
+
+
 def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
-    """Download every locked distribution on the host (pip's own index configuration, hashes checked)."""
+    """Download every locked distribution on the host, hashes checked.
+
+    pip's own configuration (the user's mirrors, wheelhouses, CA) is asked first; when it lacks a
+    locked distribution, pip is asked again with the public indexes the lockfile names added (the
+    CPU build of torch is on PyTorch's index, never on PyPI). Asking the user's configuration
+    first keeps a build fast where a local mirror has everything and the named index is slow or
+    unreachable."""
+    from harness.lock import read_lockfile
+
     key = hashlib.sha256(lockfile.read_bytes()).hexdigest()[:16]
     target = wheel_cache_dir() / key
     done_marker = target / ".complete"
     if done_marker.is_file():
         return target
+    requirements, indexes, problems = read_lockfile(lockfile)
+    if problems:
+        raise LockfileError(f"{lockfile}: {problems[0]}")
     target.mkdir(parents=True, exist_ok=True)
     log(f"downloading locked packages into {target}")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet", "-r", str(lockfile), "-d", str(target)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise LockfileError(f"{lockfile}: cannot download the locked packages: {tail}")
+    with tempfile.TemporaryDirectory(prefix="harness-wheels-") as tmp:
+        plain = Path(tmp) / "requirements.txt"
+        plain.write_text("".join(f"{r.name}=={r.version} " + " ".join(f"--hash={h}" for h in r.hashes) + "\n"
+                                 for r in requirements), encoding="utf-8")
+        for number, cmd in enumerate(wheel_download_commands(plain, target, indexes), 1):
+            if number > 1:
+                log("pip's configuration lacks a locked package; again with " + ", ".join(i.url for i in indexes))
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+        else:
+            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise LockfileError(f"{lockfile}: cannot download the locked packages: {tail}")
     done_marker.touch()
     return target
 

@@ -28,15 +28,18 @@ def test_shipped_lockfiles_are_pinned_hashed_and_fresh():
         requirements, problems = parse_lockfile(lockfile)
         assert problems == [] and requirements, lockfile
         text = lockfile.read_text()
-        assert "--index-url" not in text and "--find-links" not in text and "/opt/" not in text
+        assert "--find-links" not in text and "file://" not in text and "/opt/" not in text
+        assert all(line.startswith("--extra-index-url https://") for line in text.splitlines() if line.startswith("-"))
 
 
 def test_lockfile_checks_catch_each_problem(tmp_path):
     bad = tmp_path / "bad.txt"
-    bad.write_text("six==1.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\nnumpy>=1\n--index-url https://example.org\nrequests==2.0\n")
+    bad.write_text("six==1.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\nnumpy>=1\n--index-url file:///opt/pypi/simple\n"
+                   "--find-links /opt/wheels\nrequests==2.0\n")
     problems = lockfile_problems(bad)
     assert any("numpy" in p and "not pinned" in p for p in problems)
-    assert any("--index-url" in p for p in problems)
+    assert any("--index-url" in p and "public https" in p for p in problems)
+    assert any("--find-links" in p for p in problems)
     assert any("requests==2.0" in p and "no --hash" in p for p in problems)
 
 
