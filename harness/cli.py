@@ -61,7 +61,9 @@ def cli() -> None:
 def main() -> None:
     """Console entry point: bad input becomes one line on stderr and exit status 2."""
     from harness.errors import HarnessError
+    from harness.progress import quiet_hub_progress
 
+    quiet_hub_progress()
     try:
         cli.main(standalone_mode=False)
     except HarnessError as exc:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from harness import progress
 from harness.errors import HarnessError
 
 
@@ -49,7 +50,8 @@ def schema() -> None:
 @click.command()
 @click.argument("image_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--check", is_flag=True, help="Exit 1 when a lockfile is missing, unusable or stale (for CI).")
-def lock(image_dirs: tuple[Path, ...], check: bool) -> None:
+@click.option("--upgrade", is_flag=True, help="Resolve afresh instead of keeping the existing lockfile's pins.")
+def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
     from harness.lock import compile_lockfile, stale_lockfiles
 
@@ -66,8 +68,8 @@ def lock(image_dirs: tuple[Path, ...], check: bool) -> None:
     for image_dir in image_dirs:
         if not (image_dir / "requirements.in").is_file():
             raise HarnessError(f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)")
-        with _console().status(f"locking {image_dir} (pip-compile)"):
-            output = compile_lockfile(image_dir)
+        with progress.status(f"locking {image_dir} (pip-compile)"):
+            output = compile_lockfile(image_dir, upgrade=upgrade)
         click.echo(f"wrote {output}")
 
 
@@ -84,8 +86,8 @@ def bootstrap(name: str, suite: str, force: bool) -> None:
     """Make the base image from Debian packages (mmdebstrap), for hosts without a registry."""
     from harness.images import bootstrap_base
 
-    with _console().status(f"bootstrapping {name} from Debian {suite}"):
-        info = bootstrap_base(name, suite, force=force)
+    with progress.status(f"bootstrapping {name} from Debian {suite}") as shown:
+        info = bootstrap_base(name, suite, force=force, log=shown.update)
     click.echo(f"{name}: {info.id} ({len(info.packages)} Debian packages){' (exists)' if info.cached else ''}")
 
 
@@ -105,8 +107,8 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
     if quiet:
         info = prepare_image(spec, ca_bundle, force)
     else:
-        with _console().status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
-            info = prepare_image(spec, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
+        with progress.status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as shown:
+            info = prepare_image(spec, ca_bundle, force, log=shown.update)
     state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
     click.echo(f"{info.tag or info.ref} {info.id} ({state})")
 
@@ -152,10 +154,9 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
             click.echo(f"{done[0]['run_id']}: already completed with this manifest, params and seed "
                        "(use --rerun to run it again)")
             return
-    console = _console()
     echo = None if quiet else (lambda line: click.echo(f"  | {line}"))
-    with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
-        record = _execute_with_status(spec, store, runtime, ca_bundle, status, echo)
+    with progress.status(f"preparing {spec.name} seed {spec.seed}", prefix="building image: ") as shown:
+        record = _execute_with_status(spec, store, runtime, ca_bundle, shown, echo)
     _print_outcome(record)
     sys.exit(0 if record["status"] == "completed" else 1)
 
@@ -168,7 +169,7 @@ def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | 
         click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}")
 
     return execute(spec, store, runtime=runtime, on_start=started, echo=echo, ca_bundle=ca_bundle,
-                   build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
+                   build_log=status.update)
 
 
 def _number(value: Any) -> str:
