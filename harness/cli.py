@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("core", "show"),
     "recover": ("core", "recover"),
     "doctor": ("core", "doctor"),
+    "verify": ("verify", "verify"),
     "status": ("sweeps", "status"),
     "publish": ("hub", "publish"),
     "pull": ("hub", "pull"),
