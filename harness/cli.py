@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recover": ("core", "recover"),
     "doctor": ("core", "doctor"),
     "verify": ("verify", "verify"),
+    "init": ("init", "init"),
     "status": ("sweeps", "status"),
     "publish": ("hub", "publish"),
     "pull": ("hub", "pull"),
