@@ -103,7 +103,8 @@ fi
 # By process name, not pid file: daemons started with another configuration may keep theirs elsewhere.
 daemon_pids() { pgrep -x "$1" || true; }
 
-stamp() { echo "$conf_hash" $(daemon_pids slurmctld) $(daemon_pids slurmd); }
+# the daemons' own pid files (the parent that daemonises exits, so pgrep's list moves for a while)
+stamp() { echo "$conf_hash" "$(cat /run/slurmctld.pid 2>/dev/null)" "$(cat /run/slurmd.pid 2>/dev/null)"; }
 
 running="$(daemon_pids slurmctld) $(daemon_pids slurmd)"
 if [ -n "${running// /}" ] && [ "$(cat "$STAMP" 2>/dev/null || true)" != "$(stamp)" ]; then
@@ -148,6 +149,5 @@ while :; do
   fi
   sleep 0.5
 done
-# after the wait: by now slurmctld has forked its helper, whose pid is part of the stamp
 stamp >"$STAMP"
 log "ready: node $node is $state"
