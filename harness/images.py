@@ -366,9 +366,12 @@ def build_image(
 
 def bootstrap_base(
     name: str = BASE_IMAGE, suite: str = "bookworm", epoch: int = 1700000000, force: bool = False,
-    log: Callable[[str], None] = lambda line: None,
+    log: Callable[[str], None] = lambda line: None, tarball: Path | None = None,
 ) -> ImageInfo:
-    """Make the base image from Debian packages with mmdebstrap (no registry needed)."""
+    """Make the base image from Debian packages with mmdebstrap (no registry needed).
+
+    With ``tarball``, the root file system is kept there, and an existing one is imported
+    instead of running mmdebstrap again (CI caches it between runs)."""
     from docker.errors import ImageNotFound
 
     client = docker_client(timeout=600)
@@ -378,20 +381,17 @@ def bootstrap_base(
             return ImageInfo(ref=name, id=image.id, tag=name, cached=True, packages=base_packages(name))
         except ImageNotFound:
             pass
-    if shutil.which("mmdebstrap") is None:
-        raise HarnessError("mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)")
     with tempfile.TemporaryDirectory(prefix="harness-base-") as tmp:
-        tarball = Path(tmp) / "base.tar"
-        hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
-        cmd = [
-            "mmdebstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-            f"--customize-hook={hook}", suite, str(tarball),
-        ]
-        log(" ".join(cmd))
-        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
-        if result.returncode != 0:
-            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise HarnessError(f"mmdebstrap failed: {tail}")
+        if tarball is not None and tarball.is_file() and not force:
+            log(f"importing {tarball} (made earlier by mmdebstrap)")
+        else:
+            made = Path(tmp) / "base.tar"
+            _mmdebstrap(suite, epoch, made, log)
+            if tarball is not None:
+                tarball.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(made, tarball)
+            else:
+                tarball = made
         repository, _, tag = name.partition(":")
         with open(tarball, "rb") as handle:
             client.api.import_image_from_data(
@@ -400,6 +400,22 @@ def bootstrap_base(
             )
     image = client.images.get(name)
     return ImageInfo(ref=name, id=image.id, tag=name, packages=base_packages(name))
+
+
+def _mmdebstrap(suite: str, epoch: int, tarball: Path, log: Callable[[str], None]) -> None:
+    """A minimal Debian root file system with Python as a tarball, its package list inside."""
+    if shutil.which("mmdebstrap") is None:
+        raise HarnessError("mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)")
+    hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
+    cmd = [
+        "mmdebstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+        f"--customize-hook={hook}", suite, str(tarball),
+    ]
+    log(" ".join(cmd))
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise HarnessError(f"mmdebstrap failed: {tail}")
 
 
 def base_packages(name: str) -> list[str]:

@@ -141,3 +141,30 @@ def test_gpu_runs_get_a_device_request_and_the_sandbox(tmp_path):
     assert options["user"] == "65534:65534" and options["nano_cpus"] == 2 * 10**9 and options["mem_limit"] == 2**30
     request.gpus = 0
     assert "device_requests" not in sandbox_options(request)
+
+
+@pytest.mark.docker
+def test_bootstrap_imports_a_kept_tarball_without_mmdebstrap(base_image, tmp_path, monkeypatch):
+    import harness.images as images
+
+    client = docker_client()
+    container = client.containers.create(base_image.id, ["true"], network_mode="none")
+    tarball = tmp_path / "cache" / "base.tar"
+    tarball.parent.mkdir()
+    try:
+        with open(tarball, "wb") as handle:
+            for chunk in container.export():
+                handle.write(chunk)
+    finally:
+        container.remove(force=True)
+
+    def no_mmdebstrap(*args, **kwargs):
+        raise AssertionError("mmdebstrap ran although the tarball was there")
+
+    monkeypatch.setattr(images, "_mmdebstrap", no_mmdebstrap)
+    name = "harness/base-test:from-tarball"
+    try:
+        info = images.bootstrap_base(name, tarball=tarball)
+        assert not info.cached and info.packages == base_image.packages and tarball.is_file()
+    finally:
+        client.images.remove(name, force=True)

@@ -82,12 +82,14 @@ def image() -> None:
 @click.option("--name", default="harness/base:bookworm", show_default=True)
 @click.option("--suite", default="bookworm", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when the image exists.")
-def bootstrap(name: str, suite: str, force: bool) -> None:
+@click.option("--tarball", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep the root file system here; import it instead of running mmdebstrap when it exists (CI caches it).")
+def bootstrap(name: str, suite: str, force: bool, tarball: Path | None) -> None:
     """Make the base image from Debian packages (mmdebstrap), for hosts without a registry."""
     from harness.images import bootstrap_base
 
     with progress.status(f"bootstrapping {name} from Debian {suite}") as shown:
-        info = bootstrap_base(name, suite, force=force, log=shown.update)
+        info = bootstrap_base(name, suite, force=force, log=shown.update, tarball=tarball)
     click.echo(f"{name}: {info.id} ({len(info.packages)} Debian packages){' (exists)' if info.cached else ''}")
 
 
