@@ -41,7 +41,15 @@ fi
 installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
 if [ "$installed" != "$(pwd -P)" ] || ! command -v harness >/dev/null; then
   log "pip install -e .[test]"
-  python3 -m pip install -q -e '.[test]'
+  pip_args=()
+  # the test extras pin torch; its CPU build is on PyTorch's index (PyPI's is the CUDA build, GBs)
+  pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+  # Debian 12 and Ubuntu 24.04 mark their python3 externally managed (PEP 668); the README's
+  # commands use that python3, so the harness goes into it
+  if python3 -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
+    pip_args+=(--break-system-packages)
+  fi
+  python3 -m pip install -q "${pip_args[@]}" -e '.[test]'
 fi
 
 harness image bootstrap
