@@ -25,8 +25,8 @@ fi
 if [ ${#packages[@]} -gt 0 ]; then
   log "apt-get install ${packages[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${packages[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${packages[@]}" >/dev/null
 fi
 
 if ! docker info >/dev/null 2>&1; then
