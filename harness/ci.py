@@ -88,6 +88,7 @@ class Chosen:
     path: Path
     reason: str
     gpus: int
+    first_seed: int = 0
 
 
 def choose_manifests(manifests: Iterable[Any], changed: list[str] | None) -> list[Chosen]:
@@ -113,7 +114,7 @@ def choose_manifests(manifests: Iterable[Any], changed: list[str] | None) -> lis
         elif shared is not None:
             reason = f"{shared} changed (the harness itself: every manifest)"
         if reason:
-            chosen.append(Chosen(Path(relative), reason, gpus))
+            chosen.append(Chosen(Path(relative), reason, gpus, loaded.manifest.seeds[0]))
     return chosen
 
 

@@ -25,7 +25,7 @@ def test_annotation_escapes_and_pins_file_and_line(tmp_path):
 def loaded(path: str, build: str, lockfile: str, gpus: int = 0) -> SimpleNamespace:
     image = SimpleNamespace(build=build, lockfile=lockfile)
     return SimpleNamespace(path=Path("/p") / path, root=Path("/p"),
-                           manifest=SimpleNamespace(image=image, hardware=SimpleNamespace(gpus=gpus)))
+                           manifest=SimpleNamespace(image=image, hardware=SimpleNamespace(gpus=gpus), seeds=[3, 4]))
 
 
 def test_a_change_runs_the_manifests_it_touches_and_a_harness_change_runs_all():
@@ -40,7 +40,7 @@ def test_a_change_runs_the_manifests_it_touches_and_a_harness_change_runs_all():
     for shared in ("harness/runner.py", "pyproject.toml", "scripts/setup.sh"):
         chosen = ci.choose_manifests(manifests, [shared])
         assert names(chosen) == ["a.yaml", "b.yaml", "g.yaml"] and shared in chosen[0].reason
-    assert [c.gpus for c in ci.choose_manifests(manifests, None)] == [0, 0, 1]
+    assert [(c.gpus, c.first_seed) for c in ci.choose_manifests(manifests, None)] == [(0, 3), (0, 3), (1, 3)]
 
 
 def test_summary_table_has_manifest_run_status_metric_duration():
