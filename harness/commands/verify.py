@@ -25,12 +25,12 @@ def verify(base: str, github: bool | None) -> None:
     fails."""
     from harness.errors import ManifestError
     from harness.lock import stale_lockfiles
-    from harness.manifest import load_manifest
+    from harness.manifest import LoadedManifest, load_manifest
 
     github = ci.github_actions() if github is None else github
     root = Path.cwd()
     problems: list[ci.Annotation] = []
-    loaded = []
+    loaded: list[LoadedManifest] = []
     for path in sorted((root / "manifests").glob("*.yaml")):
         relative = path.relative_to(root)
         try:
@@ -60,7 +60,7 @@ def verify(base: str, github: bool | None) -> None:
             click.echo(f"verify: SKIP {item.path} (asks for {item.gpus} GPU(s); this host has {gpus})")
             rows.append(ci.RunRow(item.path.as_posix(), "", f"skipped: needs {item.gpus} GPU(s)"))
             continue
-        click.echo(f"verify: smoke run of {item.path} ({item.reason})", nl=True)
+        click.echo(f"verify: smoke run of {item.path} ({item.reason})")
         sys.stdout.flush()
         # a smoke run is one seed (the manifest's first) of every sweep point: enough to show
         # that each configuration works, a fraction of the time of all seeds
@@ -73,7 +73,7 @@ def verify(base: str, github: bool | None) -> None:
         if outcome.returncode != 0 or bad:
             detail = ", ".join(f"{row.run_id} {row.status}" for row in bad) or f"exit status {outcome.returncode}"
             failures.append(ci.Annotation(f"smoke run failed: {detail} (see the log above; reproduce with "
-                                          f"`harness run {item.path} --smoke`)", item.path.as_posix(), 1))
+                                          f"`harness run {item.path} --smoke --seed {seed}`)", item.path.as_posix(), 1))
     for failure in failures:
         click.echo(failure.workflow_command() if github else f"error: {failure}")
     if failures:
