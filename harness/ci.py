@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 # A change under one of these can break any manifest: all CPU manifests are smoke-run.
 SHARED_INPUTS = ("harness/", "pyproject.toml", "scripts/", ".github/workflows/verify-manifests.yml")
-PROBLEM = re.compile(r"^(?P<file>[^\s:][^:\n]*?)(?::(?P<line>\d+))?: (?P<message>.+)$", re.S)
+PROBLEM = re.compile(r"^(?P<file>[^\s:][^:\n]*?)(?::(?P<line>\d+))?: (?P<message>.+)$", re.DOTALL)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ import pytest
 
 from harness.errors import LockfileError
 from harness.images import wheel_download_commands
-from harness.lock import compile_lockfile, lockfile_indexes, parse_lockfile, requirements_indexes, stale_lockfiles
+from harness.lock import (
+    compile_lockfile,
+    lockfile_indexes,
+    parse_lockfile,
+    requirements_indexes,
+    stale_lockfiles,
+)
 from tests.conftest import REPO
 
 TORCH_CPU = "https://download.pytorch.org/whl/cpu"
@@ -88,6 +94,6 @@ def test_wheel_download_without_pip_configuration_asks_pypi_and_the_lockfile_ind
     argv = [arg for arg in second if arg != "--quiet"] + ["--verbose", "--retries", "0", "--timeout", "5", "--no-color"]
     result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     output = result.stdout + result.stderr
-    asked = re.findall(r"^Looking in indexes: (.*)$", output, re.M)
+    asked = re.findall(r"^Looking in indexes: (.*)$", output, re.MULTILINE)
     assert asked == [f"https://pypi.org/simple, {TORCH_CPU}"], output[-2000:]
     assert "Looking in links" not in output

@@ -32,7 +32,7 @@ def test_a_change_runs_the_manifests_it_touches_and_a_harness_change_runs_all():
     manifests = [loaded("manifests/a.yaml", "images/rl", "lockfiles/rl.txt"),
                  loaded("manifests/b.yaml", "images/noop", "lockfiles/noop.txt"),
                  loaded("manifests/g.yaml", "images/rl", "lockfiles/rl.txt", gpus=1)]
-    names = lambda chosen: [c.path.name for c in chosen]  # noqa: E731
+    names = lambda chosen: [c.path.name for c in chosen]
     assert names(ci.choose_manifests(manifests, ["manifests/b.yaml"])) == ["b.yaml"]
     assert names(ci.choose_manifests(manifests, ["images/rl/workload/dqn.py"])) == ["a.yaml", "g.yaml"]
     assert names(ci.choose_manifests(manifests, ["lockfiles/noop.txt"])) == ["b.yaml"]
