@@ -48,7 +48,11 @@ if [ "$installed" != "$(pwd -P)" ] || ! command -v harness >/dev/null; then
   log "pip install -e .[test]"
   pip_args=()
   # the test extras pin torch; its CPU build is on PyTorch's index (PyPI's is the CUDA build, GBs)
-  pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+  # PyTorch's CPU index serves torch without CUDA (PyPI's is several GB); asked only where it
+  # answers, since pip retries an unreachable index for every package
+  if python3 -c 'import urllib.request; urllib.request.urlopen("https://download.pytorch.org/whl/cpu/", timeout=10)' 2>/dev/null; then
+    pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+  fi
   # Debian 12 and Ubuntu 24.04 mark their python3 externally managed (PEP 668); the README's
   # commands use that python3, so the harness goes into it
   if python3 -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
