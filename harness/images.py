@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from harness.manifest import LoadedManifest
 
 from harness.runtime.engine import docker_client, engine_image_id
+
+if TYPE_CHECKING:
+    from harness.lock import PackageIndex
 
 BUILD_STAGING = ".harness-build"
 HASH_SCHEMA = "harness-image-v1"
@@ -154,20 +157,59 @@ def wheel_cache_dir() -> Path:
     return cache_root() / "wheels"
 
 
+def wheel_download_command(requirements: Path, target: Path, indexes: Sequence[PackageIndex] = ()) -> list[str]:
+    """The ``pip download`` argv for locked requirements: pip's own configuration, plus ``indexes``.
+
+    ``requirements`` holds only ``name==version --hash=…`` lines, so the indexes pip asks are
+    those of its configuration (PyPI when there is none) and the ones given here, nothing else."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet",
+           "-r", str(requirements), "-d", str(target)]
+    for index in indexes:
+        cmd += index.as_args()
+    return cmd
+
+
+def wheel_download_commands(requirements: Path, target: Path, indexes: Sequence[PackageIndex]) -> list[list[str]]:
+    """The download attempts, in order: pip's configuration alone, then with the lockfile's indexes."""
+    attempts = [wheel_download_command(requirements, target)]
+    if indexes:
+        attempts.append(wheel_download_command(requirements, target, indexes))
+    return attempts
+
+
 def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
-    """Download every locked distribution on the host (pip's own index configuration, hashes checked)."""
+    """Download every locked distribution on the host, hashes checked.
+
+    pip's own configuration (the user's mirrors, wheelhouses, CA) is asked first; when it lacks a
+    locked distribution, pip is asked again with the public indexes the lockfile names added (the
+    CPU build of torch is on PyTorch's index, never on PyPI). Asking the user's configuration
+    first keeps a build fast where a local mirror has everything and the named index is slow or
+    unreachable."""
+    from harness.lock import read_lockfile
+
     key = hashlib.sha256(lockfile.read_bytes()).hexdigest()[:16]
     target = wheel_cache_dir() / key
     done_marker = target / ".complete"
     if done_marker.is_file():
         return target
+    requirements, indexes, problems = read_lockfile(lockfile)
+    if problems:
+        raise LockfileError(f"{lockfile}: {problems[0]}")
     target.mkdir(parents=True, exist_ok=True)
     log(f"downloading locked packages into {target}")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet", "-r", str(lockfile), "-d", str(target)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise LockfileError(f"{lockfile}: cannot download the locked packages: {tail}")
+    with tempfile.TemporaryDirectory(prefix="harness-wheels-") as tmp:
+        plain = Path(tmp) / "requirements.txt"
+        plain.write_text("".join(f"{r.name}=={r.version} " + " ".join(f"--hash={h}" for h in r.hashes) + "\n"
+                                 for r in requirements), encoding="utf-8")
+        for number, cmd in enumerate(wheel_download_commands(plain, target, indexes), 1):
+            if number > 1:
+                log("pip's configuration lacks a locked package; again with " + ", ".join(i.url for i in indexes))
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+        else:
+            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise LockfileError(f"{lockfile}: cannot download the locked packages: {tail}")
     done_marker.touch()
     return target
 
@@ -291,9 +333,12 @@ def build_image(
 
 def bootstrap_base(
     name: str = BASE_IMAGE, suite: str = "bookworm", epoch: int = 1700000000, force: bool = False,
-    log: Callable[[str], None] = lambda line: None,
+    log: Callable[[str], None] = lambda line: None, tarball: Path | None = None,
 ) -> ImageInfo:
-    """Make the base image from Debian packages with mmdebstrap (no registry needed)."""
+    """Make the base image from Debian packages with mmdebstrap (no registry needed).
+
+    With ``tarball``, the root file system is kept there, and an existing one is imported
+    instead of running mmdebstrap again (CI caches it between runs)."""
     from docker.errors import ImageNotFound
 
     client = docker_client(timeout=600)
@@ -303,20 +348,17 @@ def bootstrap_base(
             return ImageInfo(ref=name, id=image.id, tag=name, cached=True, packages=base_packages(name))
         except ImageNotFound:
             pass
-    if shutil.which("mmdebstrap") is None:
-        raise HarnessError("mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)")
     with tempfile.TemporaryDirectory(prefix="harness-base-") as tmp:
-        tarball = Path(tmp) / "base.tar"
-        hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
-        cmd = [
-            "mmdebstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-            f"--customize-hook={hook}", suite, str(tarball),
-        ]
-        log(" ".join(cmd))
-        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
-        if result.returncode != 0:
-            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise HarnessError(f"mmdebstrap failed: {tail}")
+        if tarball is not None and tarball.is_file() and not force:
+            log(f"importing {tarball} (made earlier by mmdebstrap)")
+        else:
+            made = Path(tmp) / "base.tar"
+            _mmdebstrap(suite, epoch, made, log)
+            if tarball is not None:
+                tarball.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(made, tarball)
+            else:
+                tarball = made
         repository, _, tag = name.partition(":")
         with open(tarball, "rb") as handle:
             client.api.import_image_from_data(
@@ -325,6 +367,22 @@ def bootstrap_base(
             )
     image = client.images.get(name)
     return ImageInfo(ref=name, id=image.id, tag=name, packages=base_packages(name))
+
+
+def _mmdebstrap(suite: str, epoch: int, tarball: Path, log: Callable[[str], None]) -> None:
+    """A minimal Debian root file system with Python as a tarball, its package list inside."""
+    if shutil.which("mmdebstrap") is None:
+        raise HarnessError("mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)")
+    hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
+    cmd = [
+        "mmdebstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+        f"--customize-hook={hook}", suite, str(tarball),
+    ]
+    log(" ".join(cmd))
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise HarnessError(f"mmdebstrap failed: {tail}")
 
 
 def base_packages(name: str) -> list[str]:

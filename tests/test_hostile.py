@@ -555,7 +555,7 @@ def _huge_index(rows: int) -> bytes:
 
     import pyarrow.compute as pc
 
-    from harness.store.hub import RUNS_SCHEMA
+    from harness.store.card import BASE_COLUMNS as RUNS_SCHEMA
 
     columns = {field.name: pa.nulls(rows, field.type) for field in RUNS_SCHEMA}
     columns["run_id"] = pc.binary_join_element_wise(

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from harness import terminal
 from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
 from harness.commands.output import emit_json, examples
 from harness.errors import HarnessError
@@ -61,8 +62,9 @@ def schema() -> None:
 @click.command(epilog=examples("harness lock images/rl", "harness lock --check", "harness lock --check --json"))
 @click.argument("image_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--check", is_flag=True, help="Exit 1 when a lockfile is missing, unusable or stale (for CI).")
+@click.option("--upgrade", is_flag=True, help="Resolve afresh instead of keeping the existing lockfile's pins.")
 @json_option
-def lock(image_dirs: tuple[Path, ...], check: bool, as_json: bool) -> None:
+def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
     from harness.lock import compile_lockfile, stale_lockfiles
 
@@ -84,8 +86,8 @@ def lock(image_dirs: tuple[Path, ...], check: bool, as_json: bool) -> None:
     for image_dir in image_dirs:
         if not (image_dir / "requirements.in").is_file():
             raise HarnessError(f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)")
-        with _console(stderr=as_json).status(f"locking {image_dir} (pip-compile)"):
-            output = compile_lockfile(image_dir)
+        with terminal.status(f"locking {image_dir} (pip-compile)", stderr=as_json):
+            output = compile_lockfile(image_dir, upgrade=upgrade)
         written.append(str(output))
         if not as_json:
             click.echo(f"wrote {output}")
@@ -102,12 +104,14 @@ def image() -> None:
 @click.option("--name", default="harness/base:bookworm", show_default=True)
 @click.option("--suite", default="bookworm", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when the image exists.")
-def bootstrap(name: str, suite: str, force: bool) -> None:
+@click.option("--tarball", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep the root file system here; import it instead of running mmdebstrap when it exists (CI caches it).")
+def bootstrap(name: str, suite: str, force: bool, tarball: Path | None) -> None:
     """Make the base image from Debian packages (mmdebstrap), for hosts without a registry."""
     from harness.images import bootstrap_base
 
-    with _console().status(f"bootstrapping {name} from Debian {suite}"):
-        info = bootstrap_base(name, suite, force=force)
+    with terminal.status(f"bootstrapping {name} from Debian {suite}") as shown:
+        info = bootstrap_base(name, suite, force=force, log=shown.update, tarball=tarball)
     click.echo(f"{name}: {info.id} ({len(info.packages)} Debian packages){' (exists)' if info.cached else ''}")
 
 
@@ -128,8 +132,8 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_j
     if quiet or as_json:
         info = prepare_image(spec.loaded, ca_bundle, force)
     else:
-        with _console().status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
-            info = prepare_image(spec.loaded, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
+        with terminal.status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}", stderr=as_json) as shown:
+            info = prepare_image(spec.loaded, ca_bundle, force, log=shown.update)
     if as_json:
         emit_json({"tag": info.tag, "ref": info.ref, "id": info.id, "content_hash": info.content_hash,
                    "cached": info.cached, "build_seconds": info.build_seconds})
@@ -200,8 +204,7 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
         click.echo(f"{spec.run_id}: already completed with this manifest, params and seed "
                    "(use --rerun to run it again)")
         return
-    console = _console(stderr=as_json)
-    with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
+    with terminal.status(f"preparing {spec.name} seed {spec.seed}", prefix="building image: ", stderr=as_json) as status:
         record = _execute_with_status(spec, store, runtime, ca_bundle, status, quiet, err=as_json,
                                       progress_every=progress_every)
     if as_json:
@@ -249,7 +252,7 @@ def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | 
     live = LiveRun(spec, store, None, interval=progress_every, announce=announce, err=err)
     try:
         return execute(spec, store, runtime=runtime, on_start=live.on_start, echo=None if quiet else live.echo,
-                       ca_bundle=ca_bundle, build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
+                       ca_bundle=ca_bundle, build_log=status.update)
     finally:
         live.stop()
 

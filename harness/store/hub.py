@@ -376,7 +376,7 @@ def publish(
                 ))
             new_index = Path(scratch) / "new-runs.parquet"
             index = write_runs_index(index_path, records, new_index, f"{repo}@{head[:12]}")
-            rows = index.tail
+            rows = sorted(index.tail, key=lambda row: (str(row.get("started_at") or ""), str(row.get("run_id"))))
             run_dirs = {r["run_id"]: store.run_dir(r["run_id"]) for r in records}
             for row in rows[::-1][: repo_card.FIGURE_RUNS]:  # the newest runs already on the Hub, for the figure
                 remote_metrics = f"runs/{row['run_id']}/{METRICS_PARQUET}"
