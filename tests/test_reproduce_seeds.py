@@ -76,6 +76,25 @@ def test_published_seeds_rerun_identical_and_new_seeds_inconclusive(noop_image, 
         assert HUB_TOKEN not in output.stdout + output.stderr
 
 
+def test_seeds_auto_from_the_local_store_with_new_seeds(noop_image, tmp_path, store_home, cli):
+    # probe/value is 0.5 * step + seed: the groups differ by 3 and the stated margin is 50, so the
+    # published spread plans the minimum of 3 seeds and the verdict is consistent.
+    manifest = noop_variant(tmp_path, "seeds: [0]", "seeds: [0, 1, 2]").replace("\\", "/")
+    text = Path(manifest).read_text().replace("expect: {deterministic: true}", "expect: {deterministic: false, margin: 50}")
+    Path(manifest).write_text(text)
+    ran = cli("run", manifest, "--param", "seconds=1")
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    published = sorted(LocalStore(store_home).records(), key=lambda r: r["seed"])
+
+    done = cli("reproduce", published[1]["run_id"], "--seeds", "auto", "--new-seeds", "--out", str(tmp_path / "auto"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "3 seeds give" in done.stderr and "verdict: consistent" in done.stdout
+    verdict = json.loads((tmp_path / "auto" / "verdict.json").read_text())
+    assert verdict["original_runs"] == [published[i]["run_id"] for i in (1, 0, 2)]
+    assert verdict["original_scores"] == [2.0, 1.0, 3.0] and verdict["reproduction_scores"] == [4.0, 5.0, 6.0]
+    assert verdict["equivalence"]["margin"] == 50 and verdict["seeds"] == "new"
+
+
 def hub_repo():
     from tests.hubserver import RepoRef
 
