@@ -79,7 +79,7 @@ def test_published_seeds_rerun_identical_and_new_seeds_inconclusive(noop_image, 
 def test_seeds_auto_from_the_local_store_with_new_seeds(noop_image, tmp_path, store_home, cli):
     # probe/value is 0.5 * step + seed: the groups differ by 3 and the stated margin is 50, so the
     # published spread plans the minimum of 3 seeds and the verdict is consistent.
-    manifest = noop_variant(tmp_path, "seeds: [0]", "seeds: [0, 1, 2]").replace("\\", "/")
+    manifest = noop_variant(tmp_path, "seeds: [0]", "seeds: [0, 1, 2]")
     text = Path(manifest).read_text().replace("expect: {deterministic: true}", "expect: {deterministic: false, margin: 50}")
     Path(manifest).write_text(text)
     ran = cli("run", manifest, "--param", "seconds=1")
