@@ -124,11 +124,20 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--yes", is_flag=True, help="Confirm a sweep of more than 10,000 runs.")
 @ca_bundle_option
 @click.option("--quiet", is_flag=True, help="Do not stream the job's output.")
+@click.option("--require-limits", is_flag=True,
+              help="Refuse to run where the sandbox cannot enforce the memory, CPU and pids limits "
+                   "(rootless Podman on cgroup v1); by default such a run goes on with a warning.")
 def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: bool, runtime: str, backend: str,
         jobs: int | None, partition: str | None, account: str | None, rerun: bool, retry_failed: bool,
-        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool) -> None:
+        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool, require_limits: bool) -> None:
     """Run a manifest (all its seeds × sweep) into the local store."""
+    import os
+
     from harness.manifest import load_manifest
+
+    if require_limits:
+        # the environment carries it to every run of this process and to the Slurm tasks it submits
+        os.environ["HARNESS_REQUIRE_LIMITS"] = "1"
     from harness.plan import expand, parse_overrides
     from harness.store.local import LocalStore
 

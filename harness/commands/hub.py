@@ -74,6 +74,15 @@ def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path)
     click.echo(f"verdict: {verdict.verdict}")
 
 
+def _image_line(result: Any) -> str:
+    image_id = str((result.record.get("image") or {}).get("id") or "none")
+    if result.image_source == "registry":
+        return f"the published image {result.image_ref} ({image_id[:19]}), pulled by digest, not rebuilt"
+    if result.image_source == "ref":
+        return f"the manifest's image.ref ({image_id[:19]})"
+    return f"rebuilt from the recipe ({image_id[:19]})"
+
+
 @click.command()
 @click.argument("target")
 @endpoint_option
@@ -82,8 +91,9 @@ def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path)
 @runtime_option
 @click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
+@click.option("--rebuild", is_flag=True, help="build the image from the recipe even when the record names a registry image")
 def reproduce(target: str, endpoint: str | None, revision: str | None, publish_result: bool, runtime: str,
-              trust_code: bool, out: Path | None) -> None:
+              trust_code: bool, out: Path | None, rebuild: bool) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record and compare with the original.
 
     Exit status 0: identical or consistent; 1: diverged; 2: bad input.
@@ -91,7 +101,9 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, publish_r
     from harness.reproduce import reproduce as reproduce_run
 
     result = reproduce_run(target, endpoint=endpoint, revision=revision, runtime=runtime, trust_code=trust_code,
-                           publish_result=publish_result, out=out, echo=lambda line: click.echo(line, err=True))
+                           publish_result=publish_result, out=out, echo=lambda line: click.echo(line, err=True),
+                           rebuild=rebuild)
+    click.echo(f"image: {_image_line(result)}")
     _print_verdict(result.verdict, result.original_id, result.reproduction_id, result.figure)
     if result.published_commit is not None:
         click.echo(f"{result.repo}: published {result.reproduction_id} in commit {result.published_commit}")

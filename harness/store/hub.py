@@ -51,6 +51,7 @@ RUNS_SCHEMA = pa.schema([
     ("status", pa.string()),
     ("hardware", pa.string()),
     ("image_id", pa.string()),
+    ("image_registry_ref", pa.string()),
     ("primary_metric", pa.string()),
     ("primary_last", pa.float64()),
     ("primary_max", pa.float64()),
@@ -178,6 +179,7 @@ def _run_index_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "status": record.get("status"),
         "hardware": json.dumps({"target": record.get("hardware"), "host": record.get("host")}, sort_keys=True, default=str),
         "image_id": image.get("id"),
+        "image_registry_ref": image.get("registry_ref"),
         "primary_metric": primary,
         "primary_last": summary.get("last"),
         "primary_max": summary.get("max"),
@@ -257,6 +259,15 @@ def dataset_card(repo: str, rows: list[dict[str, Any]], has_system: bool) -> str
         "`consistent` (within the manifest's `expect`) or `diverged`.",
         "",
     ]
+    pushed = [row for row in rows if row.get("image_registry_ref")]
+    if pushed:
+        lines += [
+            "Runs whose image was pushed to a registry are re-run with that exact image, pulled by digest",
+            "(`harness reproduce --rebuild` builds it from the recipe instead):",
+            "",
+            *(f"- `{row['run_id']}`: `{row['image_registry_ref']}`" for row in pushed),
+            "",
+        ]
     return "\n".join(lines)
 
 
