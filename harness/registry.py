@@ -212,7 +212,7 @@ def explain_pull_failure(ref: str, message: str) -> str:
         return f"image {ref}: registry {host} is unreachable ({message}); start it or check the address"
     if "manifest unknown" in lowered or "not found" in lowered:
         return f"image {ref}: registry {host} does not have this digest (push it with `harness push`, or fix image.ref)"
-    if "unauthorized" in lowered or "authentication required" in lowered or "denied" in lowered:
+    if any(word in lowered for word in ("unauthorized", "authentication required", "denied", "credentials")):
         return (f"image {ref}: registry {host} refused the pull ({message}); set {USER_ENV}/{PASSWORD_ENV} "
                 "or `docker login` with an account that can read it")
     return f"image {ref} is not in the engine and could not be pulled: {message}"
@@ -257,7 +257,7 @@ def _push_failure(registry: Registry, message: str) -> str:
     lowered = message.lower()
     if "connection refused" in lowered or "dial tcp" in lowered or "no such host" in lowered:
         return f"registry {registry.host} is unreachable ({message}); start it or check --registry"
-    if "unauthorized" in lowered or "authentication required" in lowered or "denied" in lowered:
+    if any(word in lowered for word in ("unauthorized", "authentication required", "denied", "credentials")):
         return (f"registry {registry.host} refused the push ({message}); set {USER_ENV}/{PASSWORD_ENV} "
                 "or `docker login` with an account that can write to it")
     return f"registry {registry.host}: push failed: {message}"

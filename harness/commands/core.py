@@ -295,6 +295,44 @@ def recover() -> None:
         click.echo("nothing to recover")
 
 
+def _registry_and_podman_checks() -> list[tuple[str, bool, str]]:
+    """The registry of HARNESS_REGISTRY (reachable, auth) and Podman (present, rootless, limits)."""
+    import os
+    import shutil
+
+    checks: list[tuple[str, bool, str]] = []
+    if os.environ.get("HARNESS_REGISTRY"):
+        from harness.registry import check_registry, configured_registry
+
+        try:
+            status = check_registry(configured_registry(None))
+            text = f"{status.registry}: {'reachable' if status.reachable else 'UNREACHABLE'}, auth {status.auth}"
+            checks.append(("registry", status.ok, text + (f" ({status.detail})" if status.detail else "")))
+        except HarnessError as exc:
+            checks.append(("registry", False, str(exc)))
+    else:
+        checks.append(("registry", True, "none configured (optional: HARNESS_REGISTRY=host:port[/prefix])"))
+    if shutil.which("podman") is None:
+        checks.append(("podman", True, "not installed (optional: --runtime podman; scripts/setup.sh --with-podman)"))
+        return checks
+    from harness.runtime.podman import podman_api, podman_facts, stop_podman_service
+
+    try:
+        facts = podman_facts(podman_api())
+        enforced = [name for name, on in facts["limits_enforced"].items() if on]
+        ignored = [name for name, on in facts["limits_enforced"].items() if not on]
+        who = f"rootless as {facts['user']}" if facts["rootless"] and facts.get("user") else (
+            "rootless" if facts["rootless"] else "rootful")
+        text = (f"{facts['version']}, {who}, cgroup {facts['cgroup_version']}; limits enforced: "
+                f"{', '.join(enforced) or 'none'}" + (f"; NOT enforced: {', '.join(ignored)}" if ignored else ""))
+        checks.append(("podman", True, text))
+    except HarnessError as exc:
+        checks.append(("podman", False, str(exc)))
+    finally:
+        stop_podman_service()
+    return checks
+
+
 @click.command()
 def doctor() -> None:
     """Check the prerequisites: Docker engine, base image, GPU/NVML, Hub login, Slurm."""
@@ -308,7 +346,9 @@ def doctor() -> None:
         from harness.runtime.engine import docker_client
 
         client = docker_client(timeout=10)
-        checks.append(("docker engine", True, f"reachable, version {engine_version(client)}"))
+        from harness.runtime.engine_api import engine_api
+
+        checks.append(("docker engine", True, f"reachable, version {engine_version(engine_api(timeout=10))}"))
         try:
             client.images.get(BASE_IMAGE)
             checks.append(("base image", True, BASE_IMAGE))
@@ -328,6 +368,7 @@ def doctor() -> None:
         checks.append(("hub login", True, "token found (HF_TOKEN or login)" if get_token() else "none (publish needs HF_TOKEN)"))
     except Exception as exc:
         checks.append(("hub login", True, f"unknown ({exc})"))
+    checks += _registry_and_podman_checks()
     failed = False
     for name, ok, text in checks:
         click.echo(f"{'ok ' if ok else 'NO '} {name:14} {text}")

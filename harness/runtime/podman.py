@@ -108,6 +108,7 @@ class PodmanService:
         self.user = user
         self.socket = user.runtime_dir / f"harness-podman-{os.getpid()}.sock"
         self.process: subprocess.Popen[bytes] | None = None
+        self.pids: list[int] = []
         self._pause_existed = True
 
     @property
@@ -141,6 +142,7 @@ class PodmanService:
                 tail = (runtime_dir / f"harness-podman-{os.getpid()}.log").read_text(errors="replace").strip().splitlines()
                 raise EngineError(f"podman system service (user {self.user.name}) exited: {tail[-1] if tail else 'no output'}")
             if self.socket.exists() and _answers(self.socket):
+                self.pids = [self.process.pid, *_service_pids(self.socket)]
                 return
             time.sleep(0.1)
         self.stop()
@@ -149,13 +151,30 @@ class PodmanService:
     def stop(self) -> None:
         """Stop the service (SIGTERM, then SIGKILL) and the pause process if it came with it."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        # rootless podman re-executes itself inside the user namespace: the service that answers is
+        # a child of the process started, and outlives it unless it is stopped by its own PID
+        pids = [*self.pids, *_service_pids(self.socket)]
+        self.pids = []
+        for pid in dict.fromkeys(pids):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                continue
+        if process is not None:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+        deadline = time.monotonic() + 15
+        while any(_pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in pids:
+            if _pid_alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         self.socket.unlink(missing_ok=True)
         (self.user.runtime_dir / f"harness-podman-{os.getpid()}.log").unlink(missing_ok=True)
         if self._pause_existed or self.user.uid == 0:
@@ -176,15 +195,30 @@ def _read_pid(path: Path) -> int | None:
 
 
 def _pid_alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (a zombie that its new parent has not reaped yet does not)."""
+    import psutil
+
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    except PermissionError:
-        return True
-    return True
+
+
+def _service_pids(socket_path: Path) -> list[int]:
+    """PIDs of the podman processes serving ``socket_path``."""
+    import psutil
+
+    needle = f"unix://{socket_path}"
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if needle in (process.info["cmdline"] or []):
+                found.append(process.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def _other_processes(uid: int, pause: int) -> bool:
