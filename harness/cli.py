@@ -64,7 +64,10 @@ def main() -> None:
     from harness.errors import HarnessError
 
     try:
-        cli.main(standalone_mode=False)
+        # with standalone_mode=False, click returns (not raises) the code of a click.exceptions.Exit
+        code = cli.main(standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except HarnessError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

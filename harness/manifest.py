@@ -145,13 +145,56 @@ class MetricsSpec(Strict):
 
 
 class Expect(Strict):
-    """What a reproduction must show."""
+    """What a reproduction must show.
+
+    Bit-identity (``deterministic``) or closeness (``rtol``/``atol``) for a run repeated as it was;
+    for runs that are not deterministic (or not on the same hardware), equivalence across seeds:
+    the CI of the difference in ``aggregate`` of each seed's ``statistic`` of ``metric`` must lie
+    within the margin (docs/hub.md, "Verdicts across seeds").
+    """
 
     deterministic: StrictBool = True
     rtol: StrictInt | StrictFloat = Field(0.0, ge=0)
     atol: StrictInt | StrictFloat = Field(0.0, ge=0)
     alpha: StrictInt | StrictFloat = Field(0.05, gt=0, lt=1)
     ignore: list[StrictStr] = Field([], description="metric names (fnmatch patterns) that depend on timing, e.g. charts/SPS")
+    metric: StrictStr | None = Field(None, description="metric compared across seeds (default: metrics.primary)")
+    statistic: Literal["final", "last_n"] = Field("last_n", description="per seed: the final value or the mean of the last last_n")
+    last_n: StrictInt = Field(10, ge=1, le=100_000)
+    aggregate: Literal["mean", "iqm"] = Field("mean", description="across seeds: mean (Welch CI) or IQM (Yuen CI)")
+    margin: StrictInt | StrictFloat | None = Field(None, description="equivalence margin in the metric's units")
+    margin_relative: StrictInt | StrictFloat | None = Field(
+        None, description="equivalence margin as a fraction of the original's |aggregate| (default 0.1)")
+    confidence: StrictInt | StrictFloat = Field(0.90, description="two-sided CI level; 0.90 is TOST at 5 %")
+
+    @field_validator("margin")
+    @classmethod
+    def _margin(cls, value: float | None) -> float | None:
+        if value is not None and not (0 < value < float("inf")):
+            raise ValueError(f"margin {value} must be a positive number: the largest difference, in the metric's units, "
+                             "that you would still call the same result")
+        return value
+
+    @field_validator("margin_relative")
+    @classmethod
+    def _margin_relative(cls, value: float | None) -> float | None:
+        if value is not None and not (0 < value < 1):
+            raise ValueError(f"margin_relative {value} must be a fraction between 0 and 1 of the original's value "
+                             "(0.1 means within 10 %)")
+        return value
+
+    @field_validator("confidence")
+    @classmethod
+    def _confidence(cls, value: float) -> float:
+        if not 0.5 < value < 1:
+            raise ValueError(f"confidence {value} must be between 0.5 and 1 (exclusive): 0.90 gives TOST at α = 0.05")
+        return value
+
+    @model_validator(mode="after")
+    def _one_margin(self) -> Expect:
+        if self.margin is not None and self.margin_relative is not None:
+            raise ValueError("give expect.margin (absolute) or expect.margin_relative (a fraction), not both")
+        return self
 
 
 class HubPin(Strict):
@@ -440,3 +483,31 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "harness manifest (harness/v1)"
     return schema
+
+
+def expect_warnings(loaded: LoadedManifest) -> list[str]:
+    """``file:line: expect: warning: ...`` for an ``expect`` that validates but will surprise.
+
+    A run that is not deterministic without a stated margin, a very wide relative margin, or too
+    few seeds to show equivalence at all.
+    """
+    manifest = loaded.manifest
+    expect = manifest.expect
+    lines = read_manifest_data(loaded.path)[1]
+    where = f"{loaded.path}:{lines.get(('expect',), lines.get((), 1))}: expect"
+    metric = expect.metric or manifest.metrics.primary or "the primary metric"
+    warnings: list[str] = []
+    if not expect.deterministic and expect.margin is None and expect.margin_relative is None:
+        warnings.append(f"{where}: warning: deterministic is false and no margin is stated: reproductions will be "
+                        f"judged within 10 % of the original's {expect.aggregate} {metric} (margin_relative 0.1); "
+                        "state expect.margin or expect.margin_relative")
+    if expect.margin_relative is not None and expect.margin_relative > 0.25:
+        warnings.append(f"{where}: warning: margin_relative {expect.margin_relative:g} calls results up to "
+                        f"{100 * expect.margin_relative:g} % apart the same; is that the claim?")
+    if not expect.deterministic and len(manifest.seeds) < 3:
+        warnings.append(f"{where}: warning: {len(manifest.seeds)} seed{'s' if len(manifest.seeds) != 1 else ''}: "
+                        "a reproduction across seeds needs at least 3 a side to show equivalence")
+    if expect.statistic == "final" and ("expect", "last_n") in lines:
+        warnings.append(f"{where}: warning: last_n is ignored with statistic: final")
+    return warnings
+

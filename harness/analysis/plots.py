@@ -5,15 +5,18 @@ legend outside the data, and performance profiles. PNG, SVG or PDF, chosen by th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.analysis.curves import Curve
 from harness.errors import HarnessError
 from harness.fsutil import atomic_path
+
+if TYPE_CHECKING:
+    from harness.analysis.equivalence import CurveComparison
 
 FORMATS = {".png", ".svg", ".pdf"}
 
@@ -104,5 +107,47 @@ def plot_profiles(
     ax.set_title("Performance profiles, 95 % bootstrap CIs")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    save_figure(fig, path)
+    return path
+
+
+def _runs_label(label: str, ids: Sequence[str], n: int) -> str:
+    shown = ", ".join(ids) if len(ids) <= 2 else f"{ids[0]}, …, {ids[-1]}"
+    return f"{label} (n={n}{': ' + shown if ids else ''})"
+
+
+def plot_equivalence(
+    curves: CurveComparison,
+    path: Path,
+    metric: str,
+    verdict: str,
+    labels: tuple[str, str] = ("original", "reproduction"),
+    run_ids: tuple[Sequence[str], Sequence[str]] = ((), ()),
+    x_label: str = "environment steps",
+) -> Path:
+    """Both groups' curves (aggregate across seeds, CI band) with the margin band around the
+    original, the first checkpoint outside the margin marked, and the verdict in the title; the
+    legend (below the axes) names each group's runs and count."""
+    check_output(path)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    steps = curves.steps
+    ax.fill_between(steps, curves.original_mean - curves.margin, curves.original_mean + curves.margin,
+                    color="0.85", linewidth=0, label=f"margin ±{curves.margin:.3g} around the original")
+    for (mean, lo, hi), label, ids, n, colour in (
+        ((curves.original_mean, curves.original_lo, curves.original_hi), labels[0], run_ids[0], curves.n_original, "C0"),
+        ((curves.reproduction_mean, curves.reproduction_lo, curves.reproduction_hi), labels[1], run_ids[1],
+         curves.n_reproduction, "C1"),
+    ):
+        ax.plot(steps, mean, color=colour, linewidth=1.6, label=_runs_label(label, list(ids), n))
+        ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, linewidth=0)
+    if curves.first_diverged is not None:
+        ax.axvline(curves.first_diverged, color="C3", linestyle="--", linewidth=1.0,
+                   label=f"first checkpoint outside the margin ({curves.first_diverged:g})")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{verdict}: {metric}, {100 * curves.confidence:g} % CIs over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False, fontsize=8)
     save_figure(fig, path)
     return path

@@ -52,6 +52,20 @@ def packages():
             found[name.lower()] = f"{name}=={dist.version}"
     return [found[key] for key in sorted(found)]
 
+def debian_packages():
+    # dpkg's own database, so images not made by `harness image bootstrap` are listed too
+    try:
+        with open("/var/lib/dpkg/status", encoding="utf-8", errors="replace") as handle:
+            text = handle.read(32 << 20)
+    except OSError:
+        return None
+    found = []
+    for stanza in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line[:1].isspace())
+        if fields.get("Package") and fields.get("Status", "").endswith(" installed"):
+            found.append(f"{fields['Package']}={fields.get('Version', '')}")
+    return sorted(found)
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as handle:
@@ -108,6 +122,7 @@ print(json.dumps({
                "executable": sys.executable},
     "platform": platform.platform(),
     "packages": packages(),
+    "debian_packages": debian_packages(),
     "torch": torch_info,
     "cpu_model": cpu_model(),
     "cpu_count": os.cpu_count(),

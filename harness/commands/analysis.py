@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -62,11 +63,36 @@ def _write_text(path: Path, text: str) -> None:
 @click.option("--improvement", is_flag=True, help="Add the probability of improvement of the first group over each other.")
 @click.option("--profiles", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write performance profiles (fraction of runs above each score) to this figure.")
+@click.option("--against", multiple=True, help="Verdict mode: the reproduction side's selection (quoted terms or repeated).")
+@click.option("--margin", type=float, help="Verdict: equivalence margin in the metric's units.")
+@click.option("--margin-relative", type=float, help="Verdict: margin as a fraction of the original's value (default 0.1).")
+@click.option("--confidence", type=float, help="Verdict: two-sided CI level (default 0.90, TOST at 5 %).")
+@click.option("--aggregate", type=click.Choice(["mean", "iqm"]), help="Verdict: across seeds (default: the manifest's, mean).")
+@click.option("--statistic", type=click.Choice(["final", "last_n"]), help="Verdict: per run, the final value or mean of --last.")
+@click.option("--points", default=100, show_default=True, help="Verdict: checkpoints compared along the curves.")
+@click.option("--smooth", default=1, show_default=True, help="Verdict: rolling-mean window of the curves (1: none).")
+@click.option("--figure", type=click.Path(path_type=Path, dir_okay=False), help="Verdict: write the curves and margin figure.")
+@click.option("--json", "as_json", is_flag=True, help="Verdict: print JSON.")
+@click.pass_context
 def compare(
-    selection: tuple[str, ...], metric: str | None, by: str, env_key: str, last_n: int, normalize: str,
+    ctx: click.Context, selection: tuple[str, ...], metric: str | None, by: str, env_key: str, last_n: int, normalize: str,
     reference: Path | None, reps: int, seed: int, out: Path | None, improvement: bool, profiles: Path | None,
+    against: tuple[str, ...], margin: float | None, margin_relative: float | None, confidence: float | None,
+    aggregate: str | None, statistic: str | None, points: int, smooth: int, figure: Path | None, as_json: bool,
 ) -> None:
-    """Summary table of the selected runs, per group and environment, with rliable aggregates."""
+    """Summary table of the selected runs, per group and environment, with rliable aggregates.
+
+    With --against: the reproduction verdict (identical, consistent, diverged, inconclusive) of
+    that selection against this one; exit 0 identical/consistent, 1 diverged, 3 inconclusive.
+    """
+    if against:
+        from harness.commands.compare_verdict import compare_groups
+
+        given_last = ctx.get_parameter_source("last_n") == click.core.ParameterSource.COMMANDLINE
+        status = compare_groups(selection, against, metric=metric, last_n=last_n if given_last else None,
+                                statistic=statistic, aggregate=aggregate, margin=margin, margin_relative=margin_relative,
+                                confidence=confidence, points=points, smooth=smooth, figure=figure, as_json=as_json)
+        sys.exit(status)
     from harness.analysis.selection import default_metric, select_runs
     from harness.analysis.tables import add_improvement, build_comparison, to_csv, to_markdown
 

@@ -21,7 +21,7 @@ _console = console
 def validate(manifests: tuple[Path, ...]) -> None:
     """Check manifests: schema, pinning, and the files they point to."""
     from harness.errors import ManifestError
-    from harness.manifest import load_manifest
+    from harness.manifest import expect_warnings, load_manifest
 
     problems: list[str] = []
     for path in manifests:
@@ -29,6 +29,8 @@ def validate(manifests: tuple[Path, ...]) -> None:
             loaded = load_manifest(path)
             runs = loaded.manifest.sweep_size()
             click.echo(f"{path}: ok ({loaded.manifest.name}, {runs} run{'s' if runs != 1 else ''})")
+            for warning in expect_warnings(loaded):
+                click.echo(warning, err=True)
         except ManifestError as exc:
             problems += exc.problems
     if problems:
