@@ -225,9 +225,10 @@ def _other_processes(uid: int, pause: int) -> bool:
     """Whether user ``uid`` runs anything but its pause process (another Podman user of it)."""
     import psutil
 
-    for process in psutil.process_iter(["uids"]):
+    for process in psutil.process_iter(["uids", "status"]):
         try:
-            if process.pid != pause and process.info["uids"] and process.info["uids"].real == uid:
+            if (process.pid != pause and process.info["uids"] and process.info["uids"].real == uid
+                    and process.info["status"] != psutil.STATUS_ZOMBIE):
                 return True
         except psutil.Error:
             continue
@@ -348,18 +349,50 @@ def check_reachable(path: Path, user: PodmanUser) -> None:
                                f"or `chmod o+x {folder}`")
 
 
+def reachable_package_dir(user: PodmanUser) -> Path | None:
+    """None when ``user`` can mount the harness package where it is; otherwise a copy of its Python
+    files under the user's runtime folder (made once per harness version and content)."""
+    import hashlib
+
+    from harness.runtime.docker import harness_package_dir
+
+    package = harness_package_dir()
+    try:
+        check_reachable(package, user)
+        return None
+    except HarnessError:
+        pass
+    files = sorted(path for path in package.rglob("*.py") if "__pycache__" not in path.parts)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    target = user.runtime_dir / "harness-lib" / digest.hexdigest()[:16] / "harness"
+    if not target.is_dir():
+        staging = target.with_name(f".staging-{os.getpid()}")
+        for path in files:
+            destination = staging / path.relative_to(package)
+            destination.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            shutil.copyfile(path, destination)
+        for folder in [user.runtime_dir / "harness-lib", target.parent]:
+            folder.mkdir(exist_ok=True, mode=0o755)
+        try:
+            staging.rename(target)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # another run staged it first
+    return target
+
+
 class PodmanJob(DockerJob):
     """A run's container in Podman: the docker sandbox less the limits the host cannot apply."""
 
     def __init__(self, api: EngineAPI, image_id: str, request: JobRequest, facts: dict[str, Any]):
         self.facts = facts
+        self.package_dir: Path | None = None  # a copy of the harness package the Podman user can mount
         if facts.get("user"):
             user = podman_user()
             for path in (request.out_dir, *([request.hub_cache] if request.hub_cache else [])):
                 check_reachable(path, user)
-            from harness.runtime.docker import harness_package_dir
-
-            check_reachable(harness_package_dir(), user)
+            self.package_dir = reachable_package_dir(user)
         super().__init__(api, image_id, request)
 
     def config(self, image_id: str, request: JobRequest) -> dict[str, Any]:
@@ -374,6 +407,12 @@ class PodmanJob(DockerJob):
             host.pop("NanoCpus", None)
         if not enforced["pids"]:
             host.pop("PidsLimit", None)
+        if self.package_dir is not None:
+            from harness.runtime.docker import harness_package_dir
+
+            original = f"{harness_package_dir()}:"
+            host["Binds"] = [f"{self.package_dir}:{bind[len(original):]}" if bind.startswith(original) else bind
+                             for bind in host["Binds"]]
         return config
 
     @property
