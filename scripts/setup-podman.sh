@@ -46,4 +46,26 @@ if [ "$user" != root ]; then
     fi
   done
 fi
+# overlay storage where the kernel allows it in a user namespace: vfs (Podman's fallback) copies a
+# whole image for every container (seconds per run). Only for a user without storage yet: a store
+# made with another driver stays as it is (`podman system reset` as the user switches it).
+if [ "$user" != root ]; then
+  home=$(getent passwd "$user" | cut -d: -f6)
+  conf="$home/.config/containers/storage.conf"
+  if [ ! -e "$conf" ] && [ ! -d "$home/.local/share/containers/storage" ]; then
+    probe=$(mktemp -d /tmp/harness-podman-probe.XXXXXX)
+    chown "$user" "$probe"
+    if (cd / && runuser -u "$user" -- env HOME="$home" XDG_RUNTIME_DIR="$probe/run" podman --root "$probe/root" \
+        --runroot "$probe/run" --storage-driver overlay info >/dev/null 2>&1); then
+      runuser -u "$user" -- mkdir -p "$home/.config/containers"
+      printf '[storage]\ndriver = "overlay"\n' >"$conf"
+      chown "$user": "$conf"
+      log "$conf: overlay storage"
+    fi
+    # the probe's pause process and files are the user's, under the probe folder
+    pkill_pid=$(cat "$probe/run/libpod/tmp/pause.pid" 2>/dev/null || true)
+    [ -n "$pkill_pid" ] && kill "$pkill_pid" 2>/dev/null || true
+    rm -rf "$probe" 2>/dev/null || runuser -u "$user" -- rm -rf "$probe" || true
+  fi
+fi
 log "ready: $(podman --version), user $user, $(docker-registry --version 2>/dev/null | awk '{print $NF}')"

@@ -155,4 +155,8 @@ def test_slurm_sweep_with_podman(podman_facts, base_image, open_store, cli):
     records = list(LocalStore(open_store).records())
     assert len(records) == 2 and {r["runtime"] for r in records} == {"podman"}
     assert all(r["status"] == "completed" and r["sandbox"]["engine"] == "podman" for r in records)
+    # each task stops the service it started once its record is sealed, as it exits
+    deadline = time.monotonic() + 60
+    while podman_services() and time.monotonic() < deadline:
+        time.sleep(1)
     assert podman_services() == []

@@ -115,6 +115,11 @@ class PodmanService:
     def pause_pid_file(self) -> Path:
         return self.user.runtime_dir / "libpod" / "tmp" / "pause.pid"
 
+    @property
+    def pause_marker(self) -> Path:
+        """Names the pause process when a harness service brought it up."""
+        return self.user.runtime_dir / "harness-pause.pid"
+
     def start(self) -> None:
         """Start the service and wait for its socket to answer; EngineError when it does not."""
         podman = shutil.which("podman")
@@ -143,6 +148,10 @@ class PodmanService:
                 raise EngineError(f"podman system service (user {self.user.name}) exited: {tail[-1] if tail else 'no output'}")
             if self.socket.exists() and _answers(self.socket):
                 self.pids = [self.process.pid, *_service_pids(self.socket)]
+                pause = _read_pid(self.pause_pid_file)
+                if not self._pause_existed and pause is not None:
+                    # the harness made the pause process: the last harness service to stop ends it
+                    self.pause_marker.write_text(str(pause))
                 return
             time.sleep(0.1)
         self.stop()
@@ -177,14 +186,17 @@ class PodmanService:
                     pass
         self.socket.unlink(missing_ok=True)
         (self.user.runtime_dir / f"harness-podman-{os.getpid()}.log").unlink(missing_ok=True)
-        if self._pause_existed or self.user.uid == 0:
+        if self.user.uid == 0:
             return
         pause = _read_pid(self.pause_pid_file)
-        if pause is not None and _pid_alive(pause) and not _other_processes(self.user.uid, pause):
+        if pause is None or _read_pid(self.pause_marker) != pause:
+            return  # not the harness's (the user's own Podman made it), or already gone
+        if _pid_alive(pause) and not _other_processes(self.user.uid, pause):
             try:
                 os.kill(pause, signal.SIGTERM)
             except (ProcessLookupError, PermissionError):
                 pass
+            self.pause_marker.unlink(missing_ok=True)
 
 
 def _read_pid(path: Path) -> int | None:
