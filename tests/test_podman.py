@@ -55,6 +55,46 @@ def open_store(monkeypatch) -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+V1_ROOTLESS = {"engine": "podman", "version": "4.3.1", "rootless": True, "cgroup_version": "v1",
+               "limits_enforced": {"memory": False, "cpus": False, "pids": False}, "user": None}
+
+
+def test_unenforced_limits_are_left_out_said_and_refusable(tmp_path):
+    from harness.errors import HarnessError
+    from harness.runtime.job import JobRequest
+    from harness.runtime.podman import PodmanJob, check_limits
+
+    request = JobRequest(run_id="r", command=["true"], environment={}, out_dir=tmp_path, log_path=tmp_path / "log",
+                         cpus=1.0, memory_bytes=2**28, gpus=0, timeout_seconds=60)
+    job = PodmanJob.__new__(PodmanJob)  # the create request only: no engine
+    job.facts, job.package_dir = V1_ROOTLESS, None
+    host = job.config("sha256:" + "0" * 64, request)["HostConfig"]
+    assert not {"Memory", "MemorySwap", "NanoCpus", "PidsLimit"} & host.keys()
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]
+    assert job.sample_by_pid
+    v2 = {**V1_ROOTLESS, "cgroup_version": "v2", "limits_enforced": {"memory": True, "cpus": True, "pids": False}}
+    job.facts = v2
+    host = job.config("sha256:" + "0" * 64, request)["HostConfig"]
+    assert host["Memory"] == 2**28 and host["NanoCpus"] == 10**9 and "PidsLimit" not in host and not job.sample_by_pid
+    assert "memory, cpus, pids limit(s) NOT enforced" in (check_limits(V1_ROOTLESS, require=False) or "")
+    with pytest.raises(HarnessError, match="--require-limits"):
+        check_limits(V1_ROOTLESS, require=True)
+    assert check_limits({**V1_ROOTLESS, "limits_enforced": dict.fromkeys(("memory", "cpus", "pids"), True)}, True) is None
+
+
+def test_store_out_of_reach_of_the_podman_user_is_named(open_store):
+    from harness.errors import HarnessError
+    from harness.runtime.podman import PodmanUser, check_reachable
+
+    closed = open_store.parent / "closed"
+    (closed / "store").mkdir(parents=True)
+    closed.chmod(0o700)
+    with pytest.raises(HarnessError, match=f"{closed}: user nobody-like"):
+        check_reachable(closed / "store", PodmanUser("nobody-like", 65533, 65533, "/"))
+    closed.chmod(0o755)
+    check_reachable(closed / "store", PodmanUser("nobody-like", 65533, 65533, "/"))
+
+
 def podman_services() -> list[str]:
     """Command lines of the Podman services the harness started (none once it has exited)."""
     found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()

@@ -202,6 +202,8 @@ def test_push_publish_pull_reproduce_runs_the_registry_image(docker_engine, base
     assert published.returncode == 0, published.stderr
     tree = hub.storage.commit(_repo_ref(), hub.storage.resolve(_repo_ref(), "main"))["tree"]
     assert f"runs/{run_id}/record.json" in tree
+    card = hub.storage.blob_path(tree["README.md"]["sha256"]).read_text()
+    assert registry_ref in card  # the dataset card names the image to reproduce with
     try:
         reproduced = cli("reproduce", f"lab/registry-runs/{run_id}", "--out", str(tmp_path / "verdict"), env=fresh,
                          cwd=project)

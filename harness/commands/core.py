@@ -260,6 +260,14 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         ("docker / harness", f"{record.get('docker_version', '-')} / {record.get('harness_version')}"),
         ("files", f"{len(record.get('files') or {})} checksummed"),
     ]
+    if image.get("registry_ref"):
+        rows.append(("registry image", str(image["registry_ref"])))
+    if record.get("sandbox"):
+        sandbox = record["sandbox"]
+        ignored = [name for name, on in (sandbox.get("limits_enforced") or {}).items() if not on]
+        rows.append(("sandbox", f"{sandbox.get('engine')} {sandbox.get('version')}"
+                                f"{' rootless' if sandbox.get('rootless') else ''}, cgroup {sandbox.get('cgroup_version')}"
+                                + (f"; limits NOT enforced: {', '.join(ignored)}" if ignored else "; limits enforced")))
     if record.get("reproduces"):
         rows.append(("reproduces", str(record["reproduces"])))
     if record.get("pulled_from"):
