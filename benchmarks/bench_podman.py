@@ -57,7 +57,8 @@ def podman_overhead(repeats: int, root: Path) -> dict[str, float]:
     out.chmod(0o777)
     sandbox = ["--network", "none", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
                "--security-opt", "no-new-privileges", "--user", "65534:65534",
-               "-v", f"{out}:/harness/out:rw", "-e", "HARNESS_OUT=/harness/out"]
+               "-v", f"{out}:/harness/out:rw", "-e", "HARNESS_OUT=/harness/out",
+               "-v", f"{REPO / 'harness'}:/opt/harness/harness:ro", "-e", "PYTHONPATH=/opt/harness"]
     as_user = ["runuser", "-u", user.name, "--"] if user.uid != os.geteuid() else []
     bare = [*as_user, "env", *(f"{k}={v}" for k, v in user.environment().items()),
             "podman", "run", "--rm", *sandbox, image_id, "python", "/workload/probe.py", "--mode", "noop"]
@@ -92,7 +93,7 @@ def reproduce_times(repeats: int, root: Path) -> dict[str, float]:
     shutil.copy(MANIFEST, project / "manifests" / "noop.yaml")
     env = {"HARNESS_HOME": str(root / "reproduce-store")}
     harness = [sys.executable, "-m", "harness"]
-    timed([*harness, "run", "manifests/noop.yaml", "--param", "mode=noop", "--quiet"], env, cwd=project)
+    timed([*harness, "run", "manifests/noop.yaml", "--smoke", "--quiet"], env, cwd=project)  # metrics to compare
     (record_path,) = (root / "reproduce-store" / "runs").glob("*/record.json")
     record = json.loads(record_path.read_text())
     with RegistryServer(root / "registry") as registry:

@@ -124,6 +124,8 @@ def test_noop_sandbox_under_rootless_podman(podman_facts, base_image, docker_eng
     assert {"memory/used_bytes", "pids/current"} <= names
     assert LocalStore(open_store).verify(record["run_id"]) == []
     assert podman_services() == []  # the service the harness started is gone
+    doctor = cli("doctor")
+    assert "podman" in doctor.stdout and f"cgroup {sandbox['cgroup_version']}" in doctor.stdout
 
     if not all(sandbox["limits_enforced"].values()):
         refused = cli("run", "manifests/noop.yaml", "--runtime", "podman", "--smoke", "--rerun", "--require-limits")
@@ -132,23 +134,14 @@ def test_noop_sandbox_under_rootless_podman(podman_facts, base_image, docker_eng
 
 def test_registry_image_by_digest_in_podman_and_docker(podman_facts, base_image, docker_engine, registry, open_store,
                                                        cli):
-    from harness.images import build_image
-    from harness.registry import Registry, push_image
-
-    noop = build_image(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt")
-    ref = push_image(docker_engine, noop.id, Registry(registry.address, "lab"), "harness/noop", "podman-test")
-    project = open_store.parent / "project"
-    shutil.copytree(REPO / "images" / "noop", project / "images" / "noop")
-    manifest = project / "manifests" / "noop-ref.yaml"
-    manifest.parent.mkdir()
-    text = (REPO / "manifests" / "noop.yaml").read_text()
-    manifest.write_text(text.replace("image: {build: images/noop, lockfile: lockfiles/noop.txt}", f"image: {{ref: {ref}}}"))
+    manifest, ref, image_id = registry_manifest(docker_engine, registry, open_store.parent, "podman-test")
+    project = manifest.parent.parent
     ran = cli("run", str(manifest), "--runtime", "podman", "--smoke", "--quiet", cwd=project)
     assert ran.returncode == 0, ran.stderr[-2000:]
     ran = cli("run", str(manifest), "--runtime", "docker", "--smoke", "--quiet", "--rerun", cwd=project)
     assert ran.returncode == 0, ran.stderr[-2000:]
     records = {r["runtime"]: r for r in LocalStore(open_store).records()}
-    assert records["podman"]["image"]["id"] == records["docker"]["image"]["id"] == noop.id
+    assert records["podman"]["image"]["id"] == records["docker"]["image"]["id"] == image_id
     assert records["podman"]["image"]["registry_ref"] == ref
     assert podman_services() == []
 
@@ -171,16 +164,34 @@ def test_dqn_smoke_bit_identical_under_podman_and_docker(podman_facts, rl_image,
     assert docker_run["metrics_summary"]["charts/episodic_return"] == podman_run["metrics_summary"]["charts/episodic_return"]
 
 
+def registry_manifest(docker_engine, registry, root: Path, tag: str) -> tuple[Path, str, str]:
+    """The noop image pushed to ``registry``, and a project whose manifest names it by digest:
+    (manifest, registry reference, image id)."""
+    from harness.images import build_image
+    from harness.registry import Registry, push_image
+
+    noop = build_image(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt")
+    ref = push_image(docker_engine, noop.id, Registry(registry.address, "lab"), "harness/noop", tag)
+    project = root / "project"
+    shutil.copytree(REPO / "images" / "noop", project / "images" / "noop")
+    manifest = project / "manifests" / "noop-ref.yaml"
+    manifest.parent.mkdir()
+    text = (REPO / "manifests" / "noop.yaml").read_text()
+    manifest.write_text(text.replace("image: {build: images/noop, lockfile: lockfiles/noop.txt}", f"image: {{ref: {ref}}}"))
+    return manifest, ref, noop.id
+
+
 @pytest.mark.slurm
-def test_slurm_sweep_with_podman(podman_facts, base_image, open_store, cli):
+def test_slurm_sweep_with_podman_pulling_by_digest(podman_facts, base_image, docker_engine, registry, open_store, cli):
     try:
         answers = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         answers = False
     if not answers:
         need("Slurm", "no cluster answers (scripts/start-slurm.sh)")
-    submitted = cli("run", "manifests/noop.yaml", "--smoke", "--seed", "0", "--seed", "1", "--backend", "slurm",
-                    "--runtime", "podman")
+    manifest, ref, image_id = registry_manifest(docker_engine, registry, open_store.parent, "slurm-test")
+    submitted = cli("run", str(manifest), "--smoke", "--seed", "0", "--seed", "1", "--backend", "slurm",
+                    "--runtime", "podman", cwd=manifest.parent.parent)
     assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
     deadline = time.monotonic() + 600
     while True:
@@ -195,6 +206,7 @@ def test_slurm_sweep_with_podman(podman_facts, base_image, open_store, cli):
     records = list(LocalStore(open_store).records())
     assert len(records) == 2 and {r["runtime"] for r in records} == {"podman"}
     assert all(r["status"] == "completed" and r["sandbox"]["engine"] == "podman" for r in records)
+    assert {r["image"]["id"] for r in records} == {image_id} and {r["image"]["registry_ref"] for r in records} == {ref}
     # each task stops the service it started once its record is sealed, as it exits
     deadline = time.monotonic() + 60
     while podman_services() and time.monotonic() < deadline:

@@ -129,6 +129,7 @@ class PodmanService:
         if not runtime_dir.is_dir():
             runtime_dir.mkdir(mode=0o700, parents=True)
             os.chown(runtime_dir, self.user.uid, self.user.gid)
+        self._stop_stale_services()
         self._pause_existed = _pid_alive(_read_pid(self.pause_pid_file))
         self.socket.unlink(missing_ok=True)
         log = open(runtime_dir / f"harness-podman-{os.getpid()}.log", "wb")
@@ -156,6 +157,19 @@ class PodmanService:
             time.sleep(0.1)
         self.stop()
         raise EngineError(f"podman system service (user {self.user.name}) did not answer on {self.socket} in {START_TIMEOUT_S}s")
+
+    def _stop_stale_services(self) -> None:
+        """Stop the services of harness processes that died without stopping theirs (``kill -9``)."""
+        for stale in self.user.runtime_dir.glob("harness-podman-*.sock"):
+            owner = stale.stem.rsplit("-", 1)[-1]
+            if owner.isdigit() and int(owner) != os.getpid() and not _pid_alive(int(owner)):
+                for pid in _service_pids(stale):
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                stale.unlink(missing_ok=True)
+                stale.with_suffix(".log").unlink(missing_ok=True)
 
     def stop(self) -> None:
         """Stop the service (SIGTERM, then SIGKILL) and the pause process if it came with it."""
