@@ -43,6 +43,20 @@ def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -
 
 def podman_overhead(repeats: int, root: Path) -> dict[str, float]:
     """Medians of: harness run (own service), harness run (running service), bare podman run."""
+    from harness.runtime.podman import _pid_alive, _read_pid, podman_user
+
+    pause_file = podman_user().runtime_dir / "libpod" / "tmp" / "pause.pid"
+    pause_before = _read_pid(pause_file) if _pid_alive(_read_pid(pause_file)) else None
+    try:
+        return _podman_overhead(repeats, root)
+    finally:
+        # the bare `podman run`s bring up the user's pause process: end it if this script made it
+        pause = _read_pid(pause_file)
+        if pause is not None and pause != pause_before and _pid_alive(pause):
+            os.kill(pause, 15)
+
+
+def _podman_overhead(repeats: int, root: Path) -> dict[str, float]:
     from harness.runtime.podman import PodmanService, podman_user
 
     harness = [sys.executable, "-m", "harness"]
