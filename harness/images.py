@@ -210,7 +210,7 @@ def resolve_ref(client, ref: str) -> ImageInfo:  # type: ignore[no-untyped-def]
         image = client.images.get(ref)
     except ImageNotFound:
         if host is None:
-            raise EngineError(f"image {ref} is not in the engine (and names no registry to pull it from)") from None
+            raise EngineError(f"image {ref} is not in the engine and could not be pulled: it names no registry") from None
         try:
             # pull by the full reference: the SDK's pull(repo, tag) would read the digest as a tag
             for chunk in client.api.pull(ref, auth_config=auth_config(host), stream=True, decode=True):

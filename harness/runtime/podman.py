@@ -493,7 +493,7 @@ def podman_resolve_ref(api: EngineAPI, ref: str, log: Callable[[str], None] = la
     source = "local"
     if found is None:
         if host is None:
-            raise EngineError(f"image {ref} is not in Podman (and names no registry to pull it from)")
+            raise EngineError(f"image {ref} is not in Podman and could not be pulled: it names no registry")
         log(f"pulling {ref} into Podman")
         query = {"reference": ref, "quiet": "true", "policy": "always"}
         if host.startswith(("127.", "localhost", "[::1]")):
