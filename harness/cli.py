@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from harness import __version__
+
 # command name -> (module under harness.commands, attribute)
 COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("core", "validate"),
@@ -31,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("analysis", "compare"),
     "plot": ("analysis", "plot"),
     "thc": ("analysis", "thc"),
+    "diff": ("diff", "diff"),
+    "export": ("export", "export"),
+    "gc": ("gc", "gc"),
+    "logs": ("logs", "logs"),
 }
 
 
@@ -53,8 +59,11 @@ class LazyGroup(click.Group):
         return getattr(module, attribute, None)
 
 
-@click.group(cls=LazyGroup)
-@click.version_option(package_name="harness")
+@click.group(cls=LazyGroup, epilog="\b\nExamples:\n  harness run manifests/dqn-cartpole.yaml\n  harness ls\n"
+             "  harness show <run id prefix>\n  eval \"$(_HARNESS_COMPLETE=bash_source harness)\"   # Tab completes run ids")
+# The distribution is harness-repro (PyPI's "harness" is another project); the version is the
+# package's own, so a source checkout on PYTHONPATH reports it too.
+@click.version_option(version=__version__, package_name="harness-repro", prog_name="harness")
 def cli() -> None:
     """harness: pin, run, record, publish and reproduce ML experiments."""
 
@@ -65,7 +74,7 @@ def main() -> None:
 
     try:
         # with standalone_mode=False, click returns (not raises) the code of a click.exceptions.Exit
-        code = cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False, prog_name="harness")  # usage and completion say harness, also under `python -m`
         if isinstance(code, int) and code != 0:
             sys.exit(code)
     except HarnessError as exc:

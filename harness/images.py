@@ -256,6 +256,10 @@ def build_image(
     with tempfile.TemporaryDirectory(prefix="harness-build-") as tmp:
         staging = Path(tmp)
         stage_context(build_dir, lockfile, find_ca_bundle(ca_bundle), staging, log)
+        from harness.imagegc import built_ids_in, mark_stages, record_built
+
+        mark_stages(staging / "Dockerfile", build_dir.name)
+        produced: list[str] = []
         labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
         try:
             stream = client.api.build(
@@ -266,12 +270,15 @@ def build_image(
                 if "error" in chunk:
                     raise BuildError(chunk["error"].strip(), [])
                 text = (chunk.get("stream") or chunk.get("status") or "").rstrip()
+                produced += built_ids_in(text + " " + str((chunk.get("aux") or {}).get("ID", "")))
                 if text:
                     log(text)
         except (BuildError, APIError) as exc:
+            record_built(produced, build_dir.name)  # a failed build's steps are harness images too
             message = getattr(exc, "msg", None) or str(exc)
             raise EngineError(f"{build_dir}: docker build failed: {str(message).strip().splitlines()[-1]}") from None
     info.id = client.images.get(tag).id
+    record_built(produced + built_ids_in(info.id), build_dir.name)
     info.build_seconds = round(time.monotonic() - started, 3)
     return info
 

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from harness.errors import HarnessError, HubError
 from harness.fsutil import write_json_atomic
@@ -124,6 +124,7 @@ def reproduce(
     publish_result: bool = False,
     out: Path | None = None,
     echo: Callable[[str], None] = lambda line: None,
+    progress: IO[str] | None = None,
     rebuild: bool = False,
 ) -> ReproductionResult:
     """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record, and
@@ -133,6 +134,7 @@ def reproduce(
 
     Raises HarnessError for bad input: a pulled run asked to run on the host without
     ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the Hub.
+    With ``progress``, the re-run's live progress (harness.progress) is shown on that stream.
     """
     from harness.analysis.compare import compare_runs, plot_comparison
     from harness.manifest import load_manifest
@@ -169,14 +171,26 @@ def reproduce(
             image_source = "ref" if loaded.manifest.image.ref else "rebuilt"
             echo(f"reproducing {original_id} (seed {seed}) with "
                  f"{'its image.ref' if image_source == 'ref' else 'a fresh image build'}")
-        record = execute(spec, store, runtime=runtime, reproduces=original_id, force_build=registry_image is None,
-                         echo=echo, image=registry_image)
+        if progress is None:
+            record = execute(spec, store, runtime=runtime, reproduces=original_id, force_build=registry_image is None,
+                             echo=echo, image=registry_image)
+        else:
+            from harness.progress import LiveRun
+
+            live = LiveRun(spec, store, progress, prefix="")
+            try:
+                record = execute(spec, store, runtime=runtime, reproduces=original_id,
+                                 force_build=registry_image is None, on_start=live.on_start, echo=live.echo,
+                                 image=registry_image)
+            finally:
+                live.stop()
         expect = loaded.manifest.expect
 
     reproduction_id = record["run_id"]
     verdict = compare_runs(store.run_dir(original_id), store.run_dir(reproduction_id), expect)
     out_dir = out or store.root / "reproductions" / reproduction_id
-    figure = plot_comparison(store.run_dir(original_id), store.run_dir(reproduction_id), out_dir / "comparison.png")
+    figure = plot_comparison(store.run_dir(original_id), store.run_dir(reproduction_id), out_dir / "comparison.png",
+                             verdict=verdict)
     verdict_path = out_dir / "verdict.json"
     image_ref = registry_image.ref if registry_image is not None else None
     write_json_atomic(verdict_path, {"original": original_id, "reproduction": reproduction_id,

@@ -189,7 +189,7 @@ def test_comparison_table(store: LocalStore) -> None:
     markdown = to_markdown(comparison)
     assert "| dqn-b | CartPole-v1 | 3 | 202 ± 1 | 32 |" in markdown and "min-max normalised" in markdown
     rows = to_csv(comparison).splitlines()
-    assert rows[0].startswith("group,environment,runs,mean,std") and len(rows) == 1 + 4 + 2
+    assert rows[0].startswith("group,environment,runs,final_mean,final_std") and len(rows) == 1 + 4 + 2
     with pytest.raises(HarnessError, match=r"no selected run logged metric 'losses/td'.*charts/episodic_return"):
         build_comparison(store, runs, "losses/td")
 

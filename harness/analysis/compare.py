@@ -236,8 +236,10 @@ def compare_seed_groups(original_dirs: Sequence[Path], reproduction_dirs: Sequen
 
 
 def plot_comparison(original_record_dir: Path, reproduction_record_dir: Path, out_path: Path,
-                    metrics: Sequence[str] | None = None, max_panels: int = 6) -> Path:
-    """Write a PNG of original vs reproduction curves, one panel per metric (primary first)."""
+                    metrics: Sequence[str] | None = None, max_panels: int = 6, verdict: Verdict | None = None) -> Path:
+    """Write a PNG of original vs reproduction curves, one panel per metric (primary first), each
+    axis labelled, the run ids in the legends and, given ``verdict``, the verdict in the title and
+    each metric's status in its panel's title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,17 +254,27 @@ def plot_comparison(original_record_dir: Path, reproduction_record_dir: Path, ou
         raise HarnessError(f"{original_record_dir}: no metrics to plot")
     columns = min(2, len(names))
     rows = math.ceil(len(names) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.2 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.2 * rows + 0.6), squeeze=False)
+    statuses = {row.metric: row.status for row in verdict.rows} if verdict is not None else {}
+    original_id = _record(original_record_dir).get("run_id") or Path(original_record_dir).name
+    reproduction_id = _record(reproduction_record_dir).get("run_id") or Path(reproduction_record_dir).name
     for axis, name in zip(axes.flat, names):
         if name in original:
-            axis.plot(*original[name], label="original", linewidth=2.2, alpha=0.7)
+            axis.plot(*original[name], label=f"original {original_id}", linewidth=2.2, alpha=0.7)
         if name in reproduced:
-            axis.plot(*reproduced[name], label="reproduction", linewidth=1.0, linestyle="--")
-        axis.set_title(name, fontsize=10)
+            axis.plot(*reproduced[name], label=f"reproduction {reproduction_id}", linewidth=1.0, linestyle="--")
+        status = statuses.get(name) or ("not compared (expect.ignore)" if verdict is not None else None)
+        axis.set_title(f"{name}: {status}" if status else name, fontsize=10)
         axis.set_xlabel("step")
-        axis.legend(fontsize=8)
+        axis.set_ylabel(name, fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
     for axis in list(axes.flat)[len(names):]:
         axis.set_visible(False)
+    if verdict is not None:
+        colour = {"identical": "#1a7f37", "consistent": "#1f6feb"}.get(verdict.verdict, "#cf222e")
+        figure.suptitle(f"verdict: {verdict.verdict}  ({original_id} reproduced as {reproduction_id})", fontsize=11,
+                        fontweight="bold", color=colour)
     from harness.analysis.plots import save_figure
 
     out_path = Path(out_path)

@@ -5,6 +5,7 @@ legend outside the data, and performance profiles. PNG, SVG or PDF, chosen by th
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,20 +49,34 @@ def save_figure(fig: Any, path: Path) -> None:
         _pyplot().close(fig)
 
 
+def curves_title(metric: str, panels: Mapping[str, Mapping[str, Curve]], smooth: int = 1) -> str:
+    """What the figure shows, in words: the statistic, n, and the smoothing."""
+    counts = sorted({c.runs for curves in panels.values() for c in curves.values()})
+    smoothing = f"rolling mean over {smooth} points" if smooth > 1 else "no smoothing"
+    if counts == [1]:
+        return f"{metric}: one seed per curve, no confidence interval ({smoothing})"
+    n = f"n = {counts[0]} seeds" if len(counts) == 1 else "n seeds per curve in the legend"
+    single = "; curves of one seed have no interval" if counts[0] == 1 else ""
+    return f"{metric}: mean and 95 % bootstrap CI over seeds ({n}, {smoothing}{single})"
+
+
 def plot_curves(
     panels: Mapping[str, Mapping[str, Curve]],
     path: Path,
     metric: str,
     x_label: str = "environment steps",
     title: str | None = None,
+    smooth: int = 1,
 ) -> Path:
-    """Mean curves with shaded 95 % CIs, one panel per environment, legend outside on the right."""
+    """Mean curves with shaded 95 % bootstrap CIs, one panel per environment, legend outside on the
+    right; a curve of one seed is drawn dashed with no interval, and the title says n and the smoothing."""
     check_output(path)
     plt = _pyplot()
     count = len(panels)
     columns = min(3, count)
     rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    size = (4.2 * columns, 3.2 * rows) if count > 1 else (6.4, 4.0)
+    fig, axes = plt.subplots(rows, columns, figsize=size, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     groups = sorted({g for curves in panels.values() for g in curves})
     handles = {}
@@ -71,19 +86,26 @@ def plot_curves(
                 continue
             curve = curves[group]
             colour = colours[groups.index(group) % len(colours)]
-            (line,) = ax.plot(curve.x, curve.mean, color=colour, linewidth=1.6)
-            if not np.isnan(curve.lo).all():
+            (line,) = ax.plot(curve.x, curve.mean, color=colour, linewidth=1.6,
+                              linestyle="-" if curve.runs > 1 else "--")
+            if curve.runs > 1 and not np.isnan(curve.lo).all():
                 ax.fill_between(curve.x, curve.lo, curve.hi, color=colour, alpha=0.2, linewidth=0)
             handles[group] = line
-        ax.set_title(env)
+        if env != "-" or count > 1:
+            ax.set_title(env)
         ax.set_xlabel(x_label)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[count:]:
         ax.set_visible(False)
-    labels = [f"{g} (n={max(c[g].runs for c in panels.values() if g in c)})" for g in groups]
+    def label(group: str) -> str:
+        n = max(c[group].runs for c in panels.values() if group in c)
+        return f"{group} (n={n})" if n > 1 else f"{group} (one seed: no CI)"
+
+    labels = [label(g) for g in groups]
     fig.legend([handles[g] for g in groups], labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.suptitle(title or f"{metric}: mean and 95 % CI over seeds")
+    # wrapped to the figure's width: a title that says n and the smoothing must not widen the figure
+    fig.suptitle(textwrap.fill(title or curves_title(metric, panels, smooth), width=int(14 * size[0])), fontsize=10)
     save_figure(fig, path)
     return path
 

@@ -201,8 +201,9 @@ def to_markdown(comparison: Comparison) -> str:
             "|---|---:|---:|---:|---:|",
         ]
         for group, estimates in comparison.aggregates.items():
+            single = group in comparison.matrices and comparison.matrices[group].shape[0] < 2
             row = [
-                f"{_fmt(e.point, 3)} [{_fmt(e.ci[0], 3)}, {_fmt(e.ci[1], 3)}]"
+                f"{_fmt(e.point, 3)} (one run: no CI)" if single else f"{_fmt(e.point, 3)} [{_fmt(e.ci[0], 3)}, {_fmt(e.ci[1], 3)}]"
                 for e in (estimates[m] for m in AGGREGATE_METRICS)
             ]
             lines.append(f"| {group} | " + " | ".join(row) + " |")
@@ -217,12 +218,16 @@ def to_markdown(comparison: Comparison) -> str:
 
 
 def to_csv(comparison: Comparison) -> str:
-    """Per-environment rows, then one row per group's aggregates (environment ``*``)."""
+    """Per-environment rows, then one row per group's aggregates (environment ``*``).
+
+    Every column name says what it holds: ``final_mean``/``final_std`` are over the seeds of one
+    environment, ``aggregate_<name>`` and its ``_ci_low``/``_ci_high`` are over environments.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["group", "environment", "runs", "mean", "std", "runtime_s"]
+    header = ["group", "environment", "runs", "final_mean", "final_std", "runtime_mean_s"]
     for m in AGGREGATE_METRICS:
-        header += [m, f"{m}_lo", f"{m}_hi"]
+        header += [f"aggregate_{m}", f"aggregate_{m}_ci_low", f"aggregate_{m}_ci_high"]
     writer.writerow(header)
     blank = [""] * (3 * len(AGGREGATE_METRICS))
     for c in comparison.cells:
@@ -233,3 +238,31 @@ def to_csv(comparison: Comparison) -> str:
             row += [repr(estimates[m].point), repr(estimates[m].ci[0]), repr(estimates[m].ci[1])]
         writer.writerow(row)
     return buffer.getvalue()
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def to_dict(comparison: Comparison) -> dict[str, object]:
+    """``harness compare --json``: the tables as JSON (NaN as null; shape in docs/cli-json.md)."""
+    return {
+        "metric": comparison.metric,
+        "last_n": comparison.last_n,
+        "normalization": comparison.normalization,
+        "cells": [
+            {"group": c.group, "environment": c.env, "runs": c.runs, "final_mean": _finite(c.mean),
+             "final_std": _finite(c.std), "runtime_mean_s": _finite(c.runtime_s)}
+            for c in comparison.cells
+        ],
+        "aggregates": {
+            group: {m: {"point": _finite(e.point), "ci_low": _finite(e.ci[0]), "ci_high": _finite(e.ci[1])}
+                    for m, e in estimates.items()}
+            for group, estimates in comparison.aggregates.items()
+        },
+        "improvement": [
+            {"x": x, "y": y, "point": _finite(e.point), "ci_low": _finite(e.ci[0]), "ci_high": _finite(e.ci[1])}
+            for (x, y), e in comparison.improvement.items()
+        ],
+        "notes": list(comparison.notes),
+    }

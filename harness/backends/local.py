@@ -99,6 +99,7 @@ class LocalBackend(Backend):
         self.started: dict[str, str] = {}  # spec run id -> the run id execute gave it
         self.stopping = threading.Event()
         self._handles: dict[str, Any] = {}
+        self._progress: dict[str, Any] = {}  # spec run id -> harness.progress.RunProgress while it runs
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -128,6 +129,9 @@ class LocalBackend(Backend):
         local_jobs = [job for job in jobs if isinstance(job, LocalJob)]
         by_future = {job.future: job for job in local_jobs}
         finished = 0
+        all_done = threading.Event()
+        reporter = threading.Thread(target=self._report_progress, args=(all_done,), name="harness-progress", daemon=True)
+        reporter.start()
         try:
             for future in as_completed(by_future):
                 finished += 1
@@ -147,9 +151,24 @@ class LocalBackend(Backend):
                         continue
             raise
         finally:
+            all_done.set()
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
         return [job.result() for job in local_jobs]
+
+    def _report_progress(self, done: threading.Event) -> None:
+        """One plain progress line per running run every few seconds (harness.progress), until ``done``."""
+        from harness.progress import plain_interval
+
+        interval = plain_interval()
+        while not done.wait(interval):
+            with self._lock:
+                running = list(self._progress.values())
+            for progress in running:
+                try:
+                    self.echo(f"[progress] {progress.poll().line()}")
+                except Exception:  # a progress line is a courtesy; the capture owns the data
+                    continue
 
     def interrupt(self) -> None:
         """Cancel runs not yet started and stop the running ones (their records become ``interrupted``)."""
@@ -175,8 +194,11 @@ class LocalBackend(Backend):
         execute: Execute = self._execute or run_one
 
         def on_start(record: dict[str, Any], job: Any = None) -> None:
+            progress = _run_progress(spec, self.store, record["run_id"])
             with self._lock:
                 self.started[spec.run_id] = record["run_id"]
+                if progress is not None:
+                    self._progress[spec.run_id] = progress
                 if job is not None:
                     self._handles[spec.run_id] = job
             if self.stopping.is_set():
@@ -194,6 +216,7 @@ class LocalBackend(Backend):
             with self._lock:
                 self.started.pop(spec.run_id, None)
                 self._handles.pop(spec.run_id, None)
+                self._progress.pop(spec.run_id, None)
         if self.stopping.is_set() and record.get("status") not in ("completed", "interrupted"):
             # Stopped from outside the runner (no job handle): say why, not just "exit 137".
             record = self.store.mark(record["run_id"], RunStatus.INTERRUPTED, "stopped by Ctrl-C on the sweep")
@@ -240,3 +263,14 @@ def stop_run(run_id: str, runtime: str) -> None:
                 os.killpg(child.pid, signal.SIGKILL)
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
+
+
+def _run_progress(spec: RunSpec, store: LocalStore, run_id: str) -> Any:
+    """A follower of one run's metric files for the sweep's progress lines (None if it cannot be made)."""
+    try:
+        from harness.progress import RunProgress, total_steps
+
+        metrics = spec.loaded.manifest.metrics
+        return RunProgress(run_id, store.layout(run_id), metrics.primary, metrics.tensorboard, total_steps(spec.params))
+    except Exception:  # progress must never fail a run
+        return None

@@ -237,6 +237,13 @@ class MetricsIngester:
         """Write every row so far to ``path`` (tmp + rename: never half a file)."""
         write_table_atomic(self.table(), Path(path))
 
+    def take_new(self) -> list[pa.Table]:
+        """Hand over the tables read so far (name, step, value, wall_time) and forget them: for live
+        views that follow a run without keeping a second copy of its metrics (``table()`` and
+        ``summary()`` then cover only what was read after)."""
+        chunks, self._chunks = self._chunks, []
+        return chunks
+
     def summary(self, last_n: int = 10) -> dict[str, dict[str, Any]]:
         """Per metric name: last, max, min, mean_last_n (of the last ``last_n`` by step), count.
 

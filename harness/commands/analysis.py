@@ -9,11 +9,14 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import click
 
 from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
 from harness.errors import HarnessError
+from harness.runids import expand_selection
 
 DEFAULT_METRIC = "charts/episodic_return"
 
@@ -47,7 +50,12 @@ def _write_text(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
-@click.command()
+@click.command(epilog=examples(
+    "harness compare dqn-cartpole",
+    "harness compare dqn-sweep --by param:learning_rate --out table.csv",
+    "harness compare dqn-sweep status=completed --json | jq '.aggregates'",
+    "harness compare dqn-cartpole tag=v1 --against 'dqn-cartpole tag=v2' --margin-relative 0.1",
+))
 @click.argument("selection", nargs=-1, required=True)
 @click.option("--metric", help=f"Metric to compare (default: the runs' primary metric, else {DEFAULT_METRIC}).")
 @click.option("--by", default="manifest", show_default=True, help="Group runs by manifest or param:NAME.")
@@ -72,7 +80,7 @@ def _write_text(path: Path, text: str) -> None:
 @click.option("--points", default=100, show_default=True, help="Verdict: checkpoints compared along the curves.")
 @click.option("--smooth", default=1, show_default=True, help="Verdict: rolling-mean window of the curves (1: none).")
 @click.option("--figure", type=click.Path(path_type=Path, dir_okay=False), help="Verdict: write the curves and margin figure.")
-@click.option("--json", "as_json", is_flag=True, help="Verdict: print JSON.")
+@json_option
 @click.pass_context
 def compare(
     ctx: click.Context, selection: tuple[str, ...], metric: str | None, by: str, env_key: str, last_n: int, normalize: str,
@@ -89,7 +97,8 @@ def compare(
         from harness.commands.compare_verdict import compare_groups
 
         given_last = ctx.get_parameter_source("last_n") == click.core.ParameterSource.COMMANDLINE
-        status = compare_groups(selection, against, metric=metric, last_n=last_n if given_last else None,
+        store = _store()
+        status = compare_groups(tuple(expand_selection(store, selection)), tuple(expand_selection(store, against)), metric=metric, last_n=last_n if given_last else None,
                                 statistic=statistic, aggregate=aggregate, margin=margin, margin_relative=margin_relative,
                                 confidence=confidence, points=points, smooth=smooth, figure=figure, as_json=as_json)
         sys.exit(status)
@@ -104,16 +113,25 @@ def compare(
         check_output(profiles)
     reference_scores = _read_reference(reference) if reference else None
     store = _store()
-    runs = select_runs(store, selection)
+    runs = select_runs(store, expand_selection(store, selection))
     chosen = default_metric(runs, metric, DEFAULT_METRIC)
     comparison = build_comparison(
         store, runs, chosen, by=by, env_key=env_key, last_n=last_n, normalization=normalize,
         reference=reference_scores, reps=reps, seed=seed,
     )
     if improvement:
+        if comparison.matrices:
+            _check_runs_per_group(comparison, "--improvement")
         add_improvement(comparison, reps=reps, seed=seed)
+    if profiles is not None:
+        _check_profile_runs(comparison)
     markdown = to_markdown(comparison)
-    click.echo(markdown, nl=False)
+    if as_json:
+        from harness.analysis.tables import to_dict
+
+        emit_json(to_dict(comparison))
+    else:
+        click.echo(markdown, nl=False)
     if out is not None:
         _write_text(out, to_csv(comparison) if out.suffix.lower() == ".csv" else markdown)
         click.echo(f"wrote {out}", err=True)
@@ -121,15 +139,31 @@ def compare(
         from harness.analysis.aggregate import performance_profiles
         from harness.analysis.plots import plot_profiles
 
-        if not comparison.matrices:
-            raise HarnessError("--profiles: the groups share no environment, so there is nothing to profile")
         taus, curves, cis = performance_profiles(comparison.matrices, reps=reps, seed=seed)
         scale = "normalised score (τ)" if comparison.normalization != "none" else f"{comparison.metric} (τ)"
         plot_profiles(taus, curves, cis, profiles, x_label=scale)
         click.echo(f"wrote {profiles}", err=True)
 
 
-@click.command()
+def _check_profile_runs(comparison: Any) -> None:
+    """Refuse a performance profile that would be a single step (or empty axes): it needs runs to spread."""
+    if not comparison.matrices:
+        raise HarnessError("--profiles: the groups share no environment, so there is nothing to profile")
+    _check_runs_per_group(comparison, "--profiles")
+
+
+def _check_runs_per_group(comparison: Any, option: str) -> None:
+    """Refuse an aggregate over seeds when some group has a single run per environment."""
+    thin = {group: matrix.shape[0] for group, matrix in comparison.matrices.items() if matrix.shape[0] < 2}
+    if thin:
+        named = ", ".join(f"{group} has {n}" for group, n in thin.items())
+        raise HarnessError(f"{option} needs at least 2 runs per group and environment ({named}); select more seeds")
+
+
+@click.command(epilog=examples(
+    "harness plot dqn-cartpole --out curves.png",
+    "harness plot dqn-sweep --by param:learning_rate --smooth 10 --x wall_time --out sweep.svg",
+))
 @click.argument("selection", nargs=-1, required=True)
 @click.option("--metric", help=f"Metric to plot (default: the runs' primary metric, else {DEFAULT_METRIC}).")
 @click.option("--by", default="manifest", show_default=True, help="One curve per manifest or param:NAME.")
@@ -139,11 +173,13 @@ def compare(
 @click.option("--points", default=200, show_default=True, help="Points of the common grid.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("curves.png"), show_default=True,
               help="Figure file: .png, .svg or .pdf.")
+@json_option
 def plot(
     selection: tuple[str, ...], metric: str | None, by: str, env_key: str, x_axis: str, smooth: int,
-    points: int, out: Path,
+    points: int, out: Path, as_json: bool,
 ) -> None:
-    """Learning curves: mean and 95 % CI across seeds, one panel per environment."""
+    """Learning curves: mean and 95 % bootstrap CI across seeds (one seed: the curve alone, said
+    in the legend), one panel per environment; the title says n and the smoothing."""
     from harness.analysis.curves import learning_curve_panels
     from harness.analysis.plots import check_output, plot_curves
     from harness.analysis.selection import default_metric, select_runs
@@ -152,17 +188,23 @@ def plot(
     if points < 2 or smooth < 1:
         raise HarnessError("--points must be at least 2 and --smooth at least 1")
     store = _store()
-    runs = select_runs(store, selection)
+    runs = select_runs(store, expand_selection(store, selection))
     chosen = default_metric(runs, metric, DEFAULT_METRIC)
     panels, notes, run_count = learning_curve_panels(store, runs, chosen, by, env_key, x_axis, points, smooth)
     for text in notes:
         _note(text)
     x_label = "environment steps" if x_axis == "step" else "wall time (s)"
-    plot_curves(panels, out, chosen, x_label=x_label)
+    plot_curves(panels, out, chosen, x_label=x_label, smooth=smooth)
+    if as_json:
+        emit_json({"figure": str(out), "metric": chosen, "runs": run_count, "panels": sorted(panels)})
+        return
     click.echo(f"wrote {out} ({run_count} runs, {len(panels)} panel{'s' if len(panels) != 1 else ''})")
 
 
-@click.command()
+@click.command(epilog=examples(
+    "harness thc dqn-thc --hparams learning_rate --across env_id",
+    "harness thc --table study.csv --group-by regime,agent --json",
+))
 @click.argument("selection", nargs=-1)
 @click.option("--hparams", help="Comma-separated hyper-parameters (params of the sweep) to score.")
 @click.option("--across", help="Param whose values are the settings (e.g. env_id).")
@@ -207,7 +249,8 @@ def thc(
             if not selection or not hparams or not across:
                 raise HarnessError("thc needs a selection with --hparams and --across, or --table")
             names = [h for h in hparams.split(",") if h]
-            rows = thc_of_runs(_store(), selection, names, across, metric, last_n, ranking, task_col, reps, boot_seed,
+            store = _store()
+            rows = thc_of_runs(store, expand_selection(store, selection), names, across, metric, last_n, ranking, task_col, reps, boot_seed,
                                note=_note)
     for warning in caught:
         _note(str(warning.message))

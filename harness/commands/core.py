@@ -4,40 +4,53 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
 from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
+from harness.commands.output import emit_json, examples
 from harness.errors import HarnessError
 from harness.record import Record
+from harness.runids import RUN_ID
 
 _console = console
 
 
-@click.command()
+@click.command(epilog=examples("harness validate manifests/*.yaml", "harness validate --json manifests/dqn-cartpole.yaml"))
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
-def validate(manifests: tuple[Path, ...]) -> None:
+@json_option
+def validate(manifests: tuple[Path, ...], as_json: bool) -> None:
     """Check manifests: schema, pinning, and the files they point to."""
     from harness.errors import ManifestError
     from harness.manifest import expect_warnings, load_manifest
 
     problems: list[str] = []
+    results: list[dict[str, Any]] = []
     for path in manifests:
         try:
             loaded = load_manifest(path)
             runs = loaded.manifest.sweep_size()
-            click.echo(f"{path}: ok ({loaded.manifest.name}, {runs} run{'s' if runs != 1 else ''})")
+            results.append({"path": str(path), "ok": True, "name": loaded.manifest.name, "runs": runs, "problems": []})
+            if not as_json:
+                click.echo(f"{path}: ok ({loaded.manifest.name}, {runs} run{'s' if runs != 1 else ''})")
             for warning in expect_warnings(loaded):
                 click.echo(warning, err=True)
         except ManifestError as exc:
             problems += exc.problems
+            results.append({"path": str(path), "ok": False, "name": None, "runs": None, "problems": exc.problems})
+    if as_json:
+        emit_json(results)
+        if problems:
+            raise SystemExit(2)
+        return
     if problems:
         raise ManifestError(problems)
 
 
-@click.command()
+@click.command(epilog=examples("harness schema > manifest.schema.json"))
 def schema() -> None:
     """Print the JSON Schema of the manifest (for editors)."""
     from harness.manifest import json_schema
@@ -45,37 +58,47 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-@click.command()
+@click.command(epilog=examples("harness lock images/rl", "harness lock --check", "harness lock --check --json"))
 @click.argument("image_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--check", is_flag=True, help="Exit 1 when a lockfile is missing, unusable or stale (for CI).")
-def lock(image_dirs: tuple[Path, ...], check: bool) -> None:
+@json_option
+def lock(image_dirs: tuple[Path, ...], check: bool, as_json: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
     from harness.lock import compile_lockfile, stale_lockfiles
 
     if check:
         stale = stale_lockfiles(Path.cwd())
-        for line in stale:
-            click.echo(f"stale: {line}", err=True)
+        if as_json:
+            emit_json({"ok": not stale, "stale": stale})
+        else:
+            for line in stale:
+                click.echo(f"stale: {line}", err=True)
+            if not stale:
+                click.echo("lockfiles are up to date")
         if stale:
             sys.exit(1)
-        click.echo("lockfiles are up to date")
         return
     if not image_dirs:
         raise HarnessError("harness lock: name an image folder (e.g. images/rl) or use --check")
+    written = []
     for image_dir in image_dirs:
         if not (image_dir / "requirements.in").is_file():
             raise HarnessError(f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)")
-        with _console().status(f"locking {image_dir} (pip-compile)"):
+        with _console(stderr=as_json).status(f"locking {image_dir} (pip-compile)"):
             output = compile_lockfile(image_dir)
-        click.echo(f"wrote {output}")
+        written.append(str(output))
+        if not as_json:
+            click.echo(f"wrote {output}")
+    if as_json:
+        emit_json({"written": written})
 
 
-@click.group()
+@click.group(epilog=examples("harness image bootstrap"))
 def image() -> None:
     """Base images."""
 
 
-@image.command("bootstrap")
+@image.command("bootstrap", epilog=examples("harness image bootstrap", "harness image bootstrap --force"))
 @click.option("--name", default="harness/base:bookworm", show_default=True)
 @click.option("--suite", default="bookworm", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when the image exists.")
@@ -88,12 +111,13 @@ def bootstrap(name: str, suite: str, force: bool) -> None:
     click.echo(f"{name}: {info.id} ({len(info.packages)} Debian packages){' (exists)' if info.cached else ''}")
 
 
-@click.command()
+@click.command(epilog=examples("harness build manifests/dqn-cartpole.yaml", "harness build --force manifests/noop.yaml"))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
 @click.option("--quiet", is_flag=True)
-def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> None:
+@json_option
+def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Build (or find) the content-addressed image of a manifest."""
     from harness.images import prepare_image
     from harness.manifest import load_manifest
@@ -101,16 +125,24 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
-    if quiet:
+    if quiet or as_json:
         info = prepare_image(spec.loaded, ca_bundle, force)
     else:
         with _console().status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
             info = prepare_image(spec.loaded, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
+    if as_json:
+        emit_json({"tag": info.tag, "ref": info.ref, "id": info.id, "content_hash": info.content_hash,
+                   "cached": info.cached, "build_seconds": info.build_seconds})
+        return
     state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
     click.echo(f"{info.tag or info.ref} {info.id} ({state})")
 
 
-@click.command()
+@click.command(epilog=examples(
+    "harness run manifests/dqn-cartpole.yaml",
+    "harness run manifests/noop.yaml --smoke --param seconds=2 --json",
+    "harness run manifests/dqn-sweep.yaml --jobs 2",
+))
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--seed", "seeds", type=int, multiple=True, help="Run these seeds instead of the manifest's.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a param.")
@@ -125,23 +157,33 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool) -> N
 @click.option("--dry-run", is_flag=True, help="List what would run.")
 @click.option("--yes", is_flag=True, help="Confirm a sweep of more than 10,000 runs.")
 @ca_bundle_option
-@click.option("--quiet", is_flag=True, help="Do not stream the job's output.")
+@click.option("--quiet", is_flag=True, help="Do not stream the job's output (progress is still shown).")
+@click.option("--progress-every", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="When not on a terminal (or CI is set): one progress line every SECONDS "
+                   "[default: $HARNESS_PROGRESS_INTERVAL or 10].")
 @click.option("--require-limits", is_flag=True,
               help="Refuse to run where the sandbox cannot enforce the memory, CPU and pids limits "
                    "(rootless Podman on cgroup v1); by default such a run goes on with a warning.")
+@json_option
 def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: bool, runtime: str, backend: str,
         jobs: int | None, partition: str | None, account: str | None, rerun: bool, retry_failed: bool,
-        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool, require_limits: bool) -> None:
-    """Run a manifest (all its seeds × sweep) into the local store."""
+        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool, progress_every: float | None,
+        require_limits: bool, as_json: bool) -> None:
+    """Run a manifest (all its seeds × sweep) into the local store.
+
+    A single run shows its progress while it goes (elapsed, last step, primary metric, ETA when a
+    param such as total_timesteps says how many steps): redrawn in place on a terminal, one plain
+    line every --progress-every seconds in a pipe or when CI is set.
+    """
     import os
 
     from harness.manifest import load_manifest
+    from harness.plan import expand, parse_overrides
+    from harness.store.local import LocalStore
 
     if require_limits:
         # the environment carries it to every run of this process and to the Slurm tasks it submits
         os.environ["HARNESS_REQUIRE_LIMITS"] = "1"
-    from harness.plan import expand, parse_overrides
-    from harness.store.local import LocalStore
 
     loaded = load_manifest(manifest)
     specs = expand(loaded, seeds=list(seeds) or None, overrides=parse_overrides(params, loaded), smoke=smoke)
@@ -151,33 +193,74 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
 
         outcome = run_sweep(specs, store=store, backend=backend, runtime=runtime, jobs=jobs, partition=partition,
                             account=account, retry_failed=retry_failed, dry_run=dry_run, yes=yes, rerun=rerun,
-                            echo=click.echo)
+                            echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
+        if as_json:
+            emit_json(_sweep_json(outcome))
         sys.exit(outcome.exit_code)
     from harness.backends import plan_sweep
 
     spec = specs[0]
     # a single run that ended badly runs again without --retry-failed; a completed one needs --rerun
-    if plan_sweep(specs, store, retry_failed=True, rerun=rerun).completed:
+    completed = plan_sweep(specs, store, retry_failed=True, rerun=rerun).completed
+    if completed:
+        if as_json:
+            emit_json(_run_json(store.load(completed[0]), store, skipped=True))
+            return
         click.echo(f"{spec.run_id}: already completed with this manifest, params and seed "
                    "(use --rerun to run it again)")
         return
-    console = _console()
-    echo = None if quiet else (lambda line: click.echo(f"  | {line}"))
+    console = _console(stderr=as_json)
     with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
-        record = _execute_with_status(spec, store, runtime, ca_bundle, status, echo)
-    _print_outcome(record)
+        record = _execute_with_status(spec, store, runtime, ca_bundle, status, quiet, err=as_json,
+                                      progress_every=progress_every)
+    if as_json:
+        emit_json(_run_json(record, store))
+    else:
+        _print_outcome(record)
     sys.exit(0 if record["status"] == "completed" else 1)
 
 
-def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, echo: Any) -> Record:
+def _run_json(record: Mapping[str, Any], store: Any, skipped: bool = False) -> dict[str, Any]:
+    """``harness run --json`` of one run (docs/cli-json.md)."""
+    primary = record.get("primary_metric")
+    summary = (record.get("metrics_summary") or {}).get(primary or "") or {}
+    return {
+        "run_id": record["run_id"], "name": record.get("name"), "status": record.get("status"),
+        "skipped": skipped, "seed": record.get("seed"), "params": record.get("params"),
+        "duration_s": record.get("duration_s"), "exit_code": record.get("exit_code"), "detail": record.get("detail") or "",
+        "run_dir": str(store.run_dir(record["run_id"])), "primary_metric": primary,
+        "primary_last": summary.get("last"), "primary_mean_last_n": summary.get("mean_last_n"),
+    }
+
+
+def _sweep_json(outcome: Any) -> dict[str, Any]:
+    """``harness run --json`` of a sweep (docs/cli-json.md)."""
+    plan = outcome.plan
+    return {
+        "sweep_id": plan.sweep_id, "backend": outcome.backend, "dry_run": outcome.dry_run, "ok": outcome.ok,
+        "total": len(plan.specs), "to_run": [spec.run_id for spec in plan.to_run],
+        "already_completed": plan.completed, "failed_earlier": plan.failed, "still_running": plan.running,
+        "runs": [{k: r.get(k) for k in ("run_id", "status", "seed", "params", "duration_s")} for r in outcome.records],
+        "slurm_job_ids": outcome.slurm_job_ids,
+    }
+
+
+def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, quiet: bool,
+                         err: bool = False, progress_every: float | None = None) -> Record:
+    """Run one spec with live progress (harness.progress) below the job's streamed output."""
+    from harness.progress import LiveRun
     from harness.runner import execute
 
-    def started(record: dict, job: Any = None) -> None:
+    def announce(record: dict) -> None:
         status.stop()
-        click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}")
+        click.echo(f"{record['run_id']}: running ({record['runtime']}) -> {store.run_dir(record['run_id'])}", err=err)
 
-    return execute(spec, store, runtime=runtime, on_start=started, echo=echo, ca_bundle=ca_bundle,
-                   build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
+    live = LiveRun(spec, store, None, interval=progress_every, announce=announce, err=err)
+    try:
+        return execute(spec, store, runtime=runtime, on_start=live.on_start, echo=None if quiet else live.echo,
+                       ca_bundle=ca_bundle, build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
+    finally:
+        live.stop()
 
 
 def _number(value: Any) -> str:
@@ -194,11 +277,12 @@ def _print_outcome(record: Record) -> None:
         click.echo(f"  {record['detail']}", err=True)
 
 
-@click.command()
+@click.command(epilog=examples("harness ls", "harness ls --limit 200 --json | jq -r '.[].run_id'"))
 @json_option
 @click.option("--limit", type=int, default=50, show_default=True)
 def ls(as_json: bool, limit: int) -> None:
-    """Runs in the local store, newest first."""
+    """Runs in the local store, newest first (full run ids: any unique prefix names a run)."""
+    from rich import box
     from rich.table import Table
 
     from harness.runner import recover
@@ -213,13 +297,23 @@ def ls(as_json: bool, limit: int) -> None:
     if not records:
         click.echo(f"no runs in {store.root}")
         return
-    table = Table("run id", "manifest", "status", "seed", "started (UTC)", "time", "primary metric (last)")
+    primaries = {record.get("primary_metric") or "" for record in records}
+    shared = primaries.pop() if len(primaries) == 1 else None
+    # The run id never wraps or shortens (it is what the user copies); the other cells fold.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=f"last value: {shared}" if shared else None,
+                  caption_justify="left")
+    table.add_column("run id", no_wrap=True, min_width=max(len(r["run_id"]) for r in records))
+    table.add_column("status", overflow="fold")
+    table.add_column("seed", justify="right", overflow="fold")
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("last" if shared else "primary metric (last)", justify="right" if shared else "left", overflow="fold")
     for record in records:
         primary = record.get("primary_metric") or ""
         summary = (record.get("metrics_summary") or {}).get(primary)
-        value = f"{primary} {_number(summary.get('last'))}" if summary else ""
-        table.add_row(record["run_id"], record.get("name", ""), _status_text(record.get("status", "")), str(record.get("seed")),
-                      (record.get("started_at") or "")[:19].replace("T", " "), f"{record.get('duration_s') or 0:.1f}s", value)
+        value = "" if not summary else _number(summary.get("last")) if shared else f"{primary} {_number(summary.get('last'))}"
+        table.add_row(record["run_id"], _status_text(record.get("status", "")), str(record.get("seed")),
+                      (record.get("started_at") or "")[5:16].replace("T", " "), f"{record.get('duration_s') or 0:.1f}s", value)
     _console().print(table)
 
 
@@ -228,8 +322,8 @@ def _status_text(status: str) -> str:
     return f"[{colour}]{status}[/{colour}]"
 
 
-@click.command()
-@click.argument("run_id")
+@click.command(epilog=examples("harness show dqn-cartpole-3f2a", "harness show --json dqn-cartpole-3f2a | jq .metrics_summary"))
+@click.argument("run_id", type=RUN_ID)
 @json_option
 @click.option("--log-lines", type=int, default=20, show_default=True)
 def show(run_id: str, as_json: bool, log_lines: int) -> None:
@@ -279,6 +373,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     summary = record.get("metrics_summary") or {}
     if summary:
         table = Table("metric", "count", "last", "min", "max", "mean of last N")
+        table.columns[0].overflow = "fold"
         for name in sorted(summary):
             s = summary[name]
             table.add_row(name, str(s.get("count")), *(_number(s.get(k)) for k in ("last", "min", "max", "mean_last_n")))
@@ -292,13 +387,17 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
                 console.print(line, markup=False)
 
 
-@click.command()
-def recover() -> None:
+@click.command(epilog=examples("harness recover", "harness recover --json"))
+@json_option
+def recover(as_json: bool) -> None:
     """Mark runs whose harness process died as interrupted, and seal what they left."""
     from harness.runner import recover as recover_runs
     from harness.store.local import LocalStore
 
     recovered = recover_runs(LocalStore())
+    if as_json:
+        emit_json({"recovered": recovered})
+        return
     for run_id in recovered:
         click.echo(f"{run_id}: interrupted (recovered)")
     if not recovered:
@@ -343,8 +442,9 @@ def _registry_and_podman_checks() -> list[tuple[str, bool, str]]:
     return checks
 
 
-@click.command()
-def doctor() -> None:
+@click.command(epilog=examples("harness doctor", "harness doctor --json | jq '.checks[] | select(.ok | not)'"))
+@json_option
+def doctor(as_json: bool) -> None:
     """Check the prerequisites: Docker engine, base image, GPU/NVML, Hub login, Slurm."""
     import shutil
 
@@ -354,10 +454,9 @@ def doctor() -> None:
     try:
         from harness.runtime.docker import engine_version
         from harness.runtime.engine import docker_client
-
-        client = docker_client(timeout=10)
         from harness.runtime.engine_api import engine_api
 
+        client = docker_client(timeout=10)
         checks.append(("docker engine", True, f"reachable, version {engine_version(engine_api(timeout=10))}"))
         try:
             client.images.get(BASE_IMAGE)
@@ -379,8 +478,10 @@ def doctor() -> None:
     except Exception as exc:
         checks.append(("hub login", True, f"unknown ({exc})"))
     checks += _registry_and_podman_checks()
-    failed = False
-    for name, ok, text in checks:
-        click.echo(f"{'ok ' if ok else 'NO '} {name:14} {text}")
-        failed |= not ok and name in {"docker engine", "base image"}
+    failed = any(not ok and name in {"docker engine", "base image"} for name, ok, _ in checks)
+    if as_json:
+        emit_json({"ok": not failed, "checks": [{"name": name, "ok": ok, "detail": text} for name, ok, text in checks]})
+    else:
+        for name, ok, text in checks:
+            click.echo(f"{'ok ' if ok else 'NO '} {name:14} {text}")
     sys.exit(1 if failed else 0)

@@ -8,19 +8,35 @@ from typing import Any
 
 import click
 
-from harness.commands.options import endpoint_option, runtime_option
+from harness.commands.options import endpoint_option, json_option, runtime_option
+from harness.commands.output import emit_json, examples
+from harness.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
 
 
-@click.command()
-@click.argument("run_ids", nargs=-1, required=True)
+@click.command(epilog=examples(
+    "harness publish dqn-cartpole-3f2a --repo my-lab/cartpole-dqn",
+    "harness publish $(harness ls --json | jq -r '.[].run_id') --repo my-lab/all --json",
+))
+@click.argument("run_ids", nargs=-1, required=True, type=RUN_ID)
 @click.option("--repo", required=True, help="dataset repo to publish to, org/name")
 @click.option("--private", is_flag=True, help="create the repo private")
 @endpoint_option
-def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | None) -> None:
-    """Publish runs of the local store to a Hub dataset repo, in one commit."""
+@click.option("--license", "license_id", help="License of the results for the dataset card (a Hub license id, e.g. "
+              "cc-by-4.0, mit) [default: unknown].")
+@click.option("--pretty-name", help="Title of the dataset card [default: the manifests' names].")
+@json_option
+def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | None, license_id: str | None,
+            pretty_name: str | None, as_json: bool) -> None:
+    """Publish runs of the local store to a Hub dataset repo, in one commit (with the runs index,
+    the dataset card and the learning-curve figure)."""
     from harness.store.hub import publish as publish_runs
 
-    result = publish_runs(list(run_ids), repo, private=private, endpoint=endpoint)
+    result = publish_runs(list(run_ids), repo, private=private, endpoint=endpoint, license=license_id,
+                          pretty_name=pretty_name)
+    if as_json:
+        emit_json({"repo": repo, "url": result.url, "commit": result.commit, "published": result.published,
+                   "unchanged": result.unchanged})
+        return
     if result.commit is None:
         click.echo(f"{repo}: already up to date ({', '.join(result.unchanged)}); no commit made")
         return
@@ -30,17 +46,31 @@ def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | 
     click.echo(result.url)
 
 
-@click.command()
-@click.argument("spec")
+@click.command(epilog=examples(
+    "harness pull my-lab/cartpole-dqn",
+    "harness pull my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --revision 4b8e0f... --json",
+))
+@click.argument("spec", shell_complete=complete_repos)
 @click.option("--revision", help="branch or 40-hex commit sha (default: main)")
 @endpoint_option
-def pull(spec: str, revision: str | None, endpoint: str | None) -> None:
+@json_option
+def pull(spec: str, revision: str | None, endpoint: str | None, as_json: bool) -> None:
     """Download org/name (all runs) or org/name/<run_id> into the local store, verified."""
     from harness.store.hub import pull as pull_runs
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    for run_id in pull_runs(spec, revision=revision, endpoint=endpoint, store=store):
+    pulled = pull_runs(spec, revision=revision, endpoint=endpoint, store=store)
+    if as_json:
+        rows = []
+        for run_id in pulled:
+            record = store.load(run_id)
+            source = record.get("pulled_from") or {}
+            rows.append({"run_id": run_id, "status": record.get("status"), "repo": source.get("repo"),
+                         "revision": source.get("revision"), "run_dir": str(store.run_dir(run_id))})
+        emit_json(rows)
+        return
+    for run_id in pulled:
         record = store.load(run_id)
         source = record.get("pulled_from") or {}
         click.echo(f"{run_id}\t{record.get('status')}\tfrom {source.get('repo', spec)}@{str(source.get('revision', ''))[:12]}")
@@ -50,10 +80,10 @@ def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path)
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=sys.stdout, soft_wrap=True)
+    console = Console(file=sys.stdout, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"{original} vs {reproduction}")
     for column in ("metric", "points", "max |diff|", "max rel diff", "first step", "status"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "metric", overflow="fold")  # a metric name is never cut
     for row in verdict.rows:
         points = str(row.original_points) if row.original_points == row.reproduced_points else f"{row.original_points} / {row.reproduced_points}"
         table.add_row(row.metric, points, f"{row.max_abs_diff:.3g}", f"{row.max_rel_diff:.3g}",
@@ -83,8 +113,12 @@ def _image_line(result: Any) -> str:
     return f"rebuilt from the recipe ({image_id[:19]})"
 
 
-@click.command()
-@click.argument("target")
+@click.command(epilog=examples(
+    "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e",
+    "harness reproduce dqn-cartpole-3f2a --out repro/ --json",
+    "harness reproduce dqn-cartpole-3f2a --rebuild",
+))
+@click.argument("target", type=RUN_ID_OR_HUB)
 @endpoint_option
 @click.option("--revision", help="Hub revision to pull the original from (default: main)")
 @click.option("--publish", "publish_result", is_flag=True, help="publish the reproduction to the same repo")
@@ -92,8 +126,9 @@ def _image_line(result: Any) -> str:
 @click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
 @click.option("--rebuild", is_flag=True, help="build the image from the recipe even when the record names a registry image")
+@json_option
 def reproduce(target: str, endpoint: str | None, revision: str | None, publish_result: bool, runtime: str,
-              trust_code: bool, out: Path | None, rebuild: bool) -> None:
+              trust_code: bool, out: Path | None, rebuild: bool, as_json: bool) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record and compare with the original.
 
     Exit status 0: identical or consistent; 1: diverged; 2: bad input.
@@ -102,10 +137,16 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, publish_r
 
     result = reproduce_run(target, endpoint=endpoint, revision=revision, runtime=runtime, trust_code=trust_code,
                            publish_result=publish_result, out=out, echo=lambda line: click.echo(line, err=True),
-                           rebuild=rebuild)
-    click.echo(f"image: {_image_line(result)}")
-    _print_verdict(result.verdict, result.original_id, result.reproduction_id, result.figure)
-    if result.published_commit is not None:
-        click.echo(f"{result.repo}: published {result.reproduction_id} in commit {result.published_commit}")
+                           progress=sys.stderr, rebuild=rebuild)
+    image = {"source": result.image_source, "ref": result.image_ref, "id": (result.record.get("image") or {}).get("id")}
+    if as_json:
+        emit_json({"original": result.original_id, "reproduction": result.reproduction_id, "repo": result.repo,
+                   "figure": str(result.figure), "verdict_file": str(result.verdict_path),
+                   "published_commit": result.published_commit, "image": image, **result.verdict.to_dict()})
+    else:
+        click.echo(f"image: {_image_line(result)}")
+        _print_verdict(result.verdict, result.original_id, result.reproduction_id, result.figure)
+        if result.published_commit is not None:
+            click.echo(f"{result.repo}: published {result.reproduction_id} in commit {result.published_commit}")
     if result.exit_code:
         raise click.exceptions.Exit(result.exit_code)

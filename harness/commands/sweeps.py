@@ -41,7 +41,7 @@ def progress_table(progress: dict[str, Any]) -> Any:
     bad = [run for run in progress["runs"] if run["state"] not in ("completed", "queued", "running")]
     if bad:
         failed = Table(show_header=True, box=None)
-        failed.add_column("run")
+        failed.add_column("run", no_wrap=True)  # a run id is never cut: it is what the user copies
         failed.add_column("state")
         for run in bad[:20]:
             failed.add_row(run["run_id"], f"[red]{run['state']}")
@@ -53,7 +53,7 @@ def progress_table(progress: dict[str, Any]) -> Any:
     return Group(*parts)
 
 
-@click.command()
+@click.command(epilog="\b\nExamples:\n  harness status --watch\n  harness status dqn-sweep-1a2b --json")
 @click.argument("sweep", required=False)
 @json_option
 @click.option("--watch", is_flag=True, help="Refresh until every run has ended (Ctrl-C leaves).")

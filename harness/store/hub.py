@@ -2,7 +2,8 @@
 
 Repo layout::
 
-    README.md                    dataset card: YAML ``configs`` (metrics, system, runs) + a human section
+    README.md                    dataset card (harness.store.card): default config ``runs``, license, curves, runs table
+    figures/learning_curves.png  the primary metric of every manifest, drawn at each publish
     runs.parquet                 one row per run in the repo
     runs/<run_id>/...            the whole run folder of the local store, record.json included
 
@@ -16,24 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
 from harness.fsutil import sha256_file
+from harness.layout import METRICS_PARQUET, SYSTEM_PARQUET
 from harness.layout import RECORD as RECORD_NAME
-from harness.layout import SYSTEM_PARQUET
 from harness.record import FINAL_STATUSES
 from harness.store.local import LocalStore
 
@@ -42,26 +41,6 @@ RUNS_INDEX = "runs.parquet"
 LOCAL_ONLY_FIELDS = ("pulled_from", "owner")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-RUNS_SCHEMA = pa.schema([
-    ("run_id", pa.string()),
-    ("name", pa.string()),
-    ("seed", pa.int64()),
-    ("params", pa.string()),
-    ("status", pa.string()),
-    ("hardware", pa.string()),
-    ("image_id", pa.string()),
-    ("image_registry_ref", pa.string()),
-    ("primary_metric", pa.string()),
-    ("primary_last", pa.float64()),
-    ("primary_max", pa.float64()),
-    ("primary_mean_last_n", pa.float64()),
-    ("reproduces", pa.string()),
-    ("runtime", pa.string()),
-    ("started_at", pa.string()),
-    ("duration_s", pa.float64()),
-])
-
 
 @dataclass
 class PublishResult:
@@ -167,110 +146,6 @@ def _same_content(remote: Any, sha256: str, git_oid: str) -> bool:
 # -- publish --------------------------------------------------------------------------------------
 
 
-def _run_index_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    primary = record.get("primary_metric")
-    summary = (record.get("metrics_summary") or {}).get(primary or "", {})
-    image = record.get("image") or {}
-    return {
-        "run_id": record["run_id"],
-        "name": record.get("name"),
-        "seed": record.get("seed"),
-        "params": json.dumps(record.get("params") or {}, sort_keys=True),
-        "status": record.get("status"),
-        "hardware": json.dumps({"target": record.get("hardware"), "host": record.get("host")}, sort_keys=True, default=str),
-        "image_id": image.get("id"),
-        "image_registry_ref": image.get("registry_ref"),
-        "primary_metric": primary,
-        "primary_last": summary.get("last"),
-        "primary_max": summary.get("max"),
-        "primary_mean_last_n": summary.get("mean_last_n"),
-        "reproduces": record.get("reproduces"),
-        "runtime": record.get("runtime"),
-        "started_at": record.get("started_at"),
-        "duration_s": record.get("duration_s"),
-    }
-
-
-def _runs_index(existing: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]) -> tuple[bytes, list[dict[str, Any]]]:
-    new_ids = {r["run_id"] for r in records}
-    rows = [row for row in existing if row.get("run_id") not in new_ids] + [_run_index_row(r) for r in records]
-    rows.sort(key=lambda row: (row.get("started_at") or "", row["run_id"]))
-    table = pa.Table.from_pylist(
-        [{name: row.get(name) for name in RUNS_SCHEMA.names} for row in rows], schema=RUNS_SCHEMA
-    )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue(), rows
-
-
-def dataset_card(repo: str, rows: list[dict[str, Any]], has_system: bool) -> str:
-    """The README.md of a results repo: ``configs`` for ``datasets`` plus what was run and how to reproduce it."""
-    configs = [
-        "- config_name: metrics\n  data_files: runs/*/metrics.parquet",
-        "- config_name: runs\n  data_files: runs.parquet",
-    ]
-    if has_system:
-        configs.insert(1, "- config_name: system\n  data_files: runs/*/system.parquet")
-    names = sorted({str(row.get("name")) for row in rows})
-    lines = [
-        "---",
-        "configs:",
-        *configs,
-        "tags:",
-        "- harness",
-        "- reproducibility",
-        "---",
-        "",
-        f"# {repo}: experiment runs",
-        "",
-        f"Run records of {', '.join(names)}, published with [harness](https://github.com/). Each run folder",
-        "under `runs/` holds the resolved manifest, the lockfile, the image build context, logs, metrics",
-        "and a `record.json` with the sha256 of every file, so the run can be rebuilt and re-run without",
-        "the original project.",
-        "",
-        "| run | name | seed | status | primary metric | last | reproduces |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        last = row.get("primary_last")
-        lines.append(
-            f"| `{row['run_id']}` | {row.get('name')} | {row.get('seed')} | {row.get('status')} | "
-            f"{row.get('primary_metric') or ''} | {'' if last is None else f'{last:.6g}'} | {row.get('reproduces') or ''} |"
-        )
-    example = rows[-1]["run_id"] if rows else "<run_id>"
-    lines += [
-        "",
-        "## Load the data",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        f'metrics = load_dataset("{repo}", "metrics")   # run_id, name, step, value, wall_time',
-        f'runs = load_dataset("{repo}", "runs")         # one row per run',
-        "```",
-        "",
-        "## Reproduce a run",
-        "",
-        "```",
-        f"harness reproduce {repo}/{example}",
-        "```",
-        "",
-        "This pulls the run (verifying every file), rebuilds its image from the published context and",
-        "lockfile, re-runs the same seed and parameters, and prints whether the result is `identical`,",
-        "`consistent` (within the manifest's `expect`) or `diverged`.",
-        "",
-    ]
-    pushed = [row for row in rows if row.get("image_registry_ref")]
-    if pushed:
-        lines += [
-            "Runs whose image was pushed to a registry are re-run with that exact image, pulled by digest",
-            "(`harness reproduce --rebuild` builds it from the recipe instead):",
-            "",
-            *(f"- `{row['run_id']}`: `{row['image_registry_ref']}`" for row in pushed),
-            "",
-        ]
-    return "\n".join(lines)
-
-
 def _scan_for_token(paths: list[Path], blobs: list[bytes], token: str) -> None:
     needle = token.encode()
     for blob in blobs:
@@ -292,8 +167,13 @@ def publish(
     endpoint: str | None = None,
     token: str | None = None,
     store: LocalStore | None = None,
+    license: str | None = None,
+    pretty_name: str | None = None,
 ) -> PublishResult:
     """Publish runs of the local store to the dataset repo ``repo`` in one commit.
+
+    The commit also carries the runs index, the dataset card (``license`` and ``pretty_name`` go
+    into its metadata) and the learning-curve figure, regenerated over every run of the repo.
 
     Runs already on the repo with the same checksums are left alone; when all are, no commit is made
     (``PublishResult.commit`` is None). The token comes from ``token``, ``HF_TOKEN`` or the
@@ -357,21 +237,35 @@ def publish(
         if not changed:
             return PublishResult(repo, str(repo_url), None, [], unchanged)
 
+        from harness.store import card as repo_card
+
         existing_rows: list[dict[str, Any]] = []
-        if RUNS_INDEX in remote:
-            with tempfile.TemporaryDirectory(prefix="harness-index-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="harness-index-") as scratch:
+            if RUNS_INDEX in remote:
                 index_path = hf_hub_download(
                     repo, RUNS_INDEX, repo_type=REPO_TYPE, revision=head, endpoint=api.endpoint, token=token, local_dir=scratch
                 )
                 existing_rows = pq.read_table(index_path).to_pylist()
-        index_bytes, rows = _runs_index(existing_rows, records)
+            index_bytes, rows = repo_card.runs_index(existing_rows, records)
+            run_dirs = {r["run_id"]: store.run_dir(r["run_id"]) for r in records}
+            for row in rows[::-1][: repo_card.FIGURE_RUNS]:  # the newest runs already on the Hub, for the figure
+                remote_metrics = f"runs/{row['run_id']}/{METRICS_PARQUET}"
+                if row["run_id"] not in run_dirs and remote_metrics in remote and RUN_ID.match(row["run_id"]):
+                    hf_hub_download(repo, remote_metrics, repo_type=REPO_TYPE, revision=head, endpoint=api.endpoint,
+                                    token=token, local_dir=scratch)
+                    run_dirs[row["run_id"]] = Path(scratch) / "runs" / row["run_id"]
+            figure = repo_card.learning_curves(run_dirs, rows, Path(scratch) / "figure.png")
+            figure_bytes = figure.read_bytes() if figure is not None else None
         has_system = any(SYSTEM_PARQUET in r["files"] for r in records) or any(
             p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
         )
-        card = dataset_card(repo, rows, has_system).encode()
+        card = repo_card.card_text(repo, rows, has_system, repo_card.FIGURE_PATH if figure_bytes else None,
+                                   license=license, pretty_name=pretty_name).encode()
         generated += [index_bytes, card]
         _scan_for_token(upload_paths, generated, token)
         operations += [CommitOperationAdd(RUNS_INDEX, index_bytes), CommitOperationAdd("README.md", card)]
+        if figure_bytes is not None:
+            operations.append(CommitOperationAdd(repo_card.FIGURE_PATH, figure_bytes))
         info = api.create_commit(
             repo,
             repo_type=REPO_TYPE,

@@ -1,0 +1,358 @@
+"""What a results repo on the Hub shows: the runs index (``runs.parquet``), the dataset card
+(README.md, built with huggingface_hub's ``DatasetCard``), and the learning-curve figure.
+
+The runs index has one row per run with every param as its own column (``param_<name>``) and the
+hardware target and host as plain columns, so the dataset viewer can filter and sort them; the
+``params`` and ``hardware`` JSON columns stay for scripts that read the whole thing. Smoke runs
+are flagged (``smoke``), and a reproduction says what it reproduces and its verdict.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARAM_PREFIX = "param_"
+FIGURE_PATH = "figures/learning_curves.png"
+FIGURE_RUNS = 60  # at most this many runs are drawn (the newest)
+FIGURE_SMOOTH = 10  # rolling mean over this many points: episode returns are noisy (the title says so)
+DEFAULT_LICENSE = "unknown"
+
+BASE_COLUMNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("name", pa.string()),
+        ("description", pa.string()),
+        ("seed", pa.int64()),
+        ("smoke", pa.bool_()),
+        ("status", pa.string()),
+        ("primary_metric", pa.string()),
+        ("primary_last", pa.float64()),
+        ("primary_max", pa.float64()),
+        ("primary_mean_last_n", pa.float64()),
+        ("reproduces", pa.string()),
+        ("reproduction_verdict", pa.string()),
+        ("runtime", pa.string()),
+        ("started_at", pa.string()),
+        ("duration_s", pa.float64()),
+        ("image_id", pa.string()),
+        ("image_registry_ref", pa.string()),
+        ("accelerator", pa.string()),
+        ("gpus", pa.int64()),
+        ("cpus", pa.float64()),
+        ("memory", pa.string()),
+        ("host_cpu_model", pa.string()),
+        ("host_cpu_count", pa.int64()),
+        ("host_gpu", pa.string()),
+        ("params", pa.string()),
+        ("hardware", pa.string()),
+    ]
+)
+
+
+def _number(value: Any, kind: type) -> Any:
+    try:
+        return None if value is None or isinstance(value, bool) else kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def index_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One run's row of the runs index (params as JSON here; :func:`runs_table` spreads them)."""
+    primary = record.get("primary_metric")
+    summary = (record.get("metrics_summary") or {}).get(primary or "", {}) or {}
+    image = record.get("image") or {}
+    target = record.get("hardware") or {}
+    host = record.get("host") or {}
+    gpus = host.get("gpus") or []
+    return {
+        "run_id": record["run_id"],
+        "name": record.get("name"),
+        "description": record.get("description"),
+        "seed": _number(record.get("seed"), int),
+        "smoke": bool(record.get("smoke")),
+        "status": record.get("status"),
+        "primary_metric": primary,
+        "primary_last": _number(summary.get("last"), float),
+        "primary_max": _number(summary.get("max"), float),
+        "primary_mean_last_n": _number(summary.get("mean_last_n"), float),
+        "reproduces": record.get("reproduces"),
+        "reproduction_verdict": record.get("reproduction_verdict"),
+        "runtime": record.get("runtime"),
+        "started_at": record.get("started_at"),
+        "duration_s": _number(record.get("duration_s"), float),
+        "image_id": image.get("id"),
+        "image_registry_ref": image.get("registry_ref"),
+        "accelerator": target.get("accelerator"),
+        "gpus": _number(target.get("gpus"), int),
+        "cpus": _number(target.get("cpus"), float),
+        "memory": None if target.get("memory") is None else str(target.get("memory")),
+        "host_cpu_model": host.get("cpu_model"),
+        "host_cpu_count": _number(host.get("cpu_count"), int),
+        "host_gpu": ", ".join(str(g.get("name", g)) if isinstance(g, dict) else str(g) for g in gpus) or None,
+        "params": json.dumps(record.get("params") or {}, sort_keys=True, default=str),
+        "hardware": json.dumps(
+            {"target": record.get("hardware"), "host": record.get("host")}, sort_keys=True, default=str
+        ),
+    }
+
+
+def _param_type(values: list[Any]) -> pa.DataType:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pa.bool_()
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pa.int64()
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pa.float64()
+    return pa.string()
+
+
+def _param_cell(value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if kind == pa.string():
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    if kind == pa.float64():
+        return float(value)
+    return value
+
+
+def runs_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """The runs index as a table: the base columns, then one ``param_<name>`` column per param
+    any run has (typed by its values: bool, integer, float, else text)."""
+    params = [json.loads(row.get("params") or "{}") for row in rows]
+    names = sorted({name for p in params for name in p})
+    fields = list(BASE_COLUMNS)
+    columns: dict[str, list[Any]] = {f.name: [row.get(f.name) for row in rows] for f in BASE_COLUMNS}
+    for name in names:
+        values = [p.get(name) for p in params]
+        kind = _param_type(values)
+        fields.append(pa.field(PARAM_PREFIX + name, kind))
+        columns[PARAM_PREFIX + name] = [_param_cell(v, kind) for v in values]
+    schema = pa.schema(fields)
+    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema}, schema=schema)
+
+
+def runs_index(
+    existing: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]
+) -> tuple[bytes, list[dict[str, Any]]]:
+    """``runs.parquet`` bytes after adding ``records`` to the rows already on the Hub (a run published
+    again replaces its row); also the rows, oldest first."""
+    new_ids = {r["run_id"] for r in records}
+    kept = [
+        {k: v for k, v in row.items() if not k.startswith(PARAM_PREFIX)}
+        for row in existing
+        if row.get("run_id") not in new_ids
+    ]
+    rows = kept + [index_row(r) for r in records]
+    rows.sort(key=lambda row: (row.get("started_at") or "", row["run_id"]))
+    buffer = io.BytesIO()
+    pq.write_table(runs_table(rows), buffer)
+    return buffer.getvalue(), rows
+
+
+# -- figure --------------------------------------------------------------------------------------
+
+
+def learning_curves(run_dirs: Mapping[str, Path], rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """The repo's learning-curve figure: each manifest's primary metric, mean and bootstrap CI over
+    seeds, reproductions drawn as their own group; smoke runs left out. None when nothing to draw."""
+    import numpy as np
+
+    from harness.analysis.curves import group_curves
+    from harness.analysis.plots import plot_curves
+    from harness.errors import HarnessError
+
+    by_id = {row["run_id"]: row for row in rows}
+    usable = [
+        r
+        for r in rows
+        if r["run_id"] in run_dirs and not r.get("smoke") and r.get("status") == "completed" and r.get("primary_metric")
+    ]
+    if not usable:
+        return None
+    metric = max({r["primary_metric"] for r in usable}, key=lambda m: sum(r["primary_metric"] == m for r in usable))
+    groups: dict[str, dict[str, tuple[Any, Any]]] = {}
+    for row in usable[-FIGURE_RUNS:]:
+        if row["primary_metric"] != metric:
+            continue
+        table = pq.read_table(run_dirs[row["run_id"]] / "metrics.parquet", columns=["name", "step", "value"])
+        names = np.asarray(table.column("name").to_pylist(), dtype=object)
+        chosen = names == metric
+        if not chosen.any():
+            continue
+        steps = table.column("step").to_numpy()[chosen].astype(float)
+        values = table.column("value").to_numpy(zero_copy_only=False)[chosen].astype(float)
+        order = np.argsort(steps, kind="stable")
+        label = f"{row['name']} (reproductions)" if by_id[row["run_id"]].get("reproduces") else str(row["name"])
+        groups.setdefault(label, {})[row["run_id"]] = (steps[order], values[order])
+    if not groups:
+        return None
+    try:
+        curves, _ = group_curves(groups, points=200, smooth=FIGURE_SMOOTH)
+    except HarnessError:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return plot_curves({"-": curves}, path, metric, smooth=FIGURE_SMOOTH)
+
+
+# -- card ----------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _varying_params(rows: list[dict[str, Any]]) -> list[str]:
+    params = [json.loads(row.get("params") or "{}") for row in rows]
+    names = sorted({n for p in params for n in p})
+    return [n for n in names if len({json.dumps(p.get(n), sort_keys=True) for p in params}) > 1]
+
+
+def card_text(
+    repo: str,
+    rows: list[dict[str, Any]],
+    has_system: bool,
+    figure: str | None,
+    license: str | None = None,
+    pretty_name: str | None = None,
+) -> str:
+    """README.md of a results repo: YAML metadata (a default config, license, pretty name, tags)
+    and a page that says what was run, shows the curves and the runs, and how to reproduce them."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    names = sorted({str(row.get("name")) for row in rows})
+    configs = [
+        {"config_name": "runs", "data_files": "runs.parquet", "default": True},
+        {"config_name": "metrics", "data_files": "runs/*/metrics.parquet"},
+    ]
+    if has_system:
+        configs.append({"config_name": "system", "data_files": "runs/*/system.parquet"})
+    data = DatasetCardData(
+        license=license or DEFAULT_LICENSE,
+        pretty_name=pretty_name or f"{', '.join(names)}: experiment runs",
+        tags=["harness", "reproducibility", *sorted({n for n in names if n})[:5]],
+        configs=configs,
+    )
+    descriptions = {}
+    for row in rows:
+        if row.get("description") and row.get("name") not in descriptions:
+            descriptions[row["name"]] = " ".join(str(row["description"]).split())
+    lines = [f"# {data.pretty_name}", ""]
+    lines += [
+        f"Run records published with harness, a containerised reproducibility harness: {len(rows)} run(s) of "
+        f"{len(names)} manifest(s). Each run folder under `runs/` holds the resolved manifest, the lockfile, "
+        "the image build context, logs, metrics and a `record.json` with the sha256 of every file, so the run "
+        "can be rebuilt and re-run without the original project.",
+        "",
+    ]
+    for name in names:
+        if name in descriptions:
+            lines += [f"**{name}**: {descriptions[name]}", ""]
+    if figure:
+        lines += [
+            "## Learning curves",
+            "",
+            f"![learning curves]({figure})",
+            "",
+            "Each manifest's primary metric (rolling mean over 10 points); smoke runs left out, reproductions drawn "
+            "as their own curve.",
+            "",
+        ]
+    varying = _varying_params(rows)
+    reproductions: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("reproduces"):
+            reproductions.setdefault(row["reproduces"], []).append(f"{row.get('reproduction_verdict') or 'unknown'}")
+    header = [
+        "run",
+        "manifest",
+        "seed",
+        *varying,
+        "status",
+        "smoke",
+        "primary metric",
+        "last",
+        "reproduces",
+        "verdict",
+        "reproduced as",
+    ]
+    lines += ["## Runs", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        params = json.loads(row.get("params") or "{}")
+        cells = [
+            f"`{row['run_id']}`",
+            _cell(row.get("name")),
+            _cell(row.get("seed")),
+            *(_cell(params.get(n)) for n in varying),
+            _cell(row.get("status")),
+            "yes" if row.get("smoke") else "",
+            _cell(row.get("primary_metric")),
+            _cell(row.get("primary_last")),
+            f"`{row['reproduces']}`" if row.get("reproduces") else "",
+            _cell(row.get("reproduction_verdict")),
+            ", ".join(reproductions.get(row["run_id"], [])),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    example = next(
+        (r["run_id"] for r in reversed(rows) if not r.get("reproduces")), rows[-1]["run_id"] if rows else "<run_id>"
+    )
+    lines += [
+        "",
+        "`runs.parquet` (the default config) has one row per run, every param as its own `param_<name>` column, "
+        "the hardware target and host as columns, a `smoke` flag, and for reproductions the run they reproduce "
+        "and their verdict (`identical`, `consistent` or `diverged`).",
+        "",
+        "## Load the data",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'runs = load_dataset("{repo}", split="train")                # one row per run (default config)',
+        f'metrics = load_dataset("{repo}", "metrics", split="train")  # run_id, name, step, value, wall_time',
+        "```",
+        "",
+        "## Pull and reproduce a run",
+        "",
+        "```",
+        "pip install harness-repro",
+        f"harness pull {repo}                      # every run, each file checked against its record's sha256",
+        f"harness reproduce {repo}/{example}",
+        "```",
+        "",
+        "`reproduce` pulls the run, rebuilds its image from the published context and lockfile, re-runs the same",
+        "seed and params in the sandbox and prints whether the result is `identical`, `consistent` (within the",
+        "manifest's `expect`) or `diverged`; `--publish` adds the reproduction to this repo.",
+        "",
+    ]
+    pushed = [row for row in rows if row.get("image_registry_ref")]
+    if pushed:
+        lines += [
+            "Runs whose image was pushed to a registry are re-run with that exact image, pulled by digest",
+            "(`harness reproduce --rebuild` builds it from the recipe instead):",
+            "",
+            *(f"- `{row['run_id']}`: `{row['image_registry_ref']}`" for row in pushed),
+            "",
+        ]
+    card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    return str(card)
+
+
+def figure_sources(records: Iterable[Mapping[str, Any]], store_dir: Any) -> dict[str, Path]:
+    """Run folders with a metrics table, by run id, for the runs being published."""
+    found = {}
+    for record in records:
+        folder = store_dir(record["run_id"])
+        if (folder / "metrics.parquet").is_file():
+            found[record["run_id"]] = folder
+    return found
