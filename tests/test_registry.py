@@ -136,10 +136,11 @@ def test_auth_registry_credentials_and_no_password_stored(docker_engine, auth_re
     assert "needed, none configured" in doctor.stdout
 
     env = {"HARNESS_REGISTRY_USER": REGISTRY_USER, "HARNESS_REGISTRY_PASSWORD": REGISTRY_PASSWORD}
-    pushed = cli("push", run_id, "--registry", f"{auth_registry.address}/lab", env=env)
+    pushed = cli("push", run_id[:-4], "--registry", f"{auth_registry.address}/lab", "--json", env=env)  # a prefix
     assert pushed.returncode == 0, pushed.stderr
     registry_ref = LocalStore(store_home).load(run_id)["image"]["registry_ref"]
-    assert registry_ref.startswith(f"{auth_registry.address}/lab/harness/noop@sha256:") and registry_ref in pushed.stdout
+    assert registry_ref.startswith(f"{auth_registry.address}/lab/harness/noop@sha256:")
+    assert json.loads(pushed.stdout) == {"registry_ref": registry_ref, "image_id": record["image"]["id"], "run_id": run_id}
     assert LocalStore(store_home).verify(run_id) == []  # record.json is outside the checksums
     doctor = cli("doctor", env={"HARNESS_REGISTRY": auth_registry.address, **env})
     assert f"ok (user {REGISTRY_USER})" in doctor.stdout
