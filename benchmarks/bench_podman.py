@@ -64,18 +64,51 @@ def _podman_overhead(repeats: int, root: Path) -> dict[str, float]:
     run = [*harness, "run", str(MANIFEST), "--runtime", "podman", "--param", "mode=noop", "--quiet"]
     timed(run, env)  # the image reaches Podman once (docker save -> podman load), outside the timings
     user = podman_user()
-    image_id = next(iter(json.loads((root / "store" / "runs" / p / "record.json").read_text())["image"]["id"]
-                         for p in os.listdir(root / "store" / "runs")))
+    image_id = next(
+        iter(
+            json.loads((root / "store" / "runs" / p / "record.json").read_text())["image"]["id"]
+            for p in os.listdir(root / "store" / "runs")
+        )
+    )
     out = root / "bare-out"
     out.mkdir(mode=0o777)
     out.chmod(0o777)
-    sandbox = ["--network", "none", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
-               "--security-opt", "no-new-privileges", "--user", "65534:65534",
-               "-v", f"{out}:/harness/out:rw", "-e", "HARNESS_OUT=/harness/out",
-               "-v", f"{REPO / 'harness'}:/opt/harness/harness:ro", "-e", "PYTHONPATH=/opt/harness"]
+    sandbox = [
+        "--network",
+        "none",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        "65534:65534",
+        "-v",
+        f"{out}:/harness/out:rw",
+        "-e",
+        "HARNESS_OUT=/harness/out",
+        "-v",
+        f"{REPO / 'harness'}:/opt/harness/harness:ro",
+        "-e",
+        "PYTHONPATH=/opt/harness",
+    ]
     as_user = ["runuser", "-u", user.name, "--"] if user.uid != os.geteuid() else []
-    bare = [*as_user, "env", *(f"{k}={v}" for k, v in user.environment().items()),
-            "podman", "run", "--rm", *sandbox, image_id, "python", "/workload/probe.py", "--mode", "noop"]
+    bare = [
+        *as_user,
+        "env",
+        *(f"{k}={v}" for k, v in user.environment().items()),
+        "podman",
+        "run",
+        "--rm",
+        *sandbox,
+        image_id,
+        "python",
+        "/workload/probe.py",
+        "--mode",
+        "noop",
+    ]
     timed(bare)
     service = PodmanService(user)
     service.start()
@@ -87,8 +120,11 @@ def _podman_overhead(repeats: int, root: Path) -> dict[str, float]:
             bare_times.append(timed(bare))
     finally:
         service.stop()
-    return {"harness_own_service_s": statistics.median(own), "harness_running_service_s": statistics.median(running),
-            "bare_podman_run_s": statistics.median(bare_times)}
+    return {
+        "harness_own_service_s": statistics.median(own),
+        "harness_running_service_s": statistics.median(running),
+        "bare_podman_run_s": statistics.median(bare_times),
+    }
 
 
 def reproduce_times(repeats: int, root: Path) -> dict[str, float]:
@@ -111,7 +147,9 @@ def reproduce_times(repeats: int, root: Path) -> dict[str, float]:
     (record_path,) = (root / "reproduce-store" / "runs").glob("*/record.json")
     record = json.loads(record_path.read_text())
     with RegistryServer(root / "registry") as registry:
-        timed([*harness, "push", record["run_id"], "--registry", f"{registry.address}/bench", "--quiet"], env, cwd=project)
+        timed(
+            [*harness, "push", record["run_id"], "--registry", f"{registry.address}/bench", "--quiet"], env, cwd=project
+        )
         registry_ref = json.loads(record_path.read_text())["image"]["registry_ref"]
         with_registry, with_rebuild = [], []
         try:
@@ -129,8 +167,10 @@ def reproduce_times(repeats: int, root: Path) -> dict[str, float]:
                     client.images.remove(name, force=True)
                 except docker.errors.DockerException:
                     pass
-    return {"reproduce_registry_image_s": statistics.median(with_registry),
-            "reproduce_rebuild_s": statistics.median(with_rebuild)}
+    return {
+        "reproduce_registry_image_s": statistics.median(with_registry),
+        "reproduce_rebuild_s": statistics.median(with_rebuild),
+    }
 
 
 def main() -> None:
@@ -146,13 +186,19 @@ def main() -> None:
         print(f"harness run --runtime podman (starts its own service): {figures['harness_own_service_s']:.2f} s")
         print(f"harness run --runtime podman (service running):        {figures['harness_running_service_s']:.2f} s")
         print(f"bare rootless podman run --rm, same image and flags:    {figures['bare_podman_run_s']:.2f} s")
-        print(f"ratio (own service / bare): {figures['harness_own_service_s'] / figures['bare_podman_run_s']:.2f}x; "
-              f"(running service / bare): {figures['harness_running_service_s'] / figures['bare_podman_run_s']:.2f}x")
+        print(
+            f"ratio (own service / bare): {figures['harness_own_service_s'] / figures['bare_podman_run_s']:.2f}x; "
+            f"(running service / bare): {figures['harness_running_service_s'] / figures['bare_podman_run_s']:.2f}x"
+        )
         if not args.skip_reproduce:
             times = reproduce_times(args.repeats, root)
-            print(f"reproduce with the registry image (pull by digest, no build): {times['reproduce_registry_image_s']:.2f} s")
+            print(
+                f"reproduce with the registry image (pull by digest, no build): {times['reproduce_registry_image_s']:.2f} s"
+            )
             print(f"reproduce --rebuild (build from the recipe):                  {times['reproduce_rebuild_s']:.2f} s")
-            print(f"ratio (registry / rebuild): {times['reproduce_registry_image_s'] / times['reproduce_rebuild_s']:.2f}x")
+            print(
+                f"ratio (registry / rebuild): {times['reproduce_registry_image_s'] / times['reproduce_rebuild_s']:.2f}x"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

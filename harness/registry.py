@@ -165,6 +165,7 @@ class RegistryStatus:
 
 def check_registry(registry: Registry, timeout: float = 5) -> RegistryStatus:
     """Ask the registry's ``/v2/`` whether it answers and whether our credentials are accepted."""
+
     def ask(header: str | None) -> int:
         request = urllib.request.Request(registry.base_url)
         if header:
@@ -186,12 +187,16 @@ def check_registry(registry: Registry, timeout: float = 5) -> RegistryStatus:
         return RegistryStatus(registry, True, "unknown", f"{registry.base_url} answered {status}")
     found = credentials(registry.host)
     if found is None:
-        return RegistryStatus(registry, True, f"needed, none configured (set {USER_ENV}/{PASSWORD_ENV} or `docker login`)")
+        return RegistryStatus(
+            registry, True, f"needed, none configured (set {USER_ENV}/{PASSWORD_ENV} or `docker login`)"
+        )
     basic = "Basic " + base64.b64encode(f"{found[0]}:{found[1]}".encode()).decode()
     try:
         status = ask(basic)
     except (urllib.error.URLError, OSError) as exc:
-        return RegistryStatus(registry, False, "unknown", f"{registry.base_url} unreachable ({getattr(exc, 'reason', exc)})")
+        return RegistryStatus(
+            registry, False, "unknown", f"{registry.base_url} unreachable ({getattr(exc, 'reason', exc)})"
+        )
     if status == 200:
         return RegistryStatus(registry, True, f"ok (user {found[0]})")
     return RegistryStatus(registry, True, f"refused for user {found[0]} ({status})")
@@ -208,18 +213,24 @@ def explain_pull_failure(ref: str, message: str) -> str:
     """What a failed pull by digest means, in one line that says what to change."""
     host = registry_host(ref) or "the registry"
     lowered = message.lower()
-    if "connection refused" in lowered or "no such host" in lowered or "i/o timeout" in lowered or "dial tcp" in lowered:
+    if (
+        "connection refused" in lowered
+        or "no such host" in lowered
+        or "i/o timeout" in lowered
+        or "dial tcp" in lowered
+    ):
         return f"image {ref}: registry {host} is unreachable ({message}); start it or check the address"
     if "manifest unknown" in lowered or "not found" in lowered:
         return f"image {ref}: registry {host} does not have this digest (push it with `harness push`, or fix image.ref)"
     if any(word in lowered for word in ("unauthorized", "authentication required", "denied", "credentials")):
-        return (f"image {ref}: registry {host} refused the pull ({message}); set {USER_ENV}/{PASSWORD_ENV} "
-                "or `docker login` with an account that can read it")
+        return (
+            f"image {ref}: registry {host} refused the pull ({message}); set {USER_ENV}/{PASSWORD_ENV} "
+            "or `docker login` with an account that can read it"
+        )
     return f"image {ref} is not in the engine and could not be pulled: {message}"
 
 
-def push_image(client: Any, image: str, registry: Registry, name: str, tag: str,
-               log: Any = lambda line: None) -> str:
+def push_image(client: Any, image: str, registry: Registry, name: str, tag: str, log: Any = lambda line: None) -> str:
     """Push ``image`` (an id or tag in the Docker engine) to ``registry`` as ``name:tag`` and return
     its registry reference by digest, ``host/prefix/name@sha256:…``."""
     from docker.errors import APIError, ImageNotFound
@@ -231,8 +242,9 @@ def push_image(client: Any, image: str, registry: Registry, name: str, tag: str,
         raise EngineError(f"image {image} is not in the Docker engine: build or pull it first") from None
     digest = None
     try:
-        for chunk in client.api.push(repository, tag=tag, stream=True, decode=True,
-                                     auth_config=auth_config(registry.host)):
+        for chunk in client.api.push(
+            repository, tag=tag, stream=True, decode=True, auth_config=auth_config(registry.host)
+        ):
             if "error" in chunk:
                 raise RegistryError(_push_failure(registry, str(chunk["error"])))
             aux = chunk.get("aux") or {}
@@ -258,8 +270,10 @@ def _push_failure(registry: Registry, message: str) -> str:
     if "connection refused" in lowered or "dial tcp" in lowered or "no such host" in lowered:
         return f"registry {registry.host} is unreachable ({message}); start it or check --registry"
     if any(word in lowered for word in ("unauthorized", "authentication required", "denied", "credentials")):
-        return (f"registry {registry.host} refused the push ({message}); set {USER_ENV}/{PASSWORD_ENV} "
-                "or `docker login` with an account that can write to it")
+        return (
+            f"registry {registry.host} refused the push ({message}); set {USER_ENV}/{PASSWORD_ENV} "
+            "or `docker login` with an account that can write to it"
+        )
     return f"registry {registry.host}: push failed: {message}"
 
 
@@ -308,8 +322,9 @@ def push_run(run_id: str, registry: Registry, store: Any = None, log: Any = lamb
     image = record.get("image") or {}
     if not image.get("id"):
         raise RegistryError(f"run {run_id} ran without an image ({record.get('runtime')} runtime): nothing to push")
-    name, tag = repository_and_tag(str(image.get("tag") or image.get("ref") or record.get("name") or "image"),
-                                   str(image["id"]).split(":")[-1][:16])
+    name, tag = repository_and_tag(
+        str(image.get("tag") or image.get("ref") or record.get("name") or "image"), str(image["id"]).split(":")[-1][:16]
+    )
     ref = push_image(docker_client(timeout=3600), str(image["id"]), registry, name, tag, log)
     image["registry_ref"] = ref
     record["image"] = image

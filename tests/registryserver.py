@@ -59,13 +59,20 @@ class RegistryServer:
         ]
         if self.user:
             htpasswd = self.root / "htpasswd"
-            subprocess.run(["htpasswd", "-B", "-b", "-c", str(htpasswd), self.user, self.password or ""],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["htpasswd", "-B", "-b", "-c", str(htpasswd), self.user, self.password or ""],
+                check=True,
+                capture_output=True,
+            )
             config += ["auth:", "  htpasswd:", "    realm: harness-test", f"    path: {htpasswd}"]
         (self.root / "config.yml").write_text("\n".join(config) + "\n")
         log = open(self.root / "registry.log", "wb")
-        self.process = subprocess.Popen(["docker-registry", "serve", str(self.root / "config.yml")],
-                                        stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            ["docker-registry", "serve", str(self.root / "config.yml")],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -55,8 +55,14 @@ def open_store(monkeypatch) -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-V1_ROOTLESS = {"engine": "podman", "version": "4.3.1", "rootless": True, "cgroup_version": "v1",
-               "limits_enforced": {"memory": False, "cpus": False, "pids": False}, "user": None}
+V1_ROOTLESS = {
+    "engine": "podman",
+    "version": "4.3.1",
+    "rootless": True,
+    "cgroup_version": "v1",
+    "limits_enforced": {"memory": False, "cpus": False, "pids": False},
+    "user": None,
+}
 
 
 def test_unenforced_limits_are_left_out_said_and_refusable(tmp_path):
@@ -64,8 +70,17 @@ def test_unenforced_limits_are_left_out_said_and_refusable(tmp_path):
     from harness.runtime.job import JobRequest
     from harness.runtime.podman import PodmanJob, check_limits
 
-    request = JobRequest(run_id="r", command=["true"], environment={}, out_dir=tmp_path, log_path=tmp_path / "log",
-                         cpus=1.0, memory_bytes=2**28, gpus=0, timeout_seconds=60)
+    request = JobRequest(
+        run_id="r",
+        command=["true"],
+        environment={},
+        out_dir=tmp_path,
+        log_path=tmp_path / "log",
+        cpus=1.0,
+        memory_bytes=2**28,
+        gpus=0,
+        timeout_seconds=60,
+    )
     job = PodmanJob.__new__(PodmanJob)  # the create request only: no engine
     job.facts, job.package_dir = V1_ROOTLESS, None
     host = job.config("sha256:" + "0" * 64, request)["HostConfig"]
@@ -79,7 +94,9 @@ def test_unenforced_limits_are_left_out_said_and_refusable(tmp_path):
     assert "memory, cpus, pids limit(s) NOT enforced" in (check_limits(V1_ROOTLESS, require=False) or "")
     with pytest.raises(HarnessError, match="--require-limits"):
         check_limits(V1_ROOTLESS, require=True)
-    assert check_limits({**V1_ROOTLESS, "limits_enforced": dict.fromkeys(("memory", "cpus", "pids"), True)}, True) is None
+    assert (
+        check_limits({**V1_ROOTLESS, "limits_enforced": dict.fromkeys(("memory", "cpus", "pids"), True)}, True) is None
+    )
 
 
 def test_store_out_of_reach_of_the_podman_user_is_named(open_store):
@@ -120,7 +137,9 @@ def test_noop_sandbox_under_rootless_podman(podman_facts, base_image, docker_eng
     assert record["metrics_summary"]["probe/value"]["count"] >= 1
     import pyarrow.parquet as pq
 
-    names = set(pq.read_table(LocalStore(open_store).run_dir(record["run_id"]) / "system.parquet").column("name").to_pylist())
+    names = set(
+        pq.read_table(LocalStore(open_store).run_dir(record["run_id"]) / "system.parquet").column("name").to_pylist()
+    )
     assert {"memory/used_bytes", "pids/current"} <= names
     assert LocalStore(open_store).verify(record["run_id"]) == []
     assert podman_services() == []  # the service the harness started is gone
@@ -132,8 +151,9 @@ def test_noop_sandbox_under_rootless_podman(podman_facts, base_image, docker_eng
         assert refused.returncode == 2 and "--require-limits" in refused.stderr and refused.stderr.count("\n") == 1
 
 
-def test_registry_image_by_digest_in_podman_and_docker(podman_facts, base_image, docker_engine, registry, open_store,
-                                                       cli):
+def test_registry_image_by_digest_in_podman_and_docker(
+    podman_facts, base_image, docker_engine, registry, open_store, cli
+):
     manifest, ref, image_id = registry_manifest(docker_engine, registry, open_store.parent, "podman-test")
     project = manifest.parent.parent
     ran = cli("run", str(manifest), "--runtime", "podman", "--smoke", "--quiet", cwd=project)
@@ -152,16 +172,28 @@ def test_dqn_smoke_bit_identical_under_podman_and_docker(podman_facts, rl_image,
 
     stores = {runtime: open_store.parent / runtime for runtime in ("docker", "podman")}
     for runtime, home in stores.items():
-        ran = cli("run", "manifests/dqn-cartpole.yaml", "--smoke", "--runtime", runtime, "--quiet",
-                  env={"HARNESS_HOME": str(home)})
+        ran = cli(
+            "run",
+            "manifests/dqn-cartpole.yaml",
+            "--smoke",
+            "--runtime",
+            runtime,
+            "--quiet",
+            env={"HARNESS_HOME": str(home)},
+        )
         assert ran.returncode == 0, ran.stderr[-3000:]
     (docker_run,) = LocalStore(stores["docker"]).records()
     (podman_run,) = LocalStore(stores["podman"]).records()
     assert docker_run["image"]["id"] == podman_run["image"]["id"]
-    verdict = compare_runs(LocalStore(stores["docker"]).run_dir(docker_run["run_id"]),
-                           LocalStore(stores["podman"]).run_dir(podman_run["run_id"]))
+    verdict = compare_runs(
+        LocalStore(stores["docker"]).run_dir(docker_run["run_id"]),
+        LocalStore(stores["podman"]).run_dir(podman_run["run_id"]),
+    )
     assert verdict.verdict == "identical", verdict.to_dict()
-    assert docker_run["metrics_summary"]["charts/episodic_return"] == podman_run["metrics_summary"]["charts/episodic_return"]
+    assert (
+        docker_run["metrics_summary"]["charts/episodic_return"]
+        == podman_run["metrics_summary"]["charts/episodic_return"]
+    )
 
 
 def registry_manifest(docker_engine, registry, root: Path, tag: str) -> tuple[Path, str, str]:
@@ -177,7 +209,9 @@ def registry_manifest(docker_engine, registry, root: Path, tag: str) -> tuple[Pa
     manifest = project / "manifests" / "noop-ref.yaml"
     manifest.parent.mkdir()
     text = (REPO / "manifests" / "noop.yaml").read_text()
-    manifest.write_text(text.replace("image: {build: images/noop, lockfile: lockfiles/noop.txt}", f"image: {{ref: {ref}}}"))
+    manifest.write_text(
+        text.replace("image: {build: images/noop, lockfile: lockfiles/noop.txt}", f"image: {{ref: {ref}}}")
+    )
     return manifest, ref, noop.id
 
 
@@ -190,8 +224,20 @@ def test_slurm_sweep_with_podman_pulling_by_digest(podman_facts, base_image, doc
     if not answers:
         need("Slurm", "no cluster answers (scripts/start-slurm.sh)")
     manifest, ref, image_id = registry_manifest(docker_engine, registry, open_store.parent, "slurm-test")
-    submitted = cli("run", str(manifest), "--smoke", "--seed", "0", "--seed", "1", "--backend", "slurm",
-                    "--runtime", "podman", cwd=manifest.parent.parent)
+    submitted = cli(
+        "run",
+        str(manifest),
+        "--smoke",
+        "--seed",
+        "0",
+        "--seed",
+        "1",
+        "--backend",
+        "slurm",
+        "--runtime",
+        "podman",
+        cwd=manifest.parent.parent,
+    )
     assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
     deadline = time.monotonic() + 600
     while True:

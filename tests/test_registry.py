@@ -118,8 +118,9 @@ def test_pull_by_digest_missing_digest_and_registry_down(docker_engine, registry
         _forget(docker_engine, ref, image_id)
 
 
-def test_auth_registry_credentials_and_no_password_stored(docker_engine, auth_registry, tmp_path, cli, store_home,
-                                                          monkeypatch):
+def test_auth_registry_credentials_and_no_password_stored(
+    docker_engine, auth_registry, tmp_path, cli, store_home, monkeypatch
+):
     for name in ("HARNESS_REGISTRY_USER", "HARNESS_REGISTRY_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     empty_config = tmp_path / "no-docker-config"
@@ -140,7 +141,11 @@ def test_auth_registry_credentials_and_no_password_stored(docker_engine, auth_re
     assert pushed.returncode == 0, pushed.stderr
     registry_ref = LocalStore(store_home).load(run_id)["image"]["registry_ref"]
     assert registry_ref.startswith(f"{auth_registry.address}/lab/harness/noop@sha256:")
-    assert json.loads(pushed.stdout) == {"registry_ref": registry_ref, "image_id": record["image"]["id"], "run_id": run_id}
+    assert json.loads(pushed.stdout) == {
+        "registry_ref": registry_ref,
+        "image_id": record["image"]["id"],
+        "run_id": run_id,
+    }
     assert LocalStore(store_home).verify(run_id) == []  # record.json is outside the checksums
     doctor = cli("doctor", env={"HARNESS_REGISTRY": auth_registry.address, **env})
     assert f"ok (user {REGISTRY_USER})" in doctor.stdout
@@ -170,8 +175,11 @@ def test_auth_registry_credentials_and_no_password_stored(docker_engine, auth_re
 
     # the password is in no file the harness wrote (store, records, logs), nor in any output
     secret = REGISTRY_PASSWORD.encode()
-    leaks = [path for path in tmp_path.rglob("*")
-             if path.is_file() and not path.is_relative_to(tmp_path / "docker-config") and secret in path.read_bytes()]
+    leaks = [
+        path
+        for path in tmp_path.rglob("*")
+        if path.is_file() and not path.is_relative_to(tmp_path / "docker-config") and secret in path.read_bytes()
+    ]
     assert leaks == []
     for output in (refused, pushed, anonymous, pulled, doctor):
         assert REGISTRY_PASSWORD not in output.stdout + output.stderr
@@ -206,8 +214,9 @@ def test_push_publish_pull_reproduce_runs_the_registry_image(docker_engine, base
     card = hub.storage.blob_path(tree["README.md"]["sha256"]).read_text()
     assert registry_ref in card  # the dataset card names the image to reproduce with
     try:
-        reproduced = cli("reproduce", f"lab/registry-runs/{run_id}", "--out", str(tmp_path / "verdict"), env=fresh,
-                         cwd=project)
+        reproduced = cli(
+            "reproduce", f"lab/registry-runs/{run_id}", "--out", str(tmp_path / "verdict"), env=fresh, cwd=project
+        )
         assert reproduced.returncode == 0, reproduced.stdout[-2000:] + reproduced.stderr[-2000:]
         assert "verdict: identical" in reproduced.stdout
         assert f"the published image {registry_ref}" in reproduced.stdout and "not rebuilt" in reproduced.stdout

@@ -9,11 +9,13 @@ import click
 from harness.commands.output import emit_json, examples, json_option
 
 
-@click.command(epilog=examples(
-    "harness push manifests/dqn-cartpole.yaml --registry 127.0.0.1:5000/lab",
-    "harness push dqn-cartpole-3f2a --registry registry.example.org/lab --json",
-    "HARNESS_REGISTRY=127.0.0.1:5000 harness push dqn-cartpole-3f2a --quiet",
-))
+@click.command(
+    epilog=examples(
+        "harness push manifests/dqn-cartpole.yaml --registry 127.0.0.1:5000/lab",
+        "harness push dqn-cartpole-3f2a --registry registry.example.org/lab --json",
+        "HARNESS_REGISTRY=127.0.0.1:5000 harness push dqn-cartpole-3f2a --quiet",
+    )
+)
 @click.argument("target")
 @click.option("--registry", help="host:port[/prefix] (default: HARNESS_REGISTRY)")
 @click.option("--quiet", is_flag=True, help="Print only the registry reference.")
@@ -32,15 +34,19 @@ def push(target: str, registry: str | None, quiet: bool, as_json: bool) -> None:
     path = Path(target)
     if target.endswith((".yaml", ".yml")) or path.is_file():
         result = push_manifest(path, chosen, log=log)
-        said = [f"{target}: pushed image {result.image_id} as {result.registry_ref}",
-                f"  use it in the manifest:  image: {{ref: {result.registry_ref}}}"]
+        said = [
+            f"{target}: pushed image {result.image_id} as {result.registry_ref}",
+            f"  use it in the manifest:  image: {{ref: {result.registry_ref}}}",
+        ]
     else:
         from harness.runids import resolve_run_id
         from harness.store.local import LocalStore
 
         store = LocalStore()
         result = push_run(resolve_run_id(store, target), chosen, store=store, log=log)
-        said = [f"{result.run_id}: pushed image {result.image_id} as {result.registry_ref} (recorded as image.registry_ref)"]
+        said = [
+            f"{result.run_id}: pushed image {result.image_id} as {result.registry_ref} (recorded as image.registry_ref)"
+        ]
     if as_json:
         emit_json({"registry_ref": result.registry_ref, "image_id": result.image_id, "run_id": result.run_id})
     elif quiet:

@@ -75,8 +75,14 @@ class PodmanUser:
 
     def environment(self) -> dict[str, str]:
         """The environment of a Podman process of this user (nothing of the harness's own)."""
-        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name, "XDG_RUNTIME_DIR": str(self.runtime_dir),
-                "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C.UTF-8"}
+        return {
+            "HOME": self.home,
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "XDG_RUNTIME_DIR": str(self.runtime_dir),
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "LANG": "C.UTF-8",
+        }
 
 
 def podman_user() -> PodmanUser:
@@ -86,8 +92,10 @@ def podman_user() -> PodmanUser:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise HarnessError(f"{USER_ENV}={name}: no such user; rootless Podman needs an unprivileged user with "
-                           "/etc/subuid and /etc/subgid ranges (`useradd -m harness-podman`, or scripts/setup.sh --with-podman)") from None
+        raise HarnessError(
+            f"{USER_ENV}={name}: no such user; rootless Podman needs an unprivileged user with "
+            "/etc/subuid and /etc/subgid ranges (`useradd -m harness-podman`, or scripts/setup.sh --with-podman)"
+        ) from None
     if entry.pw_uid != os.geteuid() and os.geteuid() != 0:
         raise HarnessError(f"{USER_ENV}={name}: only root can start Podman as another user; unset it")
     return PodmanUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
@@ -136,17 +144,26 @@ class PodmanService:
         as_other = self.user.uid != os.geteuid()
         self.process = subprocess.Popen(
             [podman, "system", "service", "--time=0", f"unix://{self.socket}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.user.home if os.path.isdir(self.user.home) else "/",
-            env=self.user.environment(), start_new_session=True,
-            user=self.user.uid if as_other else None, group=self.user.gid if as_other else None,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=self.user.home if os.path.isdir(self.user.home) else "/",
+            env=self.user.environment(),
+            start_new_session=True,
+            user=self.user.uid if as_other else None,
+            group=self.user.gid if as_other else None,
             extra_groups=[] if as_other else None,
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = (runtime_dir / f"harness-podman-{os.getpid()}.log").read_text(errors="replace").strip().splitlines()
-                raise EngineError(f"podman system service (user {self.user.name}) exited: {tail[-1] if tail else 'no output'}")
+                tail = (
+                    (runtime_dir / f"harness-podman-{os.getpid()}.log").read_text(errors="replace").strip().splitlines()
+                )
+                raise EngineError(
+                    f"podman system service (user {self.user.name}) exited: {tail[-1] if tail else 'no output'}"
+                )
             if self.socket.exists() and _answers(self.socket):
                 self.pids = [self.process.pid, *_service_pids(self.socket)]
                 pause = _read_pid(self.pause_pid_file)
@@ -156,7 +173,9 @@ class PodmanService:
                 return
             time.sleep(0.1)
         self.stop()
-        raise EngineError(f"podman system service (user {self.user.name}) did not answer on {self.socket} in {START_TIMEOUT_S}s")
+        raise EngineError(
+            f"podman system service (user {self.user.name}) did not answer on {self.socket} in {START_TIMEOUT_S}s"
+        )
 
     def _stop_stale_services(self) -> None:
         """Stop the services of harness processes that died without stopping theirs (``kill -9``)."""
@@ -253,8 +272,12 @@ def _other_processes(uid: int, pause: int) -> bool:
 
     for process in psutil.process_iter(["uids", "status"]):
         try:
-            if (process.pid != pause and process.info["uids"] and process.info["uids"].real == uid
-                    and process.info["status"] != psutil.STATUS_ZOMBIE):
+            if (
+                process.pid != pause
+                and process.info["uids"]
+                and process.info["uids"].real == uid
+                and process.info["status"] != psutil.STATUS_ZOMBIE
+            ):
                 return True
         except psutil.Error:
             continue
@@ -277,8 +300,10 @@ def podman_api() -> EngineAPI:
         if explicit:
             path = Path(explicit.removeprefix("unix://"))
             if not _answers(path):
-                raise EngineError(f"{SOCKET_ENV}={explicit}: no Podman service answers there "
-                                  "(start one with `podman system service --time=0 unix://<path>`, or unset it)")
+                raise EngineError(
+                    f"{SOCKET_ENV}={explicit}: no Podman service answers there "
+                    "(start one with `podman system service --time=0 unix://<path>`, or unset it)"
+                )
             _api = EngineAPI(str(path))
             return _api
         user = podman_user()
@@ -323,9 +348,14 @@ def podman_facts(api: EngineAPI) -> dict[str, Any]:
         enforced = dict.fromkeys(LIMITS, False)
     else:
         enforced = {"memory": "memory" in controllers, "cpus": "cpu" in controllers, "pids": "pids" in controllers}
-    facts = {"engine": "podman", "version": str((info.get("version") or {}).get("Version", "unknown")),
-             "rootless": rootless, "cgroup_version": cgroup, "limits_enforced": enforced,
-             "user": podman_user().name if not os.environ.get(SOCKET_ENV) else None}
+    facts = {
+        "engine": "podman",
+        "version": str((info.get("version") or {}).get("Version", "unknown")),
+        "rootless": rootless,
+        "cgroup_version": cgroup,
+        "limits_enforced": enforced,
+        "user": podman_user().name if not os.environ.get(SOCKET_ENV) else None,
+    }
     _facts[api.path] = facts
     return facts
 
@@ -335,10 +365,15 @@ def limits_warning(facts: dict[str, Any]) -> str | None:
     missing = [name for name, on in facts["limits_enforced"].items() if not on]
     if not missing:
         return None
-    why = ("rootless Podman on cgroup v1" if facts.get("rootless") and facts.get("cgroup_version") == "v1"
-           else "controllers not delegated to the Podman user")
-    return (f"warning: {', '.join(missing)} limit(s) NOT enforced ({why}); the run goes on without them "
-            "and its record says so (--require-limits refuses such a run)")
+    why = (
+        "rootless Podman on cgroup v1"
+        if facts.get("rootless") and facts.get("cgroup_version") == "v1"
+        else "controllers not delegated to the Podman user"
+    )
+    return (
+        f"warning: {', '.join(missing)} limit(s) NOT enforced ({why}); the run goes on without them "
+        "and its record says so (--require-limits refuses such a run)"
+    )
 
 
 def check_limits(facts: dict[str, Any], require: bool) -> str | None:
@@ -346,9 +381,11 @@ def check_limits(facts: dict[str, Any], require: bool) -> str | None:
     warning = limits_warning(facts)
     if warning is not None and require:
         missing = [name for name, on in facts["limits_enforced"].items() if not on]
-        raise HarnessError(f"--require-limits: this Podman ({'rootless, ' if facts['rootless'] else ''}cgroup "
-                           f"{facts['cgroup_version']}) cannot enforce the {', '.join(missing)} limit(s); "
-                           "use a cgroup v2 host with delegated controllers, or the docker runtime")
+        raise HarnessError(
+            f"--require-limits: this Podman ({'rootless, ' if facts['rootless'] else ''}cgroup "
+            f"{facts['cgroup_version']}) cannot enforce the {', '.join(missing)} limit(s); "
+            "use a cgroup v2 host with delegated controllers, or the docker runtime"
+        )
     return warning
 
 
@@ -370,9 +407,11 @@ def check_reachable(path: Path, user: PodmanUser) -> None:
         else:
             allowed = info.st_mode & stat.S_IXOTH
         if not allowed:
-            raise HarnessError(f"{folder}: user {user.name} (rootless Podman) cannot enter it, so it cannot mount "
-                               f"{path}: put the results store (HARNESS_HOME) somewhere it can reach, "
-                               f"or `chmod o+x {folder}`")
+            raise HarnessError(
+                f"{folder}: user {user.name} (rootless Podman) cannot enter it, so it cannot mount "
+                f"{path}: put the results store (HARNESS_HOME) somewhere it can reach, "
+                f"or `chmod o+x {folder}`"
+            )
 
 
 def reachable_package_dir(user: PodmanUser) -> Path | None:
@@ -437,8 +476,10 @@ class PodmanJob(DockerJob):
             from harness.runtime.docker import harness_package_dir
 
             original = f"{harness_package_dir()}:"
-            host["Binds"] = [f"{self.package_dir}:{bind[len(original):]}" if bind.startswith(original) else bind
-                             for bind in host["Binds"]]
+            host["Binds"] = [
+                f"{self.package_dir}:{bind[len(original) :]}" if bind.startswith(original) else bind
+                for bind in host["Binds"]
+            ]
         return config
 
     @property
@@ -453,8 +494,12 @@ _prepared: dict[tuple[Any, ...], ImageInfo] = {}
 _prepared_lock = threading.Lock()
 
 
-def prepare_podman_image(loaded: LoadedManifest, ca_bundle: Path | None = None, force_build: bool = False,
-                         log: Callable[[str], None] = lambda line: None) -> ImageInfo:
+def prepare_podman_image(
+    loaded: LoadedManifest,
+    ca_bundle: Path | None = None,
+    force_build: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+) -> ImageInfo:
     """A manifest's image in Podman: pulled by digest from its registry, or built by the Docker
     engine (content-addressed, as for ``docker``) and copied into Podman when it lacks that id."""
     from harness.images import prepare_image
@@ -471,8 +516,10 @@ def prepare_podman_image(loaded: LoadedManifest, ca_bundle: Path | None = None, 
         try:
             info = prepare_image(loaded, ca_bundle, force_build, log)
         except EngineError as exc:
-            raise EngineError(f"{exc}; with --runtime podman and no Docker engine to build with, push the image "
-                              "from a machine that has one (`harness push`) and use image.ref by digest") from None
+            raise EngineError(
+                f"{exc}; with --runtime podman and no Docker engine to build with, push the image "
+                "from a machine that has one (`harness push`) and use image.ref by digest"
+            ) from None
         if api.image_id(info.id) is None:
             log(f"copying {info.tag or info.id} from the Docker engine into Podman")
             transfer_from_docker(api, info.tag or info.id)
@@ -500,8 +547,9 @@ def podman_resolve_ref(api: EngineAPI, ref: str, log: Callable[[str], None] = la
             query["tlsVerify"] = "false"  # loopback registries are plain HTTP, as the Docker engine allows
         header = registry_auth_header(host)
         try:
-            answer = _call(api, "POST", "/libpod/images/pull", query, {"X-Registry-Auth": header} if header else {},
-                           timeout=3600)
+            answer = _call(
+                api, "POST", "/libpod/images/pull", query, {"X-Registry-Auth": header} if header else {}, timeout=3600
+            )
         except EngineAPIError as exc:
             raise RegistryError(explain_pull_failure(ref, str(exc).split(": ", 1)[-1])) from None
         if isinstance(answer, dict) and answer.get("error"):
@@ -514,8 +562,7 @@ def podman_resolve_ref(api: EngineAPI, ref: str, log: Callable[[str], None] = la
     return ImageInfo(ref=ref, id=image_id, tag=ref, cached=True, registry_ref=ref if host else None, source=source)
 
 
-def _call(api: EngineAPI, method: str, url: str, query: dict[str, Any], headers: dict[str, str],
-          timeout: float) -> Any:
+def _call(api: EngineAPI, method: str, url: str, query: dict[str, Any], headers: dict[str, str], timeout: float) -> Any:
     """One request with extra headers; the last JSON object of a streamed answer."""
     connection = _UnixConnection(api.path, timeout)
     try:
@@ -551,9 +598,13 @@ def transfer_from_docker(api: EngineAPI, image: str) -> None:
         saved = source.getresponse()
         if saved.status >= 400:
             raise EngineError(f"docker save {image} failed: {saved.read()[:300].decode(errors='replace')}")
-        target.request("POST", f"/{API_VERSION}/images/load?quiet=1", body=_chunks(saved),
-                       headers={"Content-Type": "application/x-tar", "Transfer-Encoding": "chunked"},
-                       encode_chunked=True)
+        target.request(
+            "POST",
+            f"/{API_VERSION}/images/load?quiet=1",
+            body=_chunks(saved),
+            headers={"Content-Type": "application/x-tar", "Transfer-Encoding": "chunked"},
+            encode_chunked=True,
+        )
         loaded = target.getresponse()
         answer = loaded.read()
         if loaded.status >= 400:
