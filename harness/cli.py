@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("core", "show"),
     "recover": ("core", "recover"),
     "doctor": ("core", "doctor"),
+    "verify": ("verify", "verify"),
+    "init": ("init", "init"),
     "status": ("sweeps", "status"),
     "publish": ("hub", "publish"),
     "pull": ("hub", "pull"),
@@ -71,7 +73,9 @@ def cli() -> None:
 def main() -> None:
     """Console entry point: bad input becomes one line on stderr and exit status 2."""
     from harness.errors import HarnessError
+    from harness.terminal import quiet_hub_progress
 
+    quiet_hub_progress()
     try:
         # with standalone_mode=False, click returns (not raises) the code of a click.exceptions.Exit
         code = cli.main(standalone_mode=False, prog_name="harness")  # usage and completion say harness, also under `python -m`

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,10 +34,15 @@ if TYPE_CHECKING:
 
 from harness.runtime.engine import docker_client, engine_image_id
 
+if TYPE_CHECKING:
+    from harness.lock import PackageIndex
+
 BUILD_STAGING = ".harness-build"
 HASH_SCHEMA = "harness-image-v1"
 BASE_IMAGE = "harness/base:bookworm"
 IGNORED_NAMES = {"__pycache__", ".pytest_cache", BUILD_STAGING, ".git"}
+MAX_CONTEXT_FILES = 10_000
+MAX_CONTEXT_BYTES = 256 << 20
 CA_ENV_VARS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
 
 
@@ -60,17 +65,30 @@ class ImageInfo:
 
 
 def context_files(build_dir: Path) -> list[Path]:
-    """Files of an image recipe folder that go into the build context and its hash, sorted."""
-    files = []
-    for path in sorted(build_dir.rglob("*")):
-        relative = path.relative_to(build_dir)
-        if any(part in IGNORED_NAMES for part in relative.parts) or path.suffix == ".pyc":
+    """Files of an image recipe folder that go into the build context and its hash, sorted.
+
+    The recipe may come from a pulled record, so it is walked without following links: a
+    symlink, a special file, an unusable name or a context past the size limits is refused."""
+    from harness.safefs import walk
+
+    def ignored(relative: str) -> bool:
+        return any(part in IGNORED_NAMES for part in relative.split("/")) or relative.endswith(".pyc")
+
+    found = walk(build_dir, max_entries=MAX_CONTEXT_FILES * 2)
+    for skipped in found.skipped:
+        if ignored(skipped.path):
             continue
-        if path.is_symlink():
-            raise HarnessError(f"{path}: symlinks are not allowed in an image recipe (copy the file instead)")
-        if path.is_file():
-            files.append(path)
-    return files
+        if skipped.reason.startswith("symlink"):
+            raise HarnessError(f"{build_dir / skipped.path}: symlinks are not allowed in an image recipe (copy the file instead)")
+        raise HarnessError(f"{build_dir / skipped.path}: not allowed in an image recipe ({skipped.reason})")
+    entries = [e for e in found.files if not ignored(e.relative)]
+    if len(entries) > MAX_CONTEXT_FILES:
+        raise HarnessError(f"{build_dir}: the image recipe has {len(entries)} files (at most {MAX_CONTEXT_FILES})")
+    total = sum(e.size for e in entries)
+    if total > MAX_CONTEXT_BYTES:
+        raise HarnessError(f"{build_dir}: the image recipe holds {total} bytes (at most {MAX_CONTEXT_BYTES}); "
+                           "keep data and weights out of it (pin them in the manifest instead)")
+    return [build_dir / e.relative for e in entries]
 
 
 def base_images(dockerfile: Path) -> list[str]:
@@ -95,8 +113,9 @@ def base_images(dockerfile: Path) -> list[str]:
     return bases
 
 
-def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str]) -> str:
-    """sha256 over the build inputs: recipe files, lockfile and base image ids."""
+def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str], network: bool = False) -> str:
+    """sha256 over the build inputs: recipe files, lockfile, base image ids (and a declared
+    need for the network, which makes a different build)."""
     digest = hashlib.sha256()
     digest.update(HASH_SCHEMA.encode())
     for path in context_files(build_dir):
@@ -105,6 +124,8 @@ def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str
     if lockfile is not None:
         digest.update(b"lockfile\0" + hashlib.sha256(lockfile.read_bytes()).digest())
     digest.update(json.dumps(base_ids, sort_keys=True).encode())
+    if network:
+        digest.update(b"network\0")
     return digest.hexdigest()
 
 
@@ -138,20 +159,59 @@ def wheel_cache_dir() -> Path:
     return cache_root() / "wheels"
 
 
+def wheel_download_command(requirements: Path, target: Path, indexes: Sequence[PackageIndex] = ()) -> list[str]:
+    """The ``pip download`` argv for locked requirements: pip's own configuration, plus ``indexes``.
+
+    ``requirements`` holds only ``name==version --hash=…`` lines, so the indexes pip asks are
+    those of its configuration (PyPI when there is none) and the ones given here, nothing else."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet",
+           "-r", str(requirements), "-d", str(target)]
+    for index in indexes:
+        cmd += index.as_args()
+    return cmd
+
+
+def wheel_download_commands(requirements: Path, target: Path, indexes: Sequence[PackageIndex]) -> list[list[str]]:
+    """The download attempts, in order: pip's configuration alone, then with the lockfile's indexes."""
+    attempts = [wheel_download_command(requirements, target)]
+    if indexes:
+        attempts.append(wheel_download_command(requirements, target, indexes))
+    return attempts
+
+
 def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
-    """Download every locked distribution on the host (pip's own index configuration, hashes checked)."""
+    """Download every locked distribution on the host, hashes checked.
+
+    pip's own configuration (the user's mirrors, wheelhouses, CA) is asked first; when it lacks a
+    locked distribution, pip is asked again with the public indexes the lockfile names added (the
+    CPU build of torch is on PyTorch's index, never on PyPI). Asking the user's configuration
+    first keeps a build fast where a local mirror has everything and the named index is slow or
+    unreachable."""
+    from harness.lock import read_lockfile
+
     key = hashlib.sha256(lockfile.read_bytes()).hexdigest()[:16]
     target = wheel_cache_dir() / key
     done_marker = target / ".complete"
     if done_marker.is_file():
         return target
+    requirements, indexes, problems = read_lockfile(lockfile)
+    if problems:
+        raise LockfileError(f"{lockfile}: {problems[0]}")
     target.mkdir(parents=True, exist_ok=True)
     log(f"downloading locked packages into {target}")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet", "-r", str(lockfile), "-d", str(target)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise LockfileError(f"{lockfile}: cannot download the locked packages: {tail}")
+    with tempfile.TemporaryDirectory(prefix="harness-wheels-") as tmp:
+        plain = Path(tmp) / "requirements.txt"
+        plain.write_text("".join(f"{r.name}=={r.version} " + " ".join(f"--hash={h}" for h in r.hashes) + "\n"
+                                 for r in requirements), encoding="utf-8")
+        for number, cmd in enumerate(wheel_download_commands(plain, target, indexes), 1):
+            if number > 1:
+                log("pip's configuration lacks a locked package; again with " + ", ".join(i.url for i in indexes))
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode == 0:
+                break
+        else:
+            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise LockfileError(f"{lockfile}: cannot download the locked packages: {tail}")
     done_marker.touch()
     return target
 
@@ -230,8 +290,12 @@ def build_image(
     ca_bundle: Path | None = None,
     force: bool = False,
     log: Callable[[str], None] = lambda line: None,
+    network: bool = False,
 ) -> ImageInfo:
-    """Build (or find) the content-addressed image of an ``images/<name>`` recipe."""
+    """Build (or find) the content-addressed image of an ``images/<name>`` recipe.
+
+    The build has no network (the locked wheels are staged on the host), unless ``network``:
+    a recipe that declares ``image.network: true`` gets the host's network."""
     import time
 
     base_ids: dict[str, str] = {}
@@ -241,7 +305,7 @@ def build_image(
             hint = "run `harness image bootstrap`" if base == BASE_IMAGE else f"load or pull {base} first"
             raise EngineError(f"{build_dir / 'Dockerfile'}: base image {base} is not in the engine: {hint}")
         base_ids[base] = base_id
-    digest = content_hash(build_dir, lockfile, base_ids)
+    digest = content_hash(build_dir, lockfile, base_ids, network)
     tag = f"harness/{build_dir.name}:{digest[:16]}"
     info = ImageInfo(ref=tag, id="", tag=tag, content_hash=digest, packages=locked_packages(lockfile))
     if not force:
@@ -263,7 +327,7 @@ def build_image(
         labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
         try:
             stream = client.api.build(
-                path=str(staging), tag=tag, network_mode="host", rm=True, forcerm=True,
+                path=str(staging), tag=tag, network_mode="host" if network else "none", rm=True, forcerm=True,
                 decode=True, labels=labels, nocache=force,
             )
             for chunk in stream:
@@ -285,9 +349,12 @@ def build_image(
 
 def bootstrap_base(
     name: str = BASE_IMAGE, suite: str = "bookworm", epoch: int = 1700000000, force: bool = False,
-    log: Callable[[str], None] = lambda line: None,
+    log: Callable[[str], None] = lambda line: None, tarball: Path | None = None,
 ) -> ImageInfo:
-    """Make the base image from Debian packages with mmdebstrap (no registry needed)."""
+    """Make the base image from Debian packages with mmdebstrap (no registry needed).
+
+    With ``tarball``, the root file system is kept there, and an existing one is imported
+    instead of running mmdebstrap again (CI caches it between runs)."""
     from docker.errors import ImageNotFound
 
     client = docker_client(timeout=600)
@@ -297,20 +364,17 @@ def bootstrap_base(
             return ImageInfo(ref=name, id=image.id, tag=name, cached=True, packages=base_packages(name))
         except ImageNotFound:
             pass
-    if shutil.which("mmdebstrap") is None:
-        raise HarnessError("mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)")
     with tempfile.TemporaryDirectory(prefix="harness-base-") as tmp:
-        tarball = Path(tmp) / "base.tar"
-        hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
-        cmd = [
-            "mmdebstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-            f"--customize-hook={hook}", suite, str(tarball),
-        ]
-        log(" ".join(cmd))
-        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
-        if result.returncode != 0:
-            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise HarnessError(f"mmdebstrap failed: {tail}")
+        if tarball is not None and tarball.is_file() and not force:
+            log(f"importing {tarball} (made earlier by mmdebstrap)")
+        else:
+            made = Path(tmp) / "base.tar"
+            _mmdebstrap(suite, epoch, made, log)
+            if tarball is not None:
+                tarball.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(made, tarball)
+            else:
+                tarball = made
         repository, _, tag = name.partition(":")
         with open(tarball, "rb") as handle:
             client.api.import_image_from_data(
@@ -319,6 +383,22 @@ def bootstrap_base(
             )
     image = client.images.get(name)
     return ImageInfo(ref=name, id=image.id, tag=name, packages=base_packages(name))
+
+
+def _mmdebstrap(suite: str, epoch: int, tarball: Path, log: Callable[[str], None]) -> None:
+    """A minimal Debian root file system with Python as a tarball, its package list inside."""
+    if shutil.which("mmdebstrap") is None:
+        raise HarnessError("mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)")
+    hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
+    cmd = [
+        "mmdebstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+        f"--customize-hook={hook}", suite, str(tarball),
+    ]
+    log(" ".join(cmd))
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise HarnessError(f"mmdebstrap failed: {tail}")
 
 
 def base_packages(name: str) -> list[str]:
@@ -347,7 +427,8 @@ def prepare_image(loaded: LoadedManifest, ca_bundle: Path | None = None, force_b
         from harness.runtime.podman import prepare_podman_image
 
         return prepare_podman_image(loaded, ca_bundle, force_build, log)
-    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes())
+    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes(),
+           loaded.manifest.image.network)
     if not force_build:
         with _prepared_lock:
             if key in _prepared_images:
@@ -356,7 +437,8 @@ def prepare_image(loaded: LoadedManifest, ca_bundle: Path | None = None, force_b
         info = resolve_ref(docker_client(), loaded.manifest.image.ref)
     else:
         assert loaded.build_dir is not None
-        info = build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log)
+        info = build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log,
+                           network=loaded.manifest.image.network)
     with _prepared_lock:
         _prepared_images[key] = info
     return info

@@ -14,6 +14,7 @@
   system.jsonl         system samples as they are taken
   system.parquet       the same as a table
   .harness-reserve     space held back while the run goes (removed at the end)
+  .metrics-spool/      metric rows spilled to disk while the run goes (removed at the end)
 ```
 """
 
@@ -35,6 +36,7 @@ METRICS_PARQUET = "metrics.parquet"
 SYSTEM_JSONL = "system.jsonl"
 SYSTEM_PARQUET = "system.parquet"
 RESERVE = ".harness-reserve"
+METRICS_SPOOL = ".metrics-spool"
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ class RunLayout:
     @property
     def reserve(self) -> Path:
         return self.root / RESERVE
+
+    @property
+    def metrics_spool(self) -> Path:
+        return self.root / METRICS_SPOOL
 
     def tensorboard(self, relative: str | None) -> Path | None:
         """The manifest's TensorBoard folder inside ``out/``, or None when it names none."""

@@ -5,16 +5,21 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from harness.errors import LockfileError
 from harness.fsutil import write_text_atomic
 
 INPUT_HASH_PREFIX = "# harness: requirements.in sha256="
+# The only options a lockfile may carry: public package indexes that a pinned wheel needs (the
+# CPU build of torch comes from PyTorch's own index, PyPI refuses local versions like +cpu).
+INDEX_OPTIONS = ("--index-url", "--extra-index-url")
 PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
 HASH = re.compile(r"--hash=sha256:[0-9a-f]{64}")
 COMPILE_FLAGS = [
@@ -27,6 +32,57 @@ COMPILE_FLAGS = [
     "--no-header",
     "--quiet",
 ]
+
+
+@dataclass(frozen=True)
+class PackageIndex:
+    """A public package index named by a requirements.in or a lockfile: ``--extra-index-url URL``."""
+
+    option: str
+    url: str
+
+    def as_args(self) -> list[str]:
+        """The pip arguments that add this index."""
+        return [self.option, self.url]
+
+    def __str__(self) -> str:
+        return f"{self.option} {self.url}"
+
+
+def parse_index_option(line: str) -> PackageIndex | None:
+    """The index a requirements line names (``--extra-index-url URL`` or ``=URL``), else None.
+
+    Raises ValueError with what to change when the index is not a public https URL: a lockfile is
+    committed and shared, so it carries no machine paths and no credentials."""
+    text = line.split(" #", 1)[0].strip()
+    option, _, rest = text.partition(" ")
+    if "=" in option:
+        option, _, rest = text.partition("=")
+    option = {"-i": "--index-url"}.get(option, option)
+    if option not in INDEX_OPTIONS:
+        return None
+    url = rest.strip()
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or " " in url:
+        raise ValueError(f"{option} {url!r}: only a public https:// index may be named (put local mirrors in pip's configuration)")
+    if "@" in parts.netloc:
+        raise ValueError(f"{option}: the URL carries credentials; put them in pip's configuration or keyring, not in a committed file")
+    return PackageIndex(option, url)
+
+
+def requirements_indexes(requirements_in: Path) -> list[PackageIndex]:
+    """The package indexes an image's requirements.in names, in order (LockfileError if one is not public)."""
+    indexes: list[PackageIndex] = []
+    for number, line in enumerate(requirements_in.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.startswith("-"):
+            continue
+        try:
+            index = parse_index_option(line)
+        except ValueError as exc:
+            raise LockfileError(f"{requirements_in}:{number}: {exc}") from None
+        if index is not None and index not in indexes:
+            indexes.append(index)
+    return indexes
 
 
 @dataclass(frozen=True)
@@ -60,15 +116,36 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
 
 def parse_lockfile(path: Path) -> tuple[list[Requirement], list[str]]:
     """Requirements of a lockfile and the problems that make it unusable for a hashed install."""
+    requirements, _indexes, problems = read_lockfile(path)
+    return requirements, problems
+
+
+def lockfile_indexes(path: Path) -> list[PackageIndex]:
+    """The public package indexes a lockfile names for its pinned wheels (``--extra-index-url`` lines)."""
+    return read_lockfile(path)[1]
+
+
+def read_lockfile(path: Path) -> tuple[list[Requirement], list[PackageIndex], list[str]]:
+    """Requirements, package indexes and problems of a lockfile (problems make it unusable)."""
     requirements: list[Requirement] = []
+    indexes: list[PackageIndex] = []
     problems: list[str] = []
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        return [], [f"cannot read {path}: {exc.strerror}"]
+        return [], [], [f"cannot read {path}: {exc.strerror}"]
     for number, line in _logical_lines(text):
         if line.startswith("-"):
-            problems.append(f"line {number}: option {line.split()[0]!r} is not allowed (indexes are passed to the build separately)")
+            try:
+                index = parse_index_option(line)
+            except ValueError as exc:
+                problems.append(f"line {number}: {exc}")
+                continue
+            if index is None:
+                problems.append(f"line {number}: option {line.split()[0]!r} is not allowed "
+                                "(only --index-url/--extra-index-url with a public https URL)")
+            elif index not in indexes:
+                indexes.append(index)
             continue
         match = PINNED.match(line)
         if not match:
@@ -81,7 +158,7 @@ def parse_lockfile(path: Path) -> tuple[list[Requirement], list[str]]:
         requirements.append(Requirement(match.group(1).lower(), match.group(3), hashes))
     if not requirements and not problems:
         problems.append("no requirements in the lockfile")
-    return requirements, problems
+    return requirements, indexes, problems
 
 
 def lockfile_problems(path: Path) -> list[str]:
@@ -107,15 +184,24 @@ def lockfile_for(image_dir: Path) -> Path:
     return image_dir.resolve().parent.parent / "lockfiles" / f"{image_dir.resolve().name}.txt"
 
 
-def compile_lockfile(image_dir: Path, output: Path | None = None) -> Path:
-    """Run pip-compile --generate-hashes on ``image_dir/requirements.in`` and write the lockfile."""
+def compile_lockfile(image_dir: Path, output: Path | None = None, upgrade: bool = False) -> Path:
+    """Run pip-compile --generate-hashes on ``image_dir/requirements.in`` and write the lockfile.
+
+    The pins of an existing lockfile are kept where requirements.in still allows them (as
+    pip-compile does with its own output); ``upgrade`` resolves everything afresh. Package indexes
+    named in requirements.in (``--extra-index-url https://…``) are used by pip-compile and written
+    into the lockfile, so that a build can fetch a pinned wheel that PyPI lacks; the machine's own
+    pip configuration (mirrors, wheelhouses) is used but never written."""
     requirements_in = image_dir / "requirements.in"
     if not requirements_in.is_file():
         raise LockfileError(f"{requirements_in}: missing; list the image's direct dependencies there")
+    indexes = requirements_indexes(requirements_in)
     output = output or lockfile_for(image_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         compiled = Path(tmp) / "lock.txt"
+        if output.is_file() and not upgrade:
+            shutil.copyfile(output, compiled)
         # run inside the image folder so that "# via -r requirements.in" names no machine path
         cmd = [sys.executable, "-m", "piptools", "compile", *COMPILE_FLAGS, "-o", str(compiled), "requirements.in"]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=image_dir,
@@ -126,6 +212,7 @@ def compile_lockfile(image_dir: Path, output: Path | None = None) -> Path:
         header = (
             f"# Locked by `harness lock {image_dir.name}` (pip-compile --generate-hashes); do not edit.\n"
             f"{INPUT_HASH_PREFIX}{requirements_hash(requirements_in)}\n"
+            + "".join(f"{index}\n" for index in indexes)
         )
         body = compiled.read_text(encoding="utf-8")
         write_text_atomic(output, header + body)
@@ -135,18 +222,39 @@ def compile_lockfile(image_dir: Path, output: Path | None = None) -> Path:
     return output
 
 
-def stale_lockfiles(root: Path) -> list[str]:
+@dataclass(frozen=True)
+class StaleLockfile:
+    """A lockfile that a build cannot use as it is: where (file and line) and how to fix it."""
+
+    image: str
+    file: Path
+    line: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.image}: {self.problem}"
+
+
+def stale_lockfiles(root: Path) -> list[StaleLockfile]:
     """Each image under ``root/images`` whose lockfile is missing, unusable or older than its requirements.in."""
-    found = []
+    found: list[StaleLockfile] = []
     for requirements_in in sorted((root / "images").glob("*/requirements.in")):
         image_dir = requirements_in.parent
         lockfile = lockfile_for(image_dir)
+        relative = lockfile.relative_to(root.resolve())
+        fix = f"run `harness lock images/{image_dir.name}` and commit {relative}"
         if not lockfile.is_file():
-            found.append(f"{image_dir.name}: no lockfile {lockfile.relative_to(root)}")
+            found.append(StaleLockfile(image_dir.name, requirements_in.relative_to(root), 1,
+                                       f"no lockfile {relative} ({fix})"))
             continue
         problems = lockfile_problems(lockfile)
         if problems:
-            found.append(f"{image_dir.name}: {problems[0]}")
+            at = re.match(r"line (\d+): ", problems[0])
+            found.append(StaleLockfile(image_dir.name, relative, int(at.group(1)) if at else 1,
+                                       f"{relative} {problems[0]} ({fix})"))
         elif recorded_input_hash(lockfile) != requirements_hash(requirements_in):
-            found.append(f"{image_dir.name}: requirements.in changed since {lockfile.relative_to(root)} was made")
+            lines = lockfile.read_text(encoding="utf-8").splitlines()
+            number = next((n for n, line in enumerate(lines, 1) if line.startswith(INPUT_HASH_PREFIX)), 1)
+            found.append(StaleLockfile(image_dir.name, relative, number,
+                                       f"requirements.in changed since {relative} was made ({fix})"))
     return found

@@ -74,6 +74,8 @@ class ImageSpec(Strict):
     build: str | None = Field(None, description="folder under images/ with a Dockerfile")
     ref: str | None = Field(None, description="registry/name@sha256:<64 hex> or sha256:<64 hex> (an image id)")
     lockfile: str | None = Field(None, description="pip-compile --generate-hashes output under lockfiles/")
+    network: StrictBool = Field(False, description="the build needs the network (builds have none otherwise); "
+                                "reproducing such a recipe needs --allow-build-network")
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageSpec:
@@ -81,6 +83,8 @@ class ImageSpec(Strict):
             raise ValueError("give exactly one of image.build (a folder under images/) or image.ref (with @sha256: digest)")
         if self.ref is not None and not DIGEST_REF.match(self.ref):
             raise ValueError(f"image.ref {self.ref!r} is not pinned: use name@sha256:<64 hex digest> (a bare tag can change)")
+        if self.network and self.build is None:
+            raise ValueError("image.network applies to image.build only (an image.ref is not built)")
         if self.build is not None and self.lockfile is None:
             raise ValueError("image.build needs image.lockfile (run `harness lock images/<name>`)")
         return self

@@ -40,7 +40,9 @@ def total_steps(params: dict[str, Any] | None) -> int | None:
 
 def interactive(stream: IO[str]) -> bool:
     """Whether to redraw a status line in place: a terminal, and not a CI job."""
-    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("CI")
+    from harness.terminal import ci_environment
+
+    return bool(getattr(stream, "isatty", lambda: False)()) and not ci_environment()
 
 
 def plain_interval(default: float = DEFAULT_PLAIN_INTERVAL_S) -> float:

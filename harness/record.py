@@ -127,3 +127,6 @@ class Record(TypedDict, total=False):
     environment: dict[str, Any]
     pulled_from: dict[str, Any]
     files: dict[str, str]  # posix path -> sha256 of every file but record.json
+    skipped_files: list[dict[str, str]]  # {path, reason} of what the checksums left out (links, FIFOs...)
+    metrics_rejected: dict[str, int]  # skipped metric lines or values, counted by reason
+    metrics_skipped: list[dict[str, str]]  # {path, reason} of metric files left unread

@@ -6,7 +6,6 @@ rebuild the image, re-run it, compare with the original and keep the verdict.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from harness.errors import HarnessError, HubError
 from harness.fsutil import write_json_atomic
 from harness.layout import CONTEXT, LOCKFILE, MANIFEST
 from harness.record import Record, RunStatus
+from harness.safefs import UnsafeFile, copy_beneath
 from harness.store.local import LocalStore
 
 
@@ -47,14 +47,15 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     The paths come from the manifest itself (image.build, image.lockfile) after a schema check, and
     must stay inside the project, exactly as for a local manifest.
     """
+    from harness.images import context_files
     from harness.manifest import parse_manifest
 
     source = run_dir / MANIFEST
-    if not source.is_file():
-        raise HarnessError(f"{run_dir}: no manifest.yaml in the run record; it cannot be reproduced")
     manifest_path = workdir / "manifests" / "manifest.yaml"
-    manifest_path.parent.mkdir(parents=True)
-    shutil.copyfile(source, manifest_path)
+    try:  # the record may be a pulled one: nothing in it is followed or read unbounded
+        copy_beneath(run_dir, MANIFEST, manifest_path, limit=1 << 20)
+    except UnsafeFile as exc:
+        raise HarnessError(f"{run_dir}: no usable manifest.yaml in the run record ({exc.reason}); it cannot be reproduced") from None
     image = parse_manifest(manifest_path).image
     for relative in (image.build, image.lockfile):
         if relative is not None and (PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts):
@@ -62,14 +63,15 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     if image.build is not None:
         if not (run_dir / CONTEXT).is_dir():
             raise HarnessError(f"{run_dir}: the record has no context/ to rebuild image {image.build} from")
-        shutil.copytree(run_dir / "context", workdir / image.build, symlinks=False)
+        for path in context_files(run_dir / CONTEXT):  # refuses links, special files, oversize
+            copy_beneath(run_dir, path.relative_to(run_dir).as_posix(), workdir / image.build / path.relative_to(run_dir / CONTEXT))
     else:
         (workdir / "images").mkdir()  # marks the project root for manifests with image.ref
     if image.lockfile is not None:
         if not (run_dir / LOCKFILE).is_file():
             raise HarnessError(f"{run_dir}: the record has no lockfile.txt for {image.lockfile}")
         (workdir / image.lockfile).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "lockfile.txt", workdir / image.lockfile)
+        copy_beneath(run_dir, LOCKFILE, workdir / image.lockfile, limit=64 << 20)
     return manifest_path
 
 
@@ -126,6 +128,7 @@ def reproduce(
     echo: Callable[[str], None] = lambda line: None,
     progress: IO[str] | None = None,
     rebuild: bool = False,
+    allow_build_network: bool = False,
 ) -> ReproductionResult:
     """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record, and
     compare the reproduction with the original. The image is the exact one the original ran when
@@ -133,7 +136,8 @@ def reproduce(
     ``rebuild``; otherwise a fresh build from the recipe.
 
     Raises HarnessError for bad input: a pulled run asked to run on the host without
-    ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the Hub.
+    ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the Hub,
+    a recipe that declares ``image.network: true`` without ``allow_build_network``.
     With ``progress``, the re-run's live progress (harness.progress) is shown on that stream.
     """
     from harness.analysis.compare import compare_runs, plot_comparison
@@ -159,11 +163,15 @@ def reproduce(
 
     with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
         loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
+        registry_image = None if rebuild or runtime == "process" else registry_image_of(original, runtime)
+        if (registry_image is None and loaded.manifest.image.network and not allow_build_network
+                and runtime in ("docker", "podman")):
+            raise HarnessError(f"run {original_id}: its recipe declares image.network: true, so rebuilding it would give "
+                               "its build this host's network; read its context/, then pass --allow-build-network")
         params = dict(original.get("params") or {})
         seed, smoke = int(original["seed"]), bool(original.get("smoke"))
         spec = RunSpec(loaded=loaded, params=params, seed=seed, smoke=smoke,
                        config_key=config_key(loaded, params, seed, smoke))
-        registry_image = None if rebuild or runtime == "process" else registry_image_of(original, runtime)
         if registry_image is not None:
             echo(f"reproducing {original_id} (seed {seed}) with the published image {registry_image.ref} (no build)")
             image_source = "registry"

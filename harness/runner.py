@@ -13,6 +13,7 @@ import datetime as dt
 import errno
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,11 +50,12 @@ def now_iso() -> str:
 
 
 def fresh_run_id(store: LocalStore, base: str) -> str:
-    """``base``, or ``base-2``, ``base-3``... when earlier attempts hold the name."""
-    candidate, attempt = base, 1
-    while store.run_dir(candidate).exists():
-        attempt += 1
-        candidate = f"{base}-{attempt}"
+    """``base`` for a first attempt; later attempts (``--rerun``, reproductions) get
+    ``base-r<8 hex>``, random, so that two stores never make the same id for different runs
+    (their records could otherwise replace each other on the Hub)."""
+    candidate = base
+    while os.path.lexists(store.run_dir(candidate)):
+        candidate = f"{base}-r{secrets.token_hex(4)}"
     return candidate
 
 
@@ -263,6 +265,7 @@ def _finish(store: LocalStore, record: Record, capture: Any, memory_limit: int, 
     try:
         capture.finish()
         record["metrics_summary"] = capture.summary()
+        _note_ingestion(record, capture.ingester)
         if capture.sampler is not None:
             record["peak_memory_bytes"] = capture.sampler.peak_memory_bytes
             if record["status"] == RunStatus.OOM:
@@ -297,11 +300,20 @@ def _seal_as_error(store: LocalStore, record: Record, exc: BaseException) -> Rec
                         f"{type(exc).__name__}: {str(exc)[:500]}")
     record.pop("owner", None)
     store.layout(record["run_id"]).reserve.unlink(missing_ok=True)
+    shutil.rmtree(store.layout(record["run_id"]).metrics_spool, ignore_errors=True)
     try:
         return store.seal(record)
     except Exception:
         store.save(record)
         return record
+
+
+def _note_ingestion(record: Record, ingester: Any) -> None:
+    """Put what metric ingestion skipped into the record: counts of bad lines by reason, files."""
+    from harness.safefs import skipped_for_record
+
+    record["metrics_rejected"] = dict(sorted(ingester.rejected.items()))
+    record["metrics_skipped"] = skipped_for_record(ingester.skipped)
 
 
 def _warm_imports() -> None:
@@ -345,49 +357,58 @@ def recover(store: LocalStore) -> list[str]:
     recovered = []
     hostname = socket.gethostname()
     for record in store.records():
-        owner = record.get("owner") or {}
+        owner = record.get("owner")
+        owner = owner if isinstance(owner, dict) else {}
         if record.get("status") != RunStatus.RUNNING or owner.get("hostname") != hostname or _alive(owner.get("pid")):
             continue
         run_id = record["run_id"]
         layout = store.layout(run_id)
-        if record.get("runtime") in CONTAINER_RUNTIMES:
-            from harness.runtime.docker import kill_orphan
+        record.update({"status": RunStatus.INTERRUPTED.value, "ended_at": record.get("ended_at") or now_iso(),
+                       "detail": "the harness process ended before the run finished (recovered)"})
+        try:
+            if record.get("runtime") == "docker":
+                from harness.runtime.docker import kill_orphan
 
-            if record.get("runtime") == "podman":
+                kill_orphan(run_id)
+            elif record.get("runtime") == "podman":
+                from harness.runtime.docker import kill_orphan
                 from harness.runtime.podman import podman_api
 
                 try:
                     kill_orphan(run_id, podman_api())
                 except HarnessError:
                     pass  # no Podman here any more: nothing of the run can still be running
-            else:
-                kill_orphan(run_id)
-        manifest_metrics: dict[str, Any] = {}
-        try:
-            from harness.manifest import parse_manifest
+            manifest_metrics: dict[str, Any] = {}
+            try:
+                from harness.manifest import parse_manifest
 
-            manifest_metrics = parse_manifest(layout.manifest).metrics.model_dump()
-        except HarnessError:
-            pass
-        ingester = ingest_run_folder(run_id, layout.root, manifest_metrics.get("tensorboard"))
-        ingester.write_parquet(layout.metrics_parquet)
-        system_jsonl_to_parquet(run_id, layout.system_jsonl, layout.system_parquet)
-        record.update({"status": RunStatus.INTERRUPTED.value, "ended_at": record.get("ended_at") or now_iso(),
-                       "detail": "the harness process ended before the run finished (recovered)",
-                       "metrics_summary": ingester.summary(manifest_metrics.get("summary_last_n", 10))})
-        record.pop("owner", None)
-        layout.reserve.unlink(missing_ok=True)
-        store.seal(record)
+                manifest_metrics = parse_manifest(layout.manifest).metrics.model_dump()
+            except HarnessError:
+                pass
+            last_n = manifest_metrics.get("summary_last_n", 10)
+            shutil.rmtree(layout.metrics_spool, ignore_errors=True)
+            ingester = ingest_run_folder(run_id, layout.root, manifest_metrics.get("tensorboard"),
+                                         spool_dir=layout.metrics_spool)
+            ingester.write_parquet(layout.metrics_parquet, last_n)
+            ingester.close()
+            system_jsonl_to_parquet(run_id, layout.system_jsonl, layout.system_parquet)
+            record["metrics_summary"] = ingester.summary(last_n)
+            _note_ingestion(record, ingester)
+            record.pop("owner", None)
+            layout.reserve.unlink(missing_ok=True)
+            store.seal(record)
+        except Exception as exc:
+            _seal_as_error(store, record, exc)
         recovered.append(run_id)
     return recovered
 
 
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True

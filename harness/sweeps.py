@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,9 @@ from typing import Any
 from harness.errors import StoreError
 from harness.fsutil import write_json_atomic
 from harness.layout import RECORD
-from harness.store.local import LocalStore
+from harness.store.local import LocalStore, read_record
+
+ATTEMPT_SUFFIX = re.compile(r"-r[0-9a-f]{8}|-[0-9]+")  # a later attempt's id: <run_id><suffix>
 
 
 def utc_now() -> str:
@@ -122,17 +125,18 @@ def list_sweep_ids(store: LocalStore) -> list[str]:
 
 
 def attempt_records(store: LocalStore, run_id: str) -> list[dict[str, Any]]:
-    """Records of every attempt of a run (``<run_id>``, ``<run_id>-2``, ...), oldest first."""
-    records = []
+    """Records of every attempt of a run (``<run_id>``, then ``<run_id>-r<8 hex>``; ``-2``, ``-3``...
+    from older stores), oldest first."""
+    records: list[dict[str, Any]] = []
     for folder in [store.run_dir(run_id), *store.runs_dir.glob(f"{run_id}-*")]:
         suffix = folder.name[len(run_id):]
-        if suffix and not suffix[1:].isdigit():
+        if suffix and not ATTEMPT_SUFFIX.fullmatch(suffix):
             continue
         try:
-            records.append(json.loads((folder / RECORD).read_text()))
-        except (OSError, ValueError):
+            records.append(dict(read_record(folder / RECORD)))
+        except StoreError:
             continue
-    records.sort(key=lambda r: r.get("started_at") or "")
+    records.sort(key=lambda r: str(r.get("started_at") or ""))
     return records
 
 

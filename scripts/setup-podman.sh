@@ -23,8 +23,8 @@ if [ ${#packages[@]} -gt 0 ]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${packages[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${packages[@]}" >/dev/null
   [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
   if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then
     systemctl disable --now docker-registry >/dev/null 2>&1 || true

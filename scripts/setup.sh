@@ -28,8 +28,8 @@ fi
 if [ ${#packages[@]} -gt 0 ]; then
   log "apt-get install ${packages[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${packages[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${packages[@]}" >/dev/null
 fi
 
 if [ "$with_podman" = 1 ]; then
@@ -53,7 +53,19 @@ if python3 -m pip show harness 2>/dev/null | grep -q "^Editable project location
 fi
 if [ "$installed" != "$(pwd -P)" ] || ! command -v harness >/dev/null; then
   log "pip install -e .[test]"
-  python3 -m pip install -q -e '.[test]'
+  pip_args=()
+  # the test extras pin torch; its CPU build is on PyTorch's index (PyPI's is the CUDA build, GBs)
+  # PyTorch's CPU index serves torch without CUDA (PyPI's is several GB); asked only where it
+  # answers, since pip retries an unreachable index for every package
+  if python3 -c 'import urllib.request; urllib.request.urlopen("https://download.pytorch.org/whl/cpu/", timeout=10)' 2>/dev/null; then
+    pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+  fi
+  # Debian 12 and Ubuntu 24.04 mark their python3 externally managed (PEP 668); the README's
+  # commands use that python3, so the harness goes into it
+  if python3 -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
+    pip_args+=(--break-system-packages)
+  fi
+  python3 -m pip install -q "${pip_args[@]}" -e '.[test]'
 fi
 
 harness image bootstrap

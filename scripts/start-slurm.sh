@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Start a one-node Slurm cluster on this host (munge + slurmctld + slurmd from Debian).
-# Idempotent: safe to run twice; it only starts what is not running and rewrites slurm.conf
-# only when its content changes. Needs root. Used by .ci/run and by the Slurm tests' setup.
+# Converges: whatever ran before, afterwards the daemons run with the slurm.conf written here.
+# Daemons already running with that configuration are left alone; daemons started with another
+# one (by hand, by an older version of this script, or before the file changed) are stopped and
+# started again, since `scontrol reconfigure` does not apply every parameter (AuthInfo's
+# cred_expire, for one: without it a requeued job waits 120 s). Needs root. Used by .ci/run and
+# by the Slurm tests' setup.
 set -euo pipefail
 
 CONF_DIR=/etc/slurm
@@ -23,8 +27,8 @@ command -v munged >/dev/null || missing+=(munge)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq slurm-wlm munge >/dev/null
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq slurm-wlm munge >/dev/null
 fi
 
 node=$(hostname -s)
@@ -69,12 +73,14 @@ NodeName=$node CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 )
-conf_changed=0
 if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$new_conf" ]; then
   printf '%s\n' "$new_conf" >"$CONF"
-  conf_changed=1
   log "wrote $CONF (node $node, $cpus cpus, $mem_mb MB)"
 fi
+# Which daemons this script started, and with what: the configuration's hash and their pids,
+# written after they start and compared on every run (daemons started otherwise do not match).
+STAMP=/run/harness-slurm.stamp
+conf_hash=$(sha256sum "$CONF" | cut -d' ' -f1)
 
 # munge: a key, a socket directory, the daemon.
 if [ ! -s /etc/munge/munge.key ]; then
@@ -94,15 +100,36 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   done
 fi
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# By process name, not pid file: daemons started with another configuration may keep theirs elsewhere.
+daemon_pids() { pgrep -x "$1" || true; }
 
-if ! pid_alive /run/slurmctld.pid; then
+# the daemons' own pid files (the parent that daemonises exits, so pgrep's list moves for a while)
+stamp() { echo "$conf_hash" "$(cat /run/slurmctld.pid 2>/dev/null)" "$(cat /run/slurmd.pid 2>/dev/null)"; }
+
+running="$(daemon_pids slurmctld) $(daemon_pids slurmd)"
+if [ -n "${running// /}" ] && [ "$(cat "$STAMP" 2>/dev/null || true)" != "$(stamp)" ]; then
+  log "Slurm daemons run with another configuration: restarting them"
+  for daemon in slurmd slurmctld; do
+    for pid in $(daemon_pids "$daemon"); do kill "$pid" 2>/dev/null || true; done
+  done
+  for _ in $(seq 1 100); do
+    [ -z "$(daemon_pids slurmctld)$(daemon_pids slurmd)" ] && break
+    sleep 0.2
+  done
+  for daemon in slurmd slurmctld; do
+    for pid in $(daemon_pids "$daemon"); do
+      log "$daemon ($pid) did not stop in 20 s: killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    done
+  done
+  rm -f "$STAMP"
+fi
+
+if [ -z "$(daemon_pids slurmctld)" ]; then
   log "starting slurmctld"
   slurmctld
-elif [ "$conf_changed" -eq 1 ]; then
-  scontrol reconfigure || true
 fi
-if ! pid_alive /run/slurmd.pid; then
+if [ -z "$(daemon_pids slurmd)" ]; then
   log "starting slurmd"
   slurmd
 fi
@@ -122,4 +149,5 @@ while :; do
   fi
   sleep 0.5
 done
+stamp >"$STAMP"
 log "ready: node $node is $state"

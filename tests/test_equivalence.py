@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -432,8 +433,9 @@ def test_real_runs_repeated_are_identical_and_their_environments_match(noop_imag
             assert result.returncode == 0, result.stderr
     store = LocalStore(store_home)
     ids = sorted(path.name for path in store.runs_dir.iterdir())
-    originals = [store.run_dir(i) for i in ids if not i.endswith("-2")]
-    reruns = [store.run_dir(i) for i in ids if i.endswith("-2")]
+    rerun_ids = [i for i in ids if re.search(r"-r[0-9a-f]{8}$", i)]  # a later attempt: <run_id>-r<8 hex>
+    originals = [store.run_dir(i) for i in ids if i not in rerun_ids]
+    reruns = [store.run_dir(i) for i in rerun_ids]
     assert len(originals) == len(reruns) == 2
 
     result = group_verdict(originals, reruns)

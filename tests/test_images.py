@@ -29,15 +29,18 @@ def test_shipped_lockfiles_are_pinned_hashed_and_fresh():
         requirements, problems = parse_lockfile(lockfile)
         assert problems == [] and requirements, lockfile
         text = lockfile.read_text()
-        assert "--index-url" not in text and "--find-links" not in text and "/opt/" not in text
+        assert "--find-links" not in text and "file://" not in text and "/opt/" not in text
+        assert all(line.startswith("--extra-index-url https://") for line in text.splitlines() if line.startswith("-"))
 
 
 def test_lockfile_checks_catch_each_problem(tmp_path):
     bad = tmp_path / "bad.txt"
-    bad.write_text("six==1.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\nnumpy>=1\n--index-url https://example.org\nrequests==2.0\n")
+    bad.write_text("six==1.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\nnumpy>=1\n--index-url file:///opt/pypi/simple\n"
+                   "--find-links /opt/wheels\nrequests==2.0\n")
     problems = lockfile_problems(bad)
     assert any("numpy" in p and "not pinned" in p for p in problems)
-    assert any("--index-url" in p for p in problems)
+    assert any("--index-url" in p and "public https" in p for p in problems)
+    assert any("--find-links" in p for p in problems)
     assert any("requests==2.0" in p and "no --hash" in p for p in problems)
 
 
@@ -141,3 +144,30 @@ def test_gpu_runs_get_a_device_request_and_the_sandbox(tmp_path):
     assert container_config("sha256:x", request)["User"] == "65534:65534"
     request.gpus = 0
     assert "DeviceRequests" not in sandbox_options(request)
+
+
+@pytest.mark.docker
+def test_bootstrap_imports_a_kept_tarball_without_mmdebstrap(base_image, tmp_path, monkeypatch):
+    import harness.images as images
+
+    client = docker_client()
+    container = client.containers.create(base_image.id, ["true"], network_mode="none")
+    tarball = tmp_path / "cache" / "base.tar"
+    tarball.parent.mkdir()
+    try:
+        with open(tarball, "wb") as handle:
+            for chunk in container.export():
+                handle.write(chunk)
+    finally:
+        container.remove(force=True)
+
+    def no_mmdebstrap(*args, **kwargs):
+        raise AssertionError("mmdebstrap ran although the tarball was there")
+
+    monkeypatch.setattr(images, "_mmdebstrap", no_mmdebstrap)
+    name = "harness/base-test:from-tarball"
+    try:
+        info = images.bootstrap_base(name, tarball=tarball)
+        assert not info.cached and info.packages == base_image.packages and tarball.is_file()
+    finally:
+        client.images.remove(name, force=True)

@@ -25,7 +25,7 @@ from harness.backends.slurm import (
 from harness.manifest import Hardware, load_manifest
 from harness.plan import expand
 from harness.store.local import LocalStore
-from harness.sweeps import load_state
+from harness.sweeps import ATTEMPT_SUFFIX, attempt_records, load_state
 from tests import test_sweeps_local
 from tests.test_sweeps_local import need, write_manifest
 
@@ -112,14 +112,19 @@ def test_scancel_marks_the_run_cancelled_and_requeue_runs_it_again(
         assert requeue(state, store, echo=lambda line: None) == [run_id]
         shown = subprocess.run(["scontrol", "show", "job", "-o", f"{job_id}_0"], capture_output=True, text=True).stdout
         assert "Restarts=1" in shown  # requeued in place: same job id
-        wait_for(lambda: store.exists(f"{run_id}-2") and store.load(f"{run_id}-2")["status"] == "running", 90,
-                 "the requeued run to start")
+        def second_attempt() -> dict | None:
+            attempts = attempt_records(store, run_id)
+            return attempts[-1] if len(attempts) == 2 else None
+
+        wait_for(lambda: (second_attempt() or {}).get("status") == "running", 90, "the requeued run to start")
         assert sweep_progress(load_state(store, state.sweep_id), store)["running"] == 1
         time.sleep(1.0)  # let the container start before cancelling again
     finally:
         subprocess.run(["scancel", job_id], timeout=30)
     wait_for(lambda: task_state(f"{job_id}_0") not in ("RUNNING", "COMPLETING"), 60, "the task to end")
-    assert store.load(f"{run_id}-2")["status"] == "cancelled"
+    second = attempt_records(store, run_id)[-1]
+    assert second["run_id"] != run_id and ATTEMPT_SUFFIX.fullmatch(second["run_id"][len(run_id):])
+    assert store.load(second["run_id"])["status"] == "cancelled"
 
 
 def test_bad_partition_and_unreachable_slurm_are_one_line_errors(

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -105,9 +104,12 @@ def _load_streams(run_dir: Path, ignore: Sequence[str]) -> dict[str, tuple[np.nd
 
 
 def _record(run_dir: Path) -> dict[str, Any]:
+    from harness.errors import StoreError
+    from harness.store.local import read_record
+
     try:
-        return json.loads((Path(run_dir) / RECORD).read_text())
-    except (OSError, ValueError):
+        return dict(read_record(Path(run_dir) / RECORD))
+    except StoreError:
         return {}
 
 

@@ -218,16 +218,18 @@ def bit_identity_ruled_out(original: Record, reproduction: Record) -> list[str]:
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     """A run folder's record.json and lockfile.txt text (None when it has none); bounded reads."""
+    from harness.safefs import UnsafeFile, read_bounded
+
     def read(path: Path) -> str | None:
-        if path.is_symlink() or not path.is_file():
+        try:  # no link followed, regular files only (a FIFO cannot hang it), size-capped
+            return read_bounded(path, MAX_RECORD_BYTES).decode("utf-8", errors="replace")
+        except (UnsafeFile, OSError):
             return None
-        with open(path, "rb") as handle:
-            return handle.read(MAX_RECORD_BYTES).decode("utf-8", errors="replace")
 
     text = read(Path(run_dir) / "record.json")
     try:
         record = json.loads(text) if text else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         record = {}
     return record if isinstance(record, dict) else {}, read(Path(run_dir) / "lockfile.txt")
 

@@ -29,7 +29,7 @@ from harness.fsutil import write_table_atomic
 from harness.layout import METRICS_PARQUET
 from harness.layout import RECORD as RECORD_NAME
 from harness.record import FINAL_STATUSES
-from harness.store.local import LocalStore
+from harness.store.local import LocalStore, read_record
 
 INDEX_NAME = "index.parquet"
 PARTS_DIR = "metrics"
@@ -150,8 +150,8 @@ def refresh_index(store: LocalStore, compact: bool = True) -> pa.Table:
                     rows.append(cached)
                     continue
                 try:
-                    record = json.loads((Path(entry.path) / RECORD_NAME).read_text())
-                except (OSError, ValueError):
+                    record = dict(read_record(Path(entry.path) / RECORD_NAME))
+                except StoreError:
                     continue
                 rows.append(_row(record, stamp))
                 changed = True

@@ -24,7 +24,7 @@ import psutil
 
 from harness.capture.gpu import gpu_inventory
 from harness.fsutil import cache_root, write_json_atomic
-from harness.secrets import NOT_SECRET, SECRET_NAME_PATTERN
+from harness.secrets import NOT_SECRET, SECRET_NAME_PATTERN, SECRET_VALUE_PATTERN
 
 if TYPE_CHECKING:
     from harness.images import ImageInfo
@@ -43,6 +43,7 @@ ALLOWED_NAMES = {
 ALLOWED_PREFIXES = ("HARNESS_",)
 SECRET = re.compile(@SECRET_NAME_PATTERN@, re.I)
 NOT_SECRET = @NOT_SECRET@
+SECRET_VALUE = re.compile(@SECRET_VALUE_PATTERN@)
 
 def packages():
     found = {}
@@ -111,6 +112,7 @@ def environment_variables():
     return {
         name: value for name, value in sorted(os.environ.items())
         if (name in ALLOWED_NAMES or name.startswith(ALLOWED_PREFIXES)) and (name.upper() in NOT_SECRET or not SECRET.search(name))
+        and not SECRET_VALUE.search(value)
     }
 
 smi = nvidia_smi()
@@ -130,7 +132,7 @@ print(json.dumps({
     "gpu_driver": (smi or {}).get("driver"),
     "env": environment_variables(),
 }, sort_keys=True))
-""".replace("@SECRET_NAME_PATTERN@", repr(SECRET_NAME_PATTERN)).replace("@NOT_SECRET@", repr(tuple(sorted(NOT_SECRET))))
+""".replace("@SECRET_NAME_PATTERN@", repr(SECRET_NAME_PATTERN)).replace("@NOT_SECRET@", repr(tuple(sorted(NOT_SECRET)))).replace("@SECRET_VALUE_PATTERN@", repr(SECRET_VALUE_PATTERN))
 
 
 def _cpu_model() -> str | None:

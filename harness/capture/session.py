@@ -23,7 +23,8 @@ class CaptureSession:
         from harness.capture.metrics import MetricsIngester
 
         self.layout = layout
-        self.ingester = MetricsIngester(run_id, layout.out, layout.tensorboard(metrics.tensorboard))
+        self.ingester = MetricsIngester(run_id, layout.out, layout.tensorboard(metrics.tensorboard),
+                                        spool_dir=layout.metrics_spool)
         self.interval = float(metrics.system_interval)
         self.summary_last_n = metrics.summary_last_n
         self.run_id = run_id
@@ -46,11 +47,12 @@ class CaptureSession:
         last_write = time.monotonic()
         while not self._stop.wait(1.0):
             try:
-                if self.ingester.poll() and time.monotonic() - last_write > PARQUET_REFRESH_S:
-                    self.ingester.write_parquet(self.layout.metrics_parquet)
+                if (self.ingester.poll() and time.monotonic() - last_write > PARQUET_REFRESH_S
+                        and self.ingester.live_refresh_allowed()):
+                    self.ingester.write_parquet(self.layout.metrics_parquet, self.summary_last_n)
                     last_write = time.monotonic()
-            except OSError:
-                continue  # the final write reports a full disk; the JSONL on disk is still there
+            except Exception:
+                continue
 
     def finish(self) -> None:
         """Stop sampling, read what is left and write both tables."""
@@ -62,7 +64,8 @@ class CaptureSession:
         if self.sampler is not None:
             self.sampler.stop()
         self.ingester.poll(final=True)
-        self.ingester.write_parquet(self.layout.metrics_parquet)
+        self.ingester.write_parquet(self.layout.metrics_parquet, self.summary_last_n)
+        self.ingester.close()
         system_jsonl_to_parquet(self.run_id, self.layout.system_jsonl, self.layout.system_parquet)
 
     def summary(self) -> dict[str, dict[str, Any]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from harness import terminal
 from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
 from harness.commands.output import emit_json, examples
 from harness.errors import HarnessError
@@ -61,8 +62,9 @@ def schema() -> None:
 @click.command(epilog=examples("harness lock images/rl", "harness lock --check", "harness lock --check --json"))
 @click.argument("image_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--check", is_flag=True, help="Exit 1 when a lockfile is missing, unusable or stale (for CI).")
+@click.option("--upgrade", is_flag=True, help="Resolve afresh instead of keeping the existing lockfile's pins.")
 @json_option
-def lock(image_dirs: tuple[Path, ...], check: bool, as_json: bool) -> None:
+def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
     from harness.lock import compile_lockfile, stale_lockfiles
 
@@ -84,8 +86,8 @@ def lock(image_dirs: tuple[Path, ...], check: bool, as_json: bool) -> None:
     for image_dir in image_dirs:
         if not (image_dir / "requirements.in").is_file():
             raise HarnessError(f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)")
-        with _console(stderr=as_json).status(f"locking {image_dir} (pip-compile)"):
-            output = compile_lockfile(image_dir)
+        with terminal.status(f"locking {image_dir} (pip-compile)", stderr=as_json):
+            output = compile_lockfile(image_dir, upgrade=upgrade)
         written.append(str(output))
         if not as_json:
             click.echo(f"wrote {output}")
@@ -102,12 +104,14 @@ def image() -> None:
 @click.option("--name", default="harness/base:bookworm", show_default=True)
 @click.option("--suite", default="bookworm", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when the image exists.")
-def bootstrap(name: str, suite: str, force: bool) -> None:
+@click.option("--tarball", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep the root file system here; import it instead of running mmdebstrap when it exists (CI caches it).")
+def bootstrap(name: str, suite: str, force: bool, tarball: Path | None) -> None:
     """Make the base image from Debian packages (mmdebstrap), for hosts without a registry."""
     from harness.images import bootstrap_base
 
-    with _console().status(f"bootstrapping {name} from Debian {suite}"):
-        info = bootstrap_base(name, suite, force=force)
+    with terminal.status(f"bootstrapping {name} from Debian {suite}") as shown:
+        info = bootstrap_base(name, suite, force=force, log=shown.update, tarball=tarball)
     click.echo(f"{name}: {info.id} ({len(info.packages)} Debian packages){' (exists)' if info.cached else ''}")
 
 
@@ -128,8 +132,8 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_j
     if quiet or as_json:
         info = prepare_image(spec.loaded, ca_bundle, force)
     else:
-        with _console().status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}") as status:
-            info = prepare_image(spec.loaded, ca_bundle, force, log=lambda line: status.update(f"[dim]{line[:120]}"))
+        with terminal.status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}", stderr=as_json) as shown:
+            info = prepare_image(spec.loaded, ca_bundle, force, log=shown.update)
     if as_json:
         emit_json({"tag": info.tag, "ref": info.ref, "id": info.id, "content_hash": info.content_hash,
                    "cached": info.cached, "build_seconds": info.build_seconds})
@@ -209,8 +213,7 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
         click.echo(f"{spec.run_id}: already completed with this manifest, params and seed "
                    "(use --rerun to run it again)")
         return
-    console = _console(stderr=as_json)
-    with console.status(f"preparing {spec.name} seed {spec.seed}") as status:
+    with terminal.status(f"preparing {spec.name} seed {spec.seed}", prefix="building image: ", stderr=as_json) as status:
         record = _execute_with_status(spec, store, runtime, ca_bundle, status, quiet, err=as_json,
                                       progress_every=progress_every)
     if as_json:
@@ -258,14 +261,14 @@ def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | 
     live = LiveRun(spec, store, None, interval=progress_every, announce=announce, err=err)
     try:
         return execute(spec, store, runtime=runtime, on_start=live.on_start, echo=None if quiet else live.echo,
-                       ca_bundle=ca_bundle, build_log=lambda line: status.update(f"building image: [dim]{line[:100]}"))
+                       ca_bundle=ca_bundle, build_log=status.update)
     finally:
         live.stop()
 
 
-def _number(value: Any) -> str:
+def _number(value: Any, spec: str = ".4g") -> str:
     """A metric value for a table: 4 significant digits, '-' for NaN/inf (stored as null)."""
-    return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def _print_outcome(record: Record) -> None:
@@ -292,34 +295,53 @@ def ls(as_json: bool, limit: int) -> None:
     recover(store)
     records = list(store.records())[:limit]
     if as_json:
-        click.echo(json.dumps([{k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")} for r in records], indent=2))
+        click.echo(json.dumps([{k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")} for r in records], indent=2, default=str))
         return
     if not records:
         click.echo(f"no runs in {store.root}")
         return
-    primaries = {record.get("primary_metric") or "" for record in records}
+    primaries = {_text(record.get("primary_metric")) for record in records}
     shared = primaries.pop() if len(primaries) == 1 else None
     # The run id never wraps or shortens (it is what the user copies); the other cells fold.
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=f"last value: {shared}" if shared else None,
                   caption_justify="left")
-    table.add_column("run id", no_wrap=True, min_width=max(len(r["run_id"]) for r in records))
+    table.add_column("run id", no_wrap=True, min_width=max(len(_text(r["run_id"])) for r in records))
     table.add_column("status", overflow="fold")
     table.add_column("seed", justify="right", overflow="fold")
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("last" if shared else "primary metric (last)", justify="right" if shared else "left", overflow="fold")
     for record in records:
-        primary = record.get("primary_metric") or ""
-        summary = (record.get("metrics_summary") or {}).get(primary)
+        # records can come from anywhere (a pull, an older harness, a hand edit): every field is
+        # shown as text of bounded length, whatever its type
+        primary = _text(record.get("primary_metric"))
+        summary = _mapping(_mapping(record.get("metrics_summary")).get(primary))
         value = "" if not summary else _number(summary.get("last")) if shared else f"{primary} {_number(summary.get('last'))}"
-        table.add_row(record["run_id"], _status_text(record.get("status", "")), str(record.get("seed")),
-                      (record.get("started_at") or "")[5:16].replace("T", " "), f"{record.get('duration_s') or 0:.1f}s", value)
+        table.add_row(_text(record["run_id"]), _status_text(record.get("status")), _text(record.get("seed")),
+                      _text(record.get("started_at"))[5:16].replace("T", " "), f"{_number(record.get('duration_s'), '.1f')}s", value)
     _console().print(table)
 
 
-def _status_text(status: str) -> str:
-    colour = {"completed": "green", "running": "cyan"}.get(status, "red")
-    return f"[{colour}]{status}[/{colour}]"
+def _text(value: Any, limit: int = 120) -> str:
+    """A record field as one line of printable text (None: empty), for tables."""
+    from rich.markup import escape
+
+    from harness.safefs import printable
+
+    return escape(printable("" if value is None else str(value), limit))
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _status_text(status: Any) -> str:
+    colour = {"completed": "green", "running": "cyan"}.get(status, "red") if isinstance(status, str) else "red"
+    return f"[{colour}]{_text(status, 40)}[/{colour}]"
 
 
 @click.command(epilog=examples("harness show dqn-cartpole-3f2a", "harness show --json dqn-cartpole-3f2a | jq .metrics_summary"))
@@ -335,56 +357,81 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     store = LocalStore()
     record = store.load(run_id)
     if as_json:
-        click.echo(json.dumps(record, indent=2, sort_keys=True))
+        click.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
         return
     console = _console()
-    image = record.get("image") or {}
-    host = record.get("host") or {}
-    environment = record.get("environment") or {}
+    image, host = _mapping(record.get("image")), _mapping(record.get("host"))
+    environment, gpu = _mapping(record.get("environment")), _mapping(record.get("gpu"))
+    exit_code = record.get("exit_code")
     rows = [
-        ("run", record["run_id"]), ("manifest", f"{record.get('name')} (sha256 {str(record.get('manifest_sha256'))[:12]})"),
-        ("status", _status_text(record.get("status", "")) + (f" (exit {record.get('exit_code')})" if record.get("exit_code") not in (None, 0) else "")),
-        ("seed / params", f"{record.get('seed')} / {json.dumps(record.get('params'), sort_keys=True)}"),
-        ("runtime", f"{record.get('runtime')} (hermetic: {record.get('hermetic')})"),
-        ("image", f"{image.get('tag') or image.get('ref')} {image.get('id', '')}" if image else "none (process runtime)"),
-        ("started / time", f"{record.get('started_at')} / {record.get('duration_s')}s"),
-        ("host", f"{host.get('hostname')} {host.get('os', '')} {host.get('kernel', '')}; {host.get('cpu_model')} x{host.get('cpu_count')}"),
-        ("gpu", json.dumps(record.get("gpu", {}).get("devices") or record.get("gpu", {}).get("reason") or "none")),
-        ("python / torch", f"{(environment.get('python') or {}).get('version', '-')} / {(environment.get('torch') or {}).get('version', '-')}"),
-        ("docker / harness", f"{record.get('docker_version', '-')} / {record.get('harness_version')}"),
-        ("files", f"{len(record.get('files') or {})} checksummed"),
+        ("run", _text(record["run_id"])), ("manifest", f"{_text(record.get('name'))} (sha256 {_text(record.get('manifest_sha256'))[:12]})"),
+        ("status", _status_text(record.get("status")) + (f" (exit {_text(exit_code)})" if exit_code not in (None, 0) else "")),
+        ("seed / params", f"{_text(record.get('seed'))} / {_text(json.dumps(record.get('params'), sort_keys=True, default=str), 400)}"),
+        ("runtime", f"{_text(record.get('runtime'))} (hermetic: {_text(record.get('hermetic'))})"),
+        ("image", f"{_text(image.get('tag') or image.get('ref'))} {_text(image.get('id', ''))}" if image else "none (process runtime)"),
+        ("started / time", f"{_text(record.get('started_at'))} / {_text(record.get('duration_s'))}s"),
+        ("host", _text(f"{host.get('hostname')} {host.get('os', '')} {host.get('kernel', '')}; {host.get('cpu_model')} x{host.get('cpu_count')}", 300)),
+        ("gpu", _text(json.dumps(gpu.get("devices") or gpu.get("reason") or "none", default=str), 300)),
+        ("python / torch", f"{_text(_mapping(environment.get('python')).get('version', '-'))} / {_text(_mapping(environment.get('torch')).get('version', '-'))}"),
+        ("docker / harness", f"{_text(record.get('docker_version', '-'))} / {_text(record.get('harness_version'))}"),
+        ("files", f"{len(_mapping(record.get('files')))} checksummed"),
     ]
     if image.get("registry_ref"):
-        rows.append(("registry image", str(image["registry_ref"])))
-    if record.get("sandbox"):
-        sandbox = record["sandbox"]
-        ignored = [name for name, on in (sandbox.get("limits_enforced") or {}).items() if not on]
-        rows.append(("sandbox", f"{sandbox.get('engine')} {sandbox.get('version')}"
-                                f"{' rootless' if sandbox.get('rootless') else ''}, cgroup {sandbox.get('cgroup_version')}"
+        rows.append(("registry image", _text(image["registry_ref"], 300)))
+    sandbox = _mapping(record.get("sandbox"))
+    if sandbox:
+        ignored = [_text(name, 20) for name, on in _mapping(sandbox.get("limits_enforced")).items() if not on]
+        rows.append(("sandbox", f"{_text(sandbox.get('engine'), 20)} {_text(sandbox.get('version'), 40)}"
+                                f"{' rootless' if sandbox.get('rootless') else ''}, cgroup {_text(sandbox.get('cgroup_version'), 10)}"
                                 + (f"; limits NOT enforced: {', '.join(ignored)}" if ignored else "; limits enforced")))
+    skipped = [s for key in ("skipped_files", "metrics_skipped") for s in _list(record.get(key)) if isinstance(s, dict)]
+    if skipped:
+        shown = "; ".join(f"{_text(s.get('path'), 60)}: {_text(s.get('reason'), 80)}" for s in skipped[:3])
+        rows.append(("skipped files", f"{len(skipped)} ({shown}{'; ...' if len(skipped) > 3 else ''})"))
+    rejected = _mapping(record.get("metrics_rejected"))
+    if rejected:
+        rows.append(("rejected metrics", ", ".join(f"{_text(reason, 40)} {_text(count, 20)}" for reason, count in sorted(rejected.items())[:20])))
     if record.get("reproduces"):
-        rows.append(("reproduces", str(record["reproduces"])))
+        rows.append(("reproduces", _text(record["reproduces"])))
     if record.get("pulled_from"):
-        rows.append(("pulled from", json.dumps(record["pulled_from"])))
+        rows.append(("pulled from", _text(json.dumps(record["pulled_from"], default=str), 300)))
     if record.get("detail"):
-        rows.append(("detail", record["detail"]))
+        rows.append(("detail", _text(record["detail"], 600)))
     for key, value in rows:
         console.print(f"[bold]{key:>16}[/bold]  {value}")
-    summary = record.get("metrics_summary") or {}
+    summary = _mapping(record.get("metrics_summary"))
     if summary:
         table = Table("metric", "count", "last", "min", "max", "mean of last N")
         table.columns[0].overflow = "fold"
-        for name in sorted(summary):
-            s = summary[name]
-            table.add_row(name, str(s.get("count")), *(_number(s.get(k)) for k in ("last", "min", "max", "mean_last_n")))
+        for name in sorted(summary)[:1000]:
+            s = _mapping(summary[name])
+            table.add_row(_text(name), _text(s.get("count")), *(_number(s.get(k)) for k in ("last", "min", "max", "mean_last_n")))
         console.print(table)
     if record.get("status") != "completed":
-        log_path = store.run_dir(run_id) / "logs" / "output.log"
-        if log_path.is_file():
-            tail = log_path.read_text(errors="replace").splitlines()[-log_lines:]
+        tail = _log_tail(store.run_dir(run_id), log_lines)
+        if tail:
             console.print(f"[bold]last {len(tail)} log lines[/bold]")
             for line in tail:
                 console.print(line, markup=False)
+
+
+def _log_tail(run_dir: Path, lines: int, window: int = 64 << 10) -> list[str]:
+    """The last ``lines`` lines of the run's log, reading at most ``window`` bytes of it."""
+    import os
+
+    from harness.safefs import UnsafeFile, open_beneath, printable
+
+    try:
+        fd = open_beneath(run_dir, "logs/output.log")
+    except (UnsafeFile, OSError):
+        return []
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, window, max(0, size - window))
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
+    return [printable(line, 500) for line in text]
 
 
 @click.command(epilog=examples("harness recover", "harness recover --json"))

@@ -126,9 +126,11 @@ def _image_line(result: Any) -> str:
 @click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
 @click.option("--rebuild", is_flag=True, help="build the image from the recipe even when the record names a registry image")
+@click.option("--allow-build-network", is_flag=True,
+              help="build a recipe that declares image.network: true (its build then reaches this host's network)")
 @json_option
 def reproduce(target: str, endpoint: str | None, revision: str | None, publish_result: bool, runtime: str,
-              trust_code: bool, out: Path | None, rebuild: bool, as_json: bool) -> None:
+              trust_code: bool, out: Path | None, rebuild: bool, allow_build_network: bool, as_json: bool) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record and compare with the original.
 
     Exit status 0: identical or consistent; 1: diverged; 2: bad input.
@@ -137,7 +139,7 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, publish_r
 
     result = reproduce_run(target, endpoint=endpoint, revision=revision, runtime=runtime, trust_code=trust_code,
                            publish_result=publish_result, out=out, echo=lambda line: click.echo(line, err=True),
-                           progress=sys.stderr, rebuild=rebuild)
+                           progress=sys.stderr, rebuild=rebuild, allow_build_network=allow_build_network)
     image = {"source": result.image_source, "ref": result.image_ref, "id": (result.record.get("image") or {}).get("id")}
     if as_json:
         emit_json({"original": result.original_id, "reproduction": result.reproduction_id, "repo": result.repo,

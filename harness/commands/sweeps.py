@@ -101,6 +101,20 @@ def status(sweep: str | None, as_json: bool, watch: bool, interval: float, reque
     if not watch:
         console.print(progress_table(progress))
         return
+    from harness.terminal import ci_mode
+
+    if ci_mode():  # no redraws in a log: one table each time the counts change
+        shown = None
+        while True:
+            counts = (progress["queued"], progress["running"], progress["done"], progress["failed"])
+            if counts != shown:
+                console.print(progress_table(progress))
+                shown = counts
+            if progress["finished"]:
+                return
+            time.sleep(interval)
+            state = load_state(store, state.sweep_id)
+            progress = sweep_progress(state, store)
     with Live(progress_table(progress), console=console, refresh_per_second=4) as live:
         while not progress["finished"]:
             time.sleep(interval)

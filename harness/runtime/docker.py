@@ -13,7 +13,10 @@ import harness
 from harness.errors import EngineError
 from harness.runtime.engine_api import EngineAPI, EngineAPIError, EngineContainer, engine_api
 from harness.runtime.job import JobRequest, JobResult
+from harness.safefs import terminal_safe
 
+PROBE_MEMORY_BYTES = 1 << 30
+PROBE_MAX_OUTPUT = 16 << 20  # what a probe (the environment capture) may print
 CONTAINER_OUT = "/harness/out"
 CONTAINER_LIB = "/opt/harness"
 RUN_LABEL = "org.harness.run-id"
@@ -99,7 +102,8 @@ def copy_lines(chunks: Any, log_path: Path, echo: Callable[[str], None] | None) 
             except OSError:
                 sink = None  # the record's error says the disk filled up
         if echo is not None:
-            echo(chunk.decode(errors="replace").rstrip("\n"))
+            for line in chunk.decode(errors="replace").rstrip("\n").split("\n"):
+                echo(terminal_safe(line))
     if sink is not None:
         try:
             sink.close()
@@ -216,11 +220,18 @@ def run_in_image(api: EngineAPI, image_id: str, command: list[str], timeout: flo
         "HostConfig": {
             "NetworkMode": "none", "ReadonlyRootfs": True, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"],
             "Tmpfs": {"/tmp": "rw,size=64m"}, "Binds": [f"{harness_package_dir()}:{CONTAINER_LIB}/harness:ro"],
+            # the image may be a pulled one: the probe is as bounded as a run
+            "Memory": PROBE_MEMORY_BYTES, "MemorySwap": PROBE_MEMORY_BYTES, "PidsLimit": 256,
         },
     })
     try:
         container.start()
         container.wait(timeout=timeout)
-        return b"".join(container.api.stream_logs(container.id, stderr=False)).decode(errors="replace")
+        output = bytearray()
+        for chunk in container.api.stream_logs(container.id, stderr=False):
+            output += chunk
+            if len(output) > PROBE_MAX_OUTPUT:
+                raise EngineError(f"{command[0]} in image {image_id[:19]} printed more than {PROBE_MAX_OUTPUT} bytes")
+        return output.decode(errors="replace")
     finally:
         container.remove(force=True)

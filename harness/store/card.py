@@ -227,9 +227,11 @@ def card_text(
     figure: str | None,
     license: str | None = None,
     pretty_name: str | None = None,
+    total: int | None = None,
 ) -> str:
     """README.md of a results repo: YAML metadata (a default config, license, pretty name, tags)
-    and a page that says what was run, shows the curves and the runs, and how to reproduce them."""
+    and a page that says what was run, shows the curves and the runs, and how to reproduce them.
+    ``rows`` are the newest runs of the index; ``total`` counts all of them (default: len(rows))."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     names = sorted({str(row.get("name")) for row in rows})
@@ -251,8 +253,9 @@ def card_text(
             descriptions[row["name"]] = " ".join(str(row["description"]).split())
     lines = [f"# {data.pretty_name}", ""]
     lines += [
-        f"Run records published with harness, a containerised reproducibility harness: {len(rows)} run(s) of "
-        f"{len(names)} manifest(s). Each run folder under `runs/` holds the resolved manifest, the lockfile, "
+        f"Run records published with harness, a containerised reproducibility harness: {total or len(rows)} run(s)"
+        + (f" (the newest {len(rows)} listed here; `runs.parquet` has them all)" if total and total > len(rows) else "")
+        + f" of {len(names)} manifest(s). Each run folder under `runs/` holds the resolved manifest, the lockfile, "
         "the image build context, logs, metrics and a `record.json` with the sha256 of every file, so the run "
         "can be rebuilt and re-run without the original project.",
         "",

@@ -22,22 +22,37 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
-from harness.fsutil import sha256_file
 from harness.layout import METRICS_PARQUET, SYSTEM_PARQUET
 from harness.layout import RECORD as RECORD_NAME
 from harness.record import FINAL_STATUSES
+from harness.safefs import (
+    MAX_CHECKSUM_BYTES,
+    MAX_RECORD_BYTES,
+    UnsafeFile,
+    checksum_files,
+    load_json,
+    open_beneath,
+    printable,
+    relative_path_problem,
+)
 from harness.store.local import LocalStore
 
 REPO_TYPE = "dataset"
 RUNS_INDEX = "runs.parquet"
+MAX_INDEX_BYTES = 1 << 30  # a larger runs.parquet on the repo is refused rather than downloaded
+INDEX_BATCH_ROWS = 1 << 16  # rows of the repo's runs index in memory at a time
+MAX_OPEN_UPLOADS = 1_000  # files uploaded from open descriptors; beyond, by path (checked the same way)
+CARD_ROWS = 50  # runs listed in the dataset card (the newest; runs.parquet has them all)
+MAX_PARAM_COLUMNS = 200  # param_<name> columns of the runs index (a repo's own index may hold any)
 LOCAL_ONLY_FIELDS = ("pulled_from", "owner")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -120,11 +135,20 @@ def _git_blob_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _git_blob_oid_file(path: Path) -> str:
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+def _git_blob_oid_file(folder: Path, relative: str) -> str:
+    fd = open_beneath(folder, relative)
+    try:
+        size = os.fstat(fd).st_size
+        digest = hashlib.sha1(b"blob %d\0" % size)
+        offset = 0
+        while offset < size:
+            block = os.pread(fd, min(1 << 20, size - offset), offset)
+            if not block:
+                break
             digest.update(block)
+            offset += len(block)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
@@ -146,18 +170,110 @@ def _same_content(remote: Any, sha256: str, git_oid: str) -> bool:
 # -- publish --------------------------------------------------------------------------------------
 
 
-def _scan_for_token(paths: list[Path], blobs: list[bytes], token: str) -> None:
+@dataclass
+class _IndexOutcome:
+    """What was written to the new runs index: its row count, the newest rows and some names."""
+
+    rows: int = 0
+    tail: list[dict[str, Any]] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)
+
+
+def _conform_index_batch(batch: pa.RecordBatch | pa.Table, schema: pa.Schema, source: str) -> pa.Table:
+    """A batch of a runs index as ``schema`` (missing columns null); HubError when the columns it
+    has cannot be read as such."""
+    columns = []
+    for name, kind in zip(schema.names, schema.types):
+        index = batch.schema.get_field_index(name)
+        if index < 0:
+            columns.append(pa.nulls(batch.num_rows, kind))
+            continue
+        try:
+            columns.append(batch.column(index).cast(kind))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise HubError(f"{source}: column {printable(name)!r} of {RUNS_INDEX} is not {kind}; "
+                           "fix or remove the repo's runs index") from None
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _index_schema(existing: pq.ParquetFile | None, new_rows: pa.Table) -> pa.Schema:
+    """The new index's columns: the card's base columns, then every ``param_<name>`` column of the
+    old index or the new rows (a param whose types disagree becomes text)."""
+    from harness.store.card import BASE_COLUMNS, PARAM_PREFIX
+
+    params: dict[str, pa.DataType] = {}
+    sources = [new_rows.schema] + ([existing.schema_arrow] if existing is not None else [])
+    for schema in sources:
+        for item in schema:
+            if not item.name.startswith(PARAM_PREFIX) or len(params) >= MAX_PARAM_COLUMNS:
+                continue
+            known = params.get(item.name)
+            params[item.name] = item.type if known is None or known == item.type else pa.string()
+    return pa.schema(list(BASE_COLUMNS) + [pa.field(name, kind) for name, kind in sorted(params.items())])
+
+
+def write_runs_index(existing: Path | None, records: Sequence[Mapping[str, Any]], target: Path,
+                     source: str = RUNS_INDEX) -> _IndexOutcome:
+    """Write ``target``: the rows of the ``existing`` runs index (minus the runs being published),
+    then one row per record. The old index is streamed in batches, never loaded whole."""
+    import collections
+
+    import pyarrow.compute as pc
+
+    from harness.store.card import index_row, runs_table
+
+    new_ids = pa.array(sorted({r["run_id"] for r in records}), pa.string())
+    new_rows = runs_table([index_row(r) for r in records])
+    outcome = _IndexOutcome()
+    tail: collections.deque[dict[str, Any]] = collections.deque(maxlen=CARD_ROWS)
+
+    def note(table: pa.Table) -> None:
+        outcome.rows += table.num_rows
+        tail.extend(table.slice(max(0, table.num_rows - CARD_ROWS)).to_pylist())
+        if len(outcome.names) < 20:
+            outcome.names.update(str(n) for n in pc.unique(table.column("name")).to_pylist()[:20])
+
+    try:
+        handle = pq.ParquetFile(existing) if existing is not None else None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise HubError(f"{source}: the repo's {RUNS_INDEX} is not a readable parquet file ({_first_line(exc)}); "
+                       "fix or remove it") from None
+    schema = _index_schema(handle, new_rows)
+    with pq.ParquetWriter(target, schema) as writer:
+        if handle is not None:
+            try:
+                for batch in handle.iter_batches(batch_size=INDEX_BATCH_ROWS):
+                    table = _conform_index_batch(batch, schema, source)
+                    table = table.filter(pc.invert(pc.fill_null(pc.is_in(table.column("run_id"), value_set=new_ids), False)))
+                    if table.num_rows:
+                        writer.write_table(table)
+                        note(table)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise HubError(f"{source}: the repo's {RUNS_INDEX} is not a readable parquet file ({_first_line(exc)}); "
+                               "fix or remove it") from None
+        table = _conform_index_batch(new_rows, schema, "the runs being published")
+        writer.write_table(table)
+        note(table)
+    outcome.tail = list(tail)
+    return outcome
+
+
+def _scan_for_token(paths: list[tuple[Path, str]], blobs: list[bytes], token: str) -> None:
     needle = token.encode()
     for blob in blobs:
         if needle in blob:
             raise HubError("refusing to publish: a generated file contains your Hub token")
-    for path in paths:
-        with open(path, "rb") as handle:
-            tail = b""
-            for block in iter(lambda: handle.read(1 << 20), b""):
+    for folder, relative in paths:
+        fd = open_beneath(folder, relative)
+        try:
+            tail, offset = b"", 0
+            while block := os.pread(fd, 1 << 20, offset):
+                offset += len(block)
                 if needle in tail + block:
-                    raise HubError(f"refusing to publish: {path.name} contains your Hub token; remove it from the run")
+                    raise HubError(f"refusing to publish: {relative} contains your Hub token; remove it from the run")
                 tail = block[-len(needle):]
+        finally:
+            os.close(fd)
 
 
 def publish(
@@ -187,7 +303,10 @@ def publish(
     store = store or LocalStore()
     records = []
     for run_id in dict.fromkeys(run_ids):
+        if not RUN_ID.match(run_id):
+            raise HubError(f"{printable(run_id)!r} is not a run id that a pull would accept (letters, digits, '.', '_', '-')")
         record = store.load(run_id)
+        _check_publishable_paths(run_id, record)
         if record.get("status") not in FINAL_STATUSES:
             raise HubError(f"run {run_id} is {record.get('status')!r}: only finished runs can be published")
         problems = store.verify(run_id)
@@ -199,7 +318,7 @@ def publish(
     if not token:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = _api(endpoint, token)
-    with hub_errors(repo, api.endpoint):
+    with hub_errors(repo, api.endpoint), contextlib.ExitStack() as open_files:
         repo_url = api.create_repo(repo, repo_type=REPO_TYPE, private=private, exist_ok=True)
         head = api.repo_info(repo, repo_type=REPO_TYPE).sha
         remote = {
@@ -209,8 +328,9 @@ def publish(
         }
 
         operations: list[Any] = []
+        opened: list[str] = []
         changed, unchanged = [], []
-        upload_paths: list[Path] = []
+        upload_paths: list[tuple[Path, str]] = []
         generated: list[bytes] = []
         for record in records:
             run_id = record["run_id"]
@@ -220,13 +340,19 @@ def publish(
             wanted = {prefix + RECORD_NAME}
             same = _same_content(remote.get(prefix + RECORD_NAME), hashlib.sha256(record_bytes).hexdigest(), _git_blob_oid(record_bytes))
             run_ops: list[Any] = [CommitOperationAdd(prefix + RECORD_NAME, record_bytes)]
+            differing: list[str] = []
             for relative, sha256 in sorted(record["files"].items()):
-                path = folder / relative
                 wanted.add(prefix + relative)
-                same = same and _same_content(remote.get(prefix + relative), sha256, _git_blob_oid_file(path))
-                run_ops.append(CommitOperationAdd(prefix + relative, str(path)))
-                upload_paths.append(path)
+                if not _same_content(remote.get(prefix + relative), sha256, _git_blob_oid_file(folder, relative)):
+                    differing.append(relative)
+                run_ops.append(_upload_operation(prefix + relative, folder, relative, sha256, open_files, opened))
+                upload_paths.append((folder, relative))
             stale = [p for p in remote if p.startswith(prefix) and p not in wanted]
+            if prefix + RECORD_NAME in remote and (differing or stale):
+                what = f"{differing[0]} differs" if differing else f"{stale[0][len(prefix):]} is not in this run"
+                raise HubError(f"run {run_id} is already on {repo} with different files ({what}); not replacing it. "
+                               f"Re-run it with `harness run --rerun` (a new run id) and publish that, or publish to another repo")
+            same = same and not differing
             if same and not stale:
                 unchanged.append(run_id)
                 continue
@@ -239,14 +365,18 @@ def publish(
 
         from harness.store import card as repo_card
 
-        existing_rows: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="harness-index-") as scratch:
+            index_path: Path | None = None
             if RUNS_INDEX in remote:
-                index_path = hf_hub_download(
+                size = getattr(remote[RUNS_INDEX], "size", 0) or 0
+                if size > MAX_INDEX_BYTES:
+                    raise HubError(f"{repo}: its {RUNS_INDEX} is {size} bytes (more than {MAX_INDEX_BYTES}); not reading it")
+                index_path = Path(hf_hub_download(
                     repo, RUNS_INDEX, repo_type=REPO_TYPE, revision=head, endpoint=api.endpoint, token=token, local_dir=scratch
-                )
-                existing_rows = pq.read_table(index_path).to_pylist()
-            index_bytes, rows = repo_card.runs_index(existing_rows, records)
+                ))
+            new_index = Path(scratch) / "new-runs.parquet"
+            index = write_runs_index(index_path, records, new_index, f"{repo}@{head[:12]}")
+            rows = sorted(index.tail, key=lambda row: (str(row.get("started_at") or ""), str(row.get("run_id"))))
             run_dirs = {r["run_id"]: store.run_dir(r["run_id"]) for r in records}
             for row in rows[::-1][: repo_card.FIGURE_RUNS]:  # the newest runs already on the Hub, for the figure
                 remote_metrics = f"runs/{row['run_id']}/{METRICS_PARQUET}"
@@ -256,65 +386,82 @@ def publish(
                     run_dirs[row["run_id"]] = Path(scratch) / "runs" / row["run_id"]
             figure = repo_card.learning_curves(run_dirs, rows, Path(scratch) / "figure.png")
             figure_bytes = figure.read_bytes() if figure is not None else None
-        has_system = any(SYSTEM_PARQUET in r["files"] for r in records) or any(
-            p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
-        )
-        card = repo_card.card_text(repo, rows, has_system, repo_card.FIGURE_PATH if figure_bytes else None,
-                                   license=license, pretty_name=pretty_name).encode()
-        generated += [index_bytes, card]
-        _scan_for_token(upload_paths, generated, token)
-        operations += [CommitOperationAdd(RUNS_INDEX, index_bytes), CommitOperationAdd("README.md", card)]
-        if figure_bytes is not None:
-            operations.append(CommitOperationAdd(repo_card.FIGURE_PATH, figure_bytes))
-        info = api.create_commit(
-            repo,
-            repo_type=REPO_TYPE,
-            operations=operations,
-            commit_message=f"Publish {len(changed)} run(s): {', '.join(changed)}",
-            parent_commit=head,
-        )
+            has_system = any(SYSTEM_PARQUET in r["files"] for r in records) or any(
+                p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
+            )
+            card = repo_card.card_text(repo, rows, has_system, repo_card.FIGURE_PATH if figure_bytes else None,
+                                       license=license, pretty_name=pretty_name, total=index.rows).encode()
+            generated += [card] + ([figure_bytes] if figure_bytes is not None else [])
+            _scan_for_token(upload_paths + [(new_index.parent, new_index.name)], generated, token)
+            operations += [CommitOperationAdd(RUNS_INDEX, str(new_index)), CommitOperationAdd("README.md", card)]
+            if figure_bytes is not None:
+                operations.append(CommitOperationAdd(repo_card.FIGURE_PATH, figure_bytes))
+            info = api.create_commit(
+                repo,
+                repo_type=REPO_TYPE,
+                operations=operations,
+                commit_message=f"Publish {len(changed)} run(s): {', '.join(changed)}",
+                parent_commit=head,
+            )
     return PublishResult(repo, str(repo_url), info.oid, changed, unchanged)
+
+
+def _upload_operation(path_in_repo: str, folder: Path, relative: str, sha256: str, open_files: contextlib.ExitStack,
+                      opened: list[str]) -> Any:
+    """The commit operation that uploads ``folder/relative``, from a descriptor opened without
+    following links (the upload reads the file that was checked, whatever its name points at
+    later); HubError when its bytes are no longer the ones the record lists."""
+    from huggingface_hub import CommitOperationAdd
+
+    if len(opened) >= MAX_OPEN_UPLOADS:
+        operation = CommitOperationAdd(path_in_repo, str(folder / relative))
+    else:
+        handle = open_files.enter_context(os.fdopen(open_beneath(folder, relative), "rb"))
+        opened.append(relative)
+        operation = CommitOperationAdd(path_in_repo, handle)
+    if operation.upload_info.sha256.hex() != sha256:
+        raise HubError(f"{folder.name}: {relative} changed since the run was sealed; not publishing it")
+    return operation
+
+
+def _check_publishable_paths(run_id: str, record: Mapping[str, Any]) -> None:
+    """Refuse a run with a file name that a pull would refuse (one line naming the file)."""
+    files = record.get("files")
+    if not isinstance(files, dict):
+        raise HubError(f"run {run_id}: record.json has no file list; run `harness recover` or re-run it")
+    for relative in files:
+        problem = relative_path_problem(relative)
+        if problem:
+            raise HubError(f"run {run_id}: cannot publish {printable(str(relative))!r} ({problem}): a pull would refuse it; "
+                           "rename or remove that file in the run folder and re-run, or publish without it")
 
 
 # -- pull -----------------------------------------------------------------------------------------
 
 
 def _safe_relative(path: str) -> bool:
-    pure = PurePosixPath(path)
-    return (
-        bool(path)
-        and not pure.is_absolute()
-        and "\\" not in path
-        and all(part not in ("", ".", "..") for part in path.split("/"))
-    )
+    """Whether a repo path is one that both publish and pull accept."""
+    return relative_path_problem(path) is None
 
 
 def _verify_download(run_id: str, folder: Path) -> dict[str, Any]:
     """The run's record after checking every file of ``folder`` against it; HubError on any difference."""
     record_path = folder / RECORD_NAME
-    if not record_path.is_file() or record_path.is_symlink():
-        raise HubError(f"run {run_id}: no record.json in the download")
     try:
-        record = json.loads(record_path.read_text())
-    except ValueError as exc:
-        raise HubError(f"run {run_id}: record.json is not valid JSON ({exc})") from None
-    expected = record.get("files")
-    if record.get("run_id") != run_id or not isinstance(expected, dict):
+        record = load_json(record_path, MAX_RECORD_BYTES)
+    except UnsafeFile as exc:
+        raise HubError(f"run {run_id}: no usable record.json in the download ({exc.reason})") from None
+    except ValueError:
+        raise HubError(f"run {run_id}: record.json is not valid JSON") from None
+    expected = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or record.get("run_id") != run_id or not isinstance(expected, dict):
         raise HubError(f"run {run_id}: record.json names run {record.get('run_id')!r} or lacks its file list")
     bad = [p for p in expected if not _safe_relative(p)]
     if bad:
         raise HubError(f"run {run_id}: record lists a path outside the run folder: {bad[0]!r}")
-    actual: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            if path.is_symlink():
-                raise HubError(f"run {run_id}: {path.relative_to(folder)} is a symlink")
-        for name in filenames:
-            path = Path(dirpath) / name
-            relative = path.relative_to(folder).as_posix()
-            if relative != RECORD_NAME:
-                actual[relative] = sha256_file(path)
+    actual, skipped = checksum_files(folder, exclude=frozenset({RECORD_NAME}))
+    if skipped:
+        raise HubError(f"run {run_id} failed verification, not pulled: {skipped[0].path}: {skipped[0].reason}")
     problems = [f"missing {p}" for p in sorted(set(expected) - set(actual))]
     problems += [f"extra {p}" for p in sorted(set(actual) - set(expected))]
     problems += [f"checksum mismatch {p}" for p in sorted(set(expected) & set(actual)) if expected[p] != actual[p]]
@@ -343,14 +490,18 @@ def pull(
     api = _api(endpoint, token)
     with hub_errors(repo, api.endpoint):
         commit = api.repo_info(repo, repo_type=REPO_TYPE, revision=revision).sha
-        paths = [
-            entry.path
-            for entry in api.list_repo_tree(repo, repo_type=REPO_TYPE, revision=commit, recursive=True)
+        entries = [
+            entry for entry in api.list_repo_tree(repo, repo_type=REPO_TYPE, revision=commit, recursive=True)
             if hasattr(entry, "blob_id")
         ]
+        paths = [entry.path for entry in entries]
+        too_large = [e.path for e in entries if (getattr(e, "size", 0) or 0) > MAX_CHECKSUM_BYTES]
+        if too_large:
+            raise HubError(f"{repo}@{commit[:12]}: {printable(too_large[0])} is larger than {MAX_CHECKSUM_BYTES} bytes; not pulling it")
         unsafe = [p for p in paths if not _safe_relative(p)]
         if unsafe:
-            raise HubError(f"{repo}@{commit[:12]}: refusing a repo with a path outside it: {unsafe[0]!r}")
+            raise HubError(f"{repo}@{commit[:12]}: refusing a repo with an unusable path {printable(unsafe[0])!r} "
+                           f"({relative_path_problem(unsafe[0])})")
         available = sorted({p.split("/")[1] for p in paths if p.startswith("runs/") and p.endswith("/" + RECORD_NAME) and p.count("/") == 2})
         if only_run is not None and only_run not in available:
             known = ", ".join(available[:10]) or "none"

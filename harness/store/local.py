@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 from harness.errors import StoreError
-from harness.fsutil import sha256_file, write_json_atomic
+from harness.fsutil import write_json_atomic
 from harness.layout import RECORD, RunLayout
 from harness.record import Record
+from harness.safefs import MAX_RECORD_BYTES, Skipped, UnsafeFile, checksum_files, load_json, skipped_for_record
+
+MAX_RUNS = 1_000_000  # run folders looked at by one listing
 
 
 def store_root() -> Path:
@@ -19,16 +24,31 @@ def store_root() -> Path:
 
 
 def checksum_tree(folder: Path) -> dict[str, str]:
-    """sha256 of every regular file under ``folder`` except record.json, keyed by posix path."""
-    sums: dict[str, str] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_symlink() or not path.is_file():
-            continue
-        relative = path.relative_to(folder).as_posix()
-        if relative == RECORD or (path.parent == folder and RunLayout(folder).is_record_temp(path.name)):
-            continue
-        sums[relative] = sha256_file(path)
-    return sums
+    """sha256 of every regular file under ``folder`` except record.json, keyed by posix path.
+
+    Symlinks, special files, bad names and what lies past the walk's limits are left out
+    (``checksum_report`` says which and why)."""
+    return checksum_report(folder)[0]
+
+
+def checksum_report(folder: Path) -> tuple[dict[str, str], list[Skipped]]:
+    """``checksum_tree`` and the list of what it left out, through the one safe walker."""
+    sums, skipped = checksum_files(folder)
+    layout = RunLayout(folder)
+    return {path: digest for path, digest in sums.items() if not ("/" not in path and layout.is_record_temp(path))}, skipped
+
+
+def read_record(path: Path) -> Record:
+    """A record.json read safely (regular file, size-capped); StoreError when it is not a record."""
+    try:
+        data = load_json(path, MAX_RECORD_BYTES)
+    except UnsafeFile as exc:
+        raise StoreError(f"{path}: unreadable run record ({exc.reason})") from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: unreadable run record ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{path}: unreadable run record (not a JSON object)")
+    return cast(Record, data)
 
 
 class LocalStore:
@@ -50,18 +70,21 @@ class LocalStore:
 
     def exists(self, run_id: str) -> bool:
         """Whether the store holds a record for ``run_id``."""
-        return (self.run_dir(run_id) / RECORD).is_file()
+        try:
+            return stat.S_ISREG(os.lstat(self.run_dir(run_id) / RECORD).st_mode)
+        except OSError:
+            return False
 
     def load(self, run_id: str) -> Record:
         """The record of one run; a clear error when there is none."""
         path = self.run_dir(run_id) / RECORD
-        if not path.is_file():
-            known = ", ".join(r["run_id"] for r in list(self.records())[:5]) or "none"
+        if not os.path.lexists(path):
+            known = ", ".join(str(r.get("run_id")) for r in list(self.records())[:5]) or "none"
             raise StoreError(f"{self.root}: no run {run_id!r} (newest: {known}); see `harness ls`")
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{path}: unreadable run record ({exc})") from exc
+        record = read_record(path)
+        if record.get("run_id") != run_id:
+            raise StoreError(f"{path}: the record names run {str(record.get('run_id'))[:80]!r}, not {run_id!r}")
+        return record
 
     def save(self, record: Record) -> Path:
         """Write ``record`` as its run's record.json, atomically."""
@@ -71,7 +94,8 @@ class LocalStore:
 
     def seal(self, record: Record) -> Record:
         """Checksum every file of the run folder into ``record['files']`` and save it."""
-        record["files"] = checksum_tree(self.run_dir(record["run_id"]))
+        record["files"], skipped = checksum_report(self.run_dir(record["run_id"]))
+        record["skipped_files"] = skipped_for_record(skipped)
         self.save(record)
         return record
 
@@ -84,16 +108,27 @@ class LocalStore:
         return record
 
     def records(self) -> Iterator[Record]:
-        """Every readable run record, newest first."""
+        """Every readable run record, newest first.
+
+        Records are read safely (no link followed, FIFOs and huge files skipped); a record whose
+        ``run_id`` is not its folder's name is left out."""
         if not self.runs_dir.is_dir():
             return iter(())
         found = []
-        for path in self.runs_dir.glob(f"*/{RECORD}"):
+        try:
+            with os.scandir(self.runs_dir) as entries:
+                names = [e.name for e in itertools.islice(entries, MAX_RUNS) if not e.name.startswith(".")]
+        except OSError:
+            return iter(())
+        for name in names:
             try:
-                found.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
+                record = read_record(self.runs_dir / name / RECORD)
+            except StoreError:
                 continue
-        found.sort(key=lambda r: r.get("started_at") or "", reverse=True)
+            if record.get("run_id") != name:
+                continue
+            found.append(record)
+        found.sort(key=lambda r: str(r.get("started_at") or ""), reverse=True)
         return iter(found)
 
     def find_by_config(self, config_key: str) -> list[Record]:
@@ -105,6 +140,8 @@ class LocalStore:
         record = self.load(run_id)
         folder = self.run_dir(run_id)
         expected = record.get("files") or {}
+        if not isinstance(expected, dict):
+            return ["record.json: files is not a mapping"]
         actual = checksum_tree(folder)
         problems = [f"missing {p}" for p in sorted(set(expected) - set(actual))]
         problems += [f"extra {p}" for p in sorted(set(actual) - set(expected))]
