@@ -93,14 +93,15 @@ def registry_image_of(original: Record, runtime: str) -> Any:
     """The original's image pulled by its registry digest into ``runtime``'s engine (an ImageInfo),
     or None when its record has no registry reference. HarnessError when the registry serves an image
     whose id is not the one the original ran."""
-    image = original.get("image") or {}
-    ref = image.get("registry_ref")
+    image: dict[str, Any] = original.get("image") or {}  # type: ignore[assignment]
+    ref = image.get("registry_ref") if isinstance(image, dict) else None
     if not ref:
         return None
     from harness.registry import is_registry_ref
 
-    if not is_registry_ref(ref):
-        raise HarnessError(f"run {original.get('run_id')}: image.registry_ref {ref!r} is not host/name@sha256:<digest>")
+    if not isinstance(ref, str) or len(ref) > 512 or not is_registry_ref(ref):
+        raise HarnessError(f"run {original.get('run_id')}: image.registry_ref {str(ref)[:120]!r} is not "
+                           "host/name@sha256:<digest>")
     if runtime == "podman":
         from harness.runtime.podman import podman_api, podman_resolve_ref
 
@@ -110,7 +111,7 @@ def registry_image_of(original: Record, runtime: str) -> Any:
         from harness.runtime.engine import docker_client
 
         info = resolve_ref(docker_client(timeout=3600), ref)
-    if image.get("id") and info.id != image["id"]:
+    if isinstance(image.get("id"), str) and info.id != image["id"]:
         raise HarnessError(f"{ref} is image {info.id[:19]}, but run {original.get('run_id')} ran {str(image['id'])[:19]}: "
                            "the record's registry reference does not match it (use --rebuild)")
     return info
