@@ -32,6 +32,8 @@ class ReproductionResult:
     verdict_path: Path
     record: Record
     published_commit: str | None = None
+    image_source: str = "rebuilt"  # rebuilt (from the recipe) | registry (the published image) | ref (the manifest's)
+    image_ref: str | None = None  # the registry reference run, for "registry"
 
     @property
     def exit_code(self) -> int:
@@ -87,6 +89,34 @@ def original_run(store: LocalStore, target: str, endpoint: str | None, revision:
     return run_id, repo
 
 
+def registry_image_of(original: Record, runtime: str) -> Any:
+    """The original's image pulled by its registry digest into ``runtime``'s engine (an ImageInfo),
+    or None when its record has no registry reference. HarnessError when the registry serves an image
+    whose id is not the one the original ran."""
+    image: dict[str, Any] = original.get("image") or {}  # type: ignore[assignment]
+    ref = image.get("registry_ref") if isinstance(image, dict) else None
+    if not ref:
+        return None
+    from harness.registry import is_registry_ref
+
+    if not isinstance(ref, str) or len(ref) > 512 or not is_registry_ref(ref):
+        raise HarnessError(f"run {original.get('run_id')}: image.registry_ref {str(ref)[:120]!r} is not "
+                           "host/name@sha256:<digest>")
+    if runtime == "podman":
+        from harness.runtime.podman import podman_api, podman_resolve_ref
+
+        info = podman_resolve_ref(podman_api(), ref)
+    else:
+        from harness.images import resolve_ref
+        from harness.runtime.engine import docker_client
+
+        info = resolve_ref(docker_client(timeout=3600), ref)
+    if isinstance(image.get("id"), str) and info.id != image["id"]:
+        raise HarnessError(f"{ref} is image {info.id[:19]}, but run {original.get('run_id')} ran {str(image['id'])[:19]}: "
+                           "the record's registry reference does not match it (use --rebuild)")
+    return info
+
+
 def reproduce(
     target: str,
     store: LocalStore | None = None,
@@ -98,10 +128,13 @@ def reproduce(
     out: Path | None = None,
     echo: Callable[[str], None] = lambda line: None,
     progress: IO[str] | None = None,
+    rebuild: bool = False,
     allow_build_network: bool = False,
 ) -> ReproductionResult:
-    """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record, with a
-    fresh image build, and compare the reproduction with the original.
+    """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record, and
+    compare the reproduction with the original. The image is the exact one the original ran when
+    its record has a registry digest (``image.registry_ref``, pulled by digest, no build), unless
+    ``rebuild``; otherwise a fresh build from the recipe.
 
     Raises HarnessError for bad input: a pulled run asked to run on the host without
     ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the Hub,
@@ -131,23 +164,33 @@ def reproduce(
 
     with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
         loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
-        if loaded.manifest.image.network and not allow_build_network and runtime == "docker":
+        registry_image = None if rebuild or runtime == "process" else registry_image_of(original, runtime)
+        if (registry_image is None and loaded.manifest.image.network and not allow_build_network
+                and runtime in ("docker", "podman")):
             raise HarnessError(f"run {original_id}: its recipe declares image.network: true, so rebuilding it would give "
                                "its build this host's network; read its context/, then pass --allow-build-network")
         params = dict(original.get("params") or {})
         seed, smoke = int(original["seed"]), bool(original.get("smoke"))
         spec = RunSpec(loaded=loaded, params=params, seed=seed, smoke=smoke,
                        config_key=config_key(loaded, params, seed, smoke))
-        echo(f"reproducing {original_id} (seed {seed}) with a fresh image build")
+        if registry_image is not None:
+            echo(f"reproducing {original_id} (seed {seed}) with the published image {registry_image.ref} (no build)")
+            image_source = "registry"
+        else:
+            image_source = "ref" if loaded.manifest.image.ref else "rebuilt"
+            echo(f"reproducing {original_id} (seed {seed}) with "
+                 f"{'its image.ref' if image_source == 'ref' else 'a fresh image build'}")
         if progress is None:
-            record = execute(spec, store, runtime=runtime, reproduces=original_id, force_build=True, echo=echo)
+            record = execute(spec, store, runtime=runtime, reproduces=original_id, force_build=registry_image is None,
+                             echo=echo, image=registry_image)
         else:
             from harness.progress import LiveRun
 
             live = LiveRun(spec, store, progress, prefix="")
             try:
-                record = execute(spec, store, runtime=runtime, reproduces=original_id, force_build=True,
-                                 on_start=live.on_start, echo=live.echo)
+                record = execute(spec, store, runtime=runtime, reproduces=original_id,
+                                 force_build=registry_image is None, on_start=live.on_start, echo=live.echo,
+                                 image=registry_image)
             finally:
                 live.stop()
         expect = loaded.manifest.expect
@@ -158,11 +201,16 @@ def reproduce(
     figure = plot_comparison(store.run_dir(original_id), store.run_dir(reproduction_id), out_dir / "comparison.png",
                              verdict=verdict)
     verdict_path = out_dir / "verdict.json"
-    write_json_atomic(verdict_path, {"original": original_id, "reproduction": reproduction_id, **verdict.to_dict()})
+    image_ref = registry_image.ref if registry_image is not None else None
+    write_json_atomic(verdict_path, {"original": original_id, "reproduction": reproduction_id,
+                                     "image": {"source": image_source, "ref": image_ref,
+                                               "id": (record.get("image") or {}).get("id")},
+                                     **verdict.to_dict()})
     # record.json is outside the checksummed files, so the verdict can join the sealed record.
     record["reproduction_verdict"] = verdict.verdict
     store.save(record)
-    result = ReproductionResult(original_id, reproduction_id, repo, verdict, figure, verdict_path, record)
+    result = ReproductionResult(original_id, reproduction_id, repo, verdict, figure, verdict_path, record,
+                                image_source=image_source, image_ref=image_ref)
     if publish_result:
         from harness.store.hub import publish
 

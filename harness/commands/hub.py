@@ -104,9 +104,19 @@ def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path)
     click.echo(f"verdict: {verdict.verdict}")
 
 
+def _image_line(result: Any) -> str:
+    image_id = str((result.record.get("image") or {}).get("id") or "none")
+    if result.image_source == "registry":
+        return f"the published image {result.image_ref} ({image_id[:19]}), pulled by digest, not rebuilt"
+    if result.image_source == "ref":
+        return f"the manifest's image.ref ({image_id[:19]})"
+    return f"rebuilt from the recipe ({image_id[:19]})"
+
+
 @click.command(epilog=examples(
     "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e",
     "harness reproduce dqn-cartpole-3f2a --out repro/ --json",
+    "harness reproduce dqn-cartpole-3f2a --rebuild",
 ))
 @click.argument("target", type=RUN_ID_OR_HUB)
 @endpoint_option
@@ -115,11 +125,12 @@ def _print_verdict(verdict: Any, original: str, reproduction: str, figure: Path)
 @runtime_option
 @click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
+@click.option("--rebuild", is_flag=True, help="build the image from the recipe even when the record names a registry image")
 @click.option("--allow-build-network", is_flag=True,
               help="build a recipe that declares image.network: true (its build then reaches this host's network)")
 @json_option
 def reproduce(target: str, endpoint: str | None, revision: str | None, publish_result: bool, runtime: str,
-              trust_code: bool, out: Path | None, allow_build_network: bool, as_json: bool) -> None:
+              trust_code: bool, out: Path | None, rebuild: bool, allow_build_network: bool, as_json: bool) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record and compare with the original.
 
     Exit status 0: identical or consistent; 1: diverged; 2: bad input.
@@ -128,12 +139,14 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, publish_r
 
     result = reproduce_run(target, endpoint=endpoint, revision=revision, runtime=runtime, trust_code=trust_code,
                            publish_result=publish_result, out=out, echo=lambda line: click.echo(line, err=True),
-                           progress=sys.stderr, allow_build_network=allow_build_network)
+                           progress=sys.stderr, rebuild=rebuild, allow_build_network=allow_build_network)
+    image = {"source": result.image_source, "ref": result.image_ref, "id": (result.record.get("image") or {}).get("id")}
     if as_json:
         emit_json({"original": result.original_id, "reproduction": result.reproduction_id, "repo": result.repo,
                    "figure": str(result.figure), "verdict_file": str(result.verdict_path),
-                   "published_commit": result.published_commit, **result.verdict.to_dict()})
+                   "published_commit": result.published_commit, "image": image, **result.verdict.to_dict()})
     else:
+        click.echo(f"image: {_image_line(result)}")
         _print_verdict(result.verdict, result.original_id, result.reproduction_id, result.figure)
         if result.published_commit is not None:
             click.echo(f"{result.repo}: published {result.reproduction_id} in commit {result.published_commit}")
