@@ -57,6 +57,8 @@ class ImageInfo:
     cached: bool = False
     build_seconds: float = 0.0
     packages: list[str] = field(default_factory=list)
+    registry_ref: str | None = None  # host/name@sha256:… when the image is (also) in a registry
+    source: str = "build"  # build | local | registry: where this run's copy came from
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -255,17 +257,31 @@ def locked_packages(lockfile: Path | None) -> list[str]:
 
 
 def resolve_ref(client, ref: str) -> ImageInfo:  # type: ignore[no-untyped-def]
-    """An image given by digest: use the local copy, or pull it by digest."""
+    """An image given by digest: use the local copy, or pull it by digest (with the registry's
+    credentials, see ``harness.registry``). One-line errors for a registry that is down, refuses
+    the credentials or lacks the digest."""
     from docker.errors import APIError, ImageNotFound
 
+    from harness.registry import RegistryError, auth_config, engine_message, explain_pull_failure, registry_host
+
+    host = registry_host(ref)
+    source = "local"
     try:
         image = client.images.get(ref)
     except ImageNotFound:
+        if host is None:
+            raise EngineError(f"image {ref} is not in the engine and could not be pulled: it names no registry") from None
         try:
-            image = client.images.pull(ref)
-        except APIError as exc:
-            raise EngineError(f"image {ref} is not in the engine and could not be pulled: {exc.explanation}") from None
-    return ImageInfo(ref=ref, id=image.id, tag=ref, cached=True)
+            # pull by the full reference: the SDK's pull(repo, tag) would read the digest as a tag
+            for chunk in client.api.pull(ref, auth_config=auth_config(host), stream=True, decode=True):
+                if "error" in chunk:
+                    raise RegistryError(explain_pull_failure(ref, str(chunk["error"]).strip()))
+            image = client.images.get(ref)
+        except (APIError, ImageNotFound) as exc:
+            raise RegistryError(explain_pull_failure(ref, engine_message(exc))) from None
+        source = "registry"
+    return ImageInfo(ref=ref, id=image.id, tag=ref, cached=True,
+                     registry_ref=ref if host is not None else None, source=source)
 
 
 def build_image(
@@ -402,10 +418,15 @@ _prepared_lock = threading.Lock()
 
 
 def prepare_image(loaded: LoadedManifest, ca_bundle: Path | None = None, force_build: bool = False,
-                  log: Callable[[str], None] = lambda line: None) -> ImageInfo:
-    """A manifest's image: built from its recipe (content-addressed, cached) or resolved by digest.
+                  log: Callable[[str], None] = lambda line: None, runtime: str = "docker") -> ImageInfo:
+    """A manifest's image: built from its recipe (content-addressed, cached) or resolved by digest,
+    in the engine of ``runtime`` (``podman``: see ``harness.runtime.podman.prepare_podman_image``).
 
     Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
+    if runtime == "podman":
+        from harness.runtime.podman import prepare_podman_image
+
+        return prepare_podman_image(loaded, ca_bundle, force_build, log)
     key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes(),
            loaded.manifest.image.network)
     if not force_build:

@@ -82,6 +82,8 @@ class ImageRecord(TypedDict, total=False):
     cached: bool
     build_seconds: float
     packages: list[str]
+    registry_ref: str | None  # host/name@sha256:… once pushed (harness push) or when pulled from one
+    source: str  # build | local | registry
 
 
 class Record(TypedDict, total=False):
@@ -119,6 +121,7 @@ class Record(TypedDict, total=False):
     host: dict[str, Any]
     pins: list[dict[str, Any]]
     docker_version: str
+    sandbox: dict[str, Any]  # podman: engine, version, rootless, cgroup_version, limits_enforced
     metrics_summary: dict[str, dict[str, Any]]
     peak_memory_bytes: int
     gpu: dict[str, Any]

@@ -51,6 +51,8 @@ class ReproductionResult:
     seed_plan: str
     pairs: list[SeedPair] = field(default_factory=list)
     published_commit: str | None = None
+    image_source: str = "rebuilt"  # rebuilt (from the recipe) | registry (the published image) | ref (the manifest's)
+    image_ref: str | None = None  # the registry reference run, for "registry"
 
     @property
     def reproduction_ids(self) -> list[str]:
@@ -88,6 +90,8 @@ class ReproductionResult:
             "original": self.original_id, "reproduction": self.reproduction_id, "reproductions": self.reproduction_ids,
             "repo": self.repo, "verdict_file": str(self.verdict_path), "published_commit": self.published_commit,
             "seed_plan": self.seed_plan, "figure": None if self.figure is None else str(self.figure),
+            "image": {"source": self.image_source, "ref": self.image_ref,
+                      "id": (self.records[0].get("image") or {}).get("id")},
             "first_difference": None if difference is None else asdict(difference),
             "pairs": [{"seed": p.seed, "original": p.original_id, "reproduction": p.reproduction_id,
                        **p.comparison.to_dict()} for p in self.pairs],
@@ -143,6 +147,34 @@ def original_run(store: LocalStore, target: str, endpoint: str | None, revision:
     return run_id, repo
 
 
+def registry_image_of(original: Record, runtime: str) -> Any:
+    """The original's image pulled by its registry digest into ``runtime``'s engine (an ImageInfo),
+    or None when its record has no registry reference. HarnessError when the registry serves an image
+    whose id is not the one the original ran."""
+    image: dict[str, Any] = original.get("image") or {}  # type: ignore[assignment]
+    ref = image.get("registry_ref") if isinstance(image, dict) else None
+    if not ref:
+        return None
+    from harness.registry import is_registry_ref
+
+    if not isinstance(ref, str) or len(ref) > 512 or not is_registry_ref(ref):
+        raise HarnessError(f"run {original.get('run_id')}: image.registry_ref {str(ref)[:120]!r} is not "
+                           "host/name@sha256:<digest>")
+    if runtime == "podman":
+        from harness.runtime.podman import podman_api, podman_resolve_ref
+
+        info = podman_resolve_ref(podman_api(), ref)
+    else:
+        from harness.images import resolve_ref
+        from harness.runtime.engine import docker_client
+
+        info = resolve_ref(docker_client(timeout=3600), ref)
+    if isinstance(image.get("id"), str) and info.id != image["id"]:
+        raise HarnessError(f"{ref} is image {info.id[:19]}, but run {original.get('run_id')} ran {str(image['id'])[:19]}: "
+                           "the record's registry reference does not match it (use --rebuild)")
+    return info
+
+
 def parse_seed_count(value: int | str | None) -> int | str | None:
     """``--seeds``: a positive number of seeds, ``auto`` or None (as many as were published)."""
     if value is None or value == "auto":
@@ -186,19 +218,20 @@ def original_group(store: LocalStore, original: Record, target: str, endpoint: s
     return group
 
 
-def _run_one(spec: Any, store: LocalStore, runtime: str, reproduces: str, build: bool,
+def _run_one(spec: Any, store: LocalStore, runtime: str, reproduces: str, build: bool, image: Any,
              echo: Callable[[str], None], progress: IO[str] | None) -> Record:
-    """One reproduction run (``build``: with a forced image rebuild), with live progress on ``progress``."""
+    """One reproduction run (``build``: with a forced image rebuild; ``image``: this image, no
+    build), with live progress on ``progress``."""
     from harness.runner import execute
 
     if progress is None:
-        return execute(spec, store, runtime=runtime, reproduces=reproduces, force_build=build, echo=echo)
+        return execute(spec, store, runtime=runtime, reproduces=reproduces, force_build=build, echo=echo, image=image)
     from harness.progress import LiveRun
 
     live = LiveRun(spec, store, progress, prefix="")
     try:
         return execute(spec, store, runtime=runtime, reproduces=reproduces, force_build=build,
-                       on_start=live.on_start, echo=live.echo)
+                       on_start=live.on_start, echo=live.echo, image=image)
     finally:
         live.stop()
 
@@ -216,17 +249,20 @@ def reproduce(
     new_seeds: bool = False,
     echo: Callable[[str], None] = lambda line: None,
     progress: IO[str] | None = None,
+    rebuild: bool = False,
     allow_build_network: bool = False,
 ) -> ReproductionResult:
-    """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record, with a
-    fresh image build, over seeds, and give the verdict between the published group and the
-    reproduction runs (harness.analysis.group_verdict).
+    """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record over
+    seeds, and give the verdict between the published group and the reproduction runs
+    (harness.analysis.group_verdict). The image is the exact one the original ran when its record
+    has a registry digest (``image.registry_ref``, pulled by digest, no build), unless ``rebuild``;
+    otherwise a fresh build from the recipe (made once, for the first seed).
 
     ``seeds``: None re-runs the published seeds of the configuration (every run of the repo, or
-    of the local store, with the same manifest, lockfile, params and smoke flag); ``N`` the first
-    N of them and then new ones; ``"auto"`` as many as give 80 % power to show equivalence given
-    the published spread. ``new_seeds`` runs none of the published seeds. A Hub repo is pulled
-    whole when the manifest lists more than one seed or ``seeds``/``new_seeds`` is given.
+    of the local store, with the same manifest, lockfile, params, smoke flag and recipe); ``N`` the
+    first N of them and then new ones; ``"auto"`` as many as give 80 % power to show equivalence
+    given the published spread. ``new_seeds`` runs none of the published seeds. A Hub repo is
+    pulled whole when the manifest lists more than one seed or ``seeds``/``new_seeds`` is given.
 
     Raises HarnessError for bad input: a pulled run asked to run on the host without
     ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the
@@ -258,9 +294,16 @@ def reproduce(
     records: list[Record] = []
     with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
         loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
-        if loaded.manifest.image.network and not allow_build_network and runtime == "docker":
+        registry_image = None if rebuild or runtime == "process" else registry_image_of(original, runtime)
+        if (registry_image is None and loaded.manifest.image.network and not allow_build_network
+                and runtime in ("docker", "podman")):
             raise HarnessError(f"run {original_id}: its recipe declares image.network: true, so rebuilding it would give "
                                "its build this host's network; read its context/, then pass --allow-build-network")
+        if registry_image is not None:
+            echo(f"reproducing with the published image {registry_image.ref} (no build)")
+            image_source = "registry"
+        else:
+            image_source = "ref" if loaded.manifest.image.ref else "rebuilt"
         expect = loaded.manifest.expect
         whole_repo = seeds is not None or new_seeds or len(loaded.manifest.seeds) > 1
         group = original_group(store, original, target, endpoint, whole_repo)
@@ -280,10 +323,12 @@ def reproduce(
         for index, seed in enumerate(plan.seeds):
             spec = RunSpec(loaded=loaded, params=params, seed=seed, smoke=smoke,
                            config_key=config_key(loaded, params, seed, smoke))
+            fresh_build = index == 0 and image_source == "rebuilt"
             echo(f"reproducing {of_seed.get(seed, original_id)} with seed {seed} ({index + 1} of {len(plan.seeds)})"
-                 + (" with a fresh image build" if index == 0 else ""))
+                 + (" with a fresh image build" if fresh_build else ""))
             # The first run rebuilds the image; the others reuse that build (prepare_image caches it).
-            record = _run_one(spec, store, runtime, of_seed.get(seed, original_id), index == 0, echo, progress)
+            record = _run_one(spec, store, runtime, of_seed.get(seed, original_id), index == 0 and registry_image is None,
+                              registry_image, echo, progress)
             records.append(record)
             if record.get("status") != RunStatus.COMPLETED:
                 echo(f"{record['run_id']} is {record.get('status')}: no further seeds are run")
@@ -309,7 +354,9 @@ def reproduce(
     else:
         figure = None  # a run that did not complete may have no metrics to draw
     result = ReproductionResult(original_id, repo, verdict, figure, out_dir / "verdict.json", records,
-                                [r["run_id"] for r in group], published_seeds, plan.message, pairs)
+                                [r["run_id"] for r in group], published_seeds, plan.message, pairs,
+                                image_source=image_source,
+                                image_ref=registry_image.ref if registry_image is not None else None)
     write_json_atomic(result.verdict_path, json_safe(result.to_dict()))
     # record.json is outside the checksummed files, so the verdict can join the sealed records.
     summary = verdict.to_dict()

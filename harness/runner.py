@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ from harness.record import SCHEMA_VERSION, Record, RunStatus
 from harness.runtime.engine_api import engine_api
 from harness.runtime.job import JobRequest, JobResult
 from harness.store.local import LocalStore
+
+CONTAINER_RUNTIMES = ("docker", "podman")
+RUNTIMES = (*CONTAINER_RUNTIMES, "process")
 
 # Space held from the start of a run so that its final record can be written even when the
 # workload fills the disk.
@@ -103,7 +107,7 @@ def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | 
         "smoke": spec.smoke,
         "command": spec.command(),
         "runtime": runtime,
-        "hermetic": runtime == "docker",
+        "hermetic": runtime in CONTAINER_RUNTIMES,
         "manifest_sha256": spec.loaded.sha256,
         "lockfile_sha256": lockfile_sha,
         "image": image.as_record() if image else None,  # type: ignore[typeddict-item]
@@ -127,33 +131,60 @@ def execute(
     ca_bundle: Path | None = None,
     force_build: bool = False,
     build_log: Callable[[str], None] = lambda line: None,
+    image: ImageInfo | None = None,
+    require_limits: bool | None = None,
 ) -> Record:
     """Run one run and return its sealed record. Bad input raises before anything is written.
 
     ``on_start(record, job)`` is called once the record exists and before the job starts; the job
-    has ``stop(reason)`` for a scheduler that must end it early.
+    has ``stop(reason)`` for a scheduler that must end it early. ``image``: an image already in the
+    runtime's engine (reproduce with a registry image) instead of the manifest's. ``require_limits``
+    (default: ``HARNESS_REQUIRE_LIMITS=1``): refuse a Podman host that cannot enforce every limit.
     """
-    if runtime not in {"docker", "process"}:
-        raise HarnessError(f"--runtime {runtime}: choose docker or process")
+    if runtime not in RUNTIMES:
+        raise HarnessError(f"--runtime {runtime}: choose {', '.join(RUNTIMES)}")
     threading.Thread(target=_warm_imports, name="harness-imports", daemon=True).start()
     manifest = spec.loaded.manifest
     check_gpus(manifest.hardware.gpus)
-    client = engine_api() if runtime == "docker" else None
-    image = prepare_image(spec.loaded, ca_bundle, force_build, build_log) if runtime == "docker" else None
+    client: Any = None
+    sandbox: dict[str, Any] | None = None
+    if runtime == "docker":
+        client = engine_api()
+    elif runtime == "podman":
+        from harness.runtime.podman import REQUIRE_LIMITS_ENV, check_limits, podman_api, podman_facts
+
+        client = podman_api()
+        sandbox = podman_facts(client)
+        if require_limits is None:
+            require_limits = os.environ.get(REQUIRE_LIMITS_ENV) == "1"
+        _say_once(check_limits(sandbox, require_limits))
+    if runtime in CONTAINER_RUNTIMES and image is None:
+        image = prepare_image(spec.loaded, ca_bundle, force_build, build_log, runtime=runtime)
     from harness.pins import fetch_pins
 
     pins = fetch_pins(manifest)
 
     previous_term = _raise_on_sigterm()
     try:
-        return _execute_run(spec, store, runtime, reproduces, on_start, echo, client, image, pins)
+        return _execute_run(spec, store, runtime, reproduces, on_start, echo, client, image, pins, sandbox)
     finally:
         _restore_sigterm(previous_term)
 
 
+_said: set[str] = set()
+
+
+def _say_once(line: str | None) -> None:
+    """A warning for the person starting the run (stderr), once per process."""
+    if line and line not in _said:
+        _said.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
 def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str | None,
                  on_start: Callable[..., None] | None, echo: Callable[[str], None] | None,
-                 client: Any, image: ImageInfo | None, pins: list[dict[str, Any]]) -> Record:
+                 client: Any, image: ImageInfo | None, pins: list[dict[str, Any]],
+                 sandbox: dict[str, Any] | None = None) -> Record:
     from harness.capture.environment import capture_host
     from harness.capture.session import CaptureSession
     from harness.pins import hub_cache_dir
@@ -168,10 +199,12 @@ def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str
     record = initial_record(spec, run_id, runtime, image, reproduces)
     record["host"] = capture_host()
     record["pins"] = pins
-    if client is not None:
+    if runtime == "docker":
         from harness.runtime.docker import engine_version
 
         record["docker_version"] = engine_version(client)
+    if sandbox is not None:
+        record["sandbox"] = sandbox
     store.save(record)
 
     request = JobRequest(
@@ -189,6 +222,11 @@ def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str
 
         assert image is not None
         job = DockerJob(client, image.id, request)
+    elif runtime == "podman":
+        from harness.runtime.podman import PodmanJob
+
+        assert image is not None and sandbox is not None
+        job = PodmanJob(client, image.id, request, sandbox)
     else:
         from harness.runtime.process import ProcessJob
 
@@ -198,8 +236,9 @@ def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str
         if on_start is not None:
             on_start(record, job)
         job.start()
-        capture.start(container=getattr(job, "container", None), pid=None if runtime == "docker" else job.pid,
-                      gpus=manifest.hardware.gpus)
+        # rootless Podman on cgroup v1 gives the container no cgroup of its own: follow its processes
+        pid = job.pid if runtime == "process" or getattr(job, "sample_by_pid", False) else None
+        capture.start(container=job.container if pid is None else None, pid=pid, gpus=manifest.hardware.gpus)
         try:
             result = job.wait()
         except KeyboardInterrupt as exc:
@@ -331,6 +370,14 @@ def recover(store: LocalStore) -> list[str]:
                 from harness.runtime.docker import kill_orphan
 
                 kill_orphan(run_id)
+            elif record.get("runtime") == "podman":
+                from harness.runtime.docker import kill_orphan
+                from harness.runtime.podman import podman_api
+
+                try:
+                    kill_orphan(run_id, podman_api())
+                except HarnessError:
+                    pass  # no Podman here any more: nothing of the run can still be running
             manifest_metrics: dict[str, Any] = {}
             try:
                 from harness.manifest import parse_manifest

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian machine needs to run harness and its tests, idempotent:
-#   apt packages (Docker engine, mmdebstrap; Slurm and munge with --with-slurm), the engine
+#   apt packages (Docker engine, mmdebstrap; Slurm and munge with --with-slurm; rootless Podman,
+#   an image registry and the unprivileged Podman user with --with-podman), the engine
 #   started without its default bridge, the harness installed, the base image bootstrapped.
 # Needs root for apt and dockerd. Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_slurm=0
+with_podman=0
 for arg in "$@"; do
   case "$arg" in
     --with-slurm) with_slurm=1 ;;
-    *) echo "setup.sh: unknown option $arg (known: --with-slurm)" >&2; exit 2 ;;
+    --with-podman) with_podman=1 ;;
+    *) echo "setup.sh: unknown option $arg (known: --with-slurm, --with-podman)" >&2; exit 2 ;;
   esac
 done
 log() { echo "setup: $*" >&2; }
@@ -27,6 +30,10 @@ if [ ${#packages[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=300 update -qq
   apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${packages[@]}" >/dev/null
+fi
+
+if [ "$with_podman" = 1 ]; then
+  bash scripts/setup-podman.sh
 fi
 
 if ! docker info >/dev/null 2>&1; then

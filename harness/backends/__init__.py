@@ -208,7 +208,8 @@ def run_sweep(
     """Run a sweep's missing runs on ``backend`` ("local" waits for them; "slurm" submits and returns).
 
     ``runtime`` is "docker", "process" or "auto" (docker where the machine has an engine). On
-    Slurm, anything but "process" means docker on nodes with an engine and process on the others.
+    Slurm, "process" and "podman" are used on every node; anything else means docker on nodes with an
+    engine and process on the others.
     ``rerun`` runs completed runs again (each as a new attempt).
     Raises HarnessError for bad input: an unknown backend, a sweep over 10,000 runs without
     ``yes``, an unreachable Slurm, a missing partition, a store the Slurm nodes cannot see.
@@ -217,8 +218,8 @@ def run_sweep(
         raise HarnessError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if jobs is not None and jobs < 1:
         raise HarnessError(f"--jobs {jobs}: give at least 1")
-    if runtime not in ("auto", "docker", "process"):
-        raise HarnessError(f"unknown runtime {runtime!r}: choose docker, process or auto")
+    if runtime not in ("auto", "docker", "podman", "process"):
+        raise HarnessError(f"unknown runtime {runtime!r}: choose docker, podman, process or auto")
     if len(specs) > CONFIRM_ABOVE and not yes:
         raise HarnessError(f"the sweep expands to {len(specs):,} runs (more than {CONFIRM_ABOVE:,}): add --yes to run them all")
     store = store or LocalStore()

@@ -114,10 +114,10 @@ class LocalBackend(Backend):
         """Start the pool; runs begin at once, as many at a time as fit."""
         slots = parallel_slots(specs[0].loaded.manifest.hardware, self.jobs)
         self.runtime = resolve_runtime(self.runtime)
-        if self.runtime == "docker" and self._execute is None:
+        if self.runtime in ("docker", "podman") and self._execute is None:
             from harness.images import prepare_image
 
-            prepare_image(specs[0].loaded, log=self.echo)  # once, before the pool: every run shares the image
+            prepare_image(specs[0].loaded, log=self.echo, runtime=self.runtime)  # once, before the pool: every run shares the image
         sweep.submissions.append(Submission(backend=self.name, run_ids=[s.run_id for s in specs], runtime=self.runtime))
         save_state(self.store, sweep)
         self.echo(f"running {len(specs)} runs locally, {slots} at a time ({self.runtime} runtime)")
@@ -229,6 +229,19 @@ class LocalBackend(Backend):
 
 def stop_run(run_id: str, runtime: str) -> None:
     """Stop a run started by this process: kill its container, or its process group."""
+    if runtime == "podman":
+        import json
+
+        from harness.runtime.docker import RUN_LABEL
+        from harness.runtime.podman import podman_api
+
+        try:
+            api = podman_api()
+            for found in api.call("GET", "/containers/json", query={"filters": json.dumps({"label": [f"{RUN_LABEL}={run_id}"]})}):
+                api.call("POST", f"/containers/{found['Id']}/kill")
+        except (HarnessError, OSError):
+            pass
+        return
     if runtime == "docker":
         from harness.runtime.docker import RUN_LABEL
         from harness.runtime.engine import docker_client

@@ -384,8 +384,8 @@ class SlurmBackend(Backend):
 
     @classmethod
     def create(cls, store: LocalStore, options: BackendOptions) -> SlurmBackend:
-        """Nodes run docker where they have an engine, else process, unless process is asked for."""
-        node_runtime = "process" if options.runtime == "process" else "auto"
+        """Nodes run docker where they have an engine, else process, unless process or podman is asked for."""
+        node_runtime = options.runtime if options.runtime in ("process", "podman") else "auto"
         return cls(store, jobs=options.jobs, partition=options.partition, account=options.account,
                    runtime=node_runtime, echo=options.echo)
 

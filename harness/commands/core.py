@@ -165,20 +165,29 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_j
 @click.option("--progress-every", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
               help="When not on a terminal (or CI is set): one progress line every SECONDS "
                    "[default: $HARNESS_PROGRESS_INTERVAL or 10].")
+@click.option("--require-limits", is_flag=True,
+              help="Refuse to run where the sandbox cannot enforce the memory, CPU and pids limits "
+                   "(rootless Podman on cgroup v1); by default such a run goes on with a warning.")
 @json_option
 def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: bool, runtime: str, backend: str,
         jobs: int | None, partition: str | None, account: str | None, rerun: bool, retry_failed: bool,
         dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool, progress_every: float | None,
-        as_json: bool) -> None:
+        require_limits: bool, as_json: bool) -> None:
     """Run a manifest (all its seeds × sweep) into the local store.
 
     A single run shows its progress while it goes (elapsed, last step, primary metric, ETA when a
     param such as total_timesteps says how many steps): redrawn in place on a terminal, one plain
     line every --progress-every seconds in a pipe or when CI is set.
     """
+    import os
+
     from harness.manifest import load_manifest
     from harness.plan import expand, parse_overrides
     from harness.store.local import LocalStore
+
+    if require_limits:
+        # the environment carries it to every run of this process and to the Slurm tasks it submits
+        os.environ["HARNESS_REQUIRE_LIMITS"] = "1"
 
     loaded = load_manifest(manifest)
     specs = expand(loaded, seeds=list(seeds) or None, overrides=parse_overrides(params, loaded), smoke=smoke)
@@ -367,6 +376,14 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         ("docker / harness", f"{_text(record.get('docker_version', '-'))} / {_text(record.get('harness_version'))}"),
         ("files", f"{len(_mapping(record.get('files')))} checksummed"),
     ]
+    if image.get("registry_ref"):
+        rows.append(("registry image", _text(image["registry_ref"], 300)))
+    sandbox = _mapping(record.get("sandbox"))
+    if sandbox:
+        ignored = [_text(name, 20) for name, on in _mapping(sandbox.get("limits_enforced")).items() if not on]
+        rows.append(("sandbox", f"{_text(sandbox.get('engine'), 20)} {_text(sandbox.get('version'), 40)}"
+                                f"{' rootless' if sandbox.get('rootless') else ''}, cgroup {_text(sandbox.get('cgroup_version'), 10)}"
+                                + (f"; limits NOT enforced: {', '.join(ignored)}" if ignored else "; limits enforced")))
     skipped = [s for key in ("skipped_files", "metrics_skipped") for s in _list(record.get(key)) if isinstance(s, dict)]
     if skipped:
         shown = "; ".join(f"{_text(s.get('path'), 60)}: {_text(s.get('reason'), 80)}" for s in skipped[:3])
@@ -434,6 +451,44 @@ def recover(as_json: bool) -> None:
         click.echo("nothing to recover")
 
 
+def _registry_and_podman_checks() -> list[tuple[str, bool, str]]:
+    """The registry of HARNESS_REGISTRY (reachable, auth) and Podman (present, rootless, limits)."""
+    import os
+    import shutil
+
+    checks: list[tuple[str, bool, str]] = []
+    if os.environ.get("HARNESS_REGISTRY"):
+        from harness.registry import check_registry, configured_registry
+
+        try:
+            status = check_registry(configured_registry(None))
+            text = f"{status.registry}: {'reachable' if status.reachable else 'UNREACHABLE'}, auth {status.auth}"
+            checks.append(("registry", status.ok, text + (f" ({status.detail})" if status.detail else "")))
+        except HarnessError as exc:
+            checks.append(("registry", False, str(exc)))
+    else:
+        checks.append(("registry", True, "none configured (optional: HARNESS_REGISTRY=host:port[/prefix])"))
+    if shutil.which("podman") is None:
+        checks.append(("podman", True, "not installed (optional: --runtime podman; scripts/setup.sh --with-podman)"))
+        return checks
+    from harness.runtime.podman import podman_api, podman_facts, stop_podman_service
+
+    try:
+        facts = podman_facts(podman_api())
+        enforced = [name for name, on in facts["limits_enforced"].items() if on]
+        ignored = [name for name, on in facts["limits_enforced"].items() if not on]
+        who = f"rootless as {facts['user']}" if facts["rootless"] and facts.get("user") else (
+            "rootless" if facts["rootless"] else "rootful")
+        text = (f"{facts['version']}, {who}, cgroup {facts['cgroup_version']}; limits enforced: "
+                f"{', '.join(enforced) or 'none'}" + (f"; NOT enforced: {', '.join(ignored)}" if ignored else ""))
+        checks.append(("podman", True, text))
+    except HarnessError as exc:
+        checks.append(("podman", False, str(exc)))
+    finally:
+        stop_podman_service()
+    return checks
+
+
 @click.command(epilog=examples("harness doctor", "harness doctor --json | jq '.checks[] | select(.ok | not)'"))
 @json_option
 def doctor(as_json: bool) -> None:
@@ -446,10 +501,9 @@ def doctor(as_json: bool) -> None:
     try:
         from harness.runtime.docker import engine_version
         from harness.runtime.engine import docker_client
-
-        client = docker_client(timeout=10)
         from harness.runtime.engine_api import engine_api
 
+        client = docker_client(timeout=10)
         checks.append(("docker engine", True, f"reachable, version {engine_version(engine_api(timeout=10))}"))
         try:
             client.images.get(BASE_IMAGE)
@@ -470,6 +524,7 @@ def doctor(as_json: bool) -> None:
         checks.append(("hub login", True, "token found (HF_TOKEN or login)" if get_token() else "none (publish needs HF_TOKEN)"))
     except Exception as exc:
         checks.append(("hub login", True, f"unknown ({exc})"))
+    checks += _registry_and_podman_checks()
     failed = any(not ok and name in {"docker engine", "base image"} for name, ok, _ in checks)
     if as_json:
         emit_json({"ok": not failed, "checks": [{"name": name, "ok": ok, "detail": text} for name, ok, text in checks]})

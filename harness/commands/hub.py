@@ -124,9 +124,19 @@ def _print_seeds(result: Any) -> None:
     console().print(table)
 
 
+def _image_line(result: Any) -> str:
+    image_id = str((result.record.get("image") or {}).get("id") or "none")
+    if result.image_source == "registry":
+        return f"the published image {result.image_ref} ({image_id[:19]}), pulled by digest, not rebuilt"
+    if result.image_source == "ref":
+        return f"the manifest's image.ref ({image_id[:19]})"
+    return f"rebuilt from the recipe ({image_id[:19]})"
+
+
 @click.command(epilog=examples(
     "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e",
     "harness reproduce dqn-cartpole-3f2a --out repro/ --json",
+    "harness reproduce dqn-cartpole-3f2a --rebuild",
     "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --seeds 5 --new-seeds",
 ))
 @click.argument("target", type=RUN_ID_OR_HUB)
@@ -140,12 +150,13 @@ def _print_seeds(result: Any) -> None:
 @runtime_option
 @click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
+@click.option("--rebuild", is_flag=True, help="build the image from the recipe even when the record names a registry image")
 @click.option("--allow-build-network", is_flag=True,
               help="build a recipe that declares image.network: true (its build then reaches this host's network)")
 @json_option
 def reproduce(target: str, endpoint: str | None, revision: str | None, seeds: str | None, new_seeds: bool,
-              publish_result: bool, runtime: str, trust_code: bool, out: Path | None, allow_build_network: bool,
-              as_json: bool) -> None:
+              publish_result: bool, runtime: str, trust_code: bool, out: Path | None, rebuild: bool,
+              allow_build_network: bool, as_json: bool) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record over seeds and give the
     verdict against the published runs of its configuration.
 
@@ -158,10 +169,11 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, seeds: st
     result = reproduce_run(target, endpoint=endpoint, revision=revision, runtime=runtime, trust_code=trust_code,
                            publish_result=publish_result, out=out, seeds=seeds, new_seeds=new_seeds,
                            echo=lambda line: click.echo(line, err=True), progress=sys.stderr,
-                           allow_build_network=allow_build_network)
+                           rebuild=rebuild, allow_build_network=allow_build_network)
     if as_json:
         emit_json(json_safe(result.to_dict(curves=False)))
     else:
+        click.echo(f"image: {_image_line(result)}")
         if len(result.pairs) == 1 and len(result.original_ids) == 1 and len(result.records) == 1:
             pair = result.pairs[0]
             _print_pair(pair.comparison, pair.original_id, pair.reproduction_id)

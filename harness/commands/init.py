@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
+from harness.commands.output import examples
 from harness.scaffold import IMAGES
 
 
-@click.command()
+@click.command(epilog=examples("harness init ppo-cartpole", "harness init my-study --image new", "harness init tiny --image noop"))
 @click.argument("name")
 @click.option("--image", type=click.Choice(IMAGES), default="noop", show_default=True,
               help="Start on an existing image (rl, lm, noop) or make a new one (new: images/NAME/, locked).")

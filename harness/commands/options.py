@@ -8,13 +8,14 @@ from typing import Any
 
 import click
 
-RUNTIMES = ("docker", "process")
+RUNTIMES = ("docker", "podman", "process")
 
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print the result as JSON on stdout (shapes: docs/cli-json.md); progress goes to stderr.")
 runtime_option = click.option(
     "--runtime", type=click.Choice(RUNTIMES), default="docker", show_default=True,
-    help="docker: the sandboxed container; process: on this host, marked non-hermetic.",
+    help="docker: the sandboxed container; podman: the same sandbox through (rootless) Podman; "
+         "process: on this host, marked non-hermetic.",
 )
 ca_bundle_option = click.option(
     "--ca-bundle", type=click.Path(path_type=Path),

@@ -9,9 +9,10 @@ from pathlib import Path
 import click
 
 from harness import ci
+from harness.commands.output import examples
 
 
-@click.command()
+@click.command(epilog=examples("harness verify origin/main", "harness verify all", "GITHUB_ACTIONS=true harness verify origin/main"))
 @click.argument("base", default="origin/main")
 @click.option("--github/--no-github", "github", default=None,
               help="Print problems as GitHub annotations and write the job summary (default: when GITHUB_ACTIONS=true).")

@@ -118,12 +118,21 @@ class DockerJob:
         self.request = request
         request.out_dir.chmod(0o777)  # the sandbox user is not the host's owner of the folder
         try:
-            self.container = EngineContainer.create(api, container_name(request.run_id), container_config(image_id, request))
+            self.container = EngineContainer.create(api, container_name(request.run_id), self.config(image_id, request))
         except EngineAPIError as exc:
             raise EngineError(f"could not create the container of {request.run_id}: {exc}") from None
         self.log_thread = threading.Thread(
             target=lambda: copy_lines(self.container.logs(), request.log_path, request.echo), daemon=True)
         self._stopped_by: str | None = None
+
+    def config(self, image_id: str, request: JobRequest) -> dict[str, Any]:
+        """The container's create request (a Podman job leaves out the limits its host cannot apply)."""
+        return container_config(image_id, request)
+
+    @property
+    def sample_by_pid(self) -> bool:
+        """Whether the sampler follows the container's process tree instead of its cgroup."""
+        return False
 
     def start(self) -> None:
         self.container.start()
@@ -173,10 +182,11 @@ class DockerJob:
             pass  # already gone
 
 
-def kill_orphan(run_id: str) -> bool:
-    """Kill and remove the container of a run whose harness process died; True if one was found."""
+def kill_orphan(run_id: str, api: EngineAPI | None = None) -> bool:
+    """Kill and remove the container of a run whose harness process died; True if one was found.
+    ``api``: the engine that ran it (default: the Docker engine)."""
     try:
-        api = engine_api(timeout=30)
+        api = api or engine_api(timeout=30)
         found = api.call("GET", "/containers/json",
                          query={"all": "true", "filters": json.dumps({"label": [f"{RUN_LABEL}={run_id}"]})})
     except (EngineError, OSError):

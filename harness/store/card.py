@@ -42,6 +42,7 @@ BASE_COLUMNS = pa.schema(
         ("started_at", pa.string()),
         ("duration_s", pa.float64()),
         ("image_id", pa.string()),
+        ("image_registry_ref", pa.string()),
         ("accelerator", pa.string()),
         ("gpus", pa.int64()),
         ("cpus", pa.float64()),
@@ -87,6 +88,7 @@ def index_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "started_at": record.get("started_at"),
         "duration_s": _number(record.get("duration_s"), float),
         "image_id": image.get("id"),
+        "image_registry_ref": image.get("registry_ref"),
         "accelerator": target.get("accelerator"),
         "gpus": _number(target.get("gpus"), int),
         "cpus": _number(target.get("cpus"), float),
@@ -338,6 +340,15 @@ def card_text(
         "it); `--publish` adds the reproduction runs to this repo.",
         "",
     ]
+    pushed = [row for row in rows if row.get("image_registry_ref")]
+    if pushed:
+        lines += [
+            "Runs whose image was pushed to a registry are re-run with that exact image, pulled by digest",
+            "(`harness reproduce --rebuild` builds it from the recipe instead):",
+            "",
+            *(f"- `{row['run_id']}`: `{row['image_registry_ref']}`" for row in pushed),
+            "",
+        ]
     card = DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     return str(card)
 
