@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
-import pyarrow.compute as pc
-
 from harness.layout import RunLayout
 
 # params that say how many steps a run will take, most specific first
@@ -137,6 +135,8 @@ class RunProgress:
 
     def poll(self, now: float | None = None) -> Snapshot:
         """Read what the run has written since the last poll; where it is now."""
+        import pyarrow.compute as pc  # here, not at import: a run loads it while its container starts
+
         now = time.time() if now is None else now
         self.ingester.poll()
         for table in self.ingester.take_new():

@@ -170,9 +170,10 @@ def capture_host() -> dict[str, Any]:
     }
 
 
-def _cached_environment(key: str, capture: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """An environment capture, kept on disk under ``key`` (plus the capture script's hash);
-    a failed capture is returned but not kept."""
+def _cached_environment(key: str, capture: Callable[[], tuple[dict[str, Any], bool]]) -> dict[str, Any]:
+    """An environment capture, kept on disk under ``key`` (plus the capture script's hash).
+    ``capture`` returns the environment and whether it may be kept: a failure that the same
+    inputs would repeat (an image without Python) is kept too, so it costs one probe, not one a run."""
     script = hashlib.sha256(ENVIRONMENT_SCRIPT.encode()).hexdigest()[:12]
     cache = cache_root() / "environments" / f"{key}-{script}.json"
     if cache.is_file():
@@ -180,21 +181,30 @@ def _cached_environment(key: str, capture: Callable[[], dict[str, Any]]) -> dict
             return json.loads(cache.read_text())
         except ValueError:
             pass
-    environment = capture()
-    if "error" not in environment:
+    environment, keep = capture()
+    if keep:
         write_json_atomic(cache, environment)
     return environment
 
 
+# the image's python (or python3: base images made from Debian packages have only python3)
+IN_IMAGE_PYTHON = ["sh", "-c", 'exec "$(command -v python || command -v python3 || echo python)" -c "$1"', "sh"]
+
+
 def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
     """What is inside the image (pip freeze, Python, torch/CUDA...), captured once per image id."""
+    from harness.errors import EngineError
     from harness.runtime.docker import run_in_image
 
-    def capture() -> dict[str, Any]:
+    def capture() -> tuple[dict[str, Any], bool]:
         try:
-            return json.loads(run_in_image(client, image.id, ["python", "-c", ENVIRONMENT_SCRIPT]))
-        except Exception as exc:
-            return {"error": f"environment capture failed: {exc}"}
+            output = run_in_image(client, image.id, [*IN_IMAGE_PYTHON, ENVIRONMENT_SCRIPT])
+        except (EngineError, OSError) as exc:  # the engine, not the image: try again next run
+            return {"error": f"environment capture failed: {exc}"}, False
+        try:
+            return json.loads(output), True
+        except ValueError:  # the image's own answer (no Python, a broken one): the same every time
+            return {"error": f"environment capture failed: the image printed no environment ({output[-200:]!r})"}, True
 
     return _cached_environment(image.id.replace(":", "_"), capture)
 
@@ -203,12 +213,12 @@ def process_environment() -> dict[str, Any]:
     """The same capture for the process runtime, with the host's interpreter; cached until the
     interpreter's package folders change (installing or removing a package changes their mtime)."""
 
-    def capture() -> dict[str, Any]:
+    def capture() -> tuple[dict[str, Any], bool]:
         result = subprocess.run([sys.executable, "-c", ENVIRONMENT_SCRIPT], capture_output=True, text=True, timeout=120)
         try:
-            return json.loads(result.stdout)
+            return json.loads(result.stdout), True
         except ValueError:
-            return {"error": f"environment capture failed: {result.stderr.strip()[-300:]}"}
+            return {"error": f"environment capture failed: {result.stderr.strip()[-300:]}"}, False
 
     folders = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     stamp = json.dumps([sys.executable] + [[f, os.stat(f).st_mtime_ns] for f in folders if os.path.isdir(f)])

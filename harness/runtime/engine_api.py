@@ -130,11 +130,16 @@ def engine_api(timeout: float = 60) -> EngineAPI:
         raise EngineError(f"DOCKER_HOST={os.environ.get('DOCKER_HOST')}: runs need the local engine's unix socket "
                           "(unset DOCKER_HOST, or set it to unix:///path/to/docker.sock)")
     api = EngineAPI(path, timeout)
-    try:
-        api.version()
-    except OSError as exc:
-        raise EngineError(f"Docker engine unreachable at unix://{path}: {ENGINE_HINT}") from exc
+    if (path, timeout) not in _answered:  # once per process: a sweep's runs need not ask again
+        try:
+            api.version()
+        except OSError as exc:
+            raise EngineError(f"Docker engine unreachable at unix://{path}: {ENGINE_HINT}") from exc
+        _answered.add((path, timeout))
     return api
+
+
+_answered: set[tuple[str, float]] = set()
 
 
 class EngineContainer:
