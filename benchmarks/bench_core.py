@@ -43,10 +43,29 @@ def main() -> None:
 
     image = build_image(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt")
     harness = [sys.executable, "-m", "harness"]
-    sandbox = ["--network", "none", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL",
-               "--security-opt", "no-new-privileges", "--user", "65534:65534", "--memory", "256m", "--cpus", "1",
-               "-v", f"{REPO / 'harness'}:/opt/harness/harness:ro", "-e", "PYTHONPATH=/opt/harness",
-               "-e", "HARNESS_OUT=/tmp"]
+    sandbox = [
+        "--network",
+        "none",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        "65534:65534",
+        "--memory",
+        "256m",
+        "--cpus",
+        "1",
+        "-v",
+        f"{REPO / 'harness'}:/opt/harness/harness:ro",
+        "-e",
+        "PYTHONPATH=/opt/harness",
+        "-e",
+        "HARNESS_OUT=/tmp",
+    ]
     bare = ["docker", "run", "--rm", *sandbox, image.id, "python", "/workload/probe.py", "--mode", "noop"]
 
     with tempfile.TemporaryDirectory() as home:
@@ -55,7 +74,9 @@ def main() -> None:
         timed(bare)
         harness_times, bare_times = [], []
         for _ in range(args.repeats):
-            harness_times.append(timed([*harness, "run", str(MANIFEST), "--param", "mode=noop", "--rerun", "--quiet"], env))
+            harness_times.append(
+                timed([*harness, "run", str(MANIFEST), "--param", "mode=noop", "--rerun", "--quiet"], env)
+            )
             bare_times.append(timed(bare))
     run_ratio = statistics.median(harness_times) / statistics.median(bare_times)
     print(f"harness run (no-op, cached image): median {statistics.median(harness_times):.3f}s")
@@ -69,10 +90,14 @@ def main() -> None:
     started = time.perf_counter()
     info = build_image(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt")
     in_process = time.perf_counter() - started
-    print(f"warm harness build (CLI): median {statistics.median(build_times):.3f}s (aim <= 0.3s); "
-          f"in-process cache check {in_process * 1000:.0f} ms; engine build called: {not info.cached}")
-    print(f"python -c pass: median {statistics.median(python_times):.3f}s; "
-          f"ratio build/python start-up: {statistics.median(build_times) / statistics.median(python_times):.1f}x")
+    print(
+        f"warm harness build (CLI): median {statistics.median(build_times):.3f}s (aim <= 0.3s); "
+        f"in-process cache check {in_process * 1000:.0f} ms; engine build called: {not info.cached}"
+    )
+    print(
+        f"python -c pass: median {statistics.median(python_times):.3f}s; "
+        f"ratio build/python start-up: {statistics.median(build_times) / statistics.median(python_times):.1f}x"
+    )
 
 
 if __name__ == "__main__":

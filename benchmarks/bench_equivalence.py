@@ -65,7 +65,9 @@ def rates(original: np.ndarray, reproduction: np.ndarray, aggregate: str, margin
     return classify(interval.lo, interval.hi, margin)
 
 
-def bootstrap_verdicts(rng: np.random.Generator, original: np.ndarray, reproduction: np.ndarray, margin: float) -> np.ndarray:
+def bootstrap_verdicts(
+    rng: np.random.Generator, original: np.ndarray, reproduction: np.ndarray, margin: float
+) -> np.ndarray:
     """Percentile bootstrap CI of the IQM difference (resampling seeds within each group)."""
     reps, n_a = original.shape
     n_b = reproduction.shape[1]
@@ -77,12 +79,21 @@ def bootstrap_verdicts(rng: np.random.Generator, original: np.ndarray, reproduct
     return classify(lo, hi, margin)
 
 
-def auto_case(rng: np.random.Generator, distribution: str, aggregate: str, n: int, margin: float,
-              reps: int, sd_confidence: float) -> tuple[float, float, float]:
+def auto_case(
+    rng: np.random.Generator, distribution: str, aggregate: str, n: int, margin: float, reps: int, sd_confidence: float
+) -> tuple[float, float, float]:
     """(median seeds picked, share capped, rate consistent when equal among uncapped repetitions)."""
     published = draw(rng, distribution, (reps, n))
-    picks = [choose_seed_count(row, margin=margin, confidence=CONFIDENCE, aggregate=aggregate,  # type: ignore[arg-type]
-                               sd_confidence=sd_confidence) for row in published]
+    picks = [
+        choose_seed_count(
+            row,
+            margin=margin,
+            confidence=CONFIDENCE,
+            aggregate=aggregate,  # type: ignore[arg-type]
+            sd_confidence=sd_confidence,
+        )
+        for row in published
+    ]
     capped = np.array([p.capped for p in picks])
     hits = []
     for row, pick in zip(published, picks):
@@ -99,8 +110,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=1000, help="repetitions per case")
     parser.add_argument("--seed", type=int, default=12, help="random seed of the simulation")
     parser.add_argument("--quick", action="store_true", help="seeds 3 and 10, normal only (a smoke run)")
-    parser.add_argument("--sd-confidence", type=float, default=SD_PLANNING_CONFIDENCE,
-                        help="upper-bound level of the published spread that --seeds auto plans with")
+    parser.add_argument(
+        "--sd-confidence",
+        type=float,
+        default=SD_PLANNING_CONFIDENCE,
+        help="upper-bound level of the published spread that --seeds auto plans with",
+    )
     parser.add_argument("--only", help="run only this distribution (normal or t3)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -109,10 +124,14 @@ def main() -> None:
         distributions = (args.only,)
     seeds = (3, 10) if args.quick else SEEDS
     started = time.perf_counter()
-    print(f"{args.reps} repetitions per case, {100 * CONFIDENCE:g} % CI (TOST at 5 %), margin in score SDs, "
-          f"--seeds auto cap {SEEDS_AUTO_CAP}")
-    header = ("| scores | aggregate | seeds | margin | div\\|eq | con\\|1.5m | con\\|1m | con\\|eq | auto seeds | capped "
-              "| con\\|auto | boot div\\|eq | boot con\\|1.5m | boot con\\|1m |")
+    print(
+        f"{args.reps} repetitions per case, {100 * CONFIDENCE:g} % CI (TOST at 5 %), margin in score SDs, "
+        f"--seeds auto cap {SEEDS_AUTO_CAP}"
+    )
+    header = (
+        "| scores | aggregate | seeds | margin | div\\|eq | con\\|1.5m | con\\|1m | con\\|eq | auto seeds | capped "
+        "| con\\|auto | boot div\\|eq | boot con\\|1.5m | boot con\\|1m |"
+    )
     print(header)
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     worst = {"div|eq": 0.0, "con|1.5m": 0.0, "con|auto": 1.0}
@@ -120,37 +139,55 @@ def main() -> None:
         for aggregate in ("mean", "iqm"):
             for n in seeds:
                 for margin in MARGINS:
-                    equal = rates(draw(rng, distribution, (args.reps, n)), draw(rng, distribution, (args.reps, n)),
-                                  aggregate, margin)
+                    equal = rates(
+                        draw(rng, distribution, (args.reps, n)),
+                        draw(rng, distribution, (args.reps, n)),
+                        aggregate,
+                        margin,
+                    )
                     shifted_a = draw(rng, distribution, (args.reps, n))
                     shifted_b = draw(rng, distribution, (args.reps, n)) + 1.5 * margin
                     shifted = rates(shifted_a, shifted_b, aggregate, margin)
                     div_eq, con_eq = float(np.mean(equal == DIVERGED)), float(np.mean(equal == CONSISTENT))
                     con_far = float(np.mean(shifted == CONSISTENT))
                     boundary_b = draw(rng, distribution, (args.reps, n)) + margin
-                    con_edge = float(np.mean(rates(draw(rng, distribution, (args.reps, n)), boundary_b, aggregate, margin)
-                                             == CONSISTENT))
-                    picked, capped, con_auto = auto_case(rng, distribution, aggregate, n, margin, args.reps,
-                                                         args.sd_confidence)
+                    con_edge = float(
+                        np.mean(
+                            rates(draw(rng, distribution, (args.reps, n)), boundary_b, aggregate, margin) == CONSISTENT
+                        )
+                    )
+                    picked, capped, con_auto = auto_case(
+                        rng, distribution, aggregate, n, margin, args.reps, args.sd_confidence
+                    )
                     boot = ["", "", ""]
                     if aggregate == "iqm":
-                        boot_equal = bootstrap_verdicts(rng, draw(rng, distribution, (args.reps, n)),
-                                                        draw(rng, distribution, (args.reps, n)), margin)
+                        boot_equal = bootstrap_verdicts(
+                            rng,
+                            draw(rng, distribution, (args.reps, n)),
+                            draw(rng, distribution, (args.reps, n)),
+                            margin,
+                        )
                         boot_far = bootstrap_verdicts(rng, shifted_a, shifted_b, margin)
                         boot_edge = bootstrap_verdicts(rng, draw(rng, distribution, (args.reps, n)), boundary_b, margin)
-                        boot = [f"{100 * np.mean(x == verdict):.1f} %" for x, verdict in
-                                ((boot_equal, DIVERGED), (boot_far, CONSISTENT), (boot_edge, CONSISTENT))]
+                        boot = [
+                            f"{100 * np.mean(x == verdict):.1f} %"
+                            for x, verdict in ((boot_equal, DIVERGED), (boot_far, CONSISTENT), (boot_edge, CONSISTENT))
+                        ]
                     worst["div|eq"] = max(worst["div|eq"], div_eq)
                     worst["con|1.5m"] = max(worst["con|1.5m"], con_far)
                     if capped < 0.5:  # cases the chooser itself finds within reach
                         worst["con|auto"] = min(worst["con|auto"], con_auto)
                     auto = "-" if capped == 1.0 else f"{100 * con_auto:.1f} %"
-                    print(f"| {distribution} | {aggregate} | {n} | {margin:g} | {100 * div_eq:.1f} % | {100 * con_far:.1f} % "
-                          f"| {100 * con_edge:.1f} % | {100 * con_eq:.1f} % | {picked:g} | {100 * capped:.0f} % | {auto} | {' | '.join(boot)} |")
-    print(f"worst over cases: diverged when equal {100 * worst['div|eq']:.1f} % (aim <= 5 %), consistent at 1.5x margin "
-          f"{100 * worst['con|1.5m']:.1f} % (aim <= 5 %), consistent when equal with the auto seed count "
-          f"{100 * worst['con|auto']:.1f} % (repetitions where the cap did not bind, in cases where it binds in "
-          f"under half of them; aim >= 80 %)")
+                    print(
+                        f"| {distribution} | {aggregate} | {n} | {margin:g} | {100 * div_eq:.1f} % | {100 * con_far:.1f} % "
+                        f"| {100 * con_edge:.1f} % | {100 * con_eq:.1f} % | {picked:g} | {100 * capped:.0f} % | {auto} | {' | '.join(boot)} |"
+                    )
+    print(
+        f"worst over cases: diverged when equal {100 * worst['div|eq']:.1f} % (aim <= 5 %), consistent at 1.5x margin "
+        f"{100 * worst['con|1.5m']:.1f} % (aim <= 5 %), consistent when equal with the auto seed count "
+        f"{100 * worst['con|auto']:.1f} % (repetitions where the cap did not bind, in cases where it binds in "
+        f"under half of them; aim >= 80 %)"
+    )
     print(f"took {time.perf_counter() - started:.1f} s")
 
 

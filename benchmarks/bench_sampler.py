@@ -34,9 +34,7 @@ def cpu_seconds() -> float:
 
 def threaded_cost(seconds: float, folder: Path, **target: Any) -> float | None:
     """Percent of one core this process uses idling for ``seconds`` (with a sampler if a target)."""
-    sampler = (
-        SystemSampler("bench", folder / "system.jsonl", interval=1.0, **target) if target else None
-    )
+    sampler = SystemSampler("bench", folder / "system.jsonl", interval=1.0, **target) if target else None
     start_cpu, start = cpu_seconds(), time.monotonic()
     if sampler is not None:
         sampler.start()
@@ -69,19 +67,13 @@ def start_container() -> Any:
     except Exception as exc:
         print(f"(no container figures: {exc})")
         return None
-    return client.containers.run(
-        BASE_IMAGE, ["sleep", "3600"], detach=True, network_mode="none", mem_limit="256m"
-    )
+    return client.containers.run(BASE_IMAGE, ["sleep", "3600"], detach=True, network_mode="none", mem_limit="256m")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--seconds", type=float, default=15.0, help="length of each 1 Hz measurement"
-    )
-    parser.add_argument(
-        "--loop", type=int, default=200, help="samples in the tight-loop measurement"
-    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each 1 Hz measurement")
+    parser.add_argument("--loop", type=int, default=200, help="samples in the tight-loop measurement")
     args = parser.parse_args()
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
@@ -92,9 +84,7 @@ def main() -> None:
             folder = Path(tmp)
             baseline = threaded_cost(args.seconds, folder)
             assert baseline is not None
-            targets: list[tuple[str, dict[str, Any]]] = [
-                ("process tree (psutil)", {"pid": child.pid})
-            ]
+            targets: list[tuple[str, dict[str, Any]]] = [("process tree (psutil)", {"pid": child.pid})]
             if container is not None:
                 targets.append(("container (cgroup files)", {"container": container}))
                 targets.append(
@@ -114,9 +104,7 @@ def main() -> None:
         if container is not None:
             container.remove(force=True)
 
-    print(
-        f"baseline (idle, no sampler)         {baseline:6.3f} % of one core, {args.seconds:.0f} s"
-    )
+    print(f"baseline (idle, no sampler)         {baseline:6.3f} % of one core, {args.seconds:.0f} s")
     for label, running, loop_ms in rows:
         at_one_hz = loop_ms / 10.0  # ms per second -> percent of one core
         measured = f"{running - baseline:6.3f} %" if running is not None else "   n/a  "

@@ -25,8 +25,9 @@ BASE_IMAGE = "harness/base:bookworm"
 
 
 def image_id() -> str:
-    return subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def bare_docker_runs(image: str, count: int) -> list[float]:
@@ -34,9 +35,26 @@ def bare_docker_runs(image: str, count: int) -> list[float]:
     times = []
     for index in range(count):
         started = time.perf_counter()
-        subprocess.run(["docker", "run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
-                        "--user", "65534:65534", image, "python3", "-c", f"print({index})"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--read-only",
+                "--cap-drop",
+                "ALL",
+                "--user",
+                "65534:65534",
+                image,
+                "python3",
+                "-c",
+                f"print({index})",
+            ],
+            check=True,
+            capture_output=True,
+        )
         times.append(time.perf_counter() - started)
     return times
 
@@ -54,11 +72,20 @@ def bare_docker_runs_parallel(image: str, count: int, parallelism: int) -> float
 
 def write_manifest(folder: Path, image: str, runs: int) -> Path:
     path = folder / "noop.yaml"
-    path.write_text(json.dumps({
-        "apiVersion": "harness/v1", "name": "bench-noop", "image": {"ref": image},
-        "command": ["python3", "-c", "print({i})"], "params": {"i": 0}, "seeds": [0],
-        "sweep": {"i": list(range(runs))}, "hardware": {"cpus": 1, "memory": "256MiB", "timeout": "60s"},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "harness/v1",
+                "name": "bench-noop",
+                "image": {"ref": image},
+                "command": ["python3", "-c", "print({i})"],
+                "params": {"i": 0},
+                "seeds": [0],
+                "sweep": {"i": list(range(runs))},
+                "hardware": {"cpus": 1, "memory": "256MiB", "timeout": "60s"},
+            }
+        )
+    )
     return path
 
 
@@ -77,15 +104,21 @@ def bench_local(runs: int, jobs: int) -> None:
         bare = bare_docker_runs(image, runs)
         bare_parallel = bare_docker_runs_parallel(image, runs, slots)
         started = time.perf_counter()
-        outcome = run_sweep(specs, jobs=jobs, runtime="docker", store=LocalStore(Path(tmp) / "store"), echo=lambda line: None)
+        outcome = run_sweep(
+            specs, jobs=jobs, runtime="docker", store=LocalStore(Path(tmp) / "store"), echo=lambda line: None
+        )
         wall = time.perf_counter() - started
     assert all(r["status"] == "completed" for r in outcome.records), "a no-op run failed"
     baseline = sum(bare) / slots
-    print(f"local: {runs} no-op runs, parallelism {slots}: sweep {wall:.1f}s; bare docker run "
-          f"{sum(bare):.1f}s total ({sum(bare) / runs:.2f}s each) / {slots} = {baseline:.1f}s; "
-          f"ratio {wall / baseline:.2f}x (aim <= 1.2x)")
-    print(f"local: the same {runs} bare docker runs {slots} at a time took {bare_parallel:.1f}s: "
-          f"ratio sweep / parallel bare runs {wall / bare_parallel:.2f}x")
+    print(
+        f"local: {runs} no-op runs, parallelism {slots}: sweep {wall:.1f}s; bare docker run "
+        f"{sum(bare):.1f}s total ({sum(bare) / runs:.2f}s each) / {slots} = {baseline:.1f}s; "
+        f"ratio {wall / baseline:.2f}x (aim <= 1.2x)"
+    )
+    print(
+        f"local: the same {runs} bare docker runs {slots} at a time took {bare_parallel:.1f}s: "
+        f"ratio sweep / parallel bare runs {wall / bare_parallel:.2f}x"
+    )
 
 
 def bench_slurm(runs: int) -> None:
@@ -115,9 +148,11 @@ def bench_slurm(runs: int) -> None:
             latencies.append(time.perf_counter() - submitted)
     latencies.sort()
     median = latencies[len(latencies) // 2]
-    print(f"slurm: {runs} one-run submissions; submit -> record written median {median:.2f}s "
-          f"(min {latencies[0]:.2f}s, max {latencies[-1]:.2f}s); bare docker run {min(bare):.2f}s; "
-          f"per-task overhead about {median - min(bare):.2f}s ({median / min(bare):.1f}x a bare docker run)")
+    print(
+        f"slurm: {runs} one-run submissions; submit -> record written median {median:.2f}s "
+        f"(min {latencies[0]:.2f}s, max {latencies[-1]:.2f}s); bare docker run {min(bare):.2f}s; "
+        f"per-task overhead about {median - min(bare):.2f}s ({median / min(bare):.1f}x a bare docker run)"
+    )
 
 
 def main() -> None:

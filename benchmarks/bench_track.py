@@ -46,17 +46,14 @@ def time_track(calls: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200_000, help="track.log calls per repeat")
-    parser.add_argument(
-        "--tensorboard-calls", type=int, default=20_000, help="add_scalar calls per repeat"
-    )
+    parser.add_argument("--tensorboard-calls", type=int, default=20_000, help="add_scalar calls per repeat")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many repeats")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["HARNESS_OUT"] = tmp  # read by track at its first call
         tensorboard = min(
-            time_tensorboard(Path(tmp) / f"tb{index}", args.tensorboard_calls)
-            for index in range(args.repeats)
+            time_tensorboard(Path(tmp) / f"tb{index}", args.tensorboard_calls) for index in range(args.repeats)
         )
         track_runs = [time_track(args.calls) for _ in range(args.repeats)]
         track_total = min(total for total, _ in track_runs)

@@ -30,7 +30,9 @@ def string_column(values: Sequence[str]) -> pa.Array:
     offsets = array.array("q", [0])
     for item in encoded:
         offsets.append(offsets[-1] + len(item))
-    return pa.Array.from_buffers(pa.large_string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]).cast(pa.string())
+    return pa.Array.from_buffers(
+        pa.large_string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    ).cast(pa.string())
 
 
 def constant_string_column(value: str, length: int) -> pa.Array:

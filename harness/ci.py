@@ -98,7 +98,11 @@ def choose_manifests(manifests: Iterable[Any], changed: list[str] | None) -> lis
 
     ``manifests`` are loaded manifests (``path``, ``manifest``, ``root``)."""
     chosen: list[Chosen] = []
-    shared = None if changed is None else next((c for c in changed if c.startswith(SHARED_INPUTS) or c in SHARED_INPUTS), None)
+    shared = (
+        None
+        if changed is None
+        else next((c for c in changed if c.startswith(SHARED_INPUTS) or c in SHARED_INPUTS), None)
+    )
     for loaded in manifests:
         relative = Path(loaded.path).resolve().relative_to(Path(loaded.root).resolve()).as_posix()
         image = loaded.manifest.image
@@ -135,7 +139,9 @@ def row_from_record(manifest: str, record: Mapping[str, Any]) -> RunRow:
     primary = record.get("primary_metric") or ""
     summary = (record.get("metrics_summary") or {}).get(primary) or {}
     last = summary.get("last")
-    metric = f"{primary} = {last:.4g}" if isinstance(last, (int, float)) else (f"{primary}: no value" if primary else "")
+    metric = (
+        f"{primary} = {last:.4g}" if isinstance(last, (int, float)) else (f"{primary}: no value" if primary else "")
+    )
     return RunRow(manifest, record.get("run_id", ""), record.get("status", "unknown"), metric, record.get("duration_s"))
 
 
@@ -154,8 +160,10 @@ def summary_markdown(rows: list[RunRow], problems: list[Annotation], headline: s
         lines += ["| manifest | run id | status | primary metric | duration |", "|---|---|---|---|---|"]
         for row in rows:
             duration = f"{row.duration_s:.1f} s" if isinstance(row.duration_s, (int, float)) else "-"
-            lines.append(f"| `{_cell(row.manifest)}` | `{_cell(row.run_id) or '-'}` | {_cell(row.status)} | "
-                         f"{_cell(row.metric) or '-'} | {duration} |")
+            lines.append(
+                f"| `{_cell(row.manifest)}` | `{_cell(row.run_id) or '-'}` | {_cell(row.status)} | "
+                f"{_cell(row.metric) or '-'} | {duration} |"
+            )
         lines.append("")
     elif not problems:
         lines += ["No manifest touched by this change needs a run.", ""]

@@ -61,8 +61,11 @@ class LazyGroup(click.Group):
         return getattr(module, attribute, None)
 
 
-@click.group(cls=LazyGroup, epilog="\b\nExamples:\n  harness run manifests/dqn-cartpole.yaml\n  harness ls\n"
-             "  harness show <run id prefix>\n  eval \"$(_HARNESS_COMPLETE=bash_source harness)\"   # Tab completes run ids")
+@click.group(
+    cls=LazyGroup,
+    epilog="\b\nExamples:\n  harness run manifests/dqn-cartpole.yaml\n  harness ls\n"
+    '  harness show <run id prefix>\n  eval "$(_HARNESS_COMPLETE=bash_source harness)"   # Tab completes run ids',
+)
 # The distribution is harness-repro (PyPI's "harness" is another project); the version is the
 # package's own, so a source checkout on PYTHONPATH reports it too.
 @click.version_option(version=__version__, package_name="harness-repro", prog_name="harness")
@@ -78,7 +81,9 @@ def main() -> None:
     quiet_hub_progress()
     try:
         # with standalone_mode=False, click returns (not raises) the code of a click.exceptions.Exit
-        code = cli.main(standalone_mode=False, prog_name="harness")  # usage and completion say harness, also under `python -m`
+        code = cli.main(
+            standalone_mode=False, prog_name="harness"
+        )  # usage and completion say harness, also under `python -m`
         if isinstance(code, int) and code != 0:
             sys.exit(code)
     except HarnessError as exc:

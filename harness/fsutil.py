@@ -56,6 +56,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None], mode: int = 0o6
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
+
     def write(handle: IO[bytes]) -> None:
         handle.write(data)
 

@@ -79,15 +79,19 @@ def context_files(build_dir: Path) -> list[Path]:
         if ignored(skipped.path):
             continue
         if skipped.reason.startswith("symlink"):
-            raise HarnessError(f"{build_dir / skipped.path}: symlinks are not allowed in an image recipe (copy the file instead)")
+            raise HarnessError(
+                f"{build_dir / skipped.path}: symlinks are not allowed in an image recipe (copy the file instead)"
+            )
         raise HarnessError(f"{build_dir / skipped.path}: not allowed in an image recipe ({skipped.reason})")
     entries = [e for e in found.files if not ignored(e.relative)]
     if len(entries) > MAX_CONTEXT_FILES:
         raise HarnessError(f"{build_dir}: the image recipe has {len(entries)} files (at most {MAX_CONTEXT_FILES})")
     total = sum(e.size for e in entries)
     if total > MAX_CONTEXT_BYTES:
-        raise HarnessError(f"{build_dir}: the image recipe holds {total} bytes (at most {MAX_CONTEXT_BYTES}); "
-                           "keep data and weights out of it (pin them in the manifest instead)")
+        raise HarnessError(
+            f"{build_dir}: the image recipe holds {total} bytes (at most {MAX_CONTEXT_BYTES}); "
+            "keep data and weights out of it (pin them in the manifest instead)"
+        )
     return [build_dir / e.relative for e in entries]
 
 
@@ -164,8 +168,19 @@ def wheel_download_command(requirements: Path, target: Path, indexes: Sequence[P
 
     ``requirements`` holds only ``name==version --hash=…`` lines, so the indexes pip asks are
     those of its configuration (PyPI when there is none) and the ones given here, nothing else."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet",
-           "-r", str(requirements), "-d", str(target)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--require-hashes",
+        "--quiet",
+        "-r",
+        str(requirements),
+        "-d",
+        str(target),
+    ]
     for index in indexes:
         cmd += index.as_args()
     return cmd
@@ -201,8 +216,10 @@ def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
     log(f"downloading locked packages into {target}")
     with tempfile.TemporaryDirectory(prefix="harness-wheels-") as tmp:
         plain = Path(tmp) / "requirements.txt"
-        plain.write_text("".join(f"{r.name}=={r.version} " + " ".join(f"--hash={h}" for h in r.hashes) + "\n"
-                                 for r in requirements), encoding="utf-8")
+        plain.write_text(
+            "".join(f"{r.name}=={r.version} " + " ".join(f"--hash={h}" for h in r.hashes) + "\n" for r in requirements),
+            encoding="utf-8",
+        )
         for number, cmd in enumerate(wheel_download_commands(plain, target, indexes), 1):
             if number > 1:
                 log("pip's configuration lacks a locked package; again with " + ", ".join(i.url for i in indexes))
@@ -216,7 +233,9 @@ def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
     return target
 
 
-def stage_context(build_dir: Path, lockfile: Path | None, ca_bundle: Path | None, staging: Path, log: Callable[[str], None]) -> None:
+def stage_context(
+    build_dir: Path, lockfile: Path | None, ca_bundle: Path | None, staging: Path, log: Callable[[str], None]
+) -> None:
     """Copy the recipe, the lockfile and the build-only helpers into a fresh context folder."""
     for path in context_files(build_dir):
         target = staging / path.relative_to(build_dir)
@@ -228,7 +247,9 @@ def stage_context(build_dir: Path, lockfile: Path | None, ca_bundle: Path | None
         shutil.copy2(lockfile, staging / "lockfile.txt")
         for wheel in download_locked_wheels(lockfile, log).iterdir():
             if wheel.is_file() and not wheel.name.startswith("."):
-                os.link(wheel, helpers / "wheels" / wheel.name) if _same_device(wheel, helpers) else shutil.copy2(wheel, helpers / "wheels")
+                os.link(wheel, helpers / "wheels" / wheel.name) if _same_device(wheel, helpers) else shutil.copy2(
+                    wheel, helpers / "wheels"
+                )
     if ca_bundle is not None:
         shutil.copy2(ca_bundle, helpers / "ca.pem")
     pip_conf = configparser.ConfigParser()
@@ -270,7 +291,9 @@ def resolve_ref(client, ref: str) -> ImageInfo:  # type: ignore[no-untyped-def]
         image = client.images.get(ref)
     except ImageNotFound:
         if host is None:
-            raise EngineError(f"image {ref} is not in the engine and could not be pulled: it names no registry") from None
+            raise EngineError(
+                f"image {ref} is not in the engine and could not be pulled: it names no registry"
+            ) from None
         try:
             # pull by the full reference: the SDK's pull(repo, tag) would read the digest as a tag
             for chunk in client.api.pull(ref, auth_config=auth_config(host), stream=True, decode=True):
@@ -280,8 +303,9 @@ def resolve_ref(client, ref: str) -> ImageInfo:  # type: ignore[no-untyped-def]
         except (APIError, ImageNotFound) as exc:
             raise RegistryError(explain_pull_failure(ref, engine_message(exc))) from None
         source = "registry"
-    return ImageInfo(ref=ref, id=image.id, tag=ref, cached=True,
-                     registry_ref=ref if host is not None else None, source=source)
+    return ImageInfo(
+        ref=ref, id=image.id, tag=ref, cached=True, registry_ref=ref if host is not None else None, source=source
+    )
 
 
 def build_image(
@@ -327,8 +351,14 @@ def build_image(
         labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
         try:
             stream = client.api.build(
-                path=str(staging), tag=tag, network_mode="host" if network else "none", rm=True, forcerm=True,
-                decode=True, labels=labels, nocache=force,
+                path=str(staging),
+                tag=tag,
+                network_mode="host" if network else "none",
+                rm=True,
+                forcerm=True,
+                decode=True,
+                labels=labels,
+                nocache=force,
             )
             for chunk in stream:
                 if "error" in chunk:
@@ -348,8 +378,12 @@ def build_image(
 
 
 def bootstrap_base(
-    name: str = BASE_IMAGE, suite: str = "bookworm", epoch: int = 1700000000, force: bool = False,
-    log: Callable[[str], None] = lambda line: None, tarball: Path | None = None,
+    name: str = BASE_IMAGE,
+    suite: str = "bookworm",
+    epoch: int = 1700000000,
+    force: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+    tarball: Path | None = None,
 ) -> ImageInfo:
     """Make the base image from Debian packages with mmdebstrap (no registry needed).
 
@@ -378,8 +412,10 @@ def bootstrap_base(
         repository, _, tag = name.partition(":")
         with open(tarball, "rb") as handle:
             client.api.import_image_from_data(
-                handle, repository=repository, tag=tag or "latest",
-                changes=['ENV LANG=C.UTF-8', 'CMD ["python3"]'],
+                handle,
+                repository=repository,
+                tag=tag or "latest",
+                changes=["ENV LANG=C.UTF-8", 'CMD ["python3"]'],
             )
     image = client.images.get(name)
     return ImageInfo(ref=name, id=image.id, tag=name, packages=base_packages(name))
@@ -388,11 +424,17 @@ def bootstrap_base(
 def _mmdebstrap(suite: str, epoch: int, tarball: Path, log: Callable[[str], None]) -> None:
     """A minimal Debian root file system with Python as a tarball, its package list inside."""
     if shutil.which("mmdebstrap") is None:
-        raise HarnessError("mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)")
+        raise HarnessError(
+            "mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)"
+        )
     hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
     cmd = [
-        "mmdebstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-        f"--customize-hook={hook}", suite, str(tarball),
+        "mmdebstrap",
+        "--variant=minbase",
+        "--include=python3,python3-venv,ca-certificates",
+        f"--customize-hook={hook}",
+        suite,
+        str(tarball),
     ]
     log(" ".join(cmd))
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
@@ -406,7 +448,11 @@ def base_packages(name: str) -> list[str]:
     client = docker_client()
     try:
         output = client.containers.run(
-            name, ["cat", "/etc/harness-packages.txt"], remove=True, network_mode="none", user="65534:65534",
+            name,
+            ["cat", "/etc/harness-packages.txt"],
+            remove=True,
+            network_mode="none",
+            user="65534:65534",
         )
     except Exception:
         return []
@@ -417,8 +463,13 @@ _prepared_images: dict[tuple[Any, ...], ImageInfo] = {}
 _prepared_lock = threading.Lock()
 
 
-def prepare_image(loaded: LoadedManifest, ca_bundle: Path | None = None, force_build: bool = False,
-                  log: Callable[[str], None] = lambda line: None, runtime: str = "docker") -> ImageInfo:
+def prepare_image(
+    loaded: LoadedManifest,
+    ca_bundle: Path | None = None,
+    force_build: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+    runtime: str = "docker",
+) -> ImageInfo:
     """A manifest's image: built from its recipe (content-addressed, cached) or resolved by digest,
     in the engine of ``runtime`` (``podman``: see ``harness.runtime.podman.prepare_podman_image``).
 
@@ -427,8 +478,12 @@ def prepare_image(loaded: LoadedManifest, ca_bundle: Path | None = None, force_b
         from harness.runtime.podman import prepare_podman_image
 
         return prepare_podman_image(loaded, ca_bundle, force_build, log)
-    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes(),
-           loaded.manifest.image.network)
+    key = (
+        loaded.manifest.image.ref,
+        str(loaded.build_dir),
+        loaded.lockfile and loaded.lockfile.read_bytes(),
+        loaded.manifest.image.network,
+    )
     if not force_build:
         with _prepared_lock:
             if key in _prepared_images:
@@ -437,8 +492,14 @@ def prepare_image(loaded: LoadedManifest, ca_bundle: Path | None = None, force_b
         info = resolve_ref(docker_client(), loaded.manifest.image.ref)
     else:
         assert loaded.build_dir is not None
-        info = build_image(loaded.build_dir, loaded.lockfile, ca_bundle=ca_bundle, force=force_build, log=log,
-                           network=loaded.manifest.image.network)
+        info = build_image(
+            loaded.build_dir,
+            loaded.lockfile,
+            ca_bundle=ca_bundle,
+            force=force_build,
+            log=log,
+            network=loaded.manifest.image.network,
+        )
     with _prepared_lock:
         _prepared_images[key] = info
     return info

@@ -64,9 +64,13 @@ def parse_index_option(line: str) -> PackageIndex | None:
     url = rest.strip()
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname or " " in url:
-        raise ValueError(f"{option} {url!r}: only a public https:// index may be named (put local mirrors in pip's configuration)")
+        raise ValueError(
+            f"{option} {url!r}: only a public https:// index may be named (put local mirrors in pip's configuration)"
+        )
     if "@" in parts.netloc:
-        raise ValueError(f"{option}: the URL carries credentials; put them in pip's configuration or keyring, not in a committed file")
+        raise ValueError(
+            f"{option}: the URL carries credentials; put them in pip's configuration or keyring, not in a committed file"
+        )
     return PackageIndex(option, url)
 
 
@@ -142,8 +146,10 @@ def read_lockfile(path: Path) -> tuple[list[Requirement], list[PackageIndex], li
                 problems.append(f"line {number}: {exc}")
                 continue
             if index is None:
-                problems.append(f"line {number}: option {line.split()[0]!r} is not allowed "
-                                "(only --index-url/--extra-index-url with a public https URL)")
+                problems.append(
+                    f"line {number}: option {line.split()[0]!r} is not allowed "
+                    "(only --index-url/--extra-index-url with a public https URL)"
+                )
             elif index not in indexes:
                 indexes.append(index)
             continue
@@ -204,15 +210,19 @@ def compile_lockfile(image_dir: Path, output: Path | None = None, upgrade: bool 
             shutil.copyfile(output, compiled)
         # run inside the image folder so that "# via -r requirements.in" names no machine path
         cmd = [sys.executable, "-m", "piptools", "compile", *COMPILE_FLAGS, "-o", str(compiled), "requirements.in"]
-        result = subprocess.run(cmd, capture_output=True, text=True, cwd=image_dir,
-                                env={**os.environ, "CUSTOM_COMPILE_COMMAND": "harness lock"})
+        result = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            cwd=image_dir,
+            env={**os.environ, "CUSTOM_COMPILE_COMMAND": "harness lock"},
+        )
         if result.returncode != 0:
             tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise LockfileError(f"{requirements_in}: pip-compile failed: {tail}")
         header = (
             f"# Locked by `harness lock {image_dir.name}` (pip-compile --generate-hashes); do not edit.\n"
-            f"{INPUT_HASH_PREFIX}{requirements_hash(requirements_in)}\n"
-            + "".join(f"{index}\n" for index in indexes)
+            f"{INPUT_HASH_PREFIX}{requirements_hash(requirements_in)}\n" + "".join(f"{index}\n" for index in indexes)
         )
         body = compiled.read_text(encoding="utf-8")
         write_text_atomic(output, header + body)
@@ -244,17 +254,24 @@ def stale_lockfiles(root: Path) -> list[StaleLockfile]:
         relative = lockfile.relative_to(root.resolve())
         fix = f"run `harness lock images/{image_dir.name}` and commit {relative}"
         if not lockfile.is_file():
-            found.append(StaleLockfile(image_dir.name, requirements_in.relative_to(root), 1,
-                                       f"no lockfile {relative} ({fix})"))
+            found.append(
+                StaleLockfile(image_dir.name, requirements_in.relative_to(root), 1, f"no lockfile {relative} ({fix})")
+            )
             continue
         problems = lockfile_problems(lockfile)
         if problems:
             at = re.match(r"line (\d+): ", problems[0])
-            found.append(StaleLockfile(image_dir.name, relative, int(at.group(1)) if at else 1,
-                                       f"{relative} {problems[0]} ({fix})"))
+            found.append(
+                StaleLockfile(
+                    image_dir.name, relative, int(at.group(1)) if at else 1, f"{relative} {problems[0]} ({fix})"
+                )
+            )
         elif recorded_input_hash(lockfile) != requirements_hash(requirements_in):
             lines = lockfile.read_text(encoding="utf-8").splitlines()
             number = next((n for n, line in enumerate(lines, 1) if line.startswith(INPUT_HASH_PREFIX)), 1)
-            found.append(StaleLockfile(image_dir.name, relative, number,
-                                       f"requirements.in changed since {relative} was made ({fix})"))
+            found.append(
+                StaleLockfile(
+                    image_dir.name, relative, number, f"requirements.in changed since {relative} was made ({fix})"
+                )
+            )
     return found

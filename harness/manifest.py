@@ -37,8 +37,23 @@ PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 SIZE_FACTORS = {
-    "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
-    "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+    "ti": 2**40,
+    "tib": 2**40,
 }
 DURATION_FACTORS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -74,15 +89,22 @@ class ImageSpec(Strict):
     build: str | None = Field(None, description="folder under images/ with a Dockerfile")
     ref: str | None = Field(None, description="registry/name@sha256:<64 hex> or sha256:<64 hex> (an image id)")
     lockfile: str | None = Field(None, description="pip-compile --generate-hashes output under lockfiles/")
-    network: StrictBool = Field(False, description="the build needs the network (builds have none otherwise); "
-                                "reproducing such a recipe needs --allow-build-network")
+    network: StrictBool = Field(
+        False,
+        description="the build needs the network (builds have none otherwise); "
+        "reproducing such a recipe needs --allow-build-network",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageSpec:
         if (self.build is None) == (self.ref is None):
-            raise ValueError("give exactly one of image.build (a folder under images/) or image.ref (with @sha256: digest)")
+            raise ValueError(
+                "give exactly one of image.build (a folder under images/) or image.ref (with @sha256: digest)"
+            )
         if self.ref is not None and not DIGEST_REF.match(self.ref):
-            raise ValueError(f"image.ref {self.ref!r} is not pinned: use name@sha256:<64 hex digest> (a bare tag can change)")
+            raise ValueError(
+                f"image.ref {self.ref!r} is not pinned: use name@sha256:<64 hex digest> (a bare tag can change)"
+            )
         if self.network and self.build is None:
             raise ValueError("image.network applies to image.build only (an image.ref is not built)")
         if self.build is not None and self.lockfile is None:
@@ -161,31 +183,41 @@ class Expect(Strict):
     rtol: StrictInt | StrictFloat = Field(0.0, ge=0)
     atol: StrictInt | StrictFloat = Field(0.0, ge=0)
     alpha: StrictInt | StrictFloat | None = Field(
-        None, gt=0, lt=1, description="ignored: superseded by confidence (kept so older manifests still load)")
-    ignore: list[StrictStr] = Field([], description="metric names (fnmatch patterns) that depend on timing, e.g. charts/SPS")
+        None, gt=0, lt=1, description="ignored: superseded by confidence (kept so older manifests still load)"
+    )
+    ignore: list[StrictStr] = Field(
+        [], description="metric names (fnmatch patterns) that depend on timing, e.g. charts/SPS"
+    )
     metric: StrictStr | None = Field(None, description="metric compared across seeds (default: metrics.primary)")
-    statistic: Literal["final", "last_n"] = Field("last_n", description="per seed: the final value or the mean of the last last_n")
+    statistic: Literal["final", "last_n"] = Field(
+        "last_n", description="per seed: the final value or the mean of the last last_n"
+    )
     last_n: StrictInt = Field(10, ge=1, le=100_000)
     aggregate: Literal["mean", "iqm"] = Field("mean", description="across seeds: mean (Welch CI) or IQM (Yuen CI)")
     margin: StrictInt | StrictFloat | None = Field(None, description="equivalence margin in the metric's units")
     margin_relative: StrictInt | StrictFloat | None = Field(
-        None, description="equivalence margin as a fraction of the original's |aggregate| (default 0.1)")
+        None, description="equivalence margin as a fraction of the original's |aggregate| (default 0.1)"
+    )
     confidence: StrictInt | StrictFloat = Field(0.90, description="two-sided CI level; 0.90 is TOST at 5 %")
 
     @field_validator("margin")
     @classmethod
     def _margin(cls, value: float | None) -> float | None:
         if value is not None and not (0 < value < float("inf")):
-            raise ValueError(f"margin {value} must be a positive number: the largest difference, in the metric's units, "
-                             "that you would still call the same result")
+            raise ValueError(
+                f"margin {value} must be a positive number: the largest difference, in the metric's units, "
+                "that you would still call the same result"
+            )
         return value
 
     @field_validator("margin_relative")
     @classmethod
     def _margin_relative(cls, value: float | None) -> float | None:
         if value is not None and not (0 < value < 1):
-            raise ValueError(f"margin_relative {value} must be a fraction between 0 and 1 of the original's value "
-                             "(0.1 means within 10 %)")
+            raise ValueError(
+                f"margin_relative {value} must be a fraction between 0 and 1 of the original's value "
+                "(0.1 means within 10 %)"
+            )
         return value
 
     @field_validator("confidence")
@@ -287,7 +319,9 @@ class Manifest(Strict):
             # workloads take the pin as params too; they must not drift apart
             for param, value in (("model_repo", self.model.repo), ("model_revision", self.model.revision)):
                 if param in self.params and self.params[param] != value:
-                    raise ValueError(f"params.{param} {self.params[param]!r} differs from the model pin {value!r}: keep them equal")
+                    raise ValueError(
+                        f"params.{param} {self.params[param]!r} differs from the model pin {value!r}: keep them equal"
+                    )
         if self.sweep_size() > MAX_SWEEP_RUNS_HARD_LIMIT:
             raise ValueError(f"sweep × seeds makes {self.sweep_size()} runs, more than {MAX_SWEEP_RUNS_HARD_LIMIT}")
         return self
@@ -325,7 +359,9 @@ class NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.MarkedYAMLError(None, None, "anchors and aliases are not allowed in a manifest", event.start_mark)
+            raise yaml.MarkedYAMLError(
+                None, None, "anchors and aliases are not allowed in a manifest", event.start_mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -464,7 +500,9 @@ def load_manifest(path: str | Path) -> LoadedManifest:
     if spec.build is not None:
         line = lines.get(("image", "build"), 1)
         if Path(spec.build).is_absolute() or not _inside(root, spec.build):
-            problems.append(f"{path}:{line}: image.build: {spec.build!r} must be a folder inside the project (e.g. images/rl)")
+            problems.append(
+                f"{path}:{line}: image.build: {spec.build!r} must be a folder inside the project (e.g. images/rl)"
+            )
         elif not (root / spec.build / "Dockerfile").is_file():
             problems.append(f"{path}:{line}: image.build: {root / spec.build} has no Dockerfile")
     if spec.lockfile is not None:
@@ -472,7 +510,9 @@ def load_manifest(path: str | Path) -> LoadedManifest:
         if Path(spec.lockfile).is_absolute() or not _inside(root, spec.lockfile):
             problems.append(f"{path}:{line}: image.lockfile: {spec.lockfile!r} must be a file inside the project")
         elif not (root / spec.lockfile).is_file():
-            problems.append(f"{path}:{line}: image.lockfile: {spec.lockfile} does not exist (run `harness lock {spec.build or 'images/<name>'}`)")
+            problems.append(
+                f"{path}:{line}: image.lockfile: {spec.lockfile} does not exist (run `harness lock {spec.build or 'images/<name>'}`)"
+            )
         else:
             from harness.lock import lockfile_problems
 
@@ -503,19 +543,26 @@ def expect_warnings(loaded: LoadedManifest) -> list[str]:
     metric = expect.metric or manifest.metrics.primary or "the primary metric"
     warnings: list[str] = []
     if not expect.deterministic and expect.margin is None and expect.margin_relative is None:
-        warnings.append(f"{where}: warning: deterministic is false and no margin is stated: reproductions will be "
-                        f"judged within 10 % of the original's {expect.aggregate} {metric} (margin_relative 0.1); "
-                        "state expect.margin or expect.margin_relative")
+        warnings.append(
+            f"{where}: warning: deterministic is false and no margin is stated: reproductions will be "
+            f"judged within 10 % of the original's {expect.aggregate} {metric} (margin_relative 0.1); "
+            "state expect.margin or expect.margin_relative"
+        )
     if expect.margin_relative is not None and expect.margin_relative > 0.25:
-        warnings.append(f"{where}: warning: margin_relative {expect.margin_relative:g} calls results up to "
-                        f"{100 * expect.margin_relative:g} % apart the same; is that the claim?")
+        warnings.append(
+            f"{where}: warning: margin_relative {expect.margin_relative:g} calls results up to "
+            f"{100 * expect.margin_relative:g} % apart the same; is that the claim?"
+        )
     if not expect.deterministic and len(manifest.seeds) < 3:
-        warnings.append(f"{where}: warning: {len(manifest.seeds)} seed{'s' if len(manifest.seeds) != 1 else ''}: "
-                        "a reproduction across seeds needs at least 3 a side to show equivalence")
+        warnings.append(
+            f"{where}: warning: {len(manifest.seeds)} seed{'s' if len(manifest.seeds) != 1 else ''}: "
+            "a reproduction across seeds needs at least 3 a side to show equivalence"
+        )
     if expect.alpha is not None:
-        warnings.append(f"{where}: warning: alpha is ignored: the verdict across seeds is an equivalence test "
-                        f"at confidence {expect.confidence:g} (0.90 is TOST at α = 0.05); remove alpha")
+        warnings.append(
+            f"{where}: warning: alpha is ignored: the verdict across seeds is an equivalence test "
+            f"at confidence {expect.confidence:g} (0.90 is TOST at α = 0.05); remove alpha"
+        )
     if expect.statistic == "final" and ("expect", "last_n") in lines:
         warnings.append(f"{where}: warning: last_n is ignored with statistic: final")
     return warnings
-

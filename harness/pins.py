@@ -16,8 +16,19 @@ from harness.errors import HarnessError
 from harness.manifest import HubPin, Manifest
 
 DATA_PATTERNS = [
-    "*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.md", "*.parquet", "*.csv", "*.jsonl",
-    "*.arrow", "*.yaml", "*.vocab", "*.spm",
+    "*.json",
+    "*.safetensors",
+    "*.txt",
+    "*.model",
+    "*.tiktoken",
+    "*.md",
+    "*.parquet",
+    "*.csv",
+    "*.jsonl",
+    "*.arrow",
+    "*.yaml",
+    "*.vocab",
+    "*.spm",
 ]
 CONTAINER_CACHE = "/opt/hf-cache"
 
@@ -49,7 +60,10 @@ def fetch_pins(manifest: Manifest) -> list[dict[str, Any]]:
     for pin in pins:
         try:
             folder = snapshot_download(
-                repo_id=pin.repo, revision=pin.revision, repo_type=pin.repo_type, cache_dir=hub_cache_dir(),
+                repo_id=pin.repo,
+                revision=pin.revision,
+                repo_type=pin.repo_type,
+                cache_dir=hub_cache_dir(),
                 allow_patterns=DATA_PATTERNS,
             )
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:

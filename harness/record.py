@@ -44,15 +44,30 @@ class RunStatus(enum.StrEnum):
 
 
 # the statuses a sealed run record can hold
-FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.OOM,
-                            RunStatus.INTERRUPTED, RunStatus.CANCELLED, RunStatus.ERROR})
+FINAL_STATUSES = frozenset(
+    {
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+        RunStatus.TIMEOUT,
+        RunStatus.OOM,
+        RunStatus.INTERRUPTED,
+        RunStatus.CANCELLED,
+        RunStatus.ERROR,
+    }
+)
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 GROUP_OF_STATUS: dict[RunStatus, str] = {
-    RunStatus.QUEUED: QUEUED, RunStatus.PENDING: QUEUED, RunStatus.REQUEUED: QUEUED,
-    RunStatus.RUNNING: RUNNING, RunStatus.COMPLETED: DONE,
-    **{status: FAILED for status in RunStatus if status not in (RunStatus.QUEUED, RunStatus.PENDING,
-                                                                   RunStatus.REQUEUED, RunStatus.RUNNING,
-                                                                   RunStatus.COMPLETED)},
+    RunStatus.QUEUED: QUEUED,
+    RunStatus.PENDING: QUEUED,
+    RunStatus.REQUEUED: QUEUED,
+    RunStatus.RUNNING: RUNNING,
+    RunStatus.COMPLETED: DONE,
+    **{
+        status: FAILED
+        for status in RunStatus
+        if status
+        not in (RunStatus.QUEUED, RunStatus.PENDING, RunStatus.REQUEUED, RunStatus.RUNNING, RunStatus.COMPLETED)
+    },
 }
 
 

@@ -87,14 +87,24 @@ class ReproductionResult:
         plan and each same-seed pair's per-metric comparison."""
         difference = self.first_difference
         return {
-            "original": self.original_id, "reproduction": self.reproduction_id, "reproductions": self.reproduction_ids,
-            "repo": self.repo, "verdict_file": str(self.verdict_path), "published_commit": self.published_commit,
-            "seed_plan": self.seed_plan, "figure": None if self.figure is None else str(self.figure),
-            "image": {"source": self.image_source, "ref": self.image_ref,
-                      "id": (self.records[0].get("image") or {}).get("id")},
+            "original": self.original_id,
+            "reproduction": self.reproduction_id,
+            "reproductions": self.reproduction_ids,
+            "repo": self.repo,
+            "verdict_file": str(self.verdict_path),
+            "published_commit": self.published_commit,
+            "seed_plan": self.seed_plan,
+            "figure": None if self.figure is None else str(self.figure),
+            "image": {
+                "source": self.image_source,
+                "ref": self.image_ref,
+                "id": (self.records[0].get("image") or {}).get("id"),
+            },
             "first_difference": None if difference is None else asdict(difference),
-            "pairs": [{"seed": p.seed, "original": p.original_id, "reproduction": p.reproduction_id,
-                       **p.comparison.to_dict()} for p in self.pairs],
+            "pairs": [
+                {"seed": p.seed, "original": p.original_id, "reproduction": p.reproduction_id, **p.comparison.to_dict()}
+                for p in self.pairs
+            ],
             **self.verdict.to_dict(curves=curves),
         }
 
@@ -113,7 +123,9 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     try:  # the record may be a pulled one: nothing in it is followed or read unbounded
         copy_beneath(run_dir, MANIFEST, manifest_path, limit=1 << 20)
     except UnsafeFile as exc:
-        raise HarnessError(f"{run_dir}: no usable manifest.yaml in the run record ({exc.reason}); it cannot be reproduced") from None
+        raise HarnessError(
+            f"{run_dir}: no usable manifest.yaml in the run record ({exc.reason}); it cannot be reproduced"
+        ) from None
     image = parse_manifest(manifest_path).image
     for relative in (image.build, image.lockfile):
         if relative is not None and (PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts):
@@ -122,7 +134,11 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
         if not (run_dir / CONTEXT).is_dir():
             raise HarnessError(f"{run_dir}: the record has no context/ to rebuild image {image.build} from")
         for path in context_files(run_dir / CONTEXT):  # refuses links, special files, oversize
-            copy_beneath(run_dir, path.relative_to(run_dir).as_posix(), workdir / image.build / path.relative_to(run_dir / CONTEXT))
+            copy_beneath(
+                run_dir,
+                path.relative_to(run_dir).as_posix(),
+                workdir / image.build / path.relative_to(run_dir / CONTEXT),
+            )
     else:
         (workdir / "images").mkdir()  # marks the project root for manifests with image.ref
     if image.lockfile is not None:
@@ -137,6 +153,7 @@ def original_run(store: LocalStore, target: str, endpoint: str | None, revision:
     """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first."""
     from harness.store.hub import parse_run_spec
     from harness.store.hub import pull as pull_runs
+
     if "/" not in target:
         record = store.load(target)
         return target, (record.get("pulled_from") or {}).get("repo")
@@ -158,8 +175,9 @@ def registry_image_of(original: Record, runtime: str) -> Any:
     from harness.registry import is_registry_ref
 
     if not isinstance(ref, str) or len(ref) > 512 or not is_registry_ref(ref):
-        raise HarnessError(f"run {original.get('run_id')}: image.registry_ref {str(ref)[:120]!r} is not "
-                           "host/name@sha256:<digest>")
+        raise HarnessError(
+            f"run {original.get('run_id')}: image.registry_ref {str(ref)[:120]!r} is not host/name@sha256:<digest>"
+        )
     if runtime == "podman":
         from harness.runtime.podman import podman_api, podman_resolve_ref
 
@@ -170,8 +188,10 @@ def registry_image_of(original: Record, runtime: str) -> Any:
 
         info = resolve_ref(docker_client(timeout=3600), ref)
     if isinstance(image.get("id"), str) and info.id != image["id"]:
-        raise HarnessError(f"{ref} is image {info.id[:19]}, but run {original.get('run_id')} ran {str(image['id'])[:19]}: "
-                           "the record's registry reference does not match it (use --rebuild)")
+        raise HarnessError(
+            f"{ref} is image {info.id[:19]}, but run {original.get('run_id')} ran {str(image['id'])[:19]}: "
+            "the record's registry reference does not match it (use --rebuild)"
+        )
     return info
 
 
@@ -188,8 +208,9 @@ def parse_seed_count(value: int | str | None) -> int | str | None:
     return count
 
 
-def original_group(store: LocalStore, original: Record, target: str, endpoint: str | None,
-                   whole_repo: bool) -> list[Record]:
+def original_group(
+    store: LocalStore, original: Record, target: str, endpoint: str | None, whole_repo: bool
+) -> list[Record]:
     """The published group of the original's configuration (the original first, one run per seed).
 
     For a run from the Hub it is taken from the repo at the commit the original was pulled from
@@ -201,8 +222,9 @@ def original_group(store: LocalStore, original: Record, target: str, endpoint: s
 
     source = original.get("pulled_from") or {}
     if "/" in target and whole_repo:
-        run_ids = pull_runs(source["repo"], revision=source.get("revision"), endpoint=endpoint or source.get("endpoint"),
-                            store=store)
+        run_ids = pull_runs(
+            source["repo"], revision=source.get("revision"), endpoint=endpoint or source.get("endpoint"), store=store
+        )
         candidates: list[Record] = [store.load(run_id) for run_id in run_ids]
     elif "/" in target:
         candidates = []
@@ -213,13 +235,22 @@ def original_group(store: LocalStore, original: Record, target: str, endpoint: s
     for record in group[1:]:
         problems = store.verify(record["run_id"])
         if problems:
-            raise HarnessError(f"run {record['run_id']} of the published group does not match its record "
-                               f"({'; '.join(problems[:3])})")
+            raise HarnessError(
+                f"run {record['run_id']} of the published group does not match its record ({'; '.join(problems[:3])})"
+            )
     return group
 
 
-def _run_one(spec: Any, store: LocalStore, runtime: str, reproduces: str, build: bool, image: Any,
-             echo: Callable[[str], None], progress: IO[str] | None) -> Record:
+def _run_one(
+    spec: Any,
+    store: LocalStore,
+    runtime: str,
+    reproduces: str,
+    build: bool,
+    image: Any,
+    echo: Callable[[str], None],
+    progress: IO[str] | None,
+) -> Record:
     """One reproduction run (``build``: with a forced image rebuild; ``image``: this image, no
     build), with live progress on ``progress``."""
     from harness.runner import execute
@@ -230,8 +261,16 @@ def _run_one(spec: Any, store: LocalStore, runtime: str, reproduces: str, build:
 
     live = LiveRun(spec, store, progress, prefix="")
     try:
-        return execute(spec, store, runtime=runtime, reproduces=reproduces, force_build=build,
-                       on_start=live.on_start, echo=live.echo, image=image)
+        return execute(
+            spec,
+            store,
+            runtime=runtime,
+            reproduces=reproduces,
+            force_build=build,
+            on_start=live.on_start,
+            echo=live.echo,
+            image=image,
+        )
     finally:
         live.stop()
 
@@ -277,14 +316,18 @@ def reproduce(
     store = store or LocalStore()
     seeds = parse_seed_count(seeds)
     if runtime == "process" and "/" in target and not trust_code:
-        raise HarnessError("--runtime process would run downloaded code on this host without a sandbox; "
-                           "add --trust-code if you have read it, or use --runtime docker")
+        raise HarnessError(
+            "--runtime process would run downloaded code on this host without a sandbox; "
+            "add --trust-code if you have read it, or use --runtime docker"
+        )
     original_id, repo = original_run(store, target, endpoint, revision)
     original = store.load(original_id)
     if runtime == "process" and original.get("pulled_from") and not trust_code:
         raise HarnessError(f"run {original_id} was pulled from {repo}: --runtime process needs --trust-code")
     if publish_result and repo is None:
-        raise HarnessError(f"run {original_id} was not pulled from the Hub: publish the reproduction with `harness publish`")
+        raise HarnessError(
+            f"run {original_id} was not pulled from the Hub: publish the reproduction with `harness publish`"
+        )
     if original.get("status") != RunStatus.COMPLETED:
         raise HarnessError(f"run {original_id} is {original.get('status')!r}: only completed runs can be reproduced")
     problems = store.verify(original_id)
@@ -295,10 +338,16 @@ def reproduce(
     with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
         loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
         registry_image = None if rebuild or runtime == "process" else registry_image_of(original, runtime)
-        if (registry_image is None and loaded.manifest.image.network and not allow_build_network
-                and runtime in ("docker", "podman")):
-            raise HarnessError(f"run {original_id}: its recipe declares image.network: true, so rebuilding it would give "
-                               "its build this host's network; read its context/, then pass --allow-build-network")
+        if (
+            registry_image is None
+            and loaded.manifest.image.network
+            and not allow_build_network
+            and runtime in ("docker", "podman")
+        ):
+            raise HarnessError(
+                f"run {original_id}: its recipe declares image.network: true, so rebuilding it would give "
+                "its build this host's network; read its context/, then pass --allow-build-network"
+            )
         if registry_image is not None:
             echo(f"reproducing with the published image {registry_image.ref} (no build)")
             image_source = "registry"
@@ -314,21 +363,34 @@ def reproduce(
             plan = plan_seeds(published_seeds, "auto", new_seeds, scores, expect)
         else:
             plan = plan_seeds(published_seeds, seeds, new_seeds)
-        echo(f"published group: {len(group)} run{'s' if len(group) != 1 else ''} of {original.get('name')} "
-             f"(seeds {', '.join(map(str, published_seeds[:12]))}{' ...' if len(group) > 12 else ''})")
+        echo(
+            f"published group: {len(group)} run{'s' if len(group) != 1 else ''} of {original.get('name')} "
+            f"(seeds {', '.join(map(str, published_seeds[:12]))}{' ...' if len(group) > 12 else ''})"
+        )
         echo(plan.message)
         of_seed = {int(r["seed"]): r["run_id"] for r in group}
         params = dict(original.get("params") or {})
         smoke = bool(original.get("smoke"))
         for index, seed in enumerate(plan.seeds):
-            spec = RunSpec(loaded=loaded, params=params, seed=seed, smoke=smoke,
-                           config_key=config_key(loaded, params, seed, smoke))
+            spec = RunSpec(
+                loaded=loaded, params=params, seed=seed, smoke=smoke, config_key=config_key(loaded, params, seed, smoke)
+            )
             fresh_build = index == 0 and image_source == "rebuilt"
-            echo(f"reproducing {of_seed.get(seed, original_id)} with seed {seed} ({index + 1} of {len(plan.seeds)})"
-                 + (" with a fresh image build" if fresh_build else ""))
+            echo(
+                f"reproducing {of_seed.get(seed, original_id)} with seed {seed} ({index + 1} of {len(plan.seeds)})"
+                + (" with a fresh image build" if fresh_build else "")
+            )
             # The first run rebuilds the image; the others reuse that build (prepare_image caches it).
-            record = _run_one(spec, store, runtime, of_seed.get(seed, original_id), index == 0 and registry_image is None,
-                              registry_image, echo, progress)
+            record = _run_one(
+                spec,
+                store,
+                runtime,
+                of_seed.get(seed, original_id),
+                index == 0 and registry_image is None,
+                registry_image,
+                echo,
+                progress,
+            )
             records.append(record)
             if record.get("status") != RunStatus.COMPLETED:
                 echo(f"{record['run_id']} is {record.get('status')}: no further seeds are run")
@@ -336,27 +398,53 @@ def reproduce(
 
     reproduction_dirs = [store.run_dir(r["run_id"]) for r in records]
     verdict = group_verdict(original_dirs, reproduction_dirs, expect)
-    pairs = [SeedPair(int(r["seed"]), of_seed[int(r["seed"])], r["run_id"],
-                      compare_runs(store.run_dir(of_seed[int(r["seed"])]), store.run_dir(r["run_id"]), expect))
-             for r in records if int(r["seed"]) in of_seed and r.get("status") == RunStatus.COMPLETED]
+    pairs = [
+        SeedPair(
+            int(r["seed"]),
+            of_seed[int(r["seed"])],
+            r["run_id"],
+            compare_runs(store.run_dir(of_seed[int(r["seed"])]), store.run_dir(r["run_id"]), expect),
+        )
+        for r in records
+        if int(r["seed"]) in of_seed and r.get("status") == RunStatus.COMPLETED
+    ]
     out_dir = out or store.root / "reproductions" / records[0]["run_id"]
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = out_dir / "comparison.png"
     figure: Path | None = drawn
     if verdict.curves is not None:
-        plot_equivalence(verdict.curves, drawn, verdict.metric, verdict.verdict,
-                         labels=(f"original ({repo})" if repo else "original", "reproduction"),
-                         run_ids=(verdict.original_runs, verdict.reproduction_runs))
+        plot_equivalence(
+            verdict.curves,
+            drawn,
+            verdict.metric,
+            verdict.verdict,
+            labels=(f"original ({repo})" if repo else "original", "reproduction"),
+            run_ids=(verdict.original_runs, verdict.reproduction_runs),
+        )
     elif records[0].get("status") == RunStatus.COMPLETED:
         first = pairs[0] if pairs else None
-        plot_comparison(store.run_dir(first.original_id if first else original_id), reproduction_dirs[0], drawn,
-                        verdict=first.comparison if first else None)
+        plot_comparison(
+            store.run_dir(first.original_id if first else original_id),
+            reproduction_dirs[0],
+            drawn,
+            verdict=first.comparison if first else None,
+        )
     else:
         figure = None  # a run that did not complete may have no metrics to draw
-    result = ReproductionResult(original_id, repo, verdict, figure, out_dir / "verdict.json", records,
-                                [r["run_id"] for r in group], published_seeds, plan.message, pairs,
-                                image_source=image_source,
-                                image_ref=registry_image.ref if registry_image is not None else None)
+    result = ReproductionResult(
+        original_id,
+        repo,
+        verdict,
+        figure,
+        out_dir / "verdict.json",
+        records,
+        [r["run_id"] for r in group],
+        published_seeds,
+        plan.message,
+        pairs,
+        image_source=image_source,
+        image_ref=registry_image.ref if registry_image is not None else None,
+    )
     write_json_atomic(result.verdict_path, json_safe(result.to_dict()))
     # record.json is outside the checksummed files, so the verdict can join the sealed records.
     summary = verdict.to_dict()
@@ -368,7 +456,11 @@ def reproduce(
         from harness.store.hub import publish
 
         assert repo is not None
-        published = publish(result.reproduction_ids, repo, store=store,
-                            endpoint=endpoint or (original.get("pulled_from") or {}).get("endpoint"))
+        published = publish(
+            result.reproduction_ids,
+            repo,
+            store=store,
+            endpoint=endpoint or (original.get("pulled_from") or {}).get("endpoint"),
+        )
         result.published_commit = published.commit
     return result

@@ -181,10 +181,18 @@ def _say_once(line: str | None) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str | None,
-                 on_start: Callable[..., None] | None, echo: Callable[[str], None] | None,
-                 client: Any, image: ImageInfo | None, pins: list[dict[str, Any]],
-                 sandbox: dict[str, Any] | None = None) -> Record:
+def _execute_run(
+    spec: RunSpec,
+    store: LocalStore,
+    runtime: str,
+    reproduces: str | None,
+    on_start: Callable[..., None] | None,
+    echo: Callable[[str], None] | None,
+    client: Any,
+    image: ImageInfo | None,
+    pins: list[dict[str, Any]],
+    sandbox: dict[str, Any] | None = None,
+) -> Record:
     from harness.capture.environment import capture_host
     from harness.capture.session import CaptureSession
     from harness.pins import hub_cache_dir
@@ -208,10 +216,16 @@ def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str
     store.save(record)
 
     request = JobRequest(
-        run_id=run_id, command=spec.command(), environment=job_variables(spec, run_id), out_dir=layout.out,
-        log_path=layout.output_log, cpus=float(manifest.hardware.cpus),
-        memory_bytes=manifest.hardware.memory_bytes, gpus=manifest.hardware.gpus,
-        timeout_seconds=manifest.hardware.timeout_seconds, echo=echo,
+        run_id=run_id,
+        command=spec.command(),
+        environment=job_variables(spec, run_id),
+        out_dir=layout.out,
+        log_path=layout.output_log,
+        cpus=float(manifest.hardware.cpus),
+        memory_bytes=manifest.hardware.memory_bytes,
+        gpus=manifest.hardware.gpus,
+        timeout_seconds=manifest.hardware.timeout_seconds,
+        echo=echo,
         workload_dir=(spec.loaded.build_dir / "workload") if spec.loaded.build_dir else None,
         hub_cache=hub_cache_dir() if pins else None,
     )
@@ -247,16 +261,24 @@ def _execute_run(spec: RunSpec, store: LocalStore, runtime: str, reproduces: str
     except KeyboardInterrupt as exc:
         job.stop(_stop_reason(exc))
         result = JobResult(_stop_reason(exc), None, "stopped before the job started")
-    record.update({"status": result.status, "exit_code": result.exit_code, "detail": result.detail,
-                   "ended_at": now_iso(), "duration_s": round(time.monotonic() - started, 3)})
+    record.update(
+        {
+            "status": result.status,
+            "exit_code": result.exit_code,
+            "detail": result.detail,
+            "ended_at": now_iso(),
+            "duration_s": round(time.monotonic() - started, 3),
+        }
+    )
     try:
         return _finish(store, record, capture, manifest.hardware.memory_bytes, client, image)
     finally:
         job.remove()
 
 
-def _finish(store: LocalStore, record: Record, capture: Any, memory_limit: int, client: Any,
-            image: ImageInfo | None) -> Record:
+def _finish(
+    store: LocalStore, record: Record, capture: Any, memory_limit: int, client: Any, image: ImageInfo | None
+) -> Record:
     """Write the tables and seal the record. A full disk is said plainly and leaves a consistent
     record; any other fault of the harness itself seals the record as ``error`` with the reason."""
     from harness.capture.environment import image_environment, process_environment
@@ -286,8 +308,10 @@ def _finish(store: LocalStore, record: Record, capture: Any, memory_limit: int, 
             store.save(record)
         except OSError:
             pass  # the earlier record.json stays whole: writes are atomic
-        raise HarnessError(f"{layout.root}: disk full while writing the run record "
-                           f"({exc.strerror}); free space, then `harness recover`") from None
+        raise HarnessError(
+            f"{layout.root}: disk full while writing the run record "
+            f"({exc.strerror}); free space, then `harness recover`"
+        ) from None
     except Exception as exc:
         return _seal_as_error(store, record, exc)
 
@@ -296,8 +320,10 @@ def _seal_as_error(store: LocalStore, record: Record, exc: BaseException) -> Rec
     """Seal a record whose finishing failed: status ``error``, what the job did kept in ``detail``."""
     job_status = record.get("status")
     record["status"] = RunStatus.ERROR.value
-    record["detail"] = (f"the harness failed while finishing the run (the job ended {job_status}): "
-                        f"{type(exc).__name__}: {str(exc)[:500]}")
+    record["detail"] = (
+        f"the harness failed while finishing the run (the job ended {job_status}): "
+        f"{type(exc).__name__}: {str(exc)[:500]}"
+    )
     record.pop("owner", None)
     store.layout(record["run_id"]).reserve.unlink(missing_ok=True)
     shutil.rmtree(store.layout(record["run_id"]).metrics_spool, ignore_errors=True)
@@ -363,8 +389,13 @@ def recover(store: LocalStore) -> list[str]:
             continue
         run_id = record["run_id"]
         layout = store.layout(run_id)
-        record.update({"status": RunStatus.INTERRUPTED.value, "ended_at": record.get("ended_at") or now_iso(),
-                       "detail": "the harness process ended before the run finished (recovered)"})
+        record.update(
+            {
+                "status": RunStatus.INTERRUPTED.value,
+                "ended_at": record.get("ended_at") or now_iso(),
+                "detail": "the harness process ended before the run finished (recovered)",
+            }
+        )
         try:
             if record.get("runtime") == "docker":
                 from harness.runtime.docker import kill_orphan
@@ -387,8 +418,9 @@ def recover(store: LocalStore) -> list[str]:
                 pass
             last_n = manifest_metrics.get("summary_last_n", 10)
             shutil.rmtree(layout.metrics_spool, ignore_errors=True)
-            ingester = ingest_run_folder(run_id, layout.root, manifest_metrics.get("tensorboard"),
-                                         spool_dir=layout.metrics_spool)
+            ingester = ingest_run_folder(
+                run_id, layout.root, manifest_metrics.get("tensorboard"), spool_dir=layout.metrics_spool
+            )
             ingester.write_parquet(layout.metrics_parquet, last_n)
             ingester.close()
             system_jsonl_to_parquet(run_id, layout.system_jsonl, layout.system_parquet)

@@ -142,8 +142,7 @@ if __name__ == "__main__":
 
 def manifest_text(name: str, image: str) -> str:
     """The starter manifest of ``name`` on ``image`` (one of IMAGES)."""
-    return (_HEADER.format(name=name, about=_ABOUT[image].format(name=name))
-            + _BODIES[image].format(name=name))
+    return _HEADER.format(name=name, about=_ABOUT[image].format(name=name)) + _BODIES[image].format(name=name)
 
 
 def scaffold(root: Path, name: str, image: str, force: bool = False) -> list[Path]:
@@ -152,7 +151,9 @@ def scaffold(root: Path, name: str, image: str, force: bool = False) -> list[Pat
     Returns the files written. Refuses a bad name, an unknown image or existing files
     (``force`` overwrites the manifest only; an image folder is never overwritten)."""
     if not NAME.match(name) or ".." in name:
-        raise HarnessError(f"NAME {name!r}: use lower-case letters, digits, '.', '_' or '-' (at most 63), starting with a letter or digit")
+        raise HarnessError(
+            f"NAME {name!r}: use lower-case letters, digits, '.', '_' or '-' (at most 63), starting with a letter or digit"
+        )
     if image not in IMAGES:
         raise HarnessError(f"--image {image!r}: one of {', '.join(IMAGES)}")
     manifest = root / "manifests" / f"{name}.yaml"
@@ -162,13 +163,18 @@ def scaffold(root: Path, name: str, image: str, force: bool = False) -> list[Pat
     if image == "new":
         image_dir = root / "images" / name
         if image_dir.exists():
-            raise HarnessError(f"images/{name}: exists (use --image {name if name in IMAGES else 'rl|lm|noop'} "
-                               "for an existing image, or choose another NAME)")
+            raise HarnessError(
+                f"images/{name}: exists (use --image {name if name in IMAGES else 'rl|lm|noop'} "
+                "for an existing image, or choose another NAME)"
+            )
         if (root / "lockfiles" / f"{name}.txt").exists():
             raise HarnessError(f"lockfiles/{name}.txt: exists without images/{name}; remove it or choose another NAME")
         (image_dir / "workload").mkdir(parents=True)
-        for relative, text in (("Dockerfile", _DOCKERFILE), ("requirements.in", _REQUIREMENTS),
-                               ("workload/main.py", _WORKLOAD)):
+        for relative, text in (
+            ("Dockerfile", _DOCKERFILE),
+            ("requirements.in", _REQUIREMENTS),
+            ("workload/main.py", _WORKLOAD),
+        ):
             path = image_dir / relative
             path.write_text(text.format(name=name), encoding="utf-8")
             written.append(path)

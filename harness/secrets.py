@@ -28,8 +28,17 @@ SECRET_VALUE_PATTERN = (
 SECRET_VALUE = re.compile(SECRET_VALUE_PATTERN)
 SECRET_NAME = re.compile(SECRET_NAME_PATTERN, re.IGNORECASE)
 # Hub settings that are not secrets and that a job may need to see
-NOT_SECRET = frozenset({"HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_HOME",
-                        "HF_HUB_CACHE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_XET"})
+NOT_SECRET = frozenset(
+    {
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "HF_HUB_DISABLE_TELEMETRY",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_HUB_DISABLE_PROGRESS_BARS",
+        "HF_HUB_DISABLE_XET",
+    }
+)
 
 
 def is_secret_name(name: str) -> bool:

@@ -129,7 +129,7 @@ def attempt_records(store: LocalStore, run_id: str) -> list[dict[str, Any]]:
     from older stores), oldest first."""
     records: list[dict[str, Any]] = []
     for folder in [store.run_dir(run_id), *store.runs_dir.glob(f"{run_id}-*")]:
-        suffix = folder.name[len(run_id):]
+        suffix = folder.name[len(run_id) :]
         if suffix and not ATTEMPT_SUFFIX.fullmatch(suffix):
             continue
         try:

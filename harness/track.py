@@ -58,8 +58,7 @@ class _Tracker:
         out = os.environ.get("HARNESS_OUT")
         if not out:
             warnings.warn(
-                "harness.track: HARNESS_OUT is not set (not running under the harness); "
-                "metrics are not recorded",
+                "harness.track: HARNESS_OUT is not set (not running under the harness); metrics are not recorded",
                 RuntimeWarning,
                 stacklevel=3,  # the caller of log()
             )
@@ -137,9 +136,7 @@ class _Tracker:
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         if self._enabled:
-            self._thread = threading.Thread(
-                target=self._flush_loop, name="harness-track", daemon=True
-            )
+            self._thread = threading.Thread(target=self._flush_loop, name="harness-track", daemon=True)
             self._thread.start()
 
 

@@ -37,8 +37,12 @@ SPINNER = re.compile("[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]")  # rich's "dots" spinne
 
 
 def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-c", "user.name=ci-scenarios", "-c", "user.email=ci-scenarios@localhost", *args],
-                          cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "-c", "user.name=ci-scenarios", "-c", "user.email=ci-scenarios@localhost", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"ci-scenarios: git {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
@@ -81,28 +85,55 @@ def stale_lockfile(clone: Path) -> None:
 
 def scenarios(clone: Path) -> list[Scenario]:
     return [
-        Scenario("new-manifest", "a new manifest on an existing image passes", add_manifest, 0, [
-            "verify: smoke run of manifests/scenario-probe.yaml (manifest changed)",
-            re.compile(r"\| `manifests/scenario-probe\.yaml` \| `scenario-probe-[0-9a-f]+` \| completed \| probe/value = "),
-            "Job succeeded",
-        ]),
-        Scenario("rl-change", "a change to images/rl rebuilds and passes", change_rl, 0, [
-            "verify: smoke run of manifests/dqn-cartpole.yaml (images/rl/ changed)",
-            re.compile(r"Successfully tagged harness/rl:[0-9a-f]{16}"),
-            re.compile(r"\| `manifests/dqn-cartpole\.yaml` \| `dqn-cartpole-[0-9a-f]+` \| completed \| charts/episodic_return = "),
-            "verify: SKIP manifests/gpu-matmul.yaml",
-            "Job succeeded",
-        ]),
-        Scenario("bad-manifest", "a manifest with an error fails with an annotation naming its file and line",
-                 add_bad_manifest, 1, [
-            f"::error file=manifests/scenario-bad.yaml,line={bad_manifest_line(clone)}::seeds: seed -1 must be",
-            "Job failed",
-        ]),
-        Scenario("stale-lock", "a stale lockfile fails with a message saying how to fix it", stale_lockfile, 1, [
-            "::error file=lockfiles/noop.txt,line=2::stale lockfile: noop: requirements.in changed",
-            "run `harness lock images/noop` and commit lockfiles/noop.txt",
-            "Job failed",
-        ]),
+        Scenario(
+            "new-manifest",
+            "a new manifest on an existing image passes",
+            add_manifest,
+            0,
+            [
+                "verify: smoke run of manifests/scenario-probe.yaml (manifest changed)",
+                re.compile(
+                    r"\| `manifests/scenario-probe\.yaml` \| `scenario-probe-[0-9a-f]+` \| completed \| probe/value = "
+                ),
+                "Job succeeded",
+            ],
+        ),
+        Scenario(
+            "rl-change",
+            "a change to images/rl rebuilds and passes",
+            change_rl,
+            0,
+            [
+                "verify: smoke run of manifests/dqn-cartpole.yaml (images/rl/ changed)",
+                re.compile(r"Successfully tagged harness/rl:[0-9a-f]{16}"),
+                re.compile(
+                    r"\| `manifests/dqn-cartpole\.yaml` \| `dqn-cartpole-[0-9a-f]+` \| completed \| charts/episodic_return = "
+                ),
+                "verify: SKIP manifests/gpu-matmul.yaml",
+                "Job succeeded",
+            ],
+        ),
+        Scenario(
+            "bad-manifest",
+            "a manifest with an error fails with an annotation naming its file and line",
+            add_bad_manifest,
+            1,
+            [
+                f"::error file=manifests/scenario-bad.yaml,line={bad_manifest_line(clone)}::seeds: seed -1 must be",
+                "Job failed",
+            ],
+        ),
+        Scenario(
+            "stale-lock",
+            "a stale lockfile fails with a message saying how to fix it",
+            stale_lockfile,
+            1,
+            [
+                "::error file=lockfiles/noop.txt,line=2::stale lockfile: noop: requirements.in changed",
+                "run `harness lock images/noop` and commit lockfiles/noop.txt",
+                "Job failed",
+            ],
+        ),
     ]
 
 
@@ -114,9 +145,23 @@ def run_scenario(clone: Path, scenario: Scenario, logs: Path) -> tuple[bool, str
     git(clone, "commit", "-q", "-m", f"scenario {scenario.name}: {scenario.title}")
     log = logs / f"{scenario.name}.log"
     started = time.monotonic()
-    done = subprocess.run([str(SIMULATOR), "--fresh-engine", "--workflow", WORKFLOW, "--base", BASE,
-                           "--head", f"scenario-{scenario.name}", "--log", str(log), str(clone)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            str(SIMULATOR),
+            "--fresh-engine",
+            "--workflow",
+            WORKFLOW,
+            "--base",
+            BASE,
+            "--head",
+            f"scenario-{scenario.name}",
+            "--log",
+            str(log),
+            str(clone),
+        ],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.monotonic() - started
     text = ANSI.sub("", log.read_text(errors="replace")) if log.is_file() else ""
     problems = []
@@ -135,11 +180,15 @@ def run_scenario(clone: Path, scenario: Scenario, logs: Path) -> tuple[bool, str
 
 def main(argv: list[str]) -> int:
     if not SIMULATOR.is_file():
-        print(f"ci-scenarios: SKIP: no simulated GitHub runner at ../shared/ci-sim/run-workflow.sh "
-              f"(looked for {SIMULATOR}); the workflow scenarios did not run")
+        print(
+            f"ci-scenarios: SKIP: no simulated GitHub runner at ../shared/ci-sim/run-workflow.sh "
+            f"(looked for {SIMULATOR}); the workflow scenarios did not run"
+        )
         return 0
     if os.geteuid() != 0:
-        print("ci-scenarios: needs root (the simulator adds the runner user and starts a Docker engine)", file=sys.stderr)
+        print(
+            "ci-scenarios: needs root (the simulator adds the runner user and starts a Docker engine)", file=sys.stderr
+        )
         return 2
     state = Path(os.environ.get("CI_SCENARIOS_HOME", "/var/tmp/harness-ci-scenarios"))
     state.mkdir(parents=True, exist_ok=True)
@@ -158,12 +207,17 @@ def main(argv: list[str]) -> int:
         print(f"ci-scenarios: {scenario.name}: {scenario.title} ...", flush=True)
         ok, why, seconds = run_scenario(clone, scenario, scratch)
         results.append((scenario, ok, why, seconds))
-        print(f"ci-scenarios: {'PASS' if ok else 'FAIL'} {scenario.name} ({seconds:.0f} s){': ' + why if why else ''}", flush=True)
+        print(
+            f"ci-scenarios: {'PASS' if ok else 'FAIL'} {scenario.name} ({seconds:.0f} s){': ' + why if why else ''}",
+            flush=True,
+        )
     shutil.rmtree(clone, ignore_errors=True)
     total = sum(seconds for *_, seconds in results)
     failed = [scenario.name for scenario, ok, *_ in results if not ok]
-    print(f"ci-scenarios: {len(results) - len(failed)} of {len(results)} behaved as stated in {total:.0f} s; "
-          f"logs in {scratch}")
+    print(
+        f"ci-scenarios: {len(results) - len(failed)} of {len(results)} behaved as stated in {total:.0f} s; "
+        f"logs in {scratch}"
+    )
     # keep the logs of the last few runs only
     for old in sorted(state.glob("run-*"), key=lambda p: p.stat().st_mtime)[:-5]:
         shutil.rmtree(old, ignore_errors=True)

@@ -80,9 +80,7 @@ def main() -> int:
     except ImportError as exc:
         return no_gpu(f"torch is not installed ({exc})")
     if not torch.cuda.is_available():
-        return no_gpu(
-            "torch sees no CUDA device", torch=torch.__version__, torch_cuda=torch.version.cuda
-        )
+        return no_gpu("torch sees no CUDA device", torch=torch.__version__, torch_cuda=torch.version.cuda)
     try:
         from harness.capture.system import SystemSampler, read_system_jsonl
     except ImportError as exc:

@@ -66,10 +66,16 @@ def store_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run ``python -m harness ARGS`` as a user would, capturing its output."""
     return subprocess.run(
-        [sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "harness", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 

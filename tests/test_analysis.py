@@ -32,26 +32,46 @@ METRIC = "charts/episodic_return"
 
 
 def add_run(
-    store: LocalStore, run_id: str, name: str, params: dict, seed: int, values: np.ndarray,
-    steps: np.ndarray | None = None, status: str = "completed", tags: list[str] | None = None,
+    store: LocalStore,
+    run_id: str,
+    name: str,
+    params: dict,
+    seed: int,
+    values: np.ndarray,
+    steps: np.ndarray | None = None,
+    status: str = "completed",
+    tags: list[str] | None = None,
 ) -> None:
     """A run as the runner leaves it: metrics.parquet in the contract's schema and a sealed record."""
     folder = store.run_dir(run_id)
     folder.mkdir(parents=True)
     steps = np.arange(1, len(values) + 1, dtype=np.int64) * 100 if steps is None else steps
     pq.write_table(
-        pa.table({
-            "run_id": [run_id] * len(values), "name": [METRIC] * len(values),
-            "step": pa.array(steps, pa.int64()), "value": pa.array(values, pa.float64()),
-            "wall_time": pa.array(1.7e9 + steps / 50.0, pa.float64()),
-        }),
+        pa.table(
+            {
+                "run_id": [run_id] * len(values),
+                "name": [METRIC] * len(values),
+                "step": pa.array(steps, pa.int64()),
+                "value": pa.array(values, pa.float64()),
+                "wall_time": pa.array(1.7e9 + steps / 50.0, pa.float64()),
+            }
+        ),
         folder / "metrics.parquet",
     )
-    store.seal({
-        "schema_version": 1, "run_id": run_id, "name": name, "tags": tags or [], "status": status,
-        "started_at": "2025-01-01T00:00:00Z", "duration_s": 30.0 + seed, "seed": seed, "params": params,
-        "primary_metric": METRIC,
-    })
+    store.seal(
+        {
+            "schema_version": 1,
+            "run_id": run_id,
+            "name": name,
+            "tags": tags or [],
+            "status": status,
+            "started_at": "2025-01-01T00:00:00Z",
+            "duration_s": 30.0 + seed,
+            "seed": seed,
+            "params": params,
+            "primary_metric": METRIC,
+        }
+    )
 
 
 @pytest.fixture()
@@ -63,18 +83,32 @@ def store(tmp_path: Path) -> LocalStore:
             for seed in (1, 2, 3):
                 x = np.linspace(0, 1, 50)
                 values = scale * gain * x + seed
-                add_run(store, f"{agent}-{env}-{seed}", agent, {"env_id": env, "learning_rate": lr}, seed, values,
-                        tags=["paper"])
+                add_run(
+                    store,
+                    f"{agent}-{env}-{seed}",
+                    agent,
+                    {"env_id": env, "learning_rate": lr},
+                    seed,
+                    values,
+                    tags=["paper"],
+                )
     return store
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HARNESS_HOME": str(home), "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-c", "from harness.cli import main; main()", *args],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", "from harness.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 # ---- rliable -----------------------------------------------------------------------------
+
 
 def test_iqm_and_ci_equal_rliable_called_directly() -> None:
     from rliable import library, metrics
@@ -82,12 +116,22 @@ def test_iqm_and_ci_equal_rliable_called_directly() -> None:
     rng = np.random.default_rng(1)
     scores = {"a": rng.normal(0, 1, (7, 5)), "b": rng.normal(1, 2, (7, 5))}
     ours = interval_estimates(scores, ["iqm", "median", "mean", "optimality_gap"], reps=500, seed=11)
-    via_rliable = interval_estimates(scores, ["iqm", "median", "mean", "optimality_gap"], reps=500, seed=11,
-                                     engine="rliable")
+    via_rliable = interval_estimates(
+        scores, ["iqm", "median", "mean", "optimality_gap"], reps=500, seed=11, engine="rliable"
+    )
     np.random.seed(11)  # rliable draws from numpy's global state
     points, cis = library.get_interval_estimates(
-        scores, lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x),
-                                    metrics.aggregate_mean(x), metrics.aggregate_optimality_gap(x)]), reps=500)
+        scores,
+        lambda x: np.array(
+            [
+                metrics.aggregate_iqm(x),
+                metrics.aggregate_median(x),
+                metrics.aggregate_mean(x),
+                metrics.aggregate_optimality_gap(x),
+            ]
+        ),
+        reps=500,
+    )
     for group in scores:
         for i, name in enumerate(["iqm", "median", "mean", "optimality_gap"]):
             for estimate in (ours[group][name], via_rliable[group][name]):
@@ -108,7 +152,8 @@ def test_probability_of_improvement_equals_rliable() -> None:
     ours = probability_of_improvement({"x": x, "y": y}, reps=200, seed=5)[("x", "y")]
     np.random.seed(5)
     points, cis = library.get_interval_estimates(
-        {"xy": [x, y]}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps=200)
+        {"xy": [x, y]}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps=200
+    )
     assert ours.point == pytest.approx(points["xy"][0]) and ours.ci == pytest.approx(tuple(cis["xy"][:, 0]))
     assert ours.point > 0.5
 
@@ -124,6 +169,7 @@ def test_normalisation_min_max_and_reference() -> None:
 
 
 # ---- curves ------------------------------------------------------------------------------
+
 
 def test_rolling_mean_and_t_interval() -> None:
     values = np.array([1.0, 3.0, 5.0, 7.0, 9.0])
@@ -146,6 +192,7 @@ def test_groups_with_different_ranges_are_cut_to_the_common_one() -> None:
 
 
 # ---- index, selection, final scores --------------------------------------------------------
+
 
 def test_index_is_incremental_and_compacts_finished_runs(store: LocalStore) -> None:
     index = run_index.refresh_index(store)
@@ -196,6 +243,7 @@ def test_comparison_table(store: LocalStore) -> None:
 
 # ---- the commands --------------------------------------------------------------------------
 
+
 def test_compare_command(store: LocalStore, tmp_path: Path) -> None:
     out = tmp_path / "table.csv"
     result = cli(store.root, "compare", "tag=paper", "--by", "param:learning_rate", "--out", str(out), "--reps", "200")
@@ -210,11 +258,25 @@ def test_compare_command(store: LocalStore, tmp_path: Path) -> None:
 
 def test_compare_adds_probability_of_improvement_and_profiles(store: LocalStore, tmp_path: Path) -> None:
     figure = tmp_path / "profiles.png"
-    result = cli(store.root, "compare", "tag=paper", "--by", "param:learning_rate", "--reps", "200",
-                 "--improvement", "--profiles", str(figure))
+    result = cli(
+        store.root,
+        "compare",
+        "tag=paper",
+        "--by",
+        "param:learning_rate",
+        "--reps",
+        "200",
+        "--improvement",
+        "--profiles",
+        str(figure),
+    )
     assert result.returncode == 0, result.stderr
     assert "Probability of improvement" in result.stdout
-    row = next(line for line in result.stdout.splitlines() if line.startswith("| learning_rate=0.0001 | learning_rate=0.00025 |"))
+    row = next(
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("| learning_rate=0.0001 | learning_rate=0.00025 |")
+    )
     point = float(row.split("|")[3].split("[")[0])
     assert point == 0.0  # dqn-b (2.5e-4) learns twice as fast in every environment and seed
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -253,8 +315,14 @@ def test_thc_from_a_harness_sweep(tmp_path: Path) -> None:
             for buffer in (100, 1000):
                 for seed in (1, 2, 3):
                     level = 100.0 * (lr == lr_best) + 10.0 * (buffer == 1000) + 0.1 * seed
-                    add_run(store, f"{env}-{lr}-{buffer}-{seed}", "sweep",
-                            {"env_id": env, "learning_rate": lr, "buffer": buffer}, seed, np.full(20, level))
+                    add_run(
+                        store,
+                        f"{env}-{lr}-{buffer}-{seed}",
+                        "sweep",
+                        {"env_id": env, "learning_rate": lr, "buffer": buffer},
+                        seed,
+                        np.full(20, level),
+                    )
     result = cli(store.root, "thc", "sweep", "--hparams", "learning_rate,buffer", "--across", "env_id", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)

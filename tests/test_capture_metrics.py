@@ -118,9 +118,7 @@ def test_external_jsonl_lines_from_any_program(tmp_path):
         {"name": "eval/other", "step": 3, "value": "2.5"},
     ]
     text = "".join(json.dumps(line) + "\n" for line in lines)
-    text += (
-        "this is not json\n" + '{"name": "no value"}\n' + '{"name": "x", "step": 1.5, "value": 1}\n'
-    )
+    text += "this is not json\n" + '{"name": "no value"}\n' + '{"name": "x", "step": 1.5, "value": 1}\n'
     # a shell one-liner, as a program in another language would append lines
     subprocess.run(["sh", "-c", f"cat >> '{path}'"], input=text, text=True, check=True)
     ingester = MetricsIngester("run-d", tmp_path, None)
@@ -171,9 +169,7 @@ def test_summary_per_metric(tmp_path):
     values = [3.0, 1.0, 4.0, 1.0, 5.0, float("nan")]
     with open(path, "w") as handle:
         for step, value in reversed(list(enumerate(values))):  # out of order on purpose
-            handle.write(
-                json.dumps({"name": "r", "step": step, "value": value, "wall_time": 1.0}) + "\n"
-            )
+            handle.write(json.dumps({"name": "r", "step": step, "value": value, "wall_time": 1.0}) + "\n")
     ingester = MetricsIngester("run-g", tmp_path, None)
     ingester.poll()
     summary = ingester.summary(last_n=3)

@@ -134,9 +134,7 @@ def test_container_sampled_at_one_hertz_from_its_cgroup(busy_container, tmp_path
 @pytest.mark.docker
 def test_container_sampled_through_the_engine_stats_api(busy_container, tmp_path):
     jsonl = tmp_path / "system.jsonl"
-    sampler = SystemSampler(
-        "run-s", jsonl, interval=1.0, container=busy_container, gpu_indices=[], prefer_cgroup=False
-    )
+    sampler = SystemSampler("run-s", jsonl, interval=1.0, container=busy_container, gpu_indices=[], prefer_cgroup=False)
     sampler.start()
     time.sleep(2.3)
     sampler.stop()
@@ -219,8 +217,7 @@ def test_no_nvml_is_recorded_as_absent(tmp_path):
     without_gpu = SystemSampler("run-n", tmp_path / "n.jsonl", pid=os.getpid())
     assert without_gpu.gpu_status()["reason"] == "no GPU assigned to the run"
     assert not any(
-        line.startswith('{"time"') and "gpu/" in line
-        for line in (tmp_path / "system.jsonl").read_text().splitlines()
+        line.startswith('{"time"') and "gpu/" in line for line in (tmp_path / "system.jsonl").read_text().splitlines()
     )
     assert capture_host()["gpus"] == []
 

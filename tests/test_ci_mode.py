@@ -23,8 +23,15 @@ REDRAW = re.compile(r"\r(?!\n)|\x1b\[")  # a carriage return that is not a line 
 def run_at_terminal(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> tuple[int, str]:
     """Run ``python -m harness ARGS`` with a pseudo-terminal as stdin/stdout/stderr; its exit status and output."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "harness", *args], stdin=slave, stdout=slave, stderr=slave,
-                            cwd=cwd, env=env, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=cwd,
+        env=env,
+        close_fds=True,
+    )
     os.close(slave)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
@@ -90,19 +97,23 @@ def test_a_build_in_ci_prints_plain_lines_even_at_a_terminal(base_image, tmp_pat
             subprocess.run(["docker", "rmi", "-f", tag.group(1)], capture_output=True)
 
 
-PROBE = ("import sys\n"
-         "{preimport}"
-         "sys.argv = ['harness', 'doctor']\n"
-         "from harness.cli import main\n"
-         "try:\n"
-         "    main()\n"
-         "except SystemExit:\n"
-         "    pass\n"
-         "from huggingface_hub.utils import are_progress_bars_disabled\n"
-         "print('hub progress bars disabled:', are_progress_bars_disabled())\n")
+PROBE = (
+    "import sys\n"
+    "{preimport}"
+    "sys.argv = ['harness', 'doctor']\n"
+    "from harness.cli import main\n"
+    "try:\n"
+    "    main()\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    "from huggingface_hub.utils import are_progress_bars_disabled\n"
+    "print('hub progress bars disabled:', are_progress_bars_disabled())\n"
+)
 
 
-@pytest.mark.parametrize("preimport", ["", "import huggingface_hub.utils\n"], ids=["hub-imported-later", "hub-imported-first"])
+@pytest.mark.parametrize(
+    "preimport", ["", "import huggingface_hub.utils\n"], ids=["hub-imported-later", "hub-imported-first"]
+)
 def test_hub_progress_bars_are_off_in_ci(tmp_path, preimport):
     """`harness doctor` (it imports huggingface_hub) run through the CLI's entry point, at a terminal."""
     probe = tmp_path / "probe.py"
@@ -110,7 +121,9 @@ def test_hub_progress_bars_are_off_in_ci(tmp_path, preimport):
 
     def bars_disabled(env: dict[str, str]) -> bool:
         master, slave = pty.openpty()
-        done = subprocess.run([sys.executable, str(probe)], stdin=slave, stdout=slave, stderr=slave, env=env, timeout=120)
+        done = subprocess.run(
+            [sys.executable, str(probe)], stdin=slave, stdout=slave, stderr=slave, env=env, timeout=120
+        )
         os.close(slave)
         output = b""
         while select.select([master], [], [], 0.5)[0]:

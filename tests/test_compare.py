@@ -53,7 +53,12 @@ def test_one_ulp_is_not_identical_and_names_the_first_difference(store):
 def test_real_divergence_and_missing_steps(store):
     rows = curve(1)
     make_run(store, "orig", seed=1, metrics=rows)
-    make_run(store, "shifted", seed=1, metrics=[(n, s, v + (3.0 if s >= 2500 and n.startswith("charts") else 0.0)) for n, s, v in rows])
+    make_run(
+        store,
+        "shifted",
+        seed=1,
+        metrics=[(n, s, v + (3.0 if s >= 2500 and n.startswith("charts") else 0.0)) for n, s, v in rows],
+    )
     make_run(store, "short", seed=1, metrics=[r for r in rows if r[1] < 4000])
 
     shifted = compare_runs(store.run_dir("orig"), store.run_dir("shifted"), {"rtol": 1e-3, "atol": 0.1})

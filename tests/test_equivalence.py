@@ -53,6 +53,7 @@ STEPS = range(0, 5000, 100)
 
 # -- intervals and the three verdicts -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("aggregate,trim", [("mean", 0), ("iqm", 0.25)])
 def test_interval_is_welch_or_yuen_as_scipy_computes_them(aggregate, trim):
     original = np.array([3.0, 5, 9, 4, 20, 6, 7, 8])
@@ -64,7 +65,9 @@ def test_interval_is_welch_or_yuen_as_scipy_computes_them(aggregate, trim):
     lo, hi = reference.confidence_interval(0.90)
     assert (float(interval.lo), float(interval.hi)) == pytest.approx((lo, hi), rel=1e-12)
     assert float(interval.df) == pytest.approx(reference.df, rel=1e-12)
-    assert float(interval.estimate) == pytest.approx(stats.trim_mean(reproduction, trim) - stats.trim_mean(original, trim))
+    assert float(interval.estimate) == pytest.approx(
+        stats.trim_mean(reproduction, trim) - stats.trim_mean(original, trim)
+    )
 
 
 def test_iqm_is_rliables():
@@ -124,7 +127,15 @@ def test_relative_margin_and_its_errors():
 
 def test_classify_uses_strict_bounds():
     verdicts = classify([-1, 1, 2, -5, -5, -3, -2], [1, 5, 3, -2.5, -2, 3, 2], 2)
-    assert list(verdicts) == [CONSISTENT, INCONCLUSIVE, INCONCLUSIVE, DIVERGED, INCONCLUSIVE, INCONCLUSIVE, INCONCLUSIVE]
+    assert list(verdicts) == [
+        CONSISTENT,
+        INCONCLUSIVE,
+        INCONCLUSIVE,
+        DIVERGED,
+        INCONCLUSIVE,
+        INCONCLUSIVE,
+        INCONCLUSIVE,
+    ]
 
 
 def test_one_seed_a_side_is_inconclusive_without_a_seed_count():
@@ -146,6 +157,7 @@ def test_two_seeds_a_side_are_never_decisive():
 
 
 # -- seed counts --------------------------------------------------------------------------------------
+
 
 def test_seeds_per_side_follows_the_tost_formula():
     # normal approximation: n = 2 (z_0.95 + z_0.90)^2 sd^2 / margin^2
@@ -176,25 +188,41 @@ def test_plan_seeds_same_more_new_and_auto():
     assert plan_seeds([1, 2, 3], 5).seeds == [1, 2, 3, 4, 5]
     assert plan_seeds([1, 2, 3], 2).seeds == [1, 2]
     assert plan_seeds([1, 2, 3], None, new_seeds=True).seeds == [4, 5, 6]
-    auto = plan_seeds(list(range(10)), "auto", published_scores=[200.0, 210, 190, 205, 195, 202, 198, 207, 193, 200],
-                      expect={"margin": 20})
+    auto = plan_seeds(
+        list(range(10)),
+        "auto",
+        published_scores=[200.0, 210, 190, 205, 195, 202, 198, 207, 193, 200],
+        expect={"margin": 20},
+    )
     assert len(auto.seeds) == choose_seed_count([200.0, 210, 190, 205, 195, 202, 198, 207, 193, 200], margin=20).seeds
     with pytest.raises(HarnessError, match="positive number"):
         plan_seeds([1], 0)
 
 
 def test_published_group_is_the_same_configuration_over_seeds():
-    base = {"name": "dqn", "manifest_sha256": "m", "lockfile_sha256": "l", "params": {"lr": 1}, "smoke": False,
-            "status": "completed", "reproduces": None}
+    base = {
+        "name": "dqn",
+        "manifest_sha256": "m",
+        "lockfile_sha256": "l",
+        "params": {"lr": 1},
+        "smoke": False,
+        "status": "completed",
+        "reproduces": None,
+    }
     runs = [dict(base, run_id=f"r{s}", seed=s) for s in (1, 2, 3)]
-    others = [dict(base, run_id="lr2", seed=4, params={"lr": 2}), dict(base, run_id="again", seed=5, reproduces="r1"),
-              dict(base, run_id="failed", seed=6, status="failed"), dict(base, run_id="smoke", seed=7, smoke=True),
-              dict(base, run_id="recipe", seed=8, image={"content_hash": "edited workload"})]
+    others = [
+        dict(base, run_id="lr2", seed=4, params={"lr": 2}),
+        dict(base, run_id="again", seed=5, reproduces="r1"),
+        dict(base, run_id="failed", seed=6, status="failed"),
+        dict(base, run_id="smoke", seed=7, smoke=True),
+        dict(base, run_id="recipe", seed=8, image={"content_hash": "edited workload"}),
+    ]
     group = published_group(runs + others, runs[1])
     assert [r["run_id"] for r in group] == ["r2", "r1", "r3"]
 
 
 # -- curves -------------------------------------------------------------------------------------
+
 
 def level(step: float) -> float:
     return 200 * (1 - math.exp(-step / 1000))
@@ -204,8 +232,12 @@ OFFSETS = (-4.0, -1.0, 0.0, 2.0, 3.0)
 OTHER_OFFSETS = (-3.0, -2.0, 1.0, 1.0, 3.5)
 
 
-def returns(offset: float, shift_from: int | None = None, shift: float = 0.0, steps=STEPS) -> list[tuple[str, int, float]]:
-    return [(METRIC, s, level(s) + offset + (shift if shift_from is not None and s >= shift_from else 0.0)) for s in steps]
+def returns(
+    offset: float, shift_from: int | None = None, shift: float = 0.0, steps=STEPS
+) -> list[tuple[str, int, float]]:
+    return [
+        (METRIC, s, level(s) + offset + (shift if shift_from is not None and s >= shift_from else 0.0)) for s in steps
+    ]
 
 
 def test_curves_name_the_first_checkpoint_outside_the_margin():
@@ -231,15 +263,19 @@ def test_curves_of_different_steps_are_interpolated_onto_the_common_range():
 
 # -- environments -------------------------------------------------------------------------------
 
+
 def record(**changes):
     base = {
         "image": {"id": "sha256:" + "1" * 64, "content_hash": "c" * 64},
         "hardware": {"accelerator": "cpu", "gpus": 0},
         "host": {"cpu_model": "Xeon A", "gpus": [], "gpu_driver": None},
         "gpu": {"available": False, "reason": "no GPU assigned to the run", "driver": None, "devices": []},
-        "environment": {"python": {"version": "3.11.2"}, "packages": ["numpy==2.0.0", "torch==2.4.0"],
-                        "debian_packages": ["libc6=2.36-9", "zlib1g=1:1.2.13"],
-                        "torch": {"version": "2.4.0", "cuda": None, "cudnn": None, "gpus": []}},
+        "environment": {
+            "python": {"version": "3.11.2"},
+            "packages": ["numpy==2.0.0", "torch==2.4.0"],
+            "debian_packages": ["libc6=2.36-9", "zlib1g=1:1.2.13"],
+            "torch": {"version": "2.4.0", "cuda": None, "cudnn": None, "gpus": []},
+        },
     }
     for path, value in changes.items():
         target = base
@@ -262,8 +298,11 @@ def test_rebuilt_image_with_the_same_contents_is_environment_identical():
 
 def test_each_difference_is_listed():
     original = record()
-    other = record(environment__debian_packages=["libc6=2.36-10", "curl=7.88"],
-                   environment__packages=["numpy==2.1.0", "torch==2.4.0"], host__cpu_model="EPYC B")
+    other = record(
+        environment__debian_packages=["libc6=2.36-10", "curl=7.88"],
+        environment__packages=["numpy==2.1.0", "torch==2.4.0"],
+        host__cpu_model="EPYC B",
+    )
     comparison = compare_environments(original, other, LOCK.format(h="a" * 64), LOCK.format(h="b" * 64))
     found = {(d.category, d.name, d.original, d.reproduction) for d in comparison.differences}
     assert ("debian", "libc6", "2.36-9", "2.36-10") in found
@@ -288,11 +327,15 @@ def test_lockfile_hashes_read_continuation_lines():
 
 
 def test_gpu_run_reproduced_on_cpu_rules_out_bit_identity():
-    gpu = record(hardware={"accelerator": "cuda", "gpus": 1},
-                 gpu={"available": True, "driver": "550.54", "devices": [{"name": "NVIDIA H100 80GB HBM3"}]},
-                 environment__torch={"version": "2.4.0", "cuda": "12.1", "cudnn": 90100, "gpus": ["NVIDIA H100 80GB HBM3"]})
+    gpu = record(
+        hardware={"accelerator": "cuda", "gpus": 1},
+        gpu={"available": True, "driver": "550.54", "devices": [{"name": "NVIDIA H100 80GB HBM3"}]},
+        environment__torch={"version": "2.4.0", "cuda": "12.1", "cudnn": 90100, "gpus": ["NVIDIA H100 80GB HBM3"]},
+    )
     cpu = record()
-    assert bit_identity_ruled_out(gpu, cpu) == ["the original ran on GPU (NVIDIA H100 80GB HBM3), the reproduction on CPU"]
+    assert bit_identity_ruled_out(gpu, cpu) == [
+        "the original ran on GPU (NVIDIA H100 80GB HBM3), the reproduction on CPU"
+    ]
     other_gpu = json.loads(json.dumps(gpu))
     other_gpu["gpu"]["devices"] = [{"name": "NVIDIA A100-SXM4-40GB"}]
     assert any("other GPUs" in r for r in bit_identity_ruled_out(gpu, other_gpu))
@@ -302,6 +345,7 @@ def test_gpu_run_reproduced_on_cpu_rules_out_bit_identity():
 
 # -- group verdicts on run folders -----------------------------------------------------------------
 
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "store"))
@@ -309,9 +353,14 @@ def store(tmp_path, monkeypatch):
 
 
 def make_group(store: LocalStore, name: str, seeds, offsets, shift: float = 0.0, shift_from: int | None = 0):
-    return [store.run_dir(make_run(store, f"{name}-{seed}", seed=seed, name=name,
-                                   metrics=returns(offset, shift_from, shift))["run_id"])
-            for seed, offset in zip(seeds, offsets)]
+    return [
+        store.run_dir(
+            make_run(store, f"{name}-{seed}", seed=seed, name=name, metrics=returns(offset, shift_from, shift))[
+                "run_id"
+            ]
+        )
+        for seed, offset in zip(seeds, offsets)
+    ]
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
@@ -326,8 +375,10 @@ def test_gpu_original_reproduced_on_cpu_goes_to_statistics(store):
     original = make_group(store, "toy-a", range(1, 6), OFFSETS)
     for folder in original:
         rec = store.load(folder.name)
-        rec.update(hardware={"accelerator": "cuda", "gpus": 1},
-                   gpu={"available": True, "driver": "550.54", "devices": [{"name": "NVIDIA H100 80GB HBM3"}]})
+        rec.update(
+            hardware={"accelerator": "cuda", "gpus": 1},
+            gpu={"available": True, "driver": "550.54", "devices": [{"name": "NVIDIA H100 80GB HBM3"}]},
+        )
         store.save(rec)
     again = make_group(store, "toy-b", range(1, 6), OFFSETS)  # bit-equal streams, but on CPU
     result = group_verdict(original, again, {"deterministic": True, "margin_relative": 0.1})
@@ -353,6 +404,7 @@ def test_spec_overrides_keep_one_margin():
 
 # -- the CLI --------------------------------------------------------------------------------------
 
+
 def verdict_json(cli, home, *args):
     result = cli("compare", *args, "--json", env={"HARNESS_HOME": str(home)})
     assert result.returncode in (0, 1, 3), result.stderr
@@ -370,7 +422,9 @@ def test_compare_against_gives_the_three_verdicts(store, cli, tmp_path):
     status, same = verdict_json(cli, home, "toy-a", "--against", "toy-b", "--margin-relative", "0.1")
     assert (status, same["verdict"], same["seeds"]) == (0, CONSISTENT, "new")
     eq = same["equivalence"]
-    assert eq["margin"] == pytest.approx(0.1 * eq["original"]) and -eq["margin"] < eq["ci"][0] < eq["ci"][1] < eq["margin"]
+    assert (
+        eq["margin"] == pytest.approx(0.1 * eq["original"]) and -eq["margin"] < eq["ci"][0] < eq["ci"][1] < eq["margin"]
+    )
     assert same["curves"]["first_diverged"] is None
 
     status, far = verdict_json(cli, home, "toy-a", "--against", "toy-c", "--margin", "20")
@@ -380,8 +434,9 @@ def test_compare_against_gives_the_three_verdicts(store, cli, tmp_path):
     assert (status, few["verdict"]) == (3, INCONCLUSIVE) and few["equivalence"]["seeds_needed"] > 2
 
     figure = tmp_path / "late.png"
-    status, late = verdict_json(cli, home, "toy-a", "--against", "toy-e", "--margin", "20", "--statistic", "final",
-                                "--figure", str(figure))
+    status, late = verdict_json(
+        cli, home, "toy-a", "--against", "toy-e", "--margin", "20", "--statistic", "final", "--figure", str(figure)
+    )
     assert late["verdict"] == DIVERGED and late["curves"]["first_diverged"] == 3000
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
 
@@ -399,13 +454,23 @@ def test_compare_against_overlapping_selections_is_bad_input(store, cli):
 
 # -- the manifest's expect ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("expect,fragment", [
-    ("{deterministic: false, margin: 0}", "expect.margin: margin 0 must be a positive number"),
-    ("{deterministic: false, margin_relative: 1.5}", "expect.margin_relative: margin_relative 1.5 must be a fraction"),
-    ("{deterministic: false, margin: 2, confidence: 1.0}", "expect.confidence: confidence 1.0 must be between 0.5 and 1"),
-    ("{deterministic: false, margin: 2, margin_relative: 0.1}", "not both"),
-    ("{deterministic: false, aggregate: median}", "expect.aggregate"),
-])
+
+@pytest.mark.parametrize(
+    "expect,fragment",
+    [
+        ("{deterministic: false, margin: 0}", "expect.margin: margin 0 must be a positive number"),
+        (
+            "{deterministic: false, margin_relative: 1.5}",
+            "expect.margin_relative: margin_relative 1.5 must be a fraction",
+        ),
+        (
+            "{deterministic: false, margin: 2, confidence: 1.0}",
+            "expect.confidence: confidence 1.0 must be between 0.5 and 1",
+        ),
+        ("{deterministic: false, margin: 2, margin_relative: 0.1}", "not both"),
+        ("{deterministic: false, aggregate: median}", "expect.aggregate"),
+    ],
+)
 def test_validate_refuses_an_odd_margin_in_one_line(tmp_path, cli, expect, fragment):
     manifest = noop_variant(tmp_path, "expect: {deterministic: true}", f"expect: {expect}")
     result = cli("validate", manifest)
@@ -415,13 +480,19 @@ def test_validate_refuses_an_odd_margin_in_one_line(tmp_path, cli, expect, fragm
 
 
 def test_validate_warns_when_a_non_deterministic_run_states_no_margin(tmp_path, cli):
-    manifest = noop_variant(tmp_path, "expect: {deterministic: true}", "expect: {deterministic: false}",
-                            ).replace("seeds: [0]", "seeds: [0]")
+    manifest = noop_variant(
+        tmp_path,
+        "expect: {deterministic: true}",
+        "expect: {deterministic: false}",
+    ).replace("seeds: [0]", "seeds: [0]")
     result = cli("validate", manifest)
     assert result.returncode == 0 and ": ok (noop" in result.stdout
     assert "warning: deterministic is false and no margin is stated" in result.stderr
-    stated = noop_variant(tmp_path / "b", "expect: {deterministic: true}",
-                          "expect: {deterministic: false, margin_relative: 0.1, aggregate: iqm, statistic: final}")
+    stated = noop_variant(
+        tmp_path / "b",
+        "expect: {deterministic: true}",
+        "expect: {deterministic: false, margin_relative: 0.1, aggregate: iqm, statistic: final}",
+    )
     quiet = cli("validate", stated)
     assert quiet.returncode == 0 and "no margin is stated" not in quiet.stderr
 
@@ -434,6 +505,7 @@ def test_an_older_manifests_alpha_still_loads_and_is_said_to_be_ignored(tmp_path
 
 
 # -- real runs on the engine --------------------------------------------------------------------------
+
 
 def test_real_runs_repeated_are_identical_and_their_environments_match(noop_image, store_home, cli):
     for again in ((), ("--rerun",)):

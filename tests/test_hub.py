@@ -48,8 +48,14 @@ def test_publish_then_pull_into_an_empty_store(hub, store, tmp_path):
     assert result.commit is not None and result.published == ["toy-aaa", "toy-bbb"]
     assert len(commits(hub)) == 2  # the repo's initial commit + one commit for both runs
     tree = hub.storage.commit(dataset_repo(), result.commit)["tree"]
-    assert {"README.md", "runs.parquet", "runs/toy-aaa/record.json", "runs/toy-aaa/context/Dockerfile",
-            "runs/toy-bbb/metrics.parquet", "runs/toy-bbb/system.parquet"} <= set(tree)
+    assert {
+        "README.md",
+        "runs.parquet",
+        "runs/toy-aaa/record.json",
+        "runs/toy-aaa/context/Dockerfile",
+        "runs/toy-bbb/metrics.parquet",
+        "runs/toy-bbb/system.parquet",
+    } <= set(tree)
     assert tree["runs/toy-aaa/metrics.parquet"]["lfs"] is True  # parquet goes through the LFS batch API
 
     empty = LocalStore(tmp_path / "fresh")
@@ -62,7 +68,9 @@ def test_publish_then_pull_into_an_empty_store(hub, store, tmp_path):
         assert record["pulled_from"] == {"repo": REPO, "revision": result.commit, "endpoint": hub.url}
         original = store.load(run_id)
         assert record["files"] == original["files"]
-        assert (empty.run_dir(run_id) / "metrics.parquet").read_bytes() == (store.run_dir(run_id) / "metrics.parquet").read_bytes()
+        assert (empty.run_dir(run_id) / "metrics.parquet").read_bytes() == (
+            store.run_dir(run_id) / "metrics.parquet"
+        ).read_bytes()
     assert not list(empty.root.glob(".pull-*")), "the staging folder is removed"
 
 
@@ -115,8 +123,13 @@ def test_load_dataset_reads_the_published_parquet(hub, store, tmp_path):
     publish(["toy-aaa", "toy-bbb"], REPO, endpoint=hub.url)
 
     # A fresh interpreter: datasets and huggingface_hub read HF_ENDPOINT when they are imported.
-    done = subprocess.run([sys.executable, "-c", LOAD_DATASETS, REPO, str(tmp_path / "datasets-cache")],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_ENDPOINT": hub.url})
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_DATASETS, REPO, str(tmp_path / "datasets-cache")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_ENDPOINT": hub.url},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -220,8 +233,9 @@ def test_token_never_reaches_files_or_output(hub, store, tmp_path, capfd, caplog
     assert published.exit_code == 0, published.output
     pulled = runner.invoke(cli, ["pull", REPO, "--endpoint", hub.url], env={"HARNESS_HOME": str(tmp_path / "fresh")})
     assert pulled.exit_code == 0, pulled.output
-    bad = runner.invoke(cli, ["publish", "toy-aaa", "--repo", REPO, "--endpoint", hub.url],
-                        env={**env, "HF_TOKEN": TOKEN + "x"})
+    bad = runner.invoke(
+        cli, ["publish", "toy-aaa", "--repo", REPO, "--endpoint", hub.url], env={**env, "HF_TOKEN": TOKEN + "x"}
+    )
     assert bad.exit_code != 0
 
     captured = capfd.readouterr()
@@ -248,8 +262,12 @@ def test_a_run_that_does_not_match_its_record_is_not_published(hub, store):
 
 
 def test_cli_bad_input_exits_2():
-    done = subprocess.run([sys.executable, "-c", "from harness.cli import main; main()", "pull", "not-a-repo-id"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", "from harness.cli import main; main()", "pull", "not-a-repo-id"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: 'not-a-repo-id': write org/name or org/name/<run_id>"]
 
@@ -262,9 +280,21 @@ def test_reproduce_refuses_the_process_runtime_for_pulled_runs(hub, store, tmp_p
 
     for target in (f"{REPO}/toy-aaa", "toy-aaa"):
         done = subprocess.run(
-            [sys.executable, "-c", "from harness.cli import main; main()", "reproduce", target, "--runtime", "process",
-             "--endpoint", hub.url],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "HARNESS_HOME": str(fresh.root)},
+            [
+                sys.executable,
+                "-c",
+                "from harness.cli import main; main()",
+                "reproduce",
+                target,
+                "--runtime",
+                "process",
+                "--endpoint",
+                hub.url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "HARNESS_HOME": str(fresh.root)},
         )
         assert done.returncode == 2, done.stderr
         assert "--trust-code" in done.stderr and "Traceback" not in done.stderr

@@ -27,7 +27,9 @@ def test_module_entry_point_serves_and_prints_its_url(tmp_path):
     repo_root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.hubserver", "--root", str(tmp_path / "hub"), "--port", "0", "--token", TOKEN],
-        cwd=repo_root, stdout=subprocess.PIPE, text=True,
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         url = process.stdout.readline().strip()
@@ -42,10 +44,15 @@ def test_create_commit_tree_and_downloads(api, hub, tmp_path):
     api.create_repo(REPO, repo_type="dataset")
     assert api.create_repo(REPO, repo_type="dataset", exist_ok=True).repo_id == REPO
     payload = os.urandom(4096)
-    first = api.create_commit(REPO, repo_type="dataset", commit_message="add", operations=[
-        CommitOperationAdd("notes/a.txt", b"hello\n"),
-        CommitOperationAdd("data/blob.parquet", payload),
-    ])
+    first = api.create_commit(
+        REPO,
+        repo_type="dataset",
+        commit_message="add",
+        operations=[
+            CommitOperationAdd("notes/a.txt", b"hello\n"),
+            CommitOperationAdd("data/blob.parquet", payload),
+        ],
+    )
 
     tree = {e.path: e for e in api.list_repo_tree(REPO, repo_type="dataset", recursive=True)}
     assert set(tree) == {"notes", "data", "notes/a.txt", "data/blob.parquet"}
@@ -54,14 +61,20 @@ def test_create_commit_tree_and_downloads(api, hub, tmp_path):
     assert top == ["data", "notes"]
     assert sorted(api.list_repo_files(REPO, repo_type="dataset")) == ["data/blob.parquet", "notes/a.txt"]
 
-    second = api.create_commit(REPO, repo_type="dataset", commit_message="drop notes",
-                               operations=[CommitOperationDelete("notes/")], parent_commit=first.oid)
+    second = api.create_commit(
+        REPO,
+        repo_type="dataset",
+        commit_message="drop notes",
+        operations=[CommitOperationDelete("notes/")],
+        parent_commit=first.oid,
+    )
     assert api.list_repo_files(REPO, repo_type="dataset") == ["data/blob.parquet"]
     assert [c.commit_id for c in api.list_repo_commits(REPO, repo_type="dataset")][:2] == [second.oid, first.oid]
 
     # An older commit stays readable by its sha, with its own files.
-    old = hf_hub_download(REPO, "notes/a.txt", repo_type="dataset", revision=first.oid,
-                          endpoint=hub.url, cache_dir=tmp_path / "cache")
+    old = hf_hub_download(
+        REPO, "notes/a.txt", repo_type="dataset", revision=first.oid, endpoint=hub.url, cache_dir=tmp_path / "cache"
+    )
     assert Path(old).read_bytes() == b"hello\n"
     folder = snapshot_download(REPO, repo_type="dataset", endpoint=hub.url, local_dir=tmp_path / "snap", token=TOKEN)
     assert (Path(folder) / "data/blob.parquet").read_bytes() == payload
@@ -71,8 +84,12 @@ def test_create_commit_tree_and_downloads(api, hub, tmp_path):
 def test_resolve_headers_head_and_ranges(api, hub):
     api.create_repo(REPO, repo_type="dataset")
     payload = bytes(range(256)) * 8
-    commit = api.create_commit(REPO, repo_type="dataset", commit_message="add",
-                               operations=[CommitOperationAdd("x.bin", payload), CommitOperationAdd("r.txt", b"abc")])
+    commit = api.create_commit(
+        REPO,
+        repo_type="dataset",
+        commit_message="add",
+        operations=[CommitOperationAdd("x.bin", payload), CommitOperationAdd("r.txt", b"abc")],
+    )
     url = f"{hub.url}/datasets/{REPO}/resolve/main/x.bin"
 
     head = httpx2.head(url)
@@ -99,8 +116,13 @@ def test_stale_parent_commit_is_refused(api):
     base = api.dataset_info(REPO).sha
     api.create_commit(REPO, repo_type="dataset", commit_message="a", operations=[CommitOperationAdd("a", b"1")])
     with pytest.raises(HfHubHTTPError) as raised:
-        api.create_commit(REPO, repo_type="dataset", commit_message="b", parent_commit=base,
-                          operations=[CommitOperationAdd("b", b"2")])
+        api.create_commit(
+            REPO,
+            repo_type="dataset",
+            commit_message="b",
+            parent_commit=base,
+            operations=[CommitOperationAdd("b", b"2")],
+        )
     assert raised.value.response.status_code == 412
     assert api.list_repo_files(REPO, repo_type="dataset") == ["a"]
 

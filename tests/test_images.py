@@ -35,8 +35,10 @@ def test_shipped_lockfiles_are_pinned_hashed_and_fresh():
 
 def test_lockfile_checks_catch_each_problem(tmp_path):
     bad = tmp_path / "bad.txt"
-    bad.write_text("six==1.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\nnumpy>=1\n--index-url file:///opt/pypi/simple\n"
-                   "--find-links /opt/wheels\nrequests==2.0\n")
+    bad.write_text(
+        "six==1.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\nnumpy>=1\n--index-url file:///opt/pypi/simple\n"
+        "--find-links /opt/wheels\nrequests==2.0\n"
+    )
     problems = lockfile_problems(bad)
     assert any("numpy" in p and "not pinned" in p for p in problems)
     assert any("--index-url" in p and "public https" in p for p in problems)
@@ -72,8 +74,9 @@ def test_content_hash_follows_inputs_not_build_helpers(tmp_path):
     assert content_hash(image_dir, lockfile, bases) == first
     (image_dir / "workload" / "probe.py").write_text("print('changed')\n")
     assert content_hash(image_dir, lockfile, bases) != first
-    assert content_hash(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt", {"harness/base:bookworm": "sha256:" + "2" * 64}) != \
-        content_hash(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt", bases)
+    assert content_hash(
+        REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt", {"harness/base:bookworm": "sha256:" + "2" * 64}
+    ) != content_hash(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt", bases)
 
 
 def test_base_images_follow_arg_defaults():
@@ -84,14 +87,28 @@ def test_base_images_follow_arg_defaults():
 def test_build_forwards_the_ca_bundle_without_keeping_it(base_image, tmp_path):
     image_dir, lockfile = copy_recipe(tmp_path, "catest")
     ca = tmp_path / "extra-ca.pem"
-    ca.write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text() if Path("/etc/ssl/certs/ca-certificates.crt").exists() else "# none\n")
-    (image_dir / "Dockerfile").write_text((image_dir / "Dockerfile").read_text().replace(
-        "RUN python3 -m venv", "RUN test -s /harness-build/ca.pem && grep -q cert /harness-build/pip.conf && python3 -m venv"))
+    ca.write_text(
+        Path("/etc/ssl/certs/ca-certificates.crt").read_text()
+        if Path("/etc/ssl/certs/ca-certificates.crt").exists()
+        else "# none\n"
+    )
+    (image_dir / "Dockerfile").write_text(
+        (image_dir / "Dockerfile")
+        .read_text()
+        .replace(
+            "RUN python3 -m venv",
+            "RUN test -s /harness-build/ca.pem && grep -q cert /harness-build/pip.conf && python3 -m venv",
+        )
+    )
     info = build_image(image_dir, lockfile, ca_bundle=ca, force=True)
     client = docker_client()
     try:
-        listing = client.containers.run(info.id, ["sh", "-c", "ls -a / /opt/venv; test ! -e /harness-build && echo clean"],
-                                        remove=True, network_mode="none").decode()
+        listing = client.containers.run(
+            info.id,
+            ["sh", "-c", "ls -a / /opt/venv; test ! -e /harness-build && echo clean"],
+            remove=True,
+            network_mode="none",
+        ).decode()
         assert "clean" in listing and "ca.pem" not in listing
         history = " ".join(layer.get("CreatedBy", "") for layer in client.api.history(info.id))
         assert "ca.pem" not in history
@@ -114,8 +131,11 @@ def test_warm_build_does_not_call_the_engine(noop_image, cli):
 def test_image_ref_by_digest(noop_image, store_home, cli, tmp_path):
     manifest = tmp_path / "manifests" / "byref.yaml"
     manifest.parent.mkdir()
-    text = (REPO / "manifests" / "noop.yaml").read_text().replace(
-        "image: {build: images/noop, lockfile: lockfiles/noop.txt}", f"image: {{ref: '{noop_image.id}'}}")
+    text = (
+        (REPO / "manifests" / "noop.yaml")
+        .read_text()
+        .replace("image: {build: images/noop, lockfile: lockfiles/noop.txt}", f"image: {{ref: '{noop_image.id}'}}")
+    )
     manifest.write_text(text)
     result = cli("run", str(manifest), "--param", "mode=ok")
     assert result.returncode == 0, result.stderr
@@ -133,8 +153,17 @@ def test_gpu_runs_get_a_device_request_and_the_sandbox(tmp_path):
     from harness.runtime.docker import container_config, sandbox_options
     from harness.runtime.job import JobRequest
 
-    request = JobRequest(run_id="r", command=["true"], environment={}, out_dir=tmp_path, log_path=tmp_path / "log",
-                         cpus=2, memory_bytes=2**30, gpus=1, timeout_seconds=10)
+    request = JobRequest(
+        run_id="r",
+        command=["true"],
+        environment={},
+        out_dir=tmp_path,
+        log_path=tmp_path / "log",
+        cpus=2,
+        memory_bytes=2**30,
+        gpus=1,
+        timeout_seconds=10,
+    )
     options = sandbox_options(request)
     (device,) = options["DeviceRequests"]
     assert device["Count"] == 1 and device["Capabilities"] == [["gpu"]]

@@ -42,8 +42,13 @@ def test_init_on_the_rl_and_lm_images_validates(tmp_path, cli):
 def test_init_new_makes_a_locked_image_that_smoke_runs(base_image, store_home, tmp_path, cli):
     made = cli("init", "walk", "--image", "new", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
-    for part in ("images/walk/Dockerfile", "images/walk/requirements.in", "images/walk/workload/main.py",
-                 "lockfiles/walk.txt", "manifests/walk.yaml"):
+    for part in (
+        "images/walk/Dockerfile",
+        "images/walk/requirements.in",
+        "images/walk/workload/main.py",
+        "lockfiles/walk.txt",
+        "manifests/walk.yaml",
+    ):
         assert (tmp_path / part).is_file(), part
     assert "numpy==" in (tmp_path / "lockfiles/walk.txt").read_text()
     assert cli("lock", "--check", cwd=tmp_path).returncode == 0
@@ -59,11 +64,14 @@ def test_init_new_makes_a_locked_image_that_smoke_runs(base_image, store_home, t
             client.images.remove(image.id, force=True)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["Bad_Name"], "NAME 'Bad_Name': use lower-case"),
-    (["noop", "--image", "noop"], "manifests/noop.yaml: exists"),
-    (["noop", "--image", "new"], "manifests/noop.yaml: exists"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["Bad_Name"], "NAME 'Bad_Name': use lower-case"),
+        (["noop", "--image", "noop"], "manifests/noop.yaml: exists"),
+        (["noop", "--image", "new"], "manifests/noop.yaml: exists"),
+    ],
+)
 def test_init_bad_input_is_one_line_and_exit_2(tmp_path, cli, args, message):
     project = project_with_images(tmp_path, "noop")
     (project / "manifests").mkdir()

@@ -26,8 +26,13 @@ def test_lm_constraints_in_the_sandbox_is_bit_identical(lm_image, store_home, cl
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     store = LocalStore(store_home)
     first, second = sorted(store.records(), key=lambda r: r["run_id"])
-    tables = [sorted((r["name"], r["step"], r["value"]) for r in pq.read_table(store.run_dir(rec["run_id"]) / "metrics.parquet").to_pylist())
-              for rec in (first, second)]
+    tables = [
+        sorted(
+            (r["name"], r["step"], r["value"])
+            for r in pq.read_table(store.run_dir(rec["run_id"]) / "metrics.parquet").to_pylist()
+        )
+        for rec in (first, second)
+    ]
     assert tables[0] == tables[1] and tables[0]
     values = {name: value for name, _, value in tables[0]}
     assert values["constraints/attention_nopos_equivariance_error_max"] < 1e-5

@@ -60,7 +60,9 @@ def run_twice(manifest: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "MPLCONFIGDIR": str(out.parent / f"{out.name}-mpl"),
         }
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        processes.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     for process in processes:
         output, _ = process.communicate(timeout=RUN_TIMEOUT_S)
         assert process.returncode == 0, f"{' '.join(command)} failed:\n{output[-3000:]}"
@@ -210,22 +212,31 @@ def test_pretrained_variant_loads_a_pinned_model_from_the_hub(tmp_path, monkeypa
     finally:
         sys.path.remove(str(WORKLOADS))
     texts = filtration.BENIGN + filtration.UNDESIRABLE + filtration.TRIGGERS
-    words = sorted({w for t in texts for w in t.split()} | {w for v in filtration.SLOTS.values() for p in v for w in p.split()})
+    words = sorted(
+        {w for t in texts for w in t.split()} | {w for v in filtration.SLOTS.values() for p in v for w in p.split()}
+    )
     vocab = {w: i for i, w in enumerate(["<unk>", "1", "0", ",", "."] + [w for w in words if w not in "10,."])}
     word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     model_dir = tmp_path / "model"
     PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>").save_pretrained(model_dir)
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(vocab), n_positions=512, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        vocab_size=len(vocab), n_positions=512, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+    )
     GPT2LMHeadModel(config).save_pretrained(model_dir, safe_serialization=True)
 
     api = HfApi(endpoint=hub.url, token=HUB_TOKEN)
     api.create_repo("lab/tiny-gpt2")
     revision = api.upload_folder(repo_id="lab/tiny-gpt2", folder_path=model_dir).oid
     assert len(revision) == 40
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_XET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_DISABLE_XET": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     pin = ["--model-repo", "lab/tiny-gpt2", "--model-revision", revision]
     runs = {
         "collapse": [str(WORKLOADS / "collapse.py"), "--max-n", "64", *pin],
@@ -234,8 +245,13 @@ def test_pretrained_variant_loads_a_pinned_model_from_the_hub(tmp_path, monkeypa
     for name, args in runs.items():
         out = tmp_path / name
         out.mkdir()
-        result = subprocess.run([sys.executable, *args], env={**env, "HARNESS_OUT": str(out), "MPLCONFIGDIR": str(tmp_path / "mpl")},
-                                capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        result = subprocess.run(
+            [sys.executable, *args],
+            env={**env, "HARNESS_OUT": str(out), "MPLCONFIGDIR": str(tmp_path / "mpl")},
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         metrics = read_metrics(out)
         if name == "collapse":

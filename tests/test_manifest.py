@@ -76,7 +76,9 @@ def test_image_tag_without_digest_is_refused(project, cli):
 
 def test_lockfile_missing_unpinned_unhashed(project, cli):
     missing = GOOD.replace("lockfiles/noop.txt", "lockfiles/gone.txt")
-    assert_one_line_error(cli("validate", str(write(project, missing))), "image.lockfile", "does not exist", "harness lock")
+    assert_one_line_error(
+        cli("validate", str(write(project, missing))), "image.lockfile", "does not exist", "harness lock"
+    )
     (project / "lockfiles" / "noop.txt").write_text("six>=1.0 --hash=sha256:" + "a" * 64 + "\n")
     assert_one_line_error(cli("validate", str(write(project, GOOD))), "image.lockfile", "not pinned")
     (project / "lockfiles" / "noop.txt").write_text("six==1.16.0\n")
@@ -88,7 +90,9 @@ def test_placeholder_without_param(project, cli):
     assert_one_line_error(cli("validate", str(write(project, text))), "m.yaml:", "{mod}", "did you mean {mode}")
 
 
-@pytest.mark.parametrize("seeds,fragment", [("[-1]", "seeds"), ("[1.5]", "seeds.0"), ("[]", "seeds"), ('["a"]', "seeds.0")])
+@pytest.mark.parametrize(
+    "seeds,fragment", [("[-1]", "seeds"), ("[1.5]", "seeds.0"), ("[]", "seeds"), ('["a"]', "seeds.0")]
+)
 def test_bad_seeds(project, cli, seeds, fragment):
     text = GOOD.replace("seeds: [1, 2]", f"seeds: {seeds}")
     assert_one_line_error(cli("validate", str(write(project, text))), "m.yaml:6:", fragment)
@@ -102,7 +106,9 @@ def test_seeds_are_required(project, cli):
 @pytest.mark.parametrize("field,value,fragment", [("memory", "lots", "memory"), ("timeout", "soon", "timeout")])
 def test_unparsable_memory_and_timeout(project, cli, field, value, fragment):
     text = GOOD.replace("memory: 256MiB" if field == "memory" else "timeout: 2m", f"{field}: {value}")
-    assert_one_line_error(cli("validate", str(write(project, text))), "m.yaml:7:", f"hardware.{fragment}", "cannot read")
+    assert_one_line_error(
+        cli("validate", str(write(project, text))), "m.yaml:7:", f"hardware.{fragment}", "cannot read"
+    )
 
 
 def test_build_folder_without_dockerfile(project, cli):
@@ -145,7 +151,9 @@ def test_all_errors_are_reported(project, cli):
     result = cli("validate", str(write(project, text)))
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 2 and any("hardware.cpu" in line for line in lines) and any(":2: name" in line for line in lines)
+    assert (
+        len(lines) == 2 and any("hardware.cpu" in line for line in lines) and any(":2: name" in line for line in lines)
+    )
 
 
 def test_schema_is_json_schema(cli):

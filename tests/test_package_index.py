@@ -65,11 +65,14 @@ def test_lock_keeps_the_pins_of_the_existing_lockfile(tmp_path):
     assert [(r.name, r.version) for r in parse_lockfile(lockfile)[0]] == [("six", "1.16.0")]
 
 
-@pytest.mark.parametrize("line", [
-    "--extra-index-url file:///opt/pypi/simple",
-    "--index-url http://mirror.example/simple",
-    "--extra-index-url https://user:secret@mirror.example/simple",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "--extra-index-url file:///opt/pypi/simple",
+        "--index-url http://mirror.example/simple",
+        "--extra-index-url https://user:secret@mirror.example/simple",
+    ],
+)
 def test_a_machine_path_or_credential_in_requirements_in_is_refused(tmp_path, cli, line):
     image(tmp_path, f"six==1.16.0\n{line}\n")
     with pytest.raises(LockfileError, match=r"requirements.in:2: "):
@@ -83,7 +86,9 @@ def test_wheel_download_without_pip_configuration_asks_pypi_and_the_lockfile_ind
     lockfile = tmp_path / "lock.txt"
     lockfile.write_text(f"# harness: requirements.in sha256={'0' * 64}\n--extra-index-url {TORCH_CPU}\n{SIX_LOCK}")
     plain = tmp_path / "requirements.txt"
-    plain.write_text(" ".join(line.strip().rstrip("\\") for line in SIX_LOCK.splitlines() if not line.strip().startswith("#")) + "\n")
+    plain.write_text(
+        " ".join(line.strip().rstrip("\\") for line in SIX_LOCK.splitlines() if not line.strip().startswith("#")) + "\n"
+    )
     first, second = wheel_download_commands(plain, tmp_path / "wheels", lockfile_indexes(lockfile))
     # pip's own configuration alone first, then the same with the lockfile's index added
     assert second == first + ["--extra-index-url", TORCH_CPU]

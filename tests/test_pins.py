@@ -20,13 +20,18 @@ def test_pinned_model_is_fetched_and_mounted_read_only(noop_image, store_home, c
     api = HfApi(endpoint=hub.url, token=TOKEN)
     api.create_repo("lab/tiny-model")
     files = {"config.json": b'{"n_layer": 2}', "model.safetensors": b"\0" * 1024, "pytorch_model.bin": b"pickle!"}
-    commit = api.create_commit("lab/tiny-model", [CommitOperationAdd(k, v) for k, v in files.items()],
-                               commit_message="tiny model")
+    commit = api.create_commit(
+        "lab/tiny-model", [CommitOperationAdd(k, v) for k, v in files.items()], commit_message="tiny model"
+    )
     revision = commit.oid
     api.upload_file(path_or_fileobj=b'{"n_layer": 3}', path_in_repo="config.json", repo_id="lab/tiny-model")
     manifest = noop_variant(tmp_path, extra=f"model: {{repo: lab/tiny-model, revision: {revision}}}\n")
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN,
-           "HARNESS_CACHE": str(tmp_path / "cache")}
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_TOKEN": TOKEN,
+        "HARNESS_CACHE": str(tmp_path / "cache"),
+    }
     result = cli("run", manifest, "--param", "mode=pins", env=env)
     assert result.returncode == 0, result.stderr
     record = next(LocalStore(store_home).records())
@@ -49,8 +54,16 @@ def test_pinned_model_is_fetched_and_mounted_read_only(noop_image, store_home, c
 
 def test_unreachable_hub_is_one_line_and_writes_nothing(noop_image, store_home, cli, tmp_path):
     manifest = noop_variant(tmp_path, extra="model: {repo: lab/absent, revision: " + "b" * 40 + "}\n")
-    result = cli("run", manifest, env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_XET": "1",
-                                       "HARNESS_CACHE": str(tmp_path / "cache"), "HF_HUB_ETAG_TIMEOUT": "2"})
+    result = cli(
+        "run",
+        manifest,
+        env={
+            "HF_ENDPOINT": "http://127.0.0.1:9",
+            "HF_HUB_DISABLE_XET": "1",
+            "HARNESS_CACHE": str(tmp_path / "cache"),
+            "HF_HUB_ETAG_TIMEOUT": "2",
+        },
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "lab/absent" in result.stderr and "cannot fetch" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -42,16 +42,27 @@ def engine() -> None:
 def harness(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from harness.cli import main; main()", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "HARNESS_HOME": str(home), "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": TOKEN,
-             "HF_HUB_DISABLE_PROGRESS_BARS": "1", **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={
+            **os.environ,
+            "HARNESS_HOME": str(home),
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_TOKEN": TOKEN,
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            **env,
+        },
     )
 
 
 def test_run_publish_pull_reproduce_identical(engine, tmp_path, hub):
     origin, fresh = tmp_path / "origin", tmp_path / "fresh"
-    ran = harness(["run", "manifests/dqn-cartpole.yaml", "--param", "total_timesteps=1500",
-                   "--param", "learning_starts=500"], origin)
+    ran = harness(
+        ["run", "manifests/dqn-cartpole.yaml", "--param", "total_timesteps=1500", "--param", "learning_starts=500"],
+        origin,
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     (original,) = LocalStore(origin).records()
     assert original["status"] == "completed"
@@ -59,8 +70,18 @@ def test_run_publish_pull_reproduce_identical(engine, tmp_path, hub):
     published = harness(["publish", original["run_id"], "--repo", REPO, "--endpoint", hub.url], origin)
     assert published.returncode == 0, published.stderr[-3000:]
 
-    reproduced = harness(["reproduce", f"{REPO}/{original['run_id']}", "--endpoint", hub.url,
-                          "--out", str(tmp_path / "out"), "--publish"], fresh)
+    reproduced = harness(
+        [
+            "reproduce",
+            f"{REPO}/{original['run_id']}",
+            "--endpoint",
+            hub.url,
+            "--out",
+            str(tmp_path / "out"),
+            "--publish",
+        ],
+        fresh,
+    )
     assert reproduced.returncode == 0, reproduced.stdout[-3000:] + reproduced.stderr[-3000:]
     assert "verdict: identical" in reproduced.stdout
 

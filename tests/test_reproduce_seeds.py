@@ -19,8 +19,10 @@ REPO = "lab/noop-seeds"
 
 def in_store(cli, home: Path):
     """``cli`` with ``HARNESS_HOME`` set to ``home``."""
+
     def call(*args: str):
         return cli(*args, env={"HARNESS_HOME": str(home)})
+
     return call
 
 
@@ -80,7 +82,11 @@ def test_seeds_auto_from_the_local_store_with_new_seeds(noop_image, tmp_path, st
     # probe/value is 0.5 * step + seed: the groups differ by 3 and the stated margin is 50, so the
     # published spread plans the minimum of 3 seeds and the verdict is consistent.
     manifest = noop_variant(tmp_path, "seeds: [0]", "seeds: [0, 1, 2]")
-    text = Path(manifest).read_text().replace("expect: {deterministic: true}", "expect: {deterministic: false, margin: 50}")
+    text = (
+        Path(manifest)
+        .read_text()
+        .replace("expect: {deterministic: true}", "expect: {deterministic: false, margin: 50}")
+    )
     Path(manifest).write_text(text)
     ran = cli("run", manifest, "--param", "seconds=1")
     assert ran.returncode == 0, ran.stderr[-2000:]
@@ -105,8 +111,9 @@ DQN_REPO = "lab/dqn-seeds"
 # Smoke-sized DQN (3,000 steps, 2,000 of them learning): the return is still a random policy's, so
 # the metric is the Q-value estimate over the last 500 steps, which the learning rate sets and the
 # seed barely moves (SD about 3 % at learning rate 1e-3). See docs/hub.md, "A real demonstration".
-DQN_EXPECT = ("expect: {deterministic: false, ignore: [charts/SPS], metric: losses/q_values, last_n: 5, "
-              "margin_relative: 0.1}")
+DQN_EXPECT = (
+    "expect: {deterministic: false, ignore: [charts/SPS], metric: losses/q_values, last_n: 5, margin_relative: 0.1}"
+)
 
 
 def dqn_variant(target: Path) -> str:
@@ -115,8 +122,11 @@ def dqn_variant(target: Path) -> str:
 
     copy_project(target, "images/rl", "lockfiles/rl.txt")
     text = (ROOT / "manifests" / "dqn-cartpole.yaml").read_text()
-    for old, new in (("learning_rate: 2.5e-4", "learning_rate: 1.0e-3"), ("seeds: [1]", "seeds: [1, 2, 3]"),
-                     ("expect: {deterministic: true, ignore: [charts/SPS]}", DQN_EXPECT)):
+    for old, new in (
+        ("learning_rate: 2.5e-4", "learning_rate: 1.0e-3"),
+        ("seeds: [1]", "seeds: [1, 2, 3]"),
+        ("expect: {deterministic: true, ignore: [charts/SPS]}", DQN_EXPECT),
+    ):
         assert old in text
         text = text.replace(old, new)
     manifest = target / "manifests" / "dqn-seeds.yaml"
@@ -140,7 +150,9 @@ def test_dqn_new_seeds_consistent_changed_learning_rate_diverged_two_seeds_incon
 
     fresh_home = tmp_path / "fresh"
     fresh = in_store(cli, fresh_home)
-    new = fresh("reproduce", f"{DQN_REPO}/{published[0]}", "--seeds", "3", "--new-seeds", "--out", str(tmp_path / "new"))
+    new = fresh(
+        "reproduce", f"{DQN_REPO}/{published[0]}", "--seeds", "3", "--new-seeds", "--out", str(tmp_path / "new")
+    )
     assert new.returncode == 0, new.stdout[-3000:] + new.stderr[-3000:]
     assert "verdict: consistent" in new.stdout and "margin ±" in new.stdout and "(10 % of the original)" in new.stdout
     assert "3 new seeds: 4, 5, 6" in new.stderr
@@ -160,7 +172,11 @@ def test_dqn_new_seeds_consistent_changed_learning_rate_diverged_two_seeds_incon
     assert "verdict: diverged" in changed.stdout and "curves: first checkpoint outside the margin" in changed.stdout
 
     # Two seeds a side (published 1, 2 against reproduced 4, 5): not decisive, with a seed count.
-    two = fresh("compare", *(f"run={r}" for r in published[:2]),
-                "--against", " ".join(f"run={r['run_id']}" for r in reproduced[:2]))
+    two = fresh(
+        "compare",
+        *(f"run={r}" for r in published[:2]),
+        "--against",
+        " ".join(f"run={r['run_id']}" for r in reproduced[:2]),
+    )
     assert two.returncode == 3, two.stdout[-3000:] + two.stderr[-3000:]
     assert "verdict: inconclusive" in two.stdout and "seeds per side for 80 %:" in two.stdout

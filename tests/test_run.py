@@ -43,8 +43,16 @@ def test_sandboxed_run_writes_a_full_record(noop_image, store_home, cli):
     assert record["image"]["id"] == noop_image.id and record["image"]["content_hash"]
     assert record["host"]["cpu_count"] >= 1 and record["docker_version"] and record["harness_version"]
     assert "six==1.16.0" in record["environment"]["packages"]
-    for name in ("manifest.yaml", "lockfile.txt", "context/Dockerfile", "context/workload/probe.py",
-                 "logs/output.log", "metrics.parquet", "system.parquet", "out/metrics.jsonl"):
+    for name in (
+        "manifest.yaml",
+        "lockfile.txt",
+        "context/Dockerfile",
+        "context/workload/probe.py",
+        "logs/output.log",
+        "metrics.parquet",
+        "system.parquet",
+        "out/metrics.jsonl",
+    ):
         assert name in record["files"], name
     assert LocalStore(store_home).verify(record["run_id"]) == []
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
@@ -116,7 +124,10 @@ def test_oom_is_recorded_with_peak_memory(noop_image, store_home, cli):
 def test_kill_9_of_the_harness_leaves_a_recoverable_record(noop_image, store_home):
     process = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", NOOP, "--param", "mode=sleep", "--param", "seconds=60", "--quiet"],
-        cwd=REPO, env={**os.environ, "HARNESS_HOME": str(store_home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "HARNESS_HOME": str(store_home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     metrics_file = None
@@ -131,8 +142,13 @@ def test_kill_9_of_the_harness_leaves_a_recoverable_record(noop_image, store_hom
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     lines_at_kill = metrics_file.read_text().count("\n")
-    listed = subprocess.run([sys.executable, "-m", "harness", "ls"], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "HARNESS_HOME": str(store_home)})
+    listed = subprocess.run(
+        [sys.executable, "-m", "harness", "ls"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HARNESS_HOME": str(store_home)},
+    )
     assert "interrupted" in listed.stdout
     record = only_run(store_home)
     assert record["status"] == "interrupted"

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def slurm_cluster() -> list[str]:
     """The cluster's partitions; starts the one-node cluster when sinfo gets no answer."""
+
     def answers() -> bool:
         try:
             return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
@@ -62,11 +63,15 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # ty
 
 def task_state(task: str) -> str:
     """A task's state as slurmctld reports it."""
-    shown = subprocess.run(["squeue", "-h", "-r", "--states=all", "-j", task, "-o", "%T"], capture_output=True, text=True)
+    shown = subprocess.run(
+        ["squeue", "-h", "-r", "--states=all", "-j", task, "-o", "%T"], capture_output=True, text=True
+    )
     return shown.stdout.strip()
 
 
-def test_sweep_of_six_runs_in_containers_through_slurm(tmp_path: Path, base_image_id: str, slurm_cluster: list[str]) -> None:
+def test_sweep_of_six_runs_in_containers_through_slurm(
+    tmp_path: Path, base_image_id: str, slurm_cluster: list[str]
+) -> None:
     manifest = write_manifest(tmp_path, base_image_id, "import sys; print('a', sys.argv[1])", [1, 2], {"a": [1, 2, 3]})
     store = LocalStore(tmp_path / "store")
     specs = expand(load_manifest(manifest))
@@ -93,7 +98,9 @@ def test_scancel_marks_the_run_cancelled_and_requeue_runs_it_again(
     tmp_path: Path, base_image_id: str, slurm_cluster: list[str]
 ) -> None:
     # A unique command: a fresh run id, whatever earlier test sessions left in the engine.
-    manifest = write_manifest(tmp_path, base_image_id, f"import time; time.sleep(120)  # {time.time_ns()}", [1], {"a": [1]})
+    manifest = write_manifest(
+        tmp_path, base_image_id, f"import time; time.sleep(120)  # {time.time_ns()}", [1], {"a": [1]}
+    )
     store = LocalStore(tmp_path / "store")
     outcome = run_sweep(expand(load_manifest(manifest)), backend="slurm", store=store, echo=lambda line: None)
     job_id = outcome.slurm_job_ids[0]
@@ -112,6 +119,7 @@ def test_scancel_marks_the_run_cancelled_and_requeue_runs_it_again(
         assert requeue(state, store, echo=lambda line: None) == [run_id]
         shown = subprocess.run(["scontrol", "show", "job", "-o", f"{job_id}_0"], capture_output=True, text=True).stdout
         assert "Restarts=1" in shown  # requeued in place: same job id
+
         def second_attempt() -> dict | None:
             attempts = attempt_records(store, run_id)
             return attempts[-1] if len(attempts) == 2 else None
@@ -123,7 +131,7 @@ def test_scancel_marks_the_run_cancelled_and_requeue_runs_it_again(
         subprocess.run(["scancel", job_id], timeout=30)
     wait_for(lambda: task_state(f"{job_id}_0") not in ("RUNNING", "COMPLETING"), 60, "the task to end")
     second = attempt_records(store, run_id)[-1]
-    assert second["run_id"] != run_id and ATTEMPT_SUFFIX.fullmatch(second["run_id"][len(run_id):])
+    assert second["run_id"] != run_id and ATTEMPT_SUFFIX.fullmatch(second["run_id"][len(run_id) :])
     assert store.load(second["run_id"])["status"] == "cancelled"
 
 
@@ -137,8 +145,10 @@ def test_bad_partition_and_unreachable_slurm_are_one_line_errors(
         run_sweep(specs, backend="slurm", partition="nosuch", store=store, echo=lambda line: None)
     # A client pointed at a controller that is not there (nothing listens on port 9).
     conf = tmp_path / "slurm.conf"
-    conf.write_text("ClusterName=gone\nSlurmctldHost=localhost\nSlurmctldPort=9\nMessageTimeout=2\n"
-                    "NodeName=localhost CPUs=1\nPartitionName=p Nodes=ALL\n")
+    conf.write_text(
+        "ClusterName=gone\nSlurmctldHost=localhost\nSlurmctldPort=9\nMessageTimeout=2\n"
+        "NodeName=localhost CPUs=1\nPartitionName=p Nodes=ALL\n"
+    )
     monkeypatch.setenv("SLURM_CONF", str(conf))
     with pytest.raises(SlurmError) as caught:
         run_sweep(specs, backend="slurm", store=store, echo=lambda line: None)
@@ -153,15 +163,28 @@ def test_bad_partition_and_unreachable_slurm_are_one_line_errors(
 
 def test_store_on_a_local_disk_is_refused_for_other_nodes(tmp_path: Path) -> None:
     check_shared({"results store": tmp_path}, ["vm"], this_host="vm")  # one node: this host
-    with pytest.raises(SlurmError, match=r"results store .* is on a local \S+ file system of vm, which node\(s\) node-b"):
+    with pytest.raises(
+        SlurmError, match=r"results store .* is on a local \S+ file system of vm, which node\(s\) node-b"
+    ):
         check_shared({"results store": tmp_path}, ["vm", "node-b"], this_host="vm")
 
 
 def test_sbatch_script_carries_the_hardware_target(tmp_path: Path, slurm_cluster: list[str]) -> None:
     gpu = resource_options(Hardware(accelerator="cuda", gpus=2, cpus=3, memory="4GiB", timeout="2h"))
     assert gpu == ["--cpus-per-task=3", "--mem=4608M", "--time=0-02:05:00", "--gres=gpu:2"]
-    text = array_script(tmp_path / "s.json", 0, 0, 6, Hardware(cpus=1, memory="1GiB", timeout="10m"), "harness-x",
-                        tmp_path, tmp_path, throttle=3, partition=slurm_cluster[0], account=None)
+    text = array_script(
+        tmp_path / "s.json",
+        0,
+        0,
+        6,
+        Hardware(cpus=1, memory="1GiB", timeout="10m"),
+        "harness-x",
+        tmp_path,
+        tmp_path,
+        throttle=3,
+        partition=slurm_cluster[0],
+        account=None,
+    )
     script = tmp_path / "x.sbatch"
     script.write_text(text)
     # The real scheduler accepts it (validated, not submitted).
@@ -173,11 +196,19 @@ def test_sbatch_script_carries_the_hardware_target(tmp_path: Path, slurm_cluster
 def test_scheduler_output_is_read_into_run_states() -> None:
     squeue = "41_0|RUNNING|None\n41_1|PENDING|JobArrayTaskLimit\n41_2|CANCELLED|None\n41_3|PREEMPTED|None\n"
     assert parse_squeue(squeue) == {
-        "41_0": ("running", "None"), "41_1": ("queued", "JobArrayTaskLimit"),
-        "41_2": ("cancelled", "None"), "41_3": ("preempted", "None"),
+        "41_0": ("running", "None"),
+        "41_1": ("queued", "JobArrayTaskLimit"),
+        "41_2": ("cancelled", "None"),
+        "41_3": ("preempted", "None"),
     }
     sacct = "7_0|COMPLETED|0:0\n7_1|CANCELLED by 0|0:15\n7_2|TIMEOUT|0:0\n7_3|NODE_FAIL|0:0\n7_[4-5%2]|PENDING|0:0\n"
     states = {key: value[0] for key, value in parse_sacct(sacct).items()}
-    assert states == {"7_0": "completed", "7_1": "cancelled", "7_2": "timeout", "7_3": "node_fail",
-                      "7_4": "queued", "7_5": "queued"}
+    assert states == {
+        "7_0": "completed",
+        "7_1": "cancelled",
+        "7_2": "timeout",
+        "7_3": "node_fail",
+        "7_4": "queued",
+        "7_5": "queued",
+    }
     assert json.dumps(states)  # plain data for --json

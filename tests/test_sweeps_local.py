@@ -35,8 +35,12 @@ def need(reason: str) -> None:
 def base_image_id() -> str:
     """Id of the bootstrapped base image (python3 inside) in a running engine."""
     try:
-        result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE],
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         need(f"docker engine: {exc}")
     if result.returncode != 0:
@@ -135,8 +139,12 @@ run_sweep(expand(load_manifest(sys.argv[1])), jobs=2, runtime="docker", store=Lo
 def test_ctrl_c_stops_containers_and_marks_records_interrupted(tmp_path: Path, base_image_id: str) -> None:
     manifest = write_manifest(tmp_path, base_image_id, "import time; time.sleep(60)", [1, 2, 3], {"a": [1]})
     store = LocalStore(tmp_path / "store")
-    sweep = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(manifest), str(store.root)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_SCRIPT, str(manifest), str(store.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while sum(r.get("status") == "running" for r in store.records()) < 2:
@@ -155,12 +163,16 @@ def test_ctrl_c_stops_containers_and_marks_records_interrupted(tmp_path: Path, b
     assert len(records) == 2, output  # the third run never started
     assert {r["status"] for r in records} == {"interrupted"}, output
     assert all(store.verify(r["run_id"]) == [] for r in records)
-    leftover = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.harness.run-id"],
-                              capture_output=True, text=True).stdout.split()
+    leftover = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=org.harness.run-id"], capture_output=True, text=True
+    ).stdout.split()
     names = {r["run_id"] for r in records}
     for container in leftover:
-        label = subprocess.run(["docker", "inspect", "--format", '{{index .Config.Labels "org.harness.run-id"}}', container],
-                               capture_output=True, text=True).stdout.strip()
+        label = subprocess.run(
+            ["docker", "inspect", "--format", '{{index .Config.Labels "org.harness.run-id"}}', container],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         assert label not in names, f"container of {label} left behind"
 
 
@@ -174,8 +186,12 @@ def test_status_command_reports_json_and_bad_sweep(tmp_path: Path, base_image_id
     progress = json.loads(shown.stdout)
     assert progress["sweep_id"] == outcome.plan.sweep_id
     assert (progress["done"], progress["queued"], progress["running"], progress["failed"]) == (2, 0, 0, 0)
-    table = subprocess.run(["harness", "status", outcome.plan.sweep_id], capture_output=True, text=True, env=env, timeout=60)
+    table = subprocess.run(
+        ["harness", "status", outcome.plan.sweep_id], capture_output=True, text=True, env=env, timeout=60
+    )
     assert table.returncode == 0 and "done" in table.stdout and outcome.plan.sweep_id in table.stdout
-    missing = subprocess.run(["harness", "status", "no-such-sweep"], capture_output=True, text=True, env=env, timeout=60)
+    missing = subprocess.run(
+        ["harness", "status", "no-such-sweep"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "no sweep 'no-such-sweep'" in missing.stderr

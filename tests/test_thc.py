@@ -60,8 +60,16 @@ def test_iqm_ci_ranking_orders_clearly_separated_values() -> None:
         for v, level in zip(["x", "y", "z"], order):
             for seed in range(5):
                 for game in range(4):
-                    rows.append({"hp": "lr", "value": v, "agent": agent, "seed": seed, "game": game,
-                                 "score": level * 10 + rng.normal(0, 0.1)})
+                    rows.append(
+                        {
+                            "hp": "lr",
+                            "value": v,
+                            "agent": agent,
+                            "seed": seed,
+                            "game": game,
+                            "score": level * 10 + rng.normal(0, 0.1),
+                        }
+                    )
     table = pd.DataFrame(rows)
     (row,) = thc_from_table(table, "hp", "value", "agent", "seed", "score", ranking="iqm-ci", task_col="game", reps=200)
     # x and z swap ends (spread 2/2 each), y stays in the middle
@@ -70,10 +78,31 @@ def test_iqm_ci_ranking_orders_clearly_separated_values() -> None:
 
 def test_cli_table_json_matches_published() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "from harness.cli import main; main()", "thc", "--table", str(DATA / "final_perf.csv"),
-         "--hparam-col", "hyperparameter", "--value-col", "value", "--setting-col", "game_index",
-         "--seed-col", "seed", "--score-col", "score", "--group-by", "regime,agent", "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-c",
+            "from harness.cli import main; main()",
+            "thc",
+            "--table",
+            str(DATA / "final_perf.csv"),
+            "--hparam-col",
+            "hyperparameter",
+            "--value-col",
+            "value",
+            "--setting-col",
+            "game_index",
+            "--seed-col",
+            "seed",
+            "--score-col",
+            "score",
+            "--group-by",
+            "regime,agent",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
@@ -86,9 +115,20 @@ def test_cli_table_json_matches_published() -> None:
 
 def test_cli_bad_column_is_one_line_exit_2() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "from harness.cli import main; main()", "thc", "--table", str(DATA / "final_perf.csv"),
-         "--score-col", "points"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-c",
+            "from harness.cli import main; main()",
+            "thc",
+            "--table",
+            str(DATA / "final_perf.csv"),
+            "--score-col",
+            "points",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no column points" in result.stderr

@@ -56,9 +56,7 @@ def test_log_writes_json_lines_at_exit(tmp_path):
     lines = read_lines(tmp_path / "metrics.jsonl")
     assert len(lines) == 14
     assert all(set(line) == {"name", "step", "value", "wall_time"} for line in lines)
-    returns = [
-        (line["step"], line["value"]) for line in lines if line["name"] == "charts/episodic_return"
-    ]
+    returns = [(line["step"], line["value"]) for line in lines if line["name"] == "charts/episodic_return"]
     assert returns == [(0, 0.0), (100, 1.5), (200, 3.0), (300, 4.5), (400, 6.0)]
     assert [(line["step"], line["value"]) for line in lines if line["name"] == "auto"] == [
         (0, 1.0),
@@ -161,10 +159,7 @@ def test_track_imports_in_a_bare_sandboxed_container(docker_client, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     out.chmod(0o777)
-    code = (
-        "from harness import track\n"
-        "for t in range(3): track.log({'charts/sps': 100.0 + t}, step=t)\n"
-    )
+    code = "from harness import track\nfor t in range(3): track.log({'charts/sps': 100.0 + t}, step=t)\n"
     docker_client.containers.run(
         BASE_IMAGE,
         ["python3", "-c", code],

@@ -17,23 +17,32 @@ def test_annotation_escapes_and_pins_file_and_line(tmp_path):
     problem = f"{tmp_path}/manifests/x.yaml:7: seeds: 100%, a, b: bad\nsecond line"
     annotation = ci.annotation_for(problem, tmp_path)
     assert (annotation.file, annotation.line) == ("manifests/x.yaml", 7)
-    assert annotation.workflow_command() == "::error file=manifests/x.yaml,line=7::seeds: 100%25, a, b: bad%0Asecond line"
+    assert (
+        annotation.workflow_command() == "::error file=manifests/x.yaml,line=7::seeds: 100%25, a, b: bad%0Asecond line"
+    )
     assert ci.Annotation("a, b", "odd:name,x.yaml").workflow_command() == "::error file=odd%3Aname%2Cx.yaml::a, b"
     assert ci.annotation_for("no file here", tmp_path).workflow_command() == "::error::no file here"
 
 
 def loaded(path: str, build: str, lockfile: str, gpus: int = 0) -> SimpleNamespace:
     image = SimpleNamespace(build=build, lockfile=lockfile)
-    return SimpleNamespace(path=Path("/p") / path, root=Path("/p"),
-                           manifest=SimpleNamespace(image=image, hardware=SimpleNamespace(gpus=gpus), seeds=[3, 4]))
+    return SimpleNamespace(
+        path=Path("/p") / path,
+        root=Path("/p"),
+        manifest=SimpleNamespace(image=image, hardware=SimpleNamespace(gpus=gpus), seeds=[3, 4]),
+    )
 
 
 def test_a_change_runs_the_manifests_it_touches_and_a_harness_change_runs_all():
-    manifests = [loaded("manifests/a.yaml", "images/rl", "lockfiles/rl.txt"),
-                 loaded("manifests/b.yaml", "images/noop", "lockfiles/noop.txt"),
-                 loaded("manifests/g.yaml", "images/rl", "lockfiles/rl.txt", gpus=1)]
+    manifests = [
+        loaded("manifests/a.yaml", "images/rl", "lockfiles/rl.txt"),
+        loaded("manifests/b.yaml", "images/noop", "lockfiles/noop.txt"),
+        loaded("manifests/g.yaml", "images/rl", "lockfiles/rl.txt", gpus=1),
+    ]
+
     def names(chosen):
         return [c.path.name for c in chosen]
+
     assert names(ci.choose_manifests(manifests, ["manifests/b.yaml"])) == ["b.yaml"]
     assert names(ci.choose_manifests(manifests, ["images/rl/workload/dqn.py"])) == ["a.yaml", "g.yaml"]
     assert names(ci.choose_manifests(manifests, ["lockfiles/noop.txt"])) == ["b.yaml"]
@@ -45,16 +54,22 @@ def test_a_change_runs_the_manifests_it_touches_and_a_harness_change_runs_all():
 
 
 def test_summary_table_has_manifest_run_status_metric_duration():
-    record = {"run_id": "noop-abc", "status": "completed", "primary_metric": "probe/value",
-              "metrics_summary": {"probe/value": {"last": 2.0}}, "duration_s": 1.25}
+    record = {
+        "run_id": "noop-abc",
+        "status": "completed",
+        "primary_metric": "probe/value",
+        "metrics_summary": {"probe/value": {"last": 2.0}},
+        "duration_s": 1.25,
+    }
     markdown = ci.summary_markdown([ci.row_from_record("manifests/noop.yaml", record)], [], "passed")
     assert "| manifest | run id | status | primary metric | duration |" in markdown
     assert "| `manifests/noop.yaml` | `noop-abc` | completed | probe/value = 2 | 1.2 s |" in markdown
 
 
 def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=cwd, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=cwd, check=True, capture_output=True
+    )
 
 
 @pytest.fixture
@@ -73,8 +88,11 @@ def project(tmp_path: Path) -> Path:
 
 def verify(project: Path, cli, tmp_path_factory) -> tuple[object, str]:
     summary = tmp_path_factory.mktemp("summary") / "summary.md"
-    env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary),
-           "HARNESS_HOME": str(tmp_path_factory.mktemp("store"))}
+    env = {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "HARNESS_HOME": str(tmp_path_factory.mktemp("store")),
+    }
     result = cli("verify", "main", env=env, cwd=project)
     return result, summary.read_text() if summary.exists() else ""
 

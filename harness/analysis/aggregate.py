@@ -59,7 +59,9 @@ def _check_scores(scores: Mapping[str, np.ndarray], ndim: int = 2) -> dict[str, 
     for group, array in scores.items():
         array = np.asarray(array, dtype=float)
         if array.ndim != ndim or array.shape[0] < 1:
-            raise HarnessError(f"group {group!r}: scores must be (runs x tasks{' x points' if ndim == 3 else ''}), got {array.shape}")
+            raise HarnessError(
+                f"group {group!r}: scores must be (runs x tasks{' x points' if ndim == 3 else ''}), got {array.shape}"
+            )
         if np.isnan(array).any():
             raise HarnessError(f"group {group!r}: scores contain NaN (a run without a score on some task)")
         checked[group] = array
@@ -190,7 +192,9 @@ def probability_of_improvement(
             pair_scores, improvement, reps=reps, confidence_interval_size=confidence
         )
     return {
-        (key.split("\x00")[0], key.split("\x00")[1]): Estimate(float(points[key][0]), (float(intervals[key][0, 0]), float(intervals[key][1, 0])))
+        (key.split("\x00")[0], key.split("\x00")[1]): Estimate(
+            float(points[key][0]), (float(intervals[key][0, 0]), float(intervals[key][1, 0]))
+        )
         for key in pair_scores
     }
 

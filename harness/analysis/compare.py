@@ -43,8 +43,12 @@ class ExpectSpec:
         if expect is None:
             return cls()
         data = expect if isinstance(expect, dict) else expect.model_dump()
-        return cls(bool(data.get("deterministic", True)), float(data.get("rtol", 0.0)), float(data.get("atol", 0.0)),
-                   tuple(data.get("ignore") or ()))
+        return cls(
+            bool(data.get("deterministic", True)),
+            float(data.get("rtol", 0.0)),
+            float(data.get("atol", 0.0)),
+            tuple(data.get("ignore") or ()),
+        )
 
 
 @dataclass
@@ -115,8 +119,10 @@ def _record(run_dir: Path) -> dict[str, Any]:
 
 def hardware_differences(original: dict[str, Any], reproduction: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(field, original, reproduction) for host, engine, image and runtime facts that differ."""
-    pairs = [(f"host.{name}", (original.get("host") or {}).get(name), (reproduction.get("host") or {}).get(name))
-             for name in HOST_FIELDS]
+    pairs = [
+        (f"host.{name}", (original.get("host") or {}).get(name), (reproduction.get("host") or {}).get(name))
+        for name in HOST_FIELDS
+    ]
     pairs += [
         ("image.id", (original.get("image") or {}).get("id"), (reproduction.get("image") or {}).get("id")),
         ("docker_version", original.get("docker_version"), reproduction.get("docker_version")),
@@ -130,16 +136,29 @@ def _bits_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a.view(np.int64) == b.view(np.int64)
 
 
-def _compare_metric(name: str, original: tuple[np.ndarray, np.ndarray] | None,
-                    reproduced: tuple[np.ndarray, np.ndarray] | None, expect: ExpectSpec) -> tuple[MetricRow, Difference | None]:
+def _compare_metric(
+    name: str,
+    original: tuple[np.ndarray, np.ndarray] | None,
+    reproduced: tuple[np.ndarray, np.ndarray] | None,
+    expect: ExpectSpec,
+) -> tuple[MetricRow, Difference | None]:
     if original is None or reproduced is None:
         present = original if original is not None else reproduced
         assert present is not None
         step = int(present[0][0]) if len(present[0]) else 0
         value = float(present[1][0]) if len(present[1]) else None
-        diff = Difference(name, step, value if original is not None else None, value if reproduced is not None else None)
-        row = MetricRow(name, len(original[0]) if original else 0, len(reproduced[0]) if reproduced else 0,
-                        math.inf, math.inf, "missing", step)
+        diff = Difference(
+            name, step, value if original is not None else None, value if reproduced is not None else None
+        )
+        row = MetricRow(
+            name,
+            len(original[0]) if original else 0,
+            len(reproduced[0]) if reproduced else 0,
+            math.inf,
+            math.inf,
+            "missing",
+            step,
+        )
         return row, diff
     (steps_a, values_a), (steps_b, values_b) = original, reproduced
     common = min(len(steps_a), len(steps_b))
@@ -166,11 +185,18 @@ def _compare_metric(name: str, original: tuple[np.ndarray, np.ndarray] | None,
             index = int(np.flatnonzero(~close)[0])
         in_a, in_b = index < len(steps_a), index < len(steps_b)
         first_step = int(steps_a[index] if in_a else steps_b[index])
-        difference = Difference(name, first_step, float(values_a[index]) if in_a else None,
-                                float(values_b[index]) if in_b else None)
-    row = MetricRow(name, len(steps_a), len(steps_b),
-                    float(np.nanmax(abs_diff)) if common else 0.0,
-                    float(np.nanmax(rel_diff)) if common else 0.0, status, first_step)
+        difference = Difference(
+            name, first_step, float(values_a[index]) if in_a else None, float(values_b[index]) if in_b else None
+        )
+    row = MetricRow(
+        name,
+        len(steps_a),
+        len(steps_b),
+        float(np.nanmax(abs_diff)) if common else 0.0,
+        float(np.nanmax(rel_diff)) if common else 0.0,
+        status,
+        first_step,
+    )
     return row, difference
 
 
@@ -180,8 +206,10 @@ def compare_runs(original_record_dir: Path, reproduction_record_dir: Path, expec
     spec = ExpectSpec.of(expect if expect is not None else original_record.get("expect"))
     original = _load_streams(Path(original_record_dir), spec.ignore)
     reproduced = _load_streams(Path(reproduction_record_dir), spec.ignore)
-    compared = [_compare_metric(name, original.get(name), reproduced.get(name), spec)
-                for name in sorted(set(original) | set(reproduced))]
+    compared = [
+        _compare_metric(name, original.get(name), reproduced.get(name), spec)
+        for name in sorted(set(original) | set(reproduced))
+    ]
     rows = [row for row, _ in compared]
     statuses = {row.status for row in rows}
     if statuses <= {"identical"}:
@@ -200,8 +228,14 @@ def compare_runs(original_record_dir: Path, reproduction_record_dir: Path, expec
     return Verdict(verdict, first, rows, hardware_differences(original_record, reproduction_record))
 
 
-def plot_comparison(original_record_dir: Path, reproduction_record_dir: Path, out_path: Path,
-                    metrics: Sequence[str] | None = None, max_panels: int = 6, verdict: Verdict | None = None) -> Path:
+def plot_comparison(
+    original_record_dir: Path,
+    reproduction_record_dir: Path,
+    out_path: Path,
+    metrics: Sequence[str] | None = None,
+    max_panels: int = 6,
+    verdict: Verdict | None = None,
+) -> Path:
     """Write a PNG of original vs reproduction curves, one panel per metric (primary first), each
     axis labelled, the run ids in the legends and, given ``verdict``, the verdict in the title and
     each metric's status in its panel's title."""
@@ -234,12 +268,16 @@ def plot_comparison(original_record_dir: Path, reproduction_record_dir: Path, ou
         axis.set_ylabel(name, fontsize=9)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(names):]:
+    for axis in list(axes.flat)[len(names) :]:
         axis.set_visible(False)
     if verdict is not None:
         colour = {"identical": "#1a7f37", "consistent": "#1f6feb"}.get(verdict.verdict, "#cf222e")
-        figure.suptitle(f"verdict: {verdict.verdict}  ({original_id} reproduced as {reproduction_id})", fontsize=11,
-                        fontweight="bold", color=colour)
+        figure.suptitle(
+            f"verdict: {verdict.verdict}  ({original_id} reproduced as {reproduction_id})",
+            fontsize=11,
+            fontweight="bold",
+            color=colour,
+        )
     from harness.analysis.plots import save_figure
 
     out_path = Path(out_path)

@@ -59,8 +59,9 @@ def mean_ci(matrix: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, n
     return mean, mean - half, mean + half
 
 
-def bootstrap_ci(matrix: np.ndarray, confidence: float = 0.95, reps: int = BOOTSTRAP_REPS,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bootstrap_ci(
+    matrix: np.ndarray, confidence: float = 0.95, reps: int = BOOTSTRAP_REPS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over rows (seeds) and a percentile bootstrap interval of it, per column.
 
     Seeds are resampled with replacement (a fixed seed: the same figure every time); the bounds
@@ -90,7 +91,11 @@ def group_curves(
     runs = [(label, run_id, xy) for label, series in groups.items() for run_id, xy in series.items() if len(xy[0])]
     if not runs:
         raise HarnessError("no points to plot: the selected runs logged nothing for this metric")
-    starts = {label: max(float(xy[0][0]) for l2, _, xy in runs if l2 == label) for label in groups if any(name == label for name, _, _ in runs)}
+    starts = {
+        label: max(float(xy[0][0]) for l2, _, xy in runs if l2 == label)
+        for label in groups
+        if any(name == label for name, _, _ in runs)
+    }
     stops = {label: min(float(xy[0][-1]) for l2, _, xy in runs if l2 == label) for label in starts}
     start, stop = max(starts.values()), min(stops.values())
     notes: list[str] = []
@@ -115,7 +120,14 @@ def group_curves(
 
 
 def learning_curve_panels(
-    store: LocalStore, runs: Any, metric: str, by: str, env_key: str, x_axis: str, points: int, smooth: int,
+    store: LocalStore,
+    runs: Any,
+    metric: str,
+    by: str,
+    env_key: str,
+    x_axis: str,
+    points: int,
+    smooth: int,
 ) -> tuple[dict[str, dict[str, Curve]], list[str], int]:
     """The selected runs' curves of ``metric``, one panel per environment and one curve per group:
     (panels, notes, number of runs with the metric). HarnessError when no run logged it."""
@@ -125,7 +137,9 @@ def learning_curve_panels(
     series = metric_series(store, runs, metric, x=x_axis)
     if not series:
         names = metric_names(store, runs)
-        raise HarnessError(f"no selected run logged metric {metric!r} (they logged: {', '.join(names[:12]) or 'nothing'})")
+        raise HarnessError(
+            f"no selected run logged metric {metric!r} (they logged: {', '.join(names[:12]) or 'nothing'})"
+        )
     if x_axis == "wall_time":  # seconds since each run's first point
         series = {r: (x - x[0], y) for r, (x, y) in series.items()}
     panels_in: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
@@ -139,4 +153,3 @@ def learning_curve_panels(
         panels[env] = curves
         notes += [f"{env}: {note}" if env != "-" else note for note in group_notes]
     return panels, notes, len(series)
-

@@ -37,8 +37,13 @@ class EnvDifference:
 
     def describe(self) -> str:
         """``category name: original -> reproduction``."""
+
         def show(value: Any) -> str:
-            return "(absent)" if value is None else (", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+            return (
+                "(absent)"
+                if value is None
+                else (", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value))
+            )
 
         return f"{self.category} {self.name}: {show(self.original)} -> {show(self.reproduction)}"
 
@@ -79,9 +84,13 @@ class EnvironmentComparison:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for the reproduction's record."""
-        return {"identical": self.identical, "software_identical": self.software_identical,
-                "hardware_identical": self.hardware_identical,
-                "differences": [asdict(d) for d in self.differences], "unknown": list(self.unknown)}
+        return {
+            "identical": self.identical,
+            "software_identical": self.software_identical,
+            "hardware_identical": self.hardware_identical,
+            "differences": [asdict(d) for d in self.differences],
+            "unknown": list(self.unknown),
+        }
 
 
 def _get(record: Record, *path: str) -> Any:
@@ -119,14 +128,18 @@ def lockfile_hashes(text: str | None) -> dict[str, tuple[str, ...]] | None:
     return found
 
 
-def _compare_maps(category: str, original: dict[str, Any] | None, reproduction: dict[str, Any] | None,
-                  label: str, unknown: list[str]) -> list[EnvDifference]:
+def _compare_maps(
+    category: str, original: dict[str, Any] | None, reproduction: dict[str, Any] | None, label: str, unknown: list[str]
+) -> list[EnvDifference]:
     if original is None or reproduction is None:
         if original is not None or reproduction is not None:
             unknown.append(label)
         return []
-    return [EnvDifference(category, name, original.get(name), reproduction.get(name))
-            for name in sorted(set(original) | set(reproduction)) if original.get(name) != reproduction.get(name)]
+    return [
+        EnvDifference(category, name, original.get(name), reproduction.get(name))
+        for name in sorted(set(original) | set(reproduction))
+        if original.get(name) != reproduction.get(name)
+    ]
 
 
 def gpu_names(record: Record) -> list[str]:
@@ -145,36 +158,83 @@ def _hardware(record: Record) -> dict[str, Any]:
     return {
         "cpu_model": _get(record, "host", "cpu_model") or _get(record, "environment", "cpu_model"),
         "gpus": gpu_names(record) or None,
-        "gpu_driver": (_get(record, "gpu", "driver") or _get(record, "environment", "gpu_driver")) if gpu_names(record) else None,
+        "gpu_driver": (_get(record, "gpu", "driver") or _get(record, "environment", "gpu_driver"))
+        if gpu_names(record)
+        else None,
     }
 
 
-def compare_environments(original: Record, reproduction: Record, original_lockfile: str | None = None,
-                         reproduction_lockfile: str | None = None) -> EnvironmentComparison:
+def compare_environments(
+    original: Record,
+    reproduction: Record,
+    original_lockfile: str | None = None,
+    reproduction_lockfile: str | None = None,
+) -> EnvironmentComparison:
     """Every difference between two run records' environments (see the module docstring).
 
     The lockfile texts, when given, add the hashes of each locked requirement.
     """
     unknown: list[str] = []
     differences: list[EnvDifference] = []
-    differences += _compare_maps("debian", _pairs(_get(original, "environment", "debian_packages"), "="),
-                                 _pairs(_get(reproduction, "environment", "debian_packages"), "="), "Debian packages", unknown)
-    differences += _compare_maps("python", _pairs(_get(original, "environment", "packages"), "=="),
-                                 _pairs(_get(reproduction, "environment", "packages"), "=="), "Python packages", unknown)
-    differences += _compare_maps("python-hash", lockfile_hashes(original_lockfile), lockfile_hashes(reproduction_lockfile),
-                                 "lockfile hashes", unknown)
+    differences += _compare_maps(
+        "debian",
+        _pairs(_get(original, "environment", "debian_packages"), "="),
+        _pairs(_get(reproduction, "environment", "debian_packages"), "="),
+        "Debian packages",
+        unknown,
+    )
+    differences += _compare_maps(
+        "python",
+        _pairs(_get(original, "environment", "packages"), "=="),
+        _pairs(_get(reproduction, "environment", "packages"), "=="),
+        "Python packages",
+        unknown,
+    )
+    differences += _compare_maps(
+        "python-hash",
+        lockfile_hashes(original_lockfile),
+        lockfile_hashes(reproduction_lockfile),
+        "lockfile hashes",
+        unknown,
+    )
     scalars = [
-        ("python-runtime", "python", _get(original, "environment", "python", "version"),
-         _get(reproduction, "environment", "python", "version")),
-        ("image", "recipe content hash", _get(original, "image", "content_hash"), _get(reproduction, "image", "content_hash")),
-        ("torch", "torch", _get(original, "environment", "torch", "version"), _get(reproduction, "environment", "torch", "version")),
-        ("cuda", "CUDA", _get(original, "environment", "torch", "cuda"), _get(reproduction, "environment", "torch", "cuda")),
-        ("cuda", "cuDNN", _get(original, "environment", "torch", "cudnn"), _get(reproduction, "environment", "torch", "cudnn")),
+        (
+            "python-runtime",
+            "python",
+            _get(original, "environment", "python", "version"),
+            _get(reproduction, "environment", "python", "version"),
+        ),
+        (
+            "image",
+            "recipe content hash",
+            _get(original, "image", "content_hash"),
+            _get(reproduction, "image", "content_hash"),
+        ),
+        (
+            "torch",
+            "torch",
+            _get(original, "environment", "torch", "version"),
+            _get(reproduction, "environment", "torch", "version"),
+        ),
+        (
+            "cuda",
+            "CUDA",
+            _get(original, "environment", "torch", "cuda"),
+            _get(reproduction, "environment", "torch", "cuda"),
+        ),
+        (
+            "cuda",
+            "cuDNN",
+            _get(original, "environment", "torch", "cudnn"),
+            _get(reproduction, "environment", "torch", "cudnn"),
+        ),
     ]
     hardware_a, hardware_b = _hardware(original), _hardware(reproduction)
-    scalars += [("hardware", "CPU model", hardware_a["cpu_model"], hardware_b["cpu_model"]),
-                ("gpu", "GPUs", hardware_a["gpus"], hardware_b["gpus"]),
-                ("gpu", "driver", hardware_a["gpu_driver"], hardware_b["gpu_driver"])]
+    scalars += [
+        ("hardware", "CPU model", hardware_a["cpu_model"], hardware_b["cpu_model"]),
+        ("gpu", "GPUs", hardware_a["gpus"], hardware_b["gpus"]),
+        ("gpu", "driver", hardware_a["gpu_driver"], hardware_b["gpu_driver"]),
+    ]
     torch_recorded = [_get(r, "environment", "torch") is not None for r in (original, reproduction)]
     for category, name, a, b in scalars:
         if category in ("torch", "cuda") and not all(torch_recorded):
@@ -210,7 +270,10 @@ def bit_identity_ruled_out(original: Record, reproduction: Record) -> list[str]:
             a, b = _get(original, "environment", "torch", key), _get(reproduction, "environment", "torch", key)
             if a != b:
                 reasons.append(f"other {name}: {a} -> {b}")
-    torch_a, torch_b = _get(original, "environment", "torch", "version"), _get(reproduction, "environment", "torch", "version")
+    torch_a, torch_b = (
+        _get(original, "environment", "torch", "version"),
+        _get(reproduction, "environment", "torch", "version"),
+    )
     if torch_a and torch_b and torch_a != torch_b:
         reasons.append(f"other torch: {torch_a} -> {torch_b}")
     return reasons

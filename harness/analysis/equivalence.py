@@ -99,17 +99,27 @@ class EquivalenceResult:
 
     def summary(self) -> str:
         """One line: verdict, estimate, CI and margin, and the seeds that would settle it."""
-        line = (f"{self.verdict}: {self.aggregate} difference {self.estimate:+.4g}, "
-                f"{100 * self.confidence:g} % CI [{self.ci[0]:+.4g}, {self.ci[1]:+.4g}], margin ±{self.margin:.4g}"
-                + (f" ({100 * self.margin_relative:g} % of the original's {self.original:.4g})" if self.margin_relative else "")
-                + f"; {self.n_original} vs {self.n_reproduction} seeds")
+        line = (
+            f"{self.verdict}: {self.aggregate} difference {self.estimate:+.4g}, "
+            f"{100 * self.confidence:g} % CI [{self.ci[0]:+.4g}, {self.ci[1]:+.4g}], margin ±{self.margin:.4g}"
+            + (
+                f" ({100 * self.margin_relative:g} % of the original's {self.original:.4g})"
+                if self.margin_relative
+                else ""
+            )
+            + f"; {self.n_original} vs {self.n_reproduction} seeds"
+        )
         if self.verdict == INCONCLUSIVE and self.seeds_needed is not None:
-            line += (f"; more than {SEEDS_NEEDED_CAP} seeds per side would be needed" if self.seeds_needed_capped
-                     else f"; {self.seeds_needed} seeds per side would give {100 * DEFAULT_POWER:g} % power")
+            line += (
+                f"; more than {SEEDS_NEEDED_CAP} seeds per side would be needed"
+                if self.seeds_needed_capped
+                else f"; {self.seeds_needed} seeds per side would give {100 * DEFAULT_POWER:g} % power"
+            )
         return line
 
 
 # -- aggregates and intervals -----------------------------------------------------------------
+
 
 def _as_batch(values: Any) -> np.ndarray:
     array = np.asarray(values, dtype=float)
@@ -157,8 +167,9 @@ def _spread(array: np.ndarray, aggregate: Aggregate) -> tuple[np.ndarray, np.nda
     return (n - 1) * variance / (h * (h - 1)), variance, h
 
 
-def difference_interval(original: Any, reproduction: Any, aggregate: Aggregate = "mean",
-                        confidence: float = DEFAULT_CONFIDENCE) -> Interval:
+def difference_interval(
+    original: Any, reproduction: Any, aggregate: Aggregate = "mean", confidence: float = DEFAULT_CONFIDENCE
+) -> Interval:
     """CI of aggregate(reproduction) - aggregate(original): Welch (mean) or Yuen (IQM).
 
     The last axis holds the seeds; leading axes are batches and must match. Needs two seeds a
@@ -189,8 +200,9 @@ def classify(lo: Any, hi: Any, margin: Any) -> np.ndarray:
     return np.where(inside, CONSISTENT, np.where(outside, DIVERGED, INCONCLUSIVE))
 
 
-def resolve_margin(original_statistic: float, margin: float | None = None,
-                   margin_relative: float | None = None) -> tuple[float, float | None]:
+def resolve_margin(
+    original_statistic: float, margin: float | None = None, margin_relative: float | None = None
+) -> tuple[float, float | None]:
     """(absolute margin, the relative fraction it came from or None).
 
     Neither given: ``DEFAULT_MARGIN_RELATIVE`` of ``|original_statistic|``.
@@ -206,11 +218,14 @@ def resolve_margin(original_statistic: float, margin: float | None = None,
         raise HarnessError(f"margin_relative {fraction} must be a positive fraction, e.g. 0.1 for 10 %")
     value = fraction * abs(float(original_statistic))
     if value == 0.0:
-        raise HarnessError(f"a relative margin of an original {original_statistic!r} is 0: state an absolute expect.margin")
+        raise HarnessError(
+            f"a relative margin of an original {original_statistic!r} is 0: state an absolute expect.margin"
+        )
     return value, fraction
 
 
 # -- power and seed counts ----------------------------------------------------------------------
+
 
 def _side(sd: float, n: np.ndarray, aggregate: Aggregate, sd_untrimmed: float | None) -> tuple[np.ndarray, np.ndarray]:
     """(squared standard error of one side's aggregate, its effective count) for ``n`` seeds.
@@ -226,9 +241,16 @@ def _side(sd: float, n: np.ndarray, aggregate: Aggregate, sd_untrimmed: float | 
     return (n - 1) * spread**2 / (h * (h - 1)), h
 
 
-def tost_power(margin: float, sd: float, n_original: Any, n_reproduction: Any,
-               confidence: float = DEFAULT_CONFIDENCE, true_difference: float = 0.0,
-               aggregate: Aggregate = "mean", sd_untrimmed: float | None = None) -> Any:
+def tost_power(
+    margin: float,
+    sd: float,
+    n_original: Any,
+    n_reproduction: Any,
+    confidence: float = DEFAULT_CONFIDENCE,
+    true_difference: float = 0.0,
+    aggregate: Aggregate = "mean",
+    sd_untrimmed: float | None = None,
+) -> Any:
     """Probability that the CI falls inside ``±margin`` (TOST power), shifted-t approximation.
 
     power = F((δ - |Δ|)/SE - t) + F((δ + |Δ|)/SE - t) - 1, F the t distribution with the Welch df
@@ -250,8 +272,11 @@ def tost_power(margin: float, sd: float, n_original: Any, n_reproduction: Any,
         se2 = se2_a + se2_b
         df = se2**2 / (se2_a**2 / (h_a - 1) + se2_b**2 / (h_b - 1))
         se, t = np.sqrt(se2), stats.t.ppf(0.5 + confidence / 2, df)
-        power = (stats.t.cdf((margin - abs(true_difference)) / se - t, df)
-                 + stats.t.cdf((margin + abs(true_difference)) / se - t, df) - 1.0)
+        power = (
+            stats.t.cdf((margin - abs(true_difference)) / se - t, df)
+            + stats.t.cdf((margin + abs(true_difference)) / se - t, df)
+            - 1.0
+        )
         power = np.where(valid, np.maximum(power, 0.0), 0.0)
     return float(power[0]) if scalar else power
 
@@ -262,9 +287,15 @@ def _candidates(low: int, cap: int) -> np.ndarray:
     return counts[(counts >= low) & (counts <= cap)]
 
 
-def seeds_per_side(sd: float, margin: float, confidence: float = DEFAULT_CONFIDENCE,
-                   power: float = DEFAULT_POWER, aggregate: Aggregate = "mean",
-                   cap: int = SEEDS_NEEDED_CAP, sd_untrimmed: float | None = None) -> tuple[int, bool]:
+def seeds_per_side(
+    sd: float,
+    margin: float,
+    confidence: float = DEFAULT_CONFIDENCE,
+    power: float = DEFAULT_POWER,
+    aggregate: Aggregate = "mean",
+    cap: int = SEEDS_NEEDED_CAP,
+    sd_untrimmed: float | None = None,
+) -> tuple[int, bool]:
     """(smallest n with ``power`` to show equivalence at n seeds per side, whether ``cap`` bound).
 
     Plans for a true difference of 0 with spread ``sd`` (the pooled spread seen). Roughly
@@ -302,10 +333,16 @@ def _spreads(scores: np.ndarray, aggregate: Aggregate) -> tuple[float, float, in
     return float(math.sqrt(variance[0])), float(scores.std(ddof=1)), int(h)
 
 
-def choose_seed_count(published: Sequence[float], margin: float | None = None, margin_relative: float | None = None,
-                      confidence: float = DEFAULT_CONFIDENCE, aggregate: Aggregate = "mean",
-                      power: float = DEFAULT_POWER, cap: int = SEEDS_AUTO_CAP,
-                      sd_confidence: float = SD_PLANNING_CONFIDENCE) -> SeedChoice:
+def choose_seed_count(
+    published: Sequence[float],
+    margin: float | None = None,
+    margin_relative: float | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    aggregate: Aggregate = "mean",
+    power: float = DEFAULT_POWER,
+    cap: int = SEEDS_AUTO_CAP,
+    sd_confidence: float = SD_PLANNING_CONFIDENCE,
+) -> SeedChoice:
     """Seeds to run for a reproduction so it has ``power`` to show equivalence with the published group.
 
     The published seeds are fixed, so their count bounds the precision: past some point more
@@ -321,8 +358,14 @@ def choose_seed_count(published: Sequence[float], margin: float | None = None, m
     statistic = float(aggregate_of(scores, aggregate))
     delta, _ = resolve_margin(statistic, margin, margin_relative)
     if n0 < 2:
-        return SeedChoice(cap, True, 0.0, math.nan, delta,
-                          f"one published seed gives no spread to plan with: running the cap, {cap} seeds")
+        return SeedChoice(
+            cap,
+            True,
+            0.0,
+            math.nan,
+            delta,
+            f"one published seed gives no spread to plan with: running the cap, {cap} seeds",
+        )
     sd, sd_plain, h = _spreads(scores, aggregate)
     inflate = math.sqrt((h - 1) / stats.chi2.ppf(1 - sd_confidence, h - 1))
     inflate_plain = math.sqrt((n0 - 1) / stats.chi2.ppf(1 - sd_confidence, n0 - 1))
@@ -334,27 +377,51 @@ def choose_seed_count(published: Sequence[float], margin: float | None = None, m
     counts = np.arange(MIN_AUTO_SEEDS, max(cap, MIN_AUTO_SEEDS) + 1)
     powers = plan(counts)
     enough = np.flatnonzero(powers >= power)
-    basis = (f"planned with spread {upper:.4g}, the {100 * sd_confidence:g} % upper bound of the "
-             f"{n0} published seeds' {sd:.4g}")
+    basis = (
+        f"planned with spread {upper:.4g}, the {100 * sd_confidence:g} % upper bound of the "
+        f"{n0} published seeds' {sd:.4g}"
+    )
     if len(enough):
         n, achieved = int(counts[enough[0]]), float(powers[enough[0]])
-        return SeedChoice(n, False, achieved, upper, delta,
-                          f"{n} seeds give {100 * achieved:.0f} % power to show equivalence within ±{delta:.4g} ({basis})")
+        return SeedChoice(
+            n,
+            False,
+            achieved,
+            upper,
+            delta,
+            f"{n} seeds give {100 * achieved:.0f} % power to show equivalence within ±{delta:.4g} ({basis})",
+        )
     at_cap = float(plan(cap))
     beyond = _candidates(cap + 1, SEEDS_NEEDED_CAP)
     reaching = np.flatnonzero(plan(beyond) >= power)
-    why = (f"{beyond[reaching[0]]} would" if len(reaching)
-           else f"no seed count would: the {n0} published seeds limit the precision, so publish more seeds or state a wider margin")
-    return SeedChoice(cap, True, at_cap, upper, delta,
-                      f"the cap of {cap} seeds binds: it gives {100 * at_cap:.0f} % power to show equivalence "
-                      f"within ±{delta:.4g}, {why} ({basis})")
+    why = (
+        f"{beyond[reaching[0]]} would"
+        if len(reaching)
+        else f"no seed count would: the {n0} published seeds limit the precision, so publish more seeds or state a wider margin"
+    )
+    return SeedChoice(
+        cap,
+        True,
+        at_cap,
+        upper,
+        delta,
+        f"the cap of {cap} seeds binds: it gives {100 * at_cap:.0f} % power to show equivalence "
+        f"within ±{delta:.4g}, {why} ({basis})",
+    )
 
 
 # -- the verdict on two groups of scalars ----------------------------------------------------------
 
-def equivalence_test(original: Sequence[float], reproduction: Sequence[float], aggregate: Aggregate = "mean",
-                     margin: float | None = None, margin_relative: float | None = None,
-                     confidence: float = DEFAULT_CONFIDENCE, power: float = DEFAULT_POWER) -> EquivalenceResult:
+
+def equivalence_test(
+    original: Sequence[float],
+    reproduction: Sequence[float],
+    aggregate: Aggregate = "mean",
+    margin: float | None = None,
+    margin_relative: float | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    power: float = DEFAULT_POWER,
+) -> EquivalenceResult:
     """The verdict between two groups of per-seed scores (one value per seed and side).
 
     ``margin`` is absolute; ``margin_relative`` a fraction of the original's ``|aggregate|``;
@@ -378,16 +445,37 @@ def equivalence_test(original: Sequence[float], reproduction: Sequence[float], a
         spread = [_spreads(x, aggregate) for x in (a, b) if len(x) >= 2]
         sd = spread[0][0] if spread else math.nan
         planned: tuple[int | None, bool] = (
-            seeds_per_side(sd, delta, confidence, power, aggregate, sd_untrimmed=spread[0][1]) if spread else (None, False))
-        return EquivalenceResult(INCONCLUSIVE, estimate, (-math.inf, math.inf), delta, fraction, confidence, aggregate,
-                                 "none (too few seeds)", original_value, reproduction_value, len(a), len(b), sd, 0.0,
-                                 planned[0], planned[1], notes)
+            seeds_per_side(sd, delta, confidence, power, aggregate, sd_untrimmed=spread[0][1])
+            if spread
+            else (None, False)
+        )
+        return EquivalenceResult(
+            INCONCLUSIVE,
+            estimate,
+            (-math.inf, math.inf),
+            delta,
+            fraction,
+            confidence,
+            aggregate,
+            "none (too few seeds)",
+            original_value,
+            reproduction_value,
+            len(a),
+            len(b),
+            sd,
+            0.0,
+            planned[0],
+            planned[1],
+            notes,
+        )
     interval = difference_interval(a, b, aggregate, confidence)
     lo, hi = float(interval.lo), float(interval.hi)
     verdict = str(classify(lo, hi, delta))
     if min(len(a), len(b)) < MIN_VERDICT_SEEDS and verdict != INCONCLUSIVE:
-        notes.append(f"the interval says {verdict}, but {min(len(a), len(b))} seeds a side cannot be trusted with "
-                     f"that: a verdict needs at least {MIN_VERDICT_SEEDS}")
+        notes.append(
+            f"the interval says {verdict}, but {min(len(a), len(b))} seeds a side cannot be trusted with "
+            f"that: a verdict needs at least {MIN_VERDICT_SEEDS}"
+        )
         verdict = INCONCLUSIVE
     sd_a, plain_a, h_a = _spreads(a, aggregate)
     sd_b, plain_b, h_b = _spreads(b, aggregate)
@@ -397,12 +485,29 @@ def equivalence_test(original: Sequence[float], reproduction: Sequence[float], a
     achieved = tost_power(delta, sd, len(a), len(b), confidence, 0.0, aggregate, sd_plain)
     if sd == 0.0:
         notes.append("neither group varies across seeds: the difference is exact")
-    return EquivalenceResult(verdict, float(interval.estimate), (lo, hi), delta, fraction, confidence, aggregate,
-                             interval.method, original_value, reproduction_value, len(a), len(b), sd, achieved,
-                             needed, capped, notes)
+    return EquivalenceResult(
+        verdict,
+        float(interval.estimate),
+        (lo, hi),
+        delta,
+        fraction,
+        confidence,
+        aggregate,
+        interval.method,
+        original_value,
+        reproduction_value,
+        len(a),
+        len(b),
+        sd,
+        achieved,
+        needed,
+        capped,
+        notes,
+    )
 
 
 # -- learning curves ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CurveComparison:
@@ -427,8 +532,9 @@ class CurveComparison:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (the per-checkpoint arrays as lists)."""
-        return {key: (value.tolist() if isinstance(value, np.ndarray) else value)
-                for key, value in asdict(self).items()}
+        return {
+            key: (value.tolist() if isinstance(value, np.ndarray) else value) for key, value in asdict(self).items()
+        }
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -469,9 +575,15 @@ def align(series: Sequence[Series], grid: np.ndarray, smooth: int = 1) -> np.nda
     return np.vstack(rows)
 
 
-def compare_curves(original: Sequence[Series], reproduction: Sequence[Series], margin: float,
-                   aggregate: Aggregate = "mean", confidence: float = DEFAULT_CONFIDENCE,
-                   points: int = 100, smooth: int = 1) -> CurveComparison:
+def compare_curves(
+    original: Sequence[Series],
+    reproduction: Sequence[Series],
+    margin: float,
+    aggregate: Aggregate = "mean",
+    confidence: float = DEFAULT_CONFIDENCE,
+    points: int = 100,
+    smooth: int = 1,
+) -> CurveComparison:
     """Per checkpoint, the CI of the difference between two groups' curves against ``±margin``.
 
     Each series is one seed's (steps, values). The margin is the scalar verdict's margin, so the
@@ -479,7 +591,9 @@ def compare_curves(original: Sequence[Series], reproduction: Sequence[Series], m
     many of them are compared, so one checkpoint outside the margin is a pointer, not a verdict.
     """
     if len(original) < 2 or len(reproduction) < 2:
-        raise HarnessError(f"a curve comparison needs at least two seeds a side, got {len(original)} and {len(reproduction)}")
+        raise HarnessError(
+            f"a curve comparison needs at least two seeds a side, got {len(original)} and {len(reproduction)}"
+        )
     grid = shared_grid([original, reproduction], points)
     a, b = align(original, grid, smooth).T, align(reproduction, grid, smooth).T  # checkpoints x seeds
     interval = difference_interval(a, b, aggregate, confidence)
@@ -498,9 +612,20 @@ def compare_curves(original: Sequence[Series], reproduction: Sequence[Series], m
         return float(grid[hits[0]]) if len(hits) else None
 
     original_band, reproduction_band = band(a), band(b)
-    return CurveComparison(grid, *original_band, *reproduction_band, interval.lo, interval.hi, float(margin),
-                           confidence, verdicts, first(verdicts != CONSISTENT), first(verdicts == DIVERGED),
-                           len(original), len(reproduction))
+    return CurveComparison(
+        grid,
+        *original_band,
+        *reproduction_band,
+        interval.lo,
+        interval.hi,
+        float(margin),
+        confidence,
+        verdicts,
+        first(verdicts != CONSISTENT),
+        first(verdicts == DIVERGED),
+        len(original),
+        len(reproduction),
+    )
 
 
 def series_of(groups: Mapping[str, Series], ids: Sequence[str]) -> list[Series]:

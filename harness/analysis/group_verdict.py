@@ -113,42 +113,68 @@ class GroupVerdict:
         """JSON-ready form; the per-checkpoint arrays only with ``curves``."""
         curve_part: dict[str, Any] | None = None
         if self.curves is not None:
-            curve_part = self.curves.to_dict() if curves else {
-                "checkpoints": len(self.curves.steps), "first_not_shown": self.curves.first_not_shown,
-                "first_diverged": self.curves.first_diverged, "margin": self.curves.margin}
-        return json_safe({
-            "verdict": self.verdict, "metric": self.metric, "statistic": self.statistic,
-            "original_runs": self.original_runs, "reproduction_runs": self.reproduction_runs,
-            "original_scores": self.original_scores, "reproduction_scores": self.reproduction_scores,
-            "seeds": self.seeds, "equivalence": None if self.equivalence is None else self.equivalence.to_dict(),
-            "curves": curve_part, "environment": self.environment.to_dict(),
-            "bit_identity_ruled_out": self.bit_identity_ruled_out, "notes": self.notes,
-        })
+            curve_part = (
+                self.curves.to_dict()
+                if curves
+                else {
+                    "checkpoints": len(self.curves.steps),
+                    "first_not_shown": self.curves.first_not_shown,
+                    "first_diverged": self.curves.first_diverged,
+                    "margin": self.curves.margin,
+                }
+            )
+        return json_safe(
+            {
+                "verdict": self.verdict,
+                "metric": self.metric,
+                "statistic": self.statistic,
+                "original_runs": self.original_runs,
+                "reproduction_runs": self.reproduction_runs,
+                "original_scores": self.original_scores,
+                "reproduction_scores": self.reproduction_scores,
+                "seeds": self.seeds,
+                "equivalence": None if self.equivalence is None else self.equivalence.to_dict(),
+                "curves": curve_part,
+                "environment": self.environment.to_dict(),
+                "bit_identity_ruled_out": self.bit_identity_ruled_out,
+                "notes": self.notes,
+            }
+        )
 
     def lines(self) -> list[str]:
         """The verdict for a terminal: verdict, CI and margin, seeds needed, first diverging checkpoint,
         environment."""
         out = [f"verdict: {self.verdict}"]
-        out.append(f"metric: {self.metric} ({self.statistic}), {len(self.original_runs)} original vs "
-                   f"{len(self.reproduction_runs)} reproduction runs ({self.seeds} seeds)")
+        out.append(
+            f"metric: {self.metric} ({self.statistic}), {len(self.original_runs)} original vs "
+            f"{len(self.reproduction_runs)} reproduction runs ({self.seeds} seeds)"
+        )
         eq = self.equivalence
         if eq is not None:
-            out.append(f"{eq.aggregate}: original {eq.original:.6g}, reproduction {eq.reproduction:.6g}, "
-                       f"difference {eq.estimate:+.4g}")
-            out.append(f"{100 * eq.confidence:g} % CI of the difference: [{eq.ci[0]:+.4g}, {eq.ci[1]:+.4g}] "
-                       f"({eq.method}); margin ±{eq.margin:.4g}"
-                       + (f" ({100 * eq.margin_relative:g} % of the original)" if eq.margin_relative else ""))
+            out.append(
+                f"{eq.aggregate}: original {eq.original:.6g}, reproduction {eq.reproduction:.6g}, "
+                f"difference {eq.estimate:+.4g}"
+            )
+            out.append(
+                f"{100 * eq.confidence:g} % CI of the difference: [{eq.ci[0]:+.4g}, {eq.ci[1]:+.4g}] "
+                f"({eq.method}); margin ±{eq.margin:.4g}"
+                + (f" ({100 * eq.margin_relative:g} % of the original)" if eq.margin_relative else "")
+            )
             if eq.seeds_needed is not None:
-                needed = (f"more than {eq.seeds_needed}" if eq.seeds_needed_capped else str(eq.seeds_needed))
+                needed = f"more than {eq.seeds_needed}" if eq.seeds_needed_capped else str(eq.seeds_needed)
                 out.append(f"power to show equivalence now: {100 * eq.power:.0f} %; seeds per side for 80 %: {needed}")
         if self.curves is not None:
             c = self.curves
             if c.first_diverged is not None:
-                out.append(f"curves: first checkpoint outside the margin: step {c.first_diverged:g} "
-                           f"(of {len(c.steps)} compared)")
+                out.append(
+                    f"curves: first checkpoint outside the margin: step {c.first_diverged:g} "
+                    f"(of {len(c.steps)} compared)"
+                )
             elif c.first_not_shown is not None:
-                out.append(f"curves: no checkpoint outside the margin; the first where equivalence is not shown: "
-                           f"step {c.first_not_shown:g} (of {len(c.steps)} compared)")
+                out.append(
+                    f"curves: no checkpoint outside the margin; the first where equivalence is not shown: "
+                    f"step {c.first_not_shown:g} (of {len(c.steps)} compared)"
+                )
             else:
                 out.append(f"curves: inside the margin at all {len(c.steps)} checkpoints")
         for reason in self.bit_identity_ruled_out:
@@ -210,8 +236,13 @@ def _seed_relation(seeds_a: list[Any], seeds_b: list[Any]) -> str:
     return "new" if not a & b else "overlapping"
 
 
-def _identity(original: list[Path], reproduction: list[Path], records_a: list[dict[str, Any]],
-              records_b: list[dict[str, Any]], spec: EquivalenceSpec) -> tuple[str | None, list[str]]:
+def _identity(
+    original: list[Path],
+    reproduction: list[Path],
+    records_a: list[dict[str, Any]],
+    records_b: list[dict[str, Any]],
+    spec: EquivalenceSpec,
+) -> tuple[str | None, list[str]]:
     """The single-run verdict when every reproduced run pairs with an original of its seed:
     identical, consistent (tolerances) or diverged; None when the runs do not pair up."""
     from harness.analysis.compare import ExpectSpec, compare_runs
@@ -229,15 +260,24 @@ def _identity(original: list[Path], reproduction: list[Path], records_a: list[di
             d = single.first_difference
             first = f"seed {record.get('seed')}: {d.metric} at step {d.step}"
     differing = sum(v != IDENTICAL for v in verdicts)
-    notes = [f"{differing} of {len(verdicts)} runs are not bit-identical to the original of their seed (first: {first})"] if differing else []
+    notes = (
+        [f"{differing} of {len(verdicts)} runs are not bit-identical to the original of their seed (first: {first})"]
+        if differing
+        else []
+    )
     for verdict in (DIVERGED, CONSISTENT):
         if verdict in verdicts:
             return verdict, notes
     return IDENTICAL, notes
 
 
-def group_verdict(original_runs: Sequence[Path], reproduced_runs: Sequence[Path], expect: Any = None,
-                  points: int = 100, smooth: int = 1) -> GroupVerdict:
+def group_verdict(
+    original_runs: Sequence[Path],
+    reproduced_runs: Sequence[Path],
+    expect: Any = None,
+    points: int = 100,
+    smooth: int = 1,
+) -> GroupVerdict:
     """The verdict between an original group of run folders and a reproduced one.
 
     ``expect`` is an ``Expect``, its dict or an ``EquivalenceSpec`` (default: the first original
@@ -255,8 +295,11 @@ def group_verdict(original_runs: Sequence[Path], reproduced_runs: Sequence[Path]
     environment = compare_environments(records_a[0], records_b[0], read_a[0][1], read_b[0][1])
     ruled_out = sorted({reason for a in records_a[:1] for b in records_b for reason in bit_identity_ruled_out(a, b)})
     notes: list[str] = []
-    unfinished = [f"{r.get('run_id', p.name)} ({r.get('status')})" for r, p in zip(records_b, reproduction)
-                  if r.get("status") not in (None, "completed")]
+    unfinished = [
+        f"{r.get('run_id', p.name)} ({r.get('status')})"
+        for r, p in zip(records_b, reproduction)
+        if r.get("status") not in (None, "completed")
+    ]
     ids_a = [str(r.get("run_id", p.name)) for r, p in zip(records_a, original)]
     ids_b = [str(r.get("run_id", p.name)) for r, p in zip(records_b, reproduction)]
     seeds = _seed_relation([r.get("seed") for r in records_a], [r.get("seed") for r in records_b])
@@ -269,10 +312,24 @@ def group_verdict(original_runs: Sequence[Path], reproduced_runs: Sequence[Path]
     scores_a = [run_score(s, spec.statistic, spec.last_n) for s in series_a]
     scores_b = [run_score(s, spec.statistic, spec.last_n) for s in series_b]
 
-    def result(verdict: str, equivalence: EquivalenceResult | None = None,
-               curves: CurveComparison | None = None) -> GroupVerdict:
-        return GroupVerdict(verdict, metric, statistic, ids_a, ids_b, scores_a, scores_b, seeds, equivalence, curves,
-                            environment, ruled_out, notes)
+    def result(
+        verdict: str, equivalence: EquivalenceResult | None = None, curves: CurveComparison | None = None
+    ) -> GroupVerdict:
+        return GroupVerdict(
+            verdict,
+            metric,
+            statistic,
+            ids_a,
+            ids_b,
+            scores_a,
+            scores_b,
+            seeds,
+            equivalence,
+            curves,
+            environment,
+            ruled_out,
+            notes,
+        )
 
     if unfinished:
         notes.append(f"reproduction runs did not complete: {', '.join(unfinished)}")
@@ -287,14 +344,27 @@ def group_verdict(original_runs: Sequence[Path], reproduced_runs: Sequence[Path]
             notes += differences
             if identity is not None and (len(original) < 2 or len(reproduction) < 2):
                 return result(identity)
-    equivalence = equivalence_test(scores_a, scores_b, spec.aggregate, spec.margin,  # type: ignore[arg-type]
-                                   spec.margin_relative, spec.confidence)
+    equivalence = equivalence_test(
+        scores_a,
+        scores_b,
+        spec.aggregate,  # type: ignore[arg-type]
+        spec.margin,
+        spec.margin_relative,
+        spec.confidence,
+    )
     notes += equivalence.notes
     curves = None
     if len(original) >= 2 and len(reproduction) >= 2:
         try:
-            curves = compare_curves(series_a, series_b, equivalence.margin, spec.aggregate,  # type: ignore[arg-type]
-                                    spec.confidence, points, smooth)
+            curves = compare_curves(
+                series_a,
+                series_b,
+                equivalence.margin,
+                spec.aggregate,  # type: ignore[arg-type]
+                spec.confidence,
+                points,
+                smooth,
+            )
         except HarnessError as exc:
             notes.append(f"curves not compared: {exc}")
     if identity is not None and spec.deterministic:
@@ -310,6 +380,7 @@ def published_group(records: Sequence[Mapping[str, Any]], target: Mapping[str, A
     out of ``records`` (e.g. every run pulled from a repo): same manifest, lockfile, params and
     smoke flag, and the same image recipe (the workload's code lives there, not in the manifest);
     reproductions (``reproduces`` set) left out."""
+
     def key(record: Mapping[str, Any]) -> tuple[Any, ...]:
         recipe = (record.get("image") or {}).get("content_hash")
         return (*(repr(record.get(name)) for name in GROUP_FIELDS), repr(recipe))
@@ -317,8 +388,12 @@ def published_group(records: Sequence[Mapping[str, Any]], target: Mapping[str, A
     wanted = key(target)
     by_seed: dict[Any, Mapping[str, Any]] = {target.get("seed"): target}
     for record in records:
-        if (key(record) == wanted and record.get("status") == "completed" and not record.get("reproduces")
-                and record.get("seed") not in by_seed):
+        if (
+            key(record) == wanted
+            and record.get("status") == "completed"
+            and not record.get("reproduces")
+            and record.get("seed") not in by_seed
+        ):
             by_seed[record.get("seed")] = record
     return list(by_seed.values())
 
@@ -331,8 +406,13 @@ class SeedPlan:
     message: str
 
 
-def plan_seeds(published: Sequence[int], count: int | str | None = None, new_seeds: bool = False,
-               published_scores: Sequence[float] | None = None, expect: Any = None) -> SeedPlan:
+def plan_seeds(
+    published: Sequence[int],
+    count: int | str | None = None,
+    new_seeds: bool = False,
+    published_scores: Sequence[float] | None = None,
+    expect: Any = None,
+) -> SeedPlan:
     """Seeds for ``reproduce --seeds N|auto [--new-seeds]``.
 
     Default: the published seeds. ``N``: the first N published seeds, then new ones. ``auto``: the
@@ -348,8 +428,7 @@ def plan_seeds(published: Sequence[int], count: int | str | None = None, new_see
         if published_scores is None:
             raise HarnessError("--seeds auto needs the published runs' scores")
         spec = EquivalenceSpec.of(expect)
-        choice = choose_seed_count(published_scores, spec.margin, spec.margin_relative, spec.confidence,
-                                   spec.aggregate)  # type: ignore[arg-type]
+        choice = choose_seed_count(published_scores, spec.margin, spec.margin_relative, spec.confidence, spec.aggregate)  # type: ignore[arg-type]
         wanted, message = choice.seeds, choice.message
     else:
         wanted = int(count)
@@ -357,5 +436,9 @@ def plan_seeds(published: Sequence[int], count: int | str | None = None, new_see
             raise HarnessError(f"--seeds {count}: give a positive number of seeds or auto")
     fresh = (max(published, default=-1) + 1 + i for i in range(wanted))
     seeds = list(fresh)[:wanted] if new_seeds else (published[:wanted] + list(fresh)[: max(0, wanted - len(published))])
-    return SeedPlan(seeds, message or f"{len(seeds)} {'new ' if new_seeds else ''}seeds: {', '.join(map(str, seeds[:12]))}"
-                    + (" ..." if len(seeds) > 12 else ""))
+    return SeedPlan(
+        seeds,
+        message
+        or f"{len(seeds)} {'new ' if new_seeds else ''}seeds: {', '.join(map(str, seeds[:12]))}"
+        + (" ..." if len(seeds) > 12 else ""),
+    )

@@ -159,8 +159,10 @@ def refresh_index(store: LocalStore, compact: bool = True) -> pa.Table:
     rows.sort(key=lambda r: r["run_id"])
     if compact and store.root.is_dir():
         pending = [
-            r for r in rows
-            if r["metrics_part"] is None and r["status"] in FINAL_STATUSES
+            r
+            for r in rows
+            if r["metrics_part"] is None
+            and r["status"] in FINAL_STATUSES
             and (store.run_dir(r["run_id"]) / METRICS_PARQUET).is_file()
         ]
         for start in range(0, len(pending), PART_RUNS):
@@ -197,7 +199,9 @@ def _sources(store: LocalStore, runs: pa.Table) -> tuple[pa.Table, list[str]]:
     return wanted, files
 
 
-def _run_query(store: LocalStore, runs: pa.Table, part_sql: str, file_sql: str, params: list[Any]) -> dict[str, np.ndarray]:
+def _run_query(
+    store: LocalStore, runs: pa.Table, part_sql: str, file_sql: str, params: list[Any]
+) -> dict[str, np.ndarray]:
     """Run a query over the compacted parts (``part_sql``) and the per-run files (``file_sql``).
 
     Both are SELECTs over a relation called ``src``; their results are concatenated.
@@ -262,7 +266,11 @@ def metric_series(
         return series
     run_ids = result["run_id"].astype(str)
     order = np.lexsort((result["x"], run_ids))
-    run_ids, xs, values = run_ids[order], np.asarray(result["x"], float)[order], np.asarray(result["value"], float)[order]
+    run_ids, xs, values = (
+        run_ids[order],
+        np.asarray(result["x"], float)[order],
+        np.asarray(result["value"], float)[order],
+    )
     starts = np.flatnonzero(np.r_[True, run_ids[1:] != run_ids[:-1]])
     ends = np.r_[starts[1:], len(run_ids)]
     for start, end in zip(starts, ends):

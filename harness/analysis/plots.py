@@ -86,8 +86,9 @@ def plot_curves(
                 continue
             curve = curves[group]
             colour = colours[groups.index(group) % len(colours)]
-            (line,) = ax.plot(curve.x, curve.mean, color=colour, linewidth=1.6,
-                              linestyle="-" if curve.runs > 1 else "--")
+            (line,) = ax.plot(
+                curve.x, curve.mean, color=colour, linewidth=1.6, linestyle="-" if curve.runs > 1 else "--"
+            )
             if curve.runs > 1 and not np.isnan(curve.lo).all():
                 ax.fill_between(curve.x, curve.lo, curve.hi, color=colour, alpha=0.2, linewidth=0)
             handles[group] = line
@@ -98,6 +99,7 @@ def plot_curves(
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[count:]:
         ax.set_visible(False)
+
     def label(group: str) -> str:
         n = max(c[group].runs for c in panels.values() if group in c)
         return f"{group} (n={n})" if n > 1 else f"{group} (one seed: no CI)"
@@ -154,18 +156,40 @@ def plot_equivalence(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5.0))
     steps = curves.steps
-    ax.fill_between(steps, curves.original_mean - curves.margin, curves.original_mean + curves.margin,
-                    color="0.85", linewidth=0, label=f"margin ±{curves.margin:.3g} around the original")
+    ax.fill_between(
+        steps,
+        curves.original_mean - curves.margin,
+        curves.original_mean + curves.margin,
+        color="0.85",
+        linewidth=0,
+        label=f"margin ±{curves.margin:.3g} around the original",
+    )
     for (mean, lo, hi), label, ids, n, colour in (
-        ((curves.original_mean, curves.original_lo, curves.original_hi), labels[0], run_ids[0], curves.n_original, "C0"),
-        ((curves.reproduction_mean, curves.reproduction_lo, curves.reproduction_hi), labels[1], run_ids[1],
-         curves.n_reproduction, "C1"),
+        (
+            (curves.original_mean, curves.original_lo, curves.original_hi),
+            labels[0],
+            run_ids[0],
+            curves.n_original,
+            "C0",
+        ),
+        (
+            (curves.reproduction_mean, curves.reproduction_lo, curves.reproduction_hi),
+            labels[1],
+            run_ids[1],
+            curves.n_reproduction,
+            "C1",
+        ),
     ):
         ax.plot(steps, mean, color=colour, linewidth=1.6, label=_runs_label(label, list(ids), n))
         ax.fill_between(steps, lo, hi, color=colour, alpha=0.2, linewidth=0)
     if curves.first_diverged is not None:
-        ax.axvline(curves.first_diverged, color="C3", linestyle="--", linewidth=1.0,
-                   label=f"first checkpoint outside the margin ({curves.first_diverged:g})")
+        ax.axvline(
+            curves.first_diverged,
+            color="C3",
+            linestyle="--",
+            linewidth=1.0,
+            label=f"first checkpoint outside the margin ({curves.first_diverged:g})",
+        )
     ax.set_xlabel(x_label)
     ax.set_ylabel(metric)
     ax.set_title(f"{verdict}: {metric}, {100 * curves.confidence:g} % CIs over seeds")

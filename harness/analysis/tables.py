@@ -203,15 +203,24 @@ def to_markdown(comparison: Comparison) -> str:
         for group, estimates in comparison.aggregates.items():
             single = group in comparison.matrices and comparison.matrices[group].shape[0] < 2
             row = [
-                f"{_fmt(e.point, 3)} (one run: no CI)" if single else f"{_fmt(e.point, 3)} [{_fmt(e.ci[0], 3)}, {_fmt(e.ci[1], 3)}]"
+                f"{_fmt(e.point, 3)} (one run: no CI)"
+                if single
+                else f"{_fmt(e.point, 3)} [{_fmt(e.ci[0], 3)}, {_fmt(e.ci[1], 3)}]"
                 for e in (estimates[m] for m in AGGREGATE_METRICS)
             ]
             lines.append(f"| {group} | " + " | ".join(row) + " |")
     if comparison.improvement:
-        lines += ["", "Probability of improvement P(X > Y), 95 % stratified bootstrap CIs", "",
-                  "| X | Y | P(X > Y) |", "|---|---|---:|"]
+        lines += [
+            "",
+            "Probability of improvement P(X > Y), 95 % stratified bootstrap CIs",
+            "",
+            "| X | Y | P(X > Y) |",
+            "|---|---|---:|",
+        ]
         for (x, y), estimate in comparison.improvement.items():
-            lines.append(f"| {x} | {y} | {_fmt(estimate.point, 3)} [{_fmt(estimate.ci[0], 3)}, {_fmt(estimate.ci[1], 3)}] |")
+            lines.append(
+                f"| {x} | {y} | {_fmt(estimate.point, 3)} [{_fmt(estimate.ci[0], 3)}, {_fmt(estimate.ci[1], 3)}] |"
+            )
     for note in comparison.notes:
         lines += ["", f"note: {note}"]
     return "\n".join(lines) + "\n"
@@ -251,13 +260,21 @@ def to_dict(comparison: Comparison) -> dict[str, object]:
         "last_n": comparison.last_n,
         "normalization": comparison.normalization,
         "cells": [
-            {"group": c.group, "environment": c.env, "runs": c.runs, "final_mean": _finite(c.mean),
-             "final_std": _finite(c.std), "runtime_mean_s": _finite(c.runtime_s)}
+            {
+                "group": c.group,
+                "environment": c.env,
+                "runs": c.runs,
+                "final_mean": _finite(c.mean),
+                "final_std": _finite(c.std),
+                "runtime_mean_s": _finite(c.runtime_s),
+            }
             for c in comparison.cells
         ],
         "aggregates": {
-            group: {m: {"point": _finite(e.point), "ci_low": _finite(e.ci[0]), "ci_high": _finite(e.ci[1])}
-                    for m, e in estimates.items()}
+            group: {
+                m: {"point": _finite(e.point), "ci_low": _finite(e.ci[0]), "ci_high": _finite(e.ci[1])}
+                for m, e in estimates.items()
+            }
             for group, estimates in comparison.aggregates.items()
         },
         "improvement": [

@@ -176,7 +176,10 @@ def thc_from_table(
         dropped = sorted(set(settings_with_all.index) - set(complete))
         if dropped:
             label = "/".join([*key[:-1], hyperparameter])
-            warnings.warn(f"{label}: settings {', '.join(dropped)} lack some values; THC uses the other {len(complete)}", stacklevel=2)
+            warnings.warn(
+                f"{label}: settings {', '.join(dropped)} lack some values; THC uses the other {len(complete)}",
+                stacklevel=2,
+            )
         if len(complete) < 2:
             continue
         part = part[part[setting_col].isin(complete)]
@@ -186,7 +189,9 @@ def thc_from_table(
             scores = cube.to_numpy().reshape(len(complete), len(values), -1)
             lo, hi = mean_std_intervals(scores)
         else:
-            cube = _pivot(part, [setting_col, value_col, seed_col], str(task_col), score_col)  # checked above: iqm-ci needs task_col
+            cube = _pivot(
+                part, [setting_col, value_col, seed_col], str(task_col), score_col
+            )  # checked above: iqm-ci needs task_col
             seeds = sorted(part[seed_col].unique())
             tasks = list(cube.columns)
             cube = cube.reindex(pd.MultiIndex.from_product([complete, values, seeds]))
@@ -199,8 +204,17 @@ def thc_from_table(
 
 
 def thc_of_runs(
-    store: LocalStore, selection: Sequence[str], hparams: list[str], across: str, metric: str | None, last_n: int,
-    ranking: str, task_key: str | None, reps: int, seed: int, note: Callable[[str], None] = lambda text: None,
+    store: LocalStore,
+    selection: Sequence[str],
+    hparams: list[str],
+    across: str,
+    metric: str | None,
+    last_n: int,
+    ranking: str,
+    task_key: str | None,
+    reps: int,
+    seed: int,
+    note: Callable[[str], None] = lambda text: None,
 ) -> list[Any]:
     """THC of a harness sweep: scores are final metrics, settings the values of ``across``."""
     from harness.analysis.selection import default_metric, run_params, select_runs
@@ -219,8 +233,13 @@ def thc_of_runs(
     records = []
     for run_id, seed_value, p in zip(runs.column("run_id").to_pylist(), runs.column("seed").to_pylist(), params):
         if run_id in scores:
-            records.append({**{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in p.items()},
-                            "__seed": seed_value, "__score": scores[run_id]})
+            records.append(
+                {
+                    **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in p.items()},
+                    "__seed": seed_value,
+                    "__score": scores[run_id],
+                }
+            )
     frame = pd.DataFrame.from_records(records)
     varying = [c for c in frame.columns if not c.startswith("__") and frame[c].astype(str).nunique() > 1]
     rows = []
@@ -228,8 +247,17 @@ def thc_of_runs(
         others = [c for c in varying if c not in (hparam, across, task_key)]
         long = frame.assign(__hparam=hparam, __value=frame[hparam].astype(str))
         rows += thc_from_table(
-            long, "__hparam", "__value", across, "__seed", "__score", group_by=others,
-            ranking=ranking, task_col=task_key, reps=reps, seed=seed,  # type: ignore[arg-type]
+            long,
+            "__hparam",
+            "__value",
+            across,
+            "__seed",
+            "__score",
+            group_by=others,
+            ranking=ranking,  # type: ignore[arg-type]
+            task_col=task_key,
+            reps=reps,
+            seed=seed,
         )
     return rows
 

@@ -221,7 +221,9 @@ def run_sweep(
     if runtime not in ("auto", "docker", "podman", "process"):
         raise HarnessError(f"unknown runtime {runtime!r}: choose docker, podman, process or auto")
     if len(specs) > CONFIRM_ABOVE and not yes:
-        raise HarnessError(f"the sweep expands to {len(specs):,} runs (more than {CONFIRM_ABOVE:,}): add --yes to run them all")
+        raise HarnessError(
+            f"the sweep expands to {len(specs):,} runs (more than {CONFIRM_ABOVE:,}): add --yes to run them all"
+        )
     store = store or LocalStore()
     plan = plan_sweep(specs, store, retry_failed, rerun)
     echo(plan.summary())

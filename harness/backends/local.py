@@ -52,11 +52,20 @@ def parallel_slots(hardware: Hardware, jobs: int | None = None, host: dict[str, 
         limits["gpus"] = int(host["gpus"]) // hardware.gpus
     short = [name for name, count in limits.items() if count < 1]
     if short:
-        wanted = {"cpus": f"{hardware.cpus} cpus", "memory": f"{hardware.memory} memory", "gpus": f"{hardware.gpus} gpus"}
-        has = {"cpus": f"{host['cpus']:g} cpus", "memory": f"{host['memory_bytes'] / 2**30:.1f} GiB memory",
-               "gpus": f"{int(host['gpus'])} gpus"}
-        raise HarnessError(f"one run needs {', '.join(wanted[n] for n in short)} but this host has "
-                           f"{', '.join(has[n] for n in short)}: lower the manifest's hardware target or use --backend slurm")
+        wanted = {
+            "cpus": f"{hardware.cpus} cpus",
+            "memory": f"{hardware.memory} memory",
+            "gpus": f"{hardware.gpus} gpus",
+        }
+        has = {
+            "cpus": f"{host['cpus']:g} cpus",
+            "memory": f"{host['memory_bytes'] / 2**30:.1f} GiB memory",
+            "gpus": f"{int(host['gpus'])} gpus",
+        }
+        raise HarnessError(
+            f"one run needs {', '.join(wanted[n] for n in short)} but this host has "
+            f"{', '.join(has[n] for n in short)}: lower the manifest's hardware target or use --backend slurm"
+        )
     slots = min(limits.values())
     return min(slots, jobs) if jobs else slots
 
@@ -79,8 +88,12 @@ class LocalJob(Job):
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
         if self.future.cancelled():
-            return {"run_id": self.run_id, "config_key": self.spec.config_key, "status": "cancelled",
-                    "detail": "not started: the sweep was interrupted"}
+            return {
+                "run_id": self.run_id,
+                "config_key": self.spec.config_key,
+                "status": "cancelled",
+                "detail": "not started: the sweep was interrupted",
+            }
         return self.future.result(timeout)
 
 
@@ -89,8 +102,14 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def __init__(self, store: LocalStore, jobs: int | None = None, runtime: str = "auto", echo: Echo = print,
-                 execute: Execute | None = None):
+    def __init__(
+        self,
+        store: LocalStore,
+        jobs: int | None = None,
+        runtime: str = "auto",
+        echo: Echo = print,
+        execute: Execute | None = None,
+    ):
         self.store = store
         self.jobs = jobs
         self.runtime = runtime
@@ -117,7 +136,9 @@ class LocalBackend(Backend):
         if self.runtime in ("docker", "podman") and self._execute is None:
             from harness.images import prepare_image
 
-            prepare_image(specs[0].loaded, log=self.echo, runtime=self.runtime)  # once, before the pool: every run shares the image
+            prepare_image(
+                specs[0].loaded, log=self.echo, runtime=self.runtime
+            )  # once, before the pool: every run shares the image
         sweep.submissions.append(Submission(backend=self.name, run_ids=[s.run_id for s in specs], runtime=self.runtime))
         save_state(self.store, sweep)
         self.echo(f"running {len(specs)} runs locally, {slots} at a time ({self.runtime} runtime)")
@@ -130,7 +151,9 @@ class LocalBackend(Backend):
         by_future = {job.future: job for job in local_jobs}
         finished = 0
         all_done = threading.Event()
-        reporter = threading.Thread(target=self._report_progress, args=(all_done,), name="harness-progress", daemon=True)
+        reporter = threading.Thread(
+            target=self._report_progress, args=(all_done,), name="harness-progress", daemon=True
+        )
         reporter.start()
         try:
             for future in as_completed(by_future):
@@ -138,7 +161,9 @@ class LocalBackend(Backend):
                 record = by_future[future].result()
                 duration = record.get("duration_s")
                 took = f" in {duration:.1f}s" if isinstance(duration, (int, float)) else ""
-                detail = f" ({record['detail']})" if record.get("status") != "completed" and record.get("detail") else ""
+                detail = (
+                    f" ({record['detail']})" if record.get("status") != "completed" and record.get("detail") else ""
+                )
                 self.echo(f"[{finished}/{len(local_jobs)}] {record.get('run_id')} {record.get('status')}{took}{detail}")
         except KeyboardInterrupt:
             self.echo("interrupted: stopping the running runs")
@@ -187,8 +212,12 @@ class LocalBackend(Backend):
 
     def _run_one(self, spec: RunSpec) -> dict[str, Any]:
         if self.stopping.is_set():
-            return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "cancelled",
-                    "detail": "not started: the sweep was interrupted"}
+            return {
+                "run_id": spec.run_id,
+                "config_key": spec.config_key,
+                "status": "cancelled",
+                "detail": "not started: the sweep was interrupted",
+            }
         from harness.runner import execute as run_one
 
         execute: Execute = self._execute or run_one
@@ -210,8 +239,12 @@ class LocalBackend(Backend):
         except HarnessError as exc:
             return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "failed", "detail": str(exc)}
         except Exception as exc:
-            return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "failed",
-                    "detail": f"{type(exc).__name__}: {exc}"}
+            return {
+                "run_id": spec.run_id,
+                "config_key": spec.config_key,
+                "status": "failed",
+                "detail": f"{type(exc).__name__}: {exc}",
+            }
         finally:
             with self._lock:
                 self.started.pop(spec.run_id, None)
@@ -237,7 +270,9 @@ def stop_run(run_id: str, runtime: str) -> None:
 
         try:
             api = podman_api()
-            for found in api.call("GET", "/containers/json", query={"filters": json.dumps({"label": [f"{RUN_LABEL}={run_id}"]})}):
+            for found in api.call(
+                "GET", "/containers/json", query={"filters": json.dumps({"label": [f"{RUN_LABEL}={run_id}"]})}
+            ):
                 api.call("POST", f"/containers/{found['Id']}/kill")
         except (HarnessError, OSError):
             pass

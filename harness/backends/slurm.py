@@ -34,19 +34,50 @@ TIME_MARGIN_S = 300  # Slurm's limit backs up the runner's own timeout: leave ro
 MEMORY_MARGIN_MIB = 512  # the harness process itself shares the task's memory with a process-runtime job
 DEFAULT_MAX_ARRAY_SIZE = 1001
 SHARED_FILE_SYSTEMS = {
-    "nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "ceph", "cephfs", "glusterfs",
-    "fuse.glusterfs", "fuse.cephfs", "fuse.sshfs", "fuse.juicefs", "panfs", "wekafs", "9p", "virtiofs", "orangefs",
+    "nfs",
+    "nfs4",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "cephfs",
+    "glusterfs",
+    "fuse.glusterfs",
+    "fuse.cephfs",
+    "fuse.sshfs",
+    "fuse.juicefs",
+    "panfs",
+    "wekafs",
+    "9p",
+    "virtiofs",
+    "orangefs",
 }
 # Slurm job state (squeue %T / sacct State) -> harness task state
 STATE_OF_SLURM = {
-    "PENDING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued", "REQUEUE_FED": "queued",
-    "CONFIGURING": "queued", "RESV_DEL_HOLD": "queued", "SUSPENDED": "queued",
-    "RUNNING": "running", "COMPLETING": "running", "STAGE_OUT": "running", "SIGNALING": "running",
-    "RESIZING": "running", "STOPPED": "running",
+    "PENDING": "queued",
+    "REQUEUED": "queued",
+    "REQUEUE_HOLD": "queued",
+    "REQUEUE_FED": "queued",
+    "CONFIGURING": "queued",
+    "RESV_DEL_HOLD": "queued",
+    "SUSPENDED": "queued",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "STAGE_OUT": "running",
+    "SIGNALING": "running",
+    "RESIZING": "running",
+    "STOPPED": "running",
     "COMPLETED": "completed",
-    "FAILED": "failed", "BOOT_FAIL": "failed", "DEADLINE": "failed", "SPECIAL_EXIT": "failed",
+    "FAILED": "failed",
+    "BOOT_FAIL": "failed",
+    "DEADLINE": "failed",
+    "SPECIAL_EXIT": "failed",
     "OUT_OF_MEMORY": "oom",
-    "CANCELLED": "cancelled", "REVOKED": "cancelled",
+    "CANCELLED": "cancelled",
+    "REVOKED": "cancelled",
     "TIMEOUT": "timeout",
     "NODE_FAIL": "node_fail",
     "PREEMPTED": "preempted",
@@ -54,19 +85,22 @@ STATE_OF_SLURM = {
 REQUEUE_STATES = ("failed", "cancelled", "preempted", "node_fail", "timeout", "oom", "interrupted")
 
 
-
-
 def slurm(args: list[str], what: str | None = None, timeout: float = COMMAND_TIMEOUT_S) -> str:
     """Run a Slurm client command; SlurmError saying what was tried when it cannot."""
     tried = what or shlex.join(args)
     if shutil.which(args[0]) is None:
-        raise SlurmError(f"Slurm is not reachable: tried `{tried}`, but {args[0]} is not on PATH "
-                         "(install the Slurm client or run on a login node)", command=tried, unreachable=True)
+        raise SlurmError(
+            f"Slurm is not reachable: tried `{tried}`, but {args[0]} is not on PATH "
+            "(install the Slurm client or run on a login node)",
+            command=tried,
+            unreachable=True,
+        )
     try:
         result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"Slurm is not reachable: `{tried}` gave no answer in {timeout:.0f}s",
-                         command=tried, unreachable=True) from None
+        raise SlurmError(
+            f"Slurm is not reachable: `{tried}` gave no answer in {timeout:.0f}s", command=tried, unreachable=True
+        ) from None
     if result.returncode != 0:
         message = " ".join((result.stderr or result.stdout).split())[:300]
         raise SlurmError(f"`{tried}` failed (exit {result.returncode}): {message or 'no message'}", command=tried)
@@ -124,7 +158,9 @@ def file_system_type(path: Path) -> str:
         if len(fields) < 3:
             continue
         mount_point = fields[1].replace("\\040", " ")
-        if (str(path) == mount_point or str(path).startswith(mount_point.rstrip("/") + "/")) and len(mount_point) > len(best):
+        if (str(path) == mount_point or str(path).startswith(mount_point.rstrip("/") + "/")) and len(mount_point) > len(
+            best
+        ):
             best, best_type = mount_point, fields[2]
     return best_type
 
@@ -204,12 +240,24 @@ def array_script(
         options.append(f"--partition={partition}")
     if account:
         options.append(f"--account={account}")
-    task = [sys.executable, "-m", "harness.backends.slurm_task", str(state_file), str(submission_index), str(chunk_index)]
-    lines = ["#!/bin/bash", *(f"#SBATCH {shlex.quote(option)}" for option in options), "",
-             "# One run of a harness sweep; written by harness.backends.slurm.",
-             f"export HARNESS_HOME={shlex.quote(str(store_root))}",
-             f"export HARNESS_SLURM_LOG_DIR={shlex.quote(str(log_dir))}",
-             f'exec {shlex.join(task)} "$SLURM_ARRAY_TASK_ID"', ""]
+    task = [
+        sys.executable,
+        "-m",
+        "harness.backends.slurm_task",
+        str(state_file),
+        str(submission_index),
+        str(chunk_index),
+    ]
+    lines = [
+        "#!/bin/bash",
+        *(f"#SBATCH {shlex.quote(option)}" for option in options),
+        "",
+        "# One run of a harness sweep; written by harness.backends.slurm.",
+        f"export HARNESS_HOME={shlex.quote(str(store_root))}",
+        f"export HARNESS_SLURM_LOG_DIR={shlex.quote(str(log_dir))}",
+        f'exec {shlex.join(task)} "$SLURM_ARRAY_TASK_ID"',
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -259,8 +307,12 @@ def scheduler_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
     joined = ",".join(job_ids)
     states: dict[str, tuple[str, str]] = {}
     if shutil.which("sacct"):
-        result = subprocess.run(["sacct", "-n", "-P", "-X", "--array", "-j", joined, "-o", "JobID,State,ExitCode"],
-                                capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        result = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "--array", "-j", joined, "-o", "JobID,State,ExitCode"],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+        )
         if result.returncode == 0:  # without accounting sacct says so and exits 1; squeue still knows
             states.update(parse_sacct(result.stdout))
     text = slurm(["squeue", "-h", "-r", "--states=all", "-j", joined, "-o", "%i|%T|%r"])
@@ -323,7 +375,9 @@ def requeue(sweep: SweepState, store: LocalStore, echo: Echo = print) -> list[st
         if task is None:
             resubmit.append(run_id)
             continue
-        result = subprocess.run(["scontrol", "requeue", task[1]], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        result = subprocess.run(
+            ["scontrol", "requeue", task[1]], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+        )
         if result.returncode != 0:
             resubmit.append(run_id)
     if resubmit:
@@ -332,9 +386,13 @@ def requeue(sweep: SweepState, store: LocalStore, echo: Echo = print) -> list[st
 
         loaded = load_manifest(sweep.manifest_path)
         previous = sweep.submissions[-1] if sweep.submissions else None
-        backend = SlurmBackend(store, partition=previous.partition if previous else None,
-                               account=previous.account if previous else None,
-                               runtime=previous.runtime if previous else "auto", echo=echo)
+        backend = SlurmBackend(
+            store,
+            partition=previous.partition if previous else None,
+            account=previous.account if previous else None,
+            runtime=previous.runtime if previous else "auto",
+            echo=echo,
+        )
         backend.submit([s for s in rebuild_specs(sweep, loaded) if s.run_id in set(resubmit)], sweep)
     if again:
         echo(f"requeued {len(again)} runs of {sweep.sweep_id}")
@@ -372,8 +430,15 @@ class SlurmBackend(Backend):
 
     name = "slurm"
 
-    def __init__(self, store: LocalStore, jobs: int | None = None, partition: str | None = None,
-                 account: str | None = None, runtime: str = "auto", echo: Echo = print):
+    def __init__(
+        self,
+        store: LocalStore,
+        jobs: int | None = None,
+        partition: str | None = None,
+        account: str | None = None,
+        runtime: str = "auto",
+        echo: Echo = print,
+    ):
         self.store = store
         self.jobs = jobs
         self.runtime = runtime
@@ -386,14 +451,22 @@ class SlurmBackend(Backend):
     def create(cls, store: LocalStore, options: BackendOptions) -> SlurmBackend:
         """Nodes run docker where they have an engine, else process, unless process or podman is asked for."""
         node_runtime = options.runtime if options.runtime in ("process", "podman") else "auto"
-        return cls(store, jobs=options.jobs, partition=options.partition, account=options.account,
-                   runtime=node_runtime, echo=options.echo)
+        return cls(
+            store,
+            jobs=options.jobs,
+            partition=options.partition,
+            account=options.account,
+            runtime=node_runtime,
+            echo=options.echo,
+        )
 
     def collect(self, jobs: list[Job], sweep: SweepState, outcome: SweepOutcome) -> None:
         """Slurm runs on: say where to follow them and return."""
         outcome.slurm_job_ids = list(sweep.submissions[-1].slurm_job_ids)
-        self.echo(f"submitted {len(jobs)} runs as Slurm job {', '.join(outcome.slurm_job_ids)}; "
-                  f"follow with `harness status {sweep.sweep_id}`")
+        self.echo(
+            f"submitted {len(jobs)} runs as Slurm job {', '.join(outcome.slurm_job_ids)}; "
+            f"follow with `harness status {sweep.sweep_id}`"
+        )
 
     @classmethod
     def run_states(cls, sweep: SweepState, store: LocalStore) -> dict[str, str]:
@@ -405,8 +478,14 @@ class SlurmBackend(Backend):
         loaded = specs[0].loaded
         check_shared({"results store": self.store.root, "project": loaded.root}, self.nodes)
         chunk_size = max(1, max_array_size() - 1)
-        submission = Submission(backend=self.name, run_ids=[s.run_id for s in specs], runtime=self.runtime,
-                                partition=self.explicit_partition, account=self.account, slurm_chunk_size=chunk_size)
+        submission = Submission(
+            backend=self.name,
+            run_ids=[s.run_id for s in specs],
+            runtime=self.runtime,
+            partition=self.explicit_partition,
+            account=self.account,
+            slurm_chunk_size=chunk_size,
+        )
         sweep.submissions.append(submission)
         index = len(sweep.submissions) - 1
         from harness.backends.slurm_task import save_specs
@@ -418,9 +497,19 @@ class SlurmBackend(Backend):
         state_file = save_state(self.store, sweep)
         for chunk_index, start in enumerate(range(0, len(specs), chunk_size)):
             count = min(chunk_size, len(specs) - start)
-            text = array_script(state_file, index, chunk_index, count, loaded.manifest.hardware,
-                                f"harness-{sweep.name}", log_dir, self.store.root, self.jobs,
-                                self.explicit_partition, self.account)
+            text = array_script(
+                state_file,
+                index,
+                chunk_index,
+                count,
+                loaded.manifest.hardware,
+                f"harness-{sweep.name}",
+                log_dir,
+                self.store.root,
+                self.jobs,
+                self.explicit_partition,
+                self.account,
+            )
             script = folder / f"submission-{index}-{chunk_index}.sbatch"
             script.write_text(text)
             job_id = slurm(["sbatch", "--parsable", str(script)]).strip().split(";")[0]

@@ -44,7 +44,9 @@ def save_specs(store: LocalStore, sweep: SweepState, specs: list[RunSpec]) -> No
     runs: dict[str, Any] = json.loads(path.read_text())["runs"] if path.is_file() else {}
     for spec in specs:
         runs[spec.run_id] = {"params": spec.params, "seed": spec.seed, "smoke": spec.smoke}
-    write_json_atomic(path, {"manifest_path": sweep.manifest_path, "manifest_sha256": sweep.manifest_sha256, "runs": runs})
+    write_json_atomic(
+        path, {"manifest_path": sweep.manifest_path, "manifest_sha256": sweep.manifest_sha256, "runs": runs}
+    )
 
 
 def rebuild_specs(sweep: SweepState, loaded: LoadedManifest, store: LocalStore | None = None) -> list[RunSpec]:
@@ -53,8 +55,10 @@ def rebuild_specs(sweep: SweepState, loaded: LoadedManifest, store: LocalStore |
     from harness.plan import RunSpec, config_key
 
     if loaded.sha256 != sweep.manifest_sha256:
-        raise HarnessError(f"{loaded.path} changed since sweep {sweep.sweep_id} was submitted: "
-                           "submit the sweep again with `harness run`")
+        raise HarnessError(
+            f"{loaded.path} changed since sweep {sweep.sweep_id} was submitted: "
+            "submit the sweep again with `harness run`"
+        )
     store = store or LocalStore()
     runs = json.loads(specs_path(store, sweep.sweep_id).read_text())["runs"]
     specs = []
@@ -94,7 +98,7 @@ def task_output() -> str:
         text = (Path(log_dir) / f"{job}_{task}.out").read_text(errors="replace")
     except OSError:
         return ""
-    return text[text.rfind(START_LINE):]
+    return text[text.rfind(START_LINE) :]
 
 
 START_LINE = "harness: start "
@@ -116,8 +120,11 @@ def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id:
     if spec is None:
         raise HarnessError(f"sweep {sweep.sweep_id} has no saved spec for run {run_id}")
     runtime = resolve_runtime(submission.runtime)
-    print(f"{START_LINE}{run_id} on {os.uname().nodename} ({runtime} runtime), Slurm task "
-          f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}", flush=True)
+    print(
+        f"{START_LINE}{run_id} on {os.uname().nodename} ({runtime} runtime), Slurm task "
+        f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}",
+        flush=True,
+    )
     record = execute(spec, store, runtime=runtime)
     if record.get("status") == "interrupted":
         status, detail = ENDED_BY_SLURM.get(why_slurm_ended(task_output()), (None, None))
@@ -130,7 +137,9 @@ def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id:
 def main(argv: list[str]) -> int:
     """Entry point of one array task."""
     if len(argv) != 4:
-        print("usage: python -m harness.backends.slurm_task <state file> <submission> <chunk> <task id>", file=sys.stderr)
+        print(
+            "usage: python -m harness.backends.slurm_task <state file> <submission> <chunk> <task id>", file=sys.stderr
+        )
         return 2
     try:
         record = run_task(Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3]))

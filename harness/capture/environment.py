@@ -29,7 +29,8 @@ from harness.secrets import NOT_SECRET, SECRET_NAME_PATTERN, SECRET_VALUE_PATTER
 if TYPE_CHECKING:
     from harness.images import ImageInfo
 
-ENVIRONMENT_SCRIPT = r"""
+ENVIRONMENT_SCRIPT = (
+    r"""
 import importlib.metadata, json, os, platform, re, shutil, subprocess, sys
 
 ALLOWED_NAMES = {
@@ -132,7 +133,10 @@ print(json.dumps({
     "gpu_driver": (smi or {}).get("driver"),
     "env": environment_variables(),
 }, sort_keys=True))
-""".replace("@SECRET_NAME_PATTERN@", repr(SECRET_NAME_PATTERN)).replace("@NOT_SECRET@", repr(tuple(sorted(NOT_SECRET)))).replace("@SECRET_VALUE_PATTERN@", repr(SECRET_VALUE_PATTERN))
+""".replace("@SECRET_NAME_PATTERN@", repr(SECRET_NAME_PATTERN))
+    .replace("@NOT_SECRET@", repr(tuple(sorted(NOT_SECRET))))
+    .replace("@SECRET_VALUE_PATTERN@", repr(SECRET_VALUE_PATTERN))
+)
 
 
 def _cpu_model() -> str | None:

@@ -78,9 +78,7 @@ def query_or_none(query: Callable[..., Any], *args: Any) -> Any:
         return None
 
 
-def sample_device(
-    index: int, handle: Any, queries: dict[str, DeviceQuery] = DEVICE_QUERIES
-) -> list[tuple[str, float]]:
+def sample_device(index: int, handle: Any, queries: dict[str, DeviceQuery] = DEVICE_QUERIES) -> list[tuple[str, float]]:
     """``(gpu/<index>/<metric>, value)`` for every query of ``queries`` that answered."""
     samples = []
     for suffix, query in queries.items():
@@ -223,8 +221,10 @@ def check_gpus(requested: int) -> None:
     count = len(status.get("devices", []))
     if count < requested:
         reason = status.get("reason") or f"{count} GPU(s) seen"
-        raise HarnessError(f"the manifest asks for {requested} GPU(s) but this host has {count} ({reason}); "
-                           "use a GPU host or set hardware.gpus: 0")
+        raise HarnessError(
+            f"the manifest asks for {requested} GPU(s) but this host has {count} ({reason}); "
+            "use a GPU host or set hardware.gpus: 0"
+        )
 
 
 def host_gpu_count() -> int:

@@ -23,8 +23,9 @@ class CaptureSession:
         from harness.capture.metrics import MetricsIngester
 
         self.layout = layout
-        self.ingester = MetricsIngester(run_id, layout.out, layout.tensorboard(metrics.tensorboard),
-                                        spool_dir=layout.metrics_spool)
+        self.ingester = MetricsIngester(
+            run_id, layout.out, layout.tensorboard(metrics.tensorboard), spool_dir=layout.metrics_spool
+        )
         self.interval = float(metrics.system_interval)
         self.summary_last_n = metrics.summary_last_n
         self.run_id = run_id
@@ -37,7 +38,11 @@ class CaptureSession:
         from harness.capture.system import SystemSampler
 
         self.sampler = SystemSampler(
-            self.run_id, self.layout.system_jsonl, interval=self.interval, container=container, pid=pid,
+            self.run_id,
+            self.layout.system_jsonl,
+            interval=self.interval,
+            container=container,
+            pid=pid,
             gpu_indices=list(range(gpus)) if gpus else None,
         )
         self.sampler.start()
@@ -47,8 +52,11 @@ class CaptureSession:
         last_write = time.monotonic()
         while not self._stop.wait(1.0):
             try:
-                if (self.ingester.poll() and time.monotonic() - last_write > PARQUET_REFRESH_S
-                        and self.ingester.live_refresh_allowed()):
+                if (
+                    self.ingester.poll()
+                    and time.monotonic() - last_write > PARQUET_REFRESH_S
+                    and self.ingester.live_refresh_allowed()
+                ):
                     self.ingester.write_parquet(self.layout.metrics_parquet, self.summary_last_n)
                     last_write = time.monotonic()
             except Exception:

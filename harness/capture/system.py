@@ -160,12 +160,8 @@ class CgroupSource:
         usage = _read_int(memory / "memory.usage_in_bytes")
         limit = _read_int(memory / "memory.limit_in_bytes")
         samples.append(("memory/used_bytes", float(usage - stat.get("total_inactive_file", 0))))
-        samples.append(
-            ("memory/limit_bytes", float(limit if limit < _UNLIMITED_V1 else _host_memory_bytes()))
-        )
-        samples.append(
-            ("memory/peak_bytes", float(_read_int(memory / "memory.max_usage_in_bytes")))
-        )
+        samples.append(("memory/limit_bytes", float(limit if limit < _UNLIMITED_V1 else _host_memory_bytes())))
+        samples.append(("memory/peak_bytes", float(_read_int(memory / "memory.max_usage_in_bytes"))))
         if "blkio" in d:
             read = write = 0
             text = _read_text(d["blkio"] / "blkio.throttle.io_service_bytes_recursive")
@@ -333,8 +329,7 @@ class SystemSampler:
         """
         if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
             raise HarnessError(
-                f"system sampling interval must be {MIN_INTERVAL_S} to {MAX_INTERVAL_S} s, "
-                f"got {interval}"
+                f"system sampling interval must be {MIN_INTERVAL_S} to {MAX_INTERVAL_S} s, got {interval}"
             )
         if (container is None) == (pid is None):
             raise HarnessError("SystemSampler needs exactly one of a container or a pid")
@@ -453,10 +448,7 @@ class SystemSampler:
                 self._warned = True
         self._track_peak(samples)
         if samples and self._fd is not None:
-            lines = "".join(
-                json.dumps({"time": now, "name": name, "value": value}) + "\n"
-                for name, value in samples
-            )
+            lines = "".join(json.dumps({"time": now, "name": name, "value": value}) + "\n" for name, value in samples)
             try:
                 os.write(self._fd, lines.encode())
             except OSError as exc:  # e.g. disk full: the runner reports it; keep the run alive
@@ -516,8 +508,12 @@ def system_jsonl_to_parquet(run_id: str, jsonl_path: Path, parquet_path: Path) -
     from harness.arrow import constant_string_column, float64_column, string_column, table
 
     times, names, values = read_system_jsonl(Path(jsonl_path))
-    columns = {"run_id": constant_string_column(run_id, len(times)), "time": float64_column(times),
-               "name": string_column(names), "value": float64_column(values)}
+    columns = {
+        "run_id": constant_string_column(run_id, len(times)),
+        "time": float64_column(times),
+        "name": string_column(names),
+        "value": float64_column(values),
+    }
     from harness.fsutil import write_table_atomic
 
     write_table_atomic(table(columns), Path(parquet_path))

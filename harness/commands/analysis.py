@@ -50,43 +50,87 @@ def _write_text(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
-@click.command(epilog=examples(
-    "harness compare dqn-cartpole",
-    "harness compare dqn-sweep --by param:learning_rate --out table.csv",
-    "harness compare dqn-sweep status=completed --json | jq '.aggregates'",
-    "harness compare dqn-cartpole tag=v1 --against 'dqn-cartpole tag=v2' --margin-relative 0.1",
-))
+@click.command(
+    epilog=examples(
+        "harness compare dqn-cartpole",
+        "harness compare dqn-sweep --by param:learning_rate --out table.csv",
+        "harness compare dqn-sweep status=completed --json | jq '.aggregates'",
+        "harness compare dqn-cartpole tag=v1 --against 'dqn-cartpole tag=v2' --margin-relative 0.1",
+    )
+)
 @click.argument("selection", nargs=-1, required=True)
 @click.option("--metric", help=f"Metric to compare (default: the runs' primary metric, else {DEFAULT_METRIC}).")
 @click.option("--by", default="manifest", show_default=True, help="Group runs by manifest or param:NAME.")
 @click.option("--env-key", default="env_id", show_default=True, help="Param that names the environment.")
 @click.option("--last", "last_n", default=10, show_default=True, help="Final score = mean of the last N points.")
-@click.option("--normalize", type=click.Choice(["minmax", "none"]), default="minmax", show_default=True,
-              help="Score normalisation per environment for the aggregates.")
-@click.option("--reference", type=click.Path(path_type=Path, dir_okay=False),
-              help="CSV env,low,high of reference scores (e.g. random,human) to normalise by instead.")
+@click.option(
+    "--normalize",
+    type=click.Choice(["minmax", "none"]),
+    default="minmax",
+    show_default=True,
+    help="Score normalisation per environment for the aggregates.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CSV env,low,high of reference scores (e.g. random,human) to normalise by instead.",
+)
 @click.option("--reps", default=2000, show_default=True, help="Bootstrap resamples.")
 @click.option("--seed", default=0, show_default=True, help="Bootstrap seed (same seed, same CIs).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Also write the table (.md or .csv).")
-@click.option("--improvement", is_flag=True, help="Add the probability of improvement of the first group over each other.")
-@click.option("--profiles", type=click.Path(path_type=Path, dir_okay=False),
-              help="Also write performance profiles (fraction of runs above each score) to this figure.")
-@click.option("--against", multiple=True, help="Verdict mode: the reproduction side's selection (quoted terms or repeated).")
+@click.option(
+    "--improvement", is_flag=True, help="Add the probability of improvement of the first group over each other."
+)
+@click.option(
+    "--profiles",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write performance profiles (fraction of runs above each score) to this figure.",
+)
+@click.option(
+    "--against", multiple=True, help="Verdict mode: the reproduction side's selection (quoted terms or repeated)."
+)
 @click.option("--margin", type=float, help="Verdict: equivalence margin in the metric's units.")
-@click.option("--margin-relative", type=float, help="Verdict: margin as a fraction of the original's value (default 0.1).")
+@click.option(
+    "--margin-relative", type=float, help="Verdict: margin as a fraction of the original's value (default 0.1)."
+)
 @click.option("--confidence", type=float, help="Verdict: two-sided CI level (default 0.90, TOST at 5 %).")
-@click.option("--aggregate", type=click.Choice(["mean", "iqm"]), help="Verdict: across seeds (default: the manifest's, mean).")
-@click.option("--statistic", type=click.Choice(["final", "last_n"]), help="Verdict: per run, the final value or mean of --last.")
+@click.option(
+    "--aggregate", type=click.Choice(["mean", "iqm"]), help="Verdict: across seeds (default: the manifest's, mean)."
+)
+@click.option(
+    "--statistic", type=click.Choice(["final", "last_n"]), help="Verdict: per run, the final value or mean of --last."
+)
 @click.option("--points", default=100, show_default=True, help="Verdict: checkpoints compared along the curves.")
 @click.option("--smooth", default=1, show_default=True, help="Verdict: rolling-mean window of the curves (1: none).")
-@click.option("--figure", type=click.Path(path_type=Path, dir_okay=False), help="Verdict: write the curves and margin figure.")
+@click.option(
+    "--figure", type=click.Path(path_type=Path, dir_okay=False), help="Verdict: write the curves and margin figure."
+)
 @json_option
 @click.pass_context
 def compare(
-    ctx: click.Context, selection: tuple[str, ...], metric: str | None, by: str, env_key: str, last_n: int, normalize: str,
-    reference: Path | None, reps: int, seed: int, out: Path | None, improvement: bool, profiles: Path | None,
-    against: tuple[str, ...], margin: float | None, margin_relative: float | None, confidence: float | None,
-    aggregate: str | None, statistic: str | None, points: int, smooth: int, figure: Path | None, as_json: bool,
+    ctx: click.Context,
+    selection: tuple[str, ...],
+    metric: str | None,
+    by: str,
+    env_key: str,
+    last_n: int,
+    normalize: str,
+    reference: Path | None,
+    reps: int,
+    seed: int,
+    out: Path | None,
+    improvement: bool,
+    profiles: Path | None,
+    against: tuple[str, ...],
+    margin: float | None,
+    margin_relative: float | None,
+    confidence: float | None,
+    aggregate: str | None,
+    statistic: str | None,
+    points: int,
+    smooth: int,
+    figure: Path | None,
+    as_json: bool,
 ) -> None:
     """Summary table of the selected runs, per group and environment, with rliable aggregates.
 
@@ -98,9 +142,21 @@ def compare(
 
         given_last = ctx.get_parameter_source("last_n") == click.core.ParameterSource.COMMANDLINE
         store = _store()
-        status = compare_groups(tuple(expand_selection(store, selection)), tuple(expand_selection(store, against)), metric=metric, last_n=last_n if given_last else None,
-                                statistic=statistic, aggregate=aggregate, margin=margin, margin_relative=margin_relative,
-                                confidence=confidence, points=points, smooth=smooth, figure=figure, as_json=as_json)
+        status = compare_groups(
+            tuple(expand_selection(store, selection)),
+            tuple(expand_selection(store, against)),
+            metric=metric,
+            last_n=last_n if given_last else None,
+            statistic=statistic,
+            aggregate=aggregate,
+            margin=margin,
+            margin_relative=margin_relative,
+            confidence=confidence,
+            points=points,
+            smooth=smooth,
+            figure=figure,
+            as_json=as_json,
+        )
         sys.exit(status)
     from harness.analysis.selection import default_metric, select_runs
     from harness.analysis.tables import add_improvement, build_comparison, to_csv, to_markdown
@@ -116,8 +172,16 @@ def compare(
     runs = select_runs(store, expand_selection(store, selection))
     chosen = default_metric(runs, metric, DEFAULT_METRIC)
     comparison = build_comparison(
-        store, runs, chosen, by=by, env_key=env_key, last_n=last_n, normalization=normalize,
-        reference=reference_scores, reps=reps, seed=seed,
+        store,
+        runs,
+        chosen,
+        by=by,
+        env_key=env_key,
+        last_n=last_n,
+        normalization=normalize,
+        reference=reference_scores,
+        reps=reps,
+        seed=seed,
     )
     if improvement:
         if comparison.matrices:
@@ -160,23 +224,39 @@ def _check_runs_per_group(comparison: Any, option: str) -> None:
         raise HarnessError(f"{option} needs at least 2 runs per group and environment ({named}); select more seeds")
 
 
-@click.command(epilog=examples(
-    "harness plot dqn-cartpole --out curves.png",
-    "harness plot dqn-sweep --by param:learning_rate --smooth 10 --x wall_time --out sweep.svg",
-))
+@click.command(
+    epilog=examples(
+        "harness plot dqn-cartpole --out curves.png",
+        "harness plot dqn-sweep --by param:learning_rate --smooth 10 --x wall_time --out sweep.svg",
+    )
+)
 @click.argument("selection", nargs=-1, required=True)
 @click.option("--metric", help=f"Metric to plot (default: the runs' primary metric, else {DEFAULT_METRIC}).")
 @click.option("--by", default="manifest", show_default=True, help="One curve per manifest or param:NAME.")
-@click.option("--env-key", default="env_id", show_default=True, help="Param that names the environment (one panel each).")
+@click.option(
+    "--env-key", default="env_id", show_default=True, help="Param that names the environment (one panel each)."
+)
 @click.option("--x", "x_axis", type=click.Choice(["step", "wall_time"]), default="step", show_default=True)
 @click.option("--smooth", default=1, show_default=True, help="Rolling-mean window in points (1: none).")
 @click.option("--points", default=200, show_default=True, help="Points of the common grid.")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("curves.png"), show_default=True,
-              help="Figure file: .png, .svg or .pdf.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("curves.png"),
+    show_default=True,
+    help="Figure file: .png, .svg or .pdf.",
+)
 @json_option
 def plot(
-    selection: tuple[str, ...], metric: str | None, by: str, env_key: str, x_axis: str, smooth: int,
-    points: int, out: Path, as_json: bool,
+    selection: tuple[str, ...],
+    metric: str | None,
+    by: str,
+    env_key: str,
+    x_axis: str,
+    smooth: int,
+    points: int,
+    out: Path,
+    as_json: bool,
 ) -> None:
     """Learning curves: mean and 95 % bootstrap CI across seeds (one seed: the curve alone, said
     in the legend), one panel per environment; the title says n and the smoothing."""
@@ -201,34 +281,58 @@ def plot(
     click.echo(f"wrote {out} ({run_count} runs, {len(panels)} panel{'s' if len(panels) != 1 else ''})")
 
 
-@click.command(epilog=examples(
-    "harness thc dqn-thc --hparams learning_rate --across env_id",
-    "harness thc --table study.csv --group-by regime,agent --json",
-))
+@click.command(
+    epilog=examples(
+        "harness thc dqn-thc --hparams learning_rate --across env_id",
+        "harness thc --table study.csv --group-by regime,agent --json",
+    )
+)
 @click.argument("selection", nargs=-1)
 @click.option("--hparams", help="Comma-separated hyper-parameters (params of the sweep) to score.")
 @click.option("--across", help="Param whose values are the settings (e.g. env_id).")
 @click.option("--metric", help="Score metric for runs (default: the runs' primary metric).")
 @click.option("--last", "last_n", default=10, show_default=True, help="Final score = mean of the last N points.")
-@click.option("--table", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="Score a study from a long CSV/parquet table instead of harness runs.")
+@click.option(
+    "--table",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Score a study from a long CSV/parquet table instead of harness runs.",
+)
 @click.option("--hparam-col", default="hyperparameter", show_default=True)
 @click.option("--value-col", default="value", show_default=True)
 @click.option("--setting-col", default="game_index", show_default=True)
 @click.option("--seed-col", default="seed", show_default=True)
 @click.option("--score-col", default="score", show_default=True)
 @click.option("--group-by", default="", help="Comma-separated columns: one THC per group (e.g. regime,agent).")
-@click.option("--ranking", type=click.Choice(["interval", "iqm-ci"]), default="interval", show_default=True,
-              help="interval: mean ± std over seeds (the study, across games); iqm-ci: bootstrap CI of the IQM "
-                   "over seeds x tasks (the study, across agents or regimes).")
+@click.option(
+    "--ranking",
+    type=click.Choice(["interval", "iqm-ci"]),
+    default="interval",
+    show_default=True,
+    help="interval: mean ± std over seeds (the study, across games); iqm-ci: bootstrap CI of the IQM "
+    "over seeds x tasks (the study, across agents or regimes).",
+)
 @click.option("--task-col", help="With --ranking iqm-ci: the column (or param) of the tasks, e.g. game_index.")
 @click.option("--reps", default=2000, show_default=True, help="Bootstrap resamples (iqm-ci).")
 @click.option("--seed", "boot_seed", default=0, show_default=True, help="Bootstrap seed (iqm-ci).")
 @json_option
 def thc(
-    selection: tuple[str, ...], hparams: str | None, across: str | None, metric: str | None, last_n: int,
-    table: Path | None, hparam_col: str, value_col: str, setting_col: str, seed_col: str, score_col: str,
-    group_by: str, ranking: str, task_col: str | None, reps: int, boot_seed: int, as_json: bool,
+    selection: tuple[str, ...],
+    hparams: str | None,
+    across: str | None,
+    metric: str | None,
+    last_n: int,
+    table: Path | None,
+    hparam_col: str,
+    value_col: str,
+    setting_col: str,
+    seed_col: str,
+    score_col: str,
+    group_by: str,
+    ranking: str,
+    task_col: str | None,
+    reps: int,
+    boot_seed: int,
+    as_json: bool,
 ) -> None:
     """THC (Tuning Hyperparameter Consistency): how much the ranking of each hyper-parameter's
     values changes across settings. 0: the same everywhere; 1: maximal flips."""
@@ -242,16 +346,36 @@ def thc(
             frame = read_study_table(table, numeric=[seed_col, score_col])
             groups = [g for g in group_by.split(",") if g]
             rows = thc_from_table(
-                frame, hparam_col, value_col, setting_col, seed_col, score_col, group_by=groups,
-                ranking=ranking, task_col=task_col, reps=reps, seed=boot_seed,  # type: ignore[arg-type]
+                frame,
+                hparam_col,
+                value_col,
+                setting_col,
+                seed_col,
+                score_col,
+                group_by=groups,
+                ranking=ranking,  # type: ignore[arg-type]
+                task_col=task_col,
+                reps=reps,
+                seed=boot_seed,
             )
         else:
             if not selection or not hparams or not across:
                 raise HarnessError("thc needs a selection with --hparams and --across, or --table")
             names = [h for h in hparams.split(",") if h]
             store = _store()
-            rows = thc_of_runs(store, expand_selection(store, selection), names, across, metric, last_n, ranking, task_col, reps, boot_seed,
-                               note=_note)
+            rows = thc_of_runs(
+                store,
+                expand_selection(store, selection),
+                names,
+                across,
+                metric,
+                last_n,
+                ranking,
+                task_col,
+                reps,
+                boot_seed,
+                note=_note,
+            )
     for warning in caught:
         _note(str(warning.message))
     if not rows:
@@ -265,6 +389,12 @@ def thc(
     click.echo("| " + " | ".join(header) + " |")
     click.echo("|" + "---|" * (len(header) - 3) + "---:|---:|---:|")
     for r in rows:
-        cells = [*(str(r.group.get(k, "-")) for k in group_keys), r.hyperparameter, str(len(r.score.spread)), str(r.score.settings),
-                 f"{r.score.thc_mean:.4f}", f"{r.score.thc_std:.4f}"]
+        cells = [
+            *(str(r.group.get(k, "-")) for k in group_keys),
+            r.hyperparameter,
+            str(len(r.score.spread)),
+            str(r.score.settings),
+            f"{r.score.thc_mean:.4f}",
+            f"{r.score.thc_std:.4f}",
+        ]
         click.echo("| " + " | ".join(cells) + " |")

@@ -17,9 +17,22 @@ def split_terms(values: tuple[str, ...]) -> list[str]:
     return [term for value in values for term in value.split()]
 
 
-def compare_groups(selection: tuple[str, ...], against: tuple[str, ...], *, metric: str | None, last_n: int | None,
-                   statistic: str | None, aggregate: str | None, margin: float | None, margin_relative: float | None,
-                   confidence: float | None, points: int, smooth: int, figure: Path | None, as_json: bool) -> int:
+def compare_groups(
+    selection: tuple[str, ...],
+    against: tuple[str, ...],
+    *,
+    metric: str | None,
+    last_n: int | None,
+    statistic: str | None,
+    aggregate: str | None,
+    margin: float | None,
+    margin_relative: float | None,
+    confidence: float | None,
+    points: int,
+    smooth: int,
+    figure: Path | None,
+    as_json: bool,
+) -> int:
     """Print the verdict of ``against`` (the reproduction side) against ``selection`` (the original
     side); returns the exit status (0 identical/consistent, 1 diverged, 3 inconclusive)."""
     from harness.analysis.group_verdict import EquivalenceSpec, group_verdict
@@ -39,25 +52,44 @@ def compare_groups(selection: tuple[str, ...], against: tuple[str, ...], *, metr
     ids_b = reproduction.column("run_id").to_pylist()
     shared = sorted(set(ids_a) & set(ids_b))
     if shared:
-        raise HarnessError(f"the two selections share run{'s' if len(shared) > 1 else ''} {', '.join(shared[:5])}: "
-                           "narrow them so each run is on one side")
+        raise HarnessError(
+            f"the two selections share run{'s' if len(shared) > 1 else ''} {', '.join(shared[:5])}: "
+            "narrow them so each run is on one side"
+        )
     record = store.load(ids_a[0])
-    spec = EquivalenceSpec.of(record.get("expect"), metric=metric, last_n=last_n, statistic=statistic,
-                              aggregate=aggregate, margin=margin, margin_relative=margin_relative, confidence=confidence)
-    result = group_verdict([store.run_dir(r) for r in ids_a], [store.run_dir(r) for r in ids_b], spec,
-                           points=points, smooth=smooth)
+    spec = EquivalenceSpec.of(
+        record.get("expect"),
+        metric=metric,
+        last_n=last_n,
+        statistic=statistic,
+        aggregate=aggregate,
+        margin=margin,
+        margin_relative=margin_relative,
+        confidence=confidence,
+    )
+    result = group_verdict(
+        [store.run_dir(r) for r in ids_a], [store.run_dir(r) for r in ids_b], spec, points=points, smooth=smooth
+    )
     if figure is not None:
         if result.curves is None:
             click.echo("note: no figure: curves need at least two runs on each side", err=True)
         else:
             from harness.analysis.plots import plot_equivalence
 
-            plot_equivalence(result.curves, figure, result.metric, result.verdict,
-                             labels=(_label("original", selection), _label("against", tuple(split_terms(against)))),
-                             run_ids=(ids_a, ids_b))
+            plot_equivalence(
+                result.curves,
+                figure,
+                result.metric,
+                result.verdict,
+                labels=(_label("original", selection), _label("against", tuple(split_terms(against)))),
+                run_ids=(ids_a, ids_b),
+            )
     if as_json:
-        payload: dict[str, Any] = {"original_selection": list(selection), "reproduction_selection": split_terms(against),
-                                   **result.to_dict()}
+        payload: dict[str, Any] = {
+            "original_selection": list(selection),
+            "reproduction_selection": split_terms(against),
+            **result.to_dict(),
+        }
         if figure is not None and result.curves is not None:
             payload["figure"] = str(figure)
         click.echo(json.dumps(payload, indent=1, allow_nan=False))

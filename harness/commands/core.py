@@ -20,7 +20,9 @@ from harness.runids import RUN_ID
 _console = console
 
 
-@click.command(epilog=examples("harness validate manifests/*.yaml", "harness validate --json manifests/dqn-cartpole.yaml"))
+@click.command(
+    epilog=examples("harness validate manifests/*.yaml", "harness validate --json manifests/dqn-cartpole.yaml")
+)
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
 @json_option
 def validate(manifests: tuple[Path, ...], as_json: bool) -> None:
@@ -85,7 +87,9 @@ def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool
     written = []
     for image_dir in image_dirs:
         if not (image_dir / "requirements.in").is_file():
-            raise HarnessError(f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)")
+            raise HarnessError(
+                f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)"
+            )
         with terminal.status(f"locking {image_dir} (pip-compile)", stderr=as_json):
             output = compile_lockfile(image_dir, upgrade=upgrade)
         written.append(str(output))
@@ -104,8 +108,11 @@ def image() -> None:
 @click.option("--name", default="harness/base:bookworm", show_default=True)
 @click.option("--suite", default="bookworm", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even when the image exists.")
-@click.option("--tarball", type=click.Path(dir_okay=False, path_type=Path),
-              help="Keep the root file system here; import it instead of running mmdebstrap when it exists (CI caches it).")
+@click.option(
+    "--tarball",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the root file system here; import it instead of running mmdebstrap when it exists (CI caches it).",
+)
 def bootstrap(name: str, suite: str, force: bool, tarball: Path | None) -> None:
     """Make the base image from Debian packages (mmdebstrap), for hosts without a registry."""
     from harness.images import bootstrap_base
@@ -115,7 +122,9 @@ def bootstrap(name: str, suite: str, force: bool, tarball: Path | None) -> None:
     click.echo(f"{name}: {info.id} ({len(info.packages)} Debian packages){' (exists)' if info.cached else ''}")
 
 
-@click.command(epilog=examples("harness build manifests/dqn-cartpole.yaml", "harness build --force manifests/noop.yaml"))
+@click.command(
+    epilog=examples("harness build manifests/dqn-cartpole.yaml", "harness build --force manifests/noop.yaml")
+)
 @click.argument("manifest", type=click.Path(path_type=Path))
 @ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
@@ -132,21 +141,33 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_j
     if quiet or as_json:
         info = prepare_image(spec.loaded, ca_bundle, force)
     else:
-        with terminal.status(f"building {loaded.manifest.image.build or loaded.manifest.image.ref}", stderr=as_json) as shown:
+        with terminal.status(
+            f"building {loaded.manifest.image.build or loaded.manifest.image.ref}", stderr=as_json
+        ) as shown:
             info = prepare_image(spec.loaded, ca_bundle, force, log=shown.update)
     if as_json:
-        emit_json({"tag": info.tag, "ref": info.ref, "id": info.id, "content_hash": info.content_hash,
-                   "cached": info.cached, "build_seconds": info.build_seconds})
+        emit_json(
+            {
+                "tag": info.tag,
+                "ref": info.ref,
+                "id": info.id,
+                "content_hash": info.content_hash,
+                "cached": info.cached,
+                "build_seconds": info.build_seconds,
+            }
+        )
         return
     state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
     click.echo(f"{info.tag or info.ref} {info.id} ({state})")
 
 
-@click.command(epilog=examples(
-    "harness run manifests/dqn-cartpole.yaml",
-    "harness run manifests/noop.yaml --smoke --param seconds=2 --json",
-    "harness run manifests/dqn-sweep.yaml --jobs 2",
-))
+@click.command(
+    epilog=examples(
+        "harness run manifests/dqn-cartpole.yaml",
+        "harness run manifests/noop.yaml --smoke --param seconds=2 --json",
+        "harness run manifests/dqn-sweep.yaml --jobs 2",
+    )
+)
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--seed", "seeds", type=int, multiple=True, help="Run these seeds instead of the manifest's.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a param.")
@@ -162,17 +183,41 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_j
 @click.option("--yes", is_flag=True, help="Confirm a sweep of more than 10,000 runs.")
 @ca_bundle_option
 @click.option("--quiet", is_flag=True, help="Do not stream the job's output (progress is still shown).")
-@click.option("--progress-every", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
-              help="When not on a terminal (or CI is set): one progress line every SECONDS "
-                   "[default: $HARNESS_PROGRESS_INTERVAL or 10].")
-@click.option("--require-limits", is_flag=True,
-              help="Refuse to run where the sandbox cannot enforce the memory, CPU and pids limits "
-                   "(rootless Podman on cgroup v1); by default such a run goes on with a warning.")
+@click.option(
+    "--progress-every",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    metavar="SECONDS",
+    help="When not on a terminal (or CI is set): one progress line every SECONDS "
+    "[default: $HARNESS_PROGRESS_INTERVAL or 10].",
+)
+@click.option(
+    "--require-limits",
+    is_flag=True,
+    help="Refuse to run where the sandbox cannot enforce the memory, CPU and pids limits "
+    "(rootless Podman on cgroup v1); by default such a run goes on with a warning.",
+)
 @json_option
-def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: bool, runtime: str, backend: str,
-        jobs: int | None, partition: str | None, account: str | None, rerun: bool, retry_failed: bool,
-        dry_run: bool, yes: bool, ca_bundle: Path | None, quiet: bool, progress_every: float | None,
-        require_limits: bool, as_json: bool) -> None:
+def run(
+    manifest: Path,
+    seeds: tuple[int, ...],
+    params: tuple[str, ...],
+    smoke: bool,
+    runtime: str,
+    backend: str,
+    jobs: int | None,
+    partition: str | None,
+    account: str | None,
+    rerun: bool,
+    retry_failed: bool,
+    dry_run: bool,
+    yes: bool,
+    ca_bundle: Path | None,
+    quiet: bool,
+    progress_every: float | None,
+    require_limits: bool,
+    as_json: bool,
+) -> None:
     """Run a manifest (all its seeds × sweep) into the local store.
 
     A single run shows its progress while it goes (elapsed, last step, primary metric, ETA when a
@@ -195,9 +240,20 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
     if len(specs) > 1 or backend != "local" or dry_run or retry_failed:
         from harness.backends import run_sweep
 
-        outcome = run_sweep(specs, store=store, backend=backend, runtime=runtime, jobs=jobs, partition=partition,
-                            account=account, retry_failed=retry_failed, dry_run=dry_run, yes=yes, rerun=rerun,
-                            echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
+        outcome = run_sweep(
+            specs,
+            store=store,
+            backend=backend,
+            runtime=runtime,
+            jobs=jobs,
+            partition=partition,
+            account=account,
+            retry_failed=retry_failed,
+            dry_run=dry_run,
+            yes=yes,
+            rerun=rerun,
+            echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo,
+        )
         if as_json:
             emit_json(_sweep_json(outcome))
         sys.exit(outcome.exit_code)
@@ -210,12 +266,16 @@ def run(manifest: Path, seeds: tuple[int, ...], params: tuple[str, ...], smoke: 
         if as_json:
             emit_json(_run_json(store.load(completed[0]), store, skipped=True))
             return
-        click.echo(f"{spec.run_id}: already completed with this manifest, params and seed "
-                   "(use --rerun to run it again)")
+        click.echo(
+            f"{spec.run_id}: already completed with this manifest, params and seed (use --rerun to run it again)"
+        )
         return
-    with terminal.status(f"preparing {spec.name} seed {spec.seed}", prefix="building image: ", stderr=as_json) as status:
-        record = _execute_with_status(spec, store, runtime, ca_bundle, status, quiet, err=as_json,
-                                      progress_every=progress_every)
+    with terminal.status(
+        f"preparing {spec.name} seed {spec.seed}", prefix="building image: ", stderr=as_json
+    ) as status:
+        record = _execute_with_status(
+            spec, store, runtime, ca_bundle, status, quiet, err=as_json, progress_every=progress_every
+        )
     if as_json:
         emit_json(_run_json(record, store))
     else:
@@ -228,11 +288,19 @@ def _run_json(record: Mapping[str, Any], store: Any, skipped: bool = False) -> d
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "") or {}
     return {
-        "run_id": record["run_id"], "name": record.get("name"), "status": record.get("status"),
-        "skipped": skipped, "seed": record.get("seed"), "params": record.get("params"),
-        "duration_s": record.get("duration_s"), "exit_code": record.get("exit_code"), "detail": record.get("detail") or "",
-        "run_dir": str(store.run_dir(record["run_id"])), "primary_metric": primary,
-        "primary_last": summary.get("last"), "primary_mean_last_n": summary.get("mean_last_n"),
+        "run_id": record["run_id"],
+        "name": record.get("name"),
+        "status": record.get("status"),
+        "skipped": skipped,
+        "seed": record.get("seed"),
+        "params": record.get("params"),
+        "duration_s": record.get("duration_s"),
+        "exit_code": record.get("exit_code"),
+        "detail": record.get("detail") or "",
+        "run_dir": str(store.run_dir(record["run_id"])),
+        "primary_metric": primary,
+        "primary_last": summary.get("last"),
+        "primary_mean_last_n": summary.get("mean_last_n"),
     }
 
 
@@ -240,16 +308,30 @@ def _sweep_json(outcome: Any) -> dict[str, Any]:
     """``harness run --json`` of a sweep (docs/cli-json.md)."""
     plan = outcome.plan
     return {
-        "sweep_id": plan.sweep_id, "backend": outcome.backend, "dry_run": outcome.dry_run, "ok": outcome.ok,
-        "total": len(plan.specs), "to_run": [spec.run_id for spec in plan.to_run],
-        "already_completed": plan.completed, "failed_earlier": plan.failed, "still_running": plan.running,
+        "sweep_id": plan.sweep_id,
+        "backend": outcome.backend,
+        "dry_run": outcome.dry_run,
+        "ok": outcome.ok,
+        "total": len(plan.specs),
+        "to_run": [spec.run_id for spec in plan.to_run],
+        "already_completed": plan.completed,
+        "failed_earlier": plan.failed,
+        "still_running": plan.running,
         "runs": [{k: r.get(k) for k in ("run_id", "status", "seed", "params", "duration_s")} for r in outcome.records],
         "slurm_job_ids": outcome.slurm_job_ids,
     }
 
 
-def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | None, status: Any, quiet: bool,
-                         err: bool = False, progress_every: float | None = None) -> Record:
+def _execute_with_status(
+    spec: Any,
+    store: Any,
+    runtime: str,
+    ca_bundle: Path | None,
+    status: Any,
+    quiet: bool,
+    err: bool = False,
+    progress_every: float | None = None,
+) -> Record:
     """Run one spec with live progress (harness.progress) below the job's streamed output."""
     from harness.progress import LiveRun
     from harness.runner import execute
@@ -260,8 +342,15 @@ def _execute_with_status(spec: Any, store: Any, runtime: str, ca_bundle: Path | 
 
     live = LiveRun(spec, store, None, interval=progress_every, announce=announce, err=err)
     try:
-        return execute(spec, store, runtime=runtime, on_start=live.on_start, echo=None if quiet else live.echo,
-                       ca_bundle=ca_bundle, build_log=status.update)
+        return execute(
+            spec,
+            store,
+            runtime=runtime,
+            on_start=live.on_start,
+            echo=None if quiet else live.echo,
+            ca_bundle=ca_bundle,
+            build_log=status.update,
+        )
     finally:
         live.stop()
 
@@ -274,7 +363,11 @@ def _number(value: Any, spec: str = ".4g") -> str:
 def _print_outcome(record: Record) -> None:
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "", {})
-    extra = f", {primary}: last {_number(summary.get('last'))}, mean of last N {_number(summary.get('mean_last_n'))}" if summary else ""
+    extra = (
+        f", {primary}: last {_number(summary.get('last'))}, mean of last N {_number(summary.get('mean_last_n'))}"
+        if summary
+        else ""
+    )
     click.echo(f"{record['run_id']}: {record['status']} in {record.get('duration_s') or 0:.1f}s{extra}")
     if record["status"] != "completed" and record.get("detail"):
         click.echo(f"  {record['detail']}", err=True)
@@ -295,7 +388,16 @@ def ls(as_json: bool, limit: int) -> None:
     recover(store)
     records = list(store.records())[:limit]
     if as_json:
-        click.echo(json.dumps([{k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")} for r in records], indent=2, default=str))
+        click.echo(
+            json.dumps(
+                [
+                    {k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")}
+                    for r in records
+                ],
+                indent=2,
+                default=str,
+            )
+        )
         return
     if not records:
         click.echo(f"no runs in {store.root}")
@@ -303,22 +405,37 @@ def ls(as_json: bool, limit: int) -> None:
     primaries = {_text(record.get("primary_metric")) for record in records}
     shared = primaries.pop() if len(primaries) == 1 else None
     # The run id never wraps or shortens (it is what the user copies); the other cells fold.
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=f"last value: {shared}" if shared else None,
-                  caption_justify="left")
+    table = Table(
+        box=box.SIMPLE_HEAD, pad_edge=False, caption=f"last value: {shared}" if shared else None, caption_justify="left"
+    )
     table.add_column("run id", no_wrap=True, min_width=max(len(_text(r["run_id"])) for r in records))
     table.add_column("status", overflow="fold")
     table.add_column("seed", justify="right", overflow="fold")
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
-    table.add_column("last" if shared else "primary metric (last)", justify="right" if shared else "left", overflow="fold")
+    table.add_column(
+        "last" if shared else "primary metric (last)", justify="right" if shared else "left", overflow="fold"
+    )
     for record in records:
         # records can come from anywhere (a pull, an older harness, a hand edit): every field is
         # shown as text of bounded length, whatever its type
         primary = _text(record.get("primary_metric"))
         summary = _mapping(_mapping(record.get("metrics_summary")).get(primary))
-        value = "" if not summary else _number(summary.get("last")) if shared else f"{primary} {_number(summary.get('last'))}"
-        table.add_row(_text(record["run_id"]), _status_text(record.get("status")), _text(record.get("seed")),
-                      _text(record.get("started_at"))[5:16].replace("T", " "), f"{_number(record.get('duration_s'), '.1f')}s", value)
+        value = (
+            ""
+            if not summary
+            else _number(summary.get("last"))
+            if shared
+            else f"{primary} {_number(summary.get('last'))}"
+        )
+        table.add_row(
+            _text(record["run_id"]),
+            _status_text(record.get("status")),
+            _text(record.get("seed")),
+            _text(record.get("started_at"))[5:16].replace("T", " "),
+            f"{_number(record.get('duration_s'), '.1f')}s",
+            value,
+        )
     _console().print(table)
 
 
@@ -344,7 +461,9 @@ def _status_text(status: Any) -> str:
     return f"[{colour}]{_text(status, 40)}[/{colour}]"
 
 
-@click.command(epilog=examples("harness show dqn-cartpole-3f2a", "harness show --json dqn-cartpole-3f2a | jq .metrics_summary"))
+@click.command(
+    epilog=examples("harness show dqn-cartpole-3f2a", "harness show --json dqn-cartpole-3f2a | jq .metrics_summary")
+)
 @click.argument("run_id", type=RUN_ID)
 @json_option
 @click.option("--log-lines", type=int, default=20, show_default=True)
@@ -364,15 +483,36 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     environment, gpu = _mapping(record.get("environment")), _mapping(record.get("gpu"))
     exit_code = record.get("exit_code")
     rows = [
-        ("run", _text(record["run_id"])), ("manifest", f"{_text(record.get('name'))} (sha256 {_text(record.get('manifest_sha256'))[:12]})"),
-        ("status", _status_text(record.get("status")) + (f" (exit {_text(exit_code)})" if exit_code not in (None, 0) else "")),
-        ("seed / params", f"{_text(record.get('seed'))} / {_text(json.dumps(record.get('params'), sort_keys=True, default=str), 400)}"),
+        ("run", _text(record["run_id"])),
+        ("manifest", f"{_text(record.get('name'))} (sha256 {_text(record.get('manifest_sha256'))[:12]})"),
+        (
+            "status",
+            _status_text(record.get("status")) + (f" (exit {_text(exit_code)})" if exit_code not in (None, 0) else ""),
+        ),
+        (
+            "seed / params",
+            f"{_text(record.get('seed'))} / {_text(json.dumps(record.get('params'), sort_keys=True, default=str), 400)}",
+        ),
         ("runtime", f"{_text(record.get('runtime'))} (hermetic: {_text(record.get('hermetic'))})"),
-        ("image", f"{_text(image.get('tag') or image.get('ref'))} {_text(image.get('id', ''))}" if image else "none (process runtime)"),
+        (
+            "image",
+            f"{_text(image.get('tag') or image.get('ref'))} {_text(image.get('id', ''))}"
+            if image
+            else "none (process runtime)",
+        ),
         ("started / time", f"{_text(record.get('started_at'))} / {_text(record.get('duration_s'))}s"),
-        ("host", _text(f"{host.get('hostname')} {host.get('os', '')} {host.get('kernel', '')}; {host.get('cpu_model')} x{host.get('cpu_count')}", 300)),
+        (
+            "host",
+            _text(
+                f"{host.get('hostname')} {host.get('os', '')} {host.get('kernel', '')}; {host.get('cpu_model')} x{host.get('cpu_count')}",
+                300,
+            ),
+        ),
         ("gpu", _text(json.dumps(gpu.get("devices") or gpu.get("reason") or "none", default=str), 300)),
-        ("python / torch", f"{_text(_mapping(environment.get('python')).get('version', '-'))} / {_text(_mapping(environment.get('torch')).get('version', '-'))}"),
+        (
+            "python / torch",
+            f"{_text(_mapping(environment.get('python')).get('version', '-'))} / {_text(_mapping(environment.get('torch')).get('version', '-'))}",
+        ),
         ("docker / harness", f"{_text(record.get('docker_version', '-'))} / {_text(record.get('harness_version'))}"),
         ("files", f"{len(_mapping(record.get('files')))} checksummed"),
     ]
@@ -381,16 +521,26 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     sandbox = _mapping(record.get("sandbox"))
     if sandbox:
         ignored = [_text(name, 20) for name, on in _mapping(sandbox.get("limits_enforced")).items() if not on]
-        rows.append(("sandbox", f"{_text(sandbox.get('engine'), 20)} {_text(sandbox.get('version'), 40)}"
-                                f"{' rootless' if sandbox.get('rootless') else ''}, cgroup {_text(sandbox.get('cgroup_version'), 10)}"
-                                + (f"; limits NOT enforced: {', '.join(ignored)}" if ignored else "; limits enforced")))
+        rows.append(
+            (
+                "sandbox",
+                f"{_text(sandbox.get('engine'), 20)} {_text(sandbox.get('version'), 40)}"
+                f"{' rootless' if sandbox.get('rootless') else ''}, cgroup {_text(sandbox.get('cgroup_version'), 10)}"
+                + (f"; limits NOT enforced: {', '.join(ignored)}" if ignored else "; limits enforced"),
+            )
+        )
     skipped = [s for key in ("skipped_files", "metrics_skipped") for s in _list(record.get(key)) if isinstance(s, dict)]
     if skipped:
         shown = "; ".join(f"{_text(s.get('path'), 60)}: {_text(s.get('reason'), 80)}" for s in skipped[:3])
         rows.append(("skipped files", f"{len(skipped)} ({shown}{'; ...' if len(skipped) > 3 else ''})"))
     rejected = _mapping(record.get("metrics_rejected"))
     if rejected:
-        rows.append(("rejected metrics", ", ".join(f"{_text(reason, 40)} {_text(count, 20)}" for reason, count in sorted(rejected.items())[:20])))
+        rows.append(
+            (
+                "rejected metrics",
+                ", ".join(f"{_text(reason, 40)} {_text(count, 20)}" for reason, count in sorted(rejected.items())[:20]),
+            )
+        )
     if record.get("reproduces"):
         rows.append(("reproduces", _text(record["reproduces"])))
     if record.get("pulled_from"):
@@ -405,7 +555,9 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         table.columns[0].overflow = "fold"
         for name in sorted(summary)[:1000]:
             s = _mapping(summary[name])
-            table.add_row(_text(name), _text(s.get("count")), *(_number(s.get(k)) for k in ("last", "min", "max", "mean_last_n")))
+            table.add_row(
+                _text(name), _text(s.get("count")), *(_number(s.get(k)) for k in ("last", "min", "max", "mean_last_n"))
+            )
         console.print(table)
     if record.get("status") != "completed":
         tail = _log_tail(store.run_dir(run_id), log_lines)
@@ -477,10 +629,15 @@ def _registry_and_podman_checks() -> list[tuple[str, bool, str]]:
         facts = podman_facts(podman_api())
         enforced = [name for name, on in facts["limits_enforced"].items() if on]
         ignored = [name for name, on in facts["limits_enforced"].items() if not on]
-        who = f"rootless as {facts['user']}" if facts["rootless"] and facts.get("user") else (
-            "rootless" if facts["rootless"] else "rootful")
-        text = (f"{facts['version']}, {who}, cgroup {facts['cgroup_version']}; limits enforced: "
-                f"{', '.join(enforced) or 'none'}" + (f"; NOT enforced: {', '.join(ignored)}" if ignored else ""))
+        who = (
+            f"rootless as {facts['user']}"
+            if facts["rootless"] and facts.get("user")
+            else ("rootless" if facts["rootless"] else "rootful")
+        )
+        text = (
+            f"{facts['version']}, {who}, cgroup {facts['cgroup_version']}; limits enforced: "
+            f"{', '.join(enforced) or 'none'}" + (f"; NOT enforced: {', '.join(ignored)}" if ignored else "")
+        )
         checks.append(("podman", True, text))
     except HarnessError as exc:
         checks.append(("podman", False, str(exc)))
@@ -515,13 +672,33 @@ def doctor(as_json: bool) -> None:
     from harness.capture.gpu import host_gpu_status
 
     gpus = host_gpu_status()
-    checks.append(("gpu / nvml", True, f"{len(gpus.get('devices', []))} GPU(s)" if gpus.get("available") else f"absent ({gpus.get('reason')})"))
-    checks.append(("mmdebstrap", shutil.which("mmdebstrap") is not None, shutil.which("mmdebstrap") or "not installed (apt-get install mmdebstrap)"))
-    checks.append(("slurm", shutil.which("sbatch") is not None, shutil.which("sbatch") or "not installed (optional: --backend slurm)"))
+    checks.append(
+        (
+            "gpu / nvml",
+            True,
+            f"{len(gpus.get('devices', []))} GPU(s)" if gpus.get("available") else f"absent ({gpus.get('reason')})",
+        )
+    )
+    checks.append(
+        (
+            "mmdebstrap",
+            shutil.which("mmdebstrap") is not None,
+            shutil.which("mmdebstrap") or "not installed (apt-get install mmdebstrap)",
+        )
+    )
+    checks.append(
+        (
+            "slurm",
+            shutil.which("sbatch") is not None,
+            shutil.which("sbatch") or "not installed (optional: --backend slurm)",
+        )
+    )
     try:
         from huggingface_hub import get_token
 
-        checks.append(("hub login", True, "token found (HF_TOKEN or login)" if get_token() else "none (publish needs HF_TOKEN)"))
+        checks.append(
+            ("hub login", True, "token found (HF_TOKEN or login)" if get_token() else "none (publish needs HF_TOKEN)")
+        )
     except Exception as exc:
         checks.append(("hub login", True, f"unknown ({exc})"))
     checks += _registry_and_podman_checks()

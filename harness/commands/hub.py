@@ -13,29 +13,49 @@ from harness.commands.output import emit_json, examples
 from harness.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
 
 
-@click.command(epilog=examples(
-    "harness publish dqn-cartpole-3f2a --repo my-lab/cartpole-dqn",
-    "harness publish $(harness ls --json | jq -r '.[].run_id') --repo my-lab/all --json",
-))
+@click.command(
+    epilog=examples(
+        "harness publish dqn-cartpole-3f2a --repo my-lab/cartpole-dqn",
+        "harness publish $(harness ls --json | jq -r '.[].run_id') --repo my-lab/all --json",
+    )
+)
 @click.argument("run_ids", nargs=-1, required=True, type=RUN_ID)
 @click.option("--repo", required=True, help="dataset repo to publish to, org/name")
 @click.option("--private", is_flag=True, help="create the repo private")
 @endpoint_option
-@click.option("--license", "license_id", help="License of the results for the dataset card (a Hub license id, e.g. "
-              "cc-by-4.0, mit) [default: unknown].")
+@click.option(
+    "--license",
+    "license_id",
+    help="License of the results for the dataset card (a Hub license id, e.g. cc-by-4.0, mit) [default: unknown].",
+)
 @click.option("--pretty-name", help="Title of the dataset card [default: the manifests' names].")
 @json_option
-def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | None, license_id: str | None,
-            pretty_name: str | None, as_json: bool) -> None:
+def publish(
+    run_ids: tuple[str, ...],
+    repo: str,
+    private: bool,
+    endpoint: str | None,
+    license_id: str | None,
+    pretty_name: str | None,
+    as_json: bool,
+) -> None:
     """Publish runs of the local store to a Hub dataset repo, in one commit (with the runs index,
     the dataset card and the learning-curve figure)."""
     from harness.store.hub import publish as publish_runs
 
-    result = publish_runs(list(run_ids), repo, private=private, endpoint=endpoint, license=license_id,
-                          pretty_name=pretty_name)
+    result = publish_runs(
+        list(run_ids), repo, private=private, endpoint=endpoint, license=license_id, pretty_name=pretty_name
+    )
     if as_json:
-        emit_json({"repo": repo, "url": result.url, "commit": result.commit, "published": result.published,
-                   "unchanged": result.unchanged})
+        emit_json(
+            {
+                "repo": repo,
+                "url": result.url,
+                "commit": result.commit,
+                "published": result.published,
+                "unchanged": result.unchanged,
+            }
+        )
         return
     if result.commit is None:
         click.echo(f"{repo}: already up to date ({', '.join(result.unchanged)}); no commit made")
@@ -46,10 +66,12 @@ def publish(run_ids: tuple[str, ...], repo: str, private: bool, endpoint: str | 
     click.echo(result.url)
 
 
-@click.command(epilog=examples(
-    "harness pull my-lab/cartpole-dqn",
-    "harness pull my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --revision 4b8e0f... --json",
-))
+@click.command(
+    epilog=examples(
+        "harness pull my-lab/cartpole-dqn",
+        "harness pull my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --revision 4b8e0f... --json",
+    )
+)
 @click.argument("spec", shell_complete=complete_repos)
 @click.option("--revision", help="branch or 40-hex commit sha (default: main)")
 @endpoint_option
@@ -66,14 +88,23 @@ def pull(spec: str, revision: str | None, endpoint: str | None, as_json: bool) -
         for run_id in pulled:
             record = store.load(run_id)
             source = record.get("pulled_from") or {}
-            rows.append({"run_id": run_id, "status": record.get("status"), "repo": source.get("repo"),
-                         "revision": source.get("revision"), "run_dir": str(store.run_dir(run_id))})
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "status": record.get("status"),
+                    "repo": source.get("repo"),
+                    "revision": source.get("revision"),
+                    "run_dir": str(store.run_dir(run_id)),
+                }
+            )
         emit_json(rows)
         return
     for run_id in pulled:
         record = store.load(run_id)
         source = record.get("pulled_from") or {}
-        click.echo(f"{run_id}\t{record.get('status')}\tfrom {source.get('repo', spec)}@{str(source.get('revision', ''))[:12]}")
+        click.echo(
+            f"{run_id}\t{record.get('status')}\tfrom {source.get('repo', spec)}@{str(source.get('revision', ''))[:12]}"
+        )
 
 
 def _print_pair(comparison: Any, original: str, reproduction: str) -> None:
@@ -87,9 +118,19 @@ def _print_pair(comparison: Any, original: str, reproduction: str) -> None:
     for column in ("metric", "points", "max |diff|", "max rel diff", "first step", "status"):
         table.add_column(column, no_wrap=column == "metric", overflow="fold")  # a metric name is never cut
     for row in comparison.rows:
-        points = str(row.original_points) if row.original_points == row.reproduced_points else f"{row.original_points} / {row.reproduced_points}"
-        table.add_row(row.metric, points, f"{row.max_abs_diff:.3g}", f"{row.max_rel_diff:.3g}",
-                      "" if row.first_step is None else str(row.first_step), row.status)
+        points = (
+            str(row.original_points)
+            if row.original_points == row.reproduced_points
+            else f"{row.original_points} / {row.reproduced_points}"
+        )
+        table.add_row(
+            row.metric,
+            points,
+            f"{row.max_abs_diff:.3g}",
+            f"{row.max_rel_diff:.3g}",
+            "" if row.first_step is None else str(row.first_step),
+            row.status,
+        )
     out.print(table)
     if comparison.hardware_differences:
         out.print("hardware differences:")
@@ -109,18 +150,28 @@ def _print_seeds(result: Any) -> None:
     from harness.commands.options import console
 
     verdict = result.verdict
-    originals = {seed: (run, score) for seed, run, score in
-                 zip(result.original_seeds, verdict.original_runs, verdict.original_scores)}
-    reproductions = {int(record["seed"]): (run, score) for record, run, score in
-                     zip(result.records, verdict.reproduction_runs, verdict.reproduction_scores)}
+    originals = {
+        seed: (run, score)
+        for seed, run, score in zip(result.original_seeds, verdict.original_runs, verdict.original_scores)
+    }
+    reproductions = {
+        int(record["seed"]): (run, score)
+        for record, run, score in zip(result.records, verdict.reproduction_runs, verdict.reproduction_scores)
+    }
     same_seed = {pair.seed: pair.comparison.verdict for pair in result.pairs}
     table = Table(title=f"{verdict.metric} ({verdict.statistic}) per seed")
     for column in ("seed", "original", "score", "reproduction", "score", "vs same seed"):
         table.add_column(column, no_wrap=column in ("original", "reproduction"))  # run ids are never cut
     for seed in sorted(set(originals) | set(reproductions)):
         a, b = originals.get(seed), reproductions.get(seed)
-        table.add_row(str(seed), a[0] if a else "", f"{a[1]:.6g}" if a else "", b[0] if b else "",
-                      f"{b[1]:.6g}" if b else "", same_seed.get(seed, ""))
+        table.add_row(
+            str(seed),
+            a[0] if a else "",
+            f"{a[1]:.6g}" if a else "",
+            b[0] if b else "",
+            f"{b[1]:.6g}" if b else "",
+            same_seed.get(seed, ""),
+        )
     console().print(table)
 
 
@@ -133,30 +184,54 @@ def _image_line(result: Any) -> str:
     return f"rebuilt from the recipe ({image_id[:19]})"
 
 
-@click.command(epilog=examples(
-    "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e",
-    "harness reproduce dqn-cartpole-3f2a --out repro/ --json",
-    "harness reproduce dqn-cartpole-3f2a --rebuild",
-    "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --seeds 5 --new-seeds",
-))
+@click.command(
+    epilog=examples(
+        "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e",
+        "harness reproduce dqn-cartpole-3f2a --out repro/ --json",
+        "harness reproduce dqn-cartpole-3f2a --rebuild",
+        "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --seeds 5 --new-seeds",
+    )
+)
 @click.argument("target", type=RUN_ID_OR_HUB)
 @endpoint_option
 @click.option("--revision", help="Hub revision to pull the original from (default: main)")
-@click.option("--seeds", "seeds", metavar="N|auto",
-              help="seeds to run: N, or auto (80 % power to show equivalence given the published spread) "
-                   "[default: as many as were published]")
+@click.option(
+    "--seeds",
+    "seeds",
+    metavar="N|auto",
+    help="seeds to run: N, or auto (80 % power to show equivalence given the published spread) "
+    "[default: as many as were published]",
+)
 @click.option("--new-seeds", is_flag=True, help="run seeds other than the published ones")
 @click.option("--publish", "publish_result", is_flag=True, help="publish the reproduction runs to the same repo")
 @runtime_option
-@click.option("--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)")
+@click.option(
+    "--trust-code", is_flag=True, help="allow --runtime process for a pulled run (runs its code on this host)"
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="folder for the figure and verdict.json")
-@click.option("--rebuild", is_flag=True, help="build the image from the recipe even when the record names a registry image")
-@click.option("--allow-build-network", is_flag=True,
-              help="build a recipe that declares image.network: true (its build then reaches this host's network)")
+@click.option(
+    "--rebuild", is_flag=True, help="build the image from the recipe even when the record names a registry image"
+)
+@click.option(
+    "--allow-build-network",
+    is_flag=True,
+    help="build a recipe that declares image.network: true (its build then reaches this host's network)",
+)
 @json_option
-def reproduce(target: str, endpoint: str | None, revision: str | None, seeds: str | None, new_seeds: bool,
-              publish_result: bool, runtime: str, trust_code: bool, out: Path | None, rebuild: bool,
-              allow_build_network: bool, as_json: bool) -> None:
+def reproduce(
+    target: str,
+    endpoint: str | None,
+    revision: str | None,
+    seeds: str | None,
+    new_seeds: bool,
+    publish_result: bool,
+    runtime: str,
+    trust_code: bool,
+    out: Path | None,
+    rebuild: bool,
+    allow_build_network: bool,
+    as_json: bool,
+) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record over seeds and give the
     verdict against the published runs of its configuration.
 
@@ -166,10 +241,21 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, seeds: st
     from harness.analysis.group_verdict import json_safe
     from harness.reproduce import reproduce as reproduce_run
 
-    result = reproduce_run(target, endpoint=endpoint, revision=revision, runtime=runtime, trust_code=trust_code,
-                           publish_result=publish_result, out=out, seeds=seeds, new_seeds=new_seeds,
-                           echo=lambda line: click.echo(line, err=True), progress=sys.stderr,
-                           rebuild=rebuild, allow_build_network=allow_build_network)
+    result = reproduce_run(
+        target,
+        endpoint=endpoint,
+        revision=revision,
+        runtime=runtime,
+        trust_code=trust_code,
+        publish_result=publish_result,
+        out=out,
+        seeds=seeds,
+        new_seeds=new_seeds,
+        echo=lambda line: click.echo(line, err=True),
+        progress=sys.stderr,
+        rebuild=rebuild,
+        allow_build_network=allow_build_network,
+    )
     if as_json:
         emit_json(json_safe(result.to_dict(curves=False)))
     else:
@@ -184,6 +270,8 @@ def reproduce(target: str, endpoint: str | None, revision: str | None, seeds: st
         click.echo(f"figure: {result.figure or 'none (the reproduction did not complete)'}")
         click.echo(f"verdict.json: {result.verdict_path}")
         if result.published_commit is not None:
-            click.echo(f"{result.repo}: published {', '.join(result.reproduction_ids)} in commit {result.published_commit}")
+            click.echo(
+                f"{result.repo}: published {', '.join(result.reproduction_ids)} in commit {result.published_commit}"
+            )
     if result.exit_code:
         raise click.exceptions.Exit(result.exit_code)

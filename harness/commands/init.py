@@ -10,10 +10,17 @@ from harness.commands.output import examples
 from harness.scaffold import IMAGES
 
 
-@click.command(epilog=examples("harness init ppo-cartpole", "harness init my-study --image new", "harness init tiny --image noop"))
+@click.command(
+    epilog=examples("harness init ppo-cartpole", "harness init my-study --image new", "harness init tiny --image noop")
+)
 @click.argument("name")
-@click.option("--image", type=click.Choice(IMAGES), default="noop", show_default=True,
-              help="Start on an existing image (rl, lm, noop) or make a new one (new: images/NAME/, locked).")
+@click.option(
+    "--image",
+    type=click.Choice(IMAGES),
+    default="noop",
+    show_default=True,
+    help="Start on an existing image (rl, lm, noop) or make a new one (new: images/NAME/, locked).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing manifests/NAME.yaml.")
 def init(name: str, image: str, force: bool) -> None:
     """Write manifests/NAME.yaml, a valid starting point that smoke-runs as it is.
@@ -35,5 +42,7 @@ def init(name: str, image: str, force: bool) -> None:
         click.echo(f"wrote {lockfile.relative_to(root.resolve())}")
     manifest = Path("manifests") / f"{name}.yaml"
     load_manifest(manifest)
-    click.echo(f"{manifest}: ok. Next: edit it, `harness run {manifest} --smoke`, then "
-               "`scripts/verify-submission.sh` and open a pull request (CONTRIBUTING.md).")
+    click.echo(
+        f"{manifest}: ok. Next: edit it, `harness run {manifest} --smoke`, then "
+        "`scripts/verify-submission.sh` and open a pull request (CONTRIBUTING.md)."
+    )

@@ -10,15 +10,23 @@ import click
 
 RUNTIMES = ("docker", "podman", "process")
 
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print the result as JSON on stdout (shapes: docs/cli-json.md); progress goes to stderr.")
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the result as JSON on stdout (shapes: docs/cli-json.md); progress goes to stderr.",
+)
 runtime_option = click.option(
-    "--runtime", type=click.Choice(RUNTIMES), default="docker", show_default=True,
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="docker",
+    show_default=True,
     help="docker: the sandboxed container; podman: the same sandbox through (rootless) Podman; "
-         "process: on this host, marked non-hermetic.",
+    "process: on this host, marked non-hermetic.",
 )
 ca_bundle_option = click.option(
-    "--ca-bundle", type=click.Path(path_type=Path),
+    "--ca-bundle",
+    type=click.Path(path_type=Path),
     help="Extra CA bundle for the build (default: SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE).",
 )
 endpoint_option = click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")

@@ -32,9 +32,13 @@ def progress_table(progress: dict[str, Any]) -> Any:
     table.add_column("progress", width=16)
     ended = progress["done"] + progress["failed"]
     table.add_row(
-        str(progress["total"]), str(progress["queued"]), f"[cyan]{progress['running']}",
-        f"[green]{progress['done']}", f"[red]{progress['failed']}" if progress["failed"] else "0",
-        _duration(progress["elapsed_s"]), "done" if progress["finished"] else _duration(progress["eta_s"]),
+        str(progress["total"]),
+        str(progress["queued"]),
+        f"[cyan]{progress['running']}",
+        f"[green]{progress['done']}",
+        f"[red]{progress['failed']}" if progress["failed"] else "0",
+        _duration(progress["elapsed_s"]),
+        "done" if progress["finished"] else _duration(progress["eta_s"]),
         ProgressBar(total=max(progress["total"], 1), completed=ended, width=16),
     )
     parts: list[Any] = [table]

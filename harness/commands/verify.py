@@ -12,10 +12,18 @@ from harness import ci
 from harness.commands.output import examples
 
 
-@click.command(epilog=examples("harness verify origin/main", "harness verify all", "GITHUB_ACTIONS=true harness verify origin/main"))
+@click.command(
+    epilog=examples(
+        "harness verify origin/main", "harness verify all", "GITHUB_ACTIONS=true harness verify origin/main"
+    )
+)
 @click.argument("base", default="origin/main")
-@click.option("--github/--no-github", "github", default=None,
-              help="Print problems as GitHub annotations and write the job summary (default: when GITHUB_ACTIONS=true).")
+@click.option(
+    "--github/--no-github",
+    "github",
+    default=None,
+    help="Print problems as GitHub annotations and write the job summary (default: when GITHUB_ACTIONS=true).",
+)
 def verify(base: str, github: bool | None) -> None:
     """Verify a submission against BASE (a git ref; `all` runs every manifest).
 
@@ -66,15 +74,22 @@ def verify(base: str, github: bool | None) -> None:
         # a smoke run is one seed (the manifest's first) of every sweep point: enough to show
         # that each configuration works, a fraction of the time of all seeds
         seed = str(item.first_seed)
-        outcome = subprocess.run([sys.executable, "-m", "harness", "run", str(item.path), "--smoke", "--seed", seed, "--quiet"],
-                                 cwd=root)
+        outcome = subprocess.run(
+            [sys.executable, "-m", "harness", "run", str(item.path), "--smoke", "--seed", seed, "--quiet"], cwd=root
+        )
         new_rows = _rows_for(item.path, item.first_seed, f"not run (harness run exit {outcome.returncode})")
         rows += new_rows
         bad = [row for row in new_rows if row.status != "completed"]
         if outcome.returncode != 0 or bad:
             detail = ", ".join(f"{row.run_id} {row.status}" for row in bad) or f"exit status {outcome.returncode}"
-            failures.append(ci.Annotation(f"smoke run failed: {detail} (see the log above; reproduce with "
-                                          f"`harness run {item.path} --smoke --seed {seed}`)", item.path.as_posix(), 1))
+            failures.append(
+                ci.Annotation(
+                    f"smoke run failed: {detail} (see the log above; reproduce with "
+                    f"`harness run {item.path} --smoke --seed {seed}`)",
+                    item.path.as_posix(),
+                    1,
+                )
+            )
     for failure in failures:
         click.echo(failure.workflow_command() if github else f"error: {failure}")
     if failures:

@@ -66,7 +66,9 @@ def container_config(image_id: str, request: JobRequest) -> dict[str, Any]:
         "Env": [f"{name}={value}" for name, value in job_environment(request).items()],
         "User": SANDBOX_USER,
         "Labels": {RUN_LABEL: request.run_id},
-        "AttachStdin": False, "OpenStdin": False, "Tty": False,
+        "AttachStdin": False,
+        "OpenStdin": False,
+        "Tty": False,
         "HostConfig": sandbox_options(request),
     }
 
@@ -122,7 +124,8 @@ class DockerJob:
         except EngineAPIError as exc:
             raise EngineError(f"could not create the container of {request.run_id}: {exc}") from None
         self.log_thread = threading.Thread(
-            target=lambda: copy_lines(self.container.logs(), request.log_path, request.echo), daemon=True)
+            target=lambda: copy_lines(self.container.logs(), request.log_path, request.echo), daemon=True
+        )
         self._stopped_by: str | None = None
 
     def config(self, image_id: str, request: JobRequest) -> dict[str, Any]:
@@ -187,8 +190,11 @@ def kill_orphan(run_id: str, api: EngineAPI | None = None) -> bool:
     ``api``: the engine that ran it (default: the Docker engine)."""
     try:
         api = api or engine_api(timeout=30)
-        found = api.call("GET", "/containers/json",
-                         query={"all": "true", "filters": json.dumps({"label": [f"{RUN_LABEL}={run_id}"]})})
+        found = api.call(
+            "GET",
+            "/containers/json",
+            query={"all": "true", "filters": json.dumps({"label": [f"{RUN_LABEL}={run_id}"]})},
+        )
     except (EngineError, OSError):
         return False
     for container in found:
@@ -214,16 +220,29 @@ def engine_version(api: EngineAPI) -> str:
 
 def run_in_image(api: EngineAPI, image_id: str, command: list[str], timeout: float = 120) -> str:
     """Run a short command in the image under the same sandbox and return its stdout."""
-    container = EngineContainer.create(api, f"harness-probe-{os.getpid()}-{threading.get_ident()}", {
-        "Image": image_id, "Cmd": command, "User": SANDBOX_USER, "Tty": False,
-        "Env": ["HOME=/tmp", f"PYTHONPATH={CONTAINER_LIB}"],
-        "HostConfig": {
-            "NetworkMode": "none", "ReadonlyRootfs": True, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"],
-            "Tmpfs": {"/tmp": "rw,size=64m"}, "Binds": [f"{harness_package_dir()}:{CONTAINER_LIB}/harness:ro"],
-            # the image may be a pulled one: the probe is as bounded as a run
-            "Memory": PROBE_MEMORY_BYTES, "MemorySwap": PROBE_MEMORY_BYTES, "PidsLimit": 256,
+    container = EngineContainer.create(
+        api,
+        f"harness-probe-{os.getpid()}-{threading.get_ident()}",
+        {
+            "Image": image_id,
+            "Cmd": command,
+            "User": SANDBOX_USER,
+            "Tty": False,
+            "Env": ["HOME=/tmp", f"PYTHONPATH={CONTAINER_LIB}"],
+            "HostConfig": {
+                "NetworkMode": "none",
+                "ReadonlyRootfs": True,
+                "CapDrop": ["ALL"],
+                "SecurityOpt": ["no-new-privileges"],
+                "Tmpfs": {"/tmp": "rw,size=64m"},
+                "Binds": [f"{harness_package_dir()}:{CONTAINER_LIB}/harness:ro"],
+                # the image may be a pulled one: the probe is as bounded as a run
+                "Memory": PROBE_MEMORY_BYTES,
+                "MemorySwap": PROBE_MEMORY_BYTES,
+                "PidsLimit": 256,
+            },
         },
-    })
+    )
     try:
         container.start()
         container.wait(timeout=timeout)

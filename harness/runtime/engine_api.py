@@ -27,7 +27,7 @@ ENGINE_HINT = "start it with `dockerd --bridge=none --iptables=false --ip-masq=f
 def engine_socket() -> str | None:
     """The engine's unix socket path, or None when ``DOCKER_HOST`` names another kind of address."""
     host = os.environ.get("DOCKER_HOST", DEFAULT_HOST)
-    return host[len("unix://"):] if host.startswith("unix://") else None
+    return host[len("unix://") :] if host.startswith("unix://") else None
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -56,8 +56,9 @@ class EngineAPI:
         self.path = path
         self.timeout = timeout
 
-    def _open(self, method: str, url: str, body: Any = None, timeout: float | None = None,
-              query: dict[str, Any] | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _open(
+        self, method: str, url: str, body: Any = None, timeout: float | None = None, query: dict[str, Any] | None = None
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         connection = _UnixConnection(self.path, self.timeout if timeout is None else timeout)
         target = f"/{API_VERSION}{url}" + (f"?{urlencode(query)}" if query else "")
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -71,8 +72,9 @@ class EngineAPI:
             connection.close()
             raise
 
-    def call(self, method: str, url: str, body: Any = None, timeout: float | None = None,
-             query: dict[str, Any] | None = None) -> Any:
+    def call(
+        self, method: str, url: str, body: Any = None, timeout: float | None = None, query: dict[str, Any] | None = None
+    ) -> Any:
         """One request; the decoded JSON answer (None for an empty one). EngineAPIError for a status
         of 400 or more; ``TimeoutError`` when the engine does not answer within ``timeout``."""
         connection, response = self._open(method, url, body, timeout, query)
@@ -91,8 +93,12 @@ class EngineAPI:
     def stream_logs(self, container_id: str, stderr: bool = True) -> Iterator[bytes]:
         """A container's stdout (and stderr) as they come, until it ends (the API's multiplexed
         frames: an 8-byte header, then the payload)."""
-        connection, response = self._open("GET", f"/containers/{container_id}/logs", timeout=None,
-                                          query={"follow": 1, "stdout": 1, "stderr": int(stderr)})
+        connection, response = self._open(
+            "GET",
+            f"/containers/{container_id}/logs",
+            timeout=None,
+            query={"follow": 1, "stdout": 1, "stderr": int(stderr)},
+        )
         try:
             if response.status >= 400:
                 return
@@ -127,8 +133,10 @@ def engine_api(timeout: float = 60) -> EngineAPI:
     engine does not answer. A run mounts host folders, so its engine must be on this host."""
     path = engine_socket()
     if path is None:
-        raise EngineError(f"DOCKER_HOST={os.environ.get('DOCKER_HOST')}: runs need the local engine's unix socket "
-                          "(unset DOCKER_HOST, or set it to unix:///path/to/docker.sock)")
+        raise EngineError(
+            f"DOCKER_HOST={os.environ.get('DOCKER_HOST')}: runs need the local engine's unix socket "
+            "(unset DOCKER_HOST, or set it to unix:///path/to/docker.sock)"
+        )
     api = EngineAPI(path, timeout)
     if (path, timeout) not in _answered:  # once per process: a sweep's runs need not ask again
         try:
@@ -176,8 +184,11 @@ class EngineContainer:
 
     def stats(self, stream: bool = False, one_shot: bool = True) -> dict[str, Any]:
         """One sample of the engine's stats."""
-        answer: dict[str, Any] = self.api.call("GET", f"/containers/{self.id}/stats",
-                                               query={"stream": "false", "one-shot": "true" if one_shot else "false"})
+        answer: dict[str, Any] = self.api.call(
+            "GET",
+            f"/containers/{self.id}/stats",
+            query={"stream": "false", "one-shot": "true" if one_shot else "false"},
+        )
         return answer
 
     def kill(self) -> None:

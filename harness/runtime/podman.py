@@ -504,8 +504,12 @@ def prepare_podman_image(
     engine (content-addressed, as for ``docker``) and copied into Podman when it lacks that id."""
     from harness.images import prepare_image
 
-    key = (loaded.manifest.image.ref, str(loaded.build_dir), loaded.lockfile and loaded.lockfile.read_bytes(),
-           loaded.manifest.image.network)
+    key = (
+        loaded.manifest.image.ref,
+        str(loaded.build_dir),
+        loaded.lockfile and loaded.lockfile.read_bytes(),
+        loaded.manifest.image.network,
+    )
     with _prepared_lock:
         if key in _prepared and not force_build:
             return _prepared[key]

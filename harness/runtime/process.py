@@ -26,7 +26,10 @@ def host_command(request: JobRequest) -> list[str]:
         command[0] = sys.executable
     if request.workload_dir is not None:
         prefix = str(request.workload_dir) + "/"
-        command = [prefix + part[len(CONTAINER_WORKLOAD):] if part.startswith(CONTAINER_WORKLOAD) else part for part in command]
+        command = [
+            prefix + part[len(CONTAINER_WORKLOAD) :] if part.startswith(CONTAINER_WORKLOAD) else part
+            for part in command
+        ]
     return command
 
 
@@ -63,8 +66,13 @@ class ProcessJob:
     def start(self) -> None:
         try:
             self.process = subprocess.Popen(
-                host_command(self.request), env=host_environment(self.request), cwd=self.request.out_dir,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                host_command(self.request),
+                env=host_environment(self.request),
+                cwd=self.request.out_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         except OSError as exc:
             self.process = None

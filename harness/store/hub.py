@@ -57,6 +57,7 @@ LOCAL_ONLY_FIELDS = ("pulled_from", "owner")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
+
 @dataclass
 class PublishResult:
     """What a publish did: the commit (None when nothing changed) and which runs it carried."""
@@ -123,7 +124,9 @@ def hub_errors(repo: str, endpoint: str) -> Iterator[None]:
             raise HubError(f"{repo} changed on the Hub while publishing; run the command again") from None
         raise HubError(f"{endpoint}: {repo}: {_first_line(exc)}") from None
     except (httpx2.TransportError, OSError) as exc:
-        raise HubError(f"{endpoint}: connection failed for {repo} ({type(exc).__name__}: {_first_line(exc)}); nothing was changed, try again") from None
+        raise HubError(
+            f"{endpoint}: connection failed for {repo} ({type(exc).__name__}: {_first_line(exc)}); nothing was changed, try again"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -191,8 +194,10 @@ def _conform_index_batch(batch: pa.RecordBatch | pa.Table, schema: pa.Schema, so
         try:
             columns.append(batch.column(index).cast(kind))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            raise HubError(f"{source}: column {printable(name)!r} of {RUNS_INDEX} is not {kind}; "
-                           "fix or remove the repo's runs index") from None
+            raise HubError(
+                f"{source}: column {printable(name)!r} of {RUNS_INDEX} is not {kind}; "
+                "fix or remove the repo's runs index"
+            ) from None
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -212,8 +217,9 @@ def _index_schema(existing: pq.ParquetFile | None, new_rows: pa.Table) -> pa.Sch
     return pa.schema(list(BASE_COLUMNS) + [pa.field(name, kind) for name, kind in sorted(params.items())])
 
 
-def write_runs_index(existing: Path | None, records: Sequence[Mapping[str, Any]], target: Path,
-                     source: str = RUNS_INDEX) -> _IndexOutcome:
+def write_runs_index(
+    existing: Path | None, records: Sequence[Mapping[str, Any]], target: Path, source: str = RUNS_INDEX
+) -> _IndexOutcome:
     """Write ``target``: the rows of the ``existing`` runs index (minus the runs being published),
     then one row per record. The old index is streamed in batches, never loaded whole."""
     import collections
@@ -236,21 +242,26 @@ def write_runs_index(existing: Path | None, records: Sequence[Mapping[str, Any]]
     try:
         handle = pq.ParquetFile(existing) if existing is not None else None
     except (pa.ArrowInvalid, OSError) as exc:
-        raise HubError(f"{source}: the repo's {RUNS_INDEX} is not a readable parquet file ({_first_line(exc)}); "
-                       "fix or remove it") from None
+        raise HubError(
+            f"{source}: the repo's {RUNS_INDEX} is not a readable parquet file ({_first_line(exc)}); fix or remove it"
+        ) from None
     schema = _index_schema(handle, new_rows)
     with pq.ParquetWriter(target, schema) as writer:
         if handle is not None:
             try:
                 for batch in handle.iter_batches(batch_size=INDEX_BATCH_ROWS):
                     table = _conform_index_batch(batch, schema, source)
-                    table = table.filter(pc.invert(pc.fill_null(pc.is_in(table.column("run_id"), value_set=new_ids), False)))
+                    table = table.filter(
+                        pc.invert(pc.fill_null(pc.is_in(table.column("run_id"), value_set=new_ids), False))
+                    )
                     if table.num_rows:
                         writer.write_table(table)
                         note(table)
             except (pa.ArrowInvalid, OSError) as exc:
-                raise HubError(f"{source}: the repo's {RUNS_INDEX} is not a readable parquet file ({_first_line(exc)}); "
-                               "fix or remove it") from None
+                raise HubError(
+                    f"{source}: the repo's {RUNS_INDEX} is not a readable parquet file ({_first_line(exc)}); "
+                    "fix or remove it"
+                ) from None
         table = _conform_index_batch(new_rows, schema, "the runs being published")
         writer.write_table(table)
         note(table)
@@ -271,7 +282,7 @@ def _scan_for_token(paths: list[tuple[Path, str]], blobs: list[bytes], token: st
                 offset += len(block)
                 if needle in tail + block:
                     raise HubError(f"refusing to publish: {relative} contains your Hub token; remove it from the run")
-                tail = block[-len(needle):]
+                tail = block[-len(needle) :]
         finally:
             os.close(fd)
 
@@ -304,7 +315,9 @@ def publish(
     records = []
     for run_id in dict.fromkeys(run_ids):
         if not RUN_ID.match(run_id):
-            raise HubError(f"{printable(run_id)!r} is not a run id that a pull would accept (letters, digits, '.', '_', '-')")
+            raise HubError(
+                f"{printable(run_id)!r} is not a run id that a pull would accept (letters, digits, '.', '_', '-')"
+            )
         record = store.load(run_id)
         _check_publishable_paths(run_id, record)
         if record.get("status") not in FINAL_STATUSES:
@@ -338,7 +351,9 @@ def publish(
             prefix = f"runs/{run_id}/"
             record_bytes = published_record_bytes(record)
             wanted = {prefix + RECORD_NAME}
-            same = _same_content(remote.get(prefix + RECORD_NAME), hashlib.sha256(record_bytes).hexdigest(), _git_blob_oid(record_bytes))
+            same = _same_content(
+                remote.get(prefix + RECORD_NAME), hashlib.sha256(record_bytes).hexdigest(), _git_blob_oid(record_bytes)
+            )
             run_ops: list[Any] = [CommitOperationAdd(prefix + RECORD_NAME, record_bytes)]
             differing: list[str] = []
             for relative, sha256 in sorted(record["files"].items()):
@@ -349,9 +364,11 @@ def publish(
                 upload_paths.append((folder, relative))
             stale = [p for p in remote if p.startswith(prefix) and p not in wanted]
             if prefix + RECORD_NAME in remote and (differing or stale):
-                what = f"{differing[0]} differs" if differing else f"{stale[0][len(prefix):]} is not in this run"
-                raise HubError(f"run {run_id} is already on {repo} with different files ({what}); not replacing it. "
-                               f"Re-run it with `harness run --rerun` (a new run id) and publish that, or publish to another repo")
+                what = f"{differing[0]} differs" if differing else f"{stale[0][len(prefix) :]} is not in this run"
+                raise HubError(
+                    f"run {run_id} is already on {repo} with different files ({what}); not replacing it. "
+                    f"Re-run it with `harness run --rerun` (a new run id) and publish that, or publish to another repo"
+                )
             same = same and not differing
             if same and not stale:
                 unchanged.append(run_id)
@@ -370,10 +387,20 @@ def publish(
             if RUNS_INDEX in remote:
                 size = getattr(remote[RUNS_INDEX], "size", 0) or 0
                 if size > MAX_INDEX_BYTES:
-                    raise HubError(f"{repo}: its {RUNS_INDEX} is {size} bytes (more than {MAX_INDEX_BYTES}); not reading it")
-                index_path = Path(hf_hub_download(
-                    repo, RUNS_INDEX, repo_type=REPO_TYPE, revision=head, endpoint=api.endpoint, token=token, local_dir=scratch
-                ))
+                    raise HubError(
+                        f"{repo}: its {RUNS_INDEX} is {size} bytes (more than {MAX_INDEX_BYTES}); not reading it"
+                    )
+                index_path = Path(
+                    hf_hub_download(
+                        repo,
+                        RUNS_INDEX,
+                        repo_type=REPO_TYPE,
+                        revision=head,
+                        endpoint=api.endpoint,
+                        token=token,
+                        local_dir=scratch,
+                    )
+                )
             new_index = Path(scratch) / "new-runs.parquet"
             index = write_runs_index(index_path, records, new_index, f"{repo}@{head[:12]}")
             rows = sorted(index.tail, key=lambda row: (str(row.get("started_at") or ""), str(row.get("run_id"))))
@@ -381,16 +408,30 @@ def publish(
             for row in rows[::-1][: repo_card.FIGURE_RUNS]:  # the newest runs already on the Hub, for the figure
                 remote_metrics = f"runs/{row['run_id']}/{METRICS_PARQUET}"
                 if row["run_id"] not in run_dirs and remote_metrics in remote and RUN_ID.match(row["run_id"]):
-                    hf_hub_download(repo, remote_metrics, repo_type=REPO_TYPE, revision=head, endpoint=api.endpoint,
-                                    token=token, local_dir=scratch)
+                    hf_hub_download(
+                        repo,
+                        remote_metrics,
+                        repo_type=REPO_TYPE,
+                        revision=head,
+                        endpoint=api.endpoint,
+                        token=token,
+                        local_dir=scratch,
+                    )
                     run_dirs[row["run_id"]] = Path(scratch) / "runs" / row["run_id"]
             figure = repo_card.learning_curves(run_dirs, rows, Path(scratch) / "figure.png")
             figure_bytes = figure.read_bytes() if figure is not None else None
             has_system = any(SYSTEM_PARQUET in r["files"] for r in records) or any(
                 p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
             )
-            card = repo_card.card_text(repo, rows, has_system, repo_card.FIGURE_PATH if figure_bytes else None,
-                                       license=license, pretty_name=pretty_name, total=index.rows).encode()
+            card = repo_card.card_text(
+                repo,
+                rows,
+                has_system,
+                repo_card.FIGURE_PATH if figure_bytes else None,
+                license=license,
+                pretty_name=pretty_name,
+                total=index.rows,
+            ).encode()
             generated += [card] + ([figure_bytes] if figure_bytes is not None else [])
             _scan_for_token(upload_paths + [(new_index.parent, new_index.name)], generated, token)
             operations += [CommitOperationAdd(RUNS_INDEX, str(new_index)), CommitOperationAdd("README.md", card)]
@@ -406,8 +447,9 @@ def publish(
     return PublishResult(repo, str(repo_url), info.oid, changed, unchanged)
 
 
-def _upload_operation(path_in_repo: str, folder: Path, relative: str, sha256: str, open_files: contextlib.ExitStack,
-                      opened: list[str]) -> Any:
+def _upload_operation(
+    path_in_repo: str, folder: Path, relative: str, sha256: str, open_files: contextlib.ExitStack, opened: list[str]
+) -> Any:
     """The commit operation that uploads ``folder/relative``, from a descriptor opened without
     following links (the upload reads the file that was checked, whatever its name points at
     later); HubError when its bytes are no longer the ones the record lists."""
@@ -432,8 +474,10 @@ def _check_publishable_paths(run_id: str, record: Mapping[str, Any]) -> None:
     for relative in files:
         problem = relative_path_problem(relative)
         if problem:
-            raise HubError(f"run {run_id}: cannot publish {printable(str(relative))!r} ({problem}): a pull would refuse it; "
-                           "rename or remove that file in the run folder and re-run, or publish without it")
+            raise HubError(
+                f"run {run_id}: cannot publish {printable(str(relative))!r} ({problem}): a pull would refuse it; "
+                "rename or remove that file in the run folder and re-run, or publish without it"
+            )
 
 
 # -- pull -----------------------------------------------------------------------------------------
@@ -491,18 +535,29 @@ def pull(
     with hub_errors(repo, api.endpoint):
         commit = api.repo_info(repo, repo_type=REPO_TYPE, revision=revision).sha
         entries = [
-            entry for entry in api.list_repo_tree(repo, repo_type=REPO_TYPE, revision=commit, recursive=True)
+            entry
+            for entry in api.list_repo_tree(repo, repo_type=REPO_TYPE, revision=commit, recursive=True)
             if hasattr(entry, "blob_id")
         ]
         paths = [entry.path for entry in entries]
         too_large = [e.path for e in entries if (getattr(e, "size", 0) or 0) > MAX_CHECKSUM_BYTES]
         if too_large:
-            raise HubError(f"{repo}@{commit[:12]}: {printable(too_large[0])} is larger than {MAX_CHECKSUM_BYTES} bytes; not pulling it")
+            raise HubError(
+                f"{repo}@{commit[:12]}: {printable(too_large[0])} is larger than {MAX_CHECKSUM_BYTES} bytes; not pulling it"
+            )
         unsafe = [p for p in paths if not _safe_relative(p)]
         if unsafe:
-            raise HubError(f"{repo}@{commit[:12]}: refusing a repo with an unusable path {printable(unsafe[0])!r} "
-                           f"({relative_path_problem(unsafe[0])})")
-        available = sorted({p.split("/")[1] for p in paths if p.startswith("runs/") and p.endswith("/" + RECORD_NAME) and p.count("/") == 2})
+            raise HubError(
+                f"{repo}@{commit[:12]}: refusing a repo with an unusable path {printable(unsafe[0])!r} "
+                f"({relative_path_problem(unsafe[0])})"
+            )
+        available = sorted(
+            {
+                p.split("/")[1]
+                for p in paths
+                if p.startswith("runs/") and p.endswith("/" + RECORD_NAME) and p.count("/") == 2
+            }
+        )
         if only_run is not None and only_run not in available:
             known = ", ".join(available[:10]) or "none"
             raise HubError(f"{repo}@{commit[:12]} has no run {only_run!r} (runs: {known})")
@@ -530,7 +585,9 @@ def pull(
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _move_into_store(run_ids: list[str], downloaded: Path, store: LocalStore, repo: str, commit: str, endpoint: str) -> list[str]:
+def _move_into_store(
+    run_ids: list[str], downloaded: Path, store: LocalStore, repo: str, commit: str, endpoint: str
+) -> list[str]:
     verified = {run_id: _verify_download(run_id, downloaded / run_id) for run_id in run_ids}
     for run_id, record in verified.items():
         if store.exists(run_id):

@@ -35,7 +35,9 @@ def checksum_report(folder: Path) -> tuple[dict[str, str], list[Skipped]]:
     """``checksum_tree`` and the list of what it left out, through the one safe walker."""
     sums, skipped = checksum_files(folder)
     layout = RunLayout(folder)
-    return {path: digest for path, digest in sums.items() if not ("/" not in path and layout.is_record_temp(path))}, skipped
+    return {
+        path: digest for path, digest in sums.items() if not ("/" not in path and layout.is_record_temp(path))
+    }, skipped
 
 
 def read_record(path: Path) -> Record:
@@ -145,7 +147,5 @@ class LocalStore:
         actual = checksum_tree(folder)
         problems = [f"missing {p}" for p in sorted(set(expected) - set(actual))]
         problems += [f"extra {p}" for p in sorted(set(actual) - set(expected))]
-        problems += [
-            f"checksum mismatch {p}" for p in sorted(set(expected) & set(actual)) if expected[p] != actual[p]
-        ]
+        problems += [f"checksum mismatch {p}" for p in sorted(set(expected) & set(actual)) if expected[p] != actual[p]]
         return problems

@@ -15,9 +15,18 @@ import pyarrow.parquet as pq
 
 from harness.store.local import LocalStore
 
-METRICS_SCHEMA = pa.schema([("run_id", pa.string()), ("name", pa.string()), ("step", pa.int64()),
-                            ("value", pa.float64()), ("wall_time", pa.float64())])
-SYSTEM_SCHEMA = pa.schema([("run_id", pa.string()), ("time", pa.float64()), ("name", pa.string()), ("value", pa.float64())])
+METRICS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("name", pa.string()),
+        ("step", pa.int64()),
+        ("value", pa.float64()),
+        ("wall_time", pa.float64()),
+    ]
+)
+SYSTEM_SCHEMA = pa.schema(
+    [("run_id", pa.string()), ("time", pa.float64()), ("name", pa.string()), ("value", pa.float64())]
+)
 
 MANIFEST = """apiVersion: harness/v1
 name: {name}
@@ -97,14 +106,36 @@ def make_run(
         "hermetic": True,
         "manifest_sha256": "0" * 64,
         "lockfile_sha256": "1" * 64,
-        "image": {"ref": "harness/rl:abc", "id": "sha256:" + "2" * 64, "tag": "harness/rl:abc", "content_hash": "3" * 64, "packages": []},
+        "image": {
+            "ref": "harness/rl:abc",
+            "id": "sha256:" + "2" * 64,
+            "tag": "harness/rl:abc",
+            "content_hash": "3" * 64,
+            "packages": [],
+        },
         "hardware": {"accelerator": "cpu", "gpus": 0, "cpus": 1, "memory": "2GiB"},
-        "host": host or {"hostname": "box", "os": "Linux", "kernel": "6.1", "cpu_model": "Test CPU", "cpu_count": 2,
-                         "memory_bytes": 8 << 30, "gpus": [], "gpu_driver": None},
+        "host": host
+        or {
+            "hostname": "box",
+            "os": "Linux",
+            "kernel": "6.1",
+            "cpu_model": "Test CPU",
+            "cpu_count": 2,
+            "memory_bytes": 8 << 30,
+            "gpus": [],
+            "gpu_driver": None,
+        },
         "metrics_summary": {
-            "charts/episodic_return": {"last": returns[-1], "max": max(returns), "min": min(returns),
-                                       "mean_last_n": sum(returns[-10:]) / len(returns[-10:]), "count": len(returns)}
-        } if returns else {},
+            "charts/episodic_return": {
+                "last": returns[-1],
+                "max": max(returns),
+                "min": min(returns),
+                "mean_last_n": sum(returns[-10:]) / len(returns[-10:]),
+                "count": len(returns),
+            }
+        }
+        if returns
+        else {},
         "primary_metric": "charts/episodic_return",
         "reproduces": None,
     }

@@ -51,7 +51,9 @@ class HubHandler(BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, ctype: str = "application/json") -> None:
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, ctype: str = "application/json"
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         for key, value in (headers or {}).items():
@@ -125,16 +127,64 @@ class HubHandler(BaseHTTPRequestHandler):
         ("GET", re.compile(r"^/api/whoami-v2$"), "whoami"),
         ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
         ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
-        ("GET", re.compile(r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)(?:/revision/(?P<rev>[^/]+))?$"), "repo_info"),
-        ("GET", re.compile(r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"), "tree"),
-        ("POST", re.compile(r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)/paths-info/(?P<rev>[^/]+)$"), "paths_info"),
-        ("GET", re.compile(r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)/commits/(?P<rev>[^/]+)$"), "commits"),
-        ("POST", re.compile(r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)/preupload/(?P<rev>[^/]+)$"), "preupload"),
-        ("POST", re.compile(r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)/commit/(?P<rev>[^/]+)$"), "commit"),
-        ("POST", re.compile(r"^/(?:(?P<kind>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)\.git/info/lfs/objects/batch$"), "lfs_batch"),
+        (
+            "GET",
+            re.compile(
+                r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)(?:/revision/(?P<rev>[^/]+))?$"
+            ),
+            "repo_info",
+        ),
+        (
+            "GET",
+            re.compile(
+                r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"
+            ),
+            "tree",
+        ),
+        (
+            "POST",
+            re.compile(
+                r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)/paths-info/(?P<rev>[^/]+)$"
+            ),
+            "paths_info",
+        ),
+        (
+            "GET",
+            re.compile(r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)/commits/(?P<rev>[^/]+)$"),
+            "commits",
+        ),
+        (
+            "POST",
+            re.compile(
+                r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)/preupload/(?P<rev>[^/]+)$"
+            ),
+            "preupload",
+        ),
+        (
+            "POST",
+            re.compile(r"^/api/(?P<kind>datasets|models|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)/commit/(?P<rev>[^/]+)$"),
+            "commit",
+        ),
+        (
+            "POST",
+            re.compile(r"^/(?:(?P<kind>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)\.git/info/lfs/objects/batch$"),
+            "lfs_batch",
+        ),
         ("PUT", re.compile(r"^/lfs-upload/(?P<oid>[0-9a-f]{64})/(?P<size>\d+)/(?P<sig>[0-9a-f]{64})$"), "lfs_upload"),
-        ("GET", re.compile(r"^/(?:(?P<kind>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
-        ("HEAD", re.compile(r"^/(?:(?P<kind>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+        (
+            "GET",
+            re.compile(
+                r"^/(?:(?P<kind>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
+            ),
+            "resolve",
+        ),
+        (
+            "HEAD",
+            re.compile(
+                r"^/(?:(?P<kind>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
+            ),
+            "resolve",
+        ),
     ]
 
     def _dispatch(self) -> None:
@@ -166,8 +216,16 @@ class HubHandler(BaseHTTPRequestHandler):
         if self._token() is None:
             self._error(401, "You must be authenticated to call whoami")
         elif self._check_token(write=True):
-            self._json(200, {"type": "user", "name": USER, "fullname": "Test User", "orgs": [],
-                             "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}})
+            self._json(
+                200,
+                {
+                    "type": "user",
+                    "name": USER,
+                    "fullname": "Test User",
+                    "orgs": [],
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+                },
+            )
 
     def handle_create_repo(self) -> None:
         payload = json.loads(self._body() or b"{}")
@@ -177,7 +235,11 @@ class HubHandler(BaseHTTPRequestHandler):
         prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
         url = f"{self._base()}/{prefix}{repo.repo_id}"
         if not self.server.storage.create_repo(repo, private=payload.get("visibility") == "private"):
-            self._json(409, {"error": "You already created this repo", "url": url}, {"X-Error-Message": "You already created this repo"})
+            self._json(
+                409,
+                {"error": "You already created this repo", "url": url},
+                {"X-Error-Message": "You already created this repo"},
+            )
             return
         self._json(200, {"url": url, "name": repo.repo_id})
 
@@ -210,14 +272,31 @@ class HubHandler(BaseHTTPRequestHandler):
             if blobs:
                 sibling.update(size=entry["size"], blobId=entry["oid"])
                 if entry["lfs"]:
-                    sibling["lfs"] = {"size": entry["size"], "sha256": entry["sha256"], "pointerSize": entry["pointer_size"]}
+                    sibling["lfs"] = {
+                        "size": entry["size"],
+                        "sha256": entry["sha256"],
+                        "pointerSize": entry["pointer_size"],
+                    }
             siblings.append(sibling)
-        self._json(200, {
-            "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id, "author": ns,
-            "sha": commit_id, "private": meta["private"], "gated": False, "disabled": False,
-            "createdAt": meta["created_at"], "lastModified": commit["date"], "downloads": 0, "likes": 0,
-            "tags": [], "siblings": siblings, "cardData": self._card_data(tree),
-        })
+        self._json(
+            200,
+            {
+                "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+                "id": repo.repo_id,
+                "author": ns,
+                "sha": commit_id,
+                "private": meta["private"],
+                "gated": False,
+                "disabled": False,
+                "createdAt": meta["created_at"],
+                "lastModified": commit["date"],
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": siblings,
+                "cardData": self._card_data(tree),
+            },
+        )
 
     def _card_data(self, tree: dict[str, Any]) -> dict[str, Any] | None:
         entry = tree.get("README.md")
@@ -241,7 +320,7 @@ class HubHandler(BaseHTTPRequestHandler):
         for file_path, entry in commit["tree"].items():
             if not file_path.startswith(prefix):
                 continue
-            rest = file_path[len(prefix):]
+            rest = file_path[len(prefix) :]
             parts = rest.split("/")
             for depth in range(1, len(parts)):
                 if recursive or depth == 1:
@@ -250,8 +329,10 @@ class HubHandler(BaseHTTPRequestHandler):
                 files.append(self._file_entry(file_path, entry, commit if expand else None))
         if prefix and not files and not folders:
             raise HubStorageError(404, f"Entry {path} not found", "EntryNotFound")
-        dirs = [{"type": "directory", "path": p, "oid": hashlib.sha1(f"{commit_id}:{p}".encode()).hexdigest(), "size": 0}
-                for p in sorted(folders)]
+        dirs = [
+            {"type": "directory", "path": p, "oid": hashlib.sha1(f"{commit_id}:{p}".encode()).hexdigest(), "size": 0}
+            for p in sorted(folders)
+        ]
         return dirs + sorted(files, key=lambda e: e["path"])
 
     @staticmethod
@@ -293,15 +374,33 @@ class HubHandler(BaseHTTPRequestHandler):
             if path in commit["tree"]:
                 result.append(self._file_entry(path, commit["tree"][path], commit if expand else None))
             elif any(p.startswith(path + "/") for p in commit["tree"]) or path == "":
-                result.append({"type": "directory", "path": path, "oid": hashlib.sha1(f"{found[1]}:{path}".encode()).hexdigest(), "size": 0})
+                result.append(
+                    {
+                        "type": "directory",
+                        "path": path,
+                        "oid": hashlib.sha1(f"{found[1]}:{path}".encode()).hexdigest(),
+                        "size": 0,
+                    }
+                )
         self._json(200, result)
 
     def handle_commits(self, kind: str, ns: str, name: str, rev: str) -> None:
         found = self._readable(kind, ns, name, rev)
         if found:
             history = self.server.storage.history(*found)
-            self._json(200, [{"id": c["id"], "authors": [{"user": c["author"]}], "date": c["date"],
-                              "title": c["title"], "message": c["message"]} for c in history])
+            self._json(
+                200,
+                [
+                    {
+                        "id": c["id"],
+                        "authors": [{"user": c["author"]}],
+                        "date": c["date"],
+                        "title": c["title"],
+                        "message": c["message"],
+                    }
+                    for c in history
+                ],
+            )
 
     def handle_preupload(self, kind: str, ns: str, name: str, rev: str) -> None:
         payload = json.loads(self._body())
@@ -318,7 +417,9 @@ class HubHandler(BaseHTTPRequestHandler):
             oid = None
             if remote is not None:
                 oid = remote["sha256"] if remote["lfs"] else remote["oid"]
-            files.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+            files.append(
+                {"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
         self._json(200, {"files": files, "commitOid": storage.resolve(repo, rev)})
 
     def handle_lfs_batch(self, ns: str, name: str, kind: str | None = None) -> None:
@@ -338,8 +439,11 @@ class HubHandler(BaseHTTPRequestHandler):
                 signature = self.server.sign(f"{oid}/{size}")
                 item["actions"] = {"upload": {"href": f"{self._base()}/lfs-upload/{oid}/{size}/{signature}"}}
             objects.append(item)
-        self._send(200, json.dumps({"transfer": "basic", "objects": objects, "hash_algo": "sha256"}).encode(),
-                   ctype="application/vnd.git-lfs+json")
+        self._send(
+            200,
+            json.dumps({"transfer": "basic", "objects": objects, "hash_algo": "sha256"}).encode(),
+            ctype="application/vnd.git-lfs+json",
+        )
 
     def handle_lfs_upload(self, oid: str, size: str, sig: str) -> None:
         # The upload URL is pre-signed (the client sends no token to it), like the Hub's storage URLs.
@@ -383,8 +487,14 @@ class HubHandler(BaseHTTPRequestHandler):
             repo, rev, operations, header["summary"], header.get("description", ""), header.get("parentCommit"), USER
         )
         prefix = "" if repo.repo_type == "model" else f"{repo.repo_type}s/"
-        self._json(200, {"success": True, "commitOid": commit_id,
-                         "commitUrl": f"{self._base()}/{prefix}{repo.repo_id}/commit/{commit_id}"})
+        self._json(
+            200,
+            {
+                "success": True,
+                "commitOid": commit_id,
+                "commitUrl": f"{self._base()}/{prefix}{repo.repo_id}/commit/{commit_id}",
+            },
+        )
 
     def handle_resolve(self, ns: str, name: str, rev: str, path: str, kind: str | None = None) -> None:
         found = self._readable(kind, ns, name, rev)
@@ -412,7 +522,7 @@ class HubHandler(BaseHTTPRequestHandler):
             if first >= len(data):
                 self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
                 return
-            status, body = 206, data[first:last + 1]
+            status, body = 206, data[first : last + 1]
             headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
         self._send(status, body, headers, ctype="application/octet-stream")
 
@@ -471,4 +581,3 @@ class HubServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

@@ -202,7 +202,13 @@ class HubStorage:
     def _entry(sha256: str, size: int, lfs: bool, data: bytes | None = None) -> dict[str, Any]:
         if lfs:
             pointer = lfs_pointer(sha256, size)
-            return {"sha256": sha256, "size": size, "lfs": True, "oid": git_blob_oid(pointer), "pointer_size": len(pointer)}
+            return {
+                "sha256": sha256,
+                "size": size,
+                "lfs": True,
+                "oid": git_blob_oid(pointer),
+                "pointer_size": len(pointer),
+            }
         assert data is not None
         return {"sha256": sha256, "size": size, "lfs": False, "oid": git_blob_oid(data)}
 
