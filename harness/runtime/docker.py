@@ -29,7 +29,11 @@ def harness_package_dir() -> Path:
 
 
 def container_name(run_id: str) -> str:
-    return f"harness-{run_id}"
+    """The container's name: the run id and a random suffix, since two stores on one engine may run
+    the same configuration at once (the run is found again by its label, not its name)."""
+    import secrets
+
+    return f"harness-{run_id}-{secrets.token_hex(4)}"
 
 
 def sandbox_options(request: JobRequest) -> dict[str, Any]:
