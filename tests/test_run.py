@@ -40,7 +40,11 @@ def test_sandboxed_run_writes_a_full_record(noop_image, store_home, cli):
     assert sandbox["seed"] == "7" and sandbox["run_id"] == record["run_id"] and sandbox["params"]["mode"] == "ok"
     assert not any("TOKEN" in key for key in sandbox["env_keys"])
     # provenance
-    assert record["image"]["id"] == noop_image.id and record["image"]["content_hash"]
+    # the tag's image: a reproduction earlier in the session may have rebuilt it under the same tag
+    from harness.runtime.engine import engine_image_id
+
+    assert record["image"]["tag"] == noop_image.tag and record["image"]["content_hash"] == noop_image.content_hash
+    assert record["image"]["id"] == engine_image_id(noop_image.tag)
     assert record["host"]["cpu_count"] >= 1 and record["docker_version"] and record["harness_version"]
     assert "six==1.16.0" in record["environment"]["packages"]
     for name in (
