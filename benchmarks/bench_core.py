@@ -25,12 +25,29 @@ REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "manifests" / "noop.yaml"
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
+# the harness's sandbox as `docker run` / `podman run` flags, for the bare baselines
+SANDBOX_FLAGS = [
+    "--network",
+    "none",
+    "--read-only",
+    "--tmpfs",
+    "/tmp",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+    "--user",
+    "65534:65534",
+]
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> float:
+    """Seconds ``cmd`` took; it must succeed."""
     started = time.perf_counter()
-    result = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {result.stderr.strip()[-400:]}")
+        raise SystemExit(f"{' '.join(cmd)} failed: {(result.stdout + result.stderr).strip()[-600:]}")
     return elapsed
 
 
@@ -44,17 +61,7 @@ def main() -> None:
     image = build_image(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt")
     harness = [sys.executable, "-m", "harness"]
     sandbox = [
-        "--network",
-        "none",
-        "--read-only",
-        "--tmpfs",
-        "/tmp",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-        "--user",
-        "65534:65534",
+        *SANDBOX_FLAGS,
         "--memory",
         "256m",
         "--cpus",

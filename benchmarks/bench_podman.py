@@ -21,24 +21,15 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
+from bench_core import SANDBOX_FLAGS, timed  # the same baseline flags and timer
+
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "manifests" / "noop.yaml"
-
-
-def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {(result.stdout + result.stderr).strip()[-600:]}")
-    return elapsed
 
 
 def podman_overhead(repeats: int, root: Path) -> dict[str, float]:
@@ -74,17 +65,7 @@ def _podman_overhead(repeats: int, root: Path) -> dict[str, float]:
     out.mkdir(mode=0o777)
     out.chmod(0o777)
     sandbox = [
-        "--network",
-        "none",
-        "--read-only",
-        "--tmpfs",
-        "/tmp",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
-        "--user",
-        "65534:65534",
+        *SANDBOX_FLAGS,
         "-v",
         f"{out}:/harness/out:rw",
         "-e",

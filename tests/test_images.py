@@ -36,8 +36,8 @@ def test_shipped_lockfiles_are_pinned_hashed_and_fresh():
 def test_lockfile_checks_catch_each_problem(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text(
-        "six==1.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\nnumpy>=1\n--index-url file:///opt/pypi/simple\n"
-        "--find-links /opt/wheels\nrequests==2.0\n"
+        "six==1.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\nnumpy>=1\n--index-url file:///srv/mirror/simple\n"
+        "--find-links ./wheels\nrequests==2.0\n"
     )
     problems = lockfile_problems(bad)
     assert any("numpy" in p and "not pinned" in p for p in problems)

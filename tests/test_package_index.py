@@ -68,7 +68,7 @@ def test_lock_keeps_the_pins_of_the_existing_lockfile(tmp_path):
 @pytest.mark.parametrize(
     "line",
     [
-        "--extra-index-url file:///opt/pypi/simple",
+        "--extra-index-url file:///srv/mirror/simple",
         "--index-url http://mirror.example/simple",
         "--extra-index-url https://user:secret@mirror.example/simple",
     ],

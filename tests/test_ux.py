@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from harness.store.local import LocalStore
 from tests.conftest import REPO as ROOT
+from tests.conftest import run_cli
 from tests.hubserver import HubServer, RepoRef
 from tests.hubserver.runs import curve, make_run
 
@@ -33,14 +34,11 @@ def harness(
     home: Path, *args: str, cwd: Path = ROOT, timeout: float = 600, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """The CLI in a fresh interpreter, as a user runs it (stdout piped: not a terminal)."""
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args],
+    return run_cli(
+        *args,
         cwd=cwd,
-        capture_output=True,
-        text=True,
         timeout=timeout,
         env={
-            **os.environ,
             "HARNESS_HOME": str(home),
             "MPLBACKEND": "Agg",
             "HF_HUB_DISABLE_XET": "1",

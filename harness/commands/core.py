@@ -17,8 +17,6 @@ from harness.errors import HarnessError
 from harness.record import Record
 from harness.runids import RUN_ID
 
-_console = console
-
 
 @click.command(
     epilog=examples("harness validate manifests/*.yaml", "harness validate --json manifests/dqn-cartpole.yaml")
@@ -436,7 +434,7 @@ def ls(as_json: bool, limit: int) -> None:
             f"{_number(record.get('duration_s'), '.1f')}s",
             value,
         )
-    _console().print(table)
+    console().print(table)
 
 
 def _text(value: Any, limit: int = 120) -> str:
@@ -478,7 +476,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     if as_json:
         click.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
         return
-    console = _console()
+    out = console()
     image, host = _mapping(record.get("image")), _mapping(record.get("host"))
     environment, gpu = _mapping(record.get("environment")), _mapping(record.get("gpu"))
     exit_code = record.get("exit_code")
@@ -548,7 +546,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     if record.get("detail"):
         rows.append(("detail", _text(record["detail"], 600)))
     for key, value in rows:
-        console.print(f"[bold]{key:>16}[/bold]  {value}")
+        out.print(f"[bold]{key:>16}[/bold]  {value}")
     summary = _mapping(record.get("metrics_summary"))
     if summary:
         table = Table("metric", "count", "last", "min", "max", "mean of last N")
@@ -558,13 +556,13 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
             table.add_row(
                 _text(name), _text(s.get("count")), *(_number(s.get(k)) for k in ("last", "min", "max", "mean_last_n"))
             )
-        console.print(table)
+        out.print(table)
     if record.get("status") != "completed":
         tail = _log_tail(store.run_dir(run_id), log_lines)
         if tail:
-            console.print(f"[bold]last {len(tail)} log lines[/bold]")
+            out.print(f"[bold]last {len(tail)} log lines[/bold]")
             for line in tail:
-                console.print(line, markup=False)
+                out.print(line, markup=False)
 
 
 def _log_tail(run_dir: Path, lines: int, window: int = 64 << 10) -> list[str]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
+from harness.commands.options import console
 from harness.commands.output import emit_json, examples, json_option
 from harness.runids import RUN_ID
 
@@ -25,7 +24,6 @@ def diff(run_a: str, run_b: str, show_all: bool, as_json: bool) -> None:
     """Manifest, params, lockfile, packages, image, hardware and metric summaries of two runs,
     side by side, differences first."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
     from harness.rundiff import cell, diff_runs
@@ -35,7 +33,7 @@ def diff(run_a: str, run_b: str, show_all: bool, as_json: bool) -> None:
     if as_json:
         emit_json(result.to_dict())
         return
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    out = console()
     rows = result.rows if show_all else result.differences
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"{result.a}  vs  {result.b}", title_justify="left")
     table.add_column("section", no_wrap=True)
@@ -46,7 +44,7 @@ def diff(run_a: str, run_b: str, show_all: bool, as_json: bool) -> None:
         style = None if row.same else "bold"
         table.add_row(row.section, row.field, cell(row.a), cell(row.b), style=style)
     if rows:
-        console.print(table)
+        out.print(table)
     sections = sorted({row.section for row in result.differences})
     click.echo(
         f"{len(result.differences)} field(s) differ ({', '.join(sections) or 'none'}); "
