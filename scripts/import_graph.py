@@ -138,7 +138,7 @@ def main(argv: list[str]) -> int:
     graph = import_graph(root)
     packages = sorted(p.name for p in root.iterdir() if (p / "__init__.py").is_file())
     top = sorted(m for m in graph if m.count(".") == 1 and layer_of(m) not in packages)
-    lines = Counter()
+    lines: Counter[str] = Counter()
     for path in root.rglob("*.py"):
         lines[layer_of(module_name(root, path)) or "(root)"] += len(path.read_text(encoding="utf-8").splitlines())
     found = circles(graph)
