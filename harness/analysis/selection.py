@@ -21,8 +21,6 @@ from harness.analysis.index import refresh_index
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
 
-RESERVED_KEYS = {"status", "tag", "seed", "name", "run"}
-
 
 def _parse_value(text: str) -> Any:
     try:

@@ -104,11 +104,6 @@ class GroupVerdict:
         """0 identical or consistent, 1 diverged, 3 inconclusive (2 stays bad input)."""
         return EXIT_STATUS[self.verdict]
 
-    @property
-    def first_diverged_step(self) -> float | None:
-        """The first checkpoint whose CI lies wholly outside the margin, if curves were compared."""
-        return None if self.curves is None else self.curves.first_diverged
-
     def to_dict(self, curves: bool = False) -> dict[str, Any]:
         """JSON-ready form; the per-checkpoint arrays only with ``curves``."""
         curve_part: dict[str, Any] | None = None

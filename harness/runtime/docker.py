@@ -13,6 +13,7 @@ import harness
 from harness.errors import EngineError
 from harness.runtime.engine_api import EngineAPI, EngineAPIError, EngineContainer, engine_api
 from harness.runtime.job import JobRequest, JobResult
+from harness.store.layout import EXTERNAL_JSONL
 from harness.util.safefs import terminal_safe
 
 PROBE_MEMORY_BYTES = 1 << 30
@@ -88,7 +89,7 @@ def job_environment(request: JobRequest) -> dict[str, str]:
         **request.environment,
         **pins,
         "HARNESS_OUT": CONTAINER_OUT,
-        "HARNESS_METRICS": f"{CONTAINER_OUT}/metrics.external.jsonl",
+        "HARNESS_METRICS": f"{CONTAINER_OUT}/{EXTERNAL_JSONL}",
         "PYTHONPATH": CONTAINER_LIB,
         "HOME": "/tmp",
         "MPLCONFIGDIR": "/tmp/matplotlib",

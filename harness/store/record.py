@@ -79,14 +79,6 @@ def status_group(status: str | None) -> str:
         return FAILED
 
 
-def is_final(status: str | None) -> bool:
-    """Whether ``status`` (a string from a record) is a final status."""
-    try:
-        return RunStatus(status or "").final
-    except ValueError:
-        return False
-
-
 class ImageRecord(TypedDict, total=False):
     """``record["image"]``: what ran (see :class:`harness.images.build.ImageInfo`)."""
 
