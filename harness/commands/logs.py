@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
+from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
 from harness.commands.runids import RUN_ID
 from harness.errors import HarnessError
 

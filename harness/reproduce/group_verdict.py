@@ -39,9 +39,9 @@ from harness.reproduce.environment_diff import (
     compare_environments,
     read_run,
 )
+from harness.store.record import DEFAULT_METRIC
 
 IDENTICAL = "identical"
-DEFAULT_METRIC = "charts/episodic_return"
 EXIT_STATUS = {IDENTICAL: 0, CONSISTENT: 0, DIVERGED: 1, INCONCLUSIVE: 3}  # 2 is bad input
 
 

@@ -10,6 +10,8 @@ import enum
 from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
+# The metric analysis and verdicts fall back to when a run names no primary metric.
+DEFAULT_METRIC = "charts/episodic_return"
 
 
 class RunStatus(enum.StrEnum):
