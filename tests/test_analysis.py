@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from harness.analysis.selection import select_runs
 from harness.analysis.tables import build_comparison, to_csv, to_markdown
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
+from tests.conftest import run_cli
 
 METRIC = "charts/episodic_return"
 
@@ -98,15 +98,7 @@ def store(tmp_path: Path) -> LocalStore:
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HARNESS_HOME": str(home), "MPLBACKEND": "Agg"}
-    return subprocess.run(
-        [sys.executable, "-c", "from harness.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(*args, env={"HARNESS_HOME": str(home), "MPLBACKEND": "Agg"}, timeout=120)
 
 
 # ---- rliable -----------------------------------------------------------------------------

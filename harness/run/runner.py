@@ -29,6 +29,7 @@ from harness.capture.gpu import check_gpus
 from harness.errors import HarnessError
 from harness.images.build import ImageInfo, context_files
 from harness.images.prepare import prepare_image
+from harness.run.owner import orphaned
 from harness.run.plan import RunSpec
 from harness.runtime.engine_api import engine_api
 from harness.runtime.job import JobRequest, JobResult
@@ -384,9 +385,7 @@ def recover(store: LocalStore) -> list[str]:
     recovered = []
     hostname = socket.gethostname()
     for record in store.records():
-        owner = record.get("owner")
-        owner = owner if isinstance(owner, dict) else {}
-        if record.get("status") != RunStatus.RUNNING or owner.get("hostname") != hostname or _alive(owner.get("pid")):
+        if not orphaned(record, hostname):
             continue
         run_id = record["run_id"]
         layout = store.layout(run_id)
@@ -434,15 +433,3 @@ def recover(store: LocalStore) -> list[str]:
             _seal_as_error(store, record, exc)
         recovered.append(run_id)
     return recovered
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
