@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,8 +23,11 @@ from harness.store.local import LocalStore
 from tests.conftest import HUB_TOKEN, run_cli
 from tests.hubserver import HubStorage, RepoRef
 from tests.hubserver.runs import make_run
-from tests.registryserver import free_port
+from tests.registryserver import free_port, registry
 
+__all__ = ["registry"]  # fixture
+
+ROOT = Path(__file__).resolve().parents[1]
 REPO = "lab/cut-transfers"
 PAYLOAD_BYTES = 16 << 20  # large enough to be cut in the middle at the throttled rate, small enough to be quick
 THROTTLE = 4 << 20  # bytes a second the test Hub moves a file body at while a cut is due: about 4 s a transfer
@@ -44,7 +49,7 @@ class HubProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.hubserver", "--root", str(self.root), "--port", str(self.port)]
             + ["--token", HUB_TOKEN, "--throttle", str(throttle)],
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -108,12 +113,13 @@ def largest_file(folder: Path, pattern: str = "*") -> int:
     return max(sizes, default=0)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *expected: str) -> None:
-    """Non-zero exit, no traceback; the last line is the error (at most one retry note before it)."""
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *expected: str, lines_before: int = 1) -> None:
+    """Non-zero exit, no traceback; the last line is the error, after at most ``lines_before``
+    lines (the one retry note; for a push, each layer's status changes)."""
     assert result.returncode != 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr and lines[-1].startswith("error: "), result.stderr[-3000:]
-    assert len(lines) <= 2, result.stderr[-3000:]
+    assert len(lines) <= lines_before + 1, result.stderr[-3000:]
     for text in expected:
         assert text in lines[-1], lines[-1]
 
@@ -175,3 +181,29 @@ def test_pull_cut_mid_download_leaves_nothing_in_the_store_and_a_retry_pulls(hub
     again = run_cli("pull", REPO, env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert LocalStore(fresh).verify("big-run") == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow  # the engine retries a cut layer upload for about 50 s before it gives up
+def test_registry_push_cut_mid_layer_leaves_no_tag_and_a_retry_pushes(noop_image, registry, tmp_path):
+    env = {"HARNESS_HOME": str(tmp_path / "store")}
+    command = ["push", "manifests/noop.yaml", "--registry", f"{registry.address}/lab"]
+
+    def kill() -> None:
+        registry.process.send_signal(signal.SIGKILL)
+        registry.process.wait(timeout=WAIT_S)
+        registry.process = None
+
+    cut = cut_when(command, env, ROOT, lambda: largest_file(registry.root / "storage", "data") >= CUT_AFTER, kill)
+    # each layer's status once as it changes, not every progress tick nor every second of a countdown
+    assert_one_line_error(cut, f"registry {registry.address} is unreachable", lines_before=20)
+    registry.start()
+    try:  # nothing half-visible: no tag names a partial image (404: the repository is not there at all)
+        with urllib.request.urlopen(f"http://{registry.address}/v2/lab/harness/noop/tags/list", timeout=10) as answer:
+            assert not json.loads(answer.read()).get("tags")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404, exc
+
+    again = run_cli(*command, "--quiet", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.strip().startswith(f"{registry.address}/lab/harness/noop@sha256:")
