@@ -115,6 +115,27 @@ def test_store_out_of_reach_of_the_podman_user_is_named(open_store):
     check_reachable(closed / "store", PodmanUser("nobody-like", 65533, 65533, "/"))
 
 
+def test_a_podman_socket_that_never_answers_is_one_line_in_seconds(open_store, cli):
+    """A service that accepts connections and never answers (hung): a bounded wait, one line."""
+    import socket
+
+    path = open_store.parent / "hung.sock"
+    with socket.socket(socket.AF_UNIX) as hung:
+        hung.bind(str(path))
+        hung.listen(8)
+        started = time.monotonic()
+        ran = cli(
+            "run", "manifests/noop.yaml", "--runtime", "podman", "--smoke", env={"HARNESS_PODMAN_SOCKET": str(path)}
+        )
+        waited = time.monotonic() - started
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stderr[-2000:]
+    assert ran.stderr.strip().splitlines() == [
+        f"error: HARNESS_PODMAN_SOCKET={path}: no Podman service answers there in 5s "
+        "(start one with `podman system service --time=0 unix://<path>`, or unset it)"
+    ]
+    assert waited < 120
+
+
 def podman_services() -> list[str]:
     """Command lines of the Podman services the harness started (none once it has exited)."""
     found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()

@@ -53,6 +53,7 @@ SOCKET_ENV = "HARNESS_PODMAN_SOCKET"
 REQUIRE_LIMITS_ENV = "HARNESS_REQUIRE_LIMITS"
 DEFAULT_USER = "harness-podman"
 START_TIMEOUT_S = 60
+ANSWER_TIMEOUT_S = 5
 LIMITS = ("memory", "cpus", "pids")
 PODMAN_HINT = "apt-get install -y podman uidmap slirp4netns, or run scripts/setup.sh --with-podman"
 
@@ -137,8 +138,9 @@ def podman_user() -> PodmanUser:
 
 
 def _answers(path: Path) -> bool:
+    """Whether a service answers on ``path`` within ANSWER_TIMEOUT_S (one that hangs does not)."""
     try:
-        EngineAPI(str(path), timeout=5).version()
+        EngineAPI(str(path), timeout=ANSWER_TIMEOUT_S).version()
         return True
     except (OSError, EngineError):
         return False
@@ -336,7 +338,7 @@ def podman_api() -> EngineAPI:
             path = Path(explicit.removeprefix("unix://"))
             if not _answers(path):
                 raise EngineError(
-                    f"{SOCKET_ENV}={explicit}: no Podman service answers there "
+                    f"{SOCKET_ENV}={explicit}: no Podman service answers there in {ANSWER_TIMEOUT_S}s "
                     "(start one with `podman system service --time=0 unix://<path>`, or unset it)"
                 )
             _api = EngineAPI(str(path))
