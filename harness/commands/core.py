@@ -171,10 +171,11 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_j
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a param.")
 @click.option("--smoke", is_flag=True, help="Apply the manifest's smoke params (a quick run for CI).")
 @runtime_option
-@click.option("--backend", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option("--backend", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
 @click.option("--jobs", type=int, help="At most this many runs at once.")
 @click.option("--partition", help="Slurm partition.")
 @click.option("--account", help="Slurm account.")
+@click.option("--address", help="Ray: the cluster's Jobs API, e.g. http://HEAD:8265 [default: $HARNESS_RAY_ADDRESS].")
 @click.option("--rerun", is_flag=True, help="Run again even when the store has a completed run of the same config.")
 @click.option("--retry-failed", is_flag=True, help="Re-run failed, timed-out, OOM and interrupted runs.")
 @click.option("--dry-run", is_flag=True, help="List what would run.")
@@ -206,6 +207,7 @@ def run(
     jobs: int | None,
     partition: str | None,
     account: str | None,
+    address: str | None,
     rerun: bool,
     retry_failed: bool,
     dry_run: bool,
@@ -246,6 +248,7 @@ def run(
             jobs=jobs,
             partition=partition,
             account=account,
+            address=address,
             retry_failed=retry_failed,
             dry_run=dry_run,
             yes=yes,
