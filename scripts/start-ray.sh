@@ -35,6 +35,14 @@ ns() { echo "hray-$1"; }
 
 node_pids() { ip netns pids "$(ns "$1")" 2>/dev/null || true; }
 
+raylet_runs() {  # whether the node's raylet is alive (other processes of a node can outlive it)
+  local pid
+  for pid in $(node_pids "$1"); do
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = raylet ] && return 0
+  done
+  return 1
+}
+
 stop_node() {
   local name=$1 pids deadline
   pids=$(node_pids "$name")
@@ -103,9 +111,10 @@ wait_for() {  # wait_for DESCRIPTION COMMAND...: poll until COMMAND succeeds, at
 start_node() {
   local name=$1 space
   space=$(ns "$name")
-  if [ -n "$(node_pids "$name")" ]; then
+  if raylet_runs "$name"; then
     return 0
   fi
+  stop_node "$name"  # what is left of a node whose raylet died
   local args=(
     --node-ip-address="${ADDR[$name]}"
     --num-cpus="$NODE_CPUS"
@@ -125,7 +134,10 @@ start_node() {
     { log "node $name did not start: $(tail -5 "$TEMP_ROOT/start-$name.log")"; exit 1; }
 }
 
-dashboard_up() { curl -sf --max-time 5 "http://$HEAD_ADDR:$DASHBOARD_PORT/api/version" >/dev/null; }
+dashboard_up() {
+  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5).read()' \
+    "http://$HEAD_ADDR:$DASHBOARD_PORT/api/version" >/dev/null 2>&1
+}
 
 # one node after another: two at once time out on a 2-core machine
 start_node head

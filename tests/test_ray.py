@@ -157,3 +157,77 @@ def test_result_line_is_read_from_the_end_and_bounded() -> None:
     assert result_of("x" * 3_000_000) is None
     line = result_line({"run_id": "r", "status": "completed", "files": {}})
     assert result_of(f"{line}\nharness-ray-record {{}}\n") is None  # only the last one counts
+
+
+def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(0.5)
+    return value
+
+
+def raylet_pids(namespace: str) -> list[int]:
+    """The raylet of one node of the cluster (by the pids in its network namespace)."""
+    shown = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+    pids = [int(p) for p in shown.stdout.split()]
+    return [
+        p for p in pids if Path(f"/proc/{p}/comm").exists() and Path(f"/proc/{p}/comm").read_text().strip() == "raylet"
+    ]
+
+
+def test_a_worker_killed_mid_sweep_loses_no_run(tmp_path: Path, noop_image, ray_cluster: str) -> None:
+    import threading
+
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_nodes
+
+    if os.geteuid() != 0:
+        need("ray", "killing a node's raylet needs root (its network namespace)")
+    start = [str(REPO / "scripts" / "start-ray.sh")]
+    assert subprocess.run(start, capture_output=True, timeout=600).returncode == 0  # every node up
+    manifest = noop_variant(tmp_path / "project", "seconds: 5,", "seconds: 20,")
+    specs = expand(load_manifest(manifest), seeds=[0, 1, 2, 3])
+    store = LocalStore(tmp_path / "store")
+    lines: list[str] = []
+    outcomes: list = []
+    sweep = threading.Thread(
+        target=lambda: outcomes.append(
+            run_sweep(specs, backend="ray", address=ray_cluster, store=store, echo=lines.append)
+        )
+    )
+    sweep.start()
+    client = JobSubmissionClient(ray_cluster)
+    workers = {"198.18.0.11": "hray-w1", "198.18.0.12": "hray-w2"}
+
+    def started_on_worker():  # type: ignore[no-untyped-def]
+        assert sweep.is_alive(), f"the sweep ended before a node was killed: {lines}"
+        ips = {node.node_id: node.node_ip for node in list_nodes(address=ray_cluster)}
+        for job in client.list_jobs():
+            ours = (job.metadata or {}).get("harness_run") in {s.run_id for s in specs}
+            if ours and job.status.value == "RUNNING" and ips.get(job.driver_node_id) in workers:
+                node_store = Path(job.entrypoint.split()[-1])
+                if list(node_store.glob("runs/*/record.json")):  # its run has begun
+                    return job, workers[ips[job.driver_node_id]]
+        return None
+
+    try:
+        job, namespace = wait_for(started_on_worker, 240, "a run started on a worker node")
+        for pid in raylet_pids(namespace):
+            os.kill(pid, 9)
+        sweep.join(timeout=600)
+        assert not sweep.is_alive() and outcomes, lines
+    finally:
+        subprocess.run(start, capture_output=True, timeout=600)  # bring the node back for the next tests
+    outcome = outcomes[0]
+    assert outcome.ok, lines
+    assert any("submitting it again" in line for line in lines), lines
+    lost = job.metadata["harness_run"]
+    again = store.load(lost)
+    assert again["status"] == "completed" and again["ray"]["job_id"] != job.submission_id
+    for record in store.records():
+        assert record["status"] != "running"
+        assert store.verify(record["run_id"]) == []

@@ -26,8 +26,8 @@ from harness.backends import Backend, BackendOptions, Echo, Job, SweepOutcome
 from harness.backends.ray_task import RESULT_MARK
 from harness.backends.sweeps import ATTEMPT_SUFFIX, Submission, SweepState, attempt_records, save_state
 from harness.errors import HarnessError
-from harness.store.local import LocalStore, read_record
 from harness.store.layout import RECORD
+from harness.store.local import LocalStore, read_record
 from harness.util.fsutil import write_json_atomic
 from harness.util.safefs import UnsafeFile, copy_beneath, relative_path_problem, sha256_beneath
 
@@ -40,9 +40,16 @@ MEMORY_MARGIN = 512 * 2**20  # the harness process on the node shares the job's 
 ATTEMPTS = 2  # a job lost with its node runs once more elsewhere
 POLL_S = 1.0
 STOP_WAIT_S = 120.0
+UNREACHABLE_S = 180.0  # how long the head may not answer before the runs still out are given up
 LOG_TAIL = 1 << 20  # only the end of a job's log is read for its result line
 # Ray job status -> harness run state (a job that ended leaves the run's record to say more)
-STATE_OF_RAY = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "completed", "FAILED": "failed", "STOPPED": "cancelled"}
+STATE_OF_RAY = {
+    "PENDING": "queued",
+    "RUNNING": "running",
+    "SUCCEEDED": "completed",
+    "FAILED": "failed",
+    "STOPPED": "cancelled",
+}
 
 
 def cluster_address(address: str | None) -> str:
@@ -72,9 +79,14 @@ def node_resources(address: str) -> list[dict[str, float]]:
     from ray.util.state import list_nodes
 
     try:
-        nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], timeout=30)
+        # filtered here, not by the server: a server-side filter counts dead nodes against the limit
+        nodes = [
+            n for n in list_nodes(address=address, timeout=30, raise_on_missing_output=False) if n.state == "ALIVE"
+        ]
     except Exception as exc:
-        raise HarnessError(f"the Ray cluster at {address} does not list its nodes: {str(exc).splitlines()[0][:200]}") from None
+        raise HarnessError(
+            f"the Ray cluster at {address} does not list its nodes: {str(exc).splitlines()[0][:200]}"
+        ) from None
     return [dict(node.resources_total or {}) for node in nodes]
 
 
@@ -124,7 +136,9 @@ def result_of(log: str) -> dict[str, Any] | None:
     return data
 
 
-def copy_run(node_store: Path, result: dict[str, Any], base_run_id: str, store: LocalStore, job_id: str) -> dict[str, Any]:
+def copy_run(
+    node_store: Path, result: dict[str, Any], base_run_id: str, store: LocalStore, job_id: str
+) -> dict[str, Any]:
     """Copy a run folder from a node's store into ``store`` and check every file against the sums
     the job printed; the record (under a fresh attempt id where the store holds the run already).
 
@@ -165,6 +179,11 @@ def copy_run(node_store: Path, result: dict[str, Any], base_run_id: str, store: 
         raise
     shutil.rmtree(node_store, ignore_errors=True)
     return record
+
+
+def node_store() -> Path:
+    """A fresh store folder for one job attempt on its node (node-local: the temporary folder)."""
+    return Path(tempfile.gettempdir()) / "harness-ray-runs" / secrets.token_hex(8)
 
 
 class RayJob(Job):
@@ -222,7 +241,7 @@ class RayBackend(Backend):
         self.state_file = save_state(self.store, sweep)
         jobs: list[Job] = []
         for position, spec in enumerate(specs):
-            job = RayJob(spec, position, Path(tempfile.gettempdir()) / "harness-ray-runs" / secrets.token_hex(8))
+            job = RayJob(spec, position, node_store())
             self._start(job, sweep)
             jobs.append(job)
         return jobs
@@ -262,14 +281,31 @@ class RayBackend(Backend):
         pending = [job for job in jobs if isinstance(job, RayJob)]
         self.echo(f"submitted {len(pending)} runs to the Ray cluster at {self.address}")
         finished = 0
+        answered = time.monotonic()
         try:
             while pending:
                 for job in list(pending):
-                    if self._settle(job, sweep):
+                    try:
+                        ended = self._settle(job, sweep)
+                        answered = time.monotonic()
+                    except HarnessError:
+                        raise
+                    except Exception as exc:  # the head does not answer (for now)
+                        if time.monotonic() - answered < UNREACHABLE_S:
+                            continue
+                        self._give_up(pending, f"the Ray cluster at {self.address} stopped answering ({exc})")
+                        finished += len(pending)
+                        pending.clear()
+                        break
+                    if ended:
                         pending.remove(job)
                         finished += 1
                         record = job.result()
-                        detail = f" ({record['detail']})" if record.get("status") != "completed" and record.get("detail") else ""
+                        detail = (
+                            f" ({record['detail']})"
+                            if record.get("status") != "completed" and record.get("detail")
+                            else ""
+                        )
                         self.echo(f"[{finished}/{len(jobs)}] {record.get('run_id')} {record.get('status')}{detail}")
                 if pending:
                     time.sleep(POLL_S)
@@ -280,13 +316,22 @@ class RayBackend(Backend):
         finally:
             outcome.records = [job.record for job in jobs if isinstance(job, RayJob) and job.record is not None]
 
+    def _give_up(self, jobs: list[RayJob], reason: str) -> None:
+        for job in jobs:
+            job.record = {"run_id": job.run_id, "status": "node_fail", "detail": f"Ray job {job.job_id}: {reason}"}
+            self.echo(f"{job.run_id} node_fail ({reason})")
+
     def _settle(self, job: RayJob, sweep: SweepState) -> bool:
         """Whether the job has ended (its record then set); resubmits a job lost with its node."""
         info = self.client.get_job_info(job.job_id)
         status = str(getattr(info.status, "value", info.status))
         if status in ("PENDING", "RUNNING"):
             return False
-        result = result_of(self.client.get_job_logs(job.job_id))
+        try:
+            log = self.client.get_job_logs(job.job_id)
+        except Exception:  # the log lives on the job's node, which may be gone
+            log = ""
+        result = result_of(log)
         if result is not None:
             try:
                 record = copy_run(job.node_store, result, job.run_id, self.store, job.job_id)
@@ -300,10 +345,9 @@ class RayBackend(Backend):
         reason = " ".join(str(info.message or "no message").split())[:300]
         if status == "FAILED" and job.attempts < ATTEMPTS:
             self.echo(f"{job.run_id}: Ray job {job.job_id} failed without a record ({reason}): submitting it again")
-            shutil.rmtree(job.node_store, ignore_errors=True)
+            job.node_store = node_store()  # what the lost attempt left is not touched again
             self._start(job, sweep)
             return False
-        shutil.rmtree(job.node_store, ignore_errors=True)
         state = "cancelled" if status == "STOPPED" else "node_fail"
         job.record = {"run_id": job.run_id, "status": state, "detail": f"Ray job {job.job_id} {status}: {reason}"}
         return True
@@ -360,4 +404,3 @@ class RayBackend(Backend):
             else:
                 states[run_id] = {"failed": "node_fail", "": "queued"}.get(ray_state, ray_state)
         return states
-

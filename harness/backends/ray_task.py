@@ -31,6 +31,22 @@ def result_line(record: dict[str, Any]) -> str:
     )
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when Ray's job supervisor dies (its raylet killed, its node
+    lost): the runner then stops the container and seals an interrupted record, instead of the run
+    going on unseen on a node the cluster has given up."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_job(state_file: Path, submission_index: int, position: int, node_store: Path) -> dict[str, Any]:
     """Run the sweep's run at ``position`` of submission ``submission_index`` into ``node_store``."""
     from harness.manifest import load_manifest
@@ -41,7 +57,9 @@ def run_job(state_file: Path, submission_index: int, position: int, node_store: 
     submission = sweep.submissions[submission_index]
     run_id = submission.run_ids[position]
     loaded = load_manifest(sweep.manifest_path)
-    spec = next((s for s in rebuild_specs(sweep, loaded, LocalStore(state_file.parent.parent)) if s.run_id == run_id), None)
+    spec = next(
+        (s for s in rebuild_specs(sweep, loaded, LocalStore(state_file.parent.parent)) if s.run_id == run_id), None
+    )
     if spec is None:
         raise HarnessError(f"sweep {sweep.sweep_id} has no saved spec for run {run_id}")
     runtime = resolve_runtime(submission.runtime)
@@ -54,8 +72,12 @@ def run_job(state_file: Path, submission_index: int, position: int, node_store: 
 def main(argv: list[str]) -> int:
     """Entry point of one Ray job."""
     if len(argv) != 4:
-        print("usage: python -m harness.backends.ray_task <state file> <submission> <position> <node store>", file=sys.stderr)
+        print(
+            "usage: python -m harness.backends.ray_task <state file> <submission> <position> <node store>",
+            file=sys.stderr,
+        )
         return 2
+    die_with_parent()
     try:
         record = run_job(Path(argv[0]), int(argv[1]), int(argv[2]), Path(argv[3]))
     except HarnessError as exc:
