@@ -231,3 +231,41 @@ def test_a_worker_killed_mid_sweep_loses_no_run(tmp_path: Path, noop_image, ray_
     for record in store.records():
         assert record["status"] != "running"
         assert store.verify(record["run_id"]) == []
+
+
+def test_ctrl_c_stops_the_ray_jobs_and_brings_their_records_home(tmp_path: Path, noop_image, ray_cluster: str) -> None:
+    import signal
+    import sys
+
+    from ray.job_submission import JobSubmissionClient
+
+    manifest = noop_variant(tmp_path / "project", "seconds: 5,", "seconds: 120,")
+    home = tmp_path / "store"
+    command = [sys.executable, "-m", "harness", "run", manifest, "--seed", "0", "--seed", "1"]
+    command += ["--backend", "ray", "--address", ray_cluster]
+    client = JobSubmissionClient(ray_cluster)
+    earlier = {j.submission_id for j in client.list_jobs()}
+    process = subprocess.Popen(
+        command, cwd=REPO, env={**os.environ, "HARNESS_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    run_ids = {s.run_id for s in expand(load_manifest(manifest), seeds=[0, 1])}
+
+    def both_started():  # type: ignore[no-untyped-def]
+        assert process.poll() is None, process.communicate()
+        jobs = [j for j in client.list_jobs() if j.submission_id not in earlier]
+        ours = [j for j in jobs if (j.metadata or {}).get("harness_run") in run_ids]
+        begun = [j for j in ours if list(Path(j.entrypoint.split()[-1]).glob("runs/*/record.json"))]
+        return ours if len(begun) == 2 else None
+
+    ours = wait_for(both_started, 240, "both runs to start on the cluster")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    assert b"Traceback" not in err
+    for job in ours:
+        assert client.get_job_status(job.submission_id).value == "STOPPED"
+    store = LocalStore(home)
+    for run_id in run_ids:
+        record = store.load(run_id)
+        assert record["status"] == "cancelled", record.get("detail")
+        assert store.verify(run_id) == []

@@ -40,6 +40,7 @@ MEMORY_MARGIN = 512 * 2**20  # the harness process on the node shares the job's 
 ATTEMPTS = 2  # a job lost with its node runs once more elsewhere
 POLL_S = 1.0
 STOP_WAIT_S = 120.0
+STOP_GRACE_S = 60
 UNREACHABLE_S = 180.0  # how long the head may not answer before the runs still out are given up
 LOG_TAIL = 1 << 20  # only the end of a job's log is read for its result line
 # Ray job status -> harness run state (a job that ended leaves the run's record to say more)
@@ -186,6 +187,27 @@ def node_store() -> Path:
     return Path(tempfile.gettempdir()) / "harness-ray-runs" / secrets.token_hex(8)
 
 
+def seal_unfinished(node_root: Path, base_run_id: str, status: str, detail: str) -> dict[str, Any] | None:
+    """A run the job began but never sealed (ended before its runner could): seal it on the node
+    with ``status`` and return what the job would have printed; None where it left no record."""
+    node = LocalStore(node_root)
+    if not node.runs_dir.is_dir():
+        return None
+    for folder in sorted(node.runs_dir.iterdir()):
+        suffix = folder.name[len(base_run_id) :]
+        if not folder.name.startswith(base_run_id) or (suffix and not ATTEMPT_SUFFIX.fullmatch(suffix)):
+            continue
+        try:
+            record = node.load(folder.name)
+        except HarnessError:
+            continue
+        if record.get("status") == "running":
+            record["status"], record["detail"] = status, detail
+            record = node.seal(record)
+        return {"run_id": record["run_id"], "status": record.get("status"), "files": record.get("files") or {}}
+    return None
+
+
 class RayJob(Job):
     """One run as one Ray job."""
 
@@ -258,12 +280,14 @@ class RayBackend(Backend):
             str(job.position),
             str(job.node_store),
         ]
-        env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        # stop_job: SIGTERM, then this long for the runner to stop the container and seal the record
+        env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}
         if os.environ.get("HARNESS_REQUIRE_LIMITS"):
             env["HARNESS_REQUIRE_LIMITS"] = os.environ["HARNESS_REQUIRE_LIMITS"]
         job.attempts += 1
         job.job_id = self.client.submit_job(
-            entrypoint=shlex.join(entrypoint),
+            # exec: the run's parent is Ray's job supervisor, not a shell that a stop would kill first
+            entrypoint="exec " + shlex.join(entrypoint),
             submission_id=f"harness-{job.run_id}-{secrets.token_hex(3)}",
             runtime_env={"env_vars": env},
             metadata={"harness_sweep": sweep.sweep_id, "harness_run": job.run_id},
@@ -322,7 +346,10 @@ class RayBackend(Backend):
             self.echo(f"{job.run_id} node_fail ({reason})")
 
     def _settle(self, job: RayJob, sweep: SweepState) -> bool:
-        """Whether the job has ended (its record then set); resubmits a job lost with its node."""
+        """Whether the job has ended (its record then set); resubmits a job lost with its node.
+
+        Ray reports STOPPED or FAILED only once the entrypoint has exited, so a job that ended
+        without its result line will not print one later."""
         info = self.client.get_job_info(job.job_id)
         status = str(getattr(info.status, "value", info.status))
         if status in ("PENDING", "RUNNING"):
@@ -338,8 +365,10 @@ class RayBackend(Backend):
             except HarnessError as exc:
                 job.record = {"run_id": job.run_id, "status": "failed", "detail": str(exc)}
                 return True
-            if record.get("status") == "running":  # cannot happen for a printed result; be safe
-                record = dict(self.store.mark(record["run_id"], "interrupted", f"Ray job {job.job_id} {status}"))
+            if status == "STOPPED" and record.get("status") in ("interrupted", "running"):
+                record = dict(
+                    self.store.mark(record["run_id"], "cancelled", f"cancelled through Ray (job {job.job_id})")
+                )
             job.record = record
             return True
         reason = " ".join(str(info.message or "no message").split())[:300]
@@ -349,7 +378,15 @@ class RayBackend(Backend):
             self._start(job, sweep)
             return False
         state = "cancelled" if status == "STOPPED" else "node_fail"
-        job.record = {"run_id": job.run_id, "status": state, "detail": f"Ray job {job.job_id} {status}: {reason}"}
+        detail = f"Ray job {job.job_id} {status}: {reason}"
+        unsealed = seal_unfinished(job.node_store, job.run_id, state, detail)
+        if unsealed is not None:
+            try:
+                job.record = copy_run(job.node_store, unsealed, job.run_id, self.store, job.job_id)
+                return True
+            except HarnessError as exc:
+                detail += f"; its record could not come home: {exc}"
+        job.record = {"run_id": job.run_id, "status": state, "detail": detail}
         return True
 
     def _stop(self, jobs: list[RayJob], sweep: SweepState) -> None:
@@ -365,11 +402,15 @@ class RayBackend(Backend):
             left = [job for job in left if not self._settle_stopped(job, sweep)]
             if left:
                 time.sleep(POLL_S)
+        for job in left:
+            job.record = {"run_id": job.run_id, "status": "cancelled", "detail": f"Ray job {job.job_id} stopped"}
 
     def _settle_stopped(self, job: RayJob, sweep: SweepState) -> bool:
         job.attempts = ATTEMPTS  # no resubmission while stopping
         try:
             return self._settle(job, sweep)
+        except HarnessError:
+            raise
         except Exception:  # the cluster may be gone: nothing more to collect
             return True
 
