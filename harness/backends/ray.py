@@ -372,6 +372,9 @@ class RayBackend(Backend):
             job.record = record
             return True
         reason = " ".join(str(info.message or "no message").split())[:300]
+        said = [line for line in log[-LOG_TAIL:].splitlines() if line.startswith("error: ")]
+        if said:  # the task's own one-line error (a manifest changed since submission, a failed build)
+            reason += f"; {said[-1][:300]}"
         if status == "FAILED" and job.attempts < ATTEMPTS:
             self.echo(f"{job.run_id}: Ray job {job.job_id} failed without a record ({reason}): submitting it again")
             job.node_store = node_store()  # what the lost attempt left is not touched again
