@@ -86,7 +86,7 @@ def _forget(client, *refs: str) -> None:  # type: ignore[no-untyped-def]
     for ref in refs:
         try:
             client.images.remove(ref, force=True)
-        except Exception:
+        except Exception:  # noqa: BLE001 — best-effort cleanup
             pass
 
 

@@ -514,7 +514,7 @@ def _remove_images(client: Any, recipe: str) -> None:
     for image in client.images.list(filters={"label": f"org.harness.recipe={recipe}"}):
         try:
             client.images.remove(image.id, force=True)
-        except Exception:  # best-effort cleanup
+        except Exception:  # noqa: BLE001 — best-effort cleanup
             pass
 
 
@@ -597,7 +597,7 @@ def test_gc_removes_the_harness_leftovers_and_never_a_foreign_image(base_image, 
         for image in (child.id, foreign_dangling.id, "harness/foreign-gc-test:1"):
             try:
                 client.images.remove(image, force=True)
-            except Exception:  # best-effort cleanup
+            except Exception:  # noqa: BLE001 — best-effort cleanup
                 pass
         _remove_images(client, "gcprobe")
 

@@ -568,8 +568,8 @@ def shared_grid(groups: Sequence[Sequence[Series]], points: int = 100) -> np.nda
 def align(series: Sequence[Series], grid: np.ndarray, smooth: int = 1) -> np.ndarray:
     """(seeds x checkpoints): each run's curve, optionally smoothed, linearly interpolated onto ``grid``."""
     rows = []
-    for x, y in series:
-        x, y = np.asarray(x, float), np.asarray(y, float)
+    for given_x, given_y in series:
+        x, y = np.asarray(given_x, float), np.asarray(given_y, float)
         order = np.argsort(x, kind="stable")
         rows.append(np.interp(grid, x[order], _smooth(y[order], smooth)))
     return np.vstack(rows)

@@ -67,8 +67,8 @@ def _describe(rows: list[dict[str, Any]]) -> str:
 def parse_terms(terms: Sequence[str]) -> dict[str, list[str]]:
     """Group selection terms by key: bare words under ``name``, ``hub:x/y`` under ``hub``."""
     grouped: dict[str, list[str]] = {}
-    for term in terms:
-        term = term.strip()
+    for given in terms:
+        term = given.strip()
         if not term:
             continue
         if term.startswith("hub:"):

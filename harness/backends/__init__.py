@@ -85,7 +85,7 @@ class Backend(abc.ABC):
         """Wait for every job; their records, in order."""
         return [job.result() for job in jobs]
 
-    def collect(self, jobs: list[Job], sweep: SweepState, outcome: SweepOutcome) -> None:
+    def collect(self, jobs: list[Job], sweep: SweepState, outcome: SweepOutcome) -> None:  # noqa: ARG002 — the interface's signature; a subclass may use the sweep
         """What :func:`run_sweep` does once the jobs are submitted: by default, wait for them."""
         outcome.records = self.wait(jobs)
 
@@ -193,7 +193,7 @@ def sweep_state_for(plan: SweepPlan, store: LocalStore) -> SweepState:
     )
 
 
-def run_sweep(
+def run_sweep(  # noqa: PLR0913 — the sweep's options, each a `harness run` option passed through
     specs: list[RunSpec],
     backend: str = "local",
     jobs: int | None = None,

@@ -192,7 +192,7 @@ class LocalBackend(Backend):
             for progress in running:
                 try:
                     self.echo(f"[progress] {progress.poll().line()}")
-                except Exception:  # a progress line is a courtesy; the capture owns the data
+                except Exception:  # noqa: BLE001 — a progress line is a courtesy; the capture owns the data
                     continue
 
     def interrupt(self) -> None:
@@ -232,13 +232,13 @@ class LocalBackend(Backend):
                     self._handles[spec.run_id] = job
             if self.stopping.is_set():
                 # Ctrl-C came while this run was being set up: stop it as soon as it exists.
-                threading.Thread(target=self._stop_soon, args=(spec.run_id,), daemon=True).start()
+                threading.Thread(target=self._stop_soon, daemon=True).start()
 
         try:
             record = execute(spec, self.store, runtime=self.runtime, on_start=on_start)
         except HarnessError as exc:
             return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "failed", "detail": str(exc)}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — one run's unexpected fault is that run's failure, never the sweep's
             return {
                 "run_id": spec.run_id,
                 "config_key": spec.config_key,
@@ -255,7 +255,7 @@ class LocalBackend(Backend):
             record = self.store.mark(record["run_id"], RunStatus.INTERRUPTED, "stopped by Ctrl-C on the sweep")
         return record
 
-    def _stop_soon(self, spec_run_id: str) -> None:
+    def _stop_soon(self) -> None:
         time.sleep(0.5)
         self.interrupt()
 
@@ -285,7 +285,7 @@ def stop_run(run_id: str, runtime: str) -> None:
             client = docker_client(timeout=30)
             for container in client.containers.list(filters={"label": f"{RUN_LABEL}={run_id}"}):
                 container.kill()
-        except Exception:
+        except Exception:  # noqa: BLE001 — killing a cancelled run's container is best effort; the record says cancelled either way
             pass
         return
     import signal
@@ -307,5 +307,5 @@ def _run_progress(spec: RunSpec, store: LocalStore, run_id: str) -> Any:
 
         metrics = spec.loaded.manifest.metrics
         return RunProgress(run_id, store.layout(run_id), metrics.primary, metrics.tensorboard, total_steps(spec.params))
-    except Exception:  # progress must never fail a run
+    except Exception:  # noqa: BLE001 — progress must never fail a run
         return None

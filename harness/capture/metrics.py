@@ -304,7 +304,7 @@ class _EventFile:
         for data in self.records(reject):
             try:
                 event = event_pb2.Event.FromString(data)
-            except Exception:
+            except Exception:  # noqa: BLE001 — protobuf raises several types for hostile bytes: each is one rejected record
                 reject("tb_bad_record")
                 continue
             if not event.HasField("summary"):

@@ -115,7 +115,7 @@ def _write_text(path: Path, text: str) -> None:
 )
 @json_option
 @click.pass_context
-def compare(
+def compare(  # noqa: PLR0913 — a Click command takes one parameter per option
     ctx: click.Context,
     selection: tuple[str, ...],
     metric: str | None,
@@ -258,7 +258,7 @@ def _check_runs_per_group(comparison: Any, option: str) -> None:
     help="Figure file: .png, .svg or .pdf.",
 )
 @json_option
-def plot(
+def plot(  # noqa: PLR0913 — a Click command takes one parameter per option
     selection: tuple[str, ...],
     metric: str | None,
     by: str,
@@ -324,7 +324,7 @@ def plot(
 @reps_option("Bootstrap resamples (iqm-ci).")
 @boot_seed_option("Bootstrap seed (iqm-ci).")
 @json_option
-def thc(
+def thc(  # noqa: PLR0913 — a Click command takes one parameter per option
     selection: tuple[str, ...],
     hparams: str | None,
     across: str | None,

@@ -225,7 +225,7 @@ def _image_line(result: Any) -> str:
     help="build a recipe that declares image.network: true (its build then reaches this host's network)",
 )
 @json_option
-def reproduce(
+def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per option
     target: str,
     endpoint: str | None,
     revision: str | None,
@@ -246,10 +246,10 @@ def reproduce(
     verdict says how many seeds per side would settle it).
     """
     from harness.reproduce.group_verdict import json_safe
+    from harness.reproduce.reproduction import ReproduceOptions
     from harness.reproduce.reproduction import reproduce as reproduce_run
 
-    result = reproduce_run(
-        target,
+    options = ReproduceOptions(
         endpoint=endpoint,
         revision=revision,
         runtime=runtime,
@@ -258,11 +258,10 @@ def reproduce(
         out=out,
         seeds=seeds,
         new_seeds=new_seeds,
-        echo=lambda line: click.echo(line, err=True),
-        progress=sys.stderr,
         rebuild=rebuild,
         allow_build_network=allow_build_network,
     )
+    result = reproduce_run(target, options, echo=lambda line: click.echo(line, err=True), progress=sys.stderr)
     if as_json:
         emit_json(json_safe(result.to_dict(curves=False)))
     else:

@@ -78,7 +78,7 @@ def _legacy_builder(image: Any) -> bool:
     """A dangling builder stage of a harness build made before stages were labelled."""
     try:
         return any(STAGING_MARK in (step.get("CreatedBy") or "") for step in image.history())
-    except Exception:  # an image whose history cannot be read is not ours to judge
+    except Exception:  # noqa: BLE001 — an image whose history cannot be read is not ours to judge
         return False
 
 
@@ -121,7 +121,7 @@ def find_garbage(client: Any, referenced: set[str], recipes: set[str] | None = N
         for entry in client.df().get("Images") or []:
             shared = entry.get("SharedSize", 0)
             sizes[entry["Id"]] = max(int(entry.get("Size", 0)) - max(int(shared), 0), 0)
-    except Exception:  # sizes are a courtesy; gc works without them
+    except Exception:  # noqa: BLE001 — sizes are a courtesy; gc works without them
         pass
     candidates: list[Candidate] = []
     kept = 0
@@ -157,7 +157,7 @@ def find_garbage(client: Any, referenced: set[str], recipes: set[str] | None = N
 def _layers_size(client: Any) -> int | None:
     try:
         return int(client.df().get("LayersSize") or 0)
-    except Exception:  # no total: the reclaimed space is unknown, not zero
+    except Exception:  # noqa: BLE001 — no total: the reclaimed space is unknown, not zero
         return None
 
 

@@ -32,7 +32,7 @@ def split_terms(values: tuple[str, ...]) -> list[str]:
     return [term for value in values for term in value.split()]
 
 
-def compare_groups(
+def compare_groups(  # noqa: PLR0913 — the verdict's options, each a `compare --against` option passed through
     selection: tuple[str, ...],
     against: tuple[str, ...],
     *,

@@ -123,7 +123,7 @@ def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | 
     }
 
 
-def execute(
+def execute(  # noqa: PLR0913 — one run's options, each a `harness run` option or a backend's hook
     spec: RunSpec,
     store: LocalStore,
     runtime: str = "docker",
@@ -183,7 +183,7 @@ def _say_once(line: str | None) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def _execute_run(
+def _execute_run(  # noqa: PLR0913 — one run's options, each a `harness run` option or a backend's hook
     spec: RunSpec,
     store: LocalStore,
     runtime: str,
@@ -314,7 +314,7 @@ def _finish(
             f"{layout.root}: disk full while writing the run record "
             f"({exc.strerror}); free space, then `harness recover`"
         ) from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 — any fault while finishing ends as an honest error record
         return _seal_as_error(store, record, exc)
 
 
@@ -331,7 +331,7 @@ def _seal_as_error(store: LocalStore, record: Record, exc: BaseException) -> Rec
     shutil.rmtree(store.layout(record["run_id"]).metrics_spool, ignore_errors=True)
     try:
         return store.seal(record)
-    except Exception:
+    except Exception:  # noqa: BLE001 — a record that cannot be sealed is still saved, unsealed
         store.save(record)
         return record
 
@@ -365,7 +365,7 @@ def _raise_on_sigterm() -> Any:
     if threading.current_thread() is not threading.main_thread():
         return None
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001 — a signal handler's signature
         raise Terminated
 
     return signal.signal(signal.SIGTERM, handler)
@@ -429,7 +429,7 @@ def recover(store: LocalStore) -> list[str]:
             record.pop("owner", None)
             layout.reserve.unlink(missing_ok=True)
             store.seal(record)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — any fault while recovering one run ends as its error record, and recovery goes on
             _seal_as_error(store, record, exc)
         recovered.append(run_id)
     return recovered

@@ -182,7 +182,7 @@ class EngineContainer:
         """Its output as it comes (stdout and stderr), until it ends."""
         return self.api.stream_logs(self.id)
 
-    def stats(self, stream: bool = False, one_shot: bool = True) -> dict[str, Any]:
+    def stats(self, stream: bool = False, one_shot: bool = True) -> dict[str, Any]:  # noqa: ARG002 — the docker SDK's signature, which the sampler calls with stream=False
         """One sample of the engine's stats."""
         answer: dict[str, Any] = self.api.call(
             "GET",

@@ -290,7 +290,7 @@ def _scan_for_token(paths: list[tuple[Path, str]], blobs: list[bytes], token: st
             os.close(fd)
 
 
-def publish(
+def publish(  # noqa: PLR0913 — publish's options, each a `harness publish` option passed through
     run_ids: list[str],
     repo: str,
     private: bool = False,
