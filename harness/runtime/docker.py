@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -151,6 +153,7 @@ class DockerJob:
         self._log_stream: FollowedStream | None = None
         self.log_thread = threading.Thread(target=self._copy_logs, daemon=True)
         self._stopped_by: str | None = None
+        self._container_fate = ""
 
     def config(self, image_id: str, request: JobRequest) -> dict[str, Any]:
         """The container's create request (a Podman job leaves out the limits its host cannot apply)."""
@@ -166,6 +169,7 @@ class DockerJob:
         try:
             self.container.start()
             self._log_stream = self.container.logs()
+            self.container.reload()  # its process id: the sampler's, and the job's without an engine
         except EngineAPIError as exc:
             raise EngineError(f"could not start the container of {self.request.run_id}: {exc}") from None
         except LOST as exc:
@@ -199,6 +203,8 @@ class DockerJob:
         except LOST as exc:
             self.engine_lost = _engine_fault(self.container.api, exc)
         self._call(self.container.reload)
+        if self.engine_lost is not None:
+            self._container_fate = self._kill_without_engine()
         self._drain_logs()
         if self.engine_lost is not None:
             return self._lost_result()
@@ -239,10 +245,34 @@ class DockerJob:
             else str(self.engine_lost)
         )
         detail = (
-            f"{why}; its output and metrics up to then are kept. The container may still exist: "
-            "`harness recover` removes it once the engine answers, `harness run --rerun` runs it again"
+            f"{why}; {self._container_fate}; its output and metrics up to then are kept. "
+            "`harness recover` removes the container once the engine answers, `harness run --rerun` runs it again"
         )
         return JobResult("interrupted" if self._stopped_by == "interrupted" else "error", None, detail)
+
+    def _kill_without_engine(self) -> str:
+        """Kill the container's processes without its engine (they would go on writing into the
+        sealed run folder): its first process, found by the id the engine gave at start, and only
+        while that process is still in the container's cgroup (a reused id is left alone)."""
+        pid = (self.container.attrs.get("State") or {}).get("Pid") or 0
+        if not isinstance(pid, int) or pid <= 0:
+            return "the container may still be running"
+        try:
+            in_container = self.container.id in Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            return "its container had stopped"
+        if not in_container:
+            return "the container may still be running"
+        try:
+            os.kill(pid, signal.SIGKILL)  # the first process of a pid namespace: all of them go
+        except ProcessLookupError:
+            return "its container had stopped"
+        except PermissionError:
+            return "the container may still be running (the harness may not signal it)"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        return "the harness killed the container's processes"
 
     def stop(self, reason: str = "interrupted") -> None:
         """End the job early (Ctrl-C, cancellation); ``wait`` then reports ``reason``."""
@@ -255,6 +285,15 @@ class DockerJob:
     def remove(self) -> None:
         """Remove the container (not when the engine was lost: ``harness recover`` does it later)."""
         self._call(lambda: self.container.remove(force=True))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting for its parent."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _engine_fault(api: EngineAPI, exc: BaseException) -> str:
