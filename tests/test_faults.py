@@ -421,17 +421,24 @@ def test_many_runs_into_one_store_with_publish_and_ls(noop_image, store_home, hu
     assert first.returncode == 0, first.stderr
     published_id = only_record(store_home)["run_id"]
     runs = [start_run(store_home, NOOP, "--seed", str(seed), "--quiet") for seed in range(8)]
+    publish = subprocess.Popen(
+        [sys.executable, "-m", "harness", "publish", published_id, "--repo", "org/concurrent", "--endpoint", hub.url],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     listings = []
     while any(run.poll() is None for run in runs) and len(listings) < 20:
         listed = run_cli("ls", "--json")
         assert listed.returncode == 0, listed.stderr
         listings.append(json.loads(listed.stdout))
-    publish = run_cli("publish", published_id, "--repo", "org/concurrent", "--endpoint", hub.url)
-    assert publish.returncode == 0, publish.stderr
+    out, err = publish.communicate(timeout=300)
+    assert publish.returncode == 0, out + err
     for run in runs:
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, out + err
-    assert listings, "no listing while the runs went"
+    assert any(entry["status"] == "running" for listing in listings for entry in listing), listings
     records = list(LocalStore(store_home).records())
     assert len(records) == 9 and {r["status"] for r in records} == {"completed"}
     assert sorted(r["seed"] for r in records) == [*range(8), 100]
