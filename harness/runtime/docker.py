@@ -168,8 +168,7 @@ class DockerJob:
         """Start the container and the copy of its output; EngineError when the engine fails."""
         try:
             self.container.start()
-            self._log_stream = self.container.logs()
-            self.container.reload()  # its process id: the sampler's, and the job's without an engine
+            self._log_stream = self.container.logs()  # opened by the log thread
         except EngineAPIError as exc:
             raise EngineError(f"could not start the container of {self.request.run_id}: {exc}") from None
         except LOST as exc:
@@ -254,7 +253,7 @@ class DockerJob:
         """Kill the container's processes without its engine (they would go on writing into the
         sealed run folder): its first process, found by the id the engine gave at start, and only
         while that process is still in the container's cgroup (a reused id is left alone)."""
-        pid = (self.container.attrs.get("State") or {}).get("Pid") or 0
+        pid = (self.container.attrs.get("State") or {}).get("Pid") or 0  # as the sampler last saw it
         if not isinstance(pid, int) or pid <= 0:
             return "the container may still be running"
         try:
@@ -367,7 +366,7 @@ def run_in_image(api: EngineAPI, image_id: str, command: list[str], timeout: flo
         container.start()
         container.wait(timeout=timeout)
         output = bytearray()
-        for chunk in container.api.stream_logs(container.id, stderr=False):
+        for chunk in container.api.stream_logs(container.id, stderr=False, deadline=timeout):
             output += chunk
             if len(output) > PROBE_MAX_OUTPUT:
                 raise EngineError(f"{command[0]} in image {image_id[:19]} printed more than {PROBE_MAX_OUTPUT} bytes")

@@ -73,9 +73,16 @@ class EngineAPI:
         self.timeout = call_timeout() if timeout is None else timeout
 
     def _open(
-        self, method: str, url: str, body: Any = None, timeout: float | None = None, query: dict[str, Any] | None = None
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        timeout: float | None = None,
+        query: dict[str, Any] | None = None,
+        connection: http.client.HTTPConnection | None = None,
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        connection = _UnixConnection(self.path, self.timeout if timeout is None else timeout)
+        if connection is None:
+            connection = _UnixConnection(self.path, self.timeout if timeout is None else timeout)
         target = f"/{API_VERSION}{url}" + (f"?{urlencode(query)}" if query else "")
         headers = {"Content-Type": "application/json"} if body is not None else {}
         try:
@@ -106,18 +113,14 @@ class EngineAPI:
             raise EngineAPIError(response.status, f"{method} {url}: {message or response.reason}")
         return json.loads(data) if data.strip() else None
 
-    def stream_logs(self, container_id: str, stderr: bool = True) -> FollowedStream:
+    def stream_logs(self, container_id: str, stderr: bool = True, deadline: float | None = None) -> FollowedStream:
         """A container's stdout (and stderr) as they come, until the engine ends the stream (the
-        container stopped, or the engine went away). A followed stream has no read deadline: a
-        workload may be quiet for hours. ``close()`` ends it early from another thread."""
-        connection, response = self._open(
-            "GET",
-            f"/containers/{container_id}/logs",
-            query={"follow": 1, "stdout": 1, "stderr": int(stderr)},
+        container stopped, or the engine went away). A followed stream has no read deadline unless
+        ``deadline`` gives one: a workload may be quiet for hours, and Podman sends the answer's
+        headers only with the first output. ``close()`` ends it early from another thread."""
+        return FollowedStream(
+            self, f"/containers/{container_id}/logs", {"follow": 1, "stdout": 1, "stderr": int(stderr)}, deadline
         )
-        if connection.sock is not None:
-            connection.sock.settimeout(None)  # the call's bound was for the answer's headers only
-        return FollowedStream(connection, response)
 
     def version(self) -> dict[str, Any]:
         """The engine's version answer."""
@@ -134,27 +137,35 @@ class EngineAPI:
             raise
 
 
-class FollowedStream:
-    """A followed log stream (the API's multiplexed frames: an 8-byte header, then the payload)."""
+# what ends a followed stream early: an engine that went away, a closed or cut connection
+STREAM_ENDS: tuple[type[BaseException], ...] = (EngineError, *ENGINE_FAULTS)
 
-    def __init__(self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse):
-        self.connection = connection
-        self.response = response
+
+class FollowedStream:
+    """A followed log stream (the API's multiplexed frames: an 8-byte header, then the payload),
+    opened when it is first iterated."""
+
+    def __init__(self, api: EngineAPI, url: str, query: dict[str, Any], deadline: float | None):
+        self.api = api
+        self.url = url
+        self.query = query
+        self.connection = _UnixConnection(api.path, deadline)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            if self.response.status >= 400:
+            _, response = self.api._open("GET", self.url, query=self.query, connection=self.connection)
+            if response.status >= 400:
                 return
             while True:
-                header = self.response.read(8)
+                header = response.read(8)
                 if len(header) < 8:
                     return
                 size = struct.unpack(">I", header[4:])[0]
-                payload = self.response.read(size)
+                payload = response.read(size)
                 if payload:
                     yield payload
-        except ENGINE_FAULTS:
-            return  # the engine went away: what came before is kept
+        except STREAM_ENDS:
+            return  # the engine went away (or the stream was closed): what came before is kept
         finally:
             self.connection.close()
 
