@@ -90,7 +90,7 @@ def main() -> None:
 
 def _main() -> None:
     from harness.errors import HarnessError
-    from harness.terminal import quiet_hub_progress
+    from harness.util.terminal import quiet_hub_progress
 
     quiet_hub_progress()
     try:

@@ -171,7 +171,7 @@ def private_engine(noop_image, tmp_path_factory) -> Iterator[PrivateEngine]:
     """A private engine holding the noop image (loaded from the main engine, same ids and tags)."""
     if os.geteuid() != 0:
         pytest.skip("a private dockerd needs root")
-    from harness.images import BASE_IMAGE
+    from harness.images.build import BASE_IMAGE
 
     engine = PrivateEngine(Path(tmp_path_factory.mktemp("engine", numbered=True)))
     try:
@@ -261,7 +261,7 @@ def test_engine_hung_past_the_run_timeout_ends_in_bounded_time(engine, store_hom
 
 
 def test_docker_host_names_the_engine_for_the_sdk_and_the_raw_client(engine, monkeypatch):
-    from harness.images import BASE_IMAGE
+    from harness.images.build import BASE_IMAGE
     from harness.runtime.engine import docker_client, engine_image_id
     from harness.runtime.engine_api import engine_api
 
