@@ -445,3 +445,23 @@ def test_many_runs_into_one_store_with_publish_and_ls(noop_image, store_home, hu
     for record in records:
         assert LocalStore(store_home).verify(record["run_id"]) == []
         json.loads((store_home / "runs" / record["run_id"] / "record.json").read_text())
+
+
+def test_recover_leaves_what_a_pulled_record_claims_is_pending(tmp_path):
+    from harness.run.runner import recover
+
+    store = LocalStore(tmp_path / "store")
+    folder = store.run_dir("pulled-run")
+    folder.mkdir(parents=True)
+    (folder / "result.txt").write_text("tampered after publishing\n")
+    claimed = {
+        "run_id": "pulled-run",
+        "status": "completed",
+        "files": {"result.txt": "0" * 64},
+        "pulled_from": {"repo": "org/x", "revision": "a" * 40, "endpoint": "http://127.0.0.1:1"},
+        "pending": ["seal", "container"],
+    }
+    (folder / "record.json").write_text(json.dumps(claimed))
+    assert recover(store) == []
+    assert store.load("pulled-run") == claimed
+    assert store.verify("pulled-run") == ["checksum mismatch result.txt"]

@@ -386,7 +386,9 @@ def recover(store: LocalStore) -> list[str]:
     hostname = socket.gethostname()
     for record in store.records():
         pending = record.get("pending")
-        if isinstance(pending, list) and pending and is_final(record.get("status")):
+        # only a run made here leaves work pending: a pulled record's claim is not acted on
+        # (re-sealing it would bless files that no longer match what was published)
+        if isinstance(pending, list) and pending and "pulled_from" not in record and is_final(record.get("status")):
             if _finish_pending(store, record, [str(item) for item in pending]):
                 recovered.append(record["run_id"])
             continue
