@@ -103,10 +103,9 @@ def _compact(store: LocalStore, run_ids: list[str]) -> str:
             con.execute(query.format(tmp=str(tmp).replace("'", "''")), [files])
         os.replace(tmp, parts / name)
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
         raise _duckdb_error(exc) from exc
+    finally:  # also on Ctrl-C, which is no Exception: nothing else removes a half-written part
+        tmp.unlink(missing_ok=True)
     return name
 
 

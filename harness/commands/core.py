@@ -373,7 +373,7 @@ def _print_outcome(record: Record) -> None:
 
 @click.command(epilog=examples("harness ls", "harness ls --limit 200 --json | jq -r '.[].run_id'"))
 @json_option
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="Show at most N runs.")
 def ls(as_json: bool, limit: int) -> None:
     """Runs in the local store, newest first (full run ids: any unique prefix names a run)."""
     from rich import box
@@ -386,15 +386,11 @@ def ls(as_json: bool, limit: int) -> None:
     recover(store)
     records = list(store.records())[:limit]
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")}
-                    for r in records
-                ],
-                indent=2,
-                default=str,
-            )
+        emit_json(
+            [
+                {k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")}
+                for r in records
+            ]
         )
         return
     if not records:
@@ -474,7 +470,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     store = LocalStore()
     record = store.load(run_id)
     if as_json:
-        click.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
+        emit_json(record)
         return
     out = console()
     image, host = _mapping(record.get("image")), _mapping(record.get("host"))

@@ -39,9 +39,9 @@ from harness.reproduce.environment_diff import (
     compare_environments,
     read_run,
 )
+from harness.store.record import DEFAULT_METRIC
 
 IDENTICAL = "identical"
-DEFAULT_METRIC = "charts/episodic_return"
 EXIT_STATUS = {IDENTICAL: 0, CONSISTENT: 0, DIVERGED: 1, INCONCLUSIVE: 3}  # 2 is bad input
 
 
@@ -103,11 +103,6 @@ class GroupVerdict:
     def exit_status(self) -> int:
         """0 identical or consistent, 1 diverged, 3 inconclusive (2 stays bad input)."""
         return EXIT_STATUS[self.verdict]
-
-    @property
-    def first_diverged_step(self) -> float | None:
-        """The first checkpoint whose CI lies wholly outside the margin, if curves were compared."""
-        return None if self.curves is None else self.curves.first_diverged
 
     def to_dict(self, curves: bool = False) -> dict[str, Any]:
         """JSON-ready form; the per-checkpoint arrays only with ``curves``."""

@@ -28,6 +28,7 @@ from harness.capture.gpu import check_gpus
 from harness.errors import EngineError, HarnessError
 from harness.images.build import ImageInfo, context_files
 from harness.images.prepare import prepare_image
+from harness.run.owner import orphaned
 from harness.run.plan import RunSpec
 from harness.runtime import signals
 from harness.runtime.engine_api import engine_api
@@ -35,7 +36,7 @@ from harness.runtime.job import JobRequest, JobResult
 from harness.runtime.signals import stop_reason
 from harness.store.layout import RunLayout
 from harness.store.local import LocalStore
-from harness.store.record import SCHEMA_VERSION, Record, RunStatus, is_final
+from harness.store.record import SCHEMA_VERSION, Record, RunStatus
 from harness.util.fsutil import sha256_file
 
 CONTAINER_RUNTIMES = ("docker", "podman")
@@ -388,13 +389,11 @@ def recover(store: LocalStore) -> list[str]:
         pending = record.get("pending")
         # only a run made here leaves work pending: a pulled record's claim is not acted on
         # (re-sealing it would bless files that no longer match what was published)
-        if isinstance(pending, list) and pending and "pulled_from" not in record and is_final(record.get("status")):
+        if isinstance(pending, list) and pending and "pulled_from" not in record and _is_final(record.get("status")):
             if _finish_pending(store, record, [str(item) for item in pending]):
                 recovered.append(record["run_id"])
             continue
-        owner = record.get("owner")
-        owner = owner if isinstance(owner, dict) else {}
-        if record.get("status") != RunStatus.RUNNING or owner.get("hostname") != hostname or _alive(owner.get("pid")):
+        if not orphaned(record, hostname):
             continue
         run_id = record["run_id"]
         record.update(
@@ -493,13 +492,8 @@ def _rebuild_tables(store: LocalStore, record: Record) -> None:
     _note_ingestion(record, ingester)
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
-        return False
+def _is_final(status: Any) -> bool:
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
+        return RunStatus(str(status)).final
+    except ValueError:
         return False
-    except PermissionError:
-        return True
-    return True

@@ -22,6 +22,7 @@ from harness.runtime.engine_api import (
     engine_api,
 )
 from harness.runtime.job import JobRequest, JobResult
+from harness.store.layout import EXTERNAL_JSONL
 from harness.util.safefs import terminal_safe
 
 PROBE_MEMORY_BYTES = 1 << 30
@@ -100,7 +101,7 @@ def job_environment(request: JobRequest) -> dict[str, str]:
         **request.environment,
         **pins,
         "HARNESS_OUT": CONTAINER_OUT,
-        "HARNESS_METRICS": f"{CONTAINER_OUT}/metrics.external.jsonl",
+        "HARNESS_METRICS": f"{CONTAINER_OUT}/{EXTERNAL_JSONL}",
         "PYTHONPATH": CONTAINER_LIB,
         "HOME": "/tmp",
         "MPLCONFIGDIR": "/tmp/matplotlib",

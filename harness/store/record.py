@@ -10,6 +10,8 @@ import enum
 from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
+# The metric analysis and verdicts fall back to when a run names no primary metric.
+DEFAULT_METRIC = "charts/episodic_return"
 
 
 class RunStatus(enum.StrEnum):
@@ -77,14 +79,6 @@ def status_group(status: str | None) -> str:
         return RunStatus(status or "").group
     except ValueError:
         return FAILED
-
-
-def is_final(status: str | None) -> bool:
-    """Whether ``status`` (a string from a record) is a final status."""
-    try:
-        return RunStatus(status or "").final
-    except ValueError:
-        return False
 
 
 class ImageRecord(TypedDict, total=False):
