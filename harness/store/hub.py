@@ -57,7 +57,7 @@ INDEX_BATCH_ROWS = 1 << 16  # rows of the repo's runs index in memory at a time
 MAX_OPEN_UPLOADS = 1_000  # files uploaded from open descriptors; beyond, by path (checked the same way)
 CARD_ROWS = 50  # runs listed in the dataset card (the newest; runs.parquet has them all)
 MAX_PARAM_COLUMNS = 200  # param_<name> columns of the runs index (a repo's own index may hold any)
-LOCAL_ONLY_FIELDS = ("pulled_from", "owner")
+LOCAL_ONLY_FIELDS = ("pulled_from", "owner", "pending")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
