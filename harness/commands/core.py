@@ -583,17 +583,26 @@ def _log_tail(run_dir: Path, lines: int, window: int = 64 << 10) -> list[str]:
 @click.command(epilog=examples("harness recover", "harness recover --json"))
 @json_option
 def recover(as_json: bool) -> None:
-    """Mark runs whose harness process died as interrupted, and seal what they left."""
+    """Mark runs whose harness process died as interrupted, and seal what they left; finish what
+    a full disk or a lost engine left pending (seal the run, remove its container)."""
     from harness.run.runner import recover as recover_runs
     from harness.store.local import LocalStore
 
-    recovered = recover_runs(LocalStore())
+    store = LocalStore()
+    recovered = recover_runs(store)
     if as_json:
         emit_json({"recovered": recovered})
         return
     for run_id in recovered:
-        click.echo(f"{run_id}: interrupted (recovered)")
-    if not recovered:
+        click.echo(f"{run_id}: {store.load(run_id).get('status')} (recovered)")
+    waiting = [record for record in store.records() if record.get("pending")]
+    for record in waiting:
+        left = ", ".join(str(item) for item in record.get("pending") or [])
+        click.echo(
+            f"{record['run_id']}: {record.get('status')}, still to do: {left} "
+            "(the engine does not answer or the disk is still full; run `harness recover` again later)"
+        )
+    if not recovered and not waiting:
         click.echo("nothing to recover")
 
 

@@ -250,6 +250,7 @@ def push_image(client: Any, image: str, registry: Registry, name: str, tag: str,
     except ImageNotFound:
         raise EngineError(f"image {image} is not in the Docker engine: build or pull it first") from None
     digest = None
+    said: dict[str, str] = {}  # each layer's last status: progress repeats it many times a second
     try:
         for chunk in client.api.push(
             repository, tag=tag, stream=True, decode=True, auth_config=auth_config(registry.host)
@@ -259,9 +260,13 @@ def push_image(client: Any, image: str, registry: Registry, name: str, tag: str,
             aux = chunk.get("aux") or {}
             if aux.get("Digest"):
                 digest = str(aux["Digest"])
-            status = chunk.get("status")
-            if status and chunk.get("id"):
-                log(f"{chunk['id']}: {status}")
+            status, layer = chunk.get("status"), chunk.get("id")
+            if status and layer:
+                # the engine counts down to each retry of a layer ("Retrying in 5 seconds", 4, ...)
+                status = "upload cut, the engine retries it" if status.startswith("Retrying in ") else status
+                if said.get(layer) != status:
+                    said[layer] = status
+                    log(f"{layer}: {status}")
     except APIError as exc:
         raise RegistryError(_push_failure(registry, engine_message(exc))) from None
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -57,7 +58,7 @@ INDEX_BATCH_ROWS = 1 << 16  # rows of the repo's runs index in memory at a time
 MAX_OPEN_UPLOADS = 1_000  # files uploaded from open descriptors; beyond, by path (checked the same way)
 CARD_ROWS = 50  # runs listed in the dataset card (the newest; runs.parquet has them all)
 MAX_PARAM_COLUMNS = 200  # param_<name> columns of the runs index (a repo's own index may hold any)
-LOCAL_ONLY_FIELDS = ("pulled_from", "owner")
+LOCAL_ONLY_FIELDS = ("pulled_from", "owner", "pending")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -101,7 +102,22 @@ def _api(endpoint: str | None, token: str | None):  # type: ignore[no-untyped-de
 
 @contextlib.contextmanager
 def hub_errors(repo: str, endpoint: str) -> Iterator[None]:
-    """Turn huggingface_hub and network exceptions into one-line HubErrors (never echoing a token)."""
+    """Turn huggingface_hub and network exceptions into one-line HubErrors (never echoing a token),
+    with the client's retries said in one line rather than one per attempt."""
+    try:
+        with one_line_retries(endpoint):
+            yield
+    except Exception as exc:
+        message = _hub_error_message(exc, repo, endpoint)
+        if message is None:
+            raise
+        raise HubError(message) from None
+
+
+def _hub_error_message(exc: BaseException, repo: str, endpoint: str) -> str | None:
+    """The one line for an exception of the client or the network; None for any other. A wrapper
+    that the client raises around the real failure (``RuntimeError: Error while uploading …`` from
+    its upload threads) is read through to its cause."""
     import httpx2
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -110,27 +126,76 @@ def hub_errors(repo: str, endpoint: str) -> Iterator[None]:
         RevisionNotFoundError,
     )
 
+    for _ in range(8):  # a chain of causes is short; a loop of them must not hang
+        if isinstance(exc, RepositoryNotFoundError):
+            return f"{endpoint}: no dataset repo {repo} (or it is private and your token cannot read it)"
+        if isinstance(exc, RevisionNotFoundError):
+            return f"{endpoint}: {repo} has no such revision"
+        if isinstance(exc, RemoteEntryNotFoundError):
+            return f"{endpoint}: {repo}: a file is missing on the Hub ({_first_line(exc)})"
+        if isinstance(exc, HfHubHTTPError):
+            status = exc.response.status_code if exc.response is not None else None
+            if status == 401:
+                return (
+                    f"{endpoint} refused the token for {repo} (401): "
+                    "set HF_TOKEN or run `hf auth login` with a write token"
+                )
+            if status == 412:
+                return f"{repo} changed on the Hub while publishing; run the command again"
+            return f"{endpoint}: {repo}: {_first_line(exc)}"
+        if isinstance(exc, (httpx2.TransportError, OSError)):
+            return (
+                f"{endpoint}: connection failed for {repo} ({type(exc).__name__}: {_first_line(exc)}); "
+                "nothing was changed, try again"
+            )
+        cause = exc.__cause__
+        if not isinstance(exc, RuntimeError) or cause is None:
+            return None
+        exc = cause
+    return None
+
+
+# huggingface_hub's warnings as it retries a request or resumes a download, and its loggers
+RETRY_NOTE = re.compile(
+    r"^(?:'(.*)' thrown while requesting |(HTTP Error \d+) thrown while requesting |Error while downloading from \S+: )(.*)",
+    re.DOTALL,
+)
+RETRYING_LOGGERS = ("huggingface_hub.utils._http", "huggingface_hub.file_download")
+
+
+class _RetryNotes(logging.Filter):
+    """Lets the first of huggingface_hub's retry warnings through as one line, drops the rest."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        failed = RETRY_NOTE.match(message)
+        if failed is None:
+            return not message.startswith(("Retrying in ", "Rate limited."))
+        if self.said:
+            return False
+        self.said = True
+        reason = _first_line(RuntimeError(next(group for group in failed.groups() if group)))
+        record.msg, record.args = f"{self.endpoint}: {reason}; retrying (a few times, for up to a minute)", None
+        return True
+
+
+@contextlib.contextmanager
+def one_line_retries(endpoint: str) -> Iterator[None]:
+    """While the block runs, the client's retries of failed requests print one line, not two per try."""
+    loggers = [logging.getLogger(name) for name in RETRYING_LOGGERS]
+    notes = _RetryNotes(endpoint)
+    for logger in loggers:
+        logger.addFilter(notes)
     try:
         yield
-    except RepositoryNotFoundError:
-        raise HubError(f"{endpoint}: no dataset repo {repo} (or it is private and your token cannot read it)") from None
-    except RevisionNotFoundError:
-        raise HubError(f"{endpoint}: {repo} has no such revision") from None
-    except RemoteEntryNotFoundError as exc:
-        raise HubError(f"{endpoint}: {repo}: a file is missing on the Hub ({_first_line(exc)})") from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 401:
-            raise HubError(
-                f"{endpoint} refused the token for {repo} (401): set HF_TOKEN or run `hf auth login` with a write token"
-            ) from None
-        if status == 412:
-            raise HubError(f"{repo} changed on the Hub while publishing; run the command again") from None
-        raise HubError(f"{endpoint}: {repo}: {_first_line(exc)}") from None
-    except (httpx2.TransportError, OSError) as exc:
-        raise HubError(
-            f"{endpoint}: connection failed for {repo} ({type(exc).__name__}: {_first_line(exc)}); nothing was changed, try again"
-        ) from None
+    finally:
+        for logger in loggers:
+            logger.removeFilter(notes)
 
 
 def _first_line(exc: BaseException) -> str:

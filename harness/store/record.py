@@ -140,3 +140,6 @@ class Record(TypedDict, total=False):
     skipped_files: list[dict[str, str]]  # {path, reason} of what the checksums left out (links, FIFOs...)
     metrics_rejected: dict[str, int]  # skipped metric lines or values, counted by reason
     metrics_skipped: list[dict[str, str]]  # {path, reason} of metric files left unread
+    # what `harness recover` must still do for a run with a final status: "seal" (a full disk left
+    # its files unchecksummed), "container" (a lost engine kept its container); removed once done
+    pending: list[str]
