@@ -149,8 +149,11 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     return manifest_path
 
 
-def original_run(store: LocalStore, target: str, endpoint: str | None, revision: str | None) -> tuple[str, str | None]:
-    """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first."""
+def original_run(
+    store: LocalStore, target: str, endpoint: str | None, revision: str | None, trust_key: Path | None = None
+) -> tuple[str, str | None]:
+    """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first
+    (accepting it only signed by ``trust_key`` when given)."""
     from harness.store.hub import parse_run_spec
     from harness.store.hub import pull as pull_runs
 
@@ -160,7 +163,7 @@ def original_run(store: LocalStore, target: str, endpoint: str | None, revision:
     repo, run_id = parse_run_spec(target)
     if run_id is None:
         raise HubError(f"{target!r}: name the run to reproduce, org/name/<run_id>")
-    pull_runs(target, revision=revision, endpoint=endpoint, store=store)
+    pull_runs(target, revision=revision, endpoint=endpoint, store=store, trust_key=trust_key)
     return run_id, repo
 
 
@@ -290,6 +293,7 @@ def reproduce(
     progress: IO[str] | None = None,
     rebuild: bool = False,
     allow_build_network: bool = False,
+    trust_key: Path | None = None,
 ) -> ReproductionResult:
     """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record over
     seeds, and give the verdict between the published group and the reproduction runs
@@ -306,21 +310,24 @@ def reproduce(
     Raises HarnessError for bad input: a pulled run asked to run on the host without
     ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the
     Hub, a recipe that declares ``image.network: true`` without ``allow_build_network``, a seed
-    count that is not positive. With ``progress``, each run's live progress (harness.progress) is
+    count that is not positive, with ``trust_key`` a run of the published group whose provenance is
+    not signed by that key or does not match its files. With ``progress``, each run's live progress (harness.progress) is
     shown on that stream.
     """
     from harness.analysis.group_verdict import group_scores, group_verdict, plan_seeds
     from harness.manifest import load_manifest
     from harness.plan import RunSpec, config_key
+    from harness.store.provenance import load_public_key, verify_record
 
     store = store or LocalStore()
     seeds = parse_seed_count(seeds)
+    trusted = load_public_key(trust_key) if trust_key is not None else None
     if runtime == "process" and "/" in target and not trust_code:
         raise HarnessError(
             "--runtime process would run downloaded code on this host without a sandbox; "
             "add --trust-code if you have read it, or use --runtime docker"
         )
-    original_id, repo = original_run(store, target, endpoint, revision)
+    original_id, repo = original_run(store, target, endpoint, revision, trust_key)
     original = store.load(original_id)
     if runtime == "process" and original.get("pulled_from") and not trust_code:
         raise HarnessError(f"run {original_id} was pulled from {repo}: --runtime process needs --trust-code")
@@ -356,6 +363,8 @@ def reproduce(
         expect = loaded.manifest.expect
         whole_repo = seeds is not None or new_seeds or len(loaded.manifest.seeds) > 1
         group = original_group(store, original, target, endpoint, whole_repo)
+        for member in group if trusted is not None else []:
+            verify_record(member, trusted)  # the runs the verdict rests on, pulled or local
         original_dirs = [store.run_dir(r["run_id"]) for r in group]
         published_seeds = [int(r["seed"]) for r in group]
         if seeds == "auto":
