@@ -59,6 +59,7 @@ class ImageInfo:
     packages: list[str] = field(default_factory=list)
     registry_ref: str | None = None  # host/name@sha256:… when the image is (also) in a registry
     source: str = "build"  # build | local | registry: where this run's copy came from
+    builder: str = "docker"  # docker | podman-reproducible (harness.reprobuild: a rebuild gives this id)
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,9 +118,15 @@ def base_images(dockerfile: Path) -> list[str]:
     return bases
 
 
-def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str], network: bool = False) -> str:
+def content_hash(
+    build_dir: Path,
+    lockfile: Path | None,
+    base_ids: dict[str, str],
+    network: bool = False,
+    reproducible: bool = False,
+) -> str:
     """sha256 over the build inputs: recipe files, lockfile, base image ids (and a declared
-    need for the network, which makes a different build)."""
+    need for the network, or the reproducible builder, each of which makes a different build)."""
     digest = hashlib.sha256()
     digest.update(HASH_SCHEMA.encode())
     for path in context_files(build_dir):
@@ -130,6 +137,8 @@ def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str
     digest.update(json.dumps(base_ids, sort_keys=True).encode())
     if network:
         digest.update(b"network\0")
+    if reproducible:
+        digest.update(b"reproducible\0")
     return digest.hexdigest()
 
 
@@ -315,11 +324,15 @@ def build_image(
     force: bool = False,
     log: Callable[[str], None] = lambda line: None,
     network: bool = False,
+    reproducible: bool = False,
+    check: Callable[[Any], None] | None = None,
 ) -> ImageInfo:
     """Build (or find) the content-addressed image of an ``images/<name>`` recipe.
 
     The build has no network (the locked wheels are staged on the host), unless ``network``:
-    a recipe that declares ``image.network: true`` gets the host's network."""
+    a recipe that declares ``image.network: true`` gets the host's network. ``reproducible``
+    builds with harness.reprobuild (the same inputs give the same image id); with ``check`` it
+    builds twice from scratch and hands the :class:`harness.reprobuild.CheckResult` to ``check``."""
     import time
 
     base_ids: dict[str, str] = {}
@@ -329,10 +342,13 @@ def build_image(
             hint = "run `harness image bootstrap`" if base == BASE_IMAGE else f"load or pull {base} first"
             raise EngineError(f"{build_dir / 'Dockerfile'}: base image {base} is not in the engine: {hint}")
         base_ids[base] = base_id
-    digest = content_hash(build_dir, lockfile, base_ids, network)
+    reproducible = reproducible or check is not None
+    digest = content_hash(build_dir, lockfile, base_ids, network, reproducible)
     tag = f"harness/{build_dir.name}:{digest[:16]}"
     info = ImageInfo(ref=tag, id="", tag=tag, content_hash=digest, packages=locked_packages(lockfile))
-    if not force:
+    if reproducible:
+        info.builder = "podman-reproducible"
+    if not force and check is None:
         cached_id = engine_image_id(tag)
         if cached_id is not None:
             info.id, info.cached = cached_id, True
@@ -346,9 +362,21 @@ def build_image(
         stage_context(build_dir, lockfile, find_ca_bundle(ca_bundle), staging, log)
         from harness.imagegc import built_ids_in, mark_stages, record_built
 
+        labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
+        if reproducible:
+            from harness import reprobuild
+
+            if check is not None:
+                result = reprobuild.check_build(staging, tag, base_ids, labels, network, log)
+                info.id = result.first
+                check(result)
+            else:
+                info.id = reprobuild.build(staging, tag, base_ids, labels, network, log)
+            record_built([info.id], build_dir.name)
+            info.build_seconds = round(time.monotonic() - started, 3)
+            return info
         mark_stages(staging / "Dockerfile", build_dir.name)
         produced: list[str] = []
-        labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
         try:
             stream = client.api.build(
                 path=str(staging),
@@ -469,9 +497,12 @@ def prepare_image(
     force_build: bool = False,
     log: Callable[[str], None] = lambda line: None,
     runtime: str = "docker",
+    reproducible: bool = False,
 ) -> ImageInfo:
     """A manifest's image: built from its recipe (content-addressed, cached) or resolved by digest,
     in the engine of ``runtime`` (``podman``: see ``harness.runtime.podman.prepare_podman_image``).
+    The build is bit-reproducible (harness.reprobuild) when the manifest declares
+    ``image.reproducible: true`` or ``reproducible`` is set.
 
     Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
     if runtime == "podman":
@@ -483,6 +514,7 @@ def prepare_image(
         str(loaded.build_dir),
         loaded.lockfile and loaded.lockfile.read_bytes(),
         loaded.manifest.image.network,
+        reproducible or loaded.manifest.image.reproducible,
     )
     if not force_build:
         with _prepared_lock:
@@ -499,6 +531,7 @@ def prepare_image(
             force=force_build,
             log=log,
             network=loaded.manifest.image.network,
+            reproducible=reproducible or loaded.manifest.image.reproducible,
         )
     with _prepared_lock:
         _prepared_images[key] = info
