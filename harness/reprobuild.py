@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,12 +107,24 @@ def ensure_base(name: str, image_id: str, log: Callable[[str], None]) -> None:
         raise EngineError(f"{name}: the copy in the reproducible build store is not image {image_id[:19]}")
 
 
-def _build(staging: Path, labels: dict[str, str], network: bool, log: Callable[[str], None]) -> str:
-    """One podman build of the staged context from scratch, every time clamped to the epoch; its id."""
+@dataclass(frozen=True)
+class Built:
+    """An image in the build store: its id and the name only this build gave it (so that removing
+    it never touches a concurrent build of the same recipe)."""
+
+    id: str
+    name: str
+
+
+def _build(staging: Path, labels: dict[str, str], network: bool, log: Callable[[str], None]) -> Built:
+    """One podman build of the staged context from scratch, every time clamped to the epoch."""
+    name = f"localhost/harness-build/{uuid.uuid4().hex}:latest"
     with tempfile.TemporaryDirectory(prefix="harness-iid-") as tmp:
         iidfile = Path(tmp) / "iid"
         args = [
             "build",
+            "--tag",
+            name,
             "--timestamp",
             "0",
             "--identity-label=false",
@@ -127,35 +140,33 @@ def _build(staging: Path, labels: dict[str, str], network: bool, log: Callable[[
             args += ["--label", f"{key}={value}"]
         podman(*args, str(staging), log=log)
         text = iidfile.read_text().strip()
-    return text if text.startswith("sha256:") else "sha256:" + text
+    return Built(text if text.startswith("sha256:") else "sha256:" + text, name)
 
 
-def load_into_docker(image_id: str, tag: str) -> None:
-    """Load the build store's image ``image_id`` into Docker as ``tag``, id unchanged; then drop
-    it from the build store (the base images stay)."""
+def load_into_docker(built: Built, tag: str) -> None:
+    """Load a build into Docker as ``tag``, id unchanged."""
     from harness.runtime.engine import docker_client
 
     client = docker_client(timeout=3600)
     with tempfile.TemporaryDirectory(prefix="harness-load-") as tmp:
         archive = Path(tmp) / "image.tar"
-        podman("save", "--format", "docker-archive", "--output", str(archive), image_id.removeprefix("sha256:"))
+        # saved by id: the archive carries no name, so Docker gets only ``tag``
+        podman("save", "--format", "docker-archive", "--output", str(archive), built.id.removeprefix("sha256:"))
         with open(archive, "rb") as handle:
             client.api.load_image(handle)
-    image = client.images.get(image_id)
+    image = client.images.get(built.id)
     repository, _, name = tag.rpartition(":")
     image.tag(repository, name)
-    if image.id != image_id:  # the engine computed another config digest: not the image we built
-        raise EngineError(f"{tag}: Docker loaded the image as {image.id[:19]}, not {image_id[:19]}")
-    remove(image_id)
+    if image.id != built.id:  # the engine computed another config digest: not the image that was built
+        raise EngineError(f"{tag}: Docker loaded the image as {image.id[:19]}, not {built.id[:19]}")
 
 
-def remove(image_id: str) -> None:
-    """Drop an image from the build store (not from Docker), and the dangling stages it left."""
+def remove(built: Built) -> None:
+    """Drop a build from the build store (not from Docker); the base images stay."""
     try:
-        podman("rmi", "--force", image_id.removeprefix("sha256:"))
+        podman("rmi", built.name)
     except EngineError:
-        pass
-    podman("image", "prune", "--force")
+        pass  # already gone: nothing to free
 
 
 def build(
@@ -169,9 +180,12 @@ def build(
     """Build the staged context reproducibly and load it into Docker as ``tag``; its image id."""
     for name, image_id in base_ids.items():
         ensure_base(name, image_id, log)
-    image_id = _build(staging, labels, network, log)
-    load_into_docker(image_id, tag)
-    return image_id
+    built = _build(staging, labels, network, log)
+    try:
+        load_into_docker(built, tag)
+    finally:
+        remove(built)
+    return built.id
 
 
 def check_build(
@@ -187,14 +201,17 @@ def check_build(
     for name, image_id in base_ids.items():
         ensure_base(name, image_id, log)
     first = _build(staging, labels, network, log)
-    second = _build(staging, labels, network, log)
-    result = CheckResult(first, second)
     try:
-        if not result.reproducible:
-            result.differences = _differences(first, second)
+        second = _build(staging, labels, network, log)
+        try:
+            result = CheckResult(first.id, second.id)
+            if not result.reproducible:
+                result.differences = _differences(first.id, second.id)
+        finally:
             remove(second)
-    finally:
         load_into_docker(first, tag)
+    finally:
+        remove(first)
     return result
 
 
@@ -268,8 +285,15 @@ def _differences(first: str, second: str) -> list[str]:
 
 
 def _history_step(config: dict[str, Any], layer_index: int) -> str:
-    """The Dockerfile step that made the layer at ``layer_index`` (history entries with layers)."""
-    steps = [h for h in config.get("history", []) if not h.get("empty_layer")]
-    if layer_index < len(steps):
-        return str(steps[layer_index].get("created_by", "?"))[:120]
-    return "?"
+    """The Dockerfile steps that made the layer at ``layer_index``: the history entries up to the
+    one that carries that layer (podman commits a stage's steps as one layer)."""
+    groups: list[list[str]] = [[]]
+    for entry in config.get("history", []):
+        step = str(entry.get("created_by", "")).removeprefix("/bin/sh -c ").removeprefix("#(nop) ").strip()
+        if step and not step.startswith("LABEL "):
+            groups[-1].append(step)
+        if not entry.get("empty_layer"):
+            groups.append([])
+    steps = groups[layer_index] if layer_index < len(groups) else []
+    text = "; ".join(steps) or "?"
+    return text if len(text) <= 160 else text[:157] + "..."
