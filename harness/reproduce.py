@@ -53,6 +53,12 @@ class ReproductionResult:
     published_commit: str | None = None
     image_source: str = "rebuilt"  # rebuilt (from the recipe) | registry (the published image) | ref (the manifest's)
     image_ref: str | None = None  # the registry reference run, for "registry"
+    published_image: dict[str, Any] = field(default_factory=dict)  # the original record's image
+
+    @property
+    def image_check(self) -> dict[str, Any]:
+        """The reproduction's image against the published one (see :func:`compare_images`)."""
+        return compare_images(self.published_image, dict(self.records[0].get("image") or {}), self.image_source)
 
     @property
     def reproduction_ids(self) -> list[str]:
@@ -99,6 +105,7 @@ class ReproductionResult:
                 "source": self.image_source,
                 "ref": self.image_ref,
                 "id": (self.records[0].get("image") or {}).get("id"),
+                **self.image_check,
             },
             "first_difference": None if difference is None else asdict(difference),
             "pairs": [
@@ -107,6 +114,34 @@ class ReproductionResult:
             ],
             **self.verdict.to_dict(curves=curves),
         }
+
+
+def compare_images(published: dict[str, Any], rebuilt: dict[str, Any], source: str) -> dict[str, Any]:
+    """``published_id``, ``same_image`` (whether the reproduction ran the published image id) and
+    ``image_note``: one line saying so, or why a rebuild did not give the published digest."""
+    old, new = published.get("id"), rebuilt.get("id")
+    same = bool(old) and old == new
+    short = str(old or "none")[:19]
+    if source != "rebuilt":
+        note = f"the published image ({short})" if same else f"not the published image {short}"
+    elif same:
+        note = f"rebuilt to the published digest ({short})"
+    elif published.get("builder") != "podman-reproducible":
+        note = (
+            f"rebuilt from the recipe ({str(new)[:19]}), not the published {short}: it was built by Docker's "
+            "builder, which stamps build times into the image (declare image.reproducible: true)"
+        )
+    elif published.get("content_hash") != rebuilt.get("content_hash"):
+        note = (
+            f"rebuilt from the recipe ({str(new)[:19]}), not the published {short}: the base image here is not "
+            "the one it was built on (bootstrapped from other Debian packages?)"
+        )
+    else:
+        note = (
+            f"rebuilt from the same recipe, lockfile and base to {str(new)[:19]}, not the published {short}: "
+            "the build did not reproduce here (`harness build --check` names the files that differ)"
+        )
+    return {"published_id": old, "same_image": same, "image_note": note}
 
 
 def stage_project(run_dir: Path, workdir: Path) -> Path:
@@ -453,10 +488,11 @@ def reproduce(
         pairs,
         image_source=image_source,
         image_ref=registry_image.ref if registry_image is not None else None,
+        published_image=dict(original.get("image") or {}),
     )
     write_json_atomic(result.verdict_path, json_safe(result.to_dict()))
     # record.json is outside the checksummed files, so the verdict can join the sealed records.
-    summary = verdict.to_dict()
+    summary = {**verdict.to_dict(), "image": result.to_dict(curves=False)["image"]}
     for record in records:
         record["reproduction_verdict"] = verdict.verdict
         record["reproduction"] = summary

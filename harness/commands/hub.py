@@ -207,7 +207,7 @@ def _image_line(result: Any) -> str:
         return f"the published image {result.image_ref} ({image_id[:19]}), pulled by digest, not rebuilt"
     if result.image_source == "ref":
         return f"the manifest's image.ref ({image_id[:19]})"
-    return f"rebuilt from the recipe ({image_id[:19]})"
+    return str(result.image_check["image_note"])
 
 
 @click.command(
