@@ -437,14 +437,16 @@ def bootstrap_base(
                 shutil.move(made, tarball)
             else:
                 tarball = made
-        repository, _, tag = name.partition(":")
-        with open(tarball, "rb") as handle:
-            client.api.import_image_from_data(
-                handle,
-                repository=repository,
-                tag=tag or "latest",
-                changes=["ENV LANG=C.UTF-8", 'CMD ["python3"]'],
-            )
+        from harness.reprobuild import load_rootfs
+
+        # loaded with a fixed creation time, not `docker import`: the same tarball, the same id
+        load_rootfs(
+            tarball,
+            name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest",
+            epoch,
+            {"Env": ["LANG=C.UTF-8"], "Cmd": ["python3"]},
+            f"mmdebstrap --variant=minbase {suite} (SOURCE_DATE_EPOCH={epoch})",
+        )
     image = client.images.get(name)
     return ImageInfo(ref=name, id=image.id, tag=name, packages=base_packages(name))
 
@@ -456,11 +458,17 @@ def _mmdebstrap(suite: str, epoch: int, tarball: Path, log: Callable[[str], None
             "mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)"
         )
     hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
+    # every package file by sha256 (the same files make the same base), and no host files: the
+    # host's resolv.conf and hostname would make each bootstrap differ
+    debs = 'cd "$1/var/cache/apt/archives" && sha256sum -- *.deb > "$1/etc/harness-debs.sha256"'
+    host_files = 'rm -f "$1/etc/resolv.conf" "$1/etc/hostname"'
     cmd = [
         "mmdebstrap",
         "--variant=minbase",
         "--include=python3,python3-venv,ca-certificates",
         f"--customize-hook={hook}",
+        f"--customize-hook={debs}",
+        f"--customize-hook={host_files}",
         suite,
         str(tarball),
     ]

@@ -215,6 +215,57 @@ def check_build(
     return result
 
 
+# -- the base image ------------------------------------------------------------------------------
+
+
+def load_rootfs(tarball: Path, name: str, epoch: int, changes: dict[str, Any], history: str) -> str:
+    """Load a root file system tarball into Docker as the one-layer image ``name``; its id.
+
+    ``docker import`` stamps the import time into the config; here the config is written with
+    ``created`` at ``epoch`` and loaded as a docker archive, so the same tarball gives the same id
+    on any engine. ``changes`` is the image's runtime config (Env, Cmd)."""
+    import datetime
+    import io
+    import platform
+
+    from harness.runtime.engine import docker_client
+
+    digest = hashlib.sha256()
+    with open(tarball, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    created = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    machine = platform.machine().lower()
+    config = {
+        "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine),
+        "os": "linux",
+        "created": created,
+        "config": changes,
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{digest.hexdigest()}"]},
+        "history": [{"created": created, "created_by": history}],
+    }
+    config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    image_id = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    manifest = [{"Config": f"{image_id[7:]}.json", "RepoTags": [name], "Layers": ["layer/layer.tar"]}]
+    with tempfile.TemporaryDirectory(prefix="harness-base-") as tmp:
+        archive = Path(tmp) / "image.tar"
+        with tarfile.open(archive, "w") as out:
+            for member_name, data in (
+                (f"{image_id[7:]}.json", config_bytes),
+                ("manifest.json", json.dumps(manifest).encode()),
+            ):
+                info = tarfile.TarInfo(member_name)
+                info.size = len(data)
+                out.addfile(info, io.BytesIO(data))
+            out.add(tarball, arcname="layer/layer.tar")
+        with open(archive, "rb") as handle:
+            docker_client(timeout=3600).api.load_image(handle)
+    loaded = str(docker_client().images.get(name).id)
+    if loaded != image_id:
+        raise EngineError(f"{name}: Docker loaded the base as {loaded[:19]}, not {image_id[:19]}")
+    return loaded
+
+
 # -- what differs ---------------------------------------------------------------------------------
 
 
