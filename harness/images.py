@@ -466,6 +466,7 @@ def _mmdebstrap(suite: str, epoch: int, tarball: Path, log: Callable[[str], None
         "mmdebstrap",
         "--variant=minbase",
         "--include=python3,python3-venv,ca-certificates",
+        "--skip=essential/unlink",  # keep the essential packages' files until the hook has listed them
         f"--customize-hook={hook}",
         f"--customize-hook={debs}",
         f"--customize-hook={host_files}",
