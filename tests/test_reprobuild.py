@@ -1,4 +1,4 @@
-"""Bit-reproducible builds (harness.reprobuild) with the real podman and Docker engine: the noop
+"""Bit-reproducible builds (harness.images.reproducible) with the real podman and Docker engine: the noop
 recipe rebuilds to the same image id after the image is removed from Docker, the result runs
 sandboxed, and ``--check`` names the layer and file of a recipe that is not reproducible."""
 
@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from harness.images import build_image
-from harness.reproduce import compare_images
+from harness.images.build import build_image
+from harness.reproduce.reproduction import compare_images
 from harness.store.local import LocalStore
 from tests.conftest import REPO, need, noop_project, run_cli
 
@@ -94,7 +94,7 @@ def test_a_rebuild_says_why_it_is_not_the_published_image():
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("podman_installed")
-def test_check_names_the_layer_and_files_that_differ(base_image, tmp_path):
+def test_check_names_the_layer_and_files_that_differ(base_image, docker_engine, tmp_path):
     recipe = tmp_path / "images" / "stamped"
     recipe.mkdir(parents=True)
     (recipe / "Dockerfile").write_text(
@@ -102,6 +102,7 @@ def test_check_names_the_layer_and_files_that_differ(base_image, tmp_path):
     )
     results = []
     info = build_image(recipe, None, check=results.append)
+    docker_engine.images.remove(info.tag, force=True)  # a new image each time: not kept
     (result,) = results
     assert not result.reproducible and info.id == result.first
     assert len(result.differences) == 1, result.differences

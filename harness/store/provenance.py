@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.safefs import UnsafeFile, printable, read_bounded
+from harness.util.safefs import UnsafeFile, printable, read_bounded
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"

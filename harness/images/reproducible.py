@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import EngineError, HarnessError
-from harness.fsutil import cache_root
+from harness.util.fsutil import cache_root
 
 BUILDER = "podman-reproducible"  # ImageInfo.builder of an image made here
 MAX_DIFFERENCES = 10  # differing files named per layer
