@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,28 +121,63 @@ def bootstrap(name: str, suite: str, force: bool, tarball: Path | None) -> None:
 
 
 @click.command(
-    epilog=examples("harness build manifests/dqn-cartpole.yaml", "harness build --force manifests/noop.yaml")
+    epilog=examples(
+        "harness build manifests/dqn-cartpole.yaml",
+        "harness build --force manifests/noop.yaml",
+        "harness build --check manifests/noop.yaml",
+    )
 )
 @click.argument("manifest", type=click.Path(path_type=Path))
 @ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
+@click.option(
+    "--reproducible",
+    is_flag=True,
+    help="Build bit-reproducibly (podman, timestamps clamped; as image.reproducible: true in the manifest).",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Build reproducibly twice from scratch and compare the ids; exit 1 naming the layer and files that differ.",
+)
 @click.option("--quiet", is_flag=True)
 @json_option
-def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
+def build(
+    manifest: Path, ca_bundle: Path | None, force: bool, reproducible: bool, check: bool, quiet: bool, as_json: bool
+) -> None:
     """Build (or find) the content-addressed image of a manifest."""
+    from harness.images.build import build_image
     from harness.images.prepare import prepare_image
     from harness.manifest import load_manifest
     from harness.run.plan import expand
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
+    checked: list[Any] = []
+    if check and spec.loaded.build_dir is None:
+        raise HarnessError(f"{manifest}: --check needs image.build (an image.ref is not built here)")
+
+    def make(log: Callable[[str], None]) -> Any:
+        if check:
+            assert spec.loaded.build_dir is not None
+            return build_image(
+                spec.loaded.build_dir,
+                spec.loaded.lockfile,
+                ca_bundle=ca_bundle,
+                force=True,
+                log=log,
+                network=spec.loaded.manifest.image.network,
+                check=checked.append,
+            )
+        return prepare_image(spec.loaded, ca_bundle, force, log=log, reproducible=reproducible)
+
     if quiet or as_json:
-        info = prepare_image(spec.loaded, ca_bundle, force)
+        info = make(lambda line: None)
     else:
-        with terminal.status(
-            f"building {loaded.manifest.image.build or loaded.manifest.image.ref}", stderr=as_json
-        ) as shown:
-            info = prepare_image(spec.loaded, ca_bundle, force, log=shown.update)
+        what = loaded.manifest.image.build or loaded.manifest.image.ref
+        with terminal.status(f"{'checking' if check else 'building'} {what}", stderr=as_json) as shown:
+            info = make(shown.update)
+    result = checked[0] if checked else None
     if as_json:
         emit_json(
             {
@@ -152,11 +187,31 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_j
                 "content_hash": info.content_hash,
                 "cached": info.cached,
                 "build_seconds": info.build_seconds,
+                "builder": info.builder,
+                **(
+                    {}
+                    if result is None
+                    else {
+                        "check": {
+                            "reproducible": result.reproducible,
+                            "ids": [result.first, result.second],
+                            "differences": result.differences,
+                        }
+                    }
+                ),
             }
         )
-        return
-    state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
-    click.echo(f"{info.tag or info.ref} {info.id} ({state})")
+    else:
+        state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
+        click.echo(f"{info.tag or info.ref} {info.id} ({state})")
+        if result is not None and result.reproducible:
+            click.echo(f"reproducible: two builds from scratch gave {result.first}")
+        elif result is not None:
+            click.echo(f"NOT reproducible: two builds from scratch gave {result.first} and {result.second}")
+            for line in result.differences:
+                click.echo(f"  {line}")
+    if result is not None and not result.reproducible:
+        raise click.exceptions.Exit(1)
 
 
 @click.command(

@@ -12,6 +12,15 @@ from harness.commands.options import endpoint_option, json_option, runtime_optio
 from harness.commands.output import emit_json, examples
 from harness.commands.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
 
+trust_option = click.option(
+    "--trust",
+    "trust_key",
+    metavar="KEY.pub",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="accept only runs whose provenance is signed by this ed25519 public key (PEM, from "
+    "`openssl pkey -pubout`) and whose files match it",
+)
+
 
 @click.command(
     epilog=examples(
@@ -29,6 +38,14 @@ from harness.commands.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
     help="License of the results for the dataset card (a Hub license id, e.g. cc-by-4.0, mit) [default: unknown].",
 )
 @click.option("--pretty-name", help="Title of the dataset card [default: the manifests' names].")
+@click.option(
+    "--sign",
+    "sign_key",
+    metavar="KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="sign each record's provenance (in-toto/SLSA, DSSE) with this ed25519 private key "
+    "(PEM, from `openssl genpkey -algorithm ed25519`)",
+)
 @json_option
 def publish(
     run_ids: tuple[str, ...],
@@ -37,6 +54,7 @@ def publish(
     endpoint: str | None,
     license_id: str | None,
     pretty_name: str | None,
+    sign_key: Path | None,
     as_json: bool,
 ) -> None:
     """Publish runs of the local store to a Hub dataset repo, in one commit (with the runs index,
@@ -52,6 +70,7 @@ def publish(
         license=license_id,
         pretty_name=pretty_name,
         figure=learning_curves,
+        sign_key=sign_key,
     )
     if as_json:
         emit_json(
@@ -77,19 +96,21 @@ def publish(
     epilog=examples(
         "harness pull my-lab/cartpole-dqn",
         "harness pull my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --revision 4b8e0f... --json",
+        "harness pull my-lab/cartpole-dqn --trust lab.pub",
     )
 )
 @click.argument("spec", shell_complete=complete_repos)
 @click.option("--revision", help="branch or 40-hex commit sha (default: main)")
 @endpoint_option
+@trust_option
 @json_option
-def pull(spec: str, revision: str | None, endpoint: str | None, as_json: bool) -> None:
+def pull(spec: str, revision: str | None, endpoint: str | None, trust_key: Path | None, as_json: bool) -> None:
     """Download org/name (all runs) or org/name/<run_id> into the local store, verified."""
     from harness.store.hub import pull as pull_runs
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    pulled = pull_runs(spec, revision=revision, endpoint=endpoint, store=store)
+    pulled = pull_runs(spec, revision=revision, endpoint=endpoint, store=store, trust_key=trust_key)
     if as_json:
         rows = []
         for run_id in pulled:
@@ -188,7 +209,7 @@ def _image_line(result: Any) -> str:
         return f"the published image {result.image_ref} ({image_id[:19]}), pulled by digest, not rebuilt"
     if result.image_source == "ref":
         return f"the manifest's image.ref ({image_id[:19]})"
-    return f"rebuilt from the recipe ({image_id[:19]})"
+    return str(result.image_check["image_note"])
 
 
 @click.command(
@@ -224,6 +245,7 @@ def _image_line(result: Any) -> str:
     is_flag=True,
     help="build a recipe that declares image.network: true (its build then reaches this host's network)",
 )
+@trust_option
 @json_option
 def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per option
     target: str,
@@ -237,6 +259,7 @@ def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per opti
     out: Path | None,
     rebuild: bool,
     allow_build_network: bool,
+    trust_key: Path | None,
     as_json: bool,
 ) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record over seeds and give the
@@ -260,6 +283,7 @@ def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per opti
         new_seeds=new_seeds,
         rebuild=rebuild,
         allow_build_network=allow_build_network,
+        trust_key=trust_key,
     )
     result = reproduce_run(target, options, echo=lambda line: click.echo(line, err=True), progress=sys.stderr)
     if as_json:

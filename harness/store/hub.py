@@ -26,12 +26,13 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
+from harness.store import provenance
 from harness.store.layout import METRICS_PARQUET, SYSTEM_PARQUET
 from harness.store.layout import RECORD as RECORD_NAME
 from harness.store.local import LocalStore
@@ -366,12 +367,16 @@ def publish(  # noqa: PLR0913 — publish's options, each a `harness publish` op
     license: str | None = None,
     pretty_name: str | None = None,
     figure: FigureMaker | None = None,
+    sign_key: Path | None = None,
 ) -> PublishResult:
     """Publish runs of the local store to the dataset repo ``repo`` in one commit.
 
     The commit also carries the runs index, the dataset card (``license`` and ``pretty_name`` go
     into its metadata) and, with ``figure`` (``harness.analysis.repo_figure.learning_curves``), the
     learning-curve figure, regenerated over every run of the repo.
+
+    With ``sign_key`` (an ed25519 private key in PEM), each published record carries its signed
+    provenance (harness.store.provenance) as ``provenance``.
 
     Runs already on the repo with the same checksums are left alone; when all are, no commit is made
     (``PublishResult.commit`` is None). The token comes from ``token``, ``HF_TOKEN`` or the
@@ -382,8 +387,11 @@ def publish(  # noqa: PLR0913 — publish's options, each a `harness publish` op
     check_repo_id(repo)
     if not run_ids:
         raise HubError("name at least one run id to publish")
+    signer = provenance.load_signer(sign_key) if sign_key is not None else None
     store = store or LocalStore()
     records = _publishable_records(store, run_ids)
+    if signer is not None:
+        records = [cast(Record, {**r, "provenance": provenance.sign_record(r, signer)}) for r in records]
 
     token = token or get_token()
     if not token:
@@ -626,15 +634,19 @@ def pull(
     endpoint: str | None = None,
     token: str | None = None,
     store: LocalStore | None = None,
+    trust_key: Path | None = None,
 ) -> list[str]:
     """Download ``org/name`` (every run) or ``org/name/<run_id>`` into the local store, verified.
 
     Every run is checked against the sha256 list of its record.json; a missing, extra, altered,
-    symlinked or escaping file refuses the whole pull and nothing enters the store. Each pulled
-    record gains ``pulled_from: {repo, revision (commit sha), endpoint}``. Returns the run ids.
+    symlinked or escaping file refuses the whole pull and nothing enters the store. With
+    ``trust_key`` (an ed25519 public key in PEM), every run must also carry provenance signed by
+    that key whose subjects are its record and files. Each pulled record gains ``pulled_from:
+    {repo, revision (commit sha), endpoint}``. Returns the run ids.
     """
     from huggingface_hub import snapshot_download
 
+    trusted = provenance.load_public_key(trust_key) if trust_key is not None else None
     repo, only_run = parse_run_spec(spec)
     store = store or LocalStore()
     api = _api(endpoint, token)
@@ -686,15 +698,18 @@ def pull(
                 endpoint=api.endpoint,
                 token=token,
             )
-            return _move_into_store(run_ids, staging / "download" / "runs", store, repo, commit, api.endpoint)
+            return _move_into_store(run_ids, staging / "download" / "runs", store, repo, commit, api.endpoint, trusted)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
 
 def _move_into_store(
-    run_ids: list[str], downloaded: Path, store: LocalStore, repo: str, commit: str, endpoint: str
+    run_ids: list[str], downloaded: Path, store: LocalStore, repo: str, commit: str, endpoint: str, trusted: Any
 ) -> list[str]:
     verified = {run_id: _verify_download(run_id, downloaded / run_id) for run_id in run_ids}
+    if trusted is not None:
+        for record in verified.values():
+            provenance.verify_record(record, trusted)
     for run_id, record in verified.items():
         if store.exists(run_id):
             local = store.load(run_id)

@@ -136,6 +136,7 @@ class Record(TypedDict, total=False):
     gpu: dict[str, Any]
     environment: dict[str, Any]
     pulled_from: dict[str, Any]
+    provenance: dict[str, Any]  # the signed in-toto/SLSA statement's DSSE envelope (harness.store.provenance)
     files: dict[str, str]  # posix path -> sha256 of every file but record.json
     skipped_files: list[dict[str, str]]  # {path, reason} of what the checksums left out (links, FIFOs...)
     metrics_rejected: dict[str, int]  # skipped metric lines or values, counted by reason
