@@ -6,7 +6,7 @@ import difflib
 import hashlib
 import re
 import string
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -157,7 +157,10 @@ class Hardware(Strict):
 class MetricsSpec(Strict):
     """Where the workload's metrics come from and which one matters most."""
 
-    tensorboard: str | None = Field(None, description="folder under $HARNESS_OUT holding TensorBoard event files")
+    tensorboard: str | None = Field(
+        None,
+        description="folder under $HARNESS_OUT holding TensorBoard event files (default: searched all over $HARNESS_OUT)",
+    )
     primary: str | None = None
     summary_last_n: StrictInt = Field(10, ge=1, le=100_000)
     system_interval: StrictInt | StrictFloat = Field(1.0, ge=0.1, le=60)
@@ -257,6 +260,11 @@ class Manifest(Strict):
     description: StrictStr = ""
     image: ImageSpec
     command: list[StrictStr] = Field(min_length=1, max_length=512)
+    workdir: StrictStr = Field(
+        ".",
+        description="the job's working directory: a folder under $HARNESS_OUT (default: $HARNESS_OUT itself, "
+        "writable and kept with the record) or an absolute path in the image, such as /workload (read-only)",
+    )
     params: dict[str, Scalar] = {}
     seeds: list[StrictInt] = Field(min_length=1, max_length=100_000)
     sweep: dict[str, list[Scalar]] | list[dict[str, Scalar]] | None = None
@@ -273,6 +281,16 @@ class Manifest(Strict):
     def _name(cls, value: str) -> str:
         if not NAME.match(value):
             raise ValueError(f"{value!r}: use lower-case letters, digits, '.', '_' or '-' (at most 63)")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if ".." in path.parts or not value.strip() or "\0" in value:
+            raise ValueError(
+                f"{value!r}: give a folder under $HARNESS_OUT (such as '.' or 'work') or an absolute path in the image"
+            )
         return value
 
     @field_validator("params", "smoke")
