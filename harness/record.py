@@ -119,6 +119,7 @@ class Record(TypedDict, total=False):
     seed: int
     params: dict[str, Any]
     smoke: bool
+    budget: dict[str, Any]  # the params the manifest's smoke changes (total_timesteps, ...), as run
     command: list[str]
     runtime: str
     hermetic: bool

@@ -169,7 +169,10 @@ def compare(
         check_output(profiles)
     reference_scores = _read_reference(reference) if reference else None
     store = _store()
-    runs = select_runs(store, expand_selection(store, selection))
+    left_out: list[str] = []
+    runs = select_runs(store, expand_selection(store, selection), left_out)
+    for text in left_out:
+        _note(text)
     chosen = default_metric(runs, metric, DEFAULT_METRIC)
     comparison = build_comparison(
         store,
@@ -268,7 +271,10 @@ def plot(
     if points < 2 or smooth < 1:
         raise HarnessError("--points must be at least 2 and --smooth at least 1")
     store = _store()
-    runs = select_runs(store, expand_selection(store, selection))
+    left_out: list[str] = []
+    runs = select_runs(store, expand_selection(store, selection), left_out)
+    for text in left_out:
+        _note(text)
     chosen = default_metric(runs, metric, DEFAULT_METRIC)
     panels, notes, run_count = learning_curve_panels(store, runs, chosen, by, env_key, x_axis, points, smooth)
     for text in notes:

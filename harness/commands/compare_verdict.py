@@ -46,8 +46,11 @@ def compare_groups(
     if points < 2 or smooth < 1:
         raise HarnessError("--points must be at least 2 and --smooth at least 1")
     store = LocalStore()
-    original = select_runs(store, list(selection))
-    reproduction = select_runs(store, split_terms(against))
+    left_out: list[str] = []
+    original = select_runs(store, list(selection), left_out)
+    reproduction = select_runs(store, split_terms(against), left_out)
+    for text in dict.fromkeys(left_out):
+        click.echo(f"note: {text}", err=True)
     ids_a = original.column("run_id").to_pylist()
     ids_b = reproduction.column("run_id").to_pylist()
     shared = sorted(set(ids_a) & set(ids_b))

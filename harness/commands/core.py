@@ -389,7 +389,20 @@ def ls(as_json: bool, limit: int) -> None:
         click.echo(
             json.dumps(
                 [
-                    {k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")}
+                    {
+                        k: r.get(k)
+                        for k in (
+                            "run_id",
+                            "name",
+                            "status",
+                            "seed",
+                            "smoke",
+                            "budget",
+                            "params",
+                            "started_at",
+                            "duration_s",
+                        )
+                    }
                     for r in records
                 ],
                 indent=2,
@@ -409,6 +422,8 @@ def ls(as_json: bool, limit: int) -> None:
     table.add_column("run id", no_wrap=True, min_width=max(len(_text(r["run_id"])) for r in records))
     table.add_column("status", overflow="fold")
     table.add_column("seed", justify="right", overflow="fold")
+    table.add_column("smoke", overflow="fold")
+    table.add_column("budget", overflow="fold")
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column(
@@ -430,6 +445,8 @@ def ls(as_json: bool, limit: int) -> None:
             _text(record["run_id"]),
             _status_text(record.get("status")),
             _text(record.get("seed")),
+            "smoke" if record.get("smoke") is True else "",
+            _text(" ".join(f"{key}={value}" for key, value in _mapping(record.get("budget")).items()), 60),
             _text(record.get("started_at"))[5:16].replace("T", " "),
             f"{_number(record.get('duration_s'), '.1f')}s",
             value,
