@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 import string
 from pathlib import Path, PurePosixPath
@@ -173,6 +174,36 @@ class MetricsSpec(Strict):
         return value
 
 
+class Reference(Strict):
+    """A published result the runs must be consistent with: a table's mean ± spread over seeds.
+
+    A mean ± spread alone leaves out what a verdict needs, so the fields say it: whether the spread
+    is a standard deviation or a standard error (``spread``), over how many seeds (``seeds``), of
+    which metric and which per-seed statistic; ``source`` says where it was published."""
+
+    mean: StrictInt | StrictFloat
+    sd: StrictInt | StrictFloat = Field(ge=0, description="the published spread across seeds (see spread)")
+    seeds: StrictInt = Field(ge=1, le=100_000, description="how many seeds the published mean is over")
+    source: StrictStr = Field(min_length=1, max_length=2000, description="URL or citation of the published table")
+    spread: Literal["sd", "se"] = Field(
+        "sd", description="sd: standard deviation across seeds; se: standard error of the mean (sd / sqrt(seeds))"
+    )
+    metric: StrictStr | None = Field(None, description="default: expect.metric, else metrics.primary")
+    statistic: Literal["final", "last_n"] | None = Field(None, description="per seed; default: expect.statistic")
+
+    @field_validator("mean", "sd")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"{value} must be a finite number")
+        return value
+
+    @property
+    def sd_across_seeds(self) -> float:
+        """The standard deviation across seeds, whichever spread was published."""
+        return float(self.sd) * (math.sqrt(self.seeds) if self.spread == "se" else 1.0)
+
+
 class Expect(Strict):
     """What a reproduction must show.
 
@@ -202,6 +233,9 @@ class Expect(Strict):
         None, description="equivalence margin as a fraction of the original's |aggregate| (default 0.1)"
     )
     confidence: StrictInt | StrictFloat = Field(0.90, description="two-sided CI level; 0.90 is TOST at 5 %")
+    reference: Reference | None = Field(
+        None, description="a published mean ± spread the runs must be consistent with (compare --against-reference)"
+    )
 
     @field_validator("margin")
     @classmethod

@@ -129,6 +129,7 @@ class Record(TypedDict, total=False):
     hardware: dict[str, Any]
     expect: dict[str, Any]
     primary_metric: str | None
+    summary_last_n: int
     harness_version: str
     reproduces: str | None
     reproduction_verdict: str  # identical | consistent | diverged | inconclusive

@@ -116,6 +116,7 @@ def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | 
         "hardware": manifest.hardware.model_dump(),
         "expect": manifest.expect.model_dump(),
         "primary_metric": manifest.metrics.primary,
+        "summary_last_n": manifest.metrics.summary_last_n,  # the N of metrics_summary's mean_last_n
         "harness_version": harness.__version__,
         "reproduces": reproduces,
         "owner": {"pid": os.getpid(), "hostname": socket.gethostname()},

@@ -5,12 +5,14 @@ plainly, and gc never removes an image a record names."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.store.local import LocalStore
-from tests.conftest import noop_variant
+from tests.conftest import REPO, copy_project, need, noop_variant
 
 NOOP_COMMAND = (
     'command: [python, /workload/probe.py, --mode, "{mode}", --seconds, "{seconds}", --megabytes, '
@@ -69,7 +71,7 @@ def test_a_workdir_that_leaves_the_output_folder_is_refused(cli, tmp_path):
 def mixed_store(noop_image, tmp_path_factory):
     """A store with what a first day leaves: three full runs (seconds=5), a smoke run (seconds=1)
     and a run of another budget (seconds=3), all of the noop manifest."""
-    from tests.conftest import REPO, run_cli
+    from tests.conftest import run_cli
 
     home = tmp_path_factory.mktemp("mixed") / "store"
     env = {"HARNESS_HOME": str(home)}
@@ -110,3 +112,104 @@ def test_analysis_leaves_smoke_runs_and_other_budgets_out_and_says_so(mixed_stor
         (False, 5),
         (True, 1),
     ]
+
+
+CLEANRL_DQN = REPO.parent / "shared" / "data" / "cleanrl" / "cleanrl" / "dqn.py"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_cleanrls_dqn_runs_unmodified_in_the_sandbox(base_image, store_home, cli, tmp_path):
+    """CleanRL's dqn.py as published (tyro arguments, SB3's replay buffer, a SummaryWriter writing
+    runs/<name>/ where it starts) runs with no wrapper; its TensorBoard scalars are found without
+    configuration. Its code is copied in at test time, never committed."""
+    if not CLEANRL_DQN.is_file():
+        need("CleanRL's dqn.py", f"{CLEANRL_DQN} is missing")
+    copy_project(tmp_path, "images/cleanrl", "lockfiles/cleanrl.txt")
+    shutil.copy(CLEANRL_DQN, tmp_path / "images" / "cleanrl" / "workload" / "dqn.py")
+    manifest = tmp_path / "manifests" / "cleanrl-dqn.yaml"
+    manifest.write_text(
+        "apiVersion: harness/v1\n"
+        "name: cleanrl-dqn\n"
+        "image: {build: images/cleanrl, lockfile: lockfiles/cleanrl.txt}\n"
+        'command: [python, /workload/dqn.py, --seed, "{seed}", --total-timesteps, "{total_timesteps}", '
+        '--learning-starts, "{learning_starts}", --no-cuda]\\n'
+        "params: {total_timesteps: 1500, learning_starts: 500}\n"
+        "seeds: [1]\n"
+        "hardware: {accelerator: cpu, gpus: 0, cpus: 1, memory: 2GiB, timeout: 10m}\n"
+        "metrics: {primary: losses/td_loss}\n"
+    )
+    result = cli("run", str(manifest), "--quiet", cwd=tmp_path, timeout=1800)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (record,) = records(store_home)
+    assert record["status"] == "completed"
+    events = [
+        name for name in record["files"] if name.startswith("out/runs/CartPole-v1__dqn__1__") and "tfevents" in name
+    ]
+    assert events, sorted(record["files"])
+    summary = record["metrics_summary"]
+    assert summary["losses/td_loss"]["count"] >= 5 and summary["charts/SPS"]["count"] >= 5
+
+
+REFERENCE = "reference: {mean: 3.5, sd: 1.0, seeds: 3, source: 'a test table'}"
+
+
+def test_a_reference_from_summary_statistics_agrees_with_welch_on_the_scores():
+    from harness.analysis.equivalence import equivalence_test, summary_equivalence_test
+
+    published = [480.0, 495.0, 501.0, 488.0]
+    ours = [470.0, 499.0, 490.0]
+    raw = equivalence_test(published, ours, margin=30.0)
+    summary = summary_equivalence_test(
+        (float(np.mean(published)), float(np.std(published, ddof=1)), 4),
+        (float(np.mean(ours)), float(np.std(ours, ddof=1)), 3),
+        margin=30.0,
+    )
+    assert summary.verdict == raw.verdict == "consistent"
+    assert summary.ci == pytest.approx(raw.ci) and summary.seeds_needed == raw.seeds_needed
+    far = summary_equivalence_test((490.04, 6.12, 3), (300.0, 20.0, 5), margin_relative=0.1)
+    assert far.verdict == "diverged"
+    thin = summary_equivalence_test((490.04, 6.12, 3), (480.0, 0.0, 1))
+    assert thin.verdict == "inconclusive" and not thin.has_interval and "no interval" in thin.summary()
+
+
+def test_the_runs_are_checked_against_a_published_table(noop_image, store_home, cli, tmp_path):
+    manifest = noop_variant(
+        tmp_path, "expect: {deterministic: true}", "expect: {deterministic: true, " + REFERENCE + "}"
+    )
+    ran = cli("run", manifest, "--quiet", "--seed", "1", "--seed", "2", "--seed", "3")
+    assert ran.returncode == 0, ran.stderr
+    # probe/value's mean of the last points is 1 + seed: 2, 3, 4 against 3.5 ± 1.0 over 3 seeds
+    assert "probe/value (mean of the last 10 points): 3 ± 1 (sd) over 3 seeds" in ran.stdout
+    assert "against the reference (a test table): inconclusive: mean difference -0.5" in ran.stdout
+    loose = cli("compare", "noop", "--against-reference", "--margin", "5")
+    assert loose.returncode == 0, loose.stderr
+    assert "verdict against the reference: consistent" in loose.stdout
+    assert "reference: 3.5 ± 1 (sd, 3 seeds) from a test table" in loose.stdout
+    tight = cli("compare", "noop", "--against-reference", "--json")
+    assert tight.returncode == 3
+    verdict = json.loads(tight.stdout)
+    assert verdict["verdict"] == "inconclusive" and sorted(verdict["scores"]) == [2.0, 3.0, 4.0]
+    assert verdict["equivalence"]["seeds_needed"] >= 3
+
+
+def test_a_reference_without_seeds_or_with_a_bad_spread_is_refused_in_one_line(cli, tmp_path):
+    manifest = noop_variant(
+        tmp_path, "expect: {deterministic: true}", "expect: {reference: {mean: 490.04, sd: -6.12, seeds: 3, source: x}}"
+    )
+    result = cli("validate", manifest)
+    assert result.returncode == 2 and "expect.reference.sd" in result.stderr and "Traceback" not in result.stderr
+    none = noop_variant(tmp_path, "expect: {deterministic: true}", "expect: {reference: {mean: 490.04, sd: 6.12}}")
+    result = cli("validate", none)
+    assert result.returncode == 2 and "seeds" in result.stderr
+
+
+def test_too_few_seeds_are_said_plainly_and_a_repeated_seed_is_not_a_new_one(mixed_store, cli):
+    single = cli("compare", "seed=2", "--against", "seed=1", env=mixed_store)
+    assert single.returncode == 3, single.stderr
+    assert "inf" not in single.stdout and "no interval" in single.stdout
+    assert "seeds per side for 80 %: 2" not in single.stdout
+    # seeds 1 and 2 against the smoke run of seed 1 and the run of seed 4 (not paired: a statistical verdict)
+    against = "smoke=true smoke=false seconds=1 seconds=3 seed=1 seed=4"
+    same = cli("compare", "seed=1", "seed=2", "--against", against, env=mixed_store)
+    assert "a repeated seed is not a new seed" in same.stdout

@@ -89,6 +89,11 @@ def _write_text(path: Path, text: str) -> None:
 @click.option(
     "--against", multiple=True, help="Verdict mode: the reproduction side's selection (quoted terms or repeated)."
 )
+@click.option(
+    "--against-reference",
+    is_flag=True,
+    help="Verdict mode: the selected runs against the manifest's expect.reference (a published mean ± spread).",
+)
 @click.option("--margin", type=float, help="Verdict: equivalence margin in the metric's units.")
 @click.option(
     "--margin-relative", type=float, help="Verdict: margin as a fraction of the original's value (default 0.1)."
@@ -122,6 +127,7 @@ def compare(
     improvement: bool,
     profiles: Path | None,
     against: tuple[str, ...],
+    against_reference: bool,
     margin: float | None,
     margin_relative: float | None,
     confidence: float | None,
@@ -136,7 +142,27 @@ def compare(
 
     With --against: the reproduction verdict (identical, consistent, diverged, inconclusive) of
     that selection against this one; exit 0 identical/consistent, 1 diverged, 3 inconclusive.
+    With --against-reference: the verdict of this selection against the published result in its
+    manifest's expect.reference (consistent, diverged, inconclusive; the same exit statuses).
     """
+    if against and against_reference:
+        raise HarnessError("give --against SELECTION or --against-reference, not both")
+    if against_reference:
+        from harness.commands.compare_verdict import compare_reference
+
+        given_last = ctx.get_parameter_source("last_n") == click.core.ParameterSource.COMMANDLINE
+        store = _store()
+        status = compare_reference(
+            tuple(expand_selection(store, selection)),
+            metric=metric,
+            last_n=last_n if given_last else None,
+            statistic=statistic,
+            margin=margin,
+            margin_relative=margin_relative,
+            confidence=confidence,
+            as_json=as_json,
+        )
+        sys.exit(status)
     if against:
         from harness.commands.compare_verdict import compare_groups
 

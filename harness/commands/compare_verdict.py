@@ -104,6 +104,55 @@ def compare_groups(
     return result.exit_status
 
 
+def compare_reference(
+    selection: tuple[str, ...],
+    metric: str | None,
+    last_n: int | None,
+    statistic: str | None,
+    margin: float | None,
+    margin_relative: float | None,
+    confidence: float | None,
+    as_json: bool,
+) -> int:
+    """Print the verdict of ``selection`` against its manifest's ``expect.reference``; returns the
+    exit status (0 consistent, 1 diverged, 3 inconclusive)."""
+    from harness.analysis.group_verdict import EquivalenceSpec
+    from harness.analysis.reference import reference_verdict
+    from harness.analysis.selection import select_runs
+    from harness.store.local import LocalStore
+
+    store = LocalStore()
+    left_out: list[str] = []
+    runs = select_runs(store, list(selection), left_out)
+    for text in left_out:
+        click.echo(f"note: {text}", err=True)
+    ids = runs.column("run_id").to_pylist()
+    names = sorted(set(runs.column("name").to_pylist()))
+    if len(names) > 1:
+        raise HarnessError(f"the selection holds runs of {', '.join(names)}: select one manifest's runs")
+    expect = store.load(ids[0]).get("expect")
+    reference = expect.get("reference") if isinstance(expect, dict) else None
+    if not isinstance(reference, dict):
+        raise HarnessError(
+            f"{names[0]}: its manifest has no expect.reference; add one, e.g. "
+            "expect: {reference: {mean: 490.04, sd: 6.12, seeds: 3, source: <URL or citation>}}"
+        )
+    if metric:
+        reference = {**reference, "metric": metric}
+    if statistic:
+        reference = {**reference, "statistic": statistic}
+    spec = EquivalenceSpec.of(
+        expect, last_n=last_n, margin=margin, margin_relative=margin_relative, confidence=confidence
+    )
+    result = reference_verdict([store.run_dir(r) for r in ids], reference, spec)
+    if as_json:
+        click.echo(json.dumps({"selection": list(selection), **result.to_dict()}, indent=1, allow_nan=False))
+    else:
+        for line in result.lines():
+            click.echo(line)
+    return result.exit_status
+
+
 def _label(side: str, terms: tuple[str, ...]) -> str:
     shown = " ".join(terms)
     return f"{side} {shown[:60]}{'…' if len(shown) > 60 else ''}"

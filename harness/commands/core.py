@@ -254,6 +254,9 @@ def run(
         )
         if as_json:
             emit_json(_sweep_json(outcome))
+        elif backend == "local" and not dry_run:
+            for line in _seeds_summary(loaded.manifest, outcome, store):
+                click.echo(line)
         sys.exit(outcome.exit_code)
     from harness.backends import plan_sweep
 
@@ -277,8 +280,46 @@ def run(
     if as_json:
         emit_json(_run_json(record, store))
     else:
-        _print_outcome(record)
+        _print_outcome(record, loaded.manifest.metrics.summary_last_n)
     sys.exit(0 if record["status"] == "completed" else 1)
+
+
+def _seeds_summary(manifest: Any, outcome: Any, store: Any) -> list[str]:
+    """The last lines of a multi-seed run of one configuration: the primary metric across its
+    completed seeds, and the verdict against the manifest's expect.reference when it has one."""
+    import statistics
+
+    if manifest.sweep is not None:
+        return []
+    records = [store.load(run_id) for run_id in outcome.plan.completed] + list(outcome.records)
+    done = [r for r in records if r.get("status") == "completed"]
+    primary = manifest.metrics.primary
+    values = [
+        v
+        for r in done
+        for v in [_mapping(_mapping(r.get("metrics_summary")).get(primary)).get("mean_last_n")]
+        if isinstance(v, (int, float))
+    ]
+    if not primary or not values:
+        return []
+    spread = f" ± {statistics.stdev(values):.4g} (sd)" if len(values) > 1 else ""
+    lines = [
+        f"{primary} (mean of the last {manifest.metrics.summary_last_n} points): "
+        f"{statistics.fmean(values):.6g}{spread} over {len(values)} seed{'s' if len(values) != 1 else ''}"
+    ]
+    reference = manifest.expect.reference
+    if reference is not None and len(done) > 1 and not any(r.get("smoke") for r in done):
+        from harness.analysis.reference import reference_verdict
+
+        try:
+            verdict = reference_verdict(
+                [store.run_dir(r["run_id"]) for r in done], reference.model_dump(), manifest.expect
+            )
+        except HarnessError as exc:
+            return [*lines, f"no verdict against the reference: {exc}"]
+        lines.append(verdict.summary())
+        lines += [f"note: {note}" for note in verdict.notes]
+    return lines
 
 
 def _run_json(record: Mapping[str, Any], store: Any, skipped: bool = False) -> dict[str, Any]:
@@ -358,11 +399,12 @@ def _number(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
-def _print_outcome(record: Record) -> None:
+def _print_outcome(record: Record, last_n: int) -> None:
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "", {})
     extra = (
-        f", {primary}: last {_number(summary.get('last'))}, mean of last N {_number(summary.get('mean_last_n'))}"
+        f", {primary}: last {_number(summary.get('last'))}, "
+        f"mean of the last {last_n} {_number(summary.get('mean_last_n'))}"
         if summary
         else ""
     )
@@ -566,7 +608,9 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         out.print(f"[bold]{key:>16}[/bold]  {value}")
     summary = _mapping(record.get("metrics_summary"))
     if summary:
-        table = Table("metric", "count", "last", "min", "max", "mean of last N")
+        last_n = record.get("summary_last_n")
+        shown_n = str(last_n) if isinstance(last_n, int) and not isinstance(last_n, bool) else "N"
+        table = Table("metric", "count", "last", "min", "max", f"mean of last {shown_n}")
         table.columns[0].overflow = "fold"
         for name in sorted(summary)[:1000]:
             s = _mapping(summary[name])
