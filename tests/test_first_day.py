@@ -133,7 +133,7 @@ def test_cleanrls_dqn_runs_unmodified_in_the_sandbox(base_image, store_home, cli
         "name: cleanrl-dqn\n"
         "image: {build: images/cleanrl, lockfile: lockfiles/cleanrl.txt}\n"
         'command: [python, /workload/dqn.py, --seed, "{seed}", --total-timesteps, "{total_timesteps}", '
-        '--learning-starts, "{learning_starts}", --no-cuda]\\n'
+        '--learning-starts, "{learning_starts}", --no-cuda]\n'
         "params: {total_timesteps: 1500, learning_starts: 500}\n"
         "seeds: [1]\n"
         "hardware: {accelerator: cpu, gpus: 0, cpus: 1, memory: 2GiB, timeout: 10m}\n"
