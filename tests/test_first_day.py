@@ -213,3 +213,38 @@ def test_too_few_seeds_are_said_plainly_and_a_repeated_seed_is_not_a_new_one(mix
     against = "smoke=true smoke=false seconds=1 seconds=3 seed=1 seed=4"
     same = cli("compare", "seed=1", "seed=2", "--against", against, env=mixed_store)
     assert "a repeated seed is not a new seed" in same.stdout
+
+
+@pytest.mark.docker
+def test_gc_never_removes_an_image_a_record_names_after_a_rebuild_moved_its_tag(base_image, tmp_path):
+    import io
+
+    from harness.runtime.engine import docker_client
+    from tests.test_ux import _remove_images, harness, probe_project
+
+    client = docker_client(timeout=600)
+    project = probe_project(tmp_path / "project", "gcref")
+    home = tmp_path / "store"
+    try:
+        ran = harness(home, "run", "manifests/gcref.yaml", "--quiet", cwd=project)
+        assert ran.returncode == 0, ran.stderr
+        (record,) = records(home)
+        image_id, tag = record["image"]["id"], record["image"]["tag"]
+        # a rebuild under the same tag (as a reproduction's rebuild does when the build is not bit-identical)
+        labels = client.images.get(image_id).labels
+        label_line = " ".join(f'{k}="{v}"' for k, v in labels.items() if k.startswith("org.harness."))
+        dockerfile = f"FROM harness/base:bookworm\nLABEL {label_line} rebuilt=1\n"
+        rebuilt = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), rm=True)[0]
+        rebuilt.tag(tag)
+        assert client.images.get(image_id).tags == []  # the run's image is dangling now
+        dry = harness(home, "gc", "--dry-run", "--json", cwd=project)
+        assert dry.returncode == 0, dry.stderr
+        listed = {i["id"] for i in json.loads(dry.stdout)["images"]}
+        assert image_id not in listed
+        done = harness(home, "gc", "--recipe", "gcref", "--json", cwd=project)
+        assert done.returncode == 0, done.stderr
+        client.images.get(image_id)  # still there: raises if gc removed it
+        shown = harness(home, "show", record["run_id"])
+        assert image_id[:19] in shown.stdout or image_id in shown.stdout
+    finally:
+        _remove_images(client, "gcref")
