@@ -248,3 +248,21 @@ def test_gc_never_removes_an_image_a_record_names_after_a_rebuild_moved_its_tag(
         assert image_id[:19] in shown.stdout or image_id in shown.stdout
     finally:
         _remove_images(client, "gcref")
+
+
+def test_lock_says_what_it_resolves_and_hashes_and_a_warm_relock_is_immediate(cli, tmp_path):
+    image_dir = tmp_path / "images" / "tiny"
+    image_dir.mkdir(parents=True)
+    (image_dir / "requirements.in").write_text("six==1.16.0\n")
+    cold = cli("lock", "images/tiny", cwd=tmp_path, env={"CI": "1"})
+    assert cold.returncode == 0, cold.stderr
+    assert "resolving: six==1.16.0" in cold.stdout and "hashing: six" in cold.stdout
+    assert "pip-compile took" in cold.stdout and "resolving" in cold.stdout and "hashing" in cold.stdout
+    lockfile = tmp_path / "lockfiles" / "tiny.txt"
+    made = lockfile.read_bytes()
+    warm = cli("lock", "images/tiny", cwd=tmp_path, env={"CI": "1"})
+    assert warm.returncode == 0 and "is up to date" in warm.stdout and "pip-compile" not in warm.stdout
+    assert lockfile.read_bytes() == made
+    (image_dir / "requirements.in").write_text("six==1.16.0\n# a comment changes the input\n")
+    again = cli("lock", "images/tiny", cwd=tmp_path, env={"CI": "1"})
+    assert again.returncode == 0 and "pip-compile took" in again.stdout

@@ -66,7 +66,7 @@ def schema() -> None:
 @json_option
 def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
-    from harness.lock import compile_lockfile, stale_lockfiles
+    from harness.lock import CompileProgress, compile_lockfile, lockfile_for, lockfile_is_current, stale_lockfiles
 
     if check:
         stale = stale_lockfiles(Path.cwd())
@@ -88,9 +88,19 @@ def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool
             raise HarnessError(
                 f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)"
             )
-        with terminal.status(f"locking {image_dir} (pip-compile)", stderr=as_json):
-            output = compile_lockfile(image_dir, upgrade=upgrade)
+        if not upgrade and lockfile_is_current(image_dir):
+            if not as_json:
+                click.echo(
+                    f"{lockfile_for(image_dir)} is up to date (made from this requirements.in; "
+                    "--upgrade resolves afresh)"
+                )
+            written.append(str(lockfile_for(image_dir)))
+            continue
+        with terminal.status(f"locking {image_dir} (pip-compile)", stderr=as_json) as status:
+            progress = CompileProgress(say=status.update)
+            output = compile_lockfile(image_dir, upgrade=upgrade, progress=progress)
         written.append(str(output))
+        click.echo(progress.summary(), err=as_json)
         if not as_json:
             click.echo(f"wrote {output}")
     if as_json:
