@@ -266,3 +266,18 @@ def test_lock_says_what_it_resolves_and_hashes_and_a_warm_relock_is_immediate(cl
     (image_dir / "requirements.in").write_text("six==1.16.0\n# a comment changes the input\n")
     again = cli("lock", "images/tiny", cwd=tmp_path, env={"CI": "1"})
     assert again.returncode == 0 and "pip-compile took" in again.stdout
+
+
+def test_init_outside_the_harness_repository_points_at_no_submission_script(cli, tmp_path):
+    project = copy_project(tmp_path, "images/noop", "lockfiles/noop.txt")
+    made = cli("init", "my-probe", "--image", "noop", cwd=project)
+    assert made.returncode == 0, made.stderr
+    assert "Next: edit it, `harness run manifests/my-probe.yaml --smoke`." in made.stdout
+    assert "verify-submission" not in made.stdout and "pull request" not in made.stdout
+
+
+def test_a_plan_of_one_seed_says_seed():
+    from harness.analysis.group_verdict import plan_seeds
+
+    assert plan_seeds([1], 1).message == "1 seed: 1"
+    assert plan_seeds([1, 2], None, new_seeds=True).message == "2 new seeds: 3, 4"

@@ -463,6 +463,7 @@ def plan_seeds(
     return SeedPlan(
         seeds,
         message
-        or f"{len(seeds)} {'new ' if new_seeds else ''}seeds: {', '.join(map(str, seeds[:12]))}"
+        or f"{len(seeds)} {'new ' if new_seeds else ''}seed{'s' if len(seeds) != 1 else ''}: "
+        f"{', '.join(map(str, seeds[:12]))}"
         + (" ..." if len(seeds) > 12 else ""),
     )
