@@ -281,3 +281,12 @@ def test_a_plan_of_one_seed_says_seed():
 
     assert plan_seeds([1], 1).message == "1 seed: 1"
     assert plan_seeds([1, 2], None, new_seeds=True).message == "2 new seeds: 3, 4"
+
+
+def test_publish_takes_a_selection_and_leaves_smoke_runs_out(mixed_store, hub, cli):
+    published = cli("publish", "noop", "--repo", "lab/first-day", "--json", env=mixed_store)
+    assert published.returncode == 0, published.stderr
+    assert len(json.loads(published.stdout)["published"]) == 3
+    assert "left out 1 run of smoke tests" in published.stderr
+    ambiguous = cli("publish", "noop-", "--repo", "lab/first-day", env=mixed_store)
+    assert ambiguous.returncode == 2 and len(ambiguous.stderr.strip().splitlines()) == 1
