@@ -517,6 +517,25 @@ def equivalence_test(
     )
 
 
+def summary_interval(
+    original: tuple[Any, Any, Any], reproduction: tuple[Any, Any, Any], confidence: float = DEFAULT_CONFIDENCE
+) -> Interval:
+    """Welch's CI of mean(reproduction) - mean(original) from (mean, sd across seeds, seeds) of each
+    side; arrays broadcast (a simulation is one call). Needs two seeds a side."""
+    mean_a, sd_a, n_a = (np.asarray(x, dtype=float) for x in original)
+    mean_b, sd_b, n_b = (np.asarray(x, dtype=float) for x in reproduction)
+    if np.any(n_a < 2) or np.any(n_b < 2):
+        raise HarnessError("an interval needs at least two seeds on each side")
+    estimate = mean_b - mean_a
+    se2_a, se2_b = sd_a**2 / n_a, sd_b**2 / n_b
+    se2 = se2_a + se2_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df = se2**2 / (se2_a**2 / (n_a - 1) + se2_b**2 / (n_b - 1))
+    df = np.where(se2 > 0, df, np.inf)
+    half = np.where(se2 > 0, stats.t.ppf(0.5 + confidence / 2, np.where(se2 > 0, df, 1.0)) * np.sqrt(se2), 0.0)
+    return Interval(estimate, estimate - half, estimate + half, df, "Welch t interval from summary statistics")
+
+
 def summary_equivalence_test(
     original: tuple[float, float, int],
     reproduction: tuple[float, float, int],
@@ -543,15 +562,10 @@ def summary_equivalence_test(
         )
         lo, hi, verdict, method = -math.inf, math.inf, INCONCLUSIVE, "none (too few seeds)"
     else:
-        se2_a, se2_b = sd_a**2 / n_a, sd_b**2 / n_b
-        se2 = se2_a + se2_b
-        if se2 > 0:
-            df = se2**2 / (se2_a**2 / (n_a - 1) + se2_b**2 / (n_b - 1))
-            half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(se2)
-        else:
-            half = 0.0
+        interval = summary_interval(original, reproduction, confidence)
+        if sd_a == 0 and sd_b == 0:
             notes.append("neither side varies across seeds: the difference is exact")
-        lo, hi, method = estimate - half, estimate + half, "Welch t interval from summary statistics"
+        lo, hi, method = float(interval.lo), float(interval.hi), interval.method
         verdict = str(classify(lo, hi, delta))
         if min(n_a, n_b) < MIN_VERDICT_SEEDS and verdict != INCONCLUSIVE:
             notes.append(
