@@ -431,12 +431,17 @@ def ls(as_json: bool, limit: int) -> None:
     from rich import box
     from rich.table import Table
 
-    from harness.runner import recover
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    recover(store)
-    records = list(store.records())[:limit]
+    records = list(store.records())
+    if any(r.get("status") == "running" for r in records):
+        # only then: recovering loads the run machinery (pyarrow and all), seconds on a first call
+        from harness.runner import recover
+
+        if recover(store):
+            records = list(store.records())
+    records = records[:limit]
     if as_json:
         click.echo(
             json.dumps(
