@@ -277,7 +277,7 @@ def test_init_outside_the_harness_repository_points_at_no_submission_script(cli,
 
 
 def test_a_plan_of_one_seed_says_seed():
-    from harness.analysis.group_verdict import plan_seeds
+    from harness.reproduce.group_verdict import plan_seeds
 
     assert plan_seeds([1], 1).message == "1 seed: 1"
     assert plan_seeds([1, 2], None, new_seeds=True).message == "2 new seeds: 3, 4"

@@ -25,8 +25,7 @@ import yaml
 from harness.analysis.index import refresh_index
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
-
-RESERVED_KEYS = {"status", "tag", "seed", "name", "run", "smoke"}
+from harness.store.record import DEFAULT_METRIC
 
 
 def _parse_value(text: str) -> Any:
@@ -196,7 +195,7 @@ def _runs(count: int) -> str:
     return f"{count} run{'s' if count != 1 else ''}"
 
 
-def default_metric(runs: pa.Table, metric: str | None, fallback: str = "charts/episodic_return") -> str:
+def default_metric(runs: pa.Table, metric: str | None, fallback: str = DEFAULT_METRIC) -> str:
     """The metric asked for, else the selected runs' most common primary metric, else ``fallback``."""
     if metric:
         return metric

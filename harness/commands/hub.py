@@ -10,7 +10,7 @@ import click
 
 from harness.commands.options import endpoint_option, json_option, runtime_option
 from harness.commands.output import emit_json, examples
-from harness.runids import RUN_ID_OR_HUB, complete_repos, complete_run_ids
+from harness.commands.runids import RUN_ID_OR_HUB, complete_repos, complete_run_ids
 
 
 @click.command(
@@ -46,10 +46,17 @@ def publish(
 
     Runs are named by id (or a unique prefix), or by a selection as compare and plot take it
     (a manifest name, param=value, seed=, tag=: its completed runs, smoke runs left out)."""
+    from harness.analysis.repo_figure import learning_curves
     from harness.store.hub import publish as publish_runs
 
     result = publish_runs(
-        _publish_ids(run_ids), repo, private=private, endpoint=endpoint, license=license_id, pretty_name=pretty_name
+        _publish_ids(run_ids),
+        repo,
+        private=private,
+        endpoint=endpoint,
+        license=license_id,
+        pretty_name=pretty_name,
+        figure=learning_curves,
     )
     if as_json:
         emit_json(
@@ -75,7 +82,7 @@ def _publish_ids(terms: tuple[str, ...]) -> list[str]:
     """The run ids to publish: each term a run id or unique prefix, or else all of them a selection."""
     from harness.analysis.index import refresh_index
     from harness.analysis.selection import select_runs
-    from harness.runids import expand_selection, resolve_run_id
+    from harness.commands.runids import expand_selection, resolve_run_id
     from harness.store.local import LocalStore
 
     store = LocalStore()
@@ -261,8 +268,8 @@ def reproduce(
     Exit status 0: identical or consistent; 1: diverged; 2: bad input; 3: inconclusive (the
     verdict says how many seeds per side would settle it).
     """
-    from harness.analysis.group_verdict import json_safe
-    from harness.reproduce import reproduce as reproduce_run
+    from harness.reproduce.group_verdict import json_safe
+    from harness.reproduce.reproduction import reproduce as reproduce_run
 
     result = reproduce_run(
         target,

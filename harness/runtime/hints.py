@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from harness.safefs import UnsafeFile, open_beneath, printable, read_fd
+from harness.util.safefs import UnsafeFile, open_beneath, printable, read_fd
 
 TAIL_BYTES = 64 << 10  # the end of the log is where the traceback is
 READ_ONLY = re.compile(rb"\[Errno 30\] Read-only file system: '([^'\n]{1,400})'|Read-only file system")

@@ -10,6 +10,8 @@ import enum
 from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
+# The metric analysis and verdicts fall back to when a run names no primary metric.
+DEFAULT_METRIC = "charts/episodic_return"
 
 
 class RunStatus(enum.StrEnum):
@@ -79,16 +81,8 @@ def status_group(status: str | None) -> str:
         return FAILED
 
 
-def is_final(status: str | None) -> bool:
-    """Whether ``status`` (a string from a record) is a final status."""
-    try:
-        return RunStatus(status or "").final
-    except ValueError:
-        return False
-
-
 class ImageRecord(TypedDict, total=False):
-    """``record["image"]``: what ran (see :class:`harness.images.ImageInfo`)."""
+    """``record["image"]``: what ran (see :class:`harness.images.build.ImageInfo`)."""
 
     ref: str
     id: str
@@ -133,7 +127,7 @@ class Record(TypedDict, total=False):
     harness_version: str
     reproduces: str | None
     reproduction_verdict: str  # identical | consistent | diverged | inconclusive
-    reproduction: dict[str, Any]  # the group verdict (harness.analysis.group_verdict), environment comparison included
+    reproduction: dict[str, Any]  # the group verdict (harness.reproduce.group_verdict), environment comparison included
     owner: dict[str, Any]  # pid and host of the harness while the run goes; removed when sealed
     host: dict[str, Any]
     pins: list[dict[str, Any]]

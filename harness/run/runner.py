@@ -2,7 +2,7 @@
 on a timeout), finish the capture and seal the record. Every caller (the CLI, the sweep backends,
 reproduce) goes through :func:`execute`; :func:`recover` seals runs whose harness died.
 
-What happens around the lifecycle lives where its name says: the image in ``harness.images``,
+What happens around the lifecycle lives where its name says: the image in ``harness.images.build``,
 the engine client in ``harness.runtime.engine``, the job itself in ``harness.runtime``, metrics and
 system sampling in ``harness.capture.session``, the environment and GPUs in ``harness.capture``.
 """
@@ -27,14 +27,16 @@ from typing import Any
 import harness
 from harness.capture.gpu import check_gpus
 from harness.errors import HarnessError
-from harness.fsutil import sha256_file
-from harness.images import ImageInfo, context_files, prepare_image
-from harness.layout import RunLayout
-from harness.plan import RunSpec
-from harness.record import SCHEMA_VERSION, Record, RunStatus
+from harness.images.build import ImageInfo, context_files
+from harness.images.prepare import prepare_image
+from harness.run.owner import orphaned
+from harness.run.plan import RunSpec
 from harness.runtime.engine_api import engine_api
 from harness.runtime.job import JobRequest, JobResult
+from harness.store.layout import RunLayout
 from harness.store.local import LocalStore
+from harness.store.record import SCHEMA_VERSION, Record, RunStatus
+from harness.util.fsutil import sha256_file
 
 CONTAINER_RUNTIMES = ("docker", "podman")
 RUNTIMES = (*CONTAINER_RUNTIMES, "process")
@@ -163,7 +165,7 @@ def execute(
         _say_once(check_limits(sandbox, require_limits))
     if runtime in CONTAINER_RUNTIMES and image is None:
         image = prepare_image(spec.loaded, ca_bundle, force_build, build_log, runtime=runtime)
-    from harness.pins import fetch_pins
+    from harness.store.pins import fetch_pins
 
     pins = fetch_pins(manifest)
 
@@ -198,7 +200,7 @@ def _execute_run(
 ) -> Record:
     from harness.capture.environment import capture_host
     from harness.capture.session import CaptureSession
-    from harness.pins import hub_cache_dir
+    from harness.store.pins import hub_cache_dir
 
     manifest = spec.loaded.manifest
     run_id = fresh_run_id(store, spec.run_id)
@@ -345,7 +347,7 @@ def _seal_as_error(store: LocalStore, record: Record, exc: BaseException) -> Rec
 
 def _note_ingestion(record: Record, ingester: Any) -> None:
     """Put what metric ingestion skipped into the record: counts of bad lines by reason, files."""
-    from harness.safefs import skipped_for_record
+    from harness.util.safefs import skipped_for_record
 
     record["metrics_rejected"] = dict(sorted(ingester.rejected.items()))
     record["metrics_skipped"] = skipped_for_record(ingester.skipped)
@@ -392,9 +394,7 @@ def recover(store: LocalStore) -> list[str]:
     recovered = []
     hostname = socket.gethostname()
     for record in store.records():
-        owner = record.get("owner")
-        owner = owner if isinstance(owner, dict) else {}
-        if record.get("status") != RunStatus.RUNNING or owner.get("hostname") != hostname or _alive(owner.get("pid")):
+        if not orphaned(record, hostname):
             continue
         run_id = record["run_id"]
         layout = store.layout(run_id)
@@ -442,15 +442,3 @@ def recover(store: LocalStore) -> list[str]:
             _seal_as_error(store, record, exc)
         recovered.append(run_id)
     return recovered
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from harness.analysis.environment_diff import read_run
 from harness.analysis.equivalence import EquivalenceResult, summary_equivalence_test
-from harness.analysis.group_verdict import (
+from harness.errors import HarnessError
+from harness.reproduce.environment_diff import read_run
+from harness.reproduce.group_verdict import (
     DEFAULT_METRIC,
     EXIT_STATUS,
     EquivalenceSpec,
@@ -32,7 +33,6 @@ from harness.analysis.group_verdict import (
     metric_series,
     run_score,
 )
-from harness.errors import HarnessError
 
 
 @dataclass
