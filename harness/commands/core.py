@@ -66,7 +66,13 @@ def schema() -> None:
 @json_option
 def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
-    from harness.images.lock import compile_lockfile, stale_lockfiles
+    from harness.images.lock import (
+        CompileProgress,
+        compile_lockfile,
+        lockfile_for,
+        lockfile_is_current,
+        stale_lockfiles,
+    )
 
     if check:
         stale = stale_lockfiles(Path.cwd())
@@ -88,9 +94,19 @@ def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool
             raise HarnessError(
                 f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)"
             )
-        with terminal.status(f"locking {image_dir} (pip-compile)", stderr=as_json):
-            output = compile_lockfile(image_dir, upgrade=upgrade)
+        if not upgrade and lockfile_is_current(image_dir):
+            if not as_json:
+                click.echo(
+                    f"{lockfile_for(image_dir)} is up to date (made from this requirements.in; "
+                    "--upgrade resolves afresh)"
+                )
+            written.append(str(lockfile_for(image_dir)))
+            continue
+        with terminal.status(f"locking {image_dir} (pip-compile)", stderr=as_json) as status:
+            progress = CompileProgress(say=status.update)
+            output = compile_lockfile(image_dir, upgrade=upgrade, progress=progress)
         written.append(str(output))
+        click.echo(progress.summary(), err=as_json)
         if not as_json:
             click.echo(f"wrote {output}")
     if as_json:
@@ -309,6 +325,9 @@ def run(  # noqa: PLR0913 — a Click command takes one parameter per option
         )
         if as_json:
             emit_json(_sweep_json(outcome))
+        elif backend == "local" and not dry_run:
+            for line in _seeds_summary(loaded.manifest, outcome, store):
+                click.echo(line)
         sys.exit(outcome.exit_code)
     from harness.backends import plan_sweep
 
@@ -332,8 +351,46 @@ def run(  # noqa: PLR0913 — a Click command takes one parameter per option
     if as_json:
         emit_json(_run_json(record, store))
     else:
-        _print_outcome(record)
+        _print_outcome(record, loaded.manifest.metrics.summary_last_n)
     sys.exit(0 if record["status"] == "completed" else 1)
+
+
+def _seeds_summary(manifest: Any, outcome: Any, store: Any) -> list[str]:
+    """The last lines of a multi-seed run of one configuration: the primary metric across its
+    completed seeds, and the verdict against the manifest's expect.reference when it has one."""
+    import statistics
+
+    if manifest.sweep is not None:
+        return []
+    records = [store.load(run_id) for run_id in outcome.plan.completed] + list(outcome.records)
+    done = [r for r in records if r.get("status") == "completed"]
+    primary = manifest.metrics.primary
+    values = [
+        v
+        for r in done
+        for v in [_mapping(_mapping(r.get("metrics_summary")).get(primary)).get("mean_last_n")]
+        if isinstance(v, (int, float))
+    ]
+    if not primary or not values:
+        return []
+    spread = f" ± {statistics.stdev(values):.4g} (sd)" if len(values) > 1 else ""
+    lines = [
+        f"{primary} (mean of the last {manifest.metrics.summary_last_n} points): "
+        f"{statistics.fmean(values):.6g}{spread} over {len(values)} seed{'s' if len(values) != 1 else ''}"
+    ]
+    reference = manifest.expect.reference
+    if reference is not None and len(done) > 1 and not any(r.get("smoke") for r in done):
+        from harness.reproduce.reference import reference_verdict
+
+        try:
+            verdict = reference_verdict(
+                [store.run_dir(r["run_id"]) for r in done], reference.model_dump(), manifest.expect
+            )
+        except HarnessError as exc:
+            return [*lines, f"no verdict against the reference: {exc}"]
+        lines.append(verdict.summary())
+        lines += [f"note: {note}" for note in verdict.notes]
+    return lines
 
 
 def _run_json(record: Mapping[str, Any], store: Any, skipped: bool = False) -> dict[str, Any]:
@@ -413,11 +470,12 @@ def _number(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
-def _print_outcome(record: Record) -> None:
+def _print_outcome(record: Record, last_n: int) -> None:
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "", {})
     extra = (
-        f", {primary}: last {_number(summary.get('last'))}, mean of last N {_number(summary.get('mean_last_n'))}"
+        f", {primary}: last {_number(summary.get('last'))}, "
+        f"mean of the last {last_n} {_number(summary.get('mean_last_n'))}"
         if summary
         else ""
     )
@@ -434,16 +492,34 @@ def ls(as_json: bool, limit: int) -> None:
     from rich import box
     from rich.table import Table
 
-    from harness.run.runner import recover
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    recover(store)
-    records = list(store.records())[:limit]
+    records = list(store.records())
+    if any(r.get("status") == "running" for r in records):
+        # only then: recovering loads the run machinery (pyarrow and all), seconds on a first call
+        from harness.run.runner import recover
+
+        if recover(store):
+            records = list(store.records())
+    records = records[:limit]
     if as_json:
         emit_json(
             [
-                {k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")}
+                {
+                    k: r.get(k)
+                    for k in (
+                        "run_id",
+                        "name",
+                        "status",
+                        "seed",
+                        "smoke",
+                        "budget",
+                        "params",
+                        "started_at",
+                        "duration_s",
+                    )
+                }
                 for r in records
             ]
         )
@@ -460,6 +536,8 @@ def ls(as_json: bool, limit: int) -> None:
     table.add_column("run id", no_wrap=True, min_width=max(len(_text(r["run_id"])) for r in records))
     table.add_column("status", overflow="fold")
     table.add_column("seed", justify="right", overflow="fold")
+    table.add_column("smoke", overflow="fold")
+    table.add_column("budget", overflow="fold")
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column(
@@ -481,6 +559,8 @@ def ls(as_json: bool, limit: int) -> None:
             _text(record["run_id"]),
             _status_text(record.get("status")),
             _text(record.get("seed")),
+            "smoke" if record.get("smoke") is True else "",
+            _text(" ".join(f"{key}={value}" for key, value in _mapping(record.get("budget")).items()), 60),
             _text(record.get("started_at"))[5:16].replace("T", " "),
             f"{_number(record.get('duration_s'), '.1f')}s",
             value,
@@ -600,7 +680,9 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         out.print(f"[bold]{key:>16}[/bold]  {value}")
     summary = _mapping(record.get("metrics_summary"))
     if summary:
-        table = Table("metric", "count", "last", "min", "max", "mean of last N")
+        last_n = record.get("summary_last_n")
+        shown_n = str(last_n) if isinstance(last_n, int) and not isinstance(last_n, bool) else "N"
+        table = Table("metric", "count", "last", "min", "max", f"mean of last {shown_n}")
         table.columns[0].overflow = "fold"
         for name in sorted(summary)[:1000]:
             s = _mapping(summary[name])

@@ -10,7 +10,7 @@ import click
 
 from harness.commands.options import endpoint_option, json_option, runtime_option
 from harness.commands.output import emit_json, examples
-from harness.commands.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
+from harness.commands.runids import RUN_ID_OR_HUB, complete_repos, complete_run_ids
 
 trust_option = click.option(
     "--trust",
@@ -25,10 +25,12 @@ trust_option = click.option(
 @click.command(
     epilog=examples(
         "harness publish dqn-cartpole-3f2a --repo my-lab/cartpole-dqn",
+        "harness publish dqn-cartpole --repo my-lab/cartpole-dqn",
+        "harness publish dqn-cartpole learning_rate=1e-4 --repo my-lab/cartpole-dqn-lr",
         "harness publish $(harness ls --json | jq -r '.[].run_id') --repo my-lab/all --json",
     )
 )
-@click.argument("run_ids", nargs=-1, required=True, type=RUN_ID)
+@click.argument("run_ids", metavar="RUN_ID_OR_SELECTION...", nargs=-1, required=True, shell_complete=complete_run_ids)
 @click.option("--repo", required=True, help="dataset repo to publish to, org/name")
 @click.option("--private", is_flag=True, help="create the repo private")
 @endpoint_option
@@ -58,12 +60,15 @@ def publish(
     as_json: bool,
 ) -> None:
     """Publish runs of the local store to a Hub dataset repo, in one commit (with the runs index,
-    the dataset card and the learning-curve figure)."""
+    the dataset card and the learning-curve figure).
+
+    Runs are named by id (or a unique prefix), or by a selection as compare and plot take it
+    (a manifest name, param=value, seed=, tag=: its completed runs, smoke runs left out)."""
     from harness.analysis.repo_figure import learning_curves
     from harness.store.hub import publish as publish_runs
 
     result = publish_runs(
-        list(run_ids),
+        _publish_ids(run_ids),
         repo,
         private=private,
         endpoint=endpoint,
@@ -90,6 +95,24 @@ def publish(
     if result.unchanged:
         click.echo(f"unchanged: {', '.join(result.unchanged)}")
     click.echo(result.url)
+
+
+def _publish_ids(terms: tuple[str, ...]) -> list[str]:
+    """The run ids to publish: each term a run id or unique prefix, or else all of them a selection."""
+    from harness.analysis.index import refresh_index
+    from harness.analysis.selection import select_runs
+    from harness.commands.runids import expand_selection, resolve_run_id
+    from harness.store.local import LocalStore
+
+    store = LocalStore()
+    names = set(refresh_index(store).column("name").to_pylist())
+    if not any("=" in term or term in names for term in terms):
+        return [resolve_run_id(store, term) for term in terms]
+    left_out: list[str] = []
+    runs = select_runs(store, expand_selection(store, terms), left_out)
+    for text in left_out:
+        click.echo(f"note: {text}", err=True)
+    return [str(run_id) for run_id in runs.column("run_id").to_pylist()]
 
 
 @click.command(

@@ -108,6 +108,8 @@ def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | 
         "seed": spec.seed,
         "params": spec.params,
         "smoke": spec.smoke,
+        # the params a smoke run shrinks: runs that differ in them are not comparable results
+        "budget": {key: spec.params.get(key) for key in sorted(manifest.smoke)},
         "command": spec.command(),
         "runtime": runtime,
         "hermetic": runtime in CONTAINER_RUNTIMES,
@@ -117,6 +119,7 @@ def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | 
         "hardware": manifest.hardware.model_dump(),
         "expect": manifest.expect.model_dump(),
         "primary_metric": manifest.metrics.primary,
+        "summary_last_n": manifest.metrics.summary_last_n,  # the N of metrics_summary's mean_last_n
         "harness_version": harness.__version__,
         "reproduces": reproduces,
         "owner": {"pid": os.getpid(), "hostname": socket.gethostname()},
@@ -232,6 +235,7 @@ def _execute_run(  # noqa: PLR0913 — one run's options, each a `harness run` o
         echo=echo,
         workload_dir=(spec.loaded.build_dir / "workload") if spec.loaded.build_dir else None,
         hub_cache=hub_cache_dir() if pins else None,
+        workdir=manifest.workdir,
     )
     capture = CaptureSession(run_id, layout, manifest.metrics)
     job: Any
@@ -257,6 +261,11 @@ def _execute_run(  # noqa: PLR0913 — one run's options, each a `harness run` o
     except KeyboardInterrupt as exc:
         job.stop(stop_reason(exc))
         result = JobResult(stop_reason(exc), None, "stopped before the job started")
+    if result.status == "failed":
+        from harness.runtime.hints import read_only_hint
+
+        hint = read_only_hint(layout.output_log, manifest.workdir)
+        result.detail = f"{result.detail}; {hint}" if hint else result.detail
     record.update(
         {
             "status": result.status,

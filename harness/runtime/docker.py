@@ -75,11 +75,22 @@ def sandbox_options(request: JobRequest) -> dict[str, Any]:
     return host_config
 
 
+def container_workdir(request: JobRequest) -> str:
+    """The job's working directory inside the container: under ``$HARNESS_OUT`` (writable and kept
+    with the record) unless the manifest names a folder of the image."""
+    if request.workdir.startswith("/"):
+        return request.workdir
+    request.host_workdir(sandboxed=True)
+    relative = "/".join(part for part in request.workdir.split("/") if part not in ("", "."))
+    return f"{CONTAINER_OUT}/{relative}" if relative else CONTAINER_OUT
+
+
 def container_config(image_id: str, request: JobRequest) -> dict[str, Any]:
     """The whole create request of a run's container."""
     return {
         "Image": image_id,
         "Cmd": list(request.command),
+        "WorkingDir": container_workdir(request),
         "Env": [f"{name}={value}" for name, value in job_environment(request).items()],
         "User": SANDBOX_USER,
         "Labels": {RUN_LABEL: request.run_id},

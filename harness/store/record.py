@@ -113,6 +113,7 @@ class Record(TypedDict, total=False):
     seed: int
     params: dict[str, Any]
     smoke: bool
+    budget: dict[str, Any]  # the params the manifest's smoke changes (total_timesteps, ...), as run
     command: list[str]
     runtime: str
     hermetic: bool
@@ -122,6 +123,7 @@ class Record(TypedDict, total=False):
     hardware: dict[str, Any]
     expect: dict[str, Any]
     primary_metric: str | None
+    summary_last_n: int
     harness_version: str
     reproduces: str | None
     reproduction_verdict: str  # identical | consistent | diverged | inconclusive
