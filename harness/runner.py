@@ -164,11 +164,11 @@ def execute(
 
     pins = fetch_pins(manifest)
 
-    previous_term = _raise_on_sigterm()
+    previous_term = raise_on_sigterm()
     try:
         return _execute_run(spec, store, runtime, reproduces, on_start, echo, client, image, pins, sandbox)
     finally:
-        _restore_sigterm(previous_term)
+        restore_sigterm(previous_term)
 
 
 _said: set[str] = set()
@@ -256,11 +256,11 @@ def _execute_run(
         try:
             result = job.wait()
         except KeyboardInterrupt as exc:
-            job.stop(_stop_reason(exc))
+            job.stop(stop_reason(exc))
             result = job.wait()
     except KeyboardInterrupt as exc:
-        job.stop(_stop_reason(exc))
-        result = JobResult(_stop_reason(exc), None, "stopped before the job started")
+        job.stop(stop_reason(exc))
+        result = JobResult(stop_reason(exc), None, "stopped before the job started")
     record.update(
         {
             "status": result.status,
@@ -354,11 +354,12 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM: the run was cancelled from outside (Slurm's scancel, `kill`)."""
 
 
-def _stop_reason(exc: BaseException) -> str:
+def stop_reason(exc: BaseException) -> str:
+    """The status a run stopped by ``exc`` gets: ``cancelled`` for SIGTERM, ``interrupted`` for Ctrl-C."""
     return "cancelled" if isinstance(exc, Terminated) else "interrupted"
 
 
-def _raise_on_sigterm() -> Any:
+def raise_on_sigterm() -> Any:
     """Treat SIGTERM like Ctrl-C so the record is marked (``cancelled``), not lost."""
     if threading.current_thread() is not threading.main_thread():
         return None
@@ -369,7 +370,8 @@ def _raise_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _restore_sigterm(previous: Any) -> None:
+def restore_sigterm(previous: Any) -> None:
+    """Put back the SIGTERM handler that :func:`raise_on_sigterm` replaced."""
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
 

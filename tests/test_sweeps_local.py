@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -127,53 +128,119 @@ def test_parallelism_follows_the_hardware_target() -> None:
 
 
 CTRL_C_SCRIPT = """
-import sys
+import signal, sys
+# what a terminal's Ctrl-C reaches: CI may start the suite with SIGINT ignored (a background job of
+# a script), and a Python started with SIGINT ignored keeps ignoring it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from harness.backends import run_sweep
 from harness.manifest import load_manifest
 from harness.plan import expand
 from harness.store.local import LocalStore
 run_sweep(expand(load_manifest(sys.argv[1])), jobs=2, runtime="docker", store=LocalStore(sys.argv[2]))
 """
+SLEEP = "import time; time.sleep(120)"  # a stop that is lost lets it end with exit status 0, not 137
 
 
-def test_ctrl_c_stops_containers_and_marks_records_interrupted(tmp_path: Path, base_image_id: str) -> None:
-    manifest = write_manifest(tmp_path, base_image_id, "import time; time.sleep(60)", [1, 2, 3], {"a": [1]})
+def containers_of(store: LocalStore, running_only: bool = False) -> list[str]:
+    """Ids of the run containers whose output folder is in ``store`` (other stores on the engine
+    may run the same configurations at once)."""
+    listed = subprocess.run(
+        ["docker", "ps", "-q", "--filter", "label=org.harness.run-id", *([] if running_only else ["-a"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    if not listed:
+        return []
+    mounts = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}} {{range .Mounts}}{{.Source}} {{end}}", *listed],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.splitlines()
+    root = str(store.root.resolve())
+    return [line.split()[0] for line in mounts if f" {root}/" in f" {line}"]
+
+
+def wait_for(condition: Callable[[], bool], what: str, process: subprocess.Popen, bound: float = 300) -> None:
+    """Wait until ``condition()`` holds (the sweep still alive), polling; fail after ``bound`` seconds."""
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert process.poll() is None, f"the sweep ended before {what}: {process.communicate()[0]}"
+        assert time.monotonic() < deadline, f"{what}: not within {bound:.0f} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "cancelled")])
+def test_ctrl_c_stops_containers_and_marks_records_interrupted(
+    tmp_path: Path, base_image_id: str, signum: int, status: str
+) -> None:
+    manifest = write_manifest(
+        tmp_path,
+        base_image_id,
+        SLEEP,
+        [1, 2, 3],
+        {"a": [1]},
+        hardware={"cpus": 1, "memory": "256MiB", "timeout": "20m"},
+    )
     store = LocalStore(tmp_path / "store")
     sweep = subprocess.Popen(
         [sys.executable, "-c", CTRL_C_SCRIPT, str(manifest), str(store.root)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while sum(r.get("status") == "running" for r in store.records()) < 2:
-            assert time.monotonic() < deadline and sweep.poll() is None, "the runs did not start"
-            time.sleep(0.2)
-        time.sleep(1.0)  # the containers are up
-        started = time.monotonic()
-        sweep.send_signal(signal.SIGINT)
-        output, _ = sweep.communicate(timeout=60)
+        wait_for(lambda: len(containers_of(store, running_only=True)) == 2, "two containers running", sweep)
+        sweep.send_signal(signum)
+        output, _ = sweep.communicate(timeout=300)
     finally:
         if sweep.poll() is None:
             sweep.kill()
-    assert time.monotonic() - started < 30, output
+            sweep.wait(timeout=60)
+        for container in containers_of(store):
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
     assert sweep.returncode != 0
     records = list(store.records())
     assert len(records) == 2, output  # the third run never started
-    assert {r["status"] for r in records} == {"interrupted"}, output
+    assert {r["status"] for r in records} == {status}, output
+    assert all(r["exit_code"] == 137 for r in records), output  # killed, not slept to the end
     assert all(store.verify(r["run_id"]) == [] for r in records)
-    leftover = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=org.harness.run-id"], capture_output=True, text=True
-    ).stdout.split()
-    names = {r["run_id"] for r in records}
-    for container in leftover:
-        label = subprocess.run(
-            ["docker", "inspect", "--format", '{{index .Config.Labels "org.harness.run-id"}}', container],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        assert label not in names, f"container of {label} left behind"
+    assert containers_of(store) == [], "a run's container was left behind"
+
+
+def test_a_job_stopped_before_it_starts_never_runs(tmp_path: Path, base_image_id: str) -> None:
+    """Ctrl-C can land while a run's container or process is being created: the stop must stick."""
+    from harness.runtime.docker import DockerJob
+    from harness.runtime.engine_api import engine_api
+    from harness.runtime.job import JobRequest
+    from harness.runtime.process import ProcessJob
+
+    def request(kind: str) -> JobRequest:
+        out = tmp_path / kind
+        out.mkdir()
+        return JobRequest(
+            run_id=f"stop-first-{kind}-{tmp_path.name}".lower()[:60],
+            command=["python3", "-c", SLEEP],
+            environment={},
+            out_dir=out,
+            log_path=out / "output.log",
+            cpus=1.0,
+            memory_bytes=256 << 20,
+            gpus=0,
+            timeout_seconds=1200,
+        )
+
+    jobs = [DockerJob(engine_api(), base_image_id, request("docker")), ProcessJob(request("process"))]
+    for job in jobs:
+        try:
+            job.stop("interrupted")
+            job.start()
+            result = job.wait()
+        finally:
+            job.remove()
+        assert result.status == "interrupted" and result.exit_code in (137, -signal.SIGKILL), result
 
 
 def test_status_command_reports_json_and_bad_sweep(tmp_path: Path, base_image_id: str) -> None:

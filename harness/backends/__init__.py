@@ -83,6 +83,11 @@ class Backend(abc.ABC):
         """Wait for every job; their records, in order."""
         return [job.result() for job in jobs]
 
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """Ctrl-C (``interrupted``) or SIGTERM (``cancelled``) while :func:`run_sweep` submits or
+        waits: stop what this process started and is waiting on (by default, nothing: the jobs run on)."""
+        return None
+
     def collect(self, jobs: list[Job], sweep: SweepState, outcome: SweepOutcome) -> None:
         """What :func:`run_sweep` does once the jobs are submitted: by default, wait for them."""
         outcome.records = self.wait(jobs)
@@ -237,7 +242,17 @@ def run_sweep(
     if not plan.to_run:
         return outcome
     state = sweep_state_for(plan, store)
-    chosen.collect(chosen.submit(plan.to_run, state), state, outcome)
+    from harness.runner import raise_on_sigterm, restore_sigterm, stop_reason
+
+    previous_term = raise_on_sigterm()
+    try:
+        chosen.collect(chosen.submit(plan.to_run, state), state, outcome)
+    except KeyboardInterrupt as exc:
+        # here, not in the backend's wait: a signal that lands while the runs are being submitted counts too
+        chosen.interrupt(stop_reason(exc))
+        raise
+    finally:
+        restore_sigterm(previous_term)
     return outcome
 
 

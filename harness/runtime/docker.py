@@ -144,6 +144,10 @@ class DockerJob:
     def start(self) -> None:
         self.container.start()
         self.log_thread.start()
+        if self._stopped_by:
+            # stop() came while the container was being created or started, when the engine
+            # refuses to kill it ("not running"): it must not run to its end
+            self._kill()
 
     @property
     def pid(self) -> int | None:
