@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from harness.manifest import Hardware, load_manifest
 from harness.plan import expand
 from harness.store.local import LocalStore
 from harness.sweeps import load_state
+from tests.conftest import wait_until
 
 BASE_IMAGE = "harness/base:bookworm"
 
@@ -162,15 +161,6 @@ def containers_of(store: LocalStore, running_only: bool = False) -> list[str]:
     return [line.split()[0] for line in mounts if f" {root}/" in f" {line}"]
 
 
-def wait_for(condition: Callable[[], bool], what: str, process: subprocess.Popen, bound: float = 300) -> None:
-    """Wait until ``condition()`` holds (the sweep still alive), polling; fail after ``bound`` seconds."""
-    deadline = time.monotonic() + bound
-    while not condition():
-        assert process.poll() is None, f"the sweep ended before {what}: {process.communicate()[0]}"
-        assert time.monotonic() < deadline, f"{what}: not within {bound:.0f} s"
-        time.sleep(0.2)
-
-
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "cancelled")])
 def test_ctrl_c_stops_containers_and_marks_records_interrupted(
     tmp_path: Path, base_image_id: str, signum: int, status: str
@@ -192,7 +182,13 @@ def test_ctrl_c_stops_containers_and_marks_records_interrupted(
         text=True,
     )
     try:
-        wait_for(lambda: len(containers_of(store, running_only=True)) == 2, "two containers running", sweep)
+        # both containers up, and the sweep alive (an early end fails the wait's condition at once)
+        wait_until(
+            lambda: sweep.poll() is not None or len(containers_of(store, running_only=True)) == 2,
+            "two containers running",
+            bound=300,
+        )
+        assert sweep.poll() is None, sweep.communicate()[0]
         sweep.send_signal(signum)
         output, _ = sweep.communicate(timeout=300)
     finally:
