@@ -195,7 +195,6 @@ def _execute_run(
 ) -> Record:
     from harness.capture.environment import capture_host
     from harness.capture.session import CaptureSession
-    from harness.pins import hub_cache_dir
 
     manifest = spec.loaded.manifest
     run_id = fresh_run_id(store, spec.run_id)
@@ -213,8 +212,59 @@ def _execute_run(
         record["docker_version"] = engine_version(client)
     if sandbox is not None:
         record["sandbox"] = sandbox
+    capture = CaptureSession(run_id, layout, manifest.metrics)
+    job: Any = None
+    started = time.monotonic()
     store.save(record)
+    try:
+        job = _make_job(spec, runtime, run_id, layout, client, image, sandbox, echo, pins)
+        if on_start is not None:
+            on_start(record, job)
+        job.start()
+        # rootless Podman on cgroup v1 gives the container no cgroup of its own: follow its processes
+        pid = job.pid if runtime == "process" or getattr(job, "sample_by_pid", False) else None
+        capture.start(container=job.container if pid is None else None, pid=pid, gpus=manifest.hardware.gpus)
+        try:
+            result = job.wait()
+        except KeyboardInterrupt as exc:
+            job.stop(stop_reason(exc))
+            result = job.wait()
+    except KeyboardInterrupt as exc:
+        # from the record's first save on, a signal ends in a sealed record, never one left "running"
+        if job is not None:
+            job.stop(stop_reason(exc))
+        result = JobResult(stop_reason(exc), None, "stopped before the job started")
+    record.update(
+        {
+            "status": result.status,
+            "exit_code": result.exit_code,
+            "detail": result.detail,
+            "ended_at": now_iso(),
+            "duration_s": round(time.monotonic() - started, 3),
+        }
+    )
+    try:
+        return _finish(store, record, capture, manifest.hardware.memory_bytes, client, image)
+    finally:
+        if job is not None:
+            job.remove()
 
+
+def _make_job(
+    spec: RunSpec,
+    runtime: str,
+    run_id: str,
+    layout: Any,
+    client: Any,
+    image: ImageInfo | None,
+    sandbox: dict[str, Any] | None,
+    echo: Callable[[str], None] | None,
+    pins: list[dict[str, Any]],
+) -> Any:
+    """The run's job (created, not started) in ``runtime``."""
+    from harness.pins import hub_cache_dir
+
+    manifest = spec.loaded.manifest
     request = JobRequest(
         run_id=run_id,
         command=spec.command(),
@@ -229,51 +279,19 @@ def _execute_run(
         workload_dir=(spec.loaded.build_dir / "workload") if spec.loaded.build_dir else None,
         hub_cache=hub_cache_dir() if pins else None,
     )
-    capture = CaptureSession(run_id, layout, manifest.metrics)
-    job: Any
     if runtime == "docker":
         from harness.runtime.docker import DockerJob
 
         assert image is not None
-        job = DockerJob(client, image.id, request)
-    elif runtime == "podman":
+        return DockerJob(client, image.id, request)
+    if runtime == "podman":
         from harness.runtime.podman import PodmanJob
 
         assert image is not None and sandbox is not None
-        job = PodmanJob(client, image.id, request, sandbox)
-    else:
-        from harness.runtime.process import ProcessJob
+        return PodmanJob(client, image.id, request, sandbox)
+    from harness.runtime.process import ProcessJob
 
-        job = ProcessJob(request)
-    started = time.monotonic()
-    try:
-        if on_start is not None:
-            on_start(record, job)
-        job.start()
-        # rootless Podman on cgroup v1 gives the container no cgroup of its own: follow its processes
-        pid = job.pid if runtime == "process" or getattr(job, "sample_by_pid", False) else None
-        capture.start(container=job.container if pid is None else None, pid=pid, gpus=manifest.hardware.gpus)
-        try:
-            result = job.wait()
-        except KeyboardInterrupt as exc:
-            job.stop(stop_reason(exc))
-            result = job.wait()
-    except KeyboardInterrupt as exc:
-        job.stop(stop_reason(exc))
-        result = JobResult(stop_reason(exc), None, "stopped before the job started")
-    record.update(
-        {
-            "status": result.status,
-            "exit_code": result.exit_code,
-            "detail": result.detail,
-            "ended_at": now_iso(),
-            "duration_s": round(time.monotonic() - started, 3),
-        }
-    )
-    try:
-        return _finish(store, record, capture, manifest.hardware.memory_bytes, client, image)
-    finally:
-        job.remove()
+    return ProcessJob(request)
 
 
 def _finish(

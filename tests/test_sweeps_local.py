@@ -258,3 +258,21 @@ def test_status_command_reports_json_and_bad_sweep(tmp_path: Path, base_image_id
     )
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "no sweep 'no-such-sweep'" in missing.stderr
+
+
+def test_ctrl_c_before_the_job_starts_seals_the_record(tmp_path: Path, base_image_id: str) -> None:
+    """A signal between the record's first save and the job's start: a sealed record, no container."""
+    from harness.runner import Terminated, execute
+
+    (spec,) = expand(load_manifest(write_manifest(tmp_path, base_image_id, SLEEP, [1], {"a": [1]})))
+    store = LocalStore(tmp_path / "store")
+    for signal_raised, status in ((KeyboardInterrupt, "interrupted"), (Terminated, "cancelled")):
+
+        def ctrl_c(record: dict, job: object = None, raised: type[BaseException] = signal_raised) -> None:
+            assert store.load(record["run_id"])["status"] == "running"  # saved before the job exists
+            raise raised
+
+        record = execute(spec, store, runtime="docker", on_start=ctrl_c)
+        assert (record["status"], record["exit_code"]) == (status, None), record
+        assert store.verify(record["run_id"]) == []
+    assert containers_of(store) == []
