@@ -14,11 +14,11 @@ import pytest
 
 from harness.backends import plan_sweep, run_sweep, sweep_progress
 from harness.backends.local import parallel_slots
+from harness.backends.sweeps import load_state
 from harness.errors import HarnessError
 from harness.manifest import Hardware, load_manifest
-from harness.plan import expand
+from harness.run.plan import expand
 from harness.store.local import LocalStore
-from harness.sweeps import load_state
 from tests.conftest import wait_until
 
 BASE_IMAGE = "harness/base:bookworm"
@@ -133,7 +133,7 @@ import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from harness.backends import run_sweep
 from harness.manifest import load_manifest
-from harness.plan import expand
+from harness.run.plan import expand
 from harness.store.local import LocalStore
 run_sweep(expand(load_manifest(sys.argv[1])), jobs=2, runtime="docker", store=LocalStore(sys.argv[2]))
 """
@@ -262,7 +262,8 @@ def test_status_command_reports_json_and_bad_sweep(tmp_path: Path, base_image_id
 
 def test_ctrl_c_before_the_job_starts_seals_the_record(tmp_path: Path, base_image_id: str) -> None:
     """A signal between the record's first save and the job's start: a sealed record, no container."""
-    from harness.runner import Terminated, execute
+    from harness.run.runner import execute
+    from harness.runtime.signals import Terminated
 
     (spec,) = expand(load_manifest(write_manifest(tmp_path, base_image_id, SLEEP, [1], {"a": [1]})))
     store = LocalStore(tmp_path / "store")

@@ -2,7 +2,8 @@
 
 Opening 25,000 record.json files one by one is too slow for interactive analysis, so the
 store keeps ``<store>/index.parquet``: one row per run (run_id, name, seed, params as JSON,
-status, started_at, duration_s, tags, primary_metric), refreshed incrementally: a record is
+status, started_at, duration_s, tags, primary_metric, smoke, budget: the params the manifest's
+``smoke`` changes, as JSON), refreshed incrementally: a record is
 re-read only when its record.json changed (size or mtime) since the index was written.
 Metric values of finished runs are also compacted into ``<store>/metrics/part-*.parquet``
 (a cache: each run's own metrics.parquet stays the checksummed truth), because DuckDB pays
@@ -25,11 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError, StoreError
-from harness.fsutil import write_table_atomic
-from harness.layout import METRICS_PARQUET
-from harness.layout import RECORD as RECORD_NAME
-from harness.record import FINAL_STATUSES
+from harness.store.layout import METRICS_PARQUET
+from harness.store.layout import RECORD as RECORD_NAME
 from harness.store.local import LocalStore, read_record
+from harness.store.record import FINAL_STATUSES
+from harness.util.fsutil import write_table_atomic
 
 INDEX_NAME = "index.parquet"
 PARTS_DIR = "metrics"
@@ -46,6 +47,8 @@ INDEX_SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("tags", pa.list_(pa.string())),
         ("primary_metric", pa.string()),
+        ("smoke", pa.bool_()),
+        ("budget", pa.string()),
         ("record_stamp", pa.string()),
         ("metrics_part", pa.string()),
     ]
@@ -59,6 +62,7 @@ def _stamp(stat: os.stat_result) -> str:
 def _row(record: dict[str, Any], stamp: str) -> dict[str, Any]:
     seed = record.get("seed")
     duration = record.get("duration_s")
+    budget = record.get("budget")
     return {
         "run_id": str(record["run_id"]),
         "name": record.get("name"),
@@ -69,6 +73,8 @@ def _row(record: dict[str, Any], stamp: str) -> dict[str, Any]:
         "duration_s": float(duration) if isinstance(duration, (int, float)) else None,
         "tags": [str(t) for t in record.get("tags") or []],
         "primary_metric": record.get("primary_metric"),
+        "smoke": bool(record.get("smoke")),
+        "budget": json.dumps(budget, sort_keys=True, default=str) if isinstance(budget, dict) else None,
         "record_stamp": stamp,
         "metrics_part": None,
     }
@@ -103,10 +109,9 @@ def _compact(store: LocalStore, run_ids: list[str]) -> str:
             con.execute(query.format(tmp=str(tmp).replace("'", "''")), [files])
         os.replace(tmp, parts / name)
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
         raise _duckdb_error(exc) from exc
+    finally:  # also on Ctrl-C, which is no Exception: nothing else removes a half-written part
+        tmp.unlink(missing_ok=True)
     return name
 
 

@@ -1,7 +1,7 @@
 """Algorithm metrics: three ways in (track, $HARNESS_METRICS, TensorBoard), one table out.
 
 The harness polls a run's output folder while it runs, so that a crash keeps what was logged.
-Everything there was written by the workload and is read as hostile input (``harness.safefs``):
+Everything there was written by the workload and is read as hostile input (``harness.util.safefs``):
 no symlink is followed, only regular files are read, reads are bounded, and memory stays bounded
 whatever the workload writes.
 
@@ -10,7 +10,8 @@ whatever the workload writes.
   last line without its newline waits for the next poll. Blocks of plain lines go through
   pyarrow's JSON reader; anything unusual is parsed line by line. Each bad line (too long, not
   JSON, nested too deep, a bad name, value or step) is skipped and counted by reason.
-* TensorBoard event files under the manifest's folder (at most ``MAX_TB_DEPTH`` levels, regular
+* TensorBoard event files under the manifest's folder, or anywhere in the output folder when it
+  names none (at most ``MAX_TB_DEPTH`` levels, regular
   files only) are read record by record with a length cap; scalars are taken from
   ``simple_value`` or a one-element scalar tensor.
 
@@ -41,10 +42,10 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from harness.arrow import constant_string_column, float64_column, int64_column, string_column
-from harness.layout import EXTERNAL_JSONL as EXTERNAL_FILE
-from harness.layout import TRACK_JSONL as TRACK_FILE
-from harness.safefs import READ_BLOCK, Skipped, UnsafeFile, open_beneath, walk
+from harness.store.layout import EXTERNAL_JSONL as EXTERNAL_FILE
+from harness.store.layout import TRACK_JSONL as TRACK_FILE
+from harness.util.arrow import constant_string_column, float64_column, int64_column, string_column
+from harness.util.safefs import READ_BLOCK, Skipped, UnsafeFile, open_beneath, walk
 
 logger = logging.getLogger(__name__)
 
@@ -742,7 +743,7 @@ def ingest_run_folder(
 ) -> MetricsIngester:
     """Read a finished (or crashed) run's ``out/`` folder fully, e.g. when recovering it."""
     out_dir = Path(run_dir) / "out"
-    tensorboard_dir = out_dir / tensorboard_subdir if tensorboard_subdir else None
+    tensorboard_dir = out_dir / tensorboard_subdir if tensorboard_subdir else out_dir
     ingester = MetricsIngester(run_id, out_dir, tensorboard_dir, spool_dir=spool_dir)
     ingester.poll(final=True)
     return ingester

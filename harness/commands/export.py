@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
-from harness.runids import complete_run_ids
+from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
+from harness.commands.runids import complete_run_ids
 
 
 @click.command(
@@ -39,12 +40,15 @@ def export(selection: tuple[str, ...], tensorboard_dir: Path, system: bool, as_j
     param=value, status=, tag=, seed=, hub:org/name.
     """
     from harness.analysis.selection import select_runs
-    from harness.export import export_tensorboard
-    from harness.runids import expand_selection
+    from harness.commands.runids import expand_selection
+    from harness.store.export import export_tensorboard
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    runs = select_runs(store, expand_selection(store, selection))
+    left_out: list[str] = []
+    runs = select_runs(store, expand_selection(store, selection), left_out)
+    for text in left_out:
+        click.echo(f"note: {text}", err=True)
     done = export_tensorboard(store, runs.column("run_id").to_pylist(), tensorboard_dir, system=system)
     if as_json:
         emit_json(

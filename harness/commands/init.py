@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from harness.commands.output import examples
-from harness.scaffold import IMAGES
+from harness.project.scaffold import IMAGES
 
 
 @click.command(
@@ -27,22 +27,30 @@ def init(name: str, image: str, force: bool) -> None:
 
     With --image new, also images/NAME/ (Dockerfile, requirements.in, workload/main.py), locked
     into lockfiles/NAME.txt with `harness lock`. Run it in the project's root."""
-    from harness import terminal
-    from harness.lock import compile_lockfile
+    from harness.images.lock import compile_lockfile
     from harness.manifest import load_manifest
-    from harness.scaffold import scaffold
+    from harness.project.scaffold import scaffold
+    from harness.util import terminal
 
     root = Path.cwd()
     written = scaffold(root, name, image, force=force)
     for path in written:
         click.echo(f"wrote {path.relative_to(root)}")
     if image == "new":
-        with terminal.status(f"locking images/{name} (pip-compile)"):
-            lockfile = compile_lockfile(root / "images" / name)
+        from harness.images.lock import CompileProgress
+
+        with terminal.status(f"locking images/{name} (pip-compile)") as status:
+            progress = CompileProgress(say=status.update)
+            lockfile = compile_lockfile(root / "images" / name, progress=progress)
+        click.echo(progress.summary())
         click.echo(f"wrote {lockfile.relative_to(root.resolve())}")
     manifest = Path("manifests") / f"{name}.yaml"
     load_manifest(manifest)
-    click.echo(
-        f"{manifest}: ok. Next: edit it, `harness run {manifest} --smoke`, then "
-        "`scripts/verify-submission.sh` and open a pull request (CONTRIBUTING.md)."
+    relock = f" (after changing images/{name}/requirements.in: `harness lock images/{name}`)" if image == "new" else ""
+    # the submission steps belong to the harness's own repository, not to any folder init runs in
+    submission = (
+        ", then `scripts/verify-submission.sh` and open a pull request (CONTRIBUTING.md)"
+        if (root / "scripts" / "verify-submission.sh").is_file() and (root / "CONTRIBUTING.md").is_file()
+        else ""
     )
+    click.echo(f"{manifest}: ok. Next: edit it{relock}, `harness run {manifest} --smoke`{submission}.")
