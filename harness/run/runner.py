@@ -202,7 +202,6 @@ def _execute_run(  # noqa: PLR0913 — one run's options, each a `harness run` o
 ) -> Record:
     from harness.capture.environment import capture_host
     from harness.capture.session import CaptureSession
-    from harness.store.pins import hub_cache_dir
 
     manifest = spec.loaded.manifest
     run_id = fresh_run_id(store, spec.run_id)
@@ -220,46 +219,19 @@ def _execute_run(  # noqa: PLR0913 — one run's options, each a `harness run` o
         record["docker_version"] = engine_version(client)
     if sandbox is not None:
         record["sandbox"] = sandbox
-    store.save(record)
-
-    request = JobRequest(
-        run_id=run_id,
-        command=spec.command(),
-        environment=job_variables(spec, run_id),
-        out_dir=layout.out,
-        log_path=layout.output_log,
-        cpus=float(manifest.hardware.cpus),
-        memory_bytes=manifest.hardware.memory_bytes,
-        gpus=manifest.hardware.gpus,
-        timeout_seconds=manifest.hardware.timeout_seconds,
-        echo=echo,
-        workload_dir=(spec.loaded.build_dir / "workload") if spec.loaded.build_dir else None,
-        hub_cache=hub_cache_dir() if pins else None,
-        workdir=manifest.workdir,
-    )
     capture = CaptureSession(run_id, layout, manifest.metrics)
-    job: Any
-    if runtime == "docker":
-        from harness.runtime.docker import DockerJob
-
-        assert image is not None
-        job = DockerJob(client, image.id, request)
-    elif runtime == "podman":
-        from harness.runtime.podman import PodmanJob
-
-        assert image is not None and sandbox is not None
-        job = PodmanJob(client, image.id, request, sandbox)
-    else:
-        from harness.runtime.process import ProcessJob
-
-        job = ProcessJob(request)
+    job: Any = None
     started = time.monotonic()
+    store.save(record)
     try:
+        job = _make_job(spec, runtime, run_id, layout, client, image, sandbox, echo, pins)
         if on_start is not None:
             on_start(record, job)
         result = _start_and_wait(job, runtime, capture, manifest.hardware.gpus)
     except KeyboardInterrupt as exc:
-        job.stop(stop_reason(exc))
+        # from the record's first save on, a signal ends in a sealed record, never one left "running"
+        if job is not None:
+            job.stop(stop_reason(exc))
         result = JobResult(stop_reason(exc), None, "stopped before the job started")
     if result.status == "failed":
         from harness.runtime.hints import read_only_hint
@@ -281,7 +253,53 @@ def _execute_run(  # noqa: PLR0913 — one run's options, each a `harness run` o
     try:
         return _finish(store, record, capture, manifest.hardware.memory_bytes, client, image, engine_lost)
     finally:
-        job.remove()
+        if job is not None:
+            job.remove()
+
+
+def _make_job(  # noqa: PLR0913 — everything a job is made of, gathered by the caller
+    spec: RunSpec,
+    runtime: str,
+    run_id: str,
+    layout: Any,
+    client: Any,
+    image: ImageInfo | None,
+    sandbox: dict[str, Any] | None,
+    echo: Callable[[str], None] | None,
+    pins: list[dict[str, Any]],
+) -> Any:
+    """The run's job (created, not started) in ``runtime``."""
+    from harness.store.pins import hub_cache_dir
+
+    manifest = spec.loaded.manifest
+    request = JobRequest(
+        run_id=run_id,
+        command=spec.command(),
+        environment=job_variables(spec, run_id),
+        out_dir=layout.out,
+        log_path=layout.output_log,
+        cpus=float(manifest.hardware.cpus),
+        memory_bytes=manifest.hardware.memory_bytes,
+        gpus=manifest.hardware.gpus,
+        timeout_seconds=manifest.hardware.timeout_seconds,
+        echo=echo,
+        workload_dir=(spec.loaded.build_dir / "workload") if spec.loaded.build_dir else None,
+        hub_cache=hub_cache_dir() if pins else None,
+        workdir=manifest.workdir,
+    )
+    if runtime == "docker":
+        from harness.runtime.docker import DockerJob
+
+        assert image is not None
+        return DockerJob(client, image.id, request)
+    if runtime == "podman":
+        from harness.runtime.podman import PodmanJob
+
+        assert image is not None and sandbox is not None
+        return PodmanJob(client, image.id, request, sandbox)
+    from harness.runtime.process import ProcessJob
+
+    return ProcessJob(request)
 
 
 def _start_and_wait(job: Any, runtime: str, capture: Any, gpus: int) -> JobResult:

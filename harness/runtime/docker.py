@@ -187,6 +187,10 @@ class DockerJob:
             self.engine_lost = _engine_fault(self.container.api, exc)
             raise EngineError(f"could not start the container of {self.request.run_id}: {self.engine_lost}") from None
         self.log_thread.start()
+        if self._stopped_by:
+            # stop() came while the container was being created or started, when the engine
+            # refuses to kill it ("not running"): it must not run to its end
+            self._kill()
 
     def _copy_logs(self) -> None:
         if self._log_stream is not None:

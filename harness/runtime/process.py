@@ -93,6 +93,8 @@ class ProcessJob:
             return
         self._log_thread = threading.Thread(target=self._stream, daemon=True)
         self._log_thread.start()
+        if self._stopped_by:  # stop() came before the process existed: it must not run to its end
+            self._kill()
 
     def _stream(self) -> None:
         assert self.process is not None and self.process.stdout is not None
