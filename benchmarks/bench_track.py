@@ -3,8 +3,11 @@
 Both are timed in this process, one after the other, writing to a temporary folder. The track
 figure includes the background flush thread and the final flush (everything needed to get the
 points on disk), not only the call itself; the call alone is printed too. Aim: ratio <= 0.05.
+Also how long a point logged without ``flush`` takes to reach the file (the flush thread's
+cadence; a run killed with -9 keeps what is on disk). Aim: <= 1.1 s on a quiet machine (the tests
+check only that it arrives).
 
-    python benchmarks/bench_track.py [--calls 200000] [--tensorboard-calls 20000] [--repeats 3]
+    python benchmarks/bench_track.py [--calls 200000] [--tensorboard-calls 20000] [--repeats 3] [--points 5]
 """
 
 from __future__ import annotations
@@ -43,11 +46,27 @@ def time_track(calls: int) -> tuple[float, float]:
     return (end - start) / calls, (called - start) / calls
 
 
+def time_to_disk(path: Path, points: int) -> list[float]:
+    """Seconds from a track.log call (no flush) until its line is in ``path``, for each of ``points`` points."""
+    from harness import track
+
+    delays = []
+    for step in range(points):
+        size = path.stat().st_size
+        start = time.perf_counter()
+        track.log({"latency": 0.0}, step=step)
+        while path.stat().st_size == size:
+            time.sleep(0.001)
+        delays.append(time.perf_counter() - start)
+    return delays
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200_000, help="track.log calls per repeat")
     parser.add_argument("--tensorboard-calls", type=int, default=20_000, help="add_scalar calls per repeat")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many repeats")
+    parser.add_argument("--points", type=int, default=5, help="points timed from log call to disk")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,8 +77,9 @@ def main() -> None:
         track_runs = [time_track(args.calls) for _ in range(args.repeats)]
         track_total = min(total for total, _ in track_runs)
         track_call = min(call for _, call in track_runs)
+        to_disk = time_to_disk(Path(tmp) / "metrics.jsonl", args.points)
         lines = sum(1 for _ in open(Path(tmp) / "metrics.jsonl"))
-    expected = args.repeats * (args.calls + 1)  # each repeat logs one warm-up point
+    expected = args.repeats * (args.calls + 1) + args.points  # each repeat logs one warm-up point
     assert lines == expected, f"track wrote {lines} lines, expected {expected}"
 
     print(f"SummaryWriter.add_scalar   {tensorboard * 1e6:8.2f} us/call ({1 / tensorboard:,.0f}/s)")
@@ -68,6 +88,9 @@ def main() -> None:
     print(
         f"ratio track/tensorboard    {track_total / tensorboard:8.3f}  (aim <= 0.05; call only: "
         f"{track_call / tensorboard:.3f})"
+    )
+    print(
+        f"log call to disk, no flush {max(to_disk):8.3f} s at most over {len(to_disk)} points  (aim <= 1.1 s: the thread writes once a second)"
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,22 @@ SIMULATOR = REPO.parent / "shared" / "ci-sim" / "run-workflow.sh"
 WORKFLOW = ".github/workflows/verify-manifests.yml"
 BASE = "scenario-base"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+SCENARIO_TIMEOUT_S = 900  # one scenario takes 1-2 minutes; a hang must not hold CI
 SPINNER = re.compile("[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]")  # rich's "dots" spinner: a redraw that CI must not get
+
+
+def stop_group(process: subprocess.Popen[str]) -> str:
+    """End a process group: SIGTERM (the simulator's traps stop its engine), SIGKILL after 60 s; its stderr."""
+    for sig, grace in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return process.communicate(timeout=grace)[1]
+        except subprocess.TimeoutExpired:
+            continue
+    return ""
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -145,30 +161,38 @@ def run_scenario(clone: Path, scenario: Scenario, logs: Path) -> tuple[bool, str
     git(clone, "commit", "-q", "-m", f"scenario {scenario.name}: {scenario.title}")
     log = logs / f"{scenario.name}.log"
     started = time.monotonic()
-    done = subprocess.run(
-        [
-            str(SIMULATOR),
-            "--fresh-engine",
-            "--workflow",
-            WORKFLOW,
-            "--base",
-            BASE,
-            "--head",
-            f"scenario-{scenario.name}",
-            "--log",
-            str(log),
-            str(clone),
-        ],
-        capture_output=True,
-        text=True,
+    command = [
+        str(SIMULATOR),
+        "--fresh-engine",
+        "--workflow",
+        WORKFLOW,
+        "--base",
+        BASE,
+        "--head",
+        f"scenario-{scenario.name}",
+        "--log",
+        str(log),
+        str(clone),
+    ]
+    # its own process group, so that a scenario past its time is stopped whole (act, the engine)
+    runner = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
+    try:
+        _, stderr = runner.communicate(timeout=SCENARIO_TIMEOUT_S)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        stderr = stop_group(runner)
+        timed_out = True
     seconds = time.monotonic() - started
     text = ANSI.sub("", log.read_text(errors="replace")) if log.is_file() else ""
     problems = []
-    if done.returncode == 2:
-        problems.append(f"the simulator could not run it: {done.stderr.strip().splitlines()[-1:]}")
-    elif done.returncode != scenario.exit_status:
-        problems.append(f"exit status {done.returncode}, expected {scenario.exit_status}")
+    if timed_out:
+        problems.append(f"did not end within {SCENARIO_TIMEOUT_S} s (stopped)")
+    elif runner.returncode == 2:
+        problems.append(f"the simulator could not run it: {stderr.strip().splitlines()[-1:]}")
+    elif runner.returncode != scenario.exit_status:
+        problems.append(f"exit status {runner.returncode}, expected {scenario.exit_status}")
     for expected in scenario.expected:
         found = expected.search(text) if isinstance(expected, re.Pattern) else expected in text
         if not found:

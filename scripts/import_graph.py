@@ -56,7 +56,8 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                 targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
             else:
                 continue
-            for target in targets:
+            for named in targets:
+                target = named
                 while target and target not in paths:
                     target = target.rpartition(".")[0]
                 # `from harness import __version__` names the root package: no arrow to a layer

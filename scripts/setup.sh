@@ -36,16 +36,30 @@ if [ "$with_podman" = 1 ]; then
   bash scripts/setup-podman.sh
 fi
 
-if ! docker info >/dev/null 2>&1; then
+# every wait is bounded: a hung engine or step ends the setup with a line, not a CI job that never ends
+engine_answers() { timeout 60 docker info >/dev/null 2>&1; }
+if ! engine_answers; then
+  # the default engine's pid file (other engines, with their own sockets, may run beside it)
+  pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
+    log "dockerd ($pid) runs but does not answer on /var/run/docker.sock; see /var/log/dockerd.log"; exit 1
+  fi
   log "starting dockerd (no default bridge, no iptables)"
-  # never the default bridge: runs use network none, builds use host networking
-  nohup dockerd --bridge=none --iptables=false --ip-masq=false >/var/log/dockerd.log 2>&1 &
-  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-  docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log"; tail -5 /var/log/dockerd.log >&2; exit 1; }
+  # never the default bridge: runs use network none, builds use host networking. A pid file or
+  # socket left by an engine that died is replaced by dockerd itself.
+  nohup dockerd --bridge=none --iptables=false --ip-masq=false >/var/log/dockerd.log 2>&1 </dev/null &
+  engine=$!
+  deadline=$((SECONDS + 180))
+  until engine_answers; do
+    if [ $SECONDS -ge $deadline ] || ! kill -0 "$engine" 2>/dev/null; then
+      log "dockerd did not start; see /var/log/dockerd.log"; tail -5 /var/log/dockerd.log >&2; exit 1
+    fi
+    sleep 1
+  done
 fi
 
 # install when missing, or when the installed harness is another checkout's
-installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, ruff, mypy, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
+installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, ruff, mypy, securesystemslib, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
 # the distribution was called "harness" before it became harness-repro: drop that editable install
 if python3 -m pip show harness 2>/dev/null | grep -q "^Editable project location: $(pwd -P)\$"; then
   python3 -m pip uninstall -q -y harness
@@ -68,8 +82,8 @@ if [ "$installed" != "$(pwd -P)" ] || ! command -v harness >/dev/null; then
   python3 -m pip install -q "${pip_args[@]}" -e '.[test]'
 fi
 
-harness image bootstrap
+timeout 1800 harness image bootstrap </dev/null
 if [ "$with_slurm" = 1 ]; then
   bash scripts/start-slurm.sh
 fi
-log "ready: $(harness doctor | tr '\n' ';')"
+log "ready: $(timeout 300 harness doctor </dev/null | tr '\n' ';')"

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -64,6 +67,20 @@ def store_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "store"
     monkeypatch.setenv("HARNESS_HOME", str(home))
     return home
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], what: str, bound: float = 120, every: float = 0.2) -> T:
+    """Poll ``condition`` until it returns a true value and return that value; fail naming ``what``
+    after ``bound`` seconds. Tests wait on an event like this, never on a fixed sleep: the bound is
+    generous because CI machines are loaded, and a passing test never waits for it."""
+    deadline = time.monotonic() + bound
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what}: not within {bound:g} s"
+        time.sleep(every)
+    return value
 
 
 def run_cli(

@@ -33,7 +33,7 @@ from tests.conftest import run_cli
 METRIC = "charts/episodic_return"
 
 
-def add_run(
+def add_run(  # noqa: PLR0913 — a run described field by field, as a test reads it
     store: LocalStore,
     run_id: str,
     name: str,

@@ -34,6 +34,7 @@ from tests.hubserver.runs import make_run
 
 MARKER = f"HOSTILE-MARKER-{secrets.token_hex(12)}"
 HUB_REPO = "lab/hostile"
+HANG = 300  # seconds: what a hostile input must never make the harness take (a loaded CI machine included)
 
 MANIFEST = """apiVersion: harness/v1
 name: hostile
@@ -195,10 +196,10 @@ def test_a_linked_metrics_file_is_not_published_or_pulled(hostile_project, host_
 
 def test_tensorboard_folder_linked_to_root(hostile_project, host_secret, store_home):
     started = time.monotonic()
-    record, proc = attack(hostile_project, "tb_root", store_home, host_secret, timeout=180)
+    record, proc = attack(hostile_project, "tb_root", store_home, host_secret)
 
     assert record["status"] == "completed", record["detail"]
-    assert time.monotonic() - started < 120
+    assert time.monotonic() - started < HANG  # ended: no hang on the hostile input
     assert "tb" in skipped_reasons(record) and "symlink" in skipped_reasons(record)
     assert_nowhere(store_home, texts=(proc.stdout, proc.stderr))
     assert_store_usable(store_home, record["run_id"])
@@ -367,7 +368,7 @@ def test_ls_show_recover_survive_any_record(store_home, host_secret, tmp_path):
 
     started = time.monotonic()
     outputs = assert_store_usable(store_home, "types")
-    assert time.monotonic() - started < 120
+    assert time.monotonic() - started < HANG  # ended: no hang on the hostile input
     recovered = json.loads((runs / "running" / "record.json").read_text())
     assert recovered["status"] in FINAL_STATUSES
     assert "symlink" in skipped_reasons(recovered)
@@ -728,7 +729,7 @@ def test_pull_refuses_a_hostile_record(hub, tmp_path, record_bytes):
     started = time.monotonic()
     proc = run_cli("pull", HUB_REPO, env={"HARNESS_HOME": str(tmp_path / "mine")})
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert time.monotonic() - started < 120
+    assert time.monotonic() - started < HANG  # ended: no hang on the hostile input
     assert not (tmp_path / "mine" / "runs" / "evil-aaa").exists()
 
 

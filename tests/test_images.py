@@ -123,7 +123,8 @@ def test_build_forwards_the_ca_bundle_without_keeping_it(base_image, tmp_path):
 def test_warm_build_does_not_call_the_engine(noop_image, cli):
     started = time.perf_counter()
     info = build_image(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt")
-    assert info.cached and info.id == noop_image.id and time.perf_counter() - started < 2
+    assert info.cached and info.id == noop_image.id
+    assert time.perf_counter() - started < 60  # a build would take minutes; on a quiet machine this is < 1 s
     result = cli("build", str(REPO / "manifests" / "noop.yaml"), "--quiet")
     assert result.returncode == 0 and "cached, no build" in result.stdout
 
@@ -199,5 +200,10 @@ def test_bootstrap_imports_a_kept_tarball_without_mmdebstrap(base_image, tmp_pat
     try:
         info = images.bootstrap_base(name, tarball=tarball)
         assert not info.cached and info.packages == base_image.packages and tarball.is_file()
+        # loaded with a fixed creation time: the same tarball gives the same id again
+        client.images.remove(name, force=True)
+        again = images.bootstrap_base(name, tarball=tarball)
+        assert not again.cached and again.id == info.id
+        assert client.images.get(name).attrs["Created"].startswith("2023-11-14")  # the default epoch
     finally:
         client.images.remove(name, force=True)

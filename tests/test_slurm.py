@@ -27,7 +27,8 @@ from harness.manifest import Hardware, load_manifest
 from harness.run.plan import expand
 from harness.store.local import LocalStore
 from tests import test_sweeps_local
-from tests.test_sweeps_local import need, write_manifest
+from tests.conftest import wait_until
+from tests.test_sweeps_local import containers_of, need, write_manifest
 
 base_image_id = test_sweeps_local.base_image_id  # the same session fixture
 
@@ -51,16 +52,6 @@ def slurm_cluster() -> list[str]:
     return list(partitions())
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
-
-
 def task_state(task: str) -> str:
     """A task's state as slurmctld reports it."""
     shown = subprocess.run(
@@ -80,7 +71,9 @@ def test_sweep_of_six_runs_in_containers_through_slurm(
 
     assert len(outcome.slurm_job_ids) == 1
     state = load_state(store, outcome.plan.sweep_id)
-    progress = wait_for(lambda: (p := sweep_progress(state, store))["finished"] and p, 180, "the sweep to finish")
+    progress = wait_until(
+        lambda: (p := sweep_progress(state, store))["finished"] and p, "the sweep to finish", bound=600, every=0.5
+    )
     assert (progress["total"], progress["done"]) == (6, 6), progress
     records = [store.load(spec.run_id) for spec in specs]
     assert {r["status"] for r in records} == {"completed"}
@@ -106,10 +99,17 @@ def test_scancel_marks_the_run_cancelled_and_requeue_runs_it_again(
     job_id = outcome.slurm_job_ids[0]
     run_id = outcome.plan.to_run[0].run_id
     try:
-        wait_for(lambda: store.exists(run_id) and store.load(run_id)["status"] == "running", 90, "the run to start")
-        time.sleep(1.0)  # the container is up
+        wait_until(
+            lambda: store.exists(run_id) and store.load(run_id)["status"] == "running",
+            "the run to start",
+            bound=300,
+            every=0.5,
+        )
+        wait_until(lambda: containers_of(store, running_only=True), "the container to run", bound=300, every=0.5)
         subprocess.run(["scancel", f"{job_id}_0"], check=True, timeout=30)
-        wait_for(lambda: task_state(f"{job_id}_0") not in ("RUNNING", "COMPLETING"), 60, "the task to end")
+        wait_until(
+            lambda: task_state(f"{job_id}_0") not in ("RUNNING", "COMPLETING"), "the task to end", bound=300, every=0.5
+        )
         record = store.load(run_id)
         assert record["status"] == "cancelled", record
         assert store.verify(run_id) == []
@@ -124,12 +124,21 @@ def test_scancel_marks_the_run_cancelled_and_requeue_runs_it_again(
             attempts = attempt_records(store, run_id)
             return attempts[-1] if len(attempts) == 2 else None
 
-        wait_for(lambda: (second_attempt() or {}).get("status") == "running", 90, "the requeued run to start")
+        wait_until(
+            lambda: (second_attempt() or {}).get("status") == "running",
+            "the requeued run to start",
+            bound=300,
+            every=0.5,
+        )
         assert sweep_progress(load_state(store, state.sweep_id), store)["running"] == 1
-        time.sleep(1.0)  # let the container start before cancelling again
+        wait_until(
+            lambda: containers_of(store, running_only=True), "the requeued run's container to run", bound=300, every=0.5
+        )
     finally:
         subprocess.run(["scancel", job_id], timeout=30)
-    wait_for(lambda: task_state(f"{job_id}_0") not in ("RUNNING", "COMPLETING"), 60, "the task to end")
+    wait_until(
+        lambda: task_state(f"{job_id}_0") not in ("RUNNING", "COMPLETING"), "the task to end", bound=300, every=0.5
+    )
     second = attempt_records(store, run_id)[-1]
     assert second["run_id"] != run_id and ATTEMPT_SUFFIX.fullmatch(second["run_id"][len(run_id) :])
     assert store.load(second["run_id"])["status"] == "cancelled"

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from harness.errors import HarnessError
 from harness.manifest import Hardware, load_manifest
 from harness.run.plan import expand
 from harness.store.local import LocalStore
+from tests.conftest import wait_until
 
 BASE_IMAGE = "harness/base:bookworm"
 
@@ -127,53 +127,116 @@ def test_parallelism_follows_the_hardware_target() -> None:
 
 
 CTRL_C_SCRIPT = """
-import sys
+import signal, sys
+# what a terminal's Ctrl-C reaches: CI may start the suite with SIGINT ignored (a background job of
+# a script), and a Python started with SIGINT ignored keeps ignoring it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from harness.backends import run_sweep
 from harness.manifest import load_manifest
 from harness.run.plan import expand
 from harness.store.local import LocalStore
 run_sweep(expand(load_manifest(sys.argv[1])), jobs=2, runtime="docker", store=LocalStore(sys.argv[2]))
 """
+SLEEP = "import time; time.sleep(120)"  # a stop that is lost lets it end with exit status 0, not 137
 
 
-def test_ctrl_c_stops_containers_and_marks_records_interrupted(tmp_path: Path, base_image_id: str) -> None:
-    manifest = write_manifest(tmp_path, base_image_id, "import time; time.sleep(60)", [1, 2, 3], {"a": [1]})
+def containers_of(store: LocalStore, running_only: bool = False) -> list[str]:
+    """Ids of the run containers whose output folder is in ``store`` (other stores on the engine
+    may run the same configurations at once)."""
+    listed = subprocess.run(
+        ["docker", "ps", "-q", "--filter", "label=org.harness.run-id", *([] if running_only else ["-a"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    if not listed:
+        return []
+    mounts = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Id}} {{range .Mounts}}{{.Source}} {{end}}", *listed],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.splitlines()
+    root = str(store.root.resolve())
+    return [line.split()[0] for line in mounts if f" {root}/" in f" {line}"]
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "cancelled")])
+def test_ctrl_c_stops_containers_and_marks_records_interrupted(
+    tmp_path: Path, base_image_id: str, signum: int, status: str
+) -> None:
+    manifest = write_manifest(
+        tmp_path,
+        base_image_id,
+        SLEEP,
+        [1, 2, 3],
+        {"a": [1]},
+        hardware={"cpus": 1, "memory": "256MiB", "timeout": "20m"},
+    )
     store = LocalStore(tmp_path / "store")
     sweep = subprocess.Popen(
         [sys.executable, "-c", CTRL_C_SCRIPT, str(manifest), str(store.root)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while sum(r.get("status") == "running" for r in store.records()) < 2:
-            assert time.monotonic() < deadline and sweep.poll() is None, "the runs did not start"
-            time.sleep(0.2)
-        time.sleep(1.0)  # the containers are up
-        started = time.monotonic()
-        sweep.send_signal(signal.SIGINT)
-        output, _ = sweep.communicate(timeout=60)
+        # both containers up, and the sweep alive (an early end fails the wait's condition at once)
+        wait_until(
+            lambda: sweep.poll() is not None or len(containers_of(store, running_only=True)) == 2,
+            "two containers running",
+            bound=300,
+        )
+        assert sweep.poll() is None, sweep.communicate()[0]
+        sweep.send_signal(signum)
+        output, _ = sweep.communicate(timeout=300)
     finally:
         if sweep.poll() is None:
             sweep.kill()
-    assert time.monotonic() - started < 30, output
+            sweep.wait(timeout=60)
+        for container in containers_of(store):
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
     assert sweep.returncode != 0
     records = list(store.records())
     assert len(records) == 2, output  # the third run never started
-    assert {r["status"] for r in records} == {"interrupted"}, output
+    assert {r["status"] for r in records} == {status}, output
+    assert all(r["exit_code"] == 137 for r in records), output  # killed, not slept to the end
     assert all(store.verify(r["run_id"]) == [] for r in records)
-    leftover = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=org.harness.run-id"], capture_output=True, text=True
-    ).stdout.split()
-    names = {r["run_id"] for r in records}
-    for container in leftover:
-        label = subprocess.run(
-            ["docker", "inspect", "--format", '{{index .Config.Labels "org.harness.run-id"}}', container],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        assert label not in names, f"container of {label} left behind"
+    assert containers_of(store) == [], "a run's container was left behind"
+
+
+def test_a_job_stopped_before_it_starts_never_runs(tmp_path: Path, base_image_id: str) -> None:
+    """Ctrl-C can land while a run's container or process is being created: the stop must stick."""
+    from harness.runtime.docker import DockerJob
+    from harness.runtime.engine_api import engine_api
+    from harness.runtime.job import JobRequest
+    from harness.runtime.process import ProcessJob
+
+    def request(kind: str) -> JobRequest:
+        out = tmp_path / kind
+        out.mkdir()
+        return JobRequest(
+            run_id=f"stop-first-{kind}-{tmp_path.name}".lower()[:60],
+            command=["python3", "-c", SLEEP],
+            environment={},
+            out_dir=out,
+            log_path=out / "output.log",
+            cpus=1.0,
+            memory_bytes=256 << 20,
+            gpus=0,
+            timeout_seconds=1200,
+        )
+
+    jobs = [DockerJob(engine_api(), base_image_id, request("docker")), ProcessJob(request("process"))]
+    for job in jobs:
+        try:
+            job.stop("interrupted")
+            job.start()
+            result = job.wait()
+        finally:
+            job.remove()
+        assert result.status == "interrupted" and result.exit_code in (137, -signal.SIGKILL), result
 
 
 def test_status_command_reports_json_and_bad_sweep(tmp_path: Path, base_image_id: str) -> None:
@@ -195,3 +258,22 @@ def test_status_command_reports_json_and_bad_sweep(tmp_path: Path, base_image_id
     )
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "no sweep 'no-such-sweep'" in missing.stderr
+
+
+def test_ctrl_c_before_the_job_starts_seals_the_record(tmp_path: Path, base_image_id: str) -> None:
+    """A signal between the record's first save and the job's start: a sealed record, no container."""
+    from harness.run.runner import execute
+    from harness.runtime.signals import Terminated
+
+    (spec,) = expand(load_manifest(write_manifest(tmp_path, base_image_id, SLEEP, [1], {"a": [1]})))
+    store = LocalStore(tmp_path / "store")
+    for signal_raised, status in ((KeyboardInterrupt, "interrupted"), (Terminated, "cancelled")):
+
+        def ctrl_c(record: dict, job: object = None, raised: type[BaseException] = signal_raised) -> None:
+            assert store.load(record["run_id"])["status"] == "running"  # saved before the job exists
+            raise raised
+
+        record = execute(spec, store, runtime="docker", on_start=ctrl_c)
+        assert (record["status"], record["exit_code"]) == (status, None), record
+        assert store.verify(record["run_id"]) == []
+    assert containers_of(store) == []

@@ -286,7 +286,9 @@ def test_plot_titles_say_n_and_smoothing_and_one_seed_has_no_interval(store: Loc
         store.root, "plot", "toy-train", "--metric", "charts/episodic_return", "--out", str(many), MATPLOTLIBRC=str(rc)
     )
     assert done.returncode == 0, done.stderr
-    assert "95 % bootstrap CI over seeds (n = 2 seeds, no smoothing)" in _svg_text(many)
+    # two seeds: a bootstrap would have three distinct resamples; the band is their range, said so
+    assert "mean and range of 2 seeds, too few for a confidence interval (no smoothing)" in _svg_text(many)
+    assert "two seeds only for toy-train: the band is their range" in done.stderr
     assert "environment steps" in _svg_text(many)
 
 
@@ -514,7 +516,7 @@ def _remove_images(client: Any, recipe: str) -> None:
     for image in client.images.list(filters={"label": f"org.harness.recipe={recipe}"}):
         try:
             client.images.remove(image.id, force=True)
-        except Exception:  # best-effort cleanup
+        except Exception:  # noqa: BLE001 — best-effort cleanup
             pass
 
 
@@ -597,7 +599,7 @@ def test_gc_removes_the_harness_leftovers_and_never_a_foreign_image(base_image, 
         for image in (child.id, foreign_dangling.id, "harness/foreign-gc-test:1"):
             try:
                 client.images.remove(image, force=True)
-            except Exception:  # best-effort cleanup
+            except Exception:  # noqa: BLE001 — best-effort cleanup
                 pass
         _remove_images(client, "gcprobe")
 

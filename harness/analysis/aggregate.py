@@ -56,8 +56,8 @@ def _check_scores(scores: Mapping[str, np.ndarray], ndim: int = 2) -> dict[str, 
     if not scores:
         raise HarnessError("no groups to aggregate")
     checked = {}
-    for group, array in scores.items():
-        array = np.asarray(array, dtype=float)
+    for group, given in scores.items():
+        array = np.asarray(given, dtype=float)
         if array.ndim != ndim or array.shape[0] < 1:
             raise HarnessError(
                 f"group {group!r}: scores must be (runs x tasks{' x points' if ndim == 3 else ''}), got {array.shape}"

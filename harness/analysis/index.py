@@ -2,7 +2,8 @@
 
 Opening 25,000 record.json files one by one is too slow for interactive analysis, so the
 store keeps ``<store>/index.parquet``: one row per run (run_id, name, seed, params as JSON,
-status, started_at, duration_s, tags, primary_metric), refreshed incrementally: a record is
+status, started_at, duration_s, tags, primary_metric, smoke, budget: the params the manifest's
+``smoke`` changes, as JSON), refreshed incrementally: a record is
 re-read only when its record.json changed (size or mtime) since the index was written.
 Metric values of finished runs are also compacted into ``<store>/metrics/part-*.parquet``
 (a cache: each run's own metrics.parquet stays the checksummed truth), because DuckDB pays
@@ -46,6 +47,8 @@ INDEX_SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("tags", pa.list_(pa.string())),
         ("primary_metric", pa.string()),
+        ("smoke", pa.bool_()),
+        ("budget", pa.string()),
         ("record_stamp", pa.string()),
         ("metrics_part", pa.string()),
     ]
@@ -59,6 +62,7 @@ def _stamp(stat: os.stat_result) -> str:
 def _row(record: dict[str, Any], stamp: str) -> dict[str, Any]:
     seed = record.get("seed")
     duration = record.get("duration_s")
+    budget = record.get("budget")
     return {
         "run_id": str(record["run_id"]),
         "name": record.get("name"),
@@ -69,6 +73,8 @@ def _row(record: dict[str, Any], stamp: str) -> dict[str, Any]:
         "duration_s": float(duration) if isinstance(duration, (int, float)) else None,
         "tags": [str(t) for t in record.get("tags") or []],
         "primary_metric": record.get("primary_metric"),
+        "smoke": bool(record.get("smoke")),
+        "budget": json.dumps(budget, sort_keys=True, default=str) if isinstance(budget, dict) else None,
         "record_stamp": stamp,
         "metrics_part": None,
     }

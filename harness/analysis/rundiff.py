@@ -88,8 +88,8 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
 def _requirements(lines: list[str]) -> dict[str, str]:
     """``name==version`` lines (hash continuation lines ignored) as name -> version."""
     pinned: dict[str, str] = {}
-    for line in lines:
-        line = line.split("#", 1)[0].strip().rstrip("\\").strip()
+    for raw in lines:
+        line = raw.split("#", 1)[0].strip().rstrip("\\").strip()
         if "==" in line and not line.startswith("-"):
             name, _, version = line.partition("==")
             pinned[name.strip().lower().replace("_", "-")] = version.split(";")[0].strip()

@@ -85,7 +85,7 @@ def final_scores(store: LocalStore, runs: pa.Table, metric: str, last_n: int) ->
     return scores, notes
 
 
-def build_comparison(
+def build_comparison(  # noqa: PLR0913 — the comparison's options, each a CLI option passed through
     store: LocalStore,
     runs: pa.Table,
     metric: str,

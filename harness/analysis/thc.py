@@ -132,7 +132,7 @@ def _pivot(frame: pd.DataFrame, index: list[str], columns: str, value_col: str) 
     return frame.pivot_table(index=index, columns=columns, values=value_col, aggfunc="mean", sort=True)
 
 
-def thc_from_table(
+def thc_from_table(  # noqa: PLR0913 — THC's options, each a CLI option or a table column passed through
     table: pd.DataFrame,
     hparam_col: str,
     value_col: str,
@@ -166,12 +166,12 @@ def thc_from_table(
         frame[column] = frame[column].astype(str)
     rows: list[ThcRow] = []
     keys = [*group_by, hparam_col]
-    for key, part in frame.groupby(keys, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
+    for group_key, whole in frame.groupby(keys, sort=True):
+        key = group_key if isinstance(group_key, tuple) else (group_key,)
         group = dict(zip(group_by, key[:-1]))
         hyperparameter = key[-1]
-        values = sorted(part[value_col].unique())
-        settings_with_all = part.groupby(setting_col)[value_col].nunique()
+        values = sorted(whole[value_col].unique())
+        settings_with_all = whole.groupby(setting_col)[value_col].nunique()
         complete = sorted(settings_with_all[settings_with_all == len(values)].index)
         dropped = sorted(set(settings_with_all.index) - set(complete))
         if dropped:
@@ -182,7 +182,7 @@ def thc_from_table(
             )
         if len(complete) < 2:
             continue
-        part = part[part[setting_col].isin(complete)]
+        part = whole[whole[setting_col].isin(complete)]
         if ranking == "interval":
             cube = _pivot(part, [setting_col, value_col], seed_col, score_col)
             cube = cube.reindex(pd.MultiIndex.from_product([complete, values]))
@@ -203,7 +203,7 @@ def thc_from_table(
     return rows
 
 
-def thc_of_runs(
+def thc_of_runs(  # noqa: PLR0913 — THC's options, each a CLI option or a table column passed through
     store: LocalStore,
     selection: Sequence[str],
     hparams: list[str],
@@ -220,7 +220,10 @@ def thc_of_runs(
     from harness.analysis.selection import default_metric, run_params, select_runs
     from harness.analysis.tables import final_scores
 
-    runs = select_runs(store, selection)
+    left_out: list[str] = []
+    runs = select_runs(store, selection, left_out)
+    for text in left_out:
+        note(text)
     chosen = default_metric(runs, metric)
     scores, notes = final_scores(store, runs, chosen, last_n)
     for text in notes:

@@ -86,7 +86,12 @@ class Backend(abc.ABC):
         """Wait for every job; their records, in order."""
         return [job.result() for job in jobs]
 
-    def collect(self, jobs: list[Job], sweep: SweepState, outcome: SweepOutcome) -> None:
+    def interrupt(self, reason: str = "interrupted") -> None:  # noqa: ARG002 — the interface; a backend that started jobs uses it
+        """Ctrl-C (``interrupted``) or SIGTERM (``cancelled``) while :func:`run_sweep` submits or
+        waits: stop what this process started and is waiting on (by default, nothing: the jobs run on)."""
+        return None
+
+    def collect(self, jobs: list[Job], sweep: SweepState, outcome: SweepOutcome) -> None:  # noqa: ARG002 — the interface's signature; a subclass may use the sweep
         """What :func:`run_sweep` does once the jobs are submitted: by default, wait for them."""
         outcome.records = self.wait(jobs)
 
@@ -198,7 +203,7 @@ def sweep_state_for(plan: SweepPlan, store: LocalStore) -> SweepState:
     )
 
 
-def run_sweep(
+def run_sweep(  # noqa: PLR0913 — the sweep's options, each a `harness run` option passed through
     specs: list[RunSpec],
     backend: str = "local",
     jobs: int | None = None,
@@ -245,7 +250,17 @@ def run_sweep(
     if not plan.to_run:
         return outcome
     state = sweep_state_for(plan, store)
-    chosen.collect(chosen.submit(plan.to_run, state), state, outcome)
+    from harness.runtime import signals
+
+    previous_handlers = signals.install()  # SIGTERM and SIGHUP stop the sweep like Ctrl-C
+    try:
+        chosen.collect(chosen.submit(plan.to_run, state), state, outcome)
+    except KeyboardInterrupt as exc:
+        # here, not in the backend's wait: a signal that lands while the runs are being submitted counts too
+        chosen.interrupt(signals.stop_reason(exc))
+        raise
+    finally:
+        signals.restore(previous_handlers)
     return outcome
 
 

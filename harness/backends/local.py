@@ -2,8 +2,9 @@
 
 Runs execute in worker threads, each through :func:`harness.run.runner.execute` (the containers and
 processes do the work; the threads only wait on them). A failing run does not stop the others.
-Ctrl-C cancels the runs that have not started, stops the running ones and marks their records
-``interrupted``.
+Ctrl-C (or SIGTERM) cancels the runs that have not started, stops the running ones and marks their
+records ``interrupted`` (``cancelled``), from the moment the first run starts: :func:`run_sweep` calls
+:meth:`LocalBackend.interrupt` whichever line the signal lands on.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
@@ -117,6 +117,7 @@ class LocalBackend(Backend):
         self._execute = execute
         self.started: dict[str, str] = {}  # spec run id -> the run id execute gave it
         self.stopping = threading.Event()
+        self._reason = "interrupted"
         self._handles: dict[str, Any] = {}
         self._progress: dict[str, Any] = {}  # spec run id -> harness.run.progress.RunProgress while it runs
         self._lock = threading.Lock()
@@ -146,7 +147,7 @@ class LocalBackend(Backend):
         return [LocalJob(spec, self._pool.submit(self._run_one, spec), self) for spec in specs]
 
     def wait(self, jobs: list[Job]) -> list[dict[str, Any]]:
-        """Wait for every run, reporting each as it ends; Ctrl-C stops them all cleanly."""
+        """Wait for every run, reporting each as it ends (Ctrl-C goes up to run_sweep, which calls interrupt)."""
         local_jobs = [job for job in jobs if isinstance(job, LocalJob)]
         by_future = {job.future: job for job in local_jobs}
         finished = 0
@@ -154,8 +155,8 @@ class LocalBackend(Backend):
         reporter = threading.Thread(
             target=self._report_progress, args=(all_done,), name="harness-progress", daemon=True
         )
-        reporter.start()
         try:
+            reporter.start()
             for future in as_completed(by_future):
                 finished += 1
                 record = by_future[future].result()
@@ -165,20 +166,10 @@ class LocalBackend(Backend):
                     f" ({record['detail']})" if record.get("status") != "completed" and record.get("detail") else ""
                 )
                 self.echo(f"[{finished}/{len(local_jobs)}] {record.get('run_id')} {record.get('status')}{took}{detail}")
-        except KeyboardInterrupt:
-            self.echo("interrupted: stopping the running runs")
-            self.interrupt()
-            for future in by_future:
-                if not future.cancelled():
-                    try:
-                        future.exception()
-                    except KeyboardInterrupt:
-                        continue
-            raise
         finally:
-            all_done.set()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
+            all_done.set()  # Ctrl-C propagates to run_sweep, which calls interrupt()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         return [job.result() for job in local_jobs]
 
     def _report_progress(self, done: threading.Event) -> None:
@@ -192,23 +183,33 @@ class LocalBackend(Backend):
             for progress in running:
                 try:
                     self.echo(f"[progress] {progress.poll().line()}")
-                except Exception:  # a progress line is a courtesy; the capture owns the data
+                except Exception:  # noqa: BLE001 — a progress line is a courtesy; the capture owns the data
                     continue
 
-    def interrupt(self) -> None:
-        """Cancel runs not yet started and stop the running ones (their records become ``interrupted``)."""
-        self.stopping.set()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """Cancel runs not yet started, stop the running ones and wait until their records are sealed
+        (``reason``: ``interrupted`` for Ctrl-C, ``cancelled`` for SIGTERM)."""
+        if self._pool is None:
+            return
+        self.echo(f"{reason}: stopping the running runs")
+        self._reason = reason
+        self.stopping.set()  # a run still being set up stops itself in on_start
+        self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             running = dict(self.started)
             handles = dict(self._handles)
         for spec_run_id, run_id in running.items():
             handle = handles.get(spec_run_id)
             if handle is not None and hasattr(handle, "stop"):
-                handle.stop("interrupted")
+                handle.stop(reason)  # sticks: a job stopped before it started never runs
             else:
                 stop_run(run_id, self.runtime)
+        while True:
+            try:
+                self._pool.shutdown(wait=True)
+                return
+            except KeyboardInterrupt:  # a second Ctrl-C: the records are being sealed, keep waiting
+                continue
 
     def _run_one(self, spec: RunSpec) -> dict[str, Any]:
         if self.stopping.is_set():
@@ -230,15 +231,14 @@ class LocalBackend(Backend):
                     self._progress[spec.run_id] = progress
                 if job is not None:
                     self._handles[spec.run_id] = job
-            if self.stopping.is_set():
-                # Ctrl-C came while this run was being set up: stop it as soon as it exists.
-                threading.Thread(target=self._stop_soon, args=(spec.run_id,), daemon=True).start()
+            if self.stopping.is_set() and job is not None:
+                job.stop(self._reason)  # Ctrl-C came while this run was being set up: it never runs
 
         try:
             record = execute(spec, self.store, runtime=self.runtime, on_start=on_start)
         except HarnessError as exc:
             return {"run_id": spec.run_id, "config_key": spec.config_key, "status": "failed", "detail": str(exc)}
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — one run's unexpected fault is that run's failure, never the sweep's
             return {
                 "run_id": spec.run_id,
                 "config_key": spec.config_key,
@@ -250,14 +250,11 @@ class LocalBackend(Backend):
                 self.started.pop(spec.run_id, None)
                 self._handles.pop(spec.run_id, None)
                 self._progress.pop(spec.run_id, None)
-        if self.stopping.is_set() and record.get("status") not in ("completed", "interrupted"):
+        if self.stopping.is_set() and record.get("status") not in ("completed", "interrupted", "cancelled"):
             # Stopped from outside the runner (no job handle): say why, not just "exit 137".
-            record = self.store.mark(record["run_id"], RunStatus.INTERRUPTED, "stopped by Ctrl-C on the sweep")
+            why = "Ctrl-C" if self._reason == RunStatus.INTERRUPTED else "SIGTERM"
+            record = self.store.mark(record["run_id"], RunStatus(self._reason), f"stopped by {why} on the sweep")
         return record
-
-    def _stop_soon(self, spec_run_id: str) -> None:
-        time.sleep(0.5)
-        self.interrupt()
 
 
 def stop_run(run_id: str, runtime: str) -> None:
@@ -285,7 +282,7 @@ def stop_run(run_id: str, runtime: str) -> None:
             client = docker_client(timeout=30)
             for container in client.containers.list(filters={"label": f"{RUN_LABEL}={run_id}"}):
                 container.kill()
-        except Exception:
+        except Exception:  # noqa: BLE001 — killing a cancelled run's container is best effort; the record says cancelled either way
             pass
         return
     import signal
@@ -307,5 +304,5 @@ def _run_progress(spec: RunSpec, store: LocalStore, run_id: str) -> Any:
 
         metrics = spec.loaded.manifest.metrics
         return RunProgress(run_id, store.layout(run_id), metrics.primary, metrics.tensorboard, total_steps(spec.params))
-    except Exception:  # progress must never fail a run
+    except Exception:  # noqa: BLE001 — progress must never fail a run
         return None

@@ -213,7 +213,7 @@ def resource_options(hardware: Hardware) -> list[str]:
     return options
 
 
-def array_script(
+def array_script(  # noqa: PLR0913 — the options of one sbatch array, each from the manifest or a `harness run` option
     state_file: Path,
     submission_index: int,
     chunk_index: int,

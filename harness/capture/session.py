@@ -59,7 +59,7 @@ class CaptureSession:
                 ):
                     self.ingester.write_parquet(self.layout.metrics_parquet, self.summary_last_n)
                     last_write = time.monotonic()
-            except Exception:  # a live refresh is best effort: finish() reads everything again
+            except Exception:  # noqa: BLE001 — a live refresh is best effort: finish() reads everything again
                 continue
 
     def finish(self) -> None:

@@ -442,7 +442,7 @@ class SystemSampler:
                 samples += self._nvml.sample(pids)
         except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess) as exc:
             logger.debug("run %s has no process left to sample: %s", self.run_id, exc)
-        except Exception as exc:  # telemetry must never take a run down: note it and go on
+        except Exception as exc:  # noqa: BLE001 — telemetry must never take a run down: note it and go on
             if not self._warned:
                 logger.warning("system sample of run %s failed: %s", self.run_id, exc)
                 self._warned = True

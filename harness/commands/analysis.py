@@ -97,6 +97,11 @@ def _write_text(path: Path, text: str) -> None:
 @click.option(
     "--against", multiple=True, help="Verdict mode: the reproduction side's selection (quoted terms or repeated)."
 )
+@click.option(
+    "--against-reference",
+    is_flag=True,
+    help="Verdict mode: the selected runs against the manifest's expect.reference (a published mean ± spread).",
+)
 @click.option("--margin", type=float, help="Verdict: equivalence margin in the metric's units.")
 @click.option(
     "--margin-relative", type=float, help="Verdict: margin as a fraction of the original's value (default 0.1)."
@@ -115,7 +120,7 @@ def _write_text(path: Path, text: str) -> None:
 )
 @json_option
 @click.pass_context
-def compare(
+def compare(  # noqa: PLR0913 — a Click command takes one parameter per option
     ctx: click.Context,
     selection: tuple[str, ...],
     metric: str | None,
@@ -130,6 +135,7 @@ def compare(
     improvement: bool,
     profiles: Path | None,
     against: tuple[str, ...],
+    against_reference: bool,
     margin: float | None,
     margin_relative: float | None,
     confidence: float | None,
@@ -144,7 +150,32 @@ def compare(
 
     With --against: the reproduction verdict (identical, consistent, diverged, inconclusive) of
     that selection against this one; exit 0 identical/consistent, 1 diverged, 3 inconclusive.
+    With --against-reference: the verdict of this selection against the published result in its
+    manifest's expect.reference (consistent, diverged, inconclusive; the same exit statuses).
     """
+    if against and against_reference:
+        raise HarnessError("give --against SELECTION or --against-reference, not both")
+    if against_reference:
+        from harness.reproduce.compare_groups import compare_reference
+
+        given_last = ctx.get_parameter_source("last_n") == click.core.ParameterSource.COMMANDLINE
+        store = _store()
+        verdict, reference_notes = compare_reference(
+            tuple(expand_selection(store, selection)),
+            metric=metric,
+            last_n=last_n if given_last else None,
+            statistic=statistic,
+            margin=margin,
+            margin_relative=margin_relative,
+            confidence=confidence,
+        )
+        for text in reference_notes:
+            _note(text)
+        if as_json:
+            emit_json({"selection": list(selection), **verdict.to_dict()})
+        else:
+            click.echo("\n".join(verdict.lines()))
+        sys.exit(verdict.exit_status)
     if against:
         from harness.reproduce.compare_groups import compare_groups
 
@@ -182,7 +213,10 @@ def compare(
         check_output(profiles)
     reference_scores = _read_reference(reference) if reference else None
     store = _store()
-    runs = select_runs(store, expand_selection(store, selection))
+    left_out: list[str] = []
+    runs = select_runs(store, expand_selection(store, selection), left_out)
+    for text in left_out:
+        _note(text)
     chosen = default_metric(runs, metric, DEFAULT_METRIC)
     comparison = build_comparison(
         store,
@@ -258,7 +292,7 @@ def _check_runs_per_group(comparison: Any, option: str) -> None:
     help="Figure file: .png, .svg or .pdf.",
 )
 @json_option
-def plot(
+def plot(  # noqa: PLR0913 — a Click command takes one parameter per option
     selection: tuple[str, ...],
     metric: str | None,
     by: str,
@@ -277,7 +311,10 @@ def plot(
 
     check_output(out)
     store = _store()
-    runs = select_runs(store, expand_selection(store, selection))
+    left_out: list[str] = []
+    runs = select_runs(store, expand_selection(store, selection), left_out)
+    for text in left_out:
+        _note(text)
     chosen = default_metric(runs, metric, DEFAULT_METRIC)
     panels, notes, run_count = learning_curve_panels(store, runs, chosen, by, env_key, x_axis, points, smooth)
     for text in notes:
@@ -324,7 +361,7 @@ def plot(
 @reps_option("Bootstrap resamples (iqm-ci).")
 @boot_seed_option("Bootstrap seed (iqm-ci).")
 @json_option
-def thc(
+def thc(  # noqa: PLR0913 — a Click command takes one parameter per option
     selection: tuple[str, ...],
     hparams: str | None,
     across: str | None,

@@ -51,7 +51,7 @@ def resolve_run_id(store: LocalStore, text: str) -> str:
     raise StoreError(f"{store.root}: no run {text!r}")  # pragma: no cover - load raised
 
 
-def complete_run_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+def complete_run_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:  # noqa: ARG001 — Click's shell_complete signature
     """Click ``shell_complete`` callback: the store's run ids starting with what was typed."""
     from click.shell_completion import CompletionItem
 
@@ -67,7 +67,7 @@ def known_repos(store: LocalStore) -> list[str]:
     return sorted({str((r.get("pulled_from") or {}).get("repo")) for r in store.records() if r.get("pulled_from")})
 
 
-def complete_repos(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+def complete_repos(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:  # noqa: ARG001 — Click's shell_complete signature
     """Click ``shell_complete`` callback for ``org/name[/<run_id>]``: repos runs were pulled from,
     then that repo's runs in the store."""
     from click.shell_completion import CompletionItem
@@ -98,7 +98,7 @@ class RunIdType(click.ParamType):
     def __init__(self, allow_hub: bool = False):
         self.allow_hub = allow_hub
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:  # noqa: ARG002 — Click's ParamType signature
         text = str(value)
         if self.allow_hub and "/" in text:
             return text
@@ -130,6 +130,7 @@ def expand_selection(store: LocalStore, terms: tuple[str, ...] | list[str]) -> l
     expanded = []
     for term in terms:
         if term in bare and term not in names and any(run_id.startswith(term) for run_id in run_ids(store)):
-            term = resolve_run_id(store, term)
-        expanded.append(term)
+            expanded.append(resolve_run_id(store, term))
+        else:
+            expanded.append(term)
     return expanded

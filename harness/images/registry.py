@@ -272,7 +272,7 @@ def push_image(client: Any, image: str, registry: Registry, name: str, tag: str,
     finally:
         try:
             client.images.remove(f"{repository}:{tag}", noprune=True)  # the engine keeps the image by id
-        except Exception:
+        except Exception:  # noqa: BLE001 — the temporary tag is best-effort cleanup; the engine keeps the image by id
             pass
     if digest is None:
         raise RegistryError(f"registry {registry.host}: the push of {repository}:{tag} reported no digest")

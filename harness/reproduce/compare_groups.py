@@ -1,5 +1,6 @@
 """``harness compare SELECTION --against SELECTION``: the reproduction verdict between two
-selections of the store (two library versions, two machines, a published group and its rerun)."""
+selections of the store (two library versions, two machines, a published group and its rerun);
+``--against-reference``: a selection against its manifest's published mean ± spread."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from harness.errors import HarnessError
 
 if TYPE_CHECKING:
     from harness.reproduce.group_verdict import GroupVerdict
+    from harness.reproduce.reference import ReferenceVerdict
 
 
 @dataclass
@@ -32,7 +34,7 @@ def split_terms(values: tuple[str, ...]) -> list[str]:
     return [term for value in values for term in value.split()]
 
 
-def compare_groups(
+def compare_groups(  # noqa: PLR0913 — the verdict's options, each a `compare --against` option passed through
     selection: tuple[str, ...],
     against: tuple[str, ...],
     *,
@@ -58,8 +60,9 @@ def compare_groups(
 
         check_output(figure)
     store = LocalStore()
-    original = select_runs(store, list(selection))
-    reproduction = select_runs(store, split_terms(against))
+    left_out: list[str] = []
+    original = select_runs(store, list(selection), left_out)
+    reproduction = select_runs(store, split_terms(against), left_out)
     ids_a = original.column("run_id").to_pylist()
     ids_b = reproduction.column("run_id").to_pylist()
     shared = sorted(set(ids_a) & set(ids_b))
@@ -85,6 +88,7 @@ def compare_groups(
     comparison = GroupComparison(
         result,
         {"original_selection": list(selection), "reproduction_selection": split_terms(against), **result.to_dict()},
+        notes=list(dict.fromkeys(left_out)),
     )
     if figure is not None:
         if result.curves is None:
@@ -103,6 +107,47 @@ def compare_groups(
             comparison.figure = figure
             comparison.payload["figure"] = str(figure)
     return comparison
+
+
+def compare_reference(
+    selection: tuple[str, ...],
+    *,
+    metric: str | None,
+    last_n: int | None,
+    statistic: str | None,
+    margin: float | None,
+    margin_relative: float | None,
+    confidence: float | None,
+) -> tuple[ReferenceVerdict, list[str]]:
+    """The verdict of ``selection`` against its manifest's ``expect.reference``, and notes on what
+    the selection left out."""
+    from harness.analysis.selection import select_runs
+    from harness.reproduce.group_verdict import EquivalenceSpec
+    from harness.reproduce.reference import reference_verdict
+    from harness.store.local import LocalStore
+
+    store = LocalStore()
+    left_out: list[str] = []
+    runs = select_runs(store, list(selection), left_out)
+    ids = runs.column("run_id").to_pylist()
+    names = sorted(set(runs.column("name").to_pylist()))
+    if len(names) > 1:
+        raise HarnessError(f"the selection holds runs of {', '.join(names)}: select one manifest's runs")
+    expect = store.load(ids[0]).get("expect")
+    reference = expect.get("reference") if isinstance(expect, dict) else None
+    if not isinstance(reference, dict):
+        raise HarnessError(
+            f"{names[0]}: its manifest has no expect.reference; add one, e.g. "
+            "expect: {reference: {mean: 490.04, sd: 6.12, seeds: 3, source: <URL or citation>}}"
+        )
+    if metric:
+        reference = {**reference, "metric": metric}
+    if statistic:
+        reference = {**reference, "statistic": statistic}
+    spec = EquivalenceSpec.of(
+        expect, last_n=last_n, margin=margin, margin_relative=margin_relative, confidence=confidence
+    )
+    return reference_verdict([store.run_dir(r) for r in ids], reference, spec), left_out
 
 
 def _label(side: str, terms: tuple[str, ...]) -> str:

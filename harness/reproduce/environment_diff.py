@@ -120,8 +120,8 @@ def lockfile_hashes(text: str | None) -> dict[str, tuple[str, ...]] | None:
         return None
     found: dict[str, tuple[str, ...]] = {}
     logical = re.sub(r"\\\s*\n", " ", text)
-    for line in logical.splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in logical.splitlines():
+        line = raw.split("#", 1)[0].strip()
         match = REQUIREMENT.match(line)
         if match:
             found[match.group(1).lower().replace("_", "-")] = tuple(sorted(HASH.findall(line)))

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, cast
 
 from harness.analysis.plots import plot_equivalence
 from harness.errors import HarnessError, HubError
 from harness.reproduce.compare import Difference, Verdict, compare_runs, plot_comparison
-from harness.reproduce.group_verdict import GroupVerdict, json_safe
+from harness.reproduce.group_verdict import GroupVerdict, group_verdict, json_safe
 from harness.store.layout import CONTEXT, LOCKFILE, MANIFEST
 from harness.store.local import LocalStore
 from harness.store.record import Record, RunStatus
@@ -53,6 +53,12 @@ class ReproductionResult:
     published_commit: str | None = None
     image_source: str = "rebuilt"  # rebuilt (from the recipe) | registry (the published image) | ref (the manifest's)
     image_ref: str | None = None  # the registry reference run, for "registry"
+    published_image: dict[str, Any] = field(default_factory=dict)  # the original record's image
+
+    @property
+    def image_check(self) -> dict[str, Any]:
+        """The reproduction's image against the published one (see :func:`compare_images`)."""
+        return compare_images(self.published_image, dict(self.records[0].get("image") or {}), self.image_source)
 
     @property
     def reproduction_ids(self) -> list[str]:
@@ -99,6 +105,7 @@ class ReproductionResult:
                 "source": self.image_source,
                 "ref": self.image_ref,
                 "id": (self.records[0].get("image") or {}).get("id"),
+                **self.image_check,
             },
             "first_difference": None if difference is None else asdict(difference),
             "pairs": [
@@ -107,6 +114,34 @@ class ReproductionResult:
             ],
             **self.verdict.to_dict(curves=curves),
         }
+
+
+def compare_images(published: dict[str, Any], rebuilt: dict[str, Any], source: str) -> dict[str, Any]:
+    """``published_id``, ``same_image`` (whether the reproduction ran the published image id) and
+    ``image_note``: one line saying so, or why a rebuild did not give the published digest."""
+    old, new = published.get("id"), rebuilt.get("id")
+    same = bool(old) and old == new
+    short = str(old or "none")[:19]
+    if source != "rebuilt":
+        note = f"the published image ({short})" if same else f"not the published image {short}"
+    elif same:
+        note = f"rebuilt to the published digest ({short})"
+    elif published.get("builder") != "podman-reproducible":
+        note = (
+            f"rebuilt from the recipe ({str(new)[:19]}), not the published {short}: it was built by Docker's "
+            "builder, which stamps build times into the image (declare image.reproducible: true)"
+        )
+    elif published.get("content_hash") != rebuilt.get("content_hash"):
+        note = (
+            f"rebuilt from the recipe ({str(new)[:19]}), not the published {short}: the base image here is not "
+            "the one it was built on (bootstrapped from other Debian packages?)"
+        )
+    else:
+        note = (
+            f"rebuilt from the same recipe, lockfile and base to {str(new)[:19]}, not the published {short}: "
+            "the build did not reproduce here (`harness build --check` names the files that differ)"
+        )
+    return {"published_id": old, "same_image": same, "image_note": note}
 
 
 def stage_project(run_dir: Path, workdir: Path) -> Path:
@@ -149,8 +184,11 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     return manifest_path
 
 
-def original_run(store: LocalStore, target: str, endpoint: str | None, revision: str | None) -> tuple[str, str | None]:
-    """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first."""
+def original_run(
+    store: LocalStore, target: str, endpoint: str | None, revision: str | None, trust_key: Path | None = None
+) -> tuple[str, str | None]:
+    """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first
+    (accepting it only signed by ``trust_key`` when given)."""
     from harness.store.hub import parse_run_spec
     from harness.store.hub import pull as pull_runs
 
@@ -160,7 +198,7 @@ def original_run(store: LocalStore, target: str, endpoint: str | None, revision:
     repo, run_id = parse_run_spec(target)
     if run_id is None:
         raise HubError(f"{target!r}: name the run to reproduce, org/name/<run_id>")
-    pull_runs(target, revision=revision, endpoint=endpoint, store=store)
+    pull_runs(target, revision=revision, endpoint=endpoint, store=store, trust_key=trust_key)
     return run_id, repo
 
 
@@ -276,56 +314,145 @@ def _run_one(
         live.stop()
 
 
+@dataclass(frozen=True)
+class ReproduceOptions:
+    """How to reproduce a run: where its original comes from, how to run it, over which seeds.
+
+    ``seeds``: None, a count, or ``"auto"`` (see :func:`reproduce`); ``new_seeds``: none of the
+    published seeds; ``rebuild``: build the recipe even when the record names a registry image;
+    ``publish_result``: publish the reproduction runs to the original's repo.
+    """
+
+    endpoint: str | None = None
+    revision: str | None = None
+    runtime: str = "docker"
+    trust_code: bool = False
+    publish_result: bool = False
+    out: Path | None = None
+    seeds: int | str | None = None
+    new_seeds: bool = False
+    rebuild: bool = False
+    allow_build_network: bool = False
+    trust_key: Path | None = None  # accept the published group only signed by this public key
+
+
+@dataclass
+class _SeedRuns:
+    """What the runs over seeds left: the published group, the seed plan, the reproduction records."""
+
+    group: list[Record]
+    published_seeds: list[int]
+    plan_message: str
+    records: list[Record]
+    image_source: str
+    image_ref: str | None
+    expect: Any
+
+
 def reproduce(
     target: str,
+    options: ReproduceOptions | None = None,
     store: LocalStore | None = None,
-    endpoint: str | None = None,
-    revision: str | None = None,
-    runtime: str = "docker",
-    trust_code: bool = False,
-    publish_result: bool = False,
-    out: Path | None = None,
-    seeds: int | str | None = None,
-    new_seeds: bool = False,
     echo: Callable[[str], None] = lambda line: None,
     progress: IO[str] | None = None,
-    rebuild: bool = False,
-    allow_build_network: bool = False,
 ) -> ReproductionResult:
     """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record over
     seeds, and give the verdict between the published group and the reproduction runs
     (harness.reproduce.group_verdict). The image is the exact one the original ran when its record
-    has a registry digest (``image.registry_ref``, pulled by digest, no build), unless ``rebuild``;
+    has a registry digest (``image.registry_ref``, pulled by digest, no build), unless ``options.rebuild``;
     otherwise a fresh build from the recipe (made once, for the first seed).
 
-    ``seeds``: None re-runs the published seeds of the configuration (every run of the repo, or
+    ``options.seeds``: None re-runs the published seeds of the configuration (every run of the repo, or
     of the local store, with the same manifest, lockfile, params, smoke flag and recipe); ``N`` the
     first N of them and then new ones; ``"auto"`` as many as give 80 % power to show equivalence
-    given the published spread. ``new_seeds`` runs none of the published seeds. A Hub repo is
+    given the published spread. ``options.new_seeds`` runs none of the published seeds. A Hub repo is
     pulled whole when the manifest lists more than one seed or ``seeds``/``new_seeds`` is given.
 
     Raises HarnessError for bad input: a pulled run asked to run on the host without
     ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the
     Hub, a recipe that declares ``image.network: true`` without ``allow_build_network``, a seed
-    count that is not positive. With ``progress``, each run's live progress (harness.run.progress) is
+    count that is not positive, with ``trust_key`` a run of the published group whose provenance is
+    not signed by that key or does not match its files. With ``progress``, each run's live
+    progress (harness.run.progress) is
     shown on that stream.
     """
-    from harness.manifest import load_manifest
-    from harness.reproduce.group_verdict import group_scores, group_verdict, plan_seeds
-    from harness.run.plan import RunSpec, config_key
+    from harness.store.provenance import load_public_key
 
+    options = options or ReproduceOptions()
+    options = replace(options, seeds=parse_seed_count(options.seeds))  # bad input before any download
     store = store or LocalStore()
-    seeds = parse_seed_count(seeds)
-    if runtime == "process" and "/" in target and not trust_code:
+    trusted = load_public_key(options.trust_key) if options.trust_key is not None else None
+    original_id, repo, original = _checked_original(store, target, options)
+    runs = _run_seeds(store, target, original_id, original, options, trusted, echo, progress)
+    records = runs.records
+    original_dirs = [store.run_dir(r["run_id"]) for r in runs.group]
+    of_seed = {int(r["seed"]): r["run_id"] for r in runs.group}
+    reproduction_dirs = [store.run_dir(r["run_id"]) for r in records]
+    verdict = group_verdict(original_dirs, reproduction_dirs, runs.expect)
+    pairs = [
+        SeedPair(
+            int(r["seed"]),
+            of_seed[int(r["seed"])],
+            r["run_id"],
+            compare_runs(store.run_dir(of_seed[int(r["seed"])]), store.run_dir(r["run_id"]), runs.expect),
+        )
+        for r in records
+        if int(r["seed"]) in of_seed and r.get("status") == RunStatus.COMPLETED
+    ]
+    out_dir = options.out or store.root / "reproductions" / records[0]["run_id"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = _draw_comparison(store, out_dir / "comparison.png", verdict, pairs, records, original_id, repo)
+    result = ReproductionResult(
+        original_id,
+        repo,
+        verdict,
+        figure,
+        out_dir / "verdict.json",
+        records,
+        [r["run_id"] for r in runs.group],
+        runs.published_seeds,
+        runs.plan_message,
+        pairs,
+        image_source=runs.image_source,
+        image_ref=runs.image_ref,
+        published_image=dict(original.get("image") or {}),
+    )
+    write_json_atomic(result.verdict_path, json_safe(result.to_dict()))
+    # record.json is outside the checksummed files, so the verdict can join the sealed records.
+    summary = {**verdict.to_dict(), "image": result.to_dict(curves=False)["image"]}
+    for record in records:
+        record["reproduction_verdict"] = verdict.verdict
+        record["reproduction"] = summary
+        store.save(record)
+    if options.publish_result:
+        from harness.analysis.repo_figure import learning_curves
+        from harness.store.hub import publish
+
+        assert repo is not None
+        published = publish(
+            result.reproduction_ids,
+            repo,
+            store=store,
+            endpoint=options.endpoint or (original.get("pulled_from") or {}).get("endpoint"),
+            figure=learning_curves,
+        )
+        result.published_commit = published.commit
+    return result
+
+
+def _checked_original(store: LocalStore, target: str, options: ReproduceOptions) -> tuple[str, str | None, Record]:
+    """The original run (pulled when ``target`` names a Hub repo), its repo, and its record; HarnessError
+    when it may not be reproduced as asked."""
+    if options.runtime == "process" and "/" in target and not options.trust_code:
         raise HarnessError(
             "--runtime process would run downloaded code on this host without a sandbox; "
             "add --trust-code if you have read it, or use --runtime docker"
         )
-    original_id, repo = original_run(store, target, endpoint, revision)
+    original_id, repo = original_run(store, target, options.endpoint, options.revision, options.trust_key)
     original = store.load(original_id)
-    if runtime == "process" and original.get("pulled_from") and not trust_code:
+    if options.runtime == "process" and original.get("pulled_from") and not options.trust_code:
         raise HarnessError(f"run {original_id} was pulled from {repo}: --runtime process needs --trust-code")
-    if publish_result and repo is None:
+    if options.publish_result and repo is None:
         raise HarnessError(
             f"run {original_id} was not pulled from the Hub: publish the reproduction with `harness publish`"
         )
@@ -334,15 +461,37 @@ def reproduce(
     problems = store.verify(original_id)
     if problems:
         raise HarnessError(f"run {original_id} does not match its record ({'; '.join(problems[:3])})")
+    return original_id, repo, original
 
+
+def _run_seeds(
+    store: LocalStore,
+    target: str,
+    original_id: str,
+    original: Record,
+    options: ReproduceOptions,
+    trusted: Any,
+    echo: Callable[[str], None],
+    progress: IO[str] | None,
+) -> _SeedRuns:
+    """Stage the original's project, find its published group, plan the seeds and run them (the
+    first with a fresh image build unless a registry image is used); stops at a run that fails.
+    With ``trusted`` (a public key), every run of the published group must carry provenance it signed."""
+    from harness.manifest import load_manifest
+    from harness.reproduce.group_verdict import group_scores, plan_seeds
+    from harness.run.plan import RunSpec, config_key
+    from harness.store.provenance import verify_record
+
+    seeds = options.seeds
+    runtime = options.runtime
     records: list[Record] = []
     with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
         loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
-        registry_image = None if rebuild or runtime == "process" else registry_image_of(original, runtime)
+        registry_image = None if options.rebuild or runtime == "process" else registry_image_of(original, runtime)
         if (
             registry_image is None
             and loaded.manifest.image.network
-            and not allow_build_network
+            and not options.allow_build_network
             and runtime in ("docker", "podman")
         ):
             raise HarnessError(
@@ -355,15 +504,16 @@ def reproduce(
         else:
             image_source = "ref" if loaded.manifest.image.ref else "rebuilt"
         expect = loaded.manifest.expect
-        whole_repo = seeds is not None or new_seeds or len(loaded.manifest.seeds) > 1
-        group = original_group(store, original, target, endpoint, whole_repo)
-        original_dirs = [store.run_dir(r["run_id"]) for r in group]
+        whole_repo = seeds is not None or options.new_seeds or len(loaded.manifest.seeds) > 1
+        group = original_group(store, original, target, options.endpoint, whole_repo)
+        for member in group if trusted is not None else []:
+            verify_record(member, trusted)  # the runs the verdict rests on, pulled or local
         published_seeds = [int(r["seed"]) for r in group]
         if seeds == "auto":
-            _, scores = group_scores(original_dirs, expect)
-            plan = plan_seeds(published_seeds, "auto", new_seeds, scores, expect)
+            _, scores = group_scores([store.run_dir(r["run_id"]) for r in group], expect)
+            plan = plan_seeds(published_seeds, "auto", options.new_seeds, scores, expect)
         else:
-            plan = plan_seeds(published_seeds, seeds, new_seeds)
+            plan = plan_seeds(published_seeds, seeds, options.new_seeds)
         echo(
             f"published group: {len(group)} run{'s' if len(group) != 1 else ''} of {original.get('name')} "
             f"(seeds {', '.join(map(str, published_seeds[:12]))}{' ...' if len(group) > 12 else ''})"
@@ -396,23 +546,21 @@ def reproduce(
             if record.get("status") != RunStatus.COMPLETED:
                 echo(f"{record['run_id']} is {record.get('status')}: no further seeds are run")
                 break
+    image_ref = registry_image.ref if registry_image is not None else None
+    return _SeedRuns(group, published_seeds, plan.message, records, image_source, image_ref, expect)
 
-    reproduction_dirs = [store.run_dir(r["run_id"]) for r in records]
-    verdict = group_verdict(original_dirs, reproduction_dirs, expect)
-    pairs = [
-        SeedPair(
-            int(r["seed"]),
-            of_seed[int(r["seed"])],
-            r["run_id"],
-            compare_runs(store.run_dir(of_seed[int(r["seed"])]), store.run_dir(r["run_id"]), expect),
-        )
-        for r in records
-        if int(r["seed"]) in of_seed and r.get("status") == RunStatus.COMPLETED
-    ]
-    out_dir = out or store.root / "reproductions" / records[0]["run_id"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    drawn = out_dir / "comparison.png"
-    figure: Path | None = drawn
+
+def _draw_comparison(
+    store: LocalStore,
+    drawn: Path,
+    verdict: GroupVerdict,
+    pairs: list[SeedPair],
+    records: list[Record],
+    original_id: str,
+    repo: str | None,
+) -> Path | None:
+    """The reproduction's figure: the curves and margin of the groups, else the first pair's
+    comparison; None when the first run did not complete (it may have no metrics to draw)."""
     if verdict.curves is not None:
         plot_equivalence(
             verdict.curves,
@@ -422,48 +570,14 @@ def reproduce(
             labels=(f"original ({repo})" if repo else "original", "reproduction"),
             run_ids=(verdict.original_runs, verdict.reproduction_runs),
         )
-    elif records[0].get("status") == RunStatus.COMPLETED:
+        return drawn
+    if records[0].get("status") == RunStatus.COMPLETED:
         first = pairs[0] if pairs else None
         plot_comparison(
             store.run_dir(first.original_id if first else original_id),
-            reproduction_dirs[0],
+            store.run_dir(records[0]["run_id"]),
             drawn,
             verdict=first.comparison if first else None,
         )
-    else:
-        figure = None  # a run that did not complete may have no metrics to draw
-    result = ReproductionResult(
-        original_id,
-        repo,
-        verdict,
-        figure,
-        out_dir / "verdict.json",
-        records,
-        [r["run_id"] for r in group],
-        published_seeds,
-        plan.message,
-        pairs,
-        image_source=image_source,
-        image_ref=registry_image.ref if registry_image is not None else None,
-    )
-    write_json_atomic(result.verdict_path, json_safe(result.to_dict()))
-    # record.json is outside the checksummed files, so the verdict can join the sealed records.
-    summary = verdict.to_dict()
-    for record in records:
-        record["reproduction_verdict"] = verdict.verdict
-        record["reproduction"] = summary
-        store.save(record)
-    if publish_result:
-        from harness.analysis.repo_figure import learning_curves
-        from harness.store.hub import publish
-
-        assert repo is not None
-        published = publish(
-            result.reproduction_ids,
-            repo,
-            store=store,
-            endpoint=endpoint or (original.get("pulled_from") or {}).get("endpoint"),
-            figure=learning_curves,
-        )
-        result.published_commit = published.commit
-    return result
+        return drawn
+    return None

@@ -219,7 +219,7 @@ class ProgressReporter:
                 continue
             try:
                 snapshot = self.progress.poll()
-            except Exception:  # a progress line is a courtesy; the capture owns the data
+            except Exception:  # noqa: BLE001 — a progress line is a courtesy; the capture owns the data
                 continue
             with self._lock:
                 if self.live:
@@ -236,7 +236,7 @@ class ProgressReporter:
         self._ended = time.time()
         try:
             snapshot = self.progress.poll(now=self._ended)
-        except Exception:  # a snapshot at the end is a courtesy too
+        except Exception:  # noqa: BLE001 — a snapshot at the end is a courtesy too
             return
         with self._lock:
             if self.live:
@@ -263,7 +263,7 @@ class ProgressReporter:
             self._status = ""
         try:
             return self.progress.poll()
-        except Exception:  # a snapshot at the end is a courtesy too
+        except Exception:  # noqa: BLE001 — a snapshot at the end is a courtesy too
             return None
 
 

@@ -26,16 +26,17 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
+from harness.store import provenance
 from harness.store.layout import METRICS_PARQUET, SYSTEM_PARQUET
 from harness.store.layout import RECORD as RECORD_NAME
 from harness.store.local import LocalStore
-from harness.store.record import FINAL_STATUSES
+from harness.store.record import FINAL_STATUSES, Record
 from harness.util.safefs import (
     MAX_CHECKSUM_BYTES,
     MAX_RECORD_BYTES,
@@ -52,12 +53,13 @@ if TYPE_CHECKING:
 
 REPO_TYPE = "dataset"
 RUNS_INDEX = "runs.parquet"
+NEW_INDEX = "new-runs.parquet"  # the index being committed, in the scratch folder
 MAX_INDEX_BYTES = 1 << 30  # a larger runs.parquet on the repo is refused rather than downloaded
 INDEX_BATCH_ROWS = 1 << 16  # rows of the repo's runs index in memory at a time
 MAX_OPEN_UPLOADS = 1_000  # files uploaded from open descriptors; beyond, by path (checked the same way)
 CARD_ROWS = 50  # runs listed in the dataset card (the newest; runs.parquet has them all)
 MAX_PARAM_COLUMNS = 200  # param_<name> columns of the runs index (a repo's own index may hold any)
-LOCAL_ONLY_FIELDS = ("pulled_from", "owner")
+LOCAL_ONLY_FIELDS = ("pulled_from", "owner", "pending")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -355,7 +357,7 @@ def _scan_for_token(paths: list[tuple[Path, str]], blobs: list[bytes], token: st
             os.close(fd)
 
 
-def publish(
+def publish(  # noqa: PLR0913 — publish's options, each a `harness publish` option passed through
     run_ids: list[str],
     repo: str,
     private: bool = False,
@@ -365,6 +367,7 @@ def publish(
     license: str | None = None,
     pretty_name: str | None = None,
     figure: FigureMaker | None = None,
+    sign_key: Path | None = None,
 ) -> PublishResult:
     """Publish runs of the local store to the dataset repo ``repo`` in one commit.
 
@@ -372,30 +375,23 @@ def publish(
     into its metadata) and, with ``figure`` (``harness.analysis.repo_figure.learning_curves``), the
     learning-curve figure, regenerated over every run of the repo.
 
+    With ``sign_key`` (an ed25519 private key in PEM), each published record carries its signed
+    provenance (harness.store.provenance) as ``provenance``.
+
     Runs already on the repo with the same checksums are left alone; when all are, no commit is made
     (``PublishResult.commit`` is None). The token comes from ``token``, ``HF_TOKEN`` or the
     huggingface_hub login, and is never logged or written.
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, get_token, hf_hub_download
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, get_token
 
     check_repo_id(repo)
     if not run_ids:
         raise HubError("name at least one run id to publish")
+    signer = provenance.load_signer(sign_key) if sign_key is not None else None
     store = store or LocalStore()
-    records = []
-    for run_id in dict.fromkeys(run_ids):
-        if not RUN_ID.match(run_id):
-            raise HubError(
-                f"{printable(run_id)!r} is not a run id that a pull would accept (letters, digits, '.', '_', '-')"
-            )
-        record = store.load(run_id)
-        _check_publishable_paths(run_id, record)
-        if record.get("status") not in FINAL_STATUSES:
-            raise HubError(f"run {run_id} is {record.get('status')!r}: only finished runs can be published")
-        problems = store.verify(run_id)
-        if problems:
-            raise HubError(f"run {run_id} does not match its record ({'; '.join(problems[:3])}): not publishing it")
-        records.append(record)
+    records = _publishable_records(store, run_ids)
+    if signer is not None:
+        records = [cast(Record, {**r, "provenance": provenance.sign_record(r, signer)}) for r in records]
 
     token = token or get_token()
     if not token:
@@ -450,72 +446,119 @@ def publish(
         if not changed:
             return PublishResult(repo, str(repo_url), None, [], unchanged)
 
-        from harness.store import card as repo_card
-
         with tempfile.TemporaryDirectory(prefix="harness-index-") as scratch:
-            index_path: Path | None = None
-            if RUNS_INDEX in remote:
-                size = getattr(remote[RUNS_INDEX], "size", 0) or 0
-                if size > MAX_INDEX_BYTES:
-                    raise HubError(
-                        f"{repo}: its {RUNS_INDEX} is {size} bytes (more than {MAX_INDEX_BYTES}); not reading it"
-                    )
-                index_path = Path(
-                    hf_hub_download(
-                        repo,
-                        RUNS_INDEX,
-                        repo_type=REPO_TYPE,
-                        revision=head,
-                        endpoint=api.endpoint,
-                        token=token,
-                        local_dir=scratch,
-                    )
-                )
-            new_index = Path(scratch) / "new-runs.parquet"
-            index = write_runs_index(index_path, records, new_index, f"{repo}@{head[:12]}")
-            rows = sorted(index.tail, key=lambda row: (str(row.get("started_at") or ""), str(row.get("run_id"))))
-            run_dirs = {r["run_id"]: store.run_dir(r["run_id"]) for r in records}
-            drawn_rows = rows[::-1][: repo_card.FIGURE_RUNS] if figure is not None else []
-            for row in drawn_rows:  # the newest runs already on the Hub, for the figure
-                remote_metrics = f"runs/{row['run_id']}/{METRICS_PARQUET}"
-                if row["run_id"] not in run_dirs and remote_metrics in remote and RUN_ID.match(row["run_id"]):
-                    hf_hub_download(
-                        repo,
-                        remote_metrics,
-                        repo_type=REPO_TYPE,
-                        revision=head,
-                        endpoint=api.endpoint,
-                        token=token,
-                        local_dir=scratch,
-                    )
-                    run_dirs[row["run_id"]] = Path(scratch) / "runs" / row["run_id"]
-            drawn = figure(run_dirs, rows, Path(scratch) / "figure.png") if figure is not None else None
-            figure_bytes = drawn.read_bytes() if drawn is not None else None
-            has_system = any(SYSTEM_PARQUET in r["files"] for r in records) or any(
-                p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
-            )
-            card = repo_card.card_text(
-                repo,
-                rows,
-                has_system,
-                repo_card.FIGURE_PATH if figure_bytes else None,
-                license=license,
-                pretty_name=pretty_name,
-                total=index.rows,
-            ).encode()
-            generated += [card] + ([figure_bytes] if figure_bytes is not None else [])
-            _scan_for_token(upload_paths + [(new_index.parent, new_index.name)], generated, token)
-            operations += [CommitOperationAdd(RUNS_INDEX, str(new_index)), CommitOperationAdd("README.md", card)]
-            if figure_bytes is not None:
-                operations.append(CommitOperationAdd(repo_card.FIGURE_PATH, figure_bytes))
+            remote_repo = _RemoteRepo(api, repo, head, remote, token, Path(scratch))
+            page_operations, page_files = _repo_page(remote_repo, records, store, figure, license, pretty_name)
+            generated += page_files
+            _scan_for_token(upload_paths + [(Path(scratch), NEW_INDEX)], generated, token)
             info = api.create_commit(
                 repo,
                 repo_type=REPO_TYPE,
-                operations=operations,
+                operations=operations + page_operations,
                 commit_message=f"Publish {len(changed)} run(s): {', '.join(changed)}",
                 parent_commit=head,
             )
     return PublishResult(repo, str(repo_url), info.oid, changed, unchanged)
+
+
+def _publishable_records(store: LocalStore, run_ids: list[str]) -> list[Record]:
+    """The records of ``run_ids`` (each once); HubError for a run that a pull would refuse, that has
+    not finished, or whose files no longer match its record."""
+    records = []
+    for run_id in dict.fromkeys(run_ids):
+        if not RUN_ID.match(run_id):
+            raise HubError(
+                f"{printable(run_id)!r} is not a run id that a pull would accept (letters, digits, '.', '_', '-')"
+            )
+        record = store.load(run_id)
+        _check_publishable_paths(run_id, record)
+        if record.get("status") not in FINAL_STATUSES:
+            raise HubError(f"run {run_id} is {record.get('status')!r}: only finished runs can be published")
+        problems = store.verify(run_id)
+        if problems:
+            raise HubError(f"run {run_id} does not match its record ({'; '.join(problems[:3])}): not publishing it")
+        records.append(record)
+    return records
+
+
+@dataclass
+class _RemoteRepo:
+    """The repo being published to, at the commit the publish started from."""
+
+    api: Any
+    repo: str
+    head: str
+    files: dict[str, Any]  # path -> tree entry
+    token: str
+    scratch: Path
+
+    def download(self, path: str) -> Path:
+        """``path`` of the repo at ``head``, into the scratch folder."""
+        from huggingface_hub import hf_hub_download
+
+        return Path(
+            hf_hub_download(
+                self.repo,
+                path,
+                repo_type=REPO_TYPE,
+                revision=self.head,
+                endpoint=self.api.endpoint,
+                token=self.token,
+                local_dir=self.scratch,
+            )
+        )
+
+
+def _repo_page(
+    remote: _RemoteRepo,
+    records: list[Record],
+    store: LocalStore,
+    figure: FigureMaker | None,
+    license: str | None,
+    pretty_name: str | None,
+) -> tuple[list[Any], list[bytes]]:
+    """The commit operations of the repo's page (runs index, dataset card, figure) over every run
+    of the repo with ``records`` added, and the generated bytes (to scan for the token)."""
+    from huggingface_hub import CommitOperationAdd
+
+    from harness.store import card as repo_card
+
+    index_path: Path | None = None
+    if RUNS_INDEX in remote.files:
+        size = getattr(remote.files[RUNS_INDEX], "size", 0) or 0
+        if size > MAX_INDEX_BYTES:
+            raise HubError(
+                f"{remote.repo}: its {RUNS_INDEX} is {size} bytes (more than {MAX_INDEX_BYTES}); not reading it"
+            )
+        index_path = remote.download(RUNS_INDEX)
+    new_index = remote.scratch / NEW_INDEX
+    index = write_runs_index(index_path, records, new_index, f"{remote.repo}@{remote.head[:12]}")
+    rows = sorted(index.tail, key=lambda row: (str(row.get("started_at") or ""), str(row.get("run_id"))))
+    run_dirs = {r["run_id"]: store.run_dir(r["run_id"]) for r in records}
+    drawn_rows = rows[::-1][: repo_card.FIGURE_RUNS] if figure is not None else []
+    for row in drawn_rows:  # the newest runs already on the Hub, for the figure
+        remote_metrics = f"runs/{row['run_id']}/{METRICS_PARQUET}"
+        if row["run_id"] not in run_dirs and remote_metrics in remote.files and RUN_ID.match(row["run_id"]):
+            remote.download(remote_metrics)
+            run_dirs[row["run_id"]] = remote.scratch / "runs" / row["run_id"]
+    drawn = figure(run_dirs, rows, remote.scratch / "figure.png") if figure is not None else None
+    figure_bytes = drawn.read_bytes() if drawn is not None else None
+    has_system = any(SYSTEM_PARQUET in r["files"] for r in records) or any(
+        p.endswith("/system.parquet") and p.startswith("runs/") for p in remote.files
+    )
+    card = repo_card.card_text(
+        remote.repo,
+        rows,
+        has_system,
+        repo_card.FIGURE_PATH if figure_bytes else None,
+        license=license,
+        pretty_name=pretty_name,
+        total=index.rows,
+    ).encode()
+    operations = [CommitOperationAdd(RUNS_INDEX, str(new_index)), CommitOperationAdd("README.md", card)]
+    if figure_bytes is None:
+        return operations, [card]
+    return operations + [CommitOperationAdd(repo_card.FIGURE_PATH, figure_bytes)], [card, figure_bytes]
 
 
 def _upload_operation(
@@ -591,15 +634,19 @@ def pull(
     endpoint: str | None = None,
     token: str | None = None,
     store: LocalStore | None = None,
+    trust_key: Path | None = None,
 ) -> list[str]:
     """Download ``org/name`` (every run) or ``org/name/<run_id>`` into the local store, verified.
 
     Every run is checked against the sha256 list of its record.json; a missing, extra, altered,
-    symlinked or escaping file refuses the whole pull and nothing enters the store. Each pulled
-    record gains ``pulled_from: {repo, revision (commit sha), endpoint}``. Returns the run ids.
+    symlinked or escaping file refuses the whole pull and nothing enters the store. With
+    ``trust_key`` (an ed25519 public key in PEM), every run must also carry provenance signed by
+    that key whose subjects are its record and files. Each pulled record gains ``pulled_from:
+    {repo, revision (commit sha), endpoint}``. Returns the run ids.
     """
     from huggingface_hub import snapshot_download
 
+    trusted = provenance.load_public_key(trust_key) if trust_key is not None else None
     repo, only_run = parse_run_spec(spec)
     store = store or LocalStore()
     api = _api(endpoint, token)
@@ -651,15 +698,18 @@ def pull(
                 endpoint=api.endpoint,
                 token=token,
             )
-            return _move_into_store(run_ids, staging / "download" / "runs", store, repo, commit, api.endpoint)
+            return _move_into_store(run_ids, staging / "download" / "runs", store, repo, commit, api.endpoint, trusted)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
 
 def _move_into_store(
-    run_ids: list[str], downloaded: Path, store: LocalStore, repo: str, commit: str, endpoint: str
+    run_ids: list[str], downloaded: Path, store: LocalStore, repo: str, commit: str, endpoint: str, trusted: Any
 ) -> list[str]:
     verified = {run_id: _verify_download(run_id, downloaded / run_id) for run_id in run_ids}
+    if trusted is not None:
+        for record in verified.values():
+            provenance.verify_record(record, trusted)
     for run_id, record in verified.items():
         if store.exists(run_id):
             local = store.load(run_id)

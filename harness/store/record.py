@@ -113,6 +113,7 @@ class Record(TypedDict, total=False):
     seed: int
     params: dict[str, Any]
     smoke: bool
+    budget: dict[str, Any]  # the params the manifest's smoke changes (total_timesteps, ...), as run
     command: list[str]
     runtime: str
     hermetic: bool
@@ -122,6 +123,7 @@ class Record(TypedDict, total=False):
     hardware: dict[str, Any]
     expect: dict[str, Any]
     primary_metric: str | None
+    summary_last_n: int
     harness_version: str
     reproduces: str | None
     reproduction_verdict: str  # identical | consistent | diverged | inconclusive
@@ -136,7 +138,11 @@ class Record(TypedDict, total=False):
     gpu: dict[str, Any]
     environment: dict[str, Any]
     pulled_from: dict[str, Any]
+    provenance: dict[str, Any]  # the signed in-toto/SLSA statement's DSSE envelope (harness.store.provenance)
     files: dict[str, str]  # posix path -> sha256 of every file but record.json
     skipped_files: list[dict[str, str]]  # {path, reason} of what the checksums left out (links, FIFOs...)
     metrics_rejected: dict[str, int]  # skipped metric lines or values, counted by reason
     metrics_skipped: list[dict[str, str]]  # {path, reason} of metric files left unread
+    # what `harness recover` must still do for a run with a final status: "seal" (a full disk left
+    # its files unchecksummed), "container" (a lost engine kept its container); removed once done
+    pending: list[str]

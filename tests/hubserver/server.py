@@ -383,8 +383,8 @@ class HubHandler(BaseHTTPRequestHandler):
         expand = form.get("expand", ["False"])[-1] in ("True", "true", "1")
         commit = self.server.storage.commit(*found)
         result = []
-        for path in form.get("paths", []):
-            path = path.strip("/")
+        for given in form.get("paths", []):
+            path = given.strip("/")
             if path in commit["tree"]:
                 result.append(self._file_entry(path, commit["tree"][path], commit if expand else None))
             elif any(p.startswith(path + "/") for p in commit["tree"]) or path == "":
