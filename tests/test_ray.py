@@ -32,7 +32,7 @@ def answers(address: str) -> bool:
         from ray.job_submission import JobSubmissionClient
 
         JobSubmissionClient(address).list_jobs()
-    except Exception:
+    except (OSError, RuntimeError, ValueError):
         return False
     return True
 

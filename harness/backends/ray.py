@@ -42,7 +42,14 @@ POLL_S = 1.0
 STOP_WAIT_S = 120.0
 STOP_GRACE_S = 60
 UNREACHABLE_S = 180.0  # how long the head may not answer before the runs still out are given up
-LOG_TAIL = 1 << 20  # only the end of a job's log is read for its result line
+LOG_TAIL = 1 << 20
+# what the Jobs API client raises when the head is down or says no: requests' errors (OSError),
+# RuntimeError for an HTTP error status, ValueError for an address it cannot use
+CLIENT_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    RuntimeError,
+    ValueError,
+)  # only the end of a job's log is read for its result line
 # Ray job status -> harness run state (a job that ended leaves the run's record to say more)
 STATE_OF_RAY = {
     "PENDING": "queued",
@@ -71,20 +78,21 @@ def job_client(address: str) -> Any:
         raise HarnessError("--backend ray needs the ray package: pip install 'harness[ray]'") from None
     try:
         return JobSubmissionClient(address)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or ValueError here
+    except CLIENT_ERRORS as exc:
         raise HarnessError(f"the Ray cluster at {address} does not answer: {str(exc).splitlines()[0][:200]}") from None
 
 
 def node_resources(address: str) -> list[dict[str, float]]:
     """The total resources of each alive node of the cluster."""
     from ray.util.state import list_nodes
+    from ray.util.state.exception import RayStateApiException
 
     try:
         # filtered here, not by the server: a server-side filter counts dead nodes against the limit
         nodes = [
             n for n in list_nodes(address=address, timeout=30, raise_on_missing_output=False) if n.state == "ALIVE"
         ]
-    except Exception as exc:
+    except CLIENT_ERRORS + (RayStateApiException,) as exc:
         raise HarnessError(
             f"the Ray cluster at {address} does not list its nodes: {str(exc).splitlines()[0][:200]}"
         ) from None
@@ -224,8 +232,9 @@ class RayJob(Job):
         return str(self.record.get("status")) if self.record else "running"
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
-        if self.record is None:
-            raise TimeoutError(f"{self.run_id}: Ray job {self.job_id} has not been collected")
+        if self.record is None:  # records are brought home by RayBackend.collect, not waited for here
+            waited = f" (asked to wait {timeout}s)" if timeout else ""
+            raise TimeoutError(f"{self.run_id}: Ray job {self.job_id} has not been collected{waited}")
         return self.record
 
 
@@ -312,9 +321,7 @@ class RayBackend(Backend):
                     try:
                         ended = self._settle(job, sweep)
                         answered = time.monotonic()
-                    except HarnessError:
-                        raise
-                    except Exception as exc:  # the head does not answer (for now)
+                    except CLIENT_ERRORS as exc:  # the head does not answer (for now)
                         if time.monotonic() - answered < UNREACHABLE_S:
                             continue
                         self._give_up(pending, f"the Ray cluster at {self.address} stopped answering ({exc})")
@@ -356,7 +363,7 @@ class RayBackend(Backend):
             return False
         try:
             log = self.client.get_job_logs(job.job_id)
-        except Exception:  # the log lives on the job's node, which may be gone
+        except CLIENT_ERRORS:  # the log lives on the job's node, which may be gone
             log = ""
         result = result_of(log)
         if result is not None:
@@ -397,7 +404,7 @@ class RayBackend(Backend):
         for job in jobs:
             try:
                 self.client.stop_job(job.job_id)
-            except Exception:  # a job that already ended cannot be stopped
+            except CLIENT_ERRORS:  # a job that already ended cannot be stopped
                 continue
         deadline = time.monotonic() + STOP_WAIT_S
         left = list(jobs)
@@ -412,9 +419,7 @@ class RayBackend(Backend):
         job.attempts = ATTEMPTS  # no resubmission while stopping
         try:
             return self._settle(job, sweep)
-        except HarnessError:
-            raise
-        except Exception:  # the cluster may be gone: nothing more to collect
+        except CLIENT_ERRORS:  # the cluster may be gone: nothing more to collect
             return True
 
     @classmethod
@@ -439,7 +444,7 @@ class RayBackend(Backend):
                     client = clients.get(address) or clients.setdefault(address, job_client(address))
                     status = client.get_job_status(job_id)
                     ray_state = STATE_OF_RAY.get(str(getattr(status, "value", status)), "")
-                except Exception:  # cluster gone: the store's records are all there is
+                except CLIENT_ERRORS + (HarnessError,):  # cluster gone: the store's records are all there is
                     ray_state = ""
             if ray_state in ("queued", "running"):
                 states[run_id] = ray_state
