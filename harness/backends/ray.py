@@ -270,12 +270,20 @@ class RayBackend(Backend):
         save_specs(self.store, sweep, specs)
         self.submission = submission
         self.state_file = save_state(self.store, sweep)
-        jobs: list[Job] = []
-        for position, spec in enumerate(specs):
-            job = RayJob(spec, position, node_store())
-            self._start(job, sweep)
-            jobs.append(job)
-        return jobs
+        jobs: list[RayJob] = []
+        try:
+            for position, spec in enumerate(specs):
+                job = RayJob(spec, position, node_store())
+                jobs.append(job)
+                self._start(job, sweep)
+        except CLIENT_ERRORS + (KeyboardInterrupt,) as exc:
+            self._stop([job for job in jobs if job.job_id], sweep)  # none left running unwatched
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise HarnessError(
+                f"the Ray cluster at {self.address} refused a job: {str(exc).splitlines()[0][:200]}"
+            ) from None
+        return list(jobs)
 
     def _start(self, job: RayJob, sweep: SweepState) -> None:
         assert self.submission is not None and self.state_file is not None
