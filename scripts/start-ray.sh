@@ -33,7 +33,12 @@ fi
 
 ns() { echo "hray-$1"; }
 
-node_pids() { ip netns pids "$(ns "$1")" 2>/dev/null || true; }
+node_pids() {  # the live processes of a node (a zombie waits for a parent that may never reap it)
+  local pid
+  for pid in $(ip netns pids "$(ns "$1")" 2>/dev/null); do
+    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] || echo "$pid"
+  done
+}
 
 raylet_runs() {  # whether the node's raylet is alive (other processes of a node can outlive it)
   local pid
@@ -49,7 +54,7 @@ stop_node() {
   [ -n "$pids" ] || return 0
   # shellcheck disable=SC2086
   kill -TERM $pids 2>/dev/null || true
-  deadline=$((SECONDS + 30))
+  deadline=$((SECONDS + 10))  # the head's daemons can take longer than this to end on TERM
   while [ -n "$(node_pids "$name")" ] && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
   pids=$(node_pids "$name")
   # shellcheck disable=SC2086
