@@ -382,7 +382,7 @@ def test_a_stop_signal_to_a_parallel_sweep_stops_every_run(noop_image, store_hom
     assert sweep.returncode == 128 + signum, out + err
     assert "Traceback" not in err
     records = list(LocalStore(store_home).records())
-    assert len(records) == 2 and {r["status"] for r in records} == {"interrupted"}, out
+    assert len(records) == 2 and {r["status"] for r in records} == {STOPPED[signum]}, out
     assert all(LocalStore(store_home).verify(r["run_id"]) == [] for r in records)
     assert main_engine_containers({r["run_id"] for r in records}) == []
 
