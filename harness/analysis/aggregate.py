@@ -113,17 +113,20 @@ def _vectorised_bootstrap(
     point = _vectorised_aggregates(array[None], metrics)[0]
     stats = np.empty((reps, len(metrics)))
     task_index = np.arange(tasks)
+    flat = array.ravel()
     rank: np.ndarray | None = None
     if "iqm" in metrics and array.size <= np.iinfo(np.int16).max:
         order = np.argsort(array, axis=None, kind="stable")
         rank = np.empty(array.size, np.int16)
         rank[order] = np.arange(array.size)
-        in_order = array.ravel()[order]
+        in_order = flat[order]
     for start in range(0, reps, chunk):
         size = min(chunk, reps - start)
         indices = np.random.choice(runs, (size, runs, tasks), replace=True)
-        ranks = None if rank is None else (rank[indices * tasks + task_index], in_order)
-        stats[start : start + size] = _vectorised_aggregates(array[indices, task_index], metrics, ranks)
+        indices *= tasks  # the flat index of (run, task): one take instead of a broadcast gather
+        indices += task_index
+        ranks = None if rank is None else (np.take(rank, indices), in_order)
+        stats[start : start + size] = _vectorised_aggregates(np.take(flat, indices), metrics, ranks)
     alpha = (1.0 - confidence) / 2
     percentiles = [100 * alpha, 100 * (1.0 - alpha)]
     bounds = np.array([np.percentile(stats[:, i], percentiles) for i in range(len(metrics))]).T

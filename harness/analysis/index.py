@@ -37,7 +37,7 @@ from harness.fsutil import write_table_atomic
 from harness.layout import METRICS_PARQUET
 from harness.layout import RECORD as RECORD_NAME
 from harness.record import FINAL_STATUSES
-from harness.safefs import MAX_RECORD_BYTES, UnsafeFile, name_problem, open_dir, open_in, read_in
+from harness.safefs import MAX_RECORD_BYTES, UnsafeFile, open_dir, open_in, read_in
 from harness.store.local import LocalStore
 
 INDEX_NAME = "index.parquet"
@@ -231,7 +231,7 @@ def _scan_records(store: LocalStore, known: dict[str, dict[str, Any]]) -> tuple[
         with os.scandir(runs_fd) as entries:
             for entry in entries:
                 run_id = entry.name
-                if run_id.startswith(".") or name_problem(run_id):
+                if run_id.startswith("."):
                     continue
                 cached = known.get(run_id)
                 if cached is not None:
