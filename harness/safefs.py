@@ -249,7 +249,9 @@ def read_in(dir_fd: int, names: tuple[str, ...], limit: int = MAX_RECORD_BYTES) 
     """The bytes of ``open_in(dir_fd, names, limit)``'s file, at most ``limit``, and its ``fstat``."""
     fd, info = open_in(dir_fd, names, limit)
     try:
-        return read_fd(fd, limit, "/".join(names)), info
+        want = min(limit, info.st_size) + 1
+        data = os.pread(fd, want, 0)  # one read for a file that does not grow meanwhile
+        return (data if len(data) < want else read_fd(fd, limit, "/".join(names))), info
     finally:
         os.close(fd)
 

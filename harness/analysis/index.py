@@ -4,13 +4,12 @@ Opening 25,000 record.json files one by one is too slow for interactive analysis
 store keeps ``<store>/index.parquet``: one row per run (run_id, name, seed, params as JSON,
 status, started_at, duration_s, tags, primary_metric), refreshed incrementally: a record is
 re-read only when its record.json changed (size or mtime) since the index was written.
-Metric values of finished runs are also compacted into ``<store>/metrics/part-*.parquet``
-(a cache: each run's own metrics.parquet stays the checksummed truth), because DuckDB pays
-about a quarter of a millisecond per file opened: 25,000 per-run files cost seconds, a few parts
-well under one (benchmarks/bench_analysis.py measures both). Each part has a ``tail-*.parquet``
-beside it: every (run, metric)'s last TAIL_POINTS points with ``back``, a point's position from
-the end of its series, so "mean of the last N points" reads only N rows per run. Runs still
-running are read from their own files.
+The tails of finished runs' metrics are also compacted into ``<store>/metrics/tail-*.parquet``
+(a cache: each run's own metrics.parquet stays the checksummed truth): per (run, metric), the
+last TAIL_POINTS points by step, with ``back``, a point's position from the end of its series.
+DuckDB pays a few tenths of a millisecond per file opened, so final scores and metric names of
+25,000 runs come from a few parts instead of 25,000 files (benchmarks/bench_analysis.py measures
+both). Curves (every point) and runs still running are read from the runs' own files.
 
 Every record and metrics file is opened without following links and checked on its descriptor
 (``harness.safefs``); DuckDB is handed ``/proc/self/fd/N`` of the checked descriptor, never a
@@ -19,7 +18,6 @@ path it would resolve itself.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -42,6 +40,7 @@ from harness.store.local import LocalStore
 
 INDEX_NAME = "index.parquet"
 PARTS_DIR = "metrics"
+PART_PREFIX = "tail-"  # earlier layouts (part-*: full copies) are compacted again
 PART_RUNS = 5000  # runs per compacted part (fewer when the descriptor limit is low)
 TAIL_POINTS = 100  # points per (run, metric) kept in a part's tail: final scores over up to this many
 FD_DIR = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
@@ -144,20 +143,16 @@ class _OpenFiles:
         self.fds.clear()
 
 
-def _tail_name(part: str) -> str:
-    return "tail-" + part[len("part-") :]
-
-
 def _compact(store: LocalStore, runs_fd: int, run_ids: list[str]) -> tuple[str | None, set[str]]:
-    """Copy these runs' metrics into one new part (and its tail); its name and the runs it holds.
+    """Write the tails of these runs' metrics into one new part; its name and the runs it holds.
 
-    The part is a plain copy (no sort: sorting 25,000 runs' points cost four times the copy);
-    the tail holds each (run, metric)'s last TAIL_POINTS points by step, numbered by ``back``
-    (1 = the last), found with a top-N aggregate over the part, so a final score reads the tail."""
+    A part holds, per (run, metric), the last TAIL_POINTS points by step, numbered by ``back``
+    (1 = the last), found with DuckDB's top-N aggregate: no sort, and a tenth of the points
+    written (a full sorted copy of 25,000 runs' points cost several times the scan itself)."""
     parts = store.root / PARTS_DIR
     parts.mkdir(exist_ok=True)
-    name = f"part-{time.time_ns():x}-{os.getpid()}.parquet"
-    tmp, tail_tmp = parts / f".{name}.tmp", parts / f".{_tail_name(name)}.tmp"
+    name = f"{PART_PREFIX}{time.time_ns():x}-{os.getpid()}.parquet"
+    tmp = parts / f".{name}.tmp"
     held: set[str] = set()
     try:
         with _OpenFiles() as files, _connect() as con:
@@ -170,21 +165,14 @@ def _compact(store: LocalStore, runs_fd: int, run_ids: list[str]) -> tuple[str |
             if not paths:
                 return None, held
             con.execute(
-                f"COPY (SELECT run_id, name, step, value, wall_time FROM read_parquet(?)) TO {_sql_text(tmp)} "
-                "(FORMAT parquet)",
+                "COPY (SELECT run_id, name, unnest(range(1, len(t) + 1)) AS back, unnest(t) AS value FROM "
+                f"(SELECT run_id, name, max_by(value, step, {TAIL_POINTS}) AS t FROM read_parquet(?) "
+                f"GROUP BY run_id, name)) TO {_sql_text(tmp)} (FORMAT parquet)",
                 [paths],
             )
-        with _connect() as con:
-            con.execute(
-                "COPY (SELECT run_id, name, unnest(range(1, len(t) + 1)) AS back, unnest(t) AS value FROM "
-                f"(SELECT run_id, name, max_by(value, step, {TAIL_POINTS}) AS t FROM read_parquet({_sql_text(tmp)}) "
-                f"GROUP BY run_id, name)) TO {_sql_text(tail_tmp)} (FORMAT parquet)"
-            )
-        os.replace(tail_tmp, parts / _tail_name(name))
         os.replace(tmp, parts / name)
     except Exception as exc:
         tmp.unlink(missing_ok=True)
-        tail_tmp.unlink(missing_ok=True)
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         raise _duckdb_error(exc) from exc
@@ -200,9 +188,8 @@ def _remove_unreferenced_parts(store: LocalStore, referenced: set[str]) -> None:
     if not parts.is_dir():
         return
     now = time.time()
-    keep = referenced | {_tail_name(p) for p in referenced}
-    for path in itertools.chain(parts.glob("part-*.parquet"), parts.glob("tail-*.parquet")):
-        if path.name not in keep and now - path.stat().st_mtime > STALE_PART_S:
+    for path in parts.glob("*.parquet"):
+        if path.name not in referenced and now - path.stat().st_mtime > STALE_PART_S:
             path.unlink(missing_ok=True)
 
 
@@ -252,7 +239,7 @@ def _scan_records(store: LocalStore, known: dict[str, dict[str, Any]]) -> tuple[
 
 
 def _parts_present(store: LocalStore, rows: list[dict[str, Any]]) -> None:
-    """Forget a row's part when the part or its tail is gone (it is compacted again)."""
+    """Forget a row's part when it is gone or of an older layout (the run is compacted again)."""
     parts = store.root / PARTS_DIR
     present: dict[str, bool] = {}
     for row in rows:
@@ -260,7 +247,7 @@ def _parts_present(store: LocalStore, rows: list[dict[str, Any]]) -> None:
         if part is None:
             continue
         if part not in present:
-            present[part] = (parts / part).is_file() and (parts / _tail_name(part)).is_file()
+            present[part] = part.startswith(PART_PREFIX) and (parts / part).is_file()
         if not present[part]:
             row["metrics_part"] = None
 
@@ -310,41 +297,42 @@ def _concat(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def _run_query(
     store: LocalStore,
     runs: pa.Table,
-    part_sql: str,
+    part_sql: str | None,
     file_sql: str,
     params: list[Any],
-    tails: bool = False,
     file_params: list[Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run a query over the compacted parts (``part_sql``; over their tails with ``tails``) and
-    the per-run files (``file_sql``); each is a SELECT over a relation called ``src``, and its
-    result rows per run depend only on that run's points (the per-run files are read in batches).
-    """
+    """Run a query over the compacted parts (``part_sql``; None: the question needs every point,
+    read from the per-run files) and the per-run files (``file_sql``); each is a SELECT over a
+    relation called ``src``, and its result rows per run depend only on that run's points (the
+    per-run files are read in batches)."""
     parts_dir = store.root / PARTS_DIR
     results: list[dict[str, np.ndarray]] = []
     compacted: dict[str, list[str]] = {}
     loose: list[str] = []
     for run_id, part in zip(runs.column("run_id").to_pylist(), runs.column("metrics_part").to_pylist()):
-        if part:
-            compacted.setdefault(_tail_name(part) if tails else part, []).append(run_id)
+        if part and part_sql is not None:
+            compacted.setdefault(part, []).append(run_id)
         else:
             loose.append(run_id)
+    parts_fd: int | None = None
     try:
         if compacted:
-            with _OpenFiles() as files:
+            try:
                 parts_fd = open_dir(parts_dir)
-                try:
-                    wanted_ids, wanted_paths = [], []
-                    for part, ids in compacted.items():
-                        opened = files.open(parts_fd, (part,))
-                        if opened is None:
-                            loose += ids  # a part removed since the index was read
-                            continue
-                        wanted_ids += ids
-                        wanted_paths += [opened] * len(ids)
-                finally:
-                    os.close(parts_fd)
-                if wanted_ids:
+            except UnsafeFile:
+                parts_fd = None
+            with _OpenFiles() as files:
+                wanted_ids: list[str] = []
+                wanted_paths: list[str] = []
+                for part, ids in compacted.items():
+                    opened = files.open(parts_fd, (part,)) if parts_fd is not None else None
+                    if opened is None:
+                        loose += ids  # a part removed since the index was read
+                        continue
+                    wanted_ids += ids
+                    wanted_paths += [opened] * len(ids)
+                if wanted_ids and part_sql is not None:
                     wanted = pa.table({"run_id": wanted_ids, "part": wanted_paths})
                     with _connect() as con:
                         con.register("wanted", wanted)
@@ -373,17 +361,22 @@ def _run_query(
                                 )
             finally:
                 os.close(runs_fd)
-    except (HarnessError, UnsafeFile):
+    except HarnessError:
         raise
+    except UnsafeFile as exc:
+        raise StoreError(f"cannot read metrics: {exc}") from None
     except Exception as exc:  # duckdb's own IOException, InvalidInputException, ...
         raise _duckdb_error(exc) from exc
+    finally:
+        if parts_fd is not None:
+            os.close(parts_fd)
     return _concat(results)
 
 
 def metric_names(store: LocalStore, runs: pa.Table) -> list[str]:
     """Every metric name logged by these runs (rows of the run index)."""
     sql = "SELECT DISTINCT name FROM src"
-    result = _run_query(store, runs, sql, sql, [], tails=True)
+    result = _run_query(store, runs, sql, sql, [])
     return sorted(set(result["name"].tolist())) if result else []
 
 
@@ -396,9 +389,9 @@ def final_values(store: LocalStore, runs: pa.Table, metric: str, last_n: int = 1
     )
     if last_n <= TAIL_POINTS:
         tail = "SELECT run_id, avg(value) AS final FROM src WHERE name = ? AND back <= ? GROUP BY run_id"
-        result = _run_query(store, runs, tail, top, [metric, last_n], tails=True, file_params=[metric])
+        result = _run_query(store, runs, tail, top, [metric, last_n], file_params=[metric])
     else:
-        result = _run_query(store, runs, top, top, [metric])
+        result = _run_query(store, runs, None, top, [metric])
     if not result:
         return {}
     return dict(zip(result["run_id"].tolist(), result["final"].astype(float).tolist()))
@@ -411,7 +404,7 @@ def metric_series(
     if x not in ("step", "wall_time"):
         raise HarnessError(f"x axis must be step or wall_time, not {x!r}")
     sql = f"SELECT run_id, CAST({x} AS DOUBLE) AS x, value FROM src WHERE name = ?"
-    result = _run_query(store, runs, sql, sql, [metric])
+    result = _run_query(store, runs, None, sql, [metric])
     series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if not result or len(result["run_id"]) == 0:
         return series
