@@ -138,16 +138,15 @@ def engine_api(timeout: float = 60) -> EngineAPI:
             "(unset DOCKER_HOST, or set it to unix:///path/to/docker.sock)"
         )
     api = EngineAPI(path, timeout)
-    if (path, timeout) not in _answered:  # once per process: a sweep's runs need not ask again
+    if path not in VERSIONS:  # once per process: a sweep's runs need not ask again
         try:
-            api.version()
+            VERSIONS[path] = api.version()
         except OSError as exc:
             raise EngineError(f"Docker engine unreachable at unix://{path}: {ENGINE_HINT}") from exc
-        _answered.add((path, timeout))
     return api
 
 
-_answered: set[tuple[str, float]] = set()
+VERSIONS: dict[str, dict[str, Any]] = {}  # the version answer of each engine asked, by socket path
 
 
 class EngineContainer:
