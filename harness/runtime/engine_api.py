@@ -8,7 +8,6 @@ bootstrap and other engine addresses (``tcp://`` with TLS) keep the SDK (``docke
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -21,6 +20,7 @@ from harness.errors import EngineError
 
 API_VERSION = "v1.41"  # Docker 20.10 and Podman 4 both serve it
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+MAX_ANSWER_BYTES = 256 << 20  # an inspect or list answer is kilobytes; a bound, not a budget
 ENGINE_HINT = "start it with `dockerd --bridge=none --iptables=false --ip-masq=false &` or see README (Prerequisites)"
 
 
@@ -30,15 +30,19 @@ def engine_socket() -> str | None:
     return host[len("unix://") :] if host.startswith("unix://") else None
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
+def _unchunk(data: bytes) -> bytes:
+    """The body of a chunked transfer encoding."""
+    out: list[bytes] = []
+    position = 0
+    while True:
+        end = data.find(b"\r\n", position)
+        if end < 0:
+            return b"".join(out)
+        size = int(data[position:end].split(b";")[0] or b"0", 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2 : end + 2 + size])
+        position = end + 2 + size + 2
 
 
 class EngineAPIError(EngineError):
@@ -56,49 +60,76 @@ class EngineAPI:
         self.path = path
         self.timeout = timeout
 
-    def _open(
-        self, method: str, url: str, body: Any = None, timeout: float | None = None, query: dict[str, Any] | None = None
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        connection = _UnixConnection(self.path, self.timeout if timeout is None else timeout)
-        target = f"/{API_VERSION}{url}" + (f"?{urlencode(query)}" if query else "")
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+    def _target(self, url: str, query: dict[str, Any] | None) -> str:
+        return f"/{API_VERSION}{url}" + (f"?{urlencode(query)}" if query else "")
+
+    def _exchange(
+        self, method: str, url: str, body: Any, timeout: float | None, query: dict[str, Any] | None
+    ) -> tuple[int, str, bytes]:
+        """One HTTP/1.0 request (the engine answers without chunking and closes): status, reason,
+        body. A plain socket, not http.client: its imports cost more than a warm build's lookup."""
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = (
+            f"{method} {self._target(url, query)} HTTP/1.0\r\nHost: localhost\r\n"
+            f"Content-Length: {len(payload)}\r\n"
+            + ("Content-Type: application/json\r\n" if body is not None else "")
+            + "\r\n"
+        )
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            connection.request(method, target, body=json.dumps(body) if body is not None else None, headers=headers)
-            return connection, connection.getresponse()
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            connection.close()
-            raise EngineError(f"Docker engine unreachable at unix://{self.path}: {ENGINE_HINT}") from exc
-        except BaseException:
-            connection.close()
-            raise
+            sock.settimeout(self.timeout if timeout is None else timeout)
+            try:
+                sock.connect(self.path)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise EngineError(f"Docker engine unreachable at unix://{self.path}: {ENGINE_HINT}") from exc
+            sock.sendall(head.encode("latin-1") + payload)
+            chunks, total = [], 0
+            while chunk := sock.recv(1 << 16):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > MAX_ANSWER_BYTES:
+                    raise EngineError(f"{method} {url}: the engine's answer is larger than {MAX_ANSWER_BYTES} bytes")
+        finally:
+            sock.close()
+        header, _, data = b"".join(chunks).partition(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status_line = lines[0].split(" ", 2)
+        if len(status_line) < 2 or not status_line[1].isdigit():
+            raise EngineError(f"{method} {url}: the engine's answer is not HTTP ({lines[0][:80]!r})")
+        if any(line.lower().replace(" ", "") == "transfer-encoding:chunked" for line in lines[1:]):
+            data = _unchunk(data)
+        return int(status_line[1]), status_line[2] if len(status_line) > 2 else "", data
 
     def call(
         self, method: str, url: str, body: Any = None, timeout: float | None = None, query: dict[str, Any] | None = None
     ) -> Any:
         """One request; the decoded JSON answer (None for an empty one). EngineAPIError for a status
         of 400 or more; ``TimeoutError`` when the engine does not answer within ``timeout``."""
-        connection, response = self._open(method, url, body, timeout, query)
-        try:
-            data = response.read()
-        finally:
-            connection.close()
-        if response.status >= 400:
+        status, reason, data = self._exchange(method, url, body, timeout, query)
+        if status >= 400:
             try:
                 message = json.loads(data).get("message", "")
-            except ValueError:
+            except (ValueError, AttributeError):
                 message = data[:300].decode(errors="replace")
-            raise EngineAPIError(response.status, f"{method} {url}: {message or response.reason}")
+            raise EngineAPIError(status, f"{method} {url}: {message or reason}")
         return json.loads(data) if data.strip() else None
 
     def stream_logs(self, container_id: str, stderr: bool = True) -> Iterator[bytes]:
         """A container's stdout (and stderr) as they come, until it ends (the API's multiplexed
         frames: an 8-byte header, then the payload)."""
-        connection, response = self._open(
-            "GET",
-            f"/containers/{container_id}/logs",
-            timeout=None,
-            query={"follow": 1, "stdout": 1, "stderr": int(stderr)},
-        )
+        from harness.runtime.unix_http import UnixConnection  # the log thread pays for http.client
+
+        connection = UnixConnection(self.path, None)
+        query = {"follow": 1, "stdout": 1, "stderr": int(stderr)}
+        try:
+            connection.request("GET", self._target(f"/containers/{container_id}/logs", query))
+            response = connection.getresponse()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            connection.close()
+            raise EngineError(f"Docker engine unreachable at unix://{self.path}: {ENGINE_HINT}") from exc
+        except BaseException:
+            connection.close()
+            raise
         try:
             if response.status >= 400:
                 return

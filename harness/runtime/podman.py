@@ -41,8 +41,9 @@ from urllib.parse import quote, urlencode
 
 from harness.errors import EngineError, HarnessError
 from harness.runtime.docker import DockerJob, container_config
-from harness.runtime.engine_api import API_VERSION, EngineAPI, EngineAPIError, _UnixConnection, engine_socket
+from harness.runtime.engine_api import API_VERSION, EngineAPI, EngineAPIError, engine_socket
 from harness.runtime.job import JobRequest
+from harness.runtime.unix_http import UnixConnection
 
 if TYPE_CHECKING:
     from harness.images import ImageInfo
@@ -569,7 +570,7 @@ def podman_resolve_ref(api: EngineAPI, ref: str, log: Callable[[str], None] = la
 
 def _call(api: EngineAPI, method: str, url: str, query: dict[str, Any], headers: dict[str, str], timeout: float) -> Any:
     """One request with extra headers; the last JSON object of a streamed answer."""
-    connection = _UnixConnection(api.path, timeout)
+    connection = UnixConnection(api.path, timeout)
     try:
         connection.request(method, f"/{API_VERSION}{url}?{urlencode(query)}", headers=headers)
         response = connection.getresponse()
@@ -596,8 +597,8 @@ def transfer_from_docker(api: EngineAPI, image: str) -> None:
     docker_path = engine_socket()
     if docker_path is None:
         raise EngineError("copying an image into Podman needs the Docker engine on a unix socket (DOCKER_HOST)")
-    source = _UnixConnection(docker_path, 3600)
-    target = _UnixConnection(api.path, 3600)
+    source = UnixConnection(docker_path, 3600)
+    target = UnixConnection(api.path, 3600)
     try:
         source.request("GET", f"/{API_VERSION}/images/{quote(image, safe='')}/get")
         saved = source.getresponse()
