@@ -93,7 +93,7 @@ def bench_local(runs: int, jobs: int) -> None:
     from harness.backends import run_sweep
     from harness.backends.local import parallel_slots
     from harness.manifest import load_manifest
-    from harness.plan import expand
+    from harness.run.plan import expand
     from harness.store.local import LocalStore
 
     image = image_id()
@@ -125,7 +125,7 @@ def bench_slurm(runs: int) -> None:
     """One-run sweeps submitted one after another: submit -> sealed record, minus a bare docker run."""
     from harness.backends import run_sweep
     from harness.manifest import load_manifest
-    from harness.plan import expand
+    from harness.run.plan import expand
     from harness.store.local import LocalStore
 
     image = image_id()

@@ -76,7 +76,7 @@ def cli() -> None:
 def main() -> None:
     """Console entry point: bad input becomes one line on stderr and exit status 2."""
     from harness.errors import HarnessError
-    from harness.terminal import quiet_hub_progress
+    from harness.util.terminal import quiet_hub_progress
 
     quiet_hub_progress()
     try:

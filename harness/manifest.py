@@ -514,7 +514,7 @@ def load_manifest(path: str | Path) -> LoadedManifest:
                 f"{path}:{line}: image.lockfile: {spec.lockfile} does not exist (run `harness lock {spec.build or 'images/<name>'}`)"
             )
         else:
-            from harness.lock import lockfile_problems
+            from harness.lockfile import lockfile_problems
 
             problems += [f"{path}:{line}: image.lockfile: {p}" for p in lockfile_problems(root / spec.lockfile)]
     if problems:

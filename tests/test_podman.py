@@ -168,7 +168,7 @@ def test_registry_image_by_digest_in_podman_and_docker(
 
 @pytest.mark.slow
 def test_dqn_smoke_bit_identical_under_podman_and_docker(podman_facts, rl_image, open_store, cli):
-    from harness.analysis.compare import compare_runs
+    from harness.reproduce.compare import compare_runs
 
     stores = {runtime: open_store.parent / runtime for runtime in ("docker", "podman")}
     for runtime, home in stores.items():
@@ -199,8 +199,8 @@ def test_dqn_smoke_bit_identical_under_podman_and_docker(podman_facts, rl_image,
 def registry_manifest(docker_engine, registry, root: Path, tag: str) -> tuple[Path, str, str]:
     """The noop image pushed to ``registry``, and a project whose manifest names it by digest:
     (manifest, registry reference, image id)."""
-    from harness.images import build_image
-    from harness.registry import Registry, push_image
+    from harness.images.build import build_image
+    from harness.images.registry import Registry, push_image
 
     noop = build_image(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt")
     ref = push_image(docker_engine, noop.id, Registry(registry.address, "lab"), "harness/noop", tag)

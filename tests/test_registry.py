@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.registry import (
+from harness.images.registry import (
     Registry,
     RegistryError,
     credentials,

@@ -12,7 +12,7 @@ DuckDB pays a few tenths of a millisecond per file opened, so final scores and m
 both). Curves (every point) and runs still running are read from the runs' own files.
 
 Every record and metrics file is opened without following links and checked on its descriptor
-(``harness.safefs``); DuckDB is handed ``/proc/self/fd/N`` of the checked descriptor, never a
+(``harness.util.safefs``); DuckDB is handed ``/proc/self/fd/N`` of the checked descriptor, never a
 path it would resolve itself.
 """
 
@@ -31,12 +31,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError, StoreError
-from harness.fsutil import write_table_atomic
-from harness.layout import METRICS_PARQUET
-from harness.layout import RECORD as RECORD_NAME
-from harness.record import FINAL_STATUSES
-from harness.safefs import MAX_RECORD_BYTES, UnsafeFile, open_dir, open_in, read_in
+from harness.store.layout import METRICS_PARQUET
+from harness.store.layout import RECORD as RECORD_NAME
 from harness.store.local import LocalStore
+from harness.store.record import FINAL_STATUSES
+from harness.util.fsutil import write_table_atomic
+from harness.util.safefs import MAX_RECORD_BYTES, UnsafeFile, open_dir, open_in, read_in
 
 INDEX_NAME = "index.parquet"
 PARTS_DIR = "metrics"

@@ -3,7 +3,7 @@
 ``ENVIRONMENT_SCRIPT`` is Python source (standard library only) that the runtime runs inside the
 run's image with ``python -c``; it prints one JSON object. ``capture_host`` describes the host for
 record.json. Environment variables are recorded from an allow-list only, and a name that looks
-like a secret (``harness.secrets``) is dropped even when the allow-list would take it.
+like a secret (``harness.util.secrets``) is dropped even when the allow-list would take it.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from harness.capture.gpu import gpu_inventory
-from harness.fsutil import cache_root, write_json_atomic
-from harness.secrets import NOT_SECRET, SECRET_NAME_PATTERN, SECRET_VALUE_PATTERN
+from harness.util.fsutil import cache_root, write_json_atomic
+from harness.util.secrets import NOT_SECRET, SECRET_NAME_PATTERN, SECRET_VALUE_PATTERN
 
 if TYPE_CHECKING:
-    from harness.images import ImageInfo
+    from harness.images.build import ImageInfo
 
 ENVIRONMENT_SCRIPT = (
     r"""

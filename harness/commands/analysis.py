@@ -15,8 +15,8 @@ import click
 
 from harness.commands.options import json_option
 from harness.commands.output import emit_json, examples
+from harness.commands.runids import expand_selection
 from harness.errors import HarnessError
-from harness.runids import expand_selection
 
 DEFAULT_METRIC = "charts/episodic_return"
 
@@ -43,7 +43,7 @@ def _read_reference(path: Path) -> dict[str, tuple[float, float]]:
 
 def _write_text(path: Path, text: str) -> None:
     """Write a text file atomically: never half a table."""
-    from harness.fsutil import write_text_atomic
+    from harness.util.fsutil import write_text_atomic
 
     if not path.parent.exists():
         raise HarnessError(f"{path}: folder {path.parent} does not exist")
@@ -138,7 +138,7 @@ def compare(
     that selection against this one; exit 0 identical/consistent, 1 diverged, 3 inconclusive.
     """
     if against:
-        from harness.commands.compare_verdict import compare_groups
+        from harness.reproduce.compare_groups import compare_groups
 
         given_last = ctx.get_parameter_source("last_n") == click.core.ParameterSource.COMMANDLINE
         store = _store()

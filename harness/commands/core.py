@@ -10,12 +10,12 @@ from typing import Any
 
 import click
 
-from harness import terminal
 from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
 from harness.commands.output import emit_json, examples
+from harness.commands.runids import RUN_ID
 from harness.errors import HarnessError
-from harness.record import Record
-from harness.runids import RUN_ID
+from harness.store.record import Record
+from harness.util import terminal
 
 
 @click.command(
@@ -66,7 +66,7 @@ def schema() -> None:
 @json_option
 def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
-    from harness.lock import compile_lockfile, stale_lockfiles
+    from harness.images.lock import compile_lockfile, stale_lockfiles
 
     if check:
         stale = stale_lockfiles(Path.cwd())
@@ -113,7 +113,7 @@ def image() -> None:
 )
 def bootstrap(name: str, suite: str, force: bool, tarball: Path | None) -> None:
     """Make the base image from Debian packages (mmdebstrap), for hosts without a registry."""
-    from harness.images import bootstrap_base
+    from harness.images.build import bootstrap_base
 
     with terminal.status(f"bootstrapping {name} from Debian {suite}") as shown:
         info = bootstrap_base(name, suite, force=force, log=shown.update, tarball=tarball)
@@ -130,9 +130,9 @@ def bootstrap(name: str, suite: str, force: bool, tarball: Path | None) -> None:
 @json_option
 def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Build (or find) the content-addressed image of a manifest."""
-    from harness.images import prepare_image
+    from harness.images.prepare import prepare_image
     from harness.manifest import load_manifest
-    from harness.plan import expand
+    from harness.run.plan import expand
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
@@ -225,7 +225,7 @@ def run(
     import os
 
     from harness.manifest import load_manifest
-    from harness.plan import expand, parse_overrides
+    from harness.run.plan import expand, parse_overrides
     from harness.store.local import LocalStore
 
     if require_limits:
@@ -330,9 +330,9 @@ def _execute_with_status(
     err: bool = False,
     progress_every: float | None = None,
 ) -> Record:
-    """Run one spec with live progress (harness.progress) below the job's streamed output."""
-    from harness.progress import LiveRun
-    from harness.runner import execute
+    """Run one spec with live progress (harness.run.progress) below the job's streamed output."""
+    from harness.run.progress import LiveRun
+    from harness.run.runner import execute
 
     def announce(record: dict) -> None:
         status.stop()
@@ -379,7 +379,7 @@ def ls(as_json: bool, limit: int) -> None:
     from rich import box
     from rich.table import Table
 
-    from harness.runner import recover
+    from harness.run.runner import recover
     from harness.store.local import LocalStore
 
     store = LocalStore()
@@ -441,7 +441,7 @@ def _text(value: Any, limit: int = 120) -> str:
     """A record field as one line of printable text (None: empty), for tables."""
     from rich.markup import escape
 
-    from harness.safefs import printable
+    from harness.util.safefs import printable
 
     return escape(printable("" if value is None else str(value), limit))
 
@@ -569,7 +569,7 @@ def _log_tail(run_dir: Path, lines: int, window: int = 64 << 10) -> list[str]:
     """The last ``lines`` lines of the run's log, reading at most ``window`` bytes of it."""
     import os
 
-    from harness.safefs import UnsafeFile, open_beneath, printable
+    from harness.util.safefs import UnsafeFile, open_beneath, printable
 
     try:
         fd = open_beneath(run_dir, "logs/output.log")
@@ -588,7 +588,7 @@ def _log_tail(run_dir: Path, lines: int, window: int = 64 << 10) -> list[str]:
 @json_option
 def recover(as_json: bool) -> None:
     """Mark runs whose harness process died as interrupted, and seal what they left."""
-    from harness.runner import recover as recover_runs
+    from harness.run.runner import recover as recover_runs
     from harness.store.local import LocalStore
 
     recovered = recover_runs(LocalStore())
@@ -608,7 +608,7 @@ def _registry_and_podman_checks() -> list[tuple[str, bool, str]]:
 
     checks: list[tuple[str, bool, str]] = []
     if os.environ.get("HARNESS_REGISTRY"):
-        from harness.registry import check_registry, configured_registry
+        from harness.images.registry import check_registry, configured_registry
 
         try:
             status = check_registry(configured_registry(None))
@@ -650,7 +650,7 @@ def doctor(as_json: bool) -> None:
     """Check the prerequisites: Docker engine, base image, GPU/NVML, Hub login, Slurm."""
     import shutil
 
-    from harness.images import BASE_IMAGE
+    from harness.images.build import BASE_IMAGE
 
     checks: list[tuple[str, bool, str]] = []
     try:

@@ -32,8 +32,8 @@ def gc(dry_run: bool, project: Path, recipes: tuple[str, ...], as_json: bool) ->
 
     Images the harness did not build are never touched, whatever their name.
     """
-    from harness.imagegc import find_garbage, human_bytes, referenced_images, remove_garbage
-    from harness.images import docker_client
+    from harness.images.gc import find_garbage, human_bytes, referenced_images, remove_garbage
+    from harness.runtime.engine import docker_client
     from harness.store.local import LocalStore
 
     client = docker_client(timeout=600)

@@ -10,7 +10,7 @@ import click
 
 from harness.commands.options import endpoint_option, json_option, runtime_option
 from harness.commands.output import emit_json, examples
-from harness.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
+from harness.commands.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
 
 
 @click.command(
@@ -41,10 +41,17 @@ def publish(
 ) -> None:
     """Publish runs of the local store to a Hub dataset repo, in one commit (with the runs index,
     the dataset card and the learning-curve figure)."""
+    from harness.analysis.repo_figure import learning_curves
     from harness.store.hub import publish as publish_runs
 
     result = publish_runs(
-        list(run_ids), repo, private=private, endpoint=endpoint, license=license_id, pretty_name=pretty_name
+        list(run_ids),
+        repo,
+        private=private,
+        endpoint=endpoint,
+        license=license_id,
+        pretty_name=pretty_name,
+        figure=learning_curves,
     )
     if as_json:
         emit_json(
@@ -238,8 +245,8 @@ def reproduce(
     Exit status 0: identical or consistent; 1: diverged; 2: bad input; 3: inconclusive (the
     verdict says how many seeds per side would settle it).
     """
-    from harness.analysis.group_verdict import json_safe
-    from harness.reproduce import reproduce as reproduce_run
+    from harness.reproduce.group_verdict import json_safe
+    from harness.reproduce.reproduction import reproduce as reproduce_run
 
     result = reproduce_run(
         target,

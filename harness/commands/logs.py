@@ -13,8 +13,8 @@ from typing import Any
 import click
 
 from harness.commands.output import emit_json, examples, json_option
+from harness.commands.runids import RUN_ID
 from harness.errors import HarnessError
-from harness.runids import RUN_ID
 
 READ_LIMIT = 1 << 20  # bytes per read of the log
 READS_PER_CALL = 64  # at most 64 MiB per poll: a log that grows faster cannot stall the follower
@@ -30,7 +30,7 @@ def _started(record: Mapping[str, Any]) -> float:
 def _progress(store: Any, record: Mapping[str, Any]) -> Any:
     from harness.errors import HarnessError
     from harness.manifest import parse_manifest
-    from harness.progress import RunProgress, total_steps
+    from harness.run.progress import RunProgress, total_steps
 
     layout = store.layout(record["run_id"])
     tensorboard = None
@@ -108,7 +108,7 @@ def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | No
 
     With -f, follows a running run (started here or by another harness process) until it ends.
     """
-    from harness.progress import ProgressReporter
+    from harness.run.progress import ProgressReporter
     from harness.store.local import LocalStore
 
     store = LocalStore()
@@ -157,7 +157,7 @@ def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | No
 
 
 def _follow_json(store: Any, run_id: str, tail: _LogTail, progress: Any, interval: float | None) -> None:
-    from harness.progress import plain_interval
+    from harness.run.progress import plain_interval
 
     every = interval or plain_interval()
     record: Mapping[str, Any] = store.load(run_id)
@@ -216,7 +216,7 @@ def _ended(record: Mapping[str, Any]) -> float | None:
 
 def _final_line(record: Mapping[str, Any], snapshot: Any) -> str:
     """``<run>: completed in 0:26; step 100,000/100,000 (100%), charts/episodic_return 200``."""
-    from harness.progress import clock
+    from harness.run.progress import clock
 
     duration = f" in {clock(record['duration_s'])}" if record.get("duration_s") is not None else ""
     facts = ", ".join(snapshot.facts()) if snapshot is not None else ""

@@ -66,9 +66,9 @@ def progress_table(progress: dict[str, Any]) -> Any:
 def status(sweep: str | None, as_json: bool, watch: bool, interval: float, requeue: bool) -> None:
     """Show a sweep's progress (the newest sweep without SWEEP): queued, running, done, failed."""
     from harness.backends import sweep_progress
+    from harness.backends.sweeps import list_sweep_ids, load_state
     from harness.errors import HarnessError
     from harness.store.local import LocalStore
-    from harness.sweeps import list_sweep_ids, load_state
 
     store = LocalStore()
     if sweep is None:
@@ -105,7 +105,7 @@ def status(sweep: str | None, as_json: bool, watch: bool, interval: float, reque
     if not watch:
         console.print(progress_table(progress))
         return
-    from harness.terminal import ci_mode
+    from harness.util.terminal import ci_mode
 
     if ci_mode():  # no redraws in a log: one table each time the counts change
         shown = None

@@ -13,7 +13,7 @@ import harness
 from harness.errors import EngineError
 from harness.runtime.engine_api import VERSIONS, EngineAPI, EngineAPIError, EngineContainer, engine_api
 from harness.runtime.job import JobRequest, JobResult
-from harness.safefs import terminal_safe
+from harness.util.safefs import terminal_safe
 
 PROBE_MEMORY_BYTES = 1 << 30
 PROBE_MAX_OUTPUT = 16 << 20  # what a probe (the environment capture) may print
@@ -41,7 +41,7 @@ def sandbox_options(request: JobRequest) -> dict[str, Any]:
     capabilities, no new privileges, CPU/memory/pids limits, the run's folders, GPUs."""
     binds = [f"{request.out_dir}:{CONTAINER_OUT}:rw", f"{harness_package_dir()}:{CONTAINER_LIB}/harness:ro"]
     if request.hub_cache is not None:
-        from harness.pins import CONTAINER_CACHE
+        from harness.store.pins import CONTAINER_CACHE
 
         binds.append(f"{request.hub_cache}:{CONTAINER_CACHE}:ro")
     host_config: dict[str, Any] = {
@@ -81,7 +81,7 @@ def job_environment(request: JobRequest) -> dict[str, str]:
     """The container's environment: the job's variables plus where the harness helper lives."""
     pins = {}
     if request.hub_cache is not None:
-        from harness.pins import pin_environment
+        from harness.store.pins import pin_environment
 
         pins = pin_environment(container=True)
     return {

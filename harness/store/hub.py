@@ -25,16 +25,17 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
-from harness.layout import METRICS_PARQUET, SYSTEM_PARQUET
-from harness.layout import RECORD as RECORD_NAME
-from harness.record import FINAL_STATUSES
-from harness.safefs import (
+from harness.store.layout import METRICS_PARQUET, SYSTEM_PARQUET
+from harness.store.layout import RECORD as RECORD_NAME
+from harness.store.local import LocalStore
+from harness.store.record import FINAL_STATUSES
+from harness.util.safefs import (
     MAX_CHECKSUM_BYTES,
     MAX_RECORD_BYTES,
     UnsafeFile,
@@ -44,7 +45,9 @@ from harness.safefs import (
     printable,
     relative_path_problem,
 )
-from harness.store.local import LocalStore
+
+if TYPE_CHECKING:
+    from harness.store.card import FigureMaker
 
 REPO_TYPE = "dataset"
 RUNS_INDEX = "runs.parquet"
@@ -296,11 +299,13 @@ def publish(
     store: LocalStore | None = None,
     license: str | None = None,
     pretty_name: str | None = None,
+    figure: FigureMaker | None = None,
 ) -> PublishResult:
     """Publish runs of the local store to the dataset repo ``repo`` in one commit.
 
     The commit also carries the runs index, the dataset card (``license`` and ``pretty_name`` go
-    into its metadata) and the learning-curve figure, regenerated over every run of the repo.
+    into its metadata) and, with ``figure`` (``harness.analysis.repo_figure.learning_curves``), the
+    learning-curve figure, regenerated over every run of the repo.
 
     Runs already on the repo with the same checksums are left alone; when all are, no commit is made
     (``PublishResult.commit`` is None). The token comes from ``token``, ``HF_TOKEN`` or the
@@ -405,7 +410,8 @@ def publish(
             index = write_runs_index(index_path, records, new_index, f"{repo}@{head[:12]}")
             rows = sorted(index.tail, key=lambda row: (str(row.get("started_at") or ""), str(row.get("run_id"))))
             run_dirs = {r["run_id"]: store.run_dir(r["run_id"]) for r in records}
-            for row in rows[::-1][: repo_card.FIGURE_RUNS]:  # the newest runs already on the Hub, for the figure
+            drawn_rows = rows[::-1][: repo_card.FIGURE_RUNS] if figure is not None else []
+            for row in drawn_rows:  # the newest runs already on the Hub, for the figure
                 remote_metrics = f"runs/{row['run_id']}/{METRICS_PARQUET}"
                 if row["run_id"] not in run_dirs and remote_metrics in remote and RUN_ID.match(row["run_id"]):
                     hf_hub_download(
@@ -418,8 +424,8 @@ def publish(
                         local_dir=scratch,
                     )
                     run_dirs[row["run_id"]] = Path(scratch) / "runs" / row["run_id"]
-            figure = repo_card.learning_curves(run_dirs, rows, Path(scratch) / "figure.png")
-            figure_bytes = figure.read_bytes() if figure is not None else None
+            drawn = figure(run_dirs, rows, Path(scratch) / "figure.png") if figure is not None else None
+            figure_bytes = drawn.read_bytes() if drawn is not None else None
             has_system = any(SYSTEM_PARQUET in r["files"] for r in records) or any(
                 p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
             )

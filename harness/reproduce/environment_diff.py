@@ -281,7 +281,7 @@ def bit_identity_ruled_out(original: Record, reproduction: Record) -> list[str]:
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     """A run folder's record.json and lockfile.txt text (None when it has none); bounded reads."""
-    from harness.safefs import UnsafeFile, read_bounded
+    from harness.util.safefs import UnsafeFile, read_bounded
 
     def read(path: Path) -> str | None:
         try:  # no link followed, regular files only (a FIFO cannot hang it), size-capped

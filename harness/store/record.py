@@ -88,7 +88,7 @@ def is_final(status: str | None) -> bool:
 
 
 class ImageRecord(TypedDict, total=False):
-    """``record["image"]``: what ran (see :class:`harness.images.ImageInfo`)."""
+    """``record["image"]``: what ran (see :class:`harness.images.build.ImageInfo`)."""
 
     ref: str
     id: str
@@ -131,7 +131,7 @@ class Record(TypedDict, total=False):
     harness_version: str
     reproduces: str | None
     reproduction_verdict: str  # identical | consistent | diverged | inconclusive
-    reproduction: dict[str, Any]  # the group verdict (harness.analysis.group_verdict), environment comparison included
+    reproduction: dict[str, Any]  # the group verdict (harness.reproduce.group_verdict), environment comparison included
     owner: dict[str, Any]  # pid and host of the harness while the run goes; removed when sealed
     host: dict[str, Any]
     pins: list[dict[str, Any]]

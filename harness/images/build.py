@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,15 +26,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from harness.errors import EngineError, HarnessError, LockfileError
-from harness.fsutil import cache_root
+from harness.util.fsutil import cache_root
 
 if TYPE_CHECKING:
-    from harness.manifest import LoadedManifest
+    pass
 
 from harness.runtime.engine import docker_client, engine_image_id
 
 if TYPE_CHECKING:
-    from harness.lock import PackageIndex
+    from harness.lockfile import PackageIndex
 
 BUILD_STAGING = ".harness-build"
 HASH_SCHEMA = "harness-image-v1"
@@ -69,7 +68,7 @@ def context_files(build_dir: Path) -> list[Path]:
 
     The recipe may come from a pulled record, so it is walked without following links: a
     symlink, a special file, an unusable name or a context past the size limits is refused."""
-    from harness.safefs import walk
+    from harness.util.safefs import walk
 
     def ignored(relative: str) -> bool:
         return any(part in IGNORED_NAMES for part in relative.split("/")) or relative.endswith(".pyc")
@@ -202,7 +201,7 @@ def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
     CPU build of torch is on PyTorch's index, never on PyPI). Asking the user's configuration
     first keeps a build fast where a local mirror has everything and the named index is slow or
     unreachable."""
-    from harness.lock import read_lockfile
+    from harness.lockfile import read_lockfile
 
     key = hashlib.sha256(lockfile.read_bytes()).hexdigest()[:16]
     target = wheel_cache_dir() / key
@@ -272,18 +271,18 @@ def locked_packages(lockfile: Path | None) -> list[str]:
     """``name==version`` of every locked requirement."""
     if lockfile is None:
         return []
-    from harness.lock import parse_lockfile
+    from harness.lockfile import parse_lockfile
 
     return [f"{r.name}=={r.version}" for r in parse_lockfile(lockfile)[0]]
 
 
 def resolve_ref(client, ref: str) -> ImageInfo:  # type: ignore[no-untyped-def]
     """An image given by digest: use the local copy, or pull it by digest (with the registry's
-    credentials, see ``harness.registry``). One-line errors for a registry that is down, refuses
+    credentials, see ``harness.images.registry``). One-line errors for a registry that is down, refuses
     the credentials or lacks the digest."""
     from docker.errors import APIError, ImageNotFound
 
-    from harness.registry import RegistryError, auth_config, engine_message, explain_pull_failure, registry_host
+    from harness.images.registry import RegistryError, auth_config, engine_message, explain_pull_failure, registry_host
 
     host = registry_host(ref)
     source = "local"
@@ -344,7 +343,7 @@ def build_image(
     with tempfile.TemporaryDirectory(prefix="harness-build-") as tmp:
         staging = Path(tmp)
         stage_context(build_dir, lockfile, find_ca_bundle(ca_bundle), staging, log)
-        from harness.imagegc import built_ids_in, mark_stages, record_built
+        from harness.images.ledger import built_ids_in, mark_stages, record_built
 
         mark_stages(staging / "Dockerfile", build_dir.name)
         produced: list[str] = []
@@ -457,49 +456,3 @@ def base_packages(name: str) -> list[str]:
     except Exception:
         return []
     return output.decode().split()
-
-
-_prepared_images: dict[tuple[Any, ...], ImageInfo] = {}
-_prepared_lock = threading.Lock()
-
-
-def prepare_image(
-    loaded: LoadedManifest,
-    ca_bundle: Path | None = None,
-    force_build: bool = False,
-    log: Callable[[str], None] = lambda line: None,
-    runtime: str = "docker",
-) -> ImageInfo:
-    """A manifest's image: built from its recipe (content-addressed, cached) or resolved by digest,
-    in the engine of ``runtime`` (``podman``: see ``harness.runtime.podman.prepare_podman_image``).
-
-    Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
-    if runtime == "podman":
-        from harness.runtime.podman import prepare_podman_image
-
-        return prepare_podman_image(loaded, ca_bundle, force_build, log)
-    key = (
-        loaded.manifest.image.ref,
-        str(loaded.build_dir),
-        loaded.lockfile and loaded.lockfile.read_bytes(),
-        loaded.manifest.image.network,
-    )
-    if not force_build:
-        with _prepared_lock:
-            if key in _prepared_images:
-                return _prepared_images[key]
-    if loaded.manifest.image.ref:
-        info = resolve_ref(docker_client(), loaded.manifest.image.ref)
-    else:
-        assert loaded.build_dir is not None
-        info = build_image(
-            loaded.build_dir,
-            loaded.lockfile,
-            ca_bundle=ca_bundle,
-            force=force_build,
-            log=log,
-            network=loaded.manifest.image.network,
-        )
-    with _prepared_lock:
-        _prepared_images[key] = info
-    return info

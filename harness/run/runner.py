@@ -2,7 +2,7 @@
 on a timeout), finish the capture and seal the record. Every caller (the CLI, the sweep backends,
 reproduce) goes through :func:`execute`; :func:`recover` seals runs whose harness died.
 
-What happens around the lifecycle lives where its name says: the image in ``harness.images``,
+What happens around the lifecycle lives where its name says: the image in ``harness.images.build``,
 the engine client in ``harness.runtime.engine``, the job itself in ``harness.runtime``, metrics and
 system sampling in ``harness.capture.session``, the environment and GPUs in ``harness.capture``.
 """
@@ -27,14 +27,15 @@ from typing import Any
 import harness
 from harness.capture.gpu import check_gpus
 from harness.errors import HarnessError
-from harness.fsutil import sha256_file
-from harness.images import ImageInfo, context_files, prepare_image
-from harness.layout import RunLayout
-from harness.plan import RunSpec
-from harness.record import SCHEMA_VERSION, Record, RunStatus
+from harness.images.build import ImageInfo, context_files
+from harness.images.prepare import prepare_image
+from harness.run.plan import RunSpec
 from harness.runtime.engine_api import engine_api
 from harness.runtime.job import JobRequest, JobResult
+from harness.store.layout import RunLayout
 from harness.store.local import LocalStore
+from harness.store.record import SCHEMA_VERSION, Record, RunStatus
+from harness.util.fsutil import sha256_file
 
 CONTAINER_RUNTIMES = ("docker", "podman")
 RUNTIMES = (*CONTAINER_RUNTIMES, "process")
@@ -160,7 +161,7 @@ def execute(
         _say_once(check_limits(sandbox, require_limits))
     if runtime in CONTAINER_RUNTIMES and image is None:
         image = prepare_image(spec.loaded, ca_bundle, force_build, build_log, runtime=runtime)
-    from harness.pins import fetch_pins
+    from harness.store.pins import fetch_pins
 
     pins = fetch_pins(manifest)
 
@@ -195,7 +196,7 @@ def _execute_run(
 ) -> Record:
     from harness.capture.environment import capture_host
     from harness.capture.session import CaptureSession
-    from harness.pins import hub_cache_dir
+    from harness.store.pins import hub_cache_dir
 
     manifest = spec.loaded.manifest
     run_id = fresh_run_id(store, spec.run_id)
@@ -336,7 +337,7 @@ def _seal_as_error(store: LocalStore, record: Record, exc: BaseException) -> Rec
 
 def _note_ingestion(record: Record, ingester: Any) -> None:
     """Put what metric ingestion skipped into the record: counts of bad lines by reason, files."""
-    from harness.safefs import skipped_for_record
+    from harness.util.safefs import skipped_for_record
 
     record["metrics_rejected"] = dict(sorted(ingester.rejected.items()))
     record["metrics_skipped"] = skipped_for_record(ingester.skipped)

@@ -35,8 +35,8 @@ def compare_groups(
 ) -> int:
     """Print the verdict of ``against`` (the reproduction side) against ``selection`` (the original
     side); returns the exit status (0 identical/consistent, 1 diverged, 3 inconclusive)."""
-    from harness.analysis.group_verdict import EquivalenceSpec, group_verdict
     from harness.analysis.selection import select_runs
+    from harness.reproduce.group_verdict import EquivalenceSpec, group_verdict
     from harness.store.local import LocalStore
 
     if figure is not None:

@@ -1,7 +1,7 @@
 """Reproduce a run from its own record: stage its manifest, lockfile and recipe as a project,
 rebuild the image, re-run it over seeds (the published ones, more, or new ones), give the verdict
 between the published group and the reproduction (identical, consistent, diverged or
-inconclusive; harness.analysis.group_verdict) and keep it in the reproduction records.
+inconclusive; harness.reproduce.group_verdict) and keep it in the reproduction records.
 
 :func:`reproduce` returns a :class:`ReproductionResult`; ``harness reproduce`` only prints it.
 """
@@ -14,15 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, cast
 
-from harness.analysis.compare import Difference, Verdict, compare_runs, plot_comparison
-from harness.analysis.group_verdict import GroupVerdict, json_safe
 from harness.analysis.plots import plot_equivalence
 from harness.errors import HarnessError, HubError
-from harness.fsutil import write_json_atomic
-from harness.layout import CONTEXT, LOCKFILE, MANIFEST
-from harness.record import Record, RunStatus
-from harness.safefs import UnsafeFile, copy_beneath
+from harness.reproduce.compare import Difference, Verdict, compare_runs, plot_comparison
+from harness.reproduce.group_verdict import GroupVerdict, json_safe
+from harness.store.layout import CONTEXT, LOCKFILE, MANIFEST
 from harness.store.local import LocalStore
+from harness.store.record import Record, RunStatus
+from harness.util.fsutil import write_json_atomic
+from harness.util.safefs import UnsafeFile, copy_beneath
 
 
 @dataclass
@@ -115,7 +115,7 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     The paths come from the manifest itself (image.build, image.lockfile) after a schema check, and
     must stay inside the project, exactly as for a local manifest.
     """
-    from harness.images import context_files
+    from harness.images.build import context_files
     from harness.manifest import parse_manifest
 
     source = run_dir / MANIFEST
@@ -172,18 +172,19 @@ def registry_image_of(original: Record, runtime: str) -> Any:
     ref = image.get("registry_ref") if isinstance(image, dict) else None
     if not ref:
         return None
-    from harness.registry import is_registry_ref
+    from harness.images.registry import is_registry_ref
 
     if not isinstance(ref, str) or len(ref) > 512 or not is_registry_ref(ref):
         raise HarnessError(
             f"run {original.get('run_id')}: image.registry_ref {str(ref)[:120]!r} is not host/name@sha256:<digest>"
         )
     if runtime == "podman":
-        from harness.runtime.podman import podman_api, podman_resolve_ref
+        from harness.images.podman import podman_resolve_ref
+        from harness.runtime.podman import podman_api
 
         info = podman_resolve_ref(podman_api(), ref)
     else:
-        from harness.images import resolve_ref
+        from harness.images.build import resolve_ref
         from harness.runtime.engine import docker_client
 
         info = resolve_ref(docker_client(timeout=3600), ref)
@@ -217,7 +218,7 @@ def original_group(
     (the whole repo is pulled when ``whole_repo``); for a local run id, from the local store. Every
     run of the group must match its record.
     """
-    from harness.analysis.group_verdict import published_group
+    from harness.reproduce.group_verdict import published_group
     from harness.store.hub import pull as pull_runs
 
     source = original.get("pulled_from") or {}
@@ -253,11 +254,11 @@ def _run_one(
 ) -> Record:
     """One reproduction run (``build``: with a forced image rebuild; ``image``: this image, no
     build), with live progress on ``progress``."""
-    from harness.runner import execute
+    from harness.run.runner import execute
 
     if progress is None:
         return execute(spec, store, runtime=runtime, reproduces=reproduces, force_build=build, echo=echo, image=image)
-    from harness.progress import LiveRun
+    from harness.run.progress import LiveRun
 
     live = LiveRun(spec, store, progress, prefix="")
     try:
@@ -293,7 +294,7 @@ def reproduce(
 ) -> ReproductionResult:
     """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record over
     seeds, and give the verdict between the published group and the reproduction runs
-    (harness.analysis.group_verdict). The image is the exact one the original ran when its record
+    (harness.reproduce.group_verdict). The image is the exact one the original ran when its record
     has a registry digest (``image.registry_ref``, pulled by digest, no build), unless ``rebuild``;
     otherwise a fresh build from the recipe (made once, for the first seed).
 
@@ -306,12 +307,12 @@ def reproduce(
     Raises HarnessError for bad input: a pulled run asked to run on the host without
     ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the
     Hub, a recipe that declares ``image.network: true`` without ``allow_build_network``, a seed
-    count that is not positive. With ``progress``, each run's live progress (harness.progress) is
+    count that is not positive. With ``progress``, each run's live progress (harness.run.progress) is
     shown on that stream.
     """
-    from harness.analysis.group_verdict import group_scores, group_verdict, plan_seeds
     from harness.manifest import load_manifest
-    from harness.plan import RunSpec, config_key
+    from harness.reproduce.group_verdict import group_scores, group_verdict, plan_seeds
+    from harness.run.plan import RunSpec, config_key
 
     store = store or LocalStore()
     seeds = parse_seed_count(seeds)
@@ -453,6 +454,7 @@ def reproduce(
         record["reproduction"] = summary
         store.save(record)
     if publish_result:
+        from harness.analysis.repo_figure import learning_curves
         from harness.store.hub import publish
 
         assert repo is not None
@@ -461,6 +463,7 @@ def reproduce(
             repo,
             store=store,
             endpoint=endpoint or (original.get("pulled_from") or {}).get("endpoint"),
+            figure=learning_curves,
         )
         result.published_commit = published.commit
     return result
