@@ -23,6 +23,14 @@ deviation), 1,000 simulated comparisons print:
 The published group is the original side (its seed count is the case's); the reproduction runs
 as many seeds as published, or as many as the chooser picks. Run: ``python benchmarks/bench_equivalence.py``
 (``--reps``, ``--seed``, ``--quick``).
+
+``--reference``: the same error rates for a verdict against a published table
+(``compare --against-reference``): the reference side is only (mean, sd, seeds) of a published
+group, the runs are per-seed scores, Welch's interval is computed from the summary statistics.
+The cases cross the published seed count with the runs' seed count; ``se con|1m`` is the rate of
+``consistent`` at a true difference of the margin when the published spread was a standard error
+read as a standard deviation (what a bare "mean ± x" leaves open, and why the manifest must say
+``spread``): the interval is too narrow and the TOST's size grows past 5 %.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from harness.analysis.equivalence import (
     choose_seed_count,
     classify,
     difference_interval,
+    summary_interval,
 )
 
 CONFIDENCE = 0.90
@@ -105,6 +114,76 @@ def auto_case(
     return float(np.median([p.seeds for p in picks])), float(capped.mean()), rate
 
 
+def reference_rates(
+    rng: np.random.Generator,
+    distribution: str,
+    n_ref: int,
+    n_runs: int,
+    shift: float,
+    margin: float,
+    reps: int,
+    se=False,
+) -> np.ndarray:
+    """Verdicts of ``reps`` simulated runs against a published summary whose truth is ``shift`` below
+    theirs; ``se``: the published spread is a standard error taken for a standard deviation."""
+    published = draw(rng, distribution, (reps, n_ref))
+    runs = draw(rng, distribution, (reps, n_runs)) + shift
+    spread = published.std(axis=-1, ddof=1) / (np.sqrt(n_ref) if se else 1.0)
+    interval = summary_interval(
+        (published.mean(axis=-1), spread, n_ref),
+        (runs.mean(axis=-1), runs.std(axis=-1, ddof=1), n_runs),
+        CONFIDENCE,
+    )
+    return classify(interval.lo, interval.hi, margin)
+
+
+def reference_main(args: argparse.Namespace) -> None:
+    """The calibration table of verdicts against a published mean ± sd."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    distributions = ("normal",) if args.quick else ("normal", "t3")
+    print(f"{args.reps} repetitions per case, {100 * CONFIDENCE:g} % CI (TOST at 5 %), margin in score SDs")
+    print(
+        "| scores | published seeds | run seeds | margin | div\\|eq | con\\|1.5m | con\\|1m | con\\|eq | se con\\|1m |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    worst = {"div|eq": 0.0, "con|1.5m": 0.0, "con|1m": 0.0, "se con|1m": 0.0}
+    for distribution in distributions:
+        for n_ref in (3, 5, 10):
+            for n_runs in (3, 5, 10):
+                for margin in (1.0, 2.0):
+                    cases = {
+                        "div|eq": (0.0, DIVERGED, False),
+                        "con|1.5m": (1.5 * margin, CONSISTENT, False),
+                        "con|1m": (margin, CONSISTENT, False),
+                        "con|eq": (0.0, CONSISTENT, False),
+                        "se con|1m": (margin, CONSISTENT, True),
+                    }
+                    found = {
+                        name: float(
+                            np.mean(
+                                reference_rates(rng, distribution, n_ref, n_runs, shift, margin, args.reps, se)
+                                == verdict
+                            )
+                        )
+                        for name, (shift, verdict, se) in cases.items()
+                    }
+                    for name in worst:
+                        worst[name] = max(worst[name], found[name])
+                    print(
+                        f"| {distribution} | {n_ref} | {n_runs} | {margin:g} | "
+                        + " | ".join(f"{100 * found[name]:.1f} %" for name in cases)
+                        + " |"
+                    )
+    print(
+        f"worst over cases: diverged when equal {100 * worst['div|eq']:.1f} % (aim <= 5 %), consistent at 1.5x margin "
+        f"{100 * worst['con|1.5m']:.1f} % (aim <= 5 %), consistent at the margin {100 * worst['con|1m']:.1f} % "
+        f"(the TOST's size, <= 5 % for a valid interval); with a standard error read as an sd "
+        f"{100 * worst['se con|1m']:.1f} %"
+    )
+    print(f"took {time.perf_counter() - started:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=1000, help="repetitions per case")
@@ -117,7 +196,13 @@ def main() -> None:
         help="upper-bound level of the published spread that --seeds auto plans with",
     )
     parser.add_argument("--only", help="run only this distribution (normal or t3)")
+    parser.add_argument(
+        "--reference", action="store_true", help="calibrate verdicts against a published mean ± sd instead"
+    )
     args = parser.parse_args()
+    if args.reference:
+        reference_main(args)
+        return
     rng = np.random.default_rng(args.seed)
     distributions = ("normal",) if args.quick else ("normal", "t3")
     if args.only:

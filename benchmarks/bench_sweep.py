@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_core import SANDBOX_FLAGS, timed  # the same baseline flags and timer as every benchmark
+
 BASE_IMAGE = "harness/base:bookworm"
 
 
@@ -32,31 +34,9 @@ def image_id() -> str:
 
 def bare_docker_runs(image: str, count: int) -> list[float]:
     """Seconds each of ``count`` sequential bare, sandboxed ``docker run --rm`` calls took."""
-    times = []
-    for index in range(count):
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                "docker",
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                "--read-only",
-                "--cap-drop",
-                "ALL",
-                "--user",
-                "65534:65534",
-                image,
-                "python3",
-                "-c",
-                f"print({index})",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        times.append(time.perf_counter() - started)
-    return times
+    # the sandbox of bench_core's baseline, with the limits of the manifest below
+    sandbox = [*SANDBOX_FLAGS, "--memory", "256m", "--cpus", "1"]
+    return [timed(["docker", "run", "--rm", *sandbox, image, "python3", "-c", f"print({i})"]) for i in range(count)]
 
 
 def bare_docker_runs_parallel(image: str, count: int, parallelism: int) -> float:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 import string
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -94,6 +95,11 @@ class ImageSpec(Strict):
         description="the build needs the network (builds have none otherwise); "
         "reproducing such a recipe needs --allow-build-network",
     )
+    reproducible: StrictBool = Field(
+        False,
+        description="build bit-reproducibly (podman with clamped timestamps, loaded into Docker): "
+        "a rebuild from the same recipe, lockfile and base gives the same image id",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageSpec:
@@ -105,6 +111,8 @@ class ImageSpec(Strict):
             raise ValueError(
                 f"image.ref {self.ref!r} is not pinned: use name@sha256:<64 hex digest> (a bare tag can change)"
             )
+        if self.reproducible and self.build is None:
+            raise ValueError("image.reproducible applies to image.build only (an image.ref is not built)")
         if self.network and self.build is None:
             raise ValueError("image.network applies to image.build only (an image.ref is not built)")
         if self.build is not None and self.lockfile is None:
@@ -157,7 +165,10 @@ class Hardware(Strict):
 class MetricsSpec(Strict):
     """Where the workload's metrics come from and which one matters most."""
 
-    tensorboard: str | None = Field(None, description="folder under $HARNESS_OUT holding TensorBoard event files")
+    tensorboard: str | None = Field(
+        None,
+        description="folder under $HARNESS_OUT holding TensorBoard event files (default: searched all over $HARNESS_OUT)",
+    )
     primary: str | None = None
     summary_last_n: StrictInt = Field(10, ge=1, le=100_000)
     system_interval: StrictInt | StrictFloat = Field(1.0, ge=0.1, le=60)
@@ -168,6 +179,36 @@ class MetricsSpec(Strict):
         if value is not None and (value.startswith("/") or ".." in Path(value).parts):
             raise ValueError(f"{value!r} must be a relative folder under $HARNESS_OUT")
         return value
+
+
+class Reference(Strict):
+    """A published result the runs must be consistent with: a table's mean ± spread over seeds.
+
+    A mean ± spread alone leaves out what a verdict needs, so the fields say it: whether the spread
+    is a standard deviation or a standard error (``spread``), over how many seeds (``seeds``), of
+    which metric and which per-seed statistic; ``source`` says where it was published."""
+
+    mean: StrictInt | StrictFloat
+    sd: StrictInt | StrictFloat = Field(ge=0, description="the published spread across seeds (see spread)")
+    seeds: StrictInt = Field(ge=1, le=100_000, description="how many seeds the published mean is over")
+    source: StrictStr = Field(min_length=1, max_length=2000, description="URL or citation of the published table")
+    spread: Literal["sd", "se"] = Field(
+        "sd", description="sd: standard deviation across seeds; se: standard error of the mean (sd / sqrt(seeds))"
+    )
+    metric: StrictStr | None = Field(None, description="default: expect.metric, else metrics.primary")
+    statistic: Literal["final", "last_n"] | None = Field(None, description="per seed; default: expect.statistic")
+
+    @field_validator("mean", "sd")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"{value} must be a finite number")
+        return value
+
+    @property
+    def sd_across_seeds(self) -> float:
+        """The standard deviation across seeds, whichever spread was published."""
+        return float(self.sd) * (math.sqrt(self.seeds) if self.spread == "se" else 1.0)
 
 
 class Expect(Strict):
@@ -199,6 +240,9 @@ class Expect(Strict):
         None, description="equivalence margin as a fraction of the original's |aggregate| (default 0.1)"
     )
     confidence: StrictInt | StrictFloat = Field(0.90, description="two-sided CI level; 0.90 is TOST at 5 %")
+    reference: Reference | None = Field(
+        None, description="a published mean ± spread the runs must be consistent with (compare --against-reference)"
+    )
 
     @field_validator("margin")
     @classmethod
@@ -257,6 +301,11 @@ class Manifest(Strict):
     description: StrictStr = ""
     image: ImageSpec
     command: list[StrictStr] = Field(min_length=1, max_length=512)
+    workdir: StrictStr = Field(
+        ".",
+        description="the job's working directory: a folder under $HARNESS_OUT (default: $HARNESS_OUT itself, "
+        "writable and kept with the record) or an absolute path in the image, such as /workload (read-only)",
+    )
     params: dict[str, Scalar] = {}
     seeds: list[StrictInt] = Field(min_length=1, max_length=100_000)
     sweep: dict[str, list[Scalar]] | list[dict[str, Scalar]] | None = None
@@ -273,6 +322,16 @@ class Manifest(Strict):
     def _name(cls, value: str) -> str:
         if not NAME.match(value):
             raise ValueError(f"{value!r}: use lower-case letters, digits, '.', '_' or '-' (at most 63)")
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if ".." in path.parts or not value.strip() or "\0" in value:
+            raise ValueError(
+                f"{value!r}: give a folder under $HARNESS_OUT (such as '.' or 'work') or an absolute path in the image"
+            )
         return value
 
     @field_validator("params", "smoke")

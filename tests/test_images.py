@@ -199,5 +199,10 @@ def test_bootstrap_imports_a_kept_tarball_without_mmdebstrap(base_image, tmp_pat
     try:
         info = images.bootstrap_base(name, tarball=tarball)
         assert not info.cached and info.packages == base_image.packages and tarball.is_file()
+        # loaded with a fixed creation time: the same tarball gives the same id again
+        client.images.remove(name, force=True)
+        again = images.bootstrap_base(name, tarball=tarball)
+        assert not again.cached and again.id == info.id
+        assert client.images.get(name).attrs["Created"].startswith("2023-11-14")  # the default epoch
     finally:
         client.images.remove(name, force=True)

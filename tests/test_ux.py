@@ -286,7 +286,9 @@ def test_plot_titles_say_n_and_smoothing_and_one_seed_has_no_interval(store: Loc
         store.root, "plot", "toy-train", "--metric", "charts/episodic_return", "--out", str(many), MATPLOTLIBRC=str(rc)
     )
     assert done.returncode == 0, done.stderr
-    assert "95 % bootstrap CI over seeds (n = 2 seeds, no smoothing)" in _svg_text(many)
+    # two seeds: a bootstrap would have three distinct resamples; the band is their range, said so
+    assert "mean and range of 2 seeds, too few for a confidence interval (no smoothing)" in _svg_text(many)
+    assert "two seeds only for toy-train: the band is their range" in done.stderr
     assert "environment steps" in _svg_text(many)
 
 

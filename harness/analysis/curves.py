@@ -28,13 +28,26 @@ BOOTSTRAP_REPS = 2000
 
 @dataclass(frozen=True)
 class Curve:
-    """One group's curve on the grid ``x``: mean and 95 % bootstrap CI (NaN with a single seed)."""
+    """One group's curve on the grid ``x``: the mean and a band: the 95 % bootstrap CI from
+    ``MIN_CI_SEEDS`` seeds, the range of the seeds with two (NaN with a single seed)."""
 
     x: np.ndarray
     mean: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
     runs: int
+
+    @property
+    def band(self) -> str:
+        """What the shaded band is, in words."""
+        if self.runs >= MIN_CI_SEEDS:
+            return "95 % bootstrap CI"
+        return "range of the 2 seeds" if self.runs == 2 else "none"
+
+
+# Two seeds give a bootstrap only three distinct resamples: its "95 %" interval is the seeds' range
+# under a name it has not earned. Below this, the band drawn is the range of the seeds, named so.
+MIN_CI_SEEDS = 3
 
 
 def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
@@ -111,11 +124,23 @@ def group_curves(
     curves: dict[str, Curve] = {}
     for label in starts:
         rows = [np.interp(grid, xy[0], rolling_mean(xy[1], smooth)) for l2, _, xy in runs if l2 == label]
-        mean, lo, hi = bootstrap_ci(np.vstack(rows))
+        matrix = np.vstack(rows)
+        if len(rows) >= MIN_CI_SEEDS:
+            mean, lo, hi = bootstrap_ci(matrix)
+        else:
+            mean, lo, hi = (
+                bootstrap_ci(matrix[:1]) if len(rows) == 1 else (matrix.mean(0), matrix.min(0), matrix.max(0))
+            )
         curves[label] = Curve(grid, mean, lo, hi, len(rows))
     single = sorted(label for label, c in curves.items() if c.runs < 2)
     if single:
         notes.append(f"one seed only for {', '.join(single)}: no confidence interval")
+    pairs = sorted(label for label, c in curves.items() if c.runs == 2)
+    if pairs:
+        notes.append(
+            f"two seeds only for {', '.join(pairs)}: the band is their range, not a confidence interval "
+            f"(that needs at least {MIN_CI_SEEDS} seeds)"
+        )
     return curves, notes
 
 

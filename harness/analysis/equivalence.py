@@ -27,7 +27,7 @@ or a simulation (repetitions x seeds) is one call.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -97,11 +97,21 @@ class EquivalenceResult:
         """JSON-ready form."""
         return asdict(self)
 
+    @property
+    def has_interval(self) -> bool:
+        """Whether a CI could be drawn (at least two seeds a side)."""
+        return math.isfinite(self.ci[0]) and math.isfinite(self.ci[1])
+
     def summary(self) -> str:
         """One line: verdict, estimate, CI and margin, and the seeds that would settle it."""
         line = (
             f"{self.verdict}: {self.aggregate} difference {self.estimate:+.4g}, "
-            f"{100 * self.confidence:g} % CI [{self.ci[0]:+.4g}, {self.ci[1]:+.4g}], margin ±{self.margin:.4g}"
+            + (
+                f"{100 * self.confidence:g} % CI [{self.ci[0]:+.4g}, {self.ci[1]:+.4g}]"
+                if self.has_interval
+                else "no interval (a spread needs two seeds a side)"
+            )
+            + f", margin ±{self.margin:.4g}"
             + (
                 f" ({100 * self.margin_relative:g} % of the original's {self.original:.4g})"
                 if self.margin_relative
@@ -299,11 +309,12 @@ def seeds_per_side(
     """(smallest n with ``power`` to show equivalence at n seeds per side, whether ``cap`` bound).
 
     Plans for a true difference of 0 with spread ``sd`` (the pooled spread seen). Roughly
-    n ≈ 2 (z_{1-α} + z_{1-β/2})² sd² / margin², about 17 sd²/margin² at the defaults.
+    n ≈ 2 (z_{1-α} + z_{1-β/2})² sd² / margin², about 17 sd²/margin² at the defaults. Never fewer
+    than ``MIN_VERDICT_SEEDS``: fewer could not give a verdict whatever their power.
     """
     if sd <= 0:
-        return 2, False
-    candidates = _candidates(2, cap)
+        return MIN_VERDICT_SEEDS, False
+    candidates = _candidates(MIN_VERDICT_SEEDS, cap)
     achieved = tost_power(margin, sd, candidates, candidates, confidence, 0.0, aggregate, sd_untrimmed)
     enough = np.flatnonzero(achieved >= power)
     if not len(enough):
@@ -506,6 +517,90 @@ def equivalence_test(
     )
 
 
+def summary_interval(
+    original: tuple[Any, Any, Any], reproduction: tuple[Any, Any, Any], confidence: float = DEFAULT_CONFIDENCE
+) -> Interval:
+    """Welch's CI of mean(reproduction) - mean(original) from (mean, sd across seeds, seeds) of each
+    side; arrays broadcast (a simulation is one call). Needs two seeds a side."""
+    mean_a, sd_a, n_a = (np.asarray(x, dtype=float) for x in original)
+    mean_b, sd_b, n_b = (np.asarray(x, dtype=float) for x in reproduction)
+    if np.any(n_a < 2) or np.any(n_b < 2):
+        raise HarnessError("an interval needs at least two seeds on each side")
+    estimate = mean_b - mean_a
+    se2_a, se2_b = sd_a**2 / n_a, sd_b**2 / n_b
+    se2 = se2_a + se2_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df = se2**2 / (se2_a**2 / (n_a - 1) + se2_b**2 / (n_b - 1))
+    df = np.where(se2 > 0, df, np.inf)
+    half = np.where(se2 > 0, stats.t.ppf(0.5 + confidence / 2, np.where(se2 > 0, df, 1.0)) * np.sqrt(se2), 0.0)
+    return Interval(estimate, estimate - half, estimate + half, df, "Welch t interval from summary statistics")
+
+
+def summary_equivalence_test(
+    original: tuple[float, float, int],
+    reproduction: tuple[float, float, int],
+    margin: float | None = None,
+    margin_relative: float | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    power: float = DEFAULT_POWER,
+) -> EquivalenceResult:
+    """The verdict between two groups given only as (mean, standard deviation across seeds, seeds),
+    e.g. a published table and one's own runs: Welch's interval from the summary statistics, the
+    same margin, classification and seed rule as ``equivalence_test`` (the mean only)."""
+    if not 0.5 < confidence < 1.0:
+        raise HarnessError(f"confidence {confidence} must be between 0.5 and 1 (0.90 is TOST at α = 0.05)")
+    (mean_a, sd_a, n_a), (mean_b, sd_b, n_b) = original, reproduction
+    if min(n_a, n_b) < 1 or min(sd_a, sd_b) < 0 or not all(map(math.isfinite, (mean_a, sd_a, mean_b, sd_b))):
+        raise HarnessError("each side needs a finite mean, a non-negative spread and at least one seed")
+    delta, fraction = resolve_margin(mean_a, margin, margin_relative)
+    estimate = mean_b - mean_a
+    notes: list[str] = []
+    if min(n_a, n_b) < 2:
+        notes.append(
+            f"{n_a} vs {n_b} seeds: a spread needs at least two seeds a side, so no interval can be drawn; "
+            f"a verdict needs {MIN_VERDICT_SEEDS}"
+        )
+        lo, hi, verdict, method = -math.inf, math.inf, INCONCLUSIVE, "none (too few seeds)"
+    else:
+        interval = summary_interval(original, reproduction, confidence)
+        if sd_a == 0 and sd_b == 0:
+            notes.append("neither side varies across seeds: the difference is exact")
+        lo, hi, method = float(interval.lo), float(interval.hi), interval.method
+        verdict = str(classify(lo, hi, delta))
+        if min(n_a, n_b) < MIN_VERDICT_SEEDS and verdict != INCONCLUSIVE:
+            notes.append(
+                f"the interval says {verdict}, but {min(n_a, n_b)} seeds a side cannot be trusted with "
+                f"that: a verdict needs at least {MIN_VERDICT_SEEDS}"
+            )
+            verdict = INCONCLUSIVE
+    sides = [(sd, n) for sd, n in ((sd_a, n_a), (sd_b, n_b)) if n >= 2]
+    sd = math.sqrt(sum((n - 1) * x**2 for x, n in sides) / sum(n - 1 for _, n in sides)) if sides else math.nan
+    needed: int | None = None
+    capped = False
+    if sides:
+        needed, capped = seeds_per_side(sd, delta, confidence, power)
+    achieved = float(tost_power(delta, sd, n_a, n_b, confidence)) if sides else 0.0
+    return EquivalenceResult(
+        verdict,
+        estimate,
+        (lo, hi),
+        delta,
+        fraction,
+        confidence,
+        "mean",
+        method,
+        float(mean_a),
+        float(mean_b),
+        int(n_a),
+        int(n_b),
+        sd,
+        achieved,
+        needed,
+        capped,
+        notes,
+    )
+
+
 # -- learning curves ------------------------------------------------------------------------------
 
 
@@ -626,11 +721,3 @@ def compare_curves(
         len(original),
         len(reproduction),
     )
-
-
-def series_of(groups: Mapping[str, Series], ids: Sequence[str]) -> list[Series]:
-    """The series of ``ids`` from a run id -> (steps, values) mapping, in order."""
-    missing = [i for i in ids if i not in groups]
-    if missing:
-        raise HarnessError(f"no points for run{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    return [groups[i] for i in ids]

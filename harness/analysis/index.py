@@ -2,7 +2,8 @@
 
 Opening 25,000 record.json files one by one is too slow for interactive analysis, so the
 store keeps ``<store>/index.parquet``: one row per run (run_id, name, seed, params as JSON,
-status, started_at, duration_s, tags, primary_metric), refreshed incrementally: a record is
+status, started_at, duration_s, tags, primary_metric, smoke, budget: the params the manifest's
+``smoke`` changes, as JSON), refreshed incrementally: a record is
 re-read only when its record.json changed (size or mtime) since the index was written.
 The tails of finished runs' metrics are also compacted into ``<store>/metrics/tail-*.parquet``
 (a cache: each run's own metrics.parquet stays the checksummed truth): per (run, metric), the
@@ -56,6 +57,8 @@ INDEX_SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("tags", pa.list_(pa.string())),
         ("primary_metric", pa.string()),
+        ("smoke", pa.bool_()),
+        ("budget", pa.string()),
         ("record_stamp", pa.string()),
         ("metrics_part", pa.string()),
     ]
@@ -86,6 +89,7 @@ def _row(record: dict[str, Any], stamp: str) -> dict[str, Any]:
     seed = record.get("seed")
     duration = record.get("duration_s")
     tags = record.get("tags")
+    budget = record.get("budget")
     return {
         "run_id": str(record["run_id"]),
         "name": _text(record.get("name")),
@@ -96,6 +100,8 @@ def _row(record: dict[str, Any], stamp: str) -> dict[str, Any]:
         "duration_s": float(duration) if isinstance(duration, (int, float)) else None,
         "tags": [str(t) for t in tags] if isinstance(tags, list) else [],
         "primary_metric": _text(record.get("primary_metric")),
+        "smoke": bool(record.get("smoke")),
+        "budget": json.dumps(budget, sort_keys=True, default=str) if isinstance(budget, dict) else None,
         "record_stamp": stamp,
         "metrics_part": None,
     }
@@ -172,10 +178,9 @@ def _compact(store: LocalStore, runs_fd: int, run_ids: list[str]) -> tuple[str |
             )
         os.replace(tmp, parts / name)
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
         raise _duckdb_error(exc) from exc
+    finally:  # also on Ctrl-C, which is no Exception: nothing else removes a half-written part
+        tmp.unlink(missing_ok=True)
     return name, held
 
 

@@ -55,9 +55,12 @@ def curves_title(metric: str, panels: Mapping[str, Mapping[str, Curve]], smooth:
     smoothing = f"rolling mean over {smooth} points" if smooth > 1 else "no smoothing"
     if counts == [1]:
         return f"{metric}: one seed per curve, no confidence interval ({smoothing})"
+    if counts == [2]:
+        return f"{metric}: mean and range of 2 seeds, too few for a confidence interval ({smoothing})"
     n = f"n = {counts[0]} seeds" if len(counts) == 1 else "n seeds per curve in the legend"
     single = "; curves of one seed have no interval" if counts[0] == 1 else ""
-    return f"{metric}: mean and 95 % bootstrap CI over seeds ({n}, {smoothing}{single})"
+    pairs = "; curves of two seeds show their range, not a CI" if 2 in counts else ""
+    return f"{metric}: mean and 95 % bootstrap CI over seeds ({n}, {smoothing}{single}{pairs})"
 
 
 def plot_curves(
@@ -102,7 +105,13 @@ def plot_curves(
 
     def label(group: str) -> str:
         n = max(c[group].runs for c in panels.values() if group in c)
-        return f"{group} (n={n})" if n > 1 else f"{group} (one seed: no CI)"
+        return (
+            f"{group} (n={n})"
+            if n > 2
+            else f"{group} (2 seeds: range, no CI)"
+            if n == 2
+            else f"{group} (one seed: no CI)"
+        )
 
     labels = [label(g) for g in groups]
     fig.legend([handles[g] for g in groups], labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)

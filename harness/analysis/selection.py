@@ -4,6 +4,11 @@
 Terms with the same key are alternatives (``lr=1e-4 lr=3e-4``: either); terms with different
 keys must all hold (``dqn-cartpole status=failed``). Without a ``status=`` term only completed
 runs are selected.
+
+Smoke runs and runs of another budget are not results: without a ``smoke=`` term smoke runs are
+left out (unless nothing else matches), and of each manifest's runs only those of its most common
+budget (the params its ``smoke`` shrinks, e.g. total_timesteps) are kept unless a term names a
+budget param. What was left out is said in ``notes``.
 """
 
 from __future__ import annotations
@@ -20,8 +25,7 @@ import yaml
 from harness.analysis.index import refresh_index
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
-
-RESERVED_KEYS = {"status", "tag", "seed", "name", "run"}
+from harness.store.record import DEFAULT_METRIC
 
 
 def _parse_value(text: str) -> Any:
@@ -85,8 +89,9 @@ def parse_terms(terms: Sequence[str]) -> dict[str, list[str]]:
     return grouped
 
 
-def select_runs(store: LocalStore, terms: Sequence[str]) -> pa.Table:
-    """Rows of the run index (see harness.analysis.index) matching the selection terms."""
+def select_runs(store: LocalStore, terms: Sequence[str], notes: list[str] | None = None) -> pa.Table:
+    """Rows of the run index (see harness.analysis.index) matching the selection terms; what the
+    defaults left out (smoke runs, runs of another budget) is appended to ``notes``."""
     grouped = parse_terms(terms)
     if not grouped:
         raise HarnessError("no selection: name runs by manifest, param=value, status=, tag= or hub:org/name")
@@ -114,6 +119,9 @@ def select_runs(store: LocalStore, terms: Sequence[str]) -> pa.Table:
             elif key == "tag":
                 if not set(values) & set(row["tags"] or []):
                     return False
+            elif key == "smoke":
+                if not any(value_matches(bool(row["smoke"]), v) for v in values):
+                    return False
             elif key == "seed":
                 if row["seed"] is None or not any(value_matches(row["seed"], v) for v in values):
                     return False
@@ -124,6 +132,15 @@ def select_runs(store: LocalStore, terms: Sequence[str]) -> pa.Table:
         return True
 
     chosen = [i for i, row in enumerate(rows) if keep(row)]
+    said: list[str] = []
+    named = set(grouped.get("run", [])) | set(grouped.get("name", []))
+    explicit = [i for i in chosen if rows[i]["run_id"] in named]  # a run named by its id is kept
+    if not explicit:
+        if "smoke" not in grouped:
+            chosen = _without_smoke(rows, chosen, said)
+        chosen = _one_budget(rows, chosen, set(grouped), said)
+    if notes is not None:
+        notes.extend(said)
     if not chosen:
         shown = " ".join(terms)
         implicit = "" if "status" in grouped else " (status=completed unless given)"
@@ -131,7 +148,54 @@ def select_runs(store: LocalStore, terms: Sequence[str]) -> pa.Table:
     return index.take(pa.array(chosen, pa.int64()))
 
 
-def default_metric(runs: pa.Table, metric: str | None, fallback: str = "charts/episodic_return") -> str:
+def _without_smoke(rows: list[dict[str, Any]], chosen: list[int], notes: list[str]) -> list[int]:
+    """``chosen`` less its smoke runs, unless it holds nothing else (then it is said)."""
+    smoke = [i for i in chosen if rows[i]["smoke"]]
+    if not smoke:
+        return chosen
+    if len(smoke) == len(chosen):
+        notes.append(f"only smoke runs match: using {_runs(len(smoke))} (short runs, not results)")
+        return chosen
+    notes.append(f"left out {_runs(len(smoke))} of smoke tests (select them with smoke=true)")
+    return [i for i in chosen if not rows[i]["smoke"]]
+
+
+def _one_budget(rows: list[dict[str, Any]], chosen: list[int], keys: set[str], notes: list[str]) -> list[int]:
+    """Of each manifest's runs in ``chosen``, those of its most common budget (the latest budget on a
+    tie), unless the selection names a budget param; what was left out is said."""
+    by_name: dict[str, list[int]] = {}
+    for i in chosen:
+        by_name.setdefault(rows[i]["name"], []).append(i)
+    left_out: set[int] = set()
+    for name, members in by_name.items():
+        budgets = Counter(rows[i]["budget"] for i in members if rows[i]["budget"] is not None)
+        if len(budgets) < 2 or keys & set(json.loads(next(iter(budgets)))):
+            continue
+        latest = {
+            rows[i]["budget"]: rows[i]["started_at"] or ""
+            for i in sorted(members, key=lambda i: rows[i]["started_at"] or "")
+        }
+        kept = max(budgets, key=lambda b: (budgets[b], latest[b]))
+        dropped = [i for i in members if rows[i]["budget"] not in (None, kept)]
+        left_out.update(dropped)
+        others = sorted({rows[i]["budget"] for i in dropped})
+        shown = " or ".join(_budget_terms(b) for b in others)
+        notes.append(
+            f"left out {_runs(len(dropped))} of {name} with another budget than {_budget_terms(kept)} "
+            f"(select them with {shown})"
+        )
+    return [i for i in chosen if i not in left_out]
+
+
+def _budget_terms(budget: str) -> str:
+    return " ".join(f"{key}={value}" for key, value in json.loads(budget).items())
+
+
+def _runs(count: int) -> str:
+    return f"{count} run{'s' if count != 1 else ''}"
+
+
+def default_metric(runs: pa.Table, metric: str | None, fallback: str = DEFAULT_METRIC) -> str:
     """The metric asked for, else the selected runs' most common primary metric, else ``fallback``."""
     if metric:
         return metric

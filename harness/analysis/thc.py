@@ -220,7 +220,10 @@ def thc_of_runs(
     from harness.analysis.selection import default_metric, run_params, select_runs
     from harness.analysis.tables import final_scores
 
-    runs = select_runs(store, selection)
+    left_out: list[str] = []
+    runs = select_runs(store, selection, left_out)
+    for text in left_out:
+        note(text)
     chosen = default_metric(runs, metric)
     scores, notes = final_scores(store, runs, chosen, last_n)
     for text in notes:

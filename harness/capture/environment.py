@@ -195,15 +195,20 @@ def _cached_environment(key: str, capture: Callable[[], tuple[dict[str, Any], bo
 IN_IMAGE_PYTHON = ["sh", "-c", 'exec "$(command -v python || command -v python3 || echo python)" -c "$1"', "sh"]
 
 
-def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
-    """What is inside the image (pip freeze, Python, torch/CUDA...), captured once per image id."""
+def image_environment(client: Any, image: ImageInfo, engine_lost: str | None = None) -> dict[str, Any]:
+    """What is inside the image (pip freeze, Python, torch/CUDA...), captured once per image id.
+    ``engine_lost``: why the engine must not be asked (only a capture kept from before is used)."""
+    from http.client import HTTPException
+
     from harness.errors import EngineError
     from harness.runtime.docker import run_in_image
 
     def capture() -> tuple[dict[str, Any], bool]:
+        if engine_lost is not None:
+            return {"error": f"environment not captured: {engine_lost}"}, False
         try:
             output = run_in_image(client, image.id, [*IN_IMAGE_PYTHON, ENVIRONMENT_SCRIPT])
-        except (EngineError, OSError) as exc:  # the engine, not the image: try again next run
+        except (EngineError, OSError, HTTPException) as exc:  # the engine, not the image: try again next run
             return {"error": f"environment capture failed: {exc}"}, False
         try:
             return json.loads(output), True

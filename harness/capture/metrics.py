@@ -10,7 +10,8 @@ whatever the workload writes.
   last line without its newline waits for the next poll. Blocks of plain lines go through
   pyarrow's JSON reader; anything unusual is parsed line by line. Each bad line (too long, not
   JSON, nested too deep, a bad name, value or step) is skipped and counted by reason.
-* TensorBoard event files under the manifest's folder (at most ``MAX_TB_DEPTH`` levels, regular
+* TensorBoard event files under the manifest's folder, or anywhere in the output folder when it
+  names none (at most ``MAX_TB_DEPTH`` levels, regular
   files only) are read record by record with a length cap; scalars are taken from
   ``simple_value`` or a one-element scalar tensor.
 
@@ -742,7 +743,7 @@ def ingest_run_folder(
 ) -> MetricsIngester:
     """Read a finished (or crashed) run's ``out/`` folder fully, e.g. when recovering it."""
     out_dir = Path(run_dir) / "out"
-    tensorboard_dir = out_dir / tensorboard_subdir if tensorboard_subdir else None
+    tensorboard_dir = out_dir / tensorboard_subdir if tensorboard_subdir else out_dir
     ingester = MetricsIngester(run_id, out_dir, tensorboard_dir, spool_dir=spool_dir)
     ingester.poll(final=True)
     return ingester

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,13 @@ def schema() -> None:
 @json_option
 def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
-    from harness.images.lock import compile_lockfile, stale_lockfiles
+    from harness.images.lock import (
+        CompileProgress,
+        compile_lockfile,
+        lockfile_for,
+        lockfile_is_current,
+        stale_lockfiles,
+    )
 
     if check:
         stale = stale_lockfiles(Path.cwd())
@@ -88,9 +94,19 @@ def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool
             raise HarnessError(
                 f"{image_dir}: no requirements.in (an image folder holds Dockerfile, requirements.in, workload/)"
             )
-        with terminal.status(f"locking {image_dir} (pip-compile)", stderr=as_json):
-            output = compile_lockfile(image_dir, upgrade=upgrade)
+        if not upgrade and lockfile_is_current(image_dir):
+            if not as_json:
+                click.echo(
+                    f"{lockfile_for(image_dir)} is up to date (made from this requirements.in; "
+                    "--upgrade resolves afresh)"
+                )
+            written.append(str(lockfile_for(image_dir)))
+            continue
+        with terminal.status(f"locking {image_dir} (pip-compile)", stderr=as_json) as status:
+            progress = CompileProgress(say=status.update)
+            output = compile_lockfile(image_dir, upgrade=upgrade, progress=progress)
         written.append(str(output))
+        click.echo(progress.summary(), err=as_json)
         if not as_json:
             click.echo(f"wrote {output}")
     if as_json:
@@ -121,28 +137,63 @@ def bootstrap(name: str, suite: str, force: bool, tarball: Path | None) -> None:
 
 
 @click.command(
-    epilog=examples("harness build manifests/dqn-cartpole.yaml", "harness build --force manifests/noop.yaml")
+    epilog=examples(
+        "harness build manifests/dqn-cartpole.yaml",
+        "harness build --force manifests/noop.yaml",
+        "harness build --check manifests/noop.yaml",
+    )
 )
 @click.argument("manifest", type=click.Path(path_type=Path))
 @ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
+@click.option(
+    "--reproducible",
+    is_flag=True,
+    help="Build bit-reproducibly (podman, timestamps clamped; as image.reproducible: true in the manifest).",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Build reproducibly twice from scratch and compare the ids; exit 1 naming the layer and files that differ.",
+)
 @click.option("--quiet", is_flag=True)
 @json_option
-def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
+def build(
+    manifest: Path, ca_bundle: Path | None, force: bool, reproducible: bool, check: bool, quiet: bool, as_json: bool
+) -> None:
     """Build (or find) the content-addressed image of a manifest."""
+    from harness.images.build import build_image
     from harness.images.prepare import prepare_image
     from harness.manifest import load_manifest
     from harness.run.plan import expand
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
+    checked: list[Any] = []
+    if check and spec.loaded.build_dir is None:
+        raise HarnessError(f"{manifest}: --check needs image.build (an image.ref is not built here)")
+
+    def make(log: Callable[[str], None]) -> Any:
+        if check:
+            assert spec.loaded.build_dir is not None
+            return build_image(
+                spec.loaded.build_dir,
+                spec.loaded.lockfile,
+                ca_bundle=ca_bundle,
+                force=True,
+                log=log,
+                network=spec.loaded.manifest.image.network,
+                check=checked.append,
+            )
+        return prepare_image(spec.loaded, ca_bundle, force, log=log, reproducible=reproducible)
+
     if quiet or as_json:
-        info = prepare_image(spec.loaded, ca_bundle, force)
+        info = make(lambda line: None)
     else:
-        with terminal.status(
-            f"building {loaded.manifest.image.build or loaded.manifest.image.ref}", stderr=as_json
-        ) as shown:
-            info = prepare_image(spec.loaded, ca_bundle, force, log=shown.update)
+        what = loaded.manifest.image.build or loaded.manifest.image.ref
+        with terminal.status(f"{'checking' if check else 'building'} {what}", stderr=as_json) as shown:
+            info = make(shown.update)
+    result = checked[0] if checked else None
     if as_json:
         emit_json(
             {
@@ -152,11 +203,31 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_j
                 "content_hash": info.content_hash,
                 "cached": info.cached,
                 "build_seconds": info.build_seconds,
+                "builder": info.builder,
+                **(
+                    {}
+                    if result is None
+                    else {
+                        "check": {
+                            "reproducible": result.reproducible,
+                            "ids": [result.first, result.second],
+                            "differences": result.differences,
+                        }
+                    }
+                ),
             }
         )
-        return
-    state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
-    click.echo(f"{info.tag or info.ref} {info.id} ({state})")
+    else:
+        state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
+        click.echo(f"{info.tag or info.ref} {info.id} ({state})")
+        if result is not None and result.reproducible:
+            click.echo(f"reproducible: two builds from scratch gave {result.first}")
+        elif result is not None:
+            click.echo(f"NOT reproducible: two builds from scratch gave {result.first} and {result.second}")
+            for line in result.differences:
+                click.echo(f"  {line}")
+    if result is not None and not result.reproducible:
+        raise click.exceptions.Exit(1)
 
 
 @click.command(
@@ -254,6 +325,9 @@ def run(
         )
         if as_json:
             emit_json(_sweep_json(outcome))
+        elif backend == "local" and not dry_run:
+            for line in _seeds_summary(loaded.manifest, outcome, store):
+                click.echo(line)
         sys.exit(outcome.exit_code)
     from harness.backends import plan_sweep
 
@@ -277,8 +351,46 @@ def run(
     if as_json:
         emit_json(_run_json(record, store))
     else:
-        _print_outcome(record)
+        _print_outcome(record, loaded.manifest.metrics.summary_last_n)
     sys.exit(0 if record["status"] == "completed" else 1)
+
+
+def _seeds_summary(manifest: Any, outcome: Any, store: Any) -> list[str]:
+    """The last lines of a multi-seed run of one configuration: the primary metric across its
+    completed seeds, and the verdict against the manifest's expect.reference when it has one."""
+    import statistics
+
+    if manifest.sweep is not None:
+        return []
+    records = [store.load(run_id) for run_id in outcome.plan.completed] + list(outcome.records)
+    done = [r for r in records if r.get("status") == "completed"]
+    primary = manifest.metrics.primary
+    values = [
+        v
+        for r in done
+        for v in [_mapping(_mapping(r.get("metrics_summary")).get(primary)).get("mean_last_n")]
+        if isinstance(v, (int, float))
+    ]
+    if not primary or not values:
+        return []
+    spread = f" ± {statistics.stdev(values):.4g} (sd)" if len(values) > 1 else ""
+    lines = [
+        f"{primary} (mean of the last {manifest.metrics.summary_last_n} points): "
+        f"{statistics.fmean(values):.6g}{spread} over {len(values)} seed{'s' if len(values) != 1 else ''}"
+    ]
+    reference = manifest.expect.reference
+    if reference is not None and len(done) > 1 and not any(r.get("smoke") for r in done):
+        from harness.reproduce.reference import reference_verdict
+
+        try:
+            verdict = reference_verdict(
+                [store.run_dir(r["run_id"]) for r in done], reference.model_dump(), manifest.expect
+            )
+        except HarnessError as exc:
+            return [*lines, f"no verdict against the reference: {exc}"]
+        lines.append(verdict.summary())
+        lines += [f"note: {note}" for note in verdict.notes]
+    return lines
 
 
 def _run_json(record: Mapping[str, Any], store: Any, skipped: bool = False) -> dict[str, Any]:
@@ -358,11 +470,12 @@ def _number(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
-def _print_outcome(record: Record) -> None:
+def _print_outcome(record: Record, last_n: int) -> None:
     primary = record.get("primary_metric")
     summary = (record.get("metrics_summary") or {}).get(primary or "", {})
     extra = (
-        f", {primary}: last {_number(summary.get('last'))}, mean of last N {_number(summary.get('mean_last_n'))}"
+        f", {primary}: last {_number(summary.get('last'))}, "
+        f"mean of the last {last_n} {_number(summary.get('mean_last_n'))}"
         if summary
         else ""
     )
@@ -373,28 +486,42 @@ def _print_outcome(record: Record) -> None:
 
 @click.command(epilog=examples("harness ls", "harness ls --limit 200 --json | jq -r '.[].run_id'"))
 @json_option
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="Show at most N runs.")
 def ls(as_json: bool, limit: int) -> None:
     """Runs in the local store, newest first (full run ids: any unique prefix names a run)."""
     from rich import box
     from rich.table import Table
 
-    from harness.run.runner import recover
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    recover(store)
-    records = list(store.records())[:limit]
+    records = list(store.records())
+    if any(r.get("status") == "running" for r in records):
+        # only then: recovering loads the run machinery (pyarrow and all), seconds on a first call
+        from harness.run.runner import recover
+
+        if recover(store):
+            records = list(store.records())
+    records = records[:limit]
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")}
-                    for r in records
-                ],
-                indent=2,
-                default=str,
-            )
+        emit_json(
+            [
+                {
+                    k: r.get(k)
+                    for k in (
+                        "run_id",
+                        "name",
+                        "status",
+                        "seed",
+                        "smoke",
+                        "budget",
+                        "params",
+                        "started_at",
+                        "duration_s",
+                    )
+                }
+                for r in records
+            ]
         )
         return
     if not records:
@@ -409,6 +536,8 @@ def ls(as_json: bool, limit: int) -> None:
     table.add_column("run id", no_wrap=True, min_width=max(len(_text(r["run_id"])) for r in records))
     table.add_column("status", overflow="fold")
     table.add_column("seed", justify="right", overflow="fold")
+    table.add_column("smoke", overflow="fold")
+    table.add_column("budget", overflow="fold")
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column(
@@ -430,6 +559,8 @@ def ls(as_json: bool, limit: int) -> None:
             _text(record["run_id"]),
             _status_text(record.get("status")),
             _text(record.get("seed")),
+            "smoke" if record.get("smoke") is True else "",
+            _text(" ".join(f"{key}={value}" for key, value in _mapping(record.get("budget")).items()), 60),
             _text(record.get("started_at"))[5:16].replace("T", " "),
             f"{_number(record.get('duration_s'), '.1f')}s",
             value,
@@ -474,7 +605,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     store = LocalStore()
     record = store.load(run_id)
     if as_json:
-        click.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
+        emit_json(record)
         return
     out = console()
     image, host = _mapping(record.get("image")), _mapping(record.get("host"))
@@ -549,7 +680,9 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
         out.print(f"[bold]{key:>16}[/bold]  {value}")
     summary = _mapping(record.get("metrics_summary"))
     if summary:
-        table = Table("metric", "count", "last", "min", "max", "mean of last N")
+        last_n = record.get("summary_last_n")
+        shown_n = str(last_n) if isinstance(last_n, int) and not isinstance(last_n, bool) else "N"
+        table = Table("metric", "count", "last", "min", "max", f"mean of last {shown_n}")
         table.columns[0].overflow = "fold"
         for name in sorted(summary)[:1000]:
             s = _mapping(summary[name])
@@ -587,17 +720,26 @@ def _log_tail(run_dir: Path, lines: int, window: int = 64 << 10) -> list[str]:
 @click.command(epilog=examples("harness recover", "harness recover --json"))
 @json_option
 def recover(as_json: bool) -> None:
-    """Mark runs whose harness process died as interrupted, and seal what they left."""
+    """Mark runs whose harness process died as interrupted, and seal what they left; finish what
+    a full disk or a lost engine left pending (seal the run, remove its container)."""
     from harness.run.runner import recover as recover_runs
     from harness.store.local import LocalStore
 
-    recovered = recover_runs(LocalStore())
+    store = LocalStore()
+    recovered = recover_runs(store)
     if as_json:
         emit_json({"recovered": recovered})
         return
     for run_id in recovered:
-        click.echo(f"{run_id}: interrupted (recovered)")
-    if not recovered:
+        click.echo(f"{run_id}: {store.load(run_id).get('status')} (recovered)")
+    waiting = [record for record in store.records() if record.get("pending")]
+    for record in waiting:
+        left = ", ".join(str(item) for item in record.get("pending") or [])
+        click.echo(
+            f"{record['run_id']}: {record.get('status')}, still to do: {left} "
+            "(the engine does not answer or the disk is still full; run `harness recover` again later)"
+        )
+    if not recovered and not waiting:
         click.echo("nothing to recover")
 
 

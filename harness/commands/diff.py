@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from harness.commands.options import console
-from harness.commands.output import emit_json, examples, json_option
+from harness.commands.options import console, json_option
+from harness.commands.output import emit_json, examples
 from harness.commands.runids import RUN_ID
 
 

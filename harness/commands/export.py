@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
+from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
 from harness.commands.runids import complete_run_ids
 
 
@@ -44,7 +45,10 @@ def export(selection: tuple[str, ...], tensorboard_dir: Path, system: bool, as_j
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    runs = select_runs(store, expand_selection(store, selection))
+    left_out: list[str] = []
+    runs = select_runs(store, expand_selection(store, selection), left_out)
+    for text in left_out:
+        click.echo(f"note: {text}", err=True)
     done = export_tensorboard(store, runs.column("run_id").to_pylist(), tensorboard_dir, system=system)
     if as_json:
         emit_json(

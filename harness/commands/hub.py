@@ -10,16 +10,27 @@ import click
 
 from harness.commands.options import endpoint_option, json_option, runtime_option
 from harness.commands.output import emit_json, examples
-from harness.commands.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
+from harness.commands.runids import RUN_ID_OR_HUB, complete_repos, complete_run_ids
+
+trust_option = click.option(
+    "--trust",
+    "trust_key",
+    metavar="KEY.pub",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="accept only runs whose provenance is signed by this ed25519 public key (PEM, from "
+    "`openssl pkey -pubout`) and whose files match it",
+)
 
 
 @click.command(
     epilog=examples(
         "harness publish dqn-cartpole-3f2a --repo my-lab/cartpole-dqn",
+        "harness publish dqn-cartpole --repo my-lab/cartpole-dqn",
+        "harness publish dqn-cartpole learning_rate=1e-4 --repo my-lab/cartpole-dqn-lr",
         "harness publish $(harness ls --json | jq -r '.[].run_id') --repo my-lab/all --json",
     )
 )
-@click.argument("run_ids", nargs=-1, required=True, type=RUN_ID)
+@click.argument("run_ids", metavar="RUN_ID_OR_SELECTION...", nargs=-1, required=True, shell_complete=complete_run_ids)
 @click.option("--repo", required=True, help="dataset repo to publish to, org/name")
 @click.option("--private", is_flag=True, help="create the repo private")
 @endpoint_option
@@ -29,6 +40,14 @@ from harness.commands.runids import RUN_ID, RUN_ID_OR_HUB, complete_repos
     help="License of the results for the dataset card (a Hub license id, e.g. cc-by-4.0, mit) [default: unknown].",
 )
 @click.option("--pretty-name", help="Title of the dataset card [default: the manifests' names].")
+@click.option(
+    "--sign",
+    "sign_key",
+    metavar="KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="sign each record's provenance (in-toto/SLSA, DSSE) with this ed25519 private key "
+    "(PEM, from `openssl genpkey -algorithm ed25519`)",
+)
 @json_option
 def publish(
     run_ids: tuple[str, ...],
@@ -37,21 +56,26 @@ def publish(
     endpoint: str | None,
     license_id: str | None,
     pretty_name: str | None,
+    sign_key: Path | None,
     as_json: bool,
 ) -> None:
     """Publish runs of the local store to a Hub dataset repo, in one commit (with the runs index,
-    the dataset card and the learning-curve figure)."""
+    the dataset card and the learning-curve figure).
+
+    Runs are named by id (or a unique prefix), or by a selection as compare and plot take it
+    (a manifest name, param=value, seed=, tag=: its completed runs, smoke runs left out)."""
     from harness.analysis.repo_figure import learning_curves
     from harness.store.hub import publish as publish_runs
 
     result = publish_runs(
-        list(run_ids),
+        _publish_ids(run_ids),
         repo,
         private=private,
         endpoint=endpoint,
         license=license_id,
         pretty_name=pretty_name,
         figure=learning_curves,
+        sign_key=sign_key,
     )
     if as_json:
         emit_json(
@@ -73,23 +97,43 @@ def publish(
     click.echo(result.url)
 
 
+def _publish_ids(terms: tuple[str, ...]) -> list[str]:
+    """The run ids to publish: each term a run id or unique prefix, or else all of them a selection."""
+    from harness.analysis.index import refresh_index
+    from harness.analysis.selection import select_runs
+    from harness.commands.runids import expand_selection, resolve_run_id
+    from harness.store.local import LocalStore
+
+    store = LocalStore()
+    names = set(refresh_index(store).column("name").to_pylist())
+    if not any("=" in term or term in names for term in terms):
+        return [resolve_run_id(store, term) for term in terms]
+    left_out: list[str] = []
+    runs = select_runs(store, expand_selection(store, terms), left_out)
+    for text in left_out:
+        click.echo(f"note: {text}", err=True)
+    return [str(run_id) for run_id in runs.column("run_id").to_pylist()]
+
+
 @click.command(
     epilog=examples(
         "harness pull my-lab/cartpole-dqn",
         "harness pull my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --revision 4b8e0f... --json",
+        "harness pull my-lab/cartpole-dqn --trust lab.pub",
     )
 )
 @click.argument("spec", shell_complete=complete_repos)
 @click.option("--revision", help="branch or 40-hex commit sha (default: main)")
 @endpoint_option
+@trust_option
 @json_option
-def pull(spec: str, revision: str | None, endpoint: str | None, as_json: bool) -> None:
+def pull(spec: str, revision: str | None, endpoint: str | None, trust_key: Path | None, as_json: bool) -> None:
     """Download org/name (all runs) or org/name/<run_id> into the local store, verified."""
     from harness.store.hub import pull as pull_runs
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    pulled = pull_runs(spec, revision=revision, endpoint=endpoint, store=store)
+    pulled = pull_runs(spec, revision=revision, endpoint=endpoint, store=store, trust_key=trust_key)
     if as_json:
         rows = []
         for run_id in pulled:
@@ -188,7 +232,7 @@ def _image_line(result: Any) -> str:
         return f"the published image {result.image_ref} ({image_id[:19]}), pulled by digest, not rebuilt"
     if result.image_source == "ref":
         return f"the manifest's image.ref ({image_id[:19]})"
-    return f"rebuilt from the recipe ({image_id[:19]})"
+    return str(result.image_check["image_note"])
 
 
 @click.command(
@@ -224,6 +268,7 @@ def _image_line(result: Any) -> str:
     is_flag=True,
     help="build a recipe that declares image.network: true (its build then reaches this host's network)",
 )
+@trust_option
 @json_option
 def reproduce(
     target: str,
@@ -237,6 +282,7 @@ def reproduce(
     out: Path | None,
     rebuild: bool,
     allow_build_network: bool,
+    trust_key: Path | None,
     as_json: bool,
 ) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record over seeds and give the
@@ -262,6 +308,7 @@ def reproduce(
         progress=sys.stderr,
         rebuild=rebuild,
         allow_build_network=allow_build_network,
+        trust_key=trust_key,
     )
     if as_json:
         emit_json(json_safe(result.to_dict(curves=False)))

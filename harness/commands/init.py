@@ -37,12 +37,20 @@ def init(name: str, image: str, force: bool) -> None:
     for path in written:
         click.echo(f"wrote {path.relative_to(root)}")
     if image == "new":
-        with terminal.status(f"locking images/{name} (pip-compile)"):
-            lockfile = compile_lockfile(root / "images" / name)
+        from harness.images.lock import CompileProgress
+
+        with terminal.status(f"locking images/{name} (pip-compile)") as status:
+            progress = CompileProgress(say=status.update)
+            lockfile = compile_lockfile(root / "images" / name, progress=progress)
+        click.echo(progress.summary())
         click.echo(f"wrote {lockfile.relative_to(root.resolve())}")
     manifest = Path("manifests") / f"{name}.yaml"
     load_manifest(manifest)
-    click.echo(
-        f"{manifest}: ok. Next: edit it, `harness run {manifest} --smoke`, then "
-        "`scripts/verify-submission.sh` and open a pull request (CONTRIBUTING.md)."
+    relock = f" (after changing images/{name}/requirements.in: `harness lock images/{name}`)" if image == "new" else ""
+    # the submission steps belong to the harness's own repository, not to any folder init runs in
+    submission = (
+        ", then `scripts/verify-submission.sh` and open a pull request (CONTRIBUTING.md)"
+        if (root / "scripts" / "verify-submission.sh").is_file() and (root / "CONTRIBUTING.md").is_file()
+        else ""
     )
+    click.echo(f"{manifest}: ok. Next: edit it{relock}, `harness run {manifest} --smoke`{submission}.")

@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
+from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
 from harness.commands.runids import RUN_ID
 from harness.errors import HarnessError
 
@@ -108,6 +109,7 @@ def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | No
 
     With -f, follows a running run (started here or by another harness process) until it ends.
     """
+    from harness.run.owner import orphaned
     from harness.run.progress import ProgressReporter
     from harness.store.local import LocalStore
 
@@ -143,7 +145,7 @@ def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | No
             record = _reload(store, run_id, record)
             if not _running(record):
                 break
-            if _orphaned(record):
+            if orphaned(record):
                 reporter.stop()
                 raise HarnessError(
                     f"run {run_id}: the harness process running it has ended; `harness recover` marks it interrupted"
@@ -175,23 +177,6 @@ def _follow_json(store: Any, run_id: str, tail: _LogTail, progress: Any, interva
         if not running:
             return
         time.sleep(every)
-
-
-def _orphaned(record: Mapping[str, Any]) -> bool:
-    """A running record whose harness process, on this host, is gone (it will never end by itself)."""
-    import os
-    import socket
-
-    owner = record.get("owner") or {}
-    if owner.get("hostname") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return False  # another host's run (Slurm): keep following
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _running(record: Mapping[str, Any]) -> bool:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
+from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
 
 
 @click.command(

@@ -58,6 +58,7 @@ class ImageInfo:
     packages: list[str] = field(default_factory=list)
     registry_ref: str | None = None  # host/name@sha256:… when the image is (also) in a registry
     source: str = "build"  # build | local | registry: where this run's copy came from
+    builder: str = "docker"  # docker | podman-reproducible (harness.images.reproducible: a rebuild gives this id)
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,9 +117,15 @@ def base_images(dockerfile: Path) -> list[str]:
     return bases
 
 
-def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str], network: bool = False) -> str:
+def content_hash(
+    build_dir: Path,
+    lockfile: Path | None,
+    base_ids: dict[str, str],
+    network: bool = False,
+    reproducible: bool = False,
+) -> str:
     """sha256 over the build inputs: recipe files, lockfile, base image ids (and a declared
-    need for the network, which makes a different build)."""
+    need for the network, or the reproducible builder, each of which makes a different build)."""
     digest = hashlib.sha256()
     digest.update(HASH_SCHEMA.encode())
     for path in context_files(build_dir):
@@ -129,6 +136,8 @@ def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str
     digest.update(json.dumps(base_ids, sort_keys=True).encode())
     if network:
         digest.update(b"network\0")
+    if reproducible:
+        digest.update(b"reproducible\0")
     return digest.hexdigest()
 
 
@@ -314,11 +323,15 @@ def build_image(
     force: bool = False,
     log: Callable[[str], None] = lambda line: None,
     network: bool = False,
+    reproducible: bool = False,
+    check: Callable[[Any], None] | None = None,
 ) -> ImageInfo:
     """Build (or find) the content-addressed image of an ``images/<name>`` recipe.
 
     The build has no network (the locked wheels are staged on the host), unless ``network``:
-    a recipe that declares ``image.network: true`` gets the host's network."""
+    a recipe that declares ``image.network: true`` gets the host's network. ``reproducible``
+    builds with harness.images.reproducible (the same inputs give the same image id); with ``check`` it
+    builds twice from scratch and hands the :class:`harness.images.reproducible.CheckResult` to ``check``."""
     import time
 
     base_ids: dict[str, str] = {}
@@ -328,10 +341,13 @@ def build_image(
             hint = "run `harness image bootstrap`" if base == BASE_IMAGE else f"load or pull {base} first"
             raise EngineError(f"{build_dir / 'Dockerfile'}: base image {base} is not in the engine: {hint}")
         base_ids[base] = base_id
-    digest = content_hash(build_dir, lockfile, base_ids, network)
+    reproducible = reproducible or check is not None
+    digest = content_hash(build_dir, lockfile, base_ids, network, reproducible)
     tag = f"harness/{build_dir.name}:{digest[:16]}"
     info = ImageInfo(ref=tag, id="", tag=tag, content_hash=digest, packages=locked_packages(lockfile))
-    if not force:
+    if reproducible:
+        info.builder = "podman-reproducible"
+    if not force and check is None:
         cached_id = engine_image_id(tag)
         if cached_id is not None:
             info.id, info.cached = cached_id, True
@@ -345,9 +361,21 @@ def build_image(
         stage_context(build_dir, lockfile, find_ca_bundle(ca_bundle), staging, log)
         from harness.images.ledger import built_ids_in, mark_stages, record_built
 
+        labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
+        if reproducible:
+            from harness.images import reproducible as reprobuild
+
+            if check is not None:
+                result = reprobuild.check_build(staging, tag, base_ids, labels, network, log)
+                info.id = result.first
+                check(result)
+            else:
+                info.id = reprobuild.build(staging, tag, base_ids, labels, network, log)
+            record_built([info.id], build_dir.name)
+            info.build_seconds = round(time.monotonic() - started, 3)
+            return info
         mark_stages(staging / "Dockerfile", build_dir.name)
         produced: list[str] = []
-        labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
         try:
             stream = client.api.build(
                 path=str(staging),
@@ -408,14 +436,16 @@ def bootstrap_base(
                 shutil.move(made, tarball)
             else:
                 tarball = made
-        repository, _, tag = name.partition(":")
-        with open(tarball, "rb") as handle:
-            client.api.import_image_from_data(
-                handle,
-                repository=repository,
-                tag=tag or "latest",
-                changes=["ENV LANG=C.UTF-8", 'CMD ["python3"]'],
-            )
+        from harness.images.reproducible import load_rootfs
+
+        # loaded with a fixed creation time, not `docker import`: the same tarball, the same id
+        load_rootfs(
+            tarball,
+            name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest",
+            epoch,
+            {"Env": ["LANG=C.UTF-8"], "Cmd": ["python3"]},
+            f"mmdebstrap --variant=minbase {suite} (SOURCE_DATE_EPOCH={epoch})",
+        )
     image = client.images.get(name)
     return ImageInfo(ref=name, id=image.id, tag=name, packages=base_packages(name))
 
@@ -427,11 +457,18 @@ def _mmdebstrap(suite: str, epoch: int, tarball: Path, log: Callable[[str], None
             "mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)"
         )
     hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
+    # every package file by sha256 (the same files make the same base), and no host files: the
+    # host's resolv.conf and hostname would make each bootstrap differ
+    debs = 'cd "$1/var/cache/apt/archives" && sha256sum -- *.deb > "$1/etc/harness-debs.sha256"'
+    host_files = 'rm -f "$1/etc/resolv.conf" "$1/etc/hostname"'
     cmd = [
         "mmdebstrap",
         "--variant=minbase",
         "--include=python3,python3-venv,ca-certificates",
+        "--skip=essential/unlink",  # keep the essential packages' files until the hook has listed them
         f"--customize-hook={hook}",
+        f"--customize-hook={debs}",
+        f"--customize-hook={host_files}",
         suite,
         str(tarball),
     ]

@@ -11,7 +11,7 @@ existed are recognised by their ``COPY ... /harness-build/`` step (the staging f
 harness uses), and only when dangling.
 
 Removed: the harness's dangling images (builder stages, and final images whose tag moved to a
-rebuild), and tagged ``harness/<recipe>:<hash>`` images that no record of the store and no
+rebuild) unless a record names their id (the run's image stays whatever became of its tag), and tagged ``harness/<recipe>:<hash>`` images that no record of the store and no
 manifest of the project references. Kept: everything else, images in use by a container, and any
 image that also carries a tag outside ``harness/``.
 """
@@ -132,6 +132,10 @@ def find_garbage(client: Any, referenced: set[str], recipes: set[str] | None = N
         tags = [t for t in (image.tags or []) if t != "<none>:<none>"]
         short = image.id.split(":")[-1][:12]
         recipe = labels.get(RECIPE_LABEL)
+        if image.id in referenced or image.id.split(":")[-1] in referenced:
+            # a record names it: a rebuild may have moved its tag, but the run's image stays
+            kept += 1
+            continue
         if not tags:
             if short not in ledger and not _legacy_builder(image):
                 continue
@@ -140,7 +144,7 @@ def find_garbage(client: Any, referenced: set[str], recipes: set[str] | None = N
             own_tag = f"harness/{recipe}:{str(labels.get(CONTENT_LABEL, ''))[:16]}"
             if CONTENT_LABEL not in labels or not all(t.startswith("harness/") for t in tags) or own_tag not in tags:
                 continue
-            if image.id in referenced or any(t in referenced for t in tags):
+            if any(t in referenced for t in tags):
                 kept += 1
                 continue
             if not tagged:

@@ -9,7 +9,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import LockfileError
@@ -25,7 +27,7 @@ COMPILE_FLAGS = [
     "--no-emit-trusted-host",
     "--strip-extras",
     "--no-header",
-    "--quiet",
+    "--verbose",  # streamed as progress lines: what is being resolved and hashed
 ]
 
 
@@ -62,14 +64,92 @@ def lockfile_for(image_dir: Path) -> Path:
     return image_dir.resolve().parent.parent / "lockfiles" / f"{image_dir.resolve().name}.txt"
 
 
-def compile_lockfile(image_dir: Path, output: Path | None = None, upgrade: bool = False) -> Path:
+@dataclass
+class CompileProgress:
+    """Reads pip-compile's verbose output line by line: says what it is doing (through ``say``)
+    and times its two phases, resolving (rounds of collecting candidates) and hashing (every file
+    of every pinned version, downloaded when the index does not publish its hash)."""
+
+    say: Callable[[str], None] = lambda line: None
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "resolving"
+    rounds: int = 0
+    collected: int = 0
+    hashing_started: float | None = None
+    current: tuple[str, float] | None = None  # the package being hashed and since when
+    hash_seconds: dict[str, float] = field(default_factory=dict)
+    tail: list[str] = field(default_factory=list)  # the last lines, for an error message
+
+    def feed(self, line: str) -> None:
+        """One line of pip-compile's output."""
+        text = line.strip()
+        if text:
+            self.tail = [*self.tail[-19:], text]
+        now = time.monotonic()
+        if text.startswith("ROUND "):
+            self.rounds += 1
+            self.say(f"[{now - self.started:.0f}s] resolving: round {self.rounds}")
+        elif text.startswith("Collecting "):
+            self.collected += 1
+            self.say(f"[{now - self.started:.0f}s] resolving: {text[len('Collecting ') :].split(' (from')[0]}")
+        elif text.startswith("Generating hashes"):
+            self.phase, self.hashing_started = "hashing", now
+            self.say(
+                f"[{now - self.started:.0f}s] resolved in {now - self.started:.0f}s; hashing every file of each pin"
+            )
+        elif self.phase == "hashing" and line.startswith("  ") and not line.startswith("   ") and " " not in text:
+            self._end_package(now)
+            self.current = (text, now)
+            self.say(f"[{now - self.started:.0f}s] hashing: {text}")
+
+    def _end_package(self, now: float) -> None:
+        if self.current is not None:
+            name, since = self.current
+            self.hash_seconds[name] = now - since
+            self.current = None
+
+    def summary(self) -> str:
+        """Where the time went, in one line."""
+        now = time.monotonic()
+        self._end_package(now)
+        total = now - self.started
+        if self.hashing_started is None:
+            return f"pip-compile took {total:.0f}s"
+        resolving = self.hashing_started - self.started
+        slowest = sorted(self.hash_seconds.items(), key=lambda item: -item[1])[:3]
+        shown = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in slowest if seconds >= 1)
+        return (
+            f"pip-compile took {total:.0f}s: resolving {resolving:.0f}s ({self.rounds} rounds), "
+            f"hashing {now - self.hashing_started:.0f}s ({len(self.hash_seconds)} packages"
+            + (f"; slowest {shown}" if shown else "")
+            + ")"
+        )
+
+
+def lockfile_is_current(image_dir: Path, output: Path | None = None) -> bool:
+    """Whether the image's lockfile was made from its requirements.in as it is now and is usable:
+    a re-lock would keep every pin, so it can be skipped."""
+    output = output or lockfile_for(image_dir)
+    requirements_in = image_dir / "requirements.in"
+    if not output.is_file() or not requirements_in.is_file():
+        return False
+    return recorded_input_hash(output) == requirements_hash(requirements_in) and not lockfile_problems(output)
+
+
+def compile_lockfile(
+    image_dir: Path,
+    output: Path | None = None,
+    upgrade: bool = False,
+    progress: CompileProgress | None = None,
+) -> Path:
     """Run pip-compile --generate-hashes on ``image_dir/requirements.in`` and write the lockfile.
 
     The pins of an existing lockfile are kept where requirements.in still allows them (as
     pip-compile does with its own output); ``upgrade`` resolves everything afresh. Package indexes
     named in requirements.in (``--extra-index-url https://…``) are used by pip-compile and written
     into the lockfile, so that a build can fetch a pinned wheel that PyPI lacks; the machine's own
-    pip configuration (mirrors, wheelhouses) is used but never written."""
+    pip configuration (mirrors, wheelhouses) is used but never written. ``progress`` is fed
+    pip-compile's output as it comes."""
     requirements_in = image_dir / "requirements.in"
     if not requirements_in.is_file():
         raise LockfileError(f"{requirements_in}: missing; list the image's direct dependencies there")
@@ -82,16 +162,23 @@ def compile_lockfile(image_dir: Path, output: Path | None = None, upgrade: bool 
             shutil.copyfile(output, compiled)
         # run inside the image folder so that "# via -r requirements.in" names no machine path
         cmd = [sys.executable, "-m", "piptools", "compile", *COMPILE_FLAGS, "-o", str(compiled), "requirements.in"]
-        result = subprocess.run(
+        progress = progress or CompileProgress()
+        with subprocess.Popen(
             cmd,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             text=True,
+            errors="replace",
             cwd=image_dir,
             env={**os.environ, "CUSTOM_COMPILE_COMMAND": "harness lock"},
-        )
-        if result.returncode != 0:
-            tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise LockfileError(f"{requirements_in}: pip-compile failed: {tail}")
+        ) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                progress.feed(line.rstrip("\n"))
+        if process.returncode != 0:
+            errors = [line for line in progress.tail if "error" in line.lower()] or progress.tail or ["(no output)"]
+            raise LockfileError(f"{requirements_in}: pip-compile failed: {errors[-1]}")
         header = (
             f"# Locked by `harness lock {image_dir.name}` (pip-compile --generate-hashes); do not edit.\n"
             f"{INPUT_HASH_PREFIX}{requirements_hash(requirements_in)}\n" + "".join(f"{index}\n" for index in indexes)

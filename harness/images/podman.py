@@ -13,8 +13,7 @@ from urllib.parse import quote, urlencode
 from harness.errors import EngineError
 from harness.images.build import ImageInfo
 from harness.images.registry import RegistryError, explain_pull_failure, registry_auth_header, registry_host
-from harness.runtime.engine_api import API_VERSION, EngineAPI, EngineAPIError, engine_socket
-from harness.runtime.unix_http import UnixConnection
+from harness.runtime.engine_api import API_VERSION, EngineAPI, EngineAPIError, _UnixConnection, engine_socket
 
 
 def podman_resolve_ref(api: EngineAPI, ref: str, log: Callable[[str], None] = lambda line: None) -> ImageInfo:
@@ -48,7 +47,7 @@ def podman_resolve_ref(api: EngineAPI, ref: str, log: Callable[[str], None] = la
 
 def _call(api: EngineAPI, method: str, url: str, query: dict[str, Any], headers: dict[str, str], timeout: float) -> Any:
     """One request with extra headers; the last JSON object of a streamed answer."""
-    connection = UnixConnection(api.path, timeout)
+    connection = _UnixConnection(api.path, timeout)
     try:
         connection.request(method, f"/{API_VERSION}{url}?{urlencode(query)}", headers=headers)
         response = connection.getresponse()
@@ -75,8 +74,8 @@ def transfer_from_docker(api: EngineAPI, image: str) -> None:
     docker_path = engine_socket()
     if docker_path is None:
         raise EngineError("copying an image into Podman needs the Docker engine on a unix socket (DOCKER_HOST)")
-    source = UnixConnection(docker_path, 3600)
-    target = UnixConnection(api.path, 3600)
+    source = _UnixConnection(docker_path, 3600)
+    target = _UnixConnection(api.path, 3600)
     try:
         source.request("GET", f"/{API_VERSION}/images/{quote(image, safe='')}/get")
         saved = source.getresponse()

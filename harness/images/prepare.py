@@ -28,9 +28,12 @@ def prepare_image(
     force_build: bool = False,
     log: Callable[[str], None] = lambda line: None,
     runtime: str = "docker",
+    reproducible: bool = False,
 ) -> ImageInfo:
     """A manifest's image: built from its recipe (content-addressed, cached) or resolved by digest,
-    in the engine of ``runtime`` (``podman``: see :func:`prepare_podman_image`).
+    in the engine of ``runtime`` (``podman``: see :func:`prepare_podman_image`). The build is
+    bit-reproducible (harness.images.reproducible) when the manifest declares
+    ``image.reproducible: true`` or ``reproducible`` is set.
 
     Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
     if runtime == "podman":
@@ -40,6 +43,7 @@ def prepare_image(
         str(loaded.build_dir),
         loaded.lockfile and loaded.lockfile.read_bytes(),
         loaded.manifest.image.network,
+        reproducible or loaded.manifest.image.reproducible,
     )
     if not force_build:
         with _prepared_lock:
@@ -56,6 +60,7 @@ def prepare_image(
             force=force_build,
             log=log,
             network=loaded.manifest.image.network,
+            reproducible=reproducible or loaded.manifest.image.reproducible,
         )
     with _prepared_lock:
         _prepared_images[key] = info

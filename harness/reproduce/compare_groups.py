@@ -1,15 +1,32 @@
 """``harness compare SELECTION --against SELECTION``: the reproduction verdict between two
-selections of the store (two library versions, two machines, a published group and its rerun)."""
+selections of the store (two library versions, two machines, a published group and its rerun);
+``--against-reference``: a selection against its manifest's published mean ± spread."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import click
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.reproduce.group_verdict import GroupVerdict
+    from harness.reproduce.reference import ReferenceVerdict
+
+
+@dataclass
+class GroupComparison:
+    """The verdict of one selection against another, what ``--json`` prints, and the figure written."""
+
+    verdict: GroupVerdict
+    payload: dict[str, Any]
+    figure: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The verdict as text, with the figure's path when one was written."""
+        return self.verdict.lines() + ([f"figure: {self.figure}"] if self.figure is not None else [])
 
 
 def split_terms(values: tuple[str, ...]) -> list[str]:
@@ -31,10 +48,9 @@ def compare_groups(
     points: int,
     smooth: int,
     figure: Path | None,
-    as_json: bool,
-) -> int:
-    """Print the verdict of ``against`` (the reproduction side) against ``selection`` (the original
-    side); returns the exit status (0 identical/consistent, 1 diverged, 3 inconclusive)."""
+) -> GroupComparison:
+    """The verdict of ``against`` (the reproduction side) against ``selection`` (the original side),
+    with the curves and margin figure written to ``figure`` when both sides have curves."""
     from harness.analysis.selection import select_runs
     from harness.reproduce.group_verdict import EquivalenceSpec, group_verdict
     from harness.store.local import LocalStore
@@ -43,11 +59,10 @@ def compare_groups(
         from harness.analysis.plots import check_output
 
         check_output(figure)
-    if points < 2 or smooth < 1:
-        raise HarnessError("--points must be at least 2 and --smooth at least 1")
     store = LocalStore()
-    original = select_runs(store, list(selection))
-    reproduction = select_runs(store, split_terms(against))
+    left_out: list[str] = []
+    original = select_runs(store, list(selection), left_out)
+    reproduction = select_runs(store, split_terms(against), left_out)
     ids_a = original.column("run_id").to_pylist()
     ids_b = reproduction.column("run_id").to_pylist()
     shared = sorted(set(ids_a) & set(ids_b))
@@ -70,9 +85,14 @@ def compare_groups(
     result = group_verdict(
         [store.run_dir(r) for r in ids_a], [store.run_dir(r) for r in ids_b], spec, points=points, smooth=smooth
     )
+    comparison = GroupComparison(
+        result,
+        {"original_selection": list(selection), "reproduction_selection": split_terms(against), **result.to_dict()},
+        notes=list(dict.fromkeys(left_out)),
+    )
     if figure is not None:
         if result.curves is None:
-            click.echo("note: no figure: curves need at least two runs on each side", err=True)
+            comparison.notes.append("no figure: curves need at least two runs on each side")
         else:
             from harness.analysis.plots import plot_equivalence
 
@@ -84,21 +104,50 @@ def compare_groups(
                 labels=(_label("original", selection), _label("against", tuple(split_terms(against)))),
                 run_ids=(ids_a, ids_b),
             )
-    if as_json:
-        payload: dict[str, Any] = {
-            "original_selection": list(selection),
-            "reproduction_selection": split_terms(against),
-            **result.to_dict(),
-        }
-        if figure is not None and result.curves is not None:
-            payload["figure"] = str(figure)
-        click.echo(json.dumps(payload, indent=1, allow_nan=False))
-    else:
-        for line in result.lines():
-            click.echo(line)
-        if figure is not None and result.curves is not None:
-            click.echo(f"figure: {figure}")
-    return result.exit_status
+            comparison.figure = figure
+            comparison.payload["figure"] = str(figure)
+    return comparison
+
+
+def compare_reference(
+    selection: tuple[str, ...],
+    *,
+    metric: str | None,
+    last_n: int | None,
+    statistic: str | None,
+    margin: float | None,
+    margin_relative: float | None,
+    confidence: float | None,
+) -> tuple[ReferenceVerdict, list[str]]:
+    """The verdict of ``selection`` against its manifest's ``expect.reference``, and notes on what
+    the selection left out."""
+    from harness.analysis.selection import select_runs
+    from harness.reproduce.group_verdict import EquivalenceSpec
+    from harness.reproduce.reference import reference_verdict
+    from harness.store.local import LocalStore
+
+    store = LocalStore()
+    left_out: list[str] = []
+    runs = select_runs(store, list(selection), left_out)
+    ids = runs.column("run_id").to_pylist()
+    names = sorted(set(runs.column("name").to_pylist()))
+    if len(names) > 1:
+        raise HarnessError(f"the selection holds runs of {', '.join(names)}: select one manifest's runs")
+    expect = store.load(ids[0]).get("expect")
+    reference = expect.get("reference") if isinstance(expect, dict) else None
+    if not isinstance(reference, dict):
+        raise HarnessError(
+            f"{names[0]}: its manifest has no expect.reference; add one, e.g. "
+            "expect: {reference: {mean: 490.04, sd: 6.12, seeds: 3, source: <URL or citation>}}"
+        )
+    if metric:
+        reference = {**reference, "metric": metric}
+    if statistic:
+        reference = {**reference, "statistic": statistic}
+    spec = EquivalenceSpec.of(
+        expect, last_n=last_n, margin=margin, margin_relative=margin_relative, confidence=confidence
+    )
+    return reference_verdict([store.run_dir(r) for r in ids], reference, spec), left_out
 
 
 def _label(side: str, terms: tuple[str, ...]) -> str:

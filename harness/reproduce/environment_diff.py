@@ -295,10 +295,3 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     except (ValueError, RecursionError):
         record = {}
     return record if isinstance(record, dict) else {}, read(Path(run_dir) / "lockfile.txt")
-
-
-def compare_run_environments(original_dir: Path, reproduction_dir: Path) -> EnvironmentComparison:
-    """``compare_environments`` of two run folders, with their lockfiles' hashes."""
-    original, original_lock = read_run(original_dir)
-    reproduction, reproduction_lock = read_run(reproduction_dir)
-    return compare_environments(original, reproduction, original_lock, reproduction_lock)

@@ -25,6 +25,7 @@ from harness.analysis.equivalence import (
     DEFAULT_CONFIDENCE,
     DIVERGED,
     INCONCLUSIVE,
+    MIN_VERDICT_SEEDS,
     CurveComparison,
     EquivalenceResult,
     Series,
@@ -39,9 +40,9 @@ from harness.reproduce.environment_diff import (
     compare_environments,
     read_run,
 )
+from harness.store.record import DEFAULT_METRIC
 
 IDENTICAL = "identical"
-DEFAULT_METRIC = "charts/episodic_return"
 EXIT_STATUS = {IDENTICAL: 0, CONSISTENT: 0, DIVERGED: 1, INCONCLUSIVE: 3}  # 2 is bad input
 
 
@@ -104,11 +105,6 @@ class GroupVerdict:
         """0 identical or consistent, 1 diverged, 3 inconclusive (2 stays bad input)."""
         return EXIT_STATUS[self.verdict]
 
-    @property
-    def first_diverged_step(self) -> float | None:
-        """The first checkpoint whose CI lies wholly outside the margin, if curves were compared."""
-        return None if self.curves is None else self.curves.first_diverged
-
     def to_dict(self, curves: bool = False) -> dict[str, Any]:
         """JSON-ready form; the per-checkpoint arrays only with ``curves``."""
         curve_part: dict[str, Any] | None = None
@@ -155,14 +151,7 @@ class GroupVerdict:
                 f"{eq.aggregate}: original {eq.original:.6g}, reproduction {eq.reproduction:.6g}, "
                 f"difference {eq.estimate:+.4g}"
             )
-            out.append(
-                f"{100 * eq.confidence:g} % CI of the difference: [{eq.ci[0]:+.4g}, {eq.ci[1]:+.4g}] "
-                f"({eq.method}); margin ±{eq.margin:.4g}"
-                + (f" ({100 * eq.margin_relative:g} % of the original)" if eq.margin_relative else "")
-            )
-            if eq.seeds_needed is not None:
-                needed = f"more than {eq.seeds_needed}" if eq.seeds_needed_capped else str(eq.seeds_needed)
-                out.append(f"power to show equivalence now: {100 * eq.power:.0f} %; seeds per side for 80 %: {needed}")
+            out += interval_lines(eq)
         if self.curves is not None:
             c = self.curves
             if c.first_diverged is not None:
@@ -182,6 +171,29 @@ class GroupVerdict:
         out += [f"environment: {line}" for line in self.environment.lines()]
         out += [f"note: {note}" for note in self.notes]
         return out
+
+
+def interval_lines(eq: EquivalenceResult) -> list[str]:
+    """The interval, margin, power and seeds needed, in plain words when too few seeds allow none."""
+    margin = f"margin ±{eq.margin:.4g}" + (
+        f" ({100 * eq.margin_relative:g} % of the original)" if eq.margin_relative else ""
+    )
+    if not eq.has_interval:
+        out = [
+            f"no interval: {eq.n_original} vs {eq.n_reproduction} seeds, and a spread needs at least two "
+            f"seeds a side ({margin}); a verdict needs {MIN_VERDICT_SEEDS} seeds a side"
+        ]
+    else:
+        out = [
+            f"{100 * eq.confidence:g} % CI of the difference: [{eq.ci[0]:+.4g}, {eq.ci[1]:+.4g}] "
+            f"({eq.method}); {margin}"
+        ]
+    if eq.seeds_needed is not None:
+        needed = f"more than {eq.seeds_needed}" if eq.seeds_needed_capped else str(eq.seeds_needed)
+        out.append(f"power to show equivalence now: {100 * eq.power:.0f} %; seeds per side for 80 %: {needed}")
+    elif not eq.has_interval:
+        out.append("seeds per side for 80 %: unknown until a side has two seeds to show the spread")
+    return out
 
 
 def json_safe(value: Any) -> Any:
@@ -344,6 +356,13 @@ def group_verdict(
             notes += differences
             if identity is not None and (len(original) < 2 or len(reproduction) < 2):
                 return result(identity)
+    shared_seeds = sorted({r.get("seed") for r in records_a} & {r.get("seed") for r in records_b}, key=str)
+    if shared_seeds:
+        notes.append(
+            f"seed{'s' if len(shared_seeds) > 1 else ''} {', '.join(map(str, shared_seeds))} on both sides: a repeated "
+            "seed is not a new seed (it checks repeatability, not the spread across seeds); for new evidence "
+            "run seeds neither side has"
+        )
     equivalence = equivalence_test(
         scores_a,
         scores_b,
@@ -439,6 +458,7 @@ def plan_seeds(
     return SeedPlan(
         seeds,
         message
-        or f"{len(seeds)} {'new ' if new_seeds else ''}seeds: {', '.join(map(str, seeds[:12]))}"
+        or f"{len(seeds)} {'new ' if new_seeds else ''}seed{'s' if len(seeds) != 1 else ''}: "
+        f"{', '.join(map(str, seeds[:12]))}"
         + (" ..." if len(seeds) > 12 else ""),
     )

@@ -53,6 +53,12 @@ class ReproductionResult:
     published_commit: str | None = None
     image_source: str = "rebuilt"  # rebuilt (from the recipe) | registry (the published image) | ref (the manifest's)
     image_ref: str | None = None  # the registry reference run, for "registry"
+    published_image: dict[str, Any] = field(default_factory=dict)  # the original record's image
+
+    @property
+    def image_check(self) -> dict[str, Any]:
+        """The reproduction's image against the published one (see :func:`compare_images`)."""
+        return compare_images(self.published_image, dict(self.records[0].get("image") or {}), self.image_source)
 
     @property
     def reproduction_ids(self) -> list[str]:
@@ -99,6 +105,7 @@ class ReproductionResult:
                 "source": self.image_source,
                 "ref": self.image_ref,
                 "id": (self.records[0].get("image") or {}).get("id"),
+                **self.image_check,
             },
             "first_difference": None if difference is None else asdict(difference),
             "pairs": [
@@ -107,6 +114,34 @@ class ReproductionResult:
             ],
             **self.verdict.to_dict(curves=curves),
         }
+
+
+def compare_images(published: dict[str, Any], rebuilt: dict[str, Any], source: str) -> dict[str, Any]:
+    """``published_id``, ``same_image`` (whether the reproduction ran the published image id) and
+    ``image_note``: one line saying so, or why a rebuild did not give the published digest."""
+    old, new = published.get("id"), rebuilt.get("id")
+    same = bool(old) and old == new
+    short = str(old or "none")[:19]
+    if source != "rebuilt":
+        note = f"the published image ({short})" if same else f"not the published image {short}"
+    elif same:
+        note = f"rebuilt to the published digest ({short})"
+    elif published.get("builder") != "podman-reproducible":
+        note = (
+            f"rebuilt from the recipe ({str(new)[:19]}), not the published {short}: it was built by Docker's "
+            "builder, which stamps build times into the image (declare image.reproducible: true)"
+        )
+    elif published.get("content_hash") != rebuilt.get("content_hash"):
+        note = (
+            f"rebuilt from the recipe ({str(new)[:19]}), not the published {short}: the base image here is not "
+            "the one it was built on (bootstrapped from other Debian packages?)"
+        )
+    else:
+        note = (
+            f"rebuilt from the same recipe, lockfile and base to {str(new)[:19]}, not the published {short}: "
+            "the build did not reproduce here (`harness build --check` names the files that differ)"
+        )
+    return {"published_id": old, "same_image": same, "image_note": note}
 
 
 def stage_project(run_dir: Path, workdir: Path) -> Path:
@@ -149,8 +184,11 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     return manifest_path
 
 
-def original_run(store: LocalStore, target: str, endpoint: str | None, revision: str | None) -> tuple[str, str | None]:
-    """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first."""
+def original_run(
+    store: LocalStore, target: str, endpoint: str | None, revision: str | None, trust_key: Path | None = None
+) -> tuple[str, str | None]:
+    """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first
+    (accepting it only signed by ``trust_key`` when given)."""
     from harness.store.hub import parse_run_spec
     from harness.store.hub import pull as pull_runs
 
@@ -160,7 +198,7 @@ def original_run(store: LocalStore, target: str, endpoint: str | None, revision:
     repo, run_id = parse_run_spec(target)
     if run_id is None:
         raise HubError(f"{target!r}: name the run to reproduce, org/name/<run_id>")
-    pull_runs(target, revision=revision, endpoint=endpoint, store=store)
+    pull_runs(target, revision=revision, endpoint=endpoint, store=store, trust_key=trust_key)
     return run_id, repo
 
 
@@ -291,6 +329,7 @@ def reproduce(
     progress: IO[str] | None = None,
     rebuild: bool = False,
     allow_build_network: bool = False,
+    trust_key: Path | None = None,
 ) -> ReproductionResult:
     """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record over
     seeds, and give the verdict between the published group and the reproduction runs
@@ -307,21 +346,25 @@ def reproduce(
     Raises HarnessError for bad input: a pulled run asked to run on the host without
     ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the
     Hub, a recipe that declares ``image.network: true`` without ``allow_build_network``, a seed
-    count that is not positive. With ``progress``, each run's live progress (harness.run.progress) is
+    count that is not positive, with ``trust_key`` a run of the published group whose provenance is
+    not signed by that key or does not match its files. With ``progress``, each run's live
+    progress (harness.run.progress) is
     shown on that stream.
     """
     from harness.manifest import load_manifest
     from harness.reproduce.group_verdict import group_scores, group_verdict, plan_seeds
     from harness.run.plan import RunSpec, config_key
+    from harness.store.provenance import load_public_key, verify_record
 
     store = store or LocalStore()
     seeds = parse_seed_count(seeds)
+    trusted = load_public_key(trust_key) if trust_key is not None else None
     if runtime == "process" and "/" in target and not trust_code:
         raise HarnessError(
             "--runtime process would run downloaded code on this host without a sandbox; "
             "add --trust-code if you have read it, or use --runtime docker"
         )
-    original_id, repo = original_run(store, target, endpoint, revision)
+    original_id, repo = original_run(store, target, endpoint, revision, trust_key)
     original = store.load(original_id)
     if runtime == "process" and original.get("pulled_from") and not trust_code:
         raise HarnessError(f"run {original_id} was pulled from {repo}: --runtime process needs --trust-code")
@@ -357,6 +400,8 @@ def reproduce(
         expect = loaded.manifest.expect
         whole_repo = seeds is not None or new_seeds or len(loaded.manifest.seeds) > 1
         group = original_group(store, original, target, endpoint, whole_repo)
+        for member in group if trusted is not None else []:
+            verify_record(member, trusted)  # the runs the verdict rests on, pulled or local
         original_dirs = [store.run_dir(r["run_id"]) for r in group]
         published_seeds = [int(r["seed"]) for r in group]
         if seeds == "auto":
@@ -445,10 +490,11 @@ def reproduce(
         pairs,
         image_source=image_source,
         image_ref=registry_image.ref if registry_image is not None else None,
+        published_image=dict(original.get("image") or {}),
     )
     write_json_atomic(result.verdict_path, json_safe(result.to_dict()))
     # record.json is outside the checksummed files, so the verdict can join the sealed records.
-    summary = verdict.to_dict()
+    summary = {**verdict.to_dict(), "image": result.to_dict(curves=False)["image"]}
     for record in records:
         record["reproduction_verdict"] = verdict.verdict
         record["reproduction"] = summary

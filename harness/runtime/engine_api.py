@@ -8,6 +8,7 @@ bootstrap and other engine addresses (``tcp://`` with TLS) keep the SDK (``docke
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -20,29 +21,40 @@ from harness.errors import EngineError
 
 API_VERSION = "v1.41"  # Docker 20.10 and Podman 4 both serve it
 DEFAULT_HOST = "unix:///var/run/docker.sock"
-MAX_ANSWER_BYTES = 256 << 20  # an inspect or list answer is kilobytes; a bound, not a budget
+# how long a short call (inspect, kill, remove, create) may wait for an answer; a hung engine is
+# told apart from a slow one by this bound
+TIMEOUT_ENV = "HARNESS_ENGINE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 60.0
+# what a lost or hung engine raises from a call: a refused, reset or cut connection, a read deadline,
+# or an answer cut short (http.client's IncompleteRead is no OSError)
+ENGINE_FAULTS: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException)
 ENGINE_HINT = "start it with `dockerd --bridge=none --iptables=false --ip-masq=false &` or see README (Prerequisites)"
 
 
 def engine_socket() -> str | None:
     """The engine's unix socket path, or None when ``DOCKER_HOST`` names another kind of address."""
-    host = os.environ.get("DOCKER_HOST", DEFAULT_HOST)
+    host = os.environ.get("DOCKER_HOST") or DEFAULT_HOST
     return host[len("unix://") :] if host.startswith("unix://") else None
 
 
-def _unchunk(data: bytes) -> bytes:
-    """The body of a chunked transfer encoding."""
-    out: list[bytes] = []
-    position = 0
-    while True:
-        end = data.find(b"\r\n", position)
-        if end < 0:
-            return b"".join(out)
-        size = int(data[position:end].split(b";")[0] or b"0", 16)
-        if size == 0:
-            return b"".join(out)
-        out.append(data[end + 2 : end + 2 + size])
-        position = end + 2 + size + 2
+def call_timeout() -> float:
+    """The bound of one short engine call: ``HARNESS_ENGINE_TIMEOUT`` seconds, else 60."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+    return value if value > 0 else DEFAULT_TIMEOUT_S
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
 
 
 class EngineAPIError(EngineError):
@@ -56,93 +68,59 @@ class EngineAPIError(EngineError):
 class EngineAPI:
     """A client of the engine listening on the unix socket ``path``."""
 
-    def __init__(self, path: str, timeout: float = 60):
+    def __init__(self, path: str, timeout: float | None = None):
         self.path = path
-        self.timeout = timeout
+        self.timeout = call_timeout() if timeout is None else timeout
 
-    def _target(self, url: str, query: dict[str, Any] | None) -> str:
-        return f"/{API_VERSION}{url}" + (f"?{urlencode(query)}" if query else "")
-
-    def _exchange(
-        self, method: str, url: str, body: Any, timeout: float | None, query: dict[str, Any] | None
-    ) -> tuple[int, str, bytes]:
-        """One HTTP/1.0 request (the engine answers without chunking and closes): status, reason,
-        body. A plain socket, not http.client: its imports cost more than a warm build's lookup."""
-        payload = json.dumps(body).encode() if body is not None else b""
-        head = (
-            f"{method} {self._target(url, query)} HTTP/1.0\r\nHost: localhost\r\n"
-            f"Content-Length: {len(payload)}\r\n"
-            + ("Content-Type: application/json\r\n" if body is not None else "")
-            + "\r\n"
-        )
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _open(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        timeout: float | None = None,
+        query: dict[str, Any] | None = None,
+        connection: http.client.HTTPConnection | None = None,
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        if connection is None:
+            connection = _UnixConnection(self.path, self.timeout if timeout is None else timeout)
+        target = f"/{API_VERSION}{url}" + (f"?{urlencode(query)}" if query else "")
+        headers = {"Content-Type": "application/json"} if body is not None else {}
         try:
-            sock.settimeout(self.timeout if timeout is None else timeout)
-            try:
-                sock.connect(self.path)
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                raise EngineError(f"Docker engine unreachable at unix://{self.path}: {ENGINE_HINT}") from exc
-            sock.sendall(head.encode("latin-1") + payload)
-            chunks, total = [], 0
-            while chunk := sock.recv(1 << 16):
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > MAX_ANSWER_BYTES:
-                    raise EngineError(f"{method} {url}: the engine's answer is larger than {MAX_ANSWER_BYTES} bytes")
-        finally:
-            sock.close()
-        header, _, data = b"".join(chunks).partition(b"\r\n\r\n")
-        lines = header.decode("latin-1").split("\r\n")
-        status_line = lines[0].split(" ", 2)
-        if len(status_line) < 2 or not status_line[1].isdigit():
-            raise EngineError(f"{method} {url}: the engine's answer is not HTTP ({lines[0][:80]!r})")
-        if any(line.lower().replace(" ", "") == "transfer-encoding:chunked" for line in lines[1:]):
-            data = _unchunk(data)
-        return int(status_line[1]), status_line[2] if len(status_line) > 2 else "", data
-
-    def call(
-        self, method: str, url: str, body: Any = None, timeout: float | None = None, query: dict[str, Any] | None = None
-    ) -> Any:
-        """One request; the decoded JSON answer (None for an empty one). EngineAPIError for a status
-        of 400 or more; ``TimeoutError`` when the engine does not answer within ``timeout``."""
-        status, reason, data = self._exchange(method, url, body, timeout, query)
-        if status >= 400:
-            try:
-                message = json.loads(data).get("message", "")
-            except (ValueError, AttributeError):
-                message = data[:300].decode(errors="replace")
-            raise EngineAPIError(status, f"{method} {url}: {message or reason}")
-        return json.loads(data) if data.strip() else None
-
-    def stream_logs(self, container_id: str, stderr: bool = True) -> Iterator[bytes]:
-        """A container's stdout (and stderr) as they come, until it ends (the API's multiplexed
-        frames: an 8-byte header, then the payload)."""
-        from harness.runtime.unix_http import UnixConnection  # the log thread pays for http.client
-
-        connection = UnixConnection(self.path, None)
-        query = {"follow": 1, "stdout": 1, "stderr": int(stderr)}
-        try:
-            connection.request("GET", self._target(f"/containers/{container_id}/logs", query))
-            response = connection.getresponse()
+            connection.request(method, target, body=json.dumps(body) if body is not None else None, headers=headers)
+            return connection, connection.getresponse()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             connection.close()
             raise EngineError(f"Docker engine unreachable at unix://{self.path}: {ENGINE_HINT}") from exc
         except BaseException:
             connection.close()
             raise
+
+    def call(
+        self, method: str, url: str, body: Any = None, timeout: float | None = None, query: dict[str, Any] | None = None
+    ) -> Any:
+        """One request; the decoded JSON answer (None for an empty one). EngineAPIError for a status
+        of 400 or more; ``TimeoutError`` when the engine does not answer within ``timeout``."""
+        connection, response = self._open(method, url, body, timeout, query)
         try:
-            if response.status >= 400:
-                return
-            while True:
-                header = response.read(8)
-                if len(header) < 8:
-                    return
-                size = struct.unpack(">I", header[4:])[0]
-                payload = response.read(size)
-                if payload:
-                    yield payload
+            data = response.read()
         finally:
             connection.close()
+        if response.status >= 400:
+            try:
+                message = json.loads(data).get("message", "")
+            except ValueError:
+                message = data[:300].decode(errors="replace")
+            raise EngineAPIError(response.status, f"{method} {url}: {message or response.reason}")
+        return json.loads(data) if data.strip() else None
+
+    def stream_logs(self, container_id: str, stderr: bool = True, deadline: float | None = None) -> FollowedStream:
+        """A container's stdout (and stderr) as they come, until the engine ends the stream (the
+        container stopped, or the engine went away). A followed stream has no read deadline unless
+        ``deadline`` gives one: a workload may be quiet for hours, and Podman sends the answer's
+        headers only with the first output. ``close()`` ends it early from another thread."""
+        return FollowedStream(
+            self, f"/containers/{container_id}/logs", {"follow": 1, "stdout": 1, "stderr": int(stderr)}, deadline
+        )
 
     def version(self) -> dict[str, Any]:
         """The engine's version answer."""
@@ -159,7 +137,49 @@ class EngineAPI:
             raise
 
 
-def engine_api(timeout: float = 60) -> EngineAPI:
+# what ends a followed stream early: an engine that went away, a closed or cut connection
+STREAM_ENDS: tuple[type[BaseException], ...] = (EngineError, *ENGINE_FAULTS)
+
+
+class FollowedStream:
+    """A followed log stream (the API's multiplexed frames: an 8-byte header, then the payload),
+    opened when it is first iterated."""
+
+    def __init__(self, api: EngineAPI, url: str, query: dict[str, Any], deadline: float | None):
+        self.api = api
+        self.url = url
+        self.query = query
+        self.connection = _UnixConnection(api.path, deadline)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            _, response = self.api._open("GET", self.url, query=self.query, connection=self.connection)
+            if response.status >= 400:
+                return
+            while True:
+                header = response.read(8)
+                if len(header) < 8:
+                    return
+                size = struct.unpack(">I", header[4:])[0]
+                payload = response.read(size)
+                if payload:
+                    yield payload
+        except STREAM_ENDS:
+            return  # the engine went away (or the stream was closed): what came before is kept
+        finally:
+            self.connection.close()
+
+    def close(self) -> None:
+        """End the stream now, waking a reader blocked on it (a hung engine sends nothing more)."""
+        sock = self.connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def engine_api(timeout: float | None = None) -> EngineAPI:
     """A client of the local engine; EngineError when ``DOCKER_HOST`` names no unix socket or the
     engine does not answer. A run mounts host folders, so its engine must be on this host."""
     path = engine_socket()
@@ -169,15 +189,22 @@ def engine_api(timeout: float = 60) -> EngineAPI:
             "(unset DOCKER_HOST, or set it to unix:///path/to/docker.sock)"
         )
     api = EngineAPI(path, timeout)
-    if path not in VERSIONS:  # once per process: a sweep's runs need not ask again
+    if (path, api.timeout) not in _answered:  # once per process: a sweep's runs need not ask again
         try:
             VERSIONS[path] = api.version()
-        except OSError as exc:
+        except TimeoutError as exc:
+            raise EngineError(
+                f"Docker engine at unix://{path} did not answer within {api.timeout:g}s: is it hung? "
+                "(restart it, or point DOCKER_HOST at another engine)"
+            ) from exc
+        except ENGINE_FAULTS as exc:
             raise EngineError(f"Docker engine unreachable at unix://{path}: {ENGINE_HINT}") from exc
+        _answered.add((path, api.timeout))
     return api
 
 
-VERSIONS: dict[str, dict[str, Any]] = {}  # the version answer of each engine asked, by socket path
+_answered: set[tuple[str, float]] = set()
+VERSIONS: dict[str, dict[str, Any]] = {}  # each engine's version answer, by socket path (for the record)
 
 
 class EngineContainer:
@@ -208,7 +235,7 @@ class EngineContainer:
             raise TimeoutError(f"container {self.id[:12]} still running after {timeout}s") from exc
         return answer
 
-    def logs(self) -> Iterator[bytes]:
+    def logs(self) -> FollowedStream:
         """Its output as it comes (stdout and stderr), until it ends."""
         return self.api.stream_logs(self.id)
 

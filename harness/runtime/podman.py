@@ -49,6 +49,7 @@ SOCKET_ENV = "HARNESS_PODMAN_SOCKET"
 REQUIRE_LIMITS_ENV = "HARNESS_REQUIRE_LIMITS"
 DEFAULT_USER = "harness-podman"
 START_TIMEOUT_S = 60
+ANSWER_TIMEOUT_S = 5
 LIMITS = ("memory", "cpus", "pids")
 PODMAN_HINT = "apt-get install -y podman uidmap slirp4netns, or run scripts/setup.sh --with-podman"
 
@@ -64,10 +65,13 @@ class PodmanUser:
 
     @property
     def runtime_dir(self) -> Path:
-        """Its ``XDG_RUNTIME_DIR`` (made by the harness when it is root and the folder is missing)."""
+        """Its ``XDG_RUNTIME_DIR``: this process's own, else the folder Podman itself would pick (made
+        here when missing, by root for another user)."""
         if self.uid == os.geteuid() and os.environ.get("XDG_RUNTIME_DIR"):
             return Path(os.environ["XDG_RUNTIME_DIR"])
-        return Path(f"/run/user/{self.uid}")
+        if self.uid != os.geteuid():
+            return Path(f"/run/user/{self.uid}")
+        return own_runtime_dir(self.uid)
 
     def environment(self) -> dict[str, str]:
         """The environment of a Podman process of this user (nothing of the harness's own)."""
@@ -79,6 +83,38 @@ class PodmanUser:
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "LANG": "C.UTF-8",
         }
+
+
+def _private_dir(path: Path, uid: int) -> bool:
+    """Make ``path`` (mode 0700) unless it exists; whether it is now a folder that ``uid`` owns and
+    nobody else can write to (one made by another user in a shared temp dir is not used)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o022
+
+
+def own_runtime_dir(uid: int) -> Path:
+    """The runtime folder of this process's user without ``XDG_RUNTIME_DIR`` (no login session:
+    ``su``, a batch job, a container), chosen as Podman chooses it: ``/run/user/<uid>`` when that is
+    the user's, else ``$TMPDIR/podman-run-<uid>``. HarnessError when neither can be used."""
+    login = Path(f"/run/user/{uid}")
+    if _private_dir(login, uid):
+        return login
+    fallback = Path(os.environ.get("TMPDIR") or "/tmp") / f"podman-run-{uid}"
+    if _private_dir(fallback, uid):
+        return fallback
+    raise HarnessError(
+        f"no runtime folder for Podman: {login} is not yours and {fallback} is not a folder only you "
+        "can write to; set XDG_RUNTIME_DIR to a private folder of yours (mode 0700)"
+    )
 
 
 def podman_user() -> PodmanUser:
@@ -98,8 +134,9 @@ def podman_user() -> PodmanUser:
 
 
 def _answers(path: Path) -> bool:
+    """Whether a service answers on ``path`` within ANSWER_TIMEOUT_S (one that hangs does not)."""
     try:
-        EngineAPI(str(path), timeout=5).version()
+        EngineAPI(str(path), timeout=ANSWER_TIMEOUT_S).version()
         return True
     except (OSError, EngineError):
         return False
@@ -269,7 +306,7 @@ def _other_processes(uid: int, pause: int) -> bool:
     for process in psutil.process_iter(["uids", "status"]):
         try:
             if (
-                process.pid != pause
+                process.pid not in (pause, os.getpid())  # a harness run by that user itself
                 and process.info["uids"]
                 and process.info["uids"].real == uid
                 and process.info["status"] != psutil.STATUS_ZOMBIE
@@ -297,7 +334,7 @@ def podman_api() -> EngineAPI:
             path = Path(explicit.removeprefix("unix://"))
             if not _answers(path):
                 raise EngineError(
-                    f"{SOCKET_ENV}={explicit}: no Podman service answers there "
+                    f"{SOCKET_ENV}={explicit}: no Podman service answers there in {ANSWER_TIMEOUT_S}s "
                     "(start one with `podman system service --time=0 unix://<path>`, or unset it)"
                 )
             _api = EngineAPI(str(path))

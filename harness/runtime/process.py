@@ -33,6 +33,18 @@ def host_command(request: JobRequest) -> list[str]:
     return command
 
 
+def host_workdir(request: JobRequest) -> Path:
+    """The job's working directory on the host: under ``out_dir``, or the image path with
+    ``/workload/`` pointed at the recipe's workload folder."""
+    folder = request.host_workdir(sandboxed=False)
+    if folder is not None:
+        return folder
+    path = request.workdir.rstrip("/") + "/"
+    if request.workload_dir is not None and path.startswith(CONTAINER_WORKLOAD):
+        return request.workload_dir / path[len(CONTAINER_WORKLOAD) :]
+    return Path(request.workdir)
+
+
 def host_environment(request: JobRequest) -> dict[str, str]:
     """The host's environment less secrets, plus the job's variables."""
     base = without_secrets(os.environ)
@@ -68,7 +80,7 @@ class ProcessJob:
             self.process = subprocess.Popen(
                 host_command(self.request),
                 env=host_environment(self.request),
-                cwd=self.request.out_dir,
+                cwd=host_workdir(self.request),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

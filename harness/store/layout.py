@@ -74,14 +74,6 @@ class RunLayout:
         return self.root / OUT
 
     @property
-    def track_jsonl(self) -> Path:
-        return self.root / OUT / TRACK_JSONL
-
-    @property
-    def external_jsonl(self) -> Path:
-        return self.root / OUT / EXTERNAL_JSONL
-
-    @property
     def metrics_parquet(self) -> Path:
         return self.root / METRICS_PARQUET
 
@@ -101,9 +93,10 @@ class RunLayout:
     def metrics_spool(self) -> Path:
         return self.root / METRICS_SPOOL
 
-    def tensorboard(self, relative: str | None) -> Path | None:
-        """The manifest's TensorBoard folder inside ``out/``, or None when it names none."""
-        return self.out / relative if relative else None
+    def tensorboard(self, relative: str | None) -> Path:
+        """The manifest's TensorBoard folder inside ``out/``; all of ``out/`` when it names none
+        (a third-party script writes its event files where it likes, e.g. ``runs/<name>/``)."""
+        return self.out / relative if relative else self.out
 
     def is_record_temp(self, name: str) -> bool:
         """Whether ``name`` is record.json or an atomic-write temporary of it."""

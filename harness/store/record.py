@@ -10,6 +10,8 @@ import enum
 from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
+# The metric analysis and verdicts fall back to when a run names no primary metric.
+DEFAULT_METRIC = "charts/episodic_return"
 
 
 class RunStatus(enum.StrEnum):
@@ -79,14 +81,6 @@ def status_group(status: str | None) -> str:
         return FAILED
 
 
-def is_final(status: str | None) -> bool:
-    """Whether ``status`` (a string from a record) is a final status."""
-    try:
-        return RunStatus(status or "").final
-    except ValueError:
-        return False
-
-
 class ImageRecord(TypedDict, total=False):
     """``record["image"]``: what ran (see :class:`harness.images.build.ImageInfo`)."""
 
@@ -119,6 +113,7 @@ class Record(TypedDict, total=False):
     seed: int
     params: dict[str, Any]
     smoke: bool
+    budget: dict[str, Any]  # the params the manifest's smoke changes (total_timesteps, ...), as run
     command: list[str]
     runtime: str
     hermetic: bool
@@ -128,6 +123,7 @@ class Record(TypedDict, total=False):
     hardware: dict[str, Any]
     expect: dict[str, Any]
     primary_metric: str | None
+    summary_last_n: int
     harness_version: str
     reproduces: str | None
     reproduction_verdict: str  # identical | consistent | diverged | inconclusive
@@ -142,7 +138,11 @@ class Record(TypedDict, total=False):
     gpu: dict[str, Any]
     environment: dict[str, Any]
     pulled_from: dict[str, Any]
+    provenance: dict[str, Any]  # the signed in-toto/SLSA statement's DSSE envelope (harness.store.provenance)
     files: dict[str, str]  # posix path -> sha256 of every file but record.json
     skipped_files: list[dict[str, str]]  # {path, reason} of what the checksums left out (links, FIFOs...)
     metrics_rejected: dict[str, int]  # skipped metric lines or values, counted by reason
     metrics_skipped: list[dict[str, str]]  # {path, reason} of metric files left unread
+    # what `harness recover` must still do for a run with a final status: "seal" (a full disk left
+    # its files unchecksummed), "container" (a lost engine kept its container); removed once done
+    pending: list[str]
