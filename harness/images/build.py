@@ -335,7 +335,7 @@ def build_image(
     import time
 
     base_ids: dict[str, str] = {}
-    for base in base_images(build_dir / "Dockerfile"):
+    for base in dict.fromkeys(base_images(build_dir / "Dockerfile")):  # a multi-stage recipe names it twice
         base_id = engine_image_id(base)
         if base_id is None:
             hint = "run `harness image bootstrap`" if base == BASE_IMAGE else f"load or pull {base} first"
