@@ -119,7 +119,10 @@ class PrivateEngine:
 
     def answers(self) -> bool:
         assert self.process is not None and self.process.poll() is None, self.log.read_text()[-2000:]
-        return self.docker("version", check=False, timeout=10).returncode == 0
+        try:  # a starting engine may hold the call until it is ready: on a loaded machine, longer than one try
+            return self.docker("version", check=False, timeout=30).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -143,7 +146,7 @@ class PrivateEngine:
 
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)
-            if self.docker("version", check=False, timeout=10).returncode == 0:
+            if self.answers():
                 ids = self.docker("ps", "-aq", check=False).stdout.split()
                 if ids:
                     self.docker("rm", "-f", *ids, check=False)
