@@ -455,7 +455,11 @@ def _list(value: Any) -> list:
 
 
 def _status_text(status: Any) -> str:
-    colour = {"completed": "green", "running": "cyan"}.get(status, "red") if isinstance(status, str) else "red"
+    colour = (
+        {"completed": "green", "imported": "blue", "running": "cyan"}.get(status, "red")
+        if isinstance(status, str)
+        else "red"
+    )
     return f"[{colour}]{_text(status, 40)}[/{colour}]"
 
 

@@ -96,7 +96,7 @@ def _api(endpoint: str | None, token: str | None):  # type: ignore[no-untyped-de
 
 
 @contextlib.contextmanager
-def hub_errors(repo: str, endpoint: str) -> Iterator[None]:
+def hub_errors(repo: str, endpoint: str, kind: str = REPO_TYPE) -> Iterator[None]:
     """Turn huggingface_hub and network exceptions into one-line HubErrors (never echoing a token)."""
     import httpx2
     from huggingface_hub.errors import (
@@ -109,7 +109,7 @@ def hub_errors(repo: str, endpoint: str) -> Iterator[None]:
     try:
         yield
     except RepositoryNotFoundError:
-        raise HubError(f"{endpoint}: no dataset repo {repo} (or it is private and your token cannot read it)") from None
+        raise HubError(f"{endpoint}: no {kind} repo {repo} (or it is private and your token cannot read it)") from None
     except RevisionNotFoundError:
         raise HubError(f"{endpoint}: {repo} has no such revision") from None
     except RemoteEntryNotFoundError as exc:
@@ -319,6 +319,12 @@ def publish(
                 f"{printable(run_id)!r} is not a run id that a pull would accept (letters, digits, '.', '_', '-')"
             )
         record = store.load(run_id)
+        if record.get("status") == "imported":
+            source = record.get("imported_from") or {}
+            raise HubError(
+                f"run {run_id} was imported from {source.get('repo')}: it is that publisher's run, not this "
+                f"harness's; publish a reproduction of it instead (`harness reproduce {record.get('name')}`)"
+            )
         _check_publishable_paths(run_id, record)
         if record.get("status") not in FINAL_STATUSES:
             raise HubError(f"run {run_id} is {record.get('status')!r}: only finished runs can be published")

@@ -1,0 +1,189 @@
+"""``harness import`` of CleanRL's Hub model repos, published to the test Hub by CleanRL's own
+``push_to_hub`` (tests/cleanrl_publish.py), then read back as a second user with an empty store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SHARED, run_cli
+
+CLEANRL = SHARED / "data" / "cleanrl"
+ENTITY = "cleanrl"
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def cleanrl_source() -> Path:
+    if not (CLEANRL / "cleanrl_utils" / "huggingface.py").is_file():
+        pytest.skip(f"CleanRL is not beside this checkout ({CLEANRL})")
+    return CLEANRL
+
+
+def write_run_folder(folder: Path, seed: int) -> Path:
+    """What dqn.py leaves in runs/<run_name>: TensorBoard events (written by torch's SummaryWriter,
+    as dqn.py does) and a weights file that is never loaded."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder.mkdir(parents=True)
+    writer = SummaryWriter(str(folder))
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n|seed|{seed}|")
+    for step in range(STEPS):
+        writer.add_scalar("charts/episodic_return", 10.0 + step * 3.0 + seed, step * 100)
+        writer.add_scalar("charts/SPS", 1000 + seed, step * 100)
+    for index in range(10):
+        writer.add_scalar("eval/episodic_return", 500.0 - index, index)
+    writer.close()
+    (folder / "dqn.cleanrl_model").write_bytes(b"not a pickle: never loaded\n" + os.urandom(64))
+    return folder
+
+
+def card_args(seed: int) -> list[str]:
+    return [
+        "--seed",
+        str(seed),
+        "--env-id",
+        "CartPole-v1",
+        "--total-timesteps",
+        "500000",
+        "--save-model",
+        "--upload-model",
+        "--hf-entity",
+        ENTITY,
+        "--track",
+    ]
+
+
+def publish_seed(cleanrl: Path, tmp: Path, hub, seed: int, args: list[str] | None = None) -> str:
+    """One seed repo ``cleanrl/CartPole-v1-dqn-seed<seed>``, written by CleanRL's push_to_hub."""
+    folder = write_run_folder(tmp / f"run{seed}-{os.urandom(3).hex()}", seed)
+    repo = f"{ENTITY}/CartPole-v1-dqn-seed{seed}"
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tests" / "cleanrl_publish.py"),
+            str(cleanrl),
+            str(folder),
+            repo,
+            str(seed),
+            *(card_args(seed) if args is None else args),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return repo
+
+
+@pytest.fixture
+def published(cleanrl_source, hub, tmp_path) -> list[str]:
+    return [publish_seed(cleanrl_source, tmp_path, hub, seed) for seed in (1, 2, 3)]
+
+
+def empty_project(tmp_path: Path) -> Path:
+    project = tmp_path / "second-user"
+    for part in ("images", "lockfiles", "manifests"):
+        (project / part).mkdir(parents=True)
+    return project
+
+
+def test_import_three_seed_repos_then_validate(published, hub, tmp_path, monkeypatch):
+    project = empty_project(tmp_path)
+    store = tmp_path / "second-store"
+    env = {"HARNESS_HOME": str(store)}
+
+    done = run_cli("import", *published, "--project", str(project), "--json", env=env)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["name"] == "cartpole-v1-dqn" and result["format"] == "cleanrl"
+    assert [r["seed"] for r in result["runs"]] == [1, 2, 3]
+    assert sorted(result["dropped"]) == ["--hf-entity cleanrl", "--save-model", "--track", "--upload-model"]
+    manifest = project / "manifests" / "cartpole-v1-dqn.yaml"
+    validated = run_cli("validate", str(manifest), env=env)
+    assert validated.returncode == 0, validated.stderr
+
+    import yaml
+
+    data = yaml.safe_load(manifest.read_text())
+    assert data["command"] == [
+        "python",
+        "/workload/dqn.py",
+        "--seed",
+        "{seed}",
+        "--env-id",
+        "{env_id}",
+        "--total-timesteps",
+        "{total_timesteps}",
+    ]
+    assert data["params"] == {"env_id": "CartPole-v1", "total_timesteps": 500000}
+    assert data["seeds"] == [1, 2, 3] and data["metrics"]["primary"] == "charts/episodic_return"
+    assert data["expect"]["margin_relative"] == 0.1 and not data["expect"]["deterministic"]
+    assert [s["repo"] for s in data["source"]] == published
+    assert all(len(s["revision"]) == 40 for s in data["source"])
+    assert "--track" in data["description"] and "--save-model" in data["description"]
+    assert (project / "images" / "cartpole-v1-dqn" / "workload" / "dqn.py").read_bytes() == (
+        CLEANRL / "cleanrl" / "dqn.py"
+    ).read_bytes()
+    dockerfile = (project / "images" / "cartpole-v1-dqn" / "Dockerfile").read_text()
+    assert "ARG BASE=harness/base:bullseye" in dockerfile and "--require-hashes" in dockerfile
+
+    lockfile = (project / "lockfiles" / "cartpole-v1-dqn.txt").read_text()
+    assert "torch==1.12.1 \\" in lockfile and "stable-baselines3==2.0.0" in lockfile
+    assert "wandb" not in lockfile and "pygame" not in lockfile  # not imported by the script
+    assert "importlib-metadata==" in lockfile  # a dependency only below Python 3.10: the marker was evaluated
+    assert "# harness: python 3.9" in lockfile
+    torch_hashes = lockfile.split("torch==1.12.1 \\\n", 1)[1].split("\n", 1)[0]
+    assert "sha256:" in torch_hashes
+
+    from harness.lock import lockfile_problems
+
+    assert lockfile_problems(project / "lockfiles" / "cartpole-v1-dqn.txt") == []
+
+    listed = run_cli("ls", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert sorted(r["status"] for r in rows) == ["imported"] * 3
+
+    from harness.store.local import LocalStore
+
+    local = LocalStore(store)
+    for run in result["runs"]:
+        record = local.load(run["run_id"])
+        assert local.verify(run["run_id"]) == []
+        source = record["imported_from"]
+        assert source["repo"] == run["repo"] and source["revision"] == run["revision"]
+        assert set(source["files"]) >= {"README.md", "dqn.py", "poetry.lock", "pyproject.toml", "dqn.cleanrl_model"}
+        assert all(v.startswith(("sha256:", "git-blob:")) for v in source["files"].values())
+        assert record["metrics_summary"]["charts/episodic_return"]["count"] == STEPS
+        assert record["metrics_summary"]["eval/mean_reward"]["last"] == pytest.approx(
+            (500.0 + 490.0 + run["seed"] + 500.0) / 3, abs=0.01
+        )
+        assert not any("cleanrl_model" in p for p in record["files"])  # the weights were not downloaded
+    shown = run_cli("show", result["runs"][0]["run_id"], env=env)
+    assert shown.returncode == 0 and "imported" in shown.stdout
+
+    again = run_cli("import", *published, "--project", str(project), "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["written"] == []  # the same commits: nothing changes
+
+
+def test_publish_refuses_an_imported_run(published, hub, tmp_path):
+    project = empty_project(tmp_path)
+    env = {"HARNESS_HOME": str(tmp_path / "s")}
+    done = run_cli("import", published[0], "--project", str(project), "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout)["runs"][0]["run_id"]
+
+    refused = run_cli("publish", run_id, "--repo", "lab/mine", env=env)
+
+    assert refused.returncode == 2
+    assert "imported" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
