@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,124 @@ def test_publish_refuses_an_imported_run(published, hub, tmp_path):
 
     assert refused.returncode == 2
     assert "imported" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def _variant(hub, source: str, target: str, tmp: Path, change) -> str:
+    """A copy of seed repo ``source`` as ``target`` with ``change(folder)`` applied to its files."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    api = HfApi(endpoint=hub.url)
+    folder = tmp / target.replace("/", "_")
+    snapshot_download(source, local_dir=folder, endpoint=hub.url)
+    shutil.rmtree(folder / ".cache", ignore_errors=True)
+    change(folder)
+    api.create_repo(target, exist_ok=True)
+    api.upload_folder(repo_id=target, folder_path=str(folder))
+    return target
+
+
+def _edit(name: str, edit):
+    def change(folder: Path) -> None:
+        path = folder / name
+        path.write_text(edit(path.read_text()))
+
+    return change
+
+
+def _no_events(folder: Path) -> None:
+    for path in folder.glob("*tfevents*"):
+        path.unlink()
+
+
+def _git_torch(text: str) -> str:
+    head, tail = text.split('name = "torch"\n', 1)
+    return (
+        head
+        + 'name = "torch"\n'
+        + tail.replace(
+            "\n[package.dependencies]",
+            '\n[package.source]\ntype = "git"\nurl = "https://example.org/torch.git"\n'
+            'reference = "main"\nresolved_reference = "0123456789abcdef0123456789abcdef01234567"\n\n[package.dependencies]',
+            1,
+        )
+    )
+
+
+def _unhashed_torch(text: str) -> str:
+    head, tail = text.split('name = "torch"\nversion = "1.12.1"\n', 1)
+    block, rest = tail.split("\n]\n", 1)
+    return head + 'name = "torch"\nversion = "1.12.1"\n' + block.split("files = [", 1)[0] + "files = []\n" + rest
+
+
+HOSTILE = [
+    (
+        "no-command",
+        _edit("README.md", lambda t: t.replace("## Command to reproduce the training", "## Training")),
+        "has no '## Command to reproduce the training' block",
+    ),
+    ("unhashed-lock", _edit("poetry.lock", _unhashed_torch), "torch==1.12.1 has no file hashes"),
+    (
+        "git-dependency",
+        _edit("poetry.lock", _git_torch),
+        "package torch comes from git 'https://example.org/torch.git'",
+    ),
+    ("no-events", _no_events, "no TensorBoard events file"),
+    ("huge-card", _edit("README.md", lambda t: t + "x" * (1 << 20)), "README.md is "),
+    ("bad-lock", _edit("poetry.lock", lambda t: t + "\n[[[nonsense"), "poetry.lock: not valid TOML"),
+]
+
+
+def test_hostile_repos_are_refused_in_one_line(cleanrl_source, hub, tmp_path):
+    good = publish_seed(cleanrl_source, tmp_path, hub, 1)
+    project = empty_project(tmp_path)
+    env = {"HARNESS_HOME": str(tmp_path / "store")}
+    for case, change, message in HOSTILE:
+        repo = _variant(hub, good, f"{ENTITY}/{case}-seed1", tmp_path, change)
+
+        done = run_cli("import", repo, "--project", str(project), env=env)
+
+        assert done.returncode == 2, (case, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and repo in lines[0], (case, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not list((project / "manifests").iterdir()), "a refused import writes nothing"
+    assert not (tmp_path / "store" / "runs").exists()
+
+
+def test_a_linked_file_in_the_download_is_refused(tmp_path):
+    from harness.store.importers import RepoFile, RepoImportError, RepoSnapshot
+
+    (tmp_path / "secret").write_text("host file")
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "README.md").symlink_to(tmp_path / "secret")
+    snapshot = RepoSnapshot("lab/x", "a" * 40, {"README.md": RepoFile("README.md", 9)}, tmp_path / "repo")
+
+    with pytest.raises(RepoImportError, match="README.md: symlink"):
+        snapshot.read("README.md", 1 << 20)
+
+
+def test_the_card_command_becomes_an_argument_list():
+    from harness.store.importers.cleanrl import command_of
+
+    script, command, params, dropped, seed = command_of(
+        "python ppo.py --seed 4 --track --capture-video --learning-rate 2.5e-4 --exp-name 'a b{c}' "
+        "--hf-entity cleanrl --num-envs=8 --no-cuda",
+        "card",
+    )
+
+    assert script == "ppo.py" and seed == 4
+    assert command == [
+        "python",
+        "/workload/ppo.py",
+        "--seed",
+        "{seed}",
+        "--learning-rate",
+        "{learning_rate}",
+        "--exp-name",
+        "{exp_name}",
+        "--num-envs",
+        "{num_envs}",
+        "--no-cuda",
+    ]
+    assert params == {"learning_rate": "2.5e-4", "exp_name": "a b{c}", "num_envs": 8}
+    assert dropped == ["--track", "--capture-video", "--hf-entity cleanrl"]
