@@ -20,7 +20,7 @@ from harness.analysis.plots import plot_equivalence
 from harness.errors import HarnessError, HubError
 from harness.fsutil import write_json_atomic
 from harness.layout import CONTEXT, LOCKFILE, MANIFEST
-from harness.record import Record, RunStatus
+from harness.record import DONE_STATUSES, Record, RunStatus
 from harness.safefs import UnsafeFile, copy_beneath
 from harness.store.local import LocalStore
 
@@ -149,11 +149,24 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     return manifest_path
 
 
+def imported_original(store: LocalStore, target: str) -> Record | None:
+    """The imported run ``target`` names (harness import): a seed repo ``org/name`` or a group's
+    name (its lowest seed); None when it names none."""
+    imported = [r for r in store.records() if r.get("status") == RunStatus.IMPORTED]
+    by_repo = [r for r in imported if (r.get("imported_from") or {}).get("repo") == target]
+    by_name = sorted((r for r in imported if r.get("name") == target), key=lambda r: int(r.get("seed") or 0))
+    found = by_repo or by_name
+    return found[0] if found else None
+
+
 def original_run(store: LocalStore, target: str, endpoint: str | None, revision: str | None) -> tuple[str, str | None]:
     """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first."""
     from harness.store.hub import parse_run_spec
     from harness.store.hub import pull as pull_runs
 
+    imported = imported_original(store, target)
+    if imported is not None:
+        return imported["run_id"], (imported.get("imported_from") or {}).get("repo")
     if "/" not in target:
         record = store.load(target)
         return target, (record.get("pulled_from") or {}).get("repo")
@@ -221,6 +234,8 @@ def original_group(
     from harness.store.hub import pull as pull_runs
 
     source = original.get("pulled_from") or {}
+    if original.get("status") == RunStatus.IMPORTED:
+        target = original["run_id"]  # its group is the imported runs in the local store
     if "/" in target and whole_repo:
         run_ids = pull_runs(
             source["repo"], revision=source.get("revision"), endpoint=endpoint or source.get("endpoint"), store=store
@@ -322,13 +337,14 @@ def reproduce(
         )
     original_id, repo = original_run(store, target, endpoint, revision)
     original = store.load(original_id)
-    if runtime == "process" and original.get("pulled_from") and not trust_code:
-        raise HarnessError(f"run {original_id} was pulled from {repo}: --runtime process needs --trust-code")
-    if publish_result and repo is None:
+    downloaded = original.get("pulled_from") or original.get("imported_from")
+    if runtime == "process" and downloaded and not trust_code:
+        raise HarnessError(f"run {original_id} came from {repo}: --runtime process needs --trust-code")
+    if publish_result and (repo is None or original.get("imported_from")):
         raise HarnessError(
-            f"run {original_id} was not pulled from the Hub: publish the reproduction with `harness publish`"
+            f"run {original_id} was not pulled from a harness repo: publish the reproduction with `harness publish`"
         )
-    if original.get("status") != RunStatus.COMPLETED:
+    if original.get("status") not in DONE_STATUSES:
         raise HarnessError(f"run {original_id} is {original.get('status')!r}: only completed runs can be reproduced")
     problems = store.verify(original_id)
     if problems:
