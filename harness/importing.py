@@ -46,7 +46,8 @@ CONTAINER_OUT = "/harness/out"  # harness.runtime.docker's $HARNESS_OUT: the scr
 SPEC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@([A-Za-z0-9._/-]{1,200}))?$")
 
 DOCKERFILE = """\
-# Imported by `harness import` from {repos}: the environment the publisher locked.
+# Imported by `harness import` from {repos} (the commits are in the manifest's source):
+# the environment the publisher locked.
 # Stage 1 installs the locked packages with hashes from wheels the harness staged under
 # .harness-build/; stage 2 copies only the virtual environment. The script writes its
 # TensorBoard folder into its working folder, so that is the run's output folder.
@@ -230,7 +231,8 @@ def manifest_text(name: str, runs: list[ImportedRun]) -> str:
         "metrics": {"tensorboard": first.tensorboard, "primary": "charts/episodic_return", "summary_last_n": 10},
         "expect": {
             "deterministic": False,
-            "ignore": ["charts/SPS"],
+            # timing, and the publisher's evaluation, which a reproduction does not run (see docs/importing.md)
+            "ignore": ["charts/SPS", "eval/*"],
             "statistic": "last_n",
             "last_n": 10,
             "margin_relative": 0.1,
@@ -273,9 +275,7 @@ def write_project(root: Path, name: str, runs: list[ImportedRun], force: bool, r
             raise HarnessError(
                 f"{image_dir / 'workload'} holds {extra[0]}, which the import does not: pass --name or --force"
             )
-    dockerfile = DOCKERFILE.format(
-        repos=", ".join(f"{r.repo}@{r.revision[:12]}" for r in runs), base=first.base_image, out=CONTAINER_OUT
-    )
+    dockerfile = DOCKERFILE.format(repos=", ".join(r.repo for r in runs), base=first.base_image, out=CONTAINER_OUT)
     _write_project_file(image_dir / "Dockerfile", dockerfile.encode(), force, result)
     for filename, content in sorted(first.workload.items()):
         _write_project_file(image_dir / "workload" / filename, content, force, result)

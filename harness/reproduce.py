@@ -53,6 +53,9 @@ class ReproductionResult:
     published_commit: str | None = None
     image_source: str = "rebuilt"  # rebuilt (from the recipe) | registry (the published image) | ref (the manifest's)
     image_ref: str | None = None  # the registry reference run, for "registry"
+    published_evaluation: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # imported runs: the card's evaluation per seed
 
     @property
     def reproduction_ids(self) -> list[str]:
@@ -101,6 +104,7 @@ class ReproductionResult:
                 "id": (self.records[0].get("image") or {}).get("id"),
             },
             "first_difference": None if difference is None else asdict(difference),
+            "published_evaluation": self.published_evaluation,
             "pairs": [
                 {"seed": p.seed, "original": p.original_id, "reproduction": p.reproduction_id, **p.comparison.to_dict()}
                 for p in self.pairs
@@ -206,6 +210,16 @@ def registry_image_of(original: Record, runtime: str) -> Any:
             "the record's registry reference does not match it (use --rebuild)"
         )
     return info
+
+
+def published_evaluation(group: list[Record]) -> list[dict[str, Any]]:
+    """The publisher's own final evaluation of each imported run of ``group`` (seed, run, metrics)."""
+    rows = []
+    for record in group:
+        evaluation = (record.get("imported_from") or {}).get("evaluation")
+        if isinstance(evaluation, dict) and evaluation:
+            rows.append({"seed": record.get("seed"), "run_id": record.get("run_id"), **evaluation})
+    return rows
 
 
 def parse_seed_count(value: int | str | None) -> int | str | None:
@@ -460,6 +474,7 @@ def reproduce(
         pairs,
         image_source=image_source,
         image_ref=registry_image.ref if registry_image is not None else None,
+        published_evaluation=published_evaluation(group),
     )
     write_json_atomic(result.verdict_path, json_safe(result.to_dict()))
     # record.json is outside the checksummed files, so the verdict can join the sealed records.

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,73 @@ def test_the_card_command_becomes_an_argument_list():
     ]
     assert params == {"learning_rate": "2.5e-4", "exp_name": "a b{c}", "num_envs": 8}
     assert dropped == ["--track", "--capture-video", "--hf-entity cleanrl"]
+
+
+SHORT = ["--total-timesteps", "3000", "--learning-starts", "1000", "--target-network-frequency", "100"]
+
+
+@pytest.fixture(scope="module")
+def bullseye_base(docker_engine):
+    """Debian bullseye's Python 3.9 base, made with mmdebstrap once (CleanRL's lock wants <3.11)."""
+    from harness.images import bootstrap_base
+
+    return bootstrap_base("harness/base:bullseye", suite="bullseye")
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_reproduce_an_imported_cleanrl_group(cleanrl_source, bullseye_base, hub, tmp_path):
+    """A first user trains dqn.py briefly in the imported image and publishes the runs with
+    CleanRL's push_to_hub; a second user imports them into an empty store and reproduces the
+    published seeds (same wheels, CPU: identical) and new seeds (a statistical verdict)."""
+    seeds = (1, 2, 3)
+    args = lambda seed: ["--seed", str(seed), "--env-id", "CartPole-v1", *SHORT, "--upload-model"]  # noqa: E731
+    repos = [publish_seed(cleanrl_source, tmp_path, hub, seed, args(seed)) for seed in seeds]
+    first = empty_project(tmp_path / "first")
+    first_env = {"HARNESS_HOME": str(tmp_path / "first-store")}
+    done = run_cli("import", *repos, "--project", str(first), "--json", env=first_env)
+    assert done.returncode == 0, done.stderr
+    name = json.loads(done.stdout)["name"]
+    trained = run_cli("run", str(first / "manifests" / f"{name}.yaml"), "--quiet", env=first_env, timeout=3600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    from harness.store.local import LocalStore
+
+    runs = [r for r in LocalStore(tmp_path / "first-store").records() if r["status"] == "completed"]
+    assert sorted(r["seed"] for r in runs) == list(seeds)
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "PYTHONPATH": str(REPO)}
+    for record in runs:
+        (folder,) = (LocalStore(tmp_path / "first-store").run_dir(record["run_id"]) / "out" / "runs").iterdir()
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "tests" / "cleanrl_publish.py"),
+                str(cleanrl_source),
+                str(folder),
+                f"{ENTITY}/CartPole-v1-dqn-seed{record['seed']}",
+                str(record["seed"]),
+                *args(record["seed"]),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    second = empty_project(tmp_path / "second")
+    second_env = {"HARNESS_HOME": str(tmp_path / "second-store")}
+    started = time.monotonic()
+    done = run_cli("import", *repos, "--project", str(second), "--json", env=second_env)
+    assert done.returncode == 0, done.stderr
+    print(f"import of {len(repos)} seed repos: {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    # the published seeds and two new ones in one reproduction (one image rebuild, not two)
+    done = run_cli("reproduce", name, "--seeds", "5", "--json", cwd=second, env=second_env, timeout=3600)
+    print(f"reproduce of the {len(seeds)} published seeds and 2 new ones: {time.monotonic() - started:.1f} s")
+    assert done.returncode in (0, 1, 3), done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    print(json.dumps({k: result.get(k) for k in ("verdict", "seeds", "notes", "environment")}, default=str)[:4000])
+    pairs = {pair["seed"]: pair["verdict"] for pair in result["pairs"]}
+    assert pairs == {1: "identical", 2: "identical", 3: "identical"}, result["pairs"]
+    assert result["seeds"] == "overlapping" and result["verdict"] in ("consistent", "diverged", "inconclusive")
+    assert [row["seed"] for row in result["published_evaluation"]] == list(seeds)

@@ -270,6 +270,15 @@ def reproduce(
             _print_seeds(result)
         for line in result.verdict.lines():
             click.echo(line)
+        if result.published_evaluation:
+            shown = ", ".join(
+                f"seed {row['seed']}: {row.get('eval/mean_reward')} +/- {row.get('eval/std_reward')}"
+                for row in result.published_evaluation
+            )
+            click.echo(
+                f"published final evaluation (the card's mean_reward, not part of the verdict: the "
+                f"reproduction runs no evaluation): {shown}"
+            )
         click.echo(f"figure: {result.figure or 'none (the reproduction did not complete)'}")
         click.echo(f"verdict.json: {result.verdict_path}")
         if result.published_commit is not None:
