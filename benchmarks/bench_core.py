@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from harness.images import build_image
+    from harness.images.build import build_image
 
     image = build_image(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt")
     harness = [sys.executable, "-m", "harness"]

@@ -93,7 +93,7 @@ def flood_project(root: Path) -> Path:
 
 
 def bench_metrics(tmp: Path, megabytes: int) -> None:
-    from harness.images import build_image
+    from harness.images.build import build_image
 
     manifest = flood_project(tmp / "project")
     build_image(tmp / "project" / "images" / "noop", tmp / "project" / "lockfiles" / "noop.txt")

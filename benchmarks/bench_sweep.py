@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_core import SANDBOX_FLAGS, timed  # the same baseline flags and timer as every benchmark
+
 BASE_IMAGE = "harness/base:bookworm"
 
 
@@ -32,31 +34,9 @@ def image_id() -> str:
 
 def bare_docker_runs(image: str, count: int) -> list[float]:
     """Seconds each of ``count`` sequential bare, sandboxed ``docker run --rm`` calls took."""
-    times = []
-    for index in range(count):
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                "docker",
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                "--read-only",
-                "--cap-drop",
-                "ALL",
-                "--user",
-                "65534:65534",
-                image,
-                "python3",
-                "-c",
-                f"print({index})",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        times.append(time.perf_counter() - started)
-    return times
+    # the sandbox of bench_core's baseline, with the limits of the manifest below
+    sandbox = [*SANDBOX_FLAGS, "--memory", "256m", "--cpus", "1"]
+    return [timed(["docker", "run", "--rm", *sandbox, image, "python3", "-c", f"print({i})"]) for i in range(count)]
 
 
 def bare_docker_runs_parallel(image: str, count: int, parallelism: int) -> float:
@@ -93,7 +73,7 @@ def bench_local(runs: int, jobs: int) -> None:
     from harness.backends import run_sweep
     from harness.backends.local import parallel_slots
     from harness.manifest import load_manifest
-    from harness.plan import expand
+    from harness.run.plan import expand
     from harness.store.local import LocalStore
 
     image = image_id()
@@ -125,7 +105,7 @@ def bench_slurm(runs: int) -> None:
     """One-run sweeps submitted one after another: submit -> sealed record, minus a bare docker run."""
     from harness.backends import run_sweep
     from harness.manifest import load_manifest
-    from harness.plan import expand
+    from harness.run.plan import expand
     from harness.store.local import LocalStore
 
     image = image_id()

@@ -75,9 +75,23 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Console entry point: bad input becomes one line on stderr and exit status 2."""
+    """Console entry point: bad input becomes one line on stderr and exit status 2; a stop signal
+    (SIGINT, SIGTERM, SIGHUP) stops what runs, and the exit status is 128 + its number."""
+    from harness.runtime import signals
+
+    signals.install()
+    try:
+        _main()
+    except SystemExit as exc:
+        stopped_by = signals.exit_status()
+        if stopped_by is not None and exc.code not in (None, 0):
+            sys.exit(stopped_by)
+        raise
+
+
+def _main() -> None:
     from harness.errors import HarnessError
-    from harness.terminal import quiet_hub_progress
+    from harness.util.terminal import quiet_hub_progress
 
     quiet_hub_progress()
     try:

@@ -94,6 +94,11 @@ class ImageSpec(Strict):
         description="the build needs the network (builds have none otherwise); "
         "reproducing such a recipe needs --allow-build-network",
     )
+    reproducible: StrictBool = Field(
+        False,
+        description="build bit-reproducibly (podman with clamped timestamps, loaded into Docker): "
+        "a rebuild from the same recipe, lockfile and base gives the same image id",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ImageSpec:
@@ -105,6 +110,8 @@ class ImageSpec(Strict):
             raise ValueError(
                 f"image.ref {self.ref!r} is not pinned: use name@sha256:<64 hex digest> (a bare tag can change)"
             )
+        if self.reproducible and self.build is None:
+            raise ValueError("image.reproducible applies to image.build only (an image.ref is not built)")
         if self.network and self.build is None:
             raise ValueError("image.network applies to image.build only (an image.ref is not built)")
         if self.build is not None and self.lockfile is None:
@@ -531,7 +538,7 @@ def load_manifest(path: str | Path) -> LoadedManifest:
                 f"{path}:{line}: image.lockfile: {spec.lockfile} does not exist (run `harness lock {spec.build or 'images/<name>'}`)"
             )
         else:
-            from harness.lock import lockfile_problems
+            from harness.lockfile import lockfile_problems
 
             problems += [f"{path}:{line}: image.lockfile: {p}" for p in lockfile_problems(root / spec.lockfile)]
     if problems:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Rootless Podman and an image registry for harness (called by `scripts/setup.sh --with-podman`),
 # idempotent: the Debian packages (podman, uidmap, slirp4netns, docker-registry, apache2-utils for
-# htpasswd) and the unprivileged user that runs Podman (HARNESS_PODMAN_USER, default harness-podman)
-# with /etc/subuid and /etc/subgid ranges. No service is started here: the harness starts
+# htpasswd), the unprivileged user that runs Podman (HARNESS_PODMAN_USER, default harness-podman)
+# and an ordinary user for the tests (HARNESS_PLAIN_USER, default harness-plain), both with
+# /etc/subuid and /etc/subgid ranges. No service is started here: the harness starts
 # `podman system service` itself when a run needs it, and the tests start their own registries on
 # 127.0.0.1 (the package's own registry service, on :5000, is kept from starting).
 set -euo pipefail
@@ -31,11 +32,15 @@ if [ ${#packages[@]} -gt 0 ]; then
   fi
 fi
 
-if [ "$user" != root ] && ! id "$user" >/dev/null 2>&1; then
-  log "useradd $user (runs rootless Podman)"
-  useradd --create-home --shell /usr/sbin/nologin "$user"
-fi
-if [ "$user" != root ]; then
+# Each user: an account with /etc/subuid and /etc/subgid ranges and overlay storage. The first runs
+# Podman for a harness that runs as root; the second is an ordinary user that the tests run the
+# harness itself as, without a login session (no XDG_RUNTIME_DIR, no /run/user/<uid>).
+podman_user() {
+  local user=$1
+  if ! id "$user" >/dev/null 2>&1; then
+    log "useradd $user (runs rootless Podman)"
+    useradd --create-home --shell /usr/sbin/nologin "$user"
+  fi
   for file in /etc/subuid /etc/subgid; do
     touch "$file"
     if ! grep -q "^$user:" "$file"; then
@@ -45,11 +50,10 @@ if [ "$user" != root ]; then
       log "$file: $user:$start:65536"
     fi
   done
-fi
-# overlay storage where the kernel allows it in a user namespace: vfs (Podman's fallback) copies a
-# whole image for every container (seconds per run). Only for a user without storage yet: a store
-# made with another driver stays as it is (`podman system reset` as the user switches it).
-if [ "$user" != root ]; then
+  # overlay storage where the kernel allows it in a user namespace: vfs (Podman's fallback) copies a
+  # whole image for every container (seconds per run). Only for a user without storage yet: a store
+  # made with another driver stays as it is (`podman system reset` as the user switches it).
+  local home conf probe pause
   home=$(getent passwd "$user" | cut -d: -f6)
   conf="$home/.config/containers/storage.conf"
   if [ ! -e "$conf" ] && [ ! -d "$home/.local/share/containers/storage" ]; then
@@ -63,9 +67,11 @@ if [ "$user" != root ]; then
       log "$conf: overlay storage"
     fi
     # the probe's pause process and files are the user's, under the probe folder
-    pkill_pid=$(cat "$probe/run/libpod/tmp/pause.pid" 2>/dev/null || true)
-    [ -n "$pkill_pid" ] && kill "$pkill_pid" 2>/dev/null || true
+    pause=$(cat "$probe/run/libpod/tmp/pause.pid" 2>/dev/null || true)
+    [ -n "$pause" ] && kill "$pause" 2>/dev/null || true
     rm -rf "$probe" 2>/dev/null || runuser -u "$user" -- rm -rf "$probe" || true
   fi
-fi
+}
+if [ "$user" != root ]; then podman_user "$user"; fi
+podman_user "${HARNESS_PLAIN_USER:-harness-plain}"
 log "ready: $(podman --version), user $user, $(docker-registry --version 2>/dev/null | awk '{print $NF}')"

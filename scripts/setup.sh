@@ -45,7 +45,7 @@ if ! docker info >/dev/null 2>&1; then
 fi
 
 # install when missing, or when the installed harness is another checkout's
-installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, ruff, mypy, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
+installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, ruff, mypy, securesystemslib, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
 # the distribution was called "harness" before it became harness-repro: drop that editable install
 if python3 -m pip show harness 2>/dev/null | grep -q "^Editable project location: $(pwd -P)\$"; then
   python3 -m pip uninstall -q -y harness

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Verify a submission of manifests: what CI runs on a pull request, and what a contributor can
-# run before opening one. `harness verify` does the work (harness/ci.py):
+# run before opening one. `harness verify` does the work (harness/project/ci.py):
 #   1. every manifest validates (schema, pinning, files inside the project);
 #   2. every lockfile is pinned, hashed and made from its image's current requirements.in;
 #   3. each manifest the change touches (directly, through its image recipe or lockfile, or all

@@ -37,7 +37,7 @@ def docker_engine():
 @pytest.fixture(scope="session")
 def base_image(docker_engine):
     """The base image made from Debian packages (bootstrapped once if missing)."""
-    from harness.images import bootstrap_base
+    from harness.images.build import bootstrap_base
 
     return bootstrap_base()
 
@@ -45,7 +45,7 @@ def base_image(docker_engine):
 @pytest.fixture(scope="session")
 def noop_image(base_image):
     """The tiny probe image of images/noop."""
-    from harness.images import build_image
+    from harness.images.build import build_image
 
     return build_image(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt")
 
@@ -53,7 +53,7 @@ def noop_image(base_image):
 @pytest.fixture(scope="session")
 def rl_image(base_image):
     """The RL image of images/rl (torch + gymnasium)."""
-    from harness.images import build_image
+    from harness.images.build import build_image
 
     return build_image(REPO / "images" / "rl", REPO / "lockfiles" / "rl.txt")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from harness.analysis.selection import select_runs
 from harness.analysis.tables import build_comparison, to_csv, to_markdown
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
+from tests.conftest import run_cli
 
 METRIC = "charts/episodic_return"
 
@@ -96,15 +98,7 @@ def store(tmp_path: Path) -> LocalStore:
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HARNESS_HOME": str(home), "MPLBACKEND": "Agg"}
-    return subprocess.run(
-        [sys.executable, "-c", "from harness.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(*args, env={"HARNESS_HOME": str(home), "MPLBACKEND": "Agg"}, timeout=120)
 
 
 # ---- rliable -----------------------------------------------------------------------------
@@ -213,6 +207,26 @@ def test_index_is_incremental_and_compacts_finished_runs(store: LocalStore) -> N
     index = run_index.refresh_index(store)
     late = index.filter(pa.compute.equal(index.column("run_id"), "late")).to_pylist()[0]
     assert late["status"] == "completed" and late["metrics_part"]
+
+
+def test_ctrl_c_while_compacting_leaves_no_part_file_behind(store: LocalStore, monkeypatch) -> None:
+    """Ctrl-C lands after the COPY wrote the temporary part and before its rename: the temporary
+    file goes, the index stays unwritten, and the next refresh compacts as if nothing happened."""
+    replace = os.replace
+
+    def interrupted_replace(source, target):
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: Python raises KeyboardInterrupt here
+        time.sleep(5)  # the signal arrives at the next bytecode, long before this ends
+        replace(source, target)
+
+    monkeypatch.setattr(run_index.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        run_index.refresh_index(store)
+    monkeypatch.undo()
+    parts = store.root / run_index.PARTS_DIR
+    assert parts.is_dir() and list(parts.iterdir()) == []
+    index = run_index.refresh_index(store)
+    assert index.num_rows == 12 and [p.name for p in parts.iterdir() if p.name.startswith(".")] == []
 
 
 def test_selection_terms(store: LocalStore) -> None:

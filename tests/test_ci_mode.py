@@ -60,7 +60,7 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def test_ci_mode_follows_the_environment(monkeypatch):
-    from harness import terminal
+    from harness.util import terminal
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     for name in ("CI", "GITHUB_ACTIONS"):

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from harness.analysis.compare import ExpectSpec, compare_runs, plot_comparison
 from harness.errors import HarnessError
+from harness.reproduce.compare import ExpectSpec, compare_runs, plot_comparison
 from harness.store.local import LocalStore
 from tests.hubserver.runs import curve, make_run
 

@@ -15,11 +15,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.analysis.environment_diff import (
-    bit_identity_ruled_out,
-    compare_environments,
-    lockfile_hashes,
-)
 from harness.analysis.equivalence import (
     CONSISTENT,
     DIVERGED,
@@ -35,14 +30,19 @@ from harness.analysis.equivalence import (
     shared_grid,
     tost_power,
 )
-from harness.analysis.group_verdict import (
+from harness.errors import HarnessError
+from harness.reproduce.environment_diff import (
+    bit_identity_ruled_out,
+    compare_environments,
+    lockfile_hashes,
+)
+from harness.reproduce.group_verdict import (
     EquivalenceSpec,
     group_scores,
     group_verdict,
     plan_seeds,
     published_group,
 )
-from harness.errors import HarnessError
 from harness.store.local import LocalStore
 from tests.conftest import noop_variant
 from tests.hubserver.runs import make_run

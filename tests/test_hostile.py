@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.errors import EngineError, HubError
-from harness.record import FINAL_STATUSES
 from harness.store.local import LocalStore
+from harness.store.record import FINAL_STATUSES
 from tests.conftest import REPO, noop_project, run_cli
 from tests.hubserver import RepoRef
 from tests.hubserver.runs import make_run
@@ -64,7 +64,7 @@ def host_secret(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hostile_project(tmp_path_factory, noop_image) -> Path:
     """A copy of the noop project whose image also holds the hostile workload (built once)."""
-    from harness.images import build_image
+    from harness.images.build import build_image
 
     root = noop_project(tmp_path_factory.mktemp("hostile-project"))
     shutil.copy(REPO / "tests" / "hostile_workload.py", root / "images" / "noop" / "workload" / "hostile.py")
@@ -382,8 +382,8 @@ def test_ls_show_recover_survive_any_record(store_home, host_secret, tmp_path):
 def test_an_internal_error_while_finishing_is_a_final_status(noop_image, store_home, monkeypatch, tmp_path):
     import harness.capture.system as system
     from harness.manifest import load_manifest
-    from harness.plan import expand
-    from harness.runner import execute
+    from harness.run.plan import expand
+    from harness.run.runner import execute
     from tests.conftest import noop_variant
 
     def broken(*args, **kwargs):
@@ -417,7 +417,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_recipe_cannot_reach_a_loopback_service_at_build_time(base_image, tmp_path):
-    from harness.images import build_image
+    from harness.images.build import build_image
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -439,7 +439,7 @@ def test_a_recipe_cannot_reach_a_loopback_service_at_build_time(base_image, tmp_
 
 def test_recipe_context_with_links_or_fifos_is_refused(tmp_path, host_secret):
     from harness.errors import HarnessError
-    from harness.images import context_files
+    from harness.images.build import context_files
 
     recipe = tmp_path / "images" / "evil"
     recipe.mkdir(parents=True)
@@ -529,7 +529,7 @@ def test_publish_refuses_a_name_that_pull_would_refuse(hub, tmp_path):
 
 
 def test_two_stores_cannot_replace_each_others_runs(hub, tmp_path):
-    from harness.runner import fresh_run_id
+    from harness.run.runner import fresh_run_id
     from harness.store.hub import publish
 
     first, second = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
@@ -620,7 +620,7 @@ def test_one_secret_filter_for_both_copies(monkeypatch):
     from harness.capture.environment import ENVIRONMENT_SCRIPT
     from harness.runtime.job import JobRequest
     from harness.runtime.process import host_environment
-    from harness.secrets import SECRET_VALUE_PATTERN, is_secret
+    from harness.util.secrets import SECRET_VALUE_PATTERN, is_secret
 
     assert repr(SECRET_VALUE_PATTERN) in ENVIRONMENT_SCRIPT
     cases = {
@@ -667,7 +667,7 @@ def test_one_secret_filter_for_both_copies(monkeypatch):
 
 
 def test_walk_stops_at_its_entry_limit(tmp_path):
-    from harness.safefs import walk
+    from harness.util.safefs import walk
 
     for index in range(1_100):
         (tmp_path / f"f{index}").write_text("x")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from harness.errors import HubError
 from harness.store.hub import publish, pull
 from harness.store.local import LocalStore
-from tests.conftest import HUB_TOKEN
+from tests.conftest import HUB_TOKEN, run_cli
 from tests.hubserver import HubServer, RepoRef
 from tests.hubserver.runs import make_run
 
@@ -262,12 +262,7 @@ def test_a_run_that_does_not_match_its_record_is_not_published(hub, store):
 
 
 def test_cli_bad_input_exits_2():
-    done = subprocess.run(
-        [sys.executable, "-c", "from harness.cli import main; main()", "pull", "not-a-repo-id"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli("pull", "not-a-repo-id", timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: 'not-a-repo-id': write org/name or org/name/<run_id>"]
 
@@ -279,22 +274,15 @@ def test_reproduce_refuses_the_process_runtime_for_pulled_runs(hub, store, tmp_p
     pull(REPO, endpoint=hub.url, store=fresh)
 
     for target in (f"{REPO}/toy-aaa", "toy-aaa"):
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from harness.cli import main; main()",
-                "reproduce",
-                target,
-                "--runtime",
-                "process",
-                "--endpoint",
-                hub.url,
-            ],
-            capture_output=True,
-            text=True,
+        done = run_cli(
+            "reproduce",
+            target,
+            "--runtime",
+            "process",
+            "--endpoint",
+            hub.url,
+            env={"HARNESS_HOME": str(fresh.root)},
             timeout=60,
-            env={**os.environ, "HARNESS_HOME": str(fresh.root)},
         )
         assert done.returncode == 2, done.stderr
         assert "--trust-code" in done.stderr and "Traceback" not in done.stderr

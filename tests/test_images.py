@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.images import BUILD_STAGING, base_images, build_image, content_hash
-from harness.lock import compile_lockfile, lockfile_problems, parse_lockfile, stale_lockfiles
+from harness.images.build import BUILD_STAGING, base_images, build_image, content_hash
+from harness.images.lock import compile_lockfile, stale_lockfiles
+from harness.lockfile import lockfile_problems, parse_lockfile
 from harness.runtime.engine import docker_client
 from tests.conftest import REPO
 
@@ -177,7 +178,7 @@ def test_gpu_runs_get_a_device_request_and_the_sandbox(tmp_path):
 
 @pytest.mark.docker
 def test_bootstrap_imports_a_kept_tarball_without_mmdebstrap(base_image, tmp_path, monkeypatch):
-    import harness.images as images
+    import harness.images.build as images
 
     client = docker_client()
     container = client.containers.create(base_image.id, ["true"], network_mode="none")
@@ -198,5 +199,10 @@ def test_bootstrap_imports_a_kept_tarball_without_mmdebstrap(base_image, tmp_pat
     try:
         info = images.bootstrap_base(name, tarball=tarball)
         assert not info.cached and info.packages == base_image.packages and tarball.is_file()
+        # loaded with a fixed creation time: the same tarball gives the same id again
+        client.images.remove(name, force=True)
+        again = images.bootstrap_base(name, tarball=tarball)
+        assert not again.cached and again.id == info.id
+        assert client.images.get(name).attrs["Created"].startswith("2023-11-14")  # the default epoch
     finally:
         client.images.remove(name, force=True)

@@ -146,7 +146,7 @@ def test_import_three_seed_repos_then_validate(published, hub, tmp_path, monkeyp
     torch_hashes = lockfile.split("torch==1.12.1 \\\n", 1)[1].split("\n", 1)[0]
     assert "sha256:" in torch_hashes
 
-    from harness.lock import lockfile_problems
+    from harness.lockfile import lockfile_problems
 
     assert lockfile_problems(project / "lockfiles" / "cartpole-v1-dqn.txt") == []
 
@@ -318,7 +318,7 @@ SHORT = ["--total-timesteps", "3000", "--learning-starts", "1000", "--target-net
 @pytest.fixture(scope="module")
 def bullseye_base(docker_engine):
     """Debian bullseye's Python 3.9 base, made with mmdebstrap once (CleanRL's lock wants <3.11)."""
-    from harness.images import bootstrap_base
+    from harness.images.build import bootstrap_base
 
     return bootstrap_base("harness/base:bullseye", suite="bullseye")
 

@@ -57,7 +57,7 @@ def test_init_new_makes_a_locked_image_that_smoke_runs(base_image, store_home, t
         assert run.returncode == 0, run.stdout + run.stderr
         assert "charts/mean: last" in run.stdout
     finally:
-        from harness.images import docker_client
+        from harness.runtime.engine import docker_client
 
         client = docker_client()
         for image in client.images.list(name="harness/walk"):

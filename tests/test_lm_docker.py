@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 @pytest.fixture(scope="session")
 def lm_image(base_image):
-    from harness.images import build_image
+    from harness.images.build import build_image
 
     return build_image(REPO / "images" / "lm", REPO / "lockfiles" / "lm.txt")
 

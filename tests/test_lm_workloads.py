@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.manifest import load_manifest
-from harness.plan import expand
+from harness.run.plan import expand
 from tests.conftest import HUB_TOKEN
 
 ROOT = Path(__file__).resolve().parents[1]

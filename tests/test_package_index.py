@@ -16,14 +16,9 @@ from pathlib import Path
 import pytest
 
 from harness.errors import LockfileError
-from harness.images import wheel_download_commands
-from harness.lock import (
-    compile_lockfile,
-    lockfile_indexes,
-    parse_lockfile,
-    requirements_indexes,
-    stale_lockfiles,
-)
+from harness.images.build import wheel_download_commands
+from harness.images.lock import compile_lockfile, requirements_indexes, stale_lockfiles
+from harness.lockfile import lockfile_indexes, parse_lockfile
 from tests.conftest import REPO
 
 TORCH_CPU = "https://download.pytorch.org/whl/cpu"

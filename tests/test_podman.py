@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -112,6 +115,27 @@ def test_store_out_of_reach_of_the_podman_user_is_named(open_store):
     check_reachable(closed / "store", PodmanUser("nobody-like", 65533, 65533, "/"))
 
 
+def test_a_podman_socket_that_never_answers_is_one_line_in_seconds(open_store, cli):
+    """A service that accepts connections and never answers (hung): a bounded wait, one line."""
+    import socket
+
+    path = open_store.parent / "hung.sock"
+    with socket.socket(socket.AF_UNIX) as hung:
+        hung.bind(str(path))
+        hung.listen(8)
+        started = time.monotonic()
+        ran = cli(
+            "run", "manifests/noop.yaml", "--runtime", "podman", "--smoke", env={"HARNESS_PODMAN_SOCKET": str(path)}
+        )
+        waited = time.monotonic() - started
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stderr[-2000:]
+    assert ran.stderr.strip().splitlines() == [
+        f"error: HARNESS_PODMAN_SOCKET={path}: no Podman service answers there in 5s "
+        "(start one with `podman system service --time=0 unix://<path>`, or unset it)"
+    ]
+    assert waited < 120
+
+
 def podman_services() -> list[str]:
     """Command lines of the Podman services the harness started (none once it has exited)."""
     found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
@@ -168,7 +192,7 @@ def test_registry_image_by_digest_in_podman_and_docker(
 
 @pytest.mark.slow
 def test_dqn_smoke_bit_identical_under_podman_and_docker(podman_facts, rl_image, open_store, cli):
-    from harness.analysis.compare import compare_runs
+    from harness.reproduce.compare import compare_runs
 
     stores = {runtime: open_store.parent / runtime for runtime in ("docker", "podman")}
     for runtime, home in stores.items():
@@ -199,8 +223,8 @@ def test_dqn_smoke_bit_identical_under_podman_and_docker(podman_facts, rl_image,
 def registry_manifest(docker_engine, registry, root: Path, tag: str) -> tuple[Path, str, str]:
     """The noop image pushed to ``registry``, and a project whose manifest names it by digest:
     (manifest, registry reference, image id)."""
-    from harness.images import build_image
-    from harness.registry import Registry, push_image
+    from harness.images.build import build_image
+    from harness.images.registry import Registry, push_image
 
     noop = build_image(REPO / "images" / "noop", REPO / "lockfiles" / "noop.txt")
     ref = push_image(docker_engine, noop.id, Registry(registry.address, "lab"), "harness/noop", tag)
@@ -213,6 +237,128 @@ def registry_manifest(docker_engine, registry, root: Path, tag: str) -> tuple[Pa
         text.replace("image: {build: images/noop, lockfile: lockfiles/noop.txt}", f"image: {{ref: {ref}}}")
     )
     return manifest, ref, noop.id
+
+
+PLAIN_USER = os.environ.get("HARNESS_PLAIN_USER", "harness-plain")
+
+
+@pytest.fixture
+def plain_user(podman_facts) -> pwd.struct_passwd:
+    """The ordinary user of scripts/setup-podman.sh (no login session: no XDG_RUNTIME_DIR, and no
+    /run/user/<uid> unless something made one), with its subordinate id ranges."""
+    try:
+        entry = pwd.getpwnam(PLAIN_USER)
+    except KeyError:
+        need("an ordinary user", f"no user {PLAIN_USER} (scripts/setup.sh --with-podman)")
+    for file in ("/etc/subuid", "/etc/subgid"):
+        ranges = Path(file).read_text() if Path(file).exists() else ""
+        if not any(line.startswith(f"{PLAIN_USER}:") for line in ranges.splitlines()):
+            need("an ordinary user", f"{PLAIN_USER} has no range in {file} (scripts/setup.sh --with-podman)")
+    if os.geteuid() != 0:
+        need("an ordinary user", "the test switches to it, so it runs as root")
+    return entry
+
+
+def _closed_folder(path: Path) -> Path | None:
+    """The first folder above ``path`` that other users cannot enter (root's 0700 home)."""
+    for folder in [*reversed(path.parents), path]:
+        if not folder.stat().st_mode & 0o001:
+            return folder
+    return None
+
+
+def as_user(
+    user: pwd.struct_passwd, args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python -m harness ARGS`` as ``user``, started as a batch job starts it: a bare environment
+    (no XDG_RUNTIME_DIR), no login session, no supplementary groups (so no docker group).
+
+    This host's Python may sit under a folder that only root can enter (a pyenv in root's home);
+    the command then runs in a mount namespace of its own where that folder is a world-readable
+    tmpfs that holds only the Python installation: the user's rights are otherwise its own."""
+    python = Path(sys.base_prefix).resolve()
+    closed = _closed_folder(python)
+    program = [sys.executable, "-m", "harness", *args]
+    environment = {
+        "HOME": user.pw_dir,
+        "USER": user.pw_name,
+        "LOGNAME": user.pw_name,
+        "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        **env,
+    }
+    switch = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "env", "-i"]
+    switch += [f"{key}={value}" for key, value in environment.items()]
+    command = [*switch, *program]
+    if closed is not None:
+        kept = Path(tempfile.mkdtemp(prefix="harness-python-"))
+        inner = python.relative_to(closed).parts[0]
+        script = " && ".join(
+            [
+                f"mount --bind {shlex.quote(str(closed / inner))} {shlex.quote(str(kept))}",
+                f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(str(closed))}",
+                f"mkdir {shlex.quote(str(closed / inner))}",
+                f"mount --move {shlex.quote(str(kept))} {shlex.quote(str(closed / inner))}",
+                f"exec {shlex.join(command)}",
+            ]
+        )
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+    try:
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={})
+    finally:
+        if closed is not None:
+            kept.rmdir()
+
+
+def user_processes(uid: int) -> list[str]:
+    """Command lines of the processes ``uid`` still runs (zombies waiting for a reaper aside)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["uids", "status", "cmdline"]):
+        try:
+            if process.info["uids"].real == uid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(" ".join(process.info["cmdline"] or []))
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_ordinary_user_without_login_session_runs_rootless_podman(plain_user, base_image, docker_engine, registry, cli):
+    """A user with no XDG_RUNTIME_DIR and no /run/user/<uid> (``su``, a batch job): the harness
+    takes Podman's own fallback under the temp dir, runs an image by digest that its Podman pulls,
+    and leaves no process behind; a recipe it cannot build (no Docker engine for it) is one line."""
+    uid = plain_user.pw_uid
+    login_dir = Path(f"/run/user/{uid}")
+    had_login_dir = login_dir.exists()
+    root = Path(tempfile.mkdtemp(prefix="harness-plain-test-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        manifest, ref, image_id = registry_manifest(docker_engine, registry, root, "plain-user")
+        store = root / "store"
+        store.mkdir()
+        os.chown(store, uid, plain_user.pw_gid)
+        env = {"HARNESS_HOME": str(store), "PYTHONPATH": str(REPO)}
+        if os.environ.get("CI"):
+            env["CI"] = os.environ["CI"]
+
+        built = as_user(plain_user, ["run", "manifests/noop.yaml", "--smoke", "--runtime", "podman"], REPO, env)
+        assert built.returncode == 2, built.stdout[-2000:] + built.stderr[-2000:]
+        assert "Traceback" not in built.stderr and built.stderr.strip().splitlines()[-1].startswith("error: ")
+        assert "use image.ref by digest" in built.stderr
+
+        ran = as_user(plain_user, ["run", str(manifest), "--smoke", "--runtime", "podman"], manifest.parent.parent, env)
+        assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+        (record,) = LocalStore(store).records()
+        assert record["status"] == "completed" and record["runtime"] == "podman"
+        assert record["sandbox"]["rootless"] is True and record["sandbox"]["user"] == PLAIN_USER
+        assert record["image"]["id"] == image_id and record["image"]["registry_ref"] == ref
+        assert had_login_dir or not login_dir.exists()  # nothing made where only a login session may
+        runtime_dir = login_dir if had_login_dir else Path(f"/tmp/podman-run-{uid}")
+        assert runtime_dir.stat().st_uid == uid and runtime_dir.stat().st_mode & 0o777 == 0o700
+        assert user_processes(uid) == []  # the service and the pause process it brought up are gone
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slurm

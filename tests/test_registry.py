@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.registry import (
+from harness.images.registry import (
     Registry,
     RegistryError,
     credentials,
@@ -227,7 +227,14 @@ def test_push_publish_pull_reproduce_runs_the_registry_image(docker_engine, base
         assert reproduction["image"]["content_hash"] is None and reproduction["reproduction_verdict"] == "identical"
         assert engine_image_id(image["tag"]) is None  # nothing was built
         verdict = json.loads((tmp_path / "verdict" / "verdict.json").read_text())
-        assert verdict["image"] == {"source": "registry", "ref": registry_ref, "id": image["id"]}
+        assert verdict["image"] == {
+            "source": "registry",
+            "ref": registry_ref,
+            "id": image["id"],
+            "published_id": image["id"],
+            "same_image": True,
+            "image_note": f"the published image ({image['id'][:19]})",
+        }
 
         rebuilt = cli("reproduce", run_id, "--rebuild", "--out", str(tmp_path / "rebuilt"), env=fresh, cwd=project)
         assert rebuilt.returncode == 0, rebuilt.stdout[-2000:] + rebuilt.stderr[-2000:]

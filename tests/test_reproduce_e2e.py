@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from harness.store.local import LocalStore
-from tests.conftest import HUB_TOKEN
+from tests.conftest import HUB_TOKEN, run_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -40,14 +39,11 @@ def engine() -> None:
 
 
 def harness(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from harness.cli import main; main()", *args],
+    return run_cli(
+        *args,
         cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=900,
         env={
-            **os.environ,
             "HARNESS_HOME": str(home),
             "HF_HUB_DISABLE_XET": "1",
             "HF_TOKEN": TOKEN,

@@ -22,10 +22,10 @@ from harness.backends.slurm import (
     requeue,
     resource_options,
 )
+from harness.backends.sweeps import ATTEMPT_SUFFIX, attempt_records, load_state
 from harness.manifest import Hardware, load_manifest
-from harness.plan import expand
+from harness.run.plan import expand
 from harness.store.local import LocalStore
-from harness.sweeps import ATTEMPT_SUFFIX, attempt_records, load_state
 from tests import test_sweeps_local
 from tests.test_sweeps_local import need, write_manifest
 

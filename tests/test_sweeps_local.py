@@ -15,11 +15,11 @@ import pytest
 
 from harness.backends import plan_sweep, run_sweep, sweep_progress
 from harness.backends.local import parallel_slots
+from harness.backends.sweeps import load_state
 from harness.errors import HarnessError
 from harness.manifest import Hardware, load_manifest
-from harness.plan import expand
+from harness.run.plan import expand
 from harness.store.local import LocalStore
-from harness.sweeps import load_state
 
 BASE_IMAGE = "harness/base:bookworm"
 
@@ -130,7 +130,7 @@ CTRL_C_SCRIPT = """
 import sys
 from harness.backends import run_sweep
 from harness.manifest import load_manifest
-from harness.plan import expand
+from harness.run.plan import expand
 from harness.store.local import LocalStore
 run_sweep(expand(load_manifest(sys.argv[1])), jobs=2, runtime="docker", store=LocalStore(sys.argv[2]))
 """

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pandas as pd
 import pytest
 
 from harness.analysis.thc import interval_ranks, thc_from_intervals, thc_from_table
+from tests.conftest import run_cli
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "thc-atari"
 PUBLISHED = json.loads((DATA / "thc_published.json").read_text()) if DATA.is_dir() else {}
@@ -77,32 +76,24 @@ def test_iqm_ci_ranking_orders_clearly_separated_values() -> None:
 
 
 def test_cli_table_json_matches_published() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from harness.cli import main; main()",
-            "thc",
-            "--table",
-            str(DATA / "final_perf.csv"),
-            "--hparam-col",
-            "hyperparameter",
-            "--value-col",
-            "value",
-            "--setting-col",
-            "game_index",
-            "--seed-col",
-            "seed",
-            "--score-col",
-            "score",
-            "--group-by",
-            "regime,agent",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "thc",
+        "--table",
+        str(DATA / "final_perf.csv"),
+        "--hparam-col",
+        "hyperparameter",
+        "--value-col",
+        "value",
+        "--setting-col",
+        "game_index",
+        "--seed-col",
+        "seed",
+        "--score-col",
+        "score",
+        "--group-by",
+        "regime,agent",
+        "--json",
         timeout=120,
-        check=False,
     )
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
@@ -114,21 +105,13 @@ def test_cli_table_json_matches_published() -> None:
 
 
 def test_cli_bad_column_is_one_line_exit_2() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from harness.cli import main; main()",
-            "thc",
-            "--table",
-            str(DATA / "final_perf.csv"),
-            "--score-col",
-            "points",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "thc",
+        "--table",
+        str(DATA / "final_perf.csv"),
+        "--score-col",
+        "points",
         timeout=120,
-        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no column points" in result.stderr

@@ -304,7 +304,7 @@ def test_aggregates_that_need_more_runs_are_refused(store: LocalStore, tmp_path:
 def test_the_reproduction_figure_has_the_verdict_run_ids_and_labelled_axes(store: LocalStore, tmp_path: Path) -> None:
     import matplotlib
 
-    from harness.analysis.compare import compare_runs, plot_comparison
+    from harness.reproduce.compare import compare_runs, plot_comparison
 
     a, b = store.run_dir("dqn-cartpole-0123456789ab"), store.run_dir("dqn-cartpole-0123456789ab-2")
     verdict = compare_runs(a, b, None)
@@ -478,8 +478,8 @@ def test_a_piped_run_prints_plain_progress_lines_and_logs_follows_it(noop_image,
 
 
 def test_progress_has_an_eta_when_the_params_say_how_many_steps(tmp_path: Path) -> None:
-    from harness.layout import RunLayout
-    from harness.progress import RunProgress, total_steps
+    from harness.run.progress import RunProgress, total_steps
+    from harness.store.layout import RunLayout
 
     layout = RunLayout(tmp_path)
     layout.out.mkdir()

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import ci
+from harness.project import ci
 from tests.conftest import REPO
 
 
@@ -47,7 +47,7 @@ def test_a_change_runs_the_manifests_it_touches_and_a_harness_change_runs_all():
     assert names(ci.choose_manifests(manifests, ["images/rl/workload/dqn.py"])) == ["a.yaml", "g.yaml"]
     assert names(ci.choose_manifests(manifests, ["lockfiles/noop.txt"])) == ["b.yaml"]
     assert names(ci.choose_manifests(manifests, ["README.md", "images/rlx/Dockerfile"])) == []
-    for shared in ("harness/runner.py", "pyproject.toml", "scripts/setup.sh"):
+    for shared in ("harness/run/runner.py", "pyproject.toml", "scripts/setup.sh"):
         chosen = ci.choose_manifests(manifests, [shared])
         assert names(chosen) == ["a.yaml", "b.yaml", "g.yaml"] and shared in chosen[0].reason
     assert [(c.gpus, c.first_seed) for c in ci.choose_manifests(manifests, None)] == [(0, 3), (0, 3), (1, 3)]

@@ -27,7 +27,7 @@ or a simulation (repetitions x seeds) is one call.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -626,11 +626,3 @@ def compare_curves(
         len(original),
         len(reproduction),
     )
-
-
-def series_of(groups: Mapping[str, Series], ids: Sequence[str]) -> list[Series]:
-    """The series of ``ids`` from a run id -> (steps, values) mapping, in order."""
-    missing = [i for i in ids if i not in groups]
-    if missing:
-        raise HarnessError(f"no points for run{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    return [groups[i] for i in ids]

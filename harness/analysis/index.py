@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError, StoreError
-from harness.fsutil import write_table_atomic
-from harness.layout import METRICS_PARQUET
-from harness.layout import RECORD as RECORD_NAME
-from harness.record import FINAL_STATUSES
+from harness.store.layout import METRICS_PARQUET
+from harness.store.layout import RECORD as RECORD_NAME
 from harness.store.local import LocalStore, read_record
+from harness.store.record import FINAL_STATUSES
+from harness.util.fsutil import write_table_atomic
 
 INDEX_NAME = "index.parquet"
 PARTS_DIR = "metrics"
@@ -103,10 +103,9 @@ def _compact(store: LocalStore, run_ids: list[str]) -> str:
             con.execute(query.format(tmp=str(tmp).replace("'", "''")), [files])
         os.replace(tmp, parts / name)
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
         raise _duckdb_error(exc) from exc
+    finally:  # also on Ctrl-C, which is no Exception: nothing else removes a half-written part
+        tmp.unlink(missing_ok=True)
     return name
 
 

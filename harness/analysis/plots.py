@@ -14,7 +14,7 @@ import numpy as np
 
 from harness.analysis.curves import Curve
 from harness.errors import HarnessError
-from harness.fsutil import atomic_path
+from harness.util.fsutil import atomic_path
 
 if TYPE_CHECKING:
     from harness.analysis.equivalence import CurveComparison

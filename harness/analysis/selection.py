@@ -20,8 +20,7 @@ import yaml
 from harness.analysis.index import refresh_index
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
-
-RESERVED_KEYS = {"status", "tag", "seed", "name", "run"}
+from harness.store.record import DEFAULT_METRIC
 
 
 def _parse_value(text: str) -> Any:
@@ -131,7 +130,7 @@ def select_runs(store: LocalStore, terms: Sequence[str]) -> pa.Table:
     return index.take(pa.array(chosen, pa.int64()))
 
 
-def default_metric(runs: pa.Table, metric: str | None, fallback: str = "charts/episodic_return") -> str:
+def default_metric(runs: pa.Table, metric: str | None, fallback: str = DEFAULT_METRIC) -> str:
     """The metric asked for, else the selected runs' most common primary metric, else ``fallback``."""
     if metric:
         return metric

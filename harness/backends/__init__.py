@@ -2,9 +2,11 @@
 
 A :class:`Backend` takes run specs and returns one :class:`Job` per run; a job answers
 ``status()`` and ``result()`` (the run's sealed record). Every backend runs each run through the
-same single-run function, :func:`harness.runner.execute`. :func:`run_sweep` is what
+same single-run function, :func:`harness.run.runner.execute`. :func:`run_sweep` is what
 ``harness run`` calls: it decides which runs still need running, records the sweep's state and
 hands the runs to the chosen backend.
+
+May import: run, images, runtime, capture, analysis, store, manifest, lockfile, util, errors.
 """
 
 from __future__ import annotations
@@ -14,10 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import HarnessError
-from harness.record import DONE, FAILED, status_group
-from harness.store.local import LocalStore
-from harness.sweeps import (
+from harness.backends.sweeps import (
     SweepState,
     attempt_records,
     load_state,
@@ -25,9 +24,12 @@ from harness.sweeps import (
     state_path,
     sweep_id_for,
 )
+from harness.errors import HarnessError
+from harness.store.local import LocalStore
+from harness.store.record import DONE, FAILED, status_group
 
 if TYPE_CHECKING:
-    from harness.plan import RunSpec
+    from harness.run.plan import RunSpec
 
 CONFIRM_ABOVE = 10_000
 Echo = Callable[[str], None]

@@ -1,6 +1,6 @@
 """Run a sweep on this machine: as many runs at once as the host's CPUs, memory and GPUs allow.
 
-Runs execute in worker threads, each through :func:`harness.runner.execute` (the containers and
+Runs execute in worker threads, each through :func:`harness.run.runner.execute` (the containers and
 processes do the work; the threads only wait on them). A failing run does not stop the others.
 Ctrl-C cancels the runs that have not started, stops the running ones and marks their records
 ``interrupted``.
@@ -17,15 +17,15 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
 
 from harness.backends import Backend, BackendOptions, Echo, Job
+from harness.backends.sweeps import Submission, SweepState, save_state
 from harness.errors import HarnessError
-from harness.record import RunStatus
 from harness.runtime.engine import resolve_runtime
 from harness.store.local import LocalStore
-from harness.sweeps import Submission, SweepState, save_state
+from harness.store.record import RunStatus
 
 if TYPE_CHECKING:
     from harness.manifest import Hardware
-    from harness.plan import RunSpec
+    from harness.run.plan import RunSpec
 
 Execute = Callable[..., Any]
 MEMORY_HEADROOM = 0.9  # leave a tenth of the host's memory to the harness, the engine and the system
@@ -118,7 +118,7 @@ class LocalBackend(Backend):
         self.started: dict[str, str] = {}  # spec run id -> the run id execute gave it
         self.stopping = threading.Event()
         self._handles: dict[str, Any] = {}
-        self._progress: dict[str, Any] = {}  # spec run id -> harness.progress.RunProgress while it runs
+        self._progress: dict[str, Any] = {}  # spec run id -> harness.run.progress.RunProgress while it runs
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -134,7 +134,7 @@ class LocalBackend(Backend):
         slots = parallel_slots(specs[0].loaded.manifest.hardware, self.jobs)
         self.runtime = resolve_runtime(self.runtime)
         if self.runtime in ("docker", "podman") and self._execute is None:
-            from harness.images import prepare_image
+            from harness.images.prepare import prepare_image
 
             prepare_image(
                 specs[0].loaded, log=self.echo, runtime=self.runtime
@@ -182,8 +182,8 @@ class LocalBackend(Backend):
         return [job.result() for job in local_jobs]
 
     def _report_progress(self, done: threading.Event) -> None:
-        """One plain progress line per running run every few seconds (harness.progress), until ``done``."""
-        from harness.progress import plain_interval
+        """One plain progress line per running run every few seconds (harness.run.progress), until ``done``."""
+        from harness.run.progress import plain_interval
 
         interval = plain_interval()
         while not done.wait(interval):
@@ -218,7 +218,7 @@ class LocalBackend(Backend):
                 "status": "cancelled",
                 "detail": "not started: the sweep was interrupted",
             }
-        from harness.runner import execute as run_one
+        from harness.run.runner import execute as run_one
 
         execute: Execute = self._execute or run_one
 
@@ -303,7 +303,7 @@ def stop_run(run_id: str, runtime: str) -> None:
 def _run_progress(spec: RunSpec, store: LocalStore, run_id: str) -> Any:
     """A follower of one run's metric files for the sweep's progress lines (None if it cannot be made)."""
     try:
-        from harness.progress import RunProgress, total_steps
+        from harness.run.progress import RunProgress, total_steps
 
         metrics = spec.loaded.manifest.metrics
         return RunProgress(run_id, store.layout(run_id), metrics.primary, metrics.tensorboard, total_steps(spec.params))

@@ -1,7 +1,7 @@
 """Run a sweep on a Slurm cluster: one sbatch array job, one array task per run.
 
 Each task runs ``python -m harness.backends.slurm_task <sweep state> <submission> <chunk> <task>``
-on its node, which calls :func:`harness.runner.execute` (docker where the node has an engine,
+on its node, which calls :func:`harness.run.runner.execute` (docker where the node has an engine,
 process otherwise) and writes the record into the results store, which therefore has to be on a
 file system the nodes share. Task states come from squeue (live jobs) and sacct (finished ones,
 where the cluster keeps accounting), merged with the records in the store.
@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.backends import Backend, BackendOptions, Echo, Job, SweepOutcome
+from harness.backends.sweeps import Submission, SweepState, attempt_records, save_state, sweeps_dir
 from harness.errors import SlurmError
 from harness.store.local import LocalStore
-from harness.sweeps import Submission, SweepState, attempt_records, save_state, sweeps_dir
 
 if TYPE_CHECKING:
     from harness.manifest import Hardware
-    from harness.plan import RunSpec
+    from harness.run.plan import RunSpec
 
 COMMAND_TIMEOUT_S = 30
 TIME_MARGIN_S = 300  # Slurm's limit backs up the runner's own timeout: leave room to write the record

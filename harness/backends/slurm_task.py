@@ -14,15 +14,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.backends.sweeps import SweepState, load_state, sweeps_dir
 from harness.errors import HarnessError
-from harness.fsutil import write_json_atomic
-from harness.record import Record
 from harness.store.local import LocalStore
-from harness.sweeps import SweepState, load_state, sweeps_dir
+from harness.store.record import Record
+from harness.util.fsutil import write_json_atomic
 
 if TYPE_CHECKING:
     from harness.manifest import LoadedManifest
-    from harness.plan import RunSpec
+    from harness.run.plan import RunSpec
 
 # Slurm's reason for ending a task -> the record's status and detail (the runner only saw SIGTERM)
 ENDED_BY_SLURM = {
@@ -52,7 +52,7 @@ def save_specs(store: LocalStore, sweep: SweepState, specs: list[RunSpec]) -> No
 def rebuild_specs(sweep: SweepState, loaded: LoadedManifest, store: LocalStore | None = None) -> list[RunSpec]:
     """The sweep's RunSpecs again, from the manifest file and the saved params; refused when the
     manifest changed since submission (the runs would no longer be the ones asked for)."""
-    from harness.plan import RunSpec, config_key
+    from harness.run.plan import RunSpec, config_key
 
     if loaded.sha256 != sweep.manifest_sha256:
         raise HarnessError(
@@ -107,7 +107,7 @@ START_LINE = "harness: start "
 def run_task(state_file: Path, submission_index: int, chunk_index: int, task_id: int) -> Record:
     """Run the run this task stands for and return its record."""
     from harness.manifest import load_manifest
-    from harness.runner import execute
+    from harness.run.runner import execute
     from harness.runtime.engine import resolve_runtime
 
     store = LocalStore(state_file.parent.parent)

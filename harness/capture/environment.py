@@ -3,7 +3,7 @@
 ``ENVIRONMENT_SCRIPT`` is Python source (standard library only) that the runtime runs inside the
 run's image with ``python -c``; it prints one JSON object. ``capture_host`` describes the host for
 record.json. Environment variables are recorded from an allow-list only, and a name that looks
-like a secret (``harness.secrets``) is dropped even when the allow-list would take it.
+like a secret (``harness.util.secrets``) is dropped even when the allow-list would take it.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from harness.capture.gpu import gpu_inventory
-from harness.fsutil import cache_root, write_json_atomic
-from harness.secrets import NOT_SECRET, SECRET_NAME_PATTERN, SECRET_VALUE_PATTERN
+from harness.util.fsutil import cache_root, write_json_atomic
+from harness.util.secrets import NOT_SECRET, SECRET_NAME_PATTERN, SECRET_VALUE_PATTERN
 
 if TYPE_CHECKING:
-    from harness.images import ImageInfo
+    from harness.images.build import ImageInfo
 
 ENVIRONMENT_SCRIPT = (
     r"""
@@ -195,15 +195,20 @@ def _cached_environment(key: str, capture: Callable[[], tuple[dict[str, Any], bo
 IN_IMAGE_PYTHON = ["sh", "-c", 'exec "$(command -v python || command -v python3 || echo python)" -c "$1"', "sh"]
 
 
-def image_environment(client: Any, image: ImageInfo) -> dict[str, Any]:
-    """What is inside the image (pip freeze, Python, torch/CUDA...), captured once per image id."""
+def image_environment(client: Any, image: ImageInfo, engine_lost: str | None = None) -> dict[str, Any]:
+    """What is inside the image (pip freeze, Python, torch/CUDA...), captured once per image id.
+    ``engine_lost``: why the engine must not be asked (only a capture kept from before is used)."""
+    from http.client import HTTPException
+
     from harness.errors import EngineError
     from harness.runtime.docker import run_in_image
 
     def capture() -> tuple[dict[str, Any], bool]:
+        if engine_lost is not None:
+            return {"error": f"environment not captured: {engine_lost}"}, False
         try:
             output = run_in_image(client, image.id, [*IN_IMAGE_PYTHON, ENVIRONMENT_SCRIPT])
-        except (EngineError, OSError) as exc:  # the engine, not the image: try again next run
+        except (EngineError, OSError, HTTPException) as exc:  # the engine, not the image: try again next run
             return {"error": f"environment capture failed: {exc}"}, False
         try:
             return json.loads(output), True

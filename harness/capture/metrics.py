@@ -1,7 +1,7 @@
 """Algorithm metrics: three ways in (track, $HARNESS_METRICS, TensorBoard), one table out.
 
 The harness polls a run's output folder while it runs, so that a crash keeps what was logged.
-Everything there was written by the workload and is read as hostile input (``harness.safefs``):
+Everything there was written by the workload and is read as hostile input (``harness.util.safefs``):
 no symlink is followed, only regular files are read, reads are bounded, and memory stays bounded
 whatever the workload writes.
 
@@ -41,10 +41,10 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from harness.arrow import constant_string_column, float64_column, int64_column, string_column
-from harness.layout import EXTERNAL_JSONL as EXTERNAL_FILE
-from harness.layout import TRACK_JSONL as TRACK_FILE
-from harness.safefs import READ_BLOCK, Skipped, UnsafeFile, open_beneath, walk
+from harness.store.layout import EXTERNAL_JSONL as EXTERNAL_FILE
+from harness.store.layout import TRACK_JSONL as TRACK_FILE
+from harness.util.arrow import constant_string_column, float64_column, int64_column, string_column
+from harness.util.safefs import READ_BLOCK, Skipped, UnsafeFile, open_beneath, walk
 
 logger = logging.getLogger(__name__)
 

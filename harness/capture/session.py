@@ -7,7 +7,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from harness.layout import RunLayout
+from harness.store.layout import RunLayout
 
 if TYPE_CHECKING:
     from harness.manifest import MetricsSpec

@@ -505,7 +505,7 @@ def read_system_jsonl(jsonl_path: Path) -> tuple[list[float], list[str], list[fl
 def system_jsonl_to_parquet(run_id: str, jsonl_path: Path, parquet_path: Path) -> None:
     """Write ``system.parquet`` (run_id, time, name, value) from ``system.jsonl``, atomically."""
     # pyarrow only here: the sampler needs psutil alone (scripts/gpu_check.py on a bare GPU host)
-    from harness.arrow import constant_string_column, float64_column, string_column, table
+    from harness.util.arrow import constant_string_column, float64_column, string_column, table
 
     times, names, values = read_system_jsonl(Path(jsonl_path))
     columns = {
@@ -514,6 +514,6 @@ def system_jsonl_to_parquet(run_id: str, jsonl_path: Path, parquet_path: Path) -
         "name": string_column(names),
         "value": float64_column(values),
     }
-    from harness.fsutil import write_table_atomic
+    from harness.util.fsutil import write_table_atomic
 
     write_table_atomic(table(columns), Path(parquet_path))

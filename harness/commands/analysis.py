@@ -5,7 +5,6 @@ thc (Tuning Hyperparameter Consistency, from harness runs or from a study's own 
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -13,12 +12,21 @@ from typing import Any
 
 import click
 
-from harness.commands.options import json_option
+from harness.commands.options import (
+    DEFAULT_METRIC,
+    boot_seed_option,
+    by_option,
+    env_key_option,
+    json_option,
+    last_option,
+    metric_option,
+    points_option,
+    reps_option,
+    smooth_option,
+)
 from harness.commands.output import emit_json, examples
+from harness.commands.runids import expand_selection
 from harness.errors import HarnessError
-from harness.runids import expand_selection
-
-DEFAULT_METRIC = "charts/episodic_return"
 
 
 def _store():  # type: ignore[no-untyped-def]
@@ -43,7 +51,7 @@ def _read_reference(path: Path) -> dict[str, tuple[float, float]]:
 
 def _write_text(path: Path, text: str) -> None:
     """Write a text file atomically: never half a table."""
-    from harness.fsutil import write_text_atomic
+    from harness.util.fsutil import write_text_atomic
 
     if not path.parent.exists():
         raise HarnessError(f"{path}: folder {path.parent} does not exist")
@@ -59,10 +67,10 @@ def _write_text(path: Path, text: str) -> None:
     )
 )
 @click.argument("selection", nargs=-1, required=True)
-@click.option("--metric", help=f"Metric to compare (default: the runs' primary metric, else {DEFAULT_METRIC}).")
-@click.option("--by", default="manifest", show_default=True, help="Group runs by manifest or param:NAME.")
-@click.option("--env-key", default="env_id", show_default=True, help="Param that names the environment.")
-@click.option("--last", "last_n", default=10, show_default=True, help="Final score = mean of the last N points.")
+@metric_option("compare")
+@by_option()
+@env_key_option()
+@last_option
 @click.option(
     "--normalize",
     type=click.Choice(["minmax", "none"]),
@@ -75,8 +83,8 @@ def _write_text(path: Path, text: str) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="CSV env,low,high of reference scores (e.g. random,human) to normalise by instead.",
 )
-@click.option("--reps", default=2000, show_default=True, help="Bootstrap resamples.")
-@click.option("--seed", default=0, show_default=True, help="Bootstrap seed (same seed, same CIs).")
+@reps_option()
+@boot_seed_option()
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Also write the table (.md or .csv).")
 @click.option(
     "--improvement", is_flag=True, help="Add the probability of improvement of the first group over each other."
@@ -100,8 +108,8 @@ def _write_text(path: Path, text: str) -> None:
 @click.option(
     "--statistic", type=click.Choice(["final", "last_n"]), help="Verdict: per run, the final value or mean of --last."
 )
-@click.option("--points", default=100, show_default=True, help="Verdict: checkpoints compared along the curves.")
-@click.option("--smooth", default=1, show_default=True, help="Verdict: rolling-mean window of the curves (1: none).")
+@points_option(100, "Verdict: checkpoints compared along the curves.")
+@smooth_option("Verdict: rolling-mean window of the curves (1: none).")
 @click.option(
     "--figure", type=click.Path(path_type=Path, dir_okay=False), help="Verdict: write the curves and margin figure."
 )
@@ -117,7 +125,7 @@ def compare(
     normalize: str,
     reference: Path | None,
     reps: int,
-    seed: int,
+    boot_seed: int,
     out: Path | None,
     improvement: bool,
     profiles: Path | None,
@@ -138,11 +146,11 @@ def compare(
     that selection against this one; exit 0 identical/consistent, 1 diverged, 3 inconclusive.
     """
     if against:
-        from harness.commands.compare_verdict import compare_groups
+        from harness.reproduce.compare_groups import compare_groups
 
         given_last = ctx.get_parameter_source("last_n") == click.core.ParameterSource.COMMANDLINE
         store = _store()
-        status = compare_groups(
+        compared = compare_groups(
             tuple(expand_selection(store, selection)),
             tuple(expand_selection(store, against)),
             metric=metric,
@@ -155,9 +163,14 @@ def compare(
             points=points,
             smooth=smooth,
             figure=figure,
-            as_json=as_json,
         )
-        sys.exit(status)
+        for text in compared.notes:
+            _note(text)
+        if as_json:
+            emit_json(compared.payload)
+        else:
+            click.echo("\n".join(compared.lines()))
+        sys.exit(compared.verdict.exit_status)
     from harness.analysis.selection import default_metric, select_runs
     from harness.analysis.tables import add_improvement, build_comparison, to_csv, to_markdown
 
@@ -181,12 +194,12 @@ def compare(
         normalization=normalize,
         reference=reference_scores,
         reps=reps,
-        seed=seed,
+        seed=boot_seed,
     )
     if improvement:
         if comparison.matrices:
             _check_runs_per_group(comparison, "--improvement")
-        add_improvement(comparison, reps=reps, seed=seed)
+        add_improvement(comparison, reps=reps, seed=boot_seed)
     if profiles is not None:
         _check_profile_runs(comparison)
     markdown = to_markdown(comparison)
@@ -203,7 +216,7 @@ def compare(
         from harness.analysis.aggregate import performance_profiles
         from harness.analysis.plots import plot_profiles
 
-        taus, curves, cis = performance_profiles(comparison.matrices, reps=reps, seed=seed)
+        taus, curves, cis = performance_profiles(comparison.matrices, reps=reps, seed=boot_seed)
         scale = "normalised score (τ)" if comparison.normalization != "none" else f"{comparison.metric} (τ)"
         plot_profiles(taus, curves, cis, profiles, x_label=scale)
         click.echo(f"wrote {profiles}", err=True)
@@ -231,14 +244,12 @@ def _check_runs_per_group(comparison: Any, option: str) -> None:
     )
 )
 @click.argument("selection", nargs=-1, required=True)
-@click.option("--metric", help=f"Metric to plot (default: the runs' primary metric, else {DEFAULT_METRIC}).")
-@click.option("--by", default="manifest", show_default=True, help="One curve per manifest or param:NAME.")
-@click.option(
-    "--env-key", default="env_id", show_default=True, help="Param that names the environment (one panel each)."
-)
+@metric_option("plot")
+@by_option("One curve per manifest or param:NAME.")
+@env_key_option("Param that names the environment (one panel each).")
 @click.option("--x", "x_axis", type=click.Choice(["step", "wall_time"]), default="step", show_default=True)
-@click.option("--smooth", default=1, show_default=True, help="Rolling-mean window in points (1: none).")
-@click.option("--points", default=200, show_default=True, help="Points of the common grid.")
+@smooth_option()
+@points_option(200, "Points of the common grid.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -265,8 +276,6 @@ def plot(
     from harness.analysis.selection import default_metric, select_runs
 
     check_output(out)
-    if points < 2 or smooth < 1:
-        raise HarnessError("--points must be at least 2 and --smooth at least 1")
     store = _store()
     runs = select_runs(store, expand_selection(store, selection))
     chosen = default_metric(runs, metric, DEFAULT_METRIC)
@@ -290,8 +299,8 @@ def plot(
 @click.argument("selection", nargs=-1)
 @click.option("--hparams", help="Comma-separated hyper-parameters (params of the sweep) to score.")
 @click.option("--across", help="Param whose values are the settings (e.g. env_id).")
-@click.option("--metric", help="Score metric for runs (default: the runs' primary metric).")
-@click.option("--last", "last_n", default=10, show_default=True, help="Final score = mean of the last N points.")
+@metric_option("score runs by", fallback=False)
+@last_option
 @click.option(
     "--table",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
@@ -312,8 +321,8 @@ def plot(
     "over seeds x tasks (the study, across agents or regimes).",
 )
 @click.option("--task-col", help="With --ranking iqm-ci: the column (or param) of the tasks, e.g. game_index.")
-@click.option("--reps", default=2000, show_default=True, help="Bootstrap resamples (iqm-ci).")
-@click.option("--seed", "boot_seed", default=0, show_default=True, help="Bootstrap seed (iqm-ci).")
+@reps_option("Bootstrap resamples (iqm-ci).")
+@boot_seed_option("Bootstrap seed (iqm-ci).")
 @json_option
 def thc(
     selection: tuple[str, ...],
@@ -381,7 +390,7 @@ def thc(
     if not rows:
         raise HarnessError("no hyper-parameter has two values in at least two settings: nothing to score")
     if as_json:
-        click.echo(json.dumps([r.as_dict() for r in rows], indent=1))
+        emit_json([r.as_dict() for r in rows])
         return
     # with several hyper-parameters, each one's groups hold the others: show every key, "-" where absent
     group_keys = list(dict.fromkeys(k for r in rows for k in r.group))

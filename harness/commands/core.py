@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
-from harness import terminal
 from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
 from harness.commands.output import emit_json, examples
+from harness.commands.runids import RUN_ID
 from harness.errors import HarnessError
-from harness.record import Record
-from harness.runids import RUN_ID
+from harness.store.record import Record
+from harness.util import terminal
 
 
 @click.command(
@@ -66,7 +66,7 @@ def schema() -> None:
 @json_option
 def lock(image_dirs: tuple[Path, ...], check: bool, upgrade: bool, as_json: bool) -> None:
     """pip-compile --generate-hashes each image's requirements.in into lockfiles/<name>.txt."""
-    from harness.lock import compile_lockfile, stale_lockfiles
+    from harness.images.lock import compile_lockfile, stale_lockfiles
 
     if check:
         stale = stale_lockfiles(Path.cwd())
@@ -123,7 +123,7 @@ def image() -> None:
 )
 def bootstrap(name: str | None, suite: str, force: bool, tarball: Path | None) -> None:
     """Make the base image from Debian packages (mmdebstrap), for hosts without a registry."""
-    from harness.images import bootstrap_base
+    from harness.images.build import bootstrap_base
 
     name = name or f"harness/base:{suite}"
     with terminal.status(f"bootstrapping {name} from Debian {suite}") as shown:
@@ -132,28 +132,63 @@ def bootstrap(name: str | None, suite: str, force: bool, tarball: Path | None) -
 
 
 @click.command(
-    epilog=examples("harness build manifests/dqn-cartpole.yaml", "harness build --force manifests/noop.yaml")
+    epilog=examples(
+        "harness build manifests/dqn-cartpole.yaml",
+        "harness build --force manifests/noop.yaml",
+        "harness build --check manifests/noop.yaml",
+    )
 )
 @click.argument("manifest", type=click.Path(path_type=Path))
 @ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
+@click.option(
+    "--reproducible",
+    is_flag=True,
+    help="Build bit-reproducibly (podman, timestamps clamped; as image.reproducible: true in the manifest).",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Build reproducibly twice from scratch and compare the ids; exit 1 naming the layer and files that differ.",
+)
 @click.option("--quiet", is_flag=True)
 @json_option
-def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
+def build(
+    manifest: Path, ca_bundle: Path | None, force: bool, reproducible: bool, check: bool, quiet: bool, as_json: bool
+) -> None:
     """Build (or find) the content-addressed image of a manifest."""
-    from harness.images import prepare_image
+    from harness.images.build import build_image
+    from harness.images.prepare import prepare_image
     from harness.manifest import load_manifest
-    from harness.plan import expand
+    from harness.run.plan import expand
 
     loaded = load_manifest(manifest)
     spec = expand(loaded)[0]
+    checked: list[Any] = []
+    if check and spec.loaded.build_dir is None:
+        raise HarnessError(f"{manifest}: --check needs image.build (an image.ref is not built here)")
+
+    def make(log: Callable[[str], None]) -> Any:
+        if check:
+            assert spec.loaded.build_dir is not None
+            return build_image(
+                spec.loaded.build_dir,
+                spec.loaded.lockfile,
+                ca_bundle=ca_bundle,
+                force=True,
+                log=log,
+                network=spec.loaded.manifest.image.network,
+                check=checked.append,
+            )
+        return prepare_image(spec.loaded, ca_bundle, force, log=log, reproducible=reproducible)
+
     if quiet or as_json:
-        info = prepare_image(spec.loaded, ca_bundle, force)
+        info = make(lambda line: None)
     else:
-        with terminal.status(
-            f"building {loaded.manifest.image.build or loaded.manifest.image.ref}", stderr=as_json
-        ) as shown:
-            info = prepare_image(spec.loaded, ca_bundle, force, log=shown.update)
+        what = loaded.manifest.image.build or loaded.manifest.image.ref
+        with terminal.status(f"{'checking' if check else 'building'} {what}", stderr=as_json) as shown:
+            info = make(shown.update)
+    result = checked[0] if checked else None
     if as_json:
         emit_json(
             {
@@ -163,11 +198,31 @@ def build(manifest: Path, ca_bundle: Path | None, force: bool, quiet: bool, as_j
                 "content_hash": info.content_hash,
                 "cached": info.cached,
                 "build_seconds": info.build_seconds,
+                "builder": info.builder,
+                **(
+                    {}
+                    if result is None
+                    else {
+                        "check": {
+                            "reproducible": result.reproducible,
+                            "ids": [result.first, result.second],
+                            "differences": result.differences,
+                        }
+                    }
+                ),
             }
         )
-        return
-    state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
-    click.echo(f"{info.tag or info.ref} {info.id} ({state})")
+    else:
+        state = "cached, no build" if info.cached else f"built in {info.build_seconds:.1f}s"
+        click.echo(f"{info.tag or info.ref} {info.id} ({state})")
+        if result is not None and result.reproducible:
+            click.echo(f"reproducible: two builds from scratch gave {result.first}")
+        elif result is not None:
+            click.echo(f"NOT reproducible: two builds from scratch gave {result.first} and {result.second}")
+            for line in result.differences:
+                click.echo(f"  {line}")
+    if result is not None and not result.reproducible:
+        raise click.exceptions.Exit(1)
 
 
 @click.command(
@@ -236,7 +291,7 @@ def run(
     import os
 
     from harness.manifest import load_manifest
-    from harness.plan import expand, parse_overrides
+    from harness.run.plan import expand, parse_overrides
     from harness.store.local import LocalStore
 
     if require_limits:
@@ -341,9 +396,9 @@ def _execute_with_status(
     err: bool = False,
     progress_every: float | None = None,
 ) -> Record:
-    """Run one spec with live progress (harness.progress) below the job's streamed output."""
-    from harness.progress import LiveRun
-    from harness.runner import execute
+    """Run one spec with live progress (harness.run.progress) below the job's streamed output."""
+    from harness.run.progress import LiveRun
+    from harness.run.runner import execute
 
     def announce(record: dict) -> None:
         status.stop()
@@ -384,28 +439,24 @@ def _print_outcome(record: Record) -> None:
 
 @click.command(epilog=examples("harness ls", "harness ls --limit 200 --json | jq -r '.[].run_id'"))
 @json_option
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="Show at most N runs.")
 def ls(as_json: bool, limit: int) -> None:
     """Runs in the local store, newest first (full run ids: any unique prefix names a run)."""
     from rich import box
     from rich.table import Table
 
-    from harness.runner import recover
+    from harness.run.runner import recover
     from harness.store.local import LocalStore
 
     store = LocalStore()
     recover(store)
     records = list(store.records())[:limit]
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")}
-                    for r in records
-                ],
-                indent=2,
-                default=str,
-            )
+        emit_json(
+            [
+                {k: r.get(k) for k in ("run_id", "name", "status", "seed", "params", "started_at", "duration_s")}
+                for r in records
+            ]
         )
         return
     if not records:
@@ -452,7 +503,7 @@ def _text(value: Any, limit: int = 120) -> str:
     """A record field as one line of printable text (None: empty), for tables."""
     from rich.markup import escape
 
-    from harness.safefs import printable
+    from harness.util.safefs import printable
 
     return escape(printable("" if value is None else str(value), limit))
 
@@ -489,7 +540,7 @@ def show(run_id: str, as_json: bool, log_lines: int) -> None:
     store = LocalStore()
     record = store.load(run_id)
     if as_json:
-        click.echo(json.dumps(record, indent=2, sort_keys=True, default=str))
+        emit_json(record)
         return
     out = console()
     image, host = _mapping(record.get("image")), _mapping(record.get("host"))
@@ -584,7 +635,7 @@ def _log_tail(run_dir: Path, lines: int, window: int = 64 << 10) -> list[str]:
     """The last ``lines`` lines of the run's log, reading at most ``window`` bytes of it."""
     import os
 
-    from harness.safefs import UnsafeFile, open_beneath, printable
+    from harness.util.safefs import UnsafeFile, open_beneath, printable
 
     try:
         fd = open_beneath(run_dir, "logs/output.log")
@@ -602,17 +653,26 @@ def _log_tail(run_dir: Path, lines: int, window: int = 64 << 10) -> list[str]:
 @click.command(epilog=examples("harness recover", "harness recover --json"))
 @json_option
 def recover(as_json: bool) -> None:
-    """Mark runs whose harness process died as interrupted, and seal what they left."""
-    from harness.runner import recover as recover_runs
+    """Mark runs whose harness process died as interrupted, and seal what they left; finish what
+    a full disk or a lost engine left pending (seal the run, remove its container)."""
+    from harness.run.runner import recover as recover_runs
     from harness.store.local import LocalStore
 
-    recovered = recover_runs(LocalStore())
+    store = LocalStore()
+    recovered = recover_runs(store)
     if as_json:
         emit_json({"recovered": recovered})
         return
     for run_id in recovered:
-        click.echo(f"{run_id}: interrupted (recovered)")
-    if not recovered:
+        click.echo(f"{run_id}: {store.load(run_id).get('status')} (recovered)")
+    waiting = [record for record in store.records() if record.get("pending")]
+    for record in waiting:
+        left = ", ".join(str(item) for item in record.get("pending") or [])
+        click.echo(
+            f"{record['run_id']}: {record.get('status')}, still to do: {left} "
+            "(the engine does not answer or the disk is still full; run `harness recover` again later)"
+        )
+    if not recovered and not waiting:
         click.echo("nothing to recover")
 
 
@@ -623,7 +683,7 @@ def _registry_and_podman_checks() -> list[tuple[str, bool, str]]:
 
     checks: list[tuple[str, bool, str]] = []
     if os.environ.get("HARNESS_REGISTRY"):
-        from harness.registry import check_registry, configured_registry
+        from harness.images.registry import check_registry, configured_registry
 
         try:
             status = check_registry(configured_registry(None))
@@ -665,7 +725,7 @@ def doctor(as_json: bool) -> None:
     """Check the prerequisites: Docker engine, base image, GPU/NVML, Hub login, Slurm."""
     import shutil
 
-    from harness.images import BASE_IMAGE
+    from harness.images.build import BASE_IMAGE
 
     checks: list[tuple[str, bool, str]] = []
     try:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from harness.commands.options import console
-from harness.commands.output import emit_json, examples, json_option
-from harness.runids import RUN_ID
+from harness.commands.options import console, json_option
+from harness.commands.output import emit_json, examples
+from harness.commands.runids import RUN_ID
 
 
 @click.command(
@@ -26,7 +26,7 @@ def diff(run_a: str, run_b: str, show_all: bool, as_json: bool) -> None:
     from rich import box
     from rich.table import Table
 
-    from harness.rundiff import cell, diff_runs
+    from harness.analysis.rundiff import cell, diff_runs
     from harness.store.local import LocalStore
 
     result = diff_runs(LocalStore(), run_a, run_b)

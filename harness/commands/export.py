@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
-from harness.runids import complete_run_ids
+from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
+from harness.commands.runids import complete_run_ids
 
 
 @click.command(
@@ -39,8 +40,8 @@ def export(selection: tuple[str, ...], tensorboard_dir: Path, system: bool, as_j
     param=value, status=, tag=, seed=, hub:org/name.
     """
     from harness.analysis.selection import select_runs
-    from harness.export import export_tensorboard
-    from harness.runids import expand_selection
+    from harness.commands.runids import expand_selection
+    from harness.store.export import export_tensorboard
     from harness.store.local import LocalStore
 
     store = LocalStore()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
+from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
 
 
 @click.command(
@@ -32,8 +33,8 @@ def gc(dry_run: bool, project: Path, recipes: tuple[str, ...], as_json: bool) ->
 
     Images the harness did not build are never touched, whatever their name.
     """
-    from harness.imagegc import find_garbage, human_bytes, referenced_images, remove_garbage
-    from harness.images import docker_client
+    from harness.images.gc import find_garbage, human_bytes, referenced_images, remove_garbage
+    from harness.runtime.engine import docker_client
     from harness.store.local import LocalStore
 
     client = docker_client(timeout=600)

@@ -10,7 +10,16 @@ import click
 
 from harness.commands.options import endpoint_option, json_option, runtime_option
 from harness.commands.output import emit_json, examples
-from harness.runids import RUN_ID, RUN_ID_OR_HUB_OR_IMPORTED, complete_repos
+from harness.commands.runids import RUN_ID, RUN_ID_OR_HUB_OR_IMPORTED, complete_repos
+
+trust_option = click.option(
+    "--trust",
+    "trust_key",
+    metavar="KEY.pub",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="accept only runs whose provenance is signed by this ed25519 public key (PEM, from "
+    "`openssl pkey -pubout`) and whose files match it",
+)
 
 
 @click.command(
@@ -29,6 +38,14 @@ from harness.runids import RUN_ID, RUN_ID_OR_HUB_OR_IMPORTED, complete_repos
     help="License of the results for the dataset card (a Hub license id, e.g. cc-by-4.0, mit) [default: unknown].",
 )
 @click.option("--pretty-name", help="Title of the dataset card [default: the manifests' names].")
+@click.option(
+    "--sign",
+    "sign_key",
+    metavar="KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="sign each record's provenance (in-toto/SLSA, DSSE) with this ed25519 private key "
+    "(PEM, from `openssl genpkey -algorithm ed25519`)",
+)
 @json_option
 def publish(
     run_ids: tuple[str, ...],
@@ -37,14 +54,23 @@ def publish(
     endpoint: str | None,
     license_id: str | None,
     pretty_name: str | None,
+    sign_key: Path | None,
     as_json: bool,
 ) -> None:
     """Publish runs of the local store to a Hub dataset repo, in one commit (with the runs index,
     the dataset card and the learning-curve figure)."""
+    from harness.analysis.repo_figure import learning_curves
     from harness.store.hub import publish as publish_runs
 
     result = publish_runs(
-        list(run_ids), repo, private=private, endpoint=endpoint, license=license_id, pretty_name=pretty_name
+        list(run_ids),
+        repo,
+        private=private,
+        endpoint=endpoint,
+        license=license_id,
+        pretty_name=pretty_name,
+        figure=learning_curves,
+        sign_key=sign_key,
     )
     if as_json:
         emit_json(
@@ -70,19 +96,21 @@ def publish(
     epilog=examples(
         "harness pull my-lab/cartpole-dqn",
         "harness pull my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --revision 4b8e0f... --json",
+        "harness pull my-lab/cartpole-dqn --trust lab.pub",
     )
 )
 @click.argument("spec", shell_complete=complete_repos)
 @click.option("--revision", help="branch or 40-hex commit sha (default: main)")
 @endpoint_option
+@trust_option
 @json_option
-def pull(spec: str, revision: str | None, endpoint: str | None, as_json: bool) -> None:
+def pull(spec: str, revision: str | None, endpoint: str | None, trust_key: Path | None, as_json: bool) -> None:
     """Download org/name (all runs) or org/name/<run_id> into the local store, verified."""
     from harness.store.hub import pull as pull_runs
     from harness.store.local import LocalStore
 
     store = LocalStore()
-    pulled = pull_runs(spec, revision=revision, endpoint=endpoint, store=store)
+    pulled = pull_runs(spec, revision=revision, endpoint=endpoint, store=store, trust_key=trust_key)
     if as_json:
         rows = []
         for run_id in pulled:
@@ -181,7 +209,7 @@ def _image_line(result: Any) -> str:
         return f"the published image {result.image_ref} ({image_id[:19]}), pulled by digest, not rebuilt"
     if result.image_source == "ref":
         return f"the manifest's image.ref ({image_id[:19]})"
-    return f"rebuilt from the recipe ({image_id[:19]})"
+    return str(result.image_check["image_note"])
 
 
 @click.command(
@@ -219,6 +247,7 @@ def _image_line(result: Any) -> str:
     is_flag=True,
     help="build a recipe that declares image.network: true (its build then reaches this host's network)",
 )
+@trust_option
 @json_option
 def reproduce(
     target: str,
@@ -232,6 +261,7 @@ def reproduce(
     out: Path | None,
     rebuild: bool,
     allow_build_network: bool,
+    trust_key: Path | None,
     as_json: bool,
 ) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record over seeds and give the
@@ -241,8 +271,8 @@ def reproduce(
     Exit status 0: identical or consistent; 1: diverged; 2: bad input; 3: inconclusive (the
     verdict says how many seeds per side would settle it).
     """
-    from harness.analysis.group_verdict import json_safe
-    from harness.reproduce import reproduce as reproduce_run
+    from harness.reproduce.group_verdict import json_safe
+    from harness.reproduce.reproduction import reproduce as reproduce_run
 
     result = reproduce_run(
         target,
@@ -258,6 +288,7 @@ def reproduce(
         progress=sys.stderr,
         rebuild=rebuild,
         allow_build_network=allow_build_network,
+        trust_key=trust_key,
     )
     if as_json:
         emit_json(json_safe(result.to_dict(curves=False)))

@@ -38,7 +38,7 @@ def import_cmd(
     Each REPO is org/name or org/name@revision; the commit it resolves to is pinned. Weights are
     never downloaded; the script runs only in the sandbox, with `harness reproduce`.
     """
-    from harness.importing import import_repos
+    from harness.reproduce.importing import import_repos
 
     result = import_repos(
         list(repos), project, endpoint=endpoint, name=name, force=force, echo=lambda line: click.echo(line, err=True)

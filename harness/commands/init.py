@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from harness.commands.output import examples
-from harness.scaffold import IMAGES
+from harness.project.scaffold import IMAGES
 
 
 @click.command(
@@ -27,10 +27,10 @@ def init(name: str, image: str, force: bool) -> None:
 
     With --image new, also images/NAME/ (Dockerfile, requirements.in, workload/main.py), locked
     into lockfiles/NAME.txt with `harness lock`. Run it in the project's root."""
-    from harness import terminal
-    from harness.lock import compile_lockfile
+    from harness.images.lock import compile_lockfile
     from harness.manifest import load_manifest
-    from harness.scaffold import scaffold
+    from harness.project.scaffold import scaffold
+    from harness.util import terminal
 
     root = Path.cwd()
     written = scaffold(root, name, image, force=force)

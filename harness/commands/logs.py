@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
+from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
+from harness.commands.runids import RUN_ID
 from harness.errors import HarnessError
-from harness.runids import RUN_ID
 
 READ_LIMIT = 1 << 20  # bytes per read of the log
 READS_PER_CALL = 64  # at most 64 MiB per poll: a log that grows faster cannot stall the follower
@@ -30,7 +31,7 @@ def _started(record: Mapping[str, Any]) -> float:
 def _progress(store: Any, record: Mapping[str, Any]) -> Any:
     from harness.errors import HarnessError
     from harness.manifest import parse_manifest
-    from harness.progress import RunProgress, total_steps
+    from harness.run.progress import RunProgress, total_steps
 
     layout = store.layout(record["run_id"])
     tensorboard = None
@@ -108,7 +109,8 @@ def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | No
 
     With -f, follows a running run (started here or by another harness process) until it ends.
     """
-    from harness.progress import ProgressReporter
+    from harness.run.owner import orphaned
+    from harness.run.progress import ProgressReporter
     from harness.store.local import LocalStore
 
     store = LocalStore()
@@ -143,7 +145,7 @@ def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | No
             record = _reload(store, run_id, record)
             if not _running(record):
                 break
-            if _orphaned(record):
+            if orphaned(record):
                 reporter.stop()
                 raise HarnessError(
                     f"run {run_id}: the harness process running it has ended; `harness recover` marks it interrupted"
@@ -157,7 +159,7 @@ def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | No
 
 
 def _follow_json(store: Any, run_id: str, tail: _LogTail, progress: Any, interval: float | None) -> None:
-    from harness.progress import plain_interval
+    from harness.run.progress import plain_interval
 
     every = interval or plain_interval()
     record: Mapping[str, Any] = store.load(run_id)
@@ -175,23 +177,6 @@ def _follow_json(store: Any, run_id: str, tail: _LogTail, progress: Any, interva
         if not running:
             return
         time.sleep(every)
-
-
-def _orphaned(record: Mapping[str, Any]) -> bool:
-    """A running record whose harness process, on this host, is gone (it will never end by itself)."""
-    import os
-    import socket
-
-    owner = record.get("owner") or {}
-    if owner.get("hostname") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return False  # another host's run (Slurm): keep following
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _running(record: Mapping[str, Any]) -> bool:
@@ -216,7 +201,7 @@ def _ended(record: Mapping[str, Any]) -> float | None:
 
 def _final_line(record: Mapping[str, Any], snapshot: Any) -> str:
     """``<run>: completed in 0:26; step 100,000/100,000 (100%), charts/episodic_return 200``."""
-    from harness.progress import clock
+    from harness.run.progress import clock
 
     duration = f" in {clock(record['duration_s'])}" if record.get("duration_s") is not None else ""
     facts = ", ".join(snapshot.facts()) if snapshot is not None else ""

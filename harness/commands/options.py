@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+
+from harness.store.record import DEFAULT_METRIC
+
+Decorator = Callable[[Any], Any]
 
 RUNTIMES = ("docker", "podman", "process")
 
@@ -30,6 +35,54 @@ ca_bundle_option = click.option(
     help="Extra CA bundle for the build (default: SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE).",
 )
 endpoint_option = click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
+
+# -- analysis: the same option means the same thing in compare, plot and thc ------------------------
+
+last_option = click.option(
+    "--last",
+    "last_n",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Final score = mean of the last N points.",
+)
+
+
+def metric_option(verb: str, fallback: bool = True) -> Decorator:
+    """``--metric``: the metric the command works on (``verb``: what it does with it)."""
+    default = f", else {DEFAULT_METRIC}" if fallback else ""
+    return click.option("--metric", help=f"Metric to {verb} (default: the runs' primary metric{default}).")
+
+
+def by_option(help: str = "Group runs by manifest or param:NAME.") -> Decorator:
+    """``--by``: how runs are grouped (manifest, or param:NAME)."""
+    return click.option("--by", default="manifest", show_default=True, help=help)
+
+
+def env_key_option(help: str = "Param that names the environment.") -> Decorator:
+    """``--env-key``: the param whose value is the environment."""
+    return click.option("--env-key", default="env_id", show_default=True, help=help)
+
+
+def smooth_option(help: str = "Rolling-mean window in points (1: none).") -> Decorator:
+    """``--smooth``: a rolling-mean window, at least 1."""
+    return click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True, help=help)
+
+
+def points_option(default: int, help: str) -> Decorator:
+    """``--points``: points of a common grid along the curves, at least 2."""
+    return click.option("--points", type=click.IntRange(min=2), default=default, show_default=True, help=help)
+
+
+def reps_option(help: str = "Bootstrap resamples.") -> Decorator:
+    """``--reps``: bootstrap resamples, at least 1."""
+    return click.option("--reps", type=click.IntRange(min=1), default=2000, show_default=True, help=help)
+
+
+def boot_seed_option(help: str = "Bootstrap seed (same seed, same CIs).") -> Decorator:
+    """``--boot-seed``: the bootstrap's seed (``--seed`` is a run's seed in ``harness run``; the old
+    spelling is still accepted here)."""
+    return click.option("--boot-seed", "--seed", "boot_seed", type=int, default=0, show_default=True, help=help)
 
 
 def console(stderr: bool = False) -> Any:

@@ -8,8 +8,6 @@ from typing import Any
 
 import click
 
-from harness.commands.options import json_option  # noqa: F401 - declared once there; re-exported for the new commands
-
 
 def emit_json(data: Any) -> None:
     """One JSON document on stdout (sorted keys, so the output diffs cleanly)."""

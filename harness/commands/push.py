@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from harness.commands.output import emit_json, examples, json_option
+from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
 
 
 @click.command(
@@ -27,7 +28,8 @@ def push(target: str, registry: str | None, quiet: bool, as_json: bool) -> None:
     it and `reproduce` runs that exact image. For a manifest, put the reference in image.ref.
     Credentials: HARNESS_REGISTRY_USER / HARNESS_REGISTRY_PASSWORD, or `docker login`.
     """
-    from harness.registry import configured_registry, push_manifest, push_run
+    from harness.images.push import push_manifest, push_run
+    from harness.images.registry import configured_registry
 
     chosen = configured_registry(registry)
     log = (lambda line: None) if quiet or as_json else (lambda line: click.echo(f"  {line}", err=True))
@@ -39,7 +41,7 @@ def push(target: str, registry: str | None, quiet: bool, as_json: bool) -> None:
             f"  use it in the manifest:  image: {{ref: {result.registry_ref}}}",
         ]
     else:
-        from harness.runids import resolve_run_id
+        from harness.commands.runids import resolve_run_id
         from harness.store.local import LocalStore
 
         store = LocalStore()

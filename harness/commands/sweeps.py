@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from harness.commands.options import json_option
+from harness.commands.output import emit_json, examples
 
 
 def _duration(seconds: float | None) -> str:
@@ -57,18 +58,24 @@ def progress_table(progress: dict[str, Any]) -> Any:
     return Group(*parts)
 
 
-@click.command(epilog="\b\nExamples:\n  harness status --watch\n  harness status dqn-sweep-1a2b --json")
+@click.command(epilog=examples("harness status --watch", "harness status dqn-sweep-1a2b --json"))
 @click.argument("sweep", required=False)
 @json_option
 @click.option("--watch", is_flag=True, help="Refresh until every run has ended (Ctrl-C leaves).")
-@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
 @click.option("--requeue", is_flag=True, help="Slurm: send failed, cancelled and preempted runs back to the queue.")
 def status(sweep: str | None, as_json: bool, watch: bool, interval: float, requeue: bool) -> None:
     """Show a sweep's progress (the newest sweep without SWEEP): queued, running, done, failed."""
     from harness.backends import sweep_progress
+    from harness.backends.sweeps import list_sweep_ids, load_state
     from harness.errors import HarnessError
     from harness.store.local import LocalStore
-    from harness.sweeps import list_sweep_ids, load_state
 
     store = LocalStore()
     if sweep is None:
@@ -76,8 +83,6 @@ def status(sweep: str | None, as_json: bool, watch: bool, interval: float, reque
         if not known:
             raise HarnessError(f"{store.root}: no sweeps yet (run a manifest with a sweep or several seeds)")
         sweep = known[0]
-    if interval <= 0:
-        raise HarnessError(f"--interval {interval}: give a positive number of seconds")
     state = load_state(store, sweep)
     if requeue:
         if state.backend != "slurm":
@@ -87,7 +92,7 @@ def status(sweep: str | None, as_json: bool, watch: bool, interval: float, reque
         requeue_runs(state, store, echo=click.echo)
         state = load_state(store, state.sweep_id)
     if as_json and not watch:
-        click.echo(json.dumps(sweep_progress(state, store), indent=2))
+        emit_json(sweep_progress(state, store))
         return
     if as_json:
         while True:  # one JSON object per line while it changes, for scripts that follow along
@@ -105,7 +110,7 @@ def status(sweep: str | None, as_json: bool, watch: bool, interval: float, reque
     if not watch:
         console.print(progress_table(progress))
         return
-    from harness.terminal import ci_mode
+    from harness.util.terminal import ci_mode
 
     if ci_mode():  # no redraws in a log: one table each time the counts change
         shown = None

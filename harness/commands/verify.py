@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from harness import ci
 from harness.commands.output import examples
+from harness.project import ci
 
 
 @click.command(
@@ -33,7 +33,7 @@ def verify(base: str, github: bool | None) -> None:
     sweep point. GPU manifests are skipped on hosts without enough GPUs. Exit 1 when any step
     fails."""
     from harness.errors import ManifestError
-    from harness.lock import stale_lockfiles
+    from harness.images.lock import stale_lockfiles
     from harness.manifest import LoadedManifest, load_manifest
 
     github = ci.github_actions() if github is None else github
@@ -101,7 +101,7 @@ def _rows_for(manifest: Path, seed: int, missing: str) -> list[ci.RunRow]:
     """Summary rows of the smoke runs of ``manifest`` in the local store (newest record per run;
     ``missing`` is the status of a run without a record)."""
     from harness.manifest import load_manifest
-    from harness.plan import expand
+    from harness.run.plan import expand
     from harness.store.local import LocalStore
 
     store = LocalStore()

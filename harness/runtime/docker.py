@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import harness
 from harness.errors import EngineError
-from harness.runtime.engine_api import EngineAPI, EngineAPIError, EngineContainer, engine_api
+from harness.runtime.engine_api import (
+    ENGINE_FAULTS,
+    EngineAPI,
+    EngineAPIError,
+    EngineContainer,
+    FollowedStream,
+    engine_api,
+)
 from harness.runtime.job import JobRequest, JobResult
-from harness.safefs import terminal_safe
+from harness.store.layout import EXTERNAL_JSONL
+from harness.util.safefs import terminal_safe
 
 PROBE_MEMORY_BYTES = 1 << 30
 PROBE_MAX_OUTPUT = 16 << 20  # what a probe (the environment capture) may print
@@ -21,6 +31,9 @@ CONTAINER_OUT = "/harness/out"
 CONTAINER_LIB = "/opt/harness"
 RUN_LABEL = "org.harness.run-id"
 SANDBOX_USER = "65534:65534"
+# an engine call that failed because of the engine, not its answer (EngineAPIError): a refused
+# connection (EngineError), a cut one, a read deadline, an answer cut short
+LOST: tuple[type[BaseException], ...] = (EngineError, *ENGINE_FAULTS)
 
 
 def harness_package_dir() -> Path:
@@ -41,7 +54,7 @@ def sandbox_options(request: JobRequest) -> dict[str, Any]:
     capabilities, no new privileges, CPU/memory/pids limits, the run's folders, GPUs."""
     binds = [f"{request.out_dir}:{CONTAINER_OUT}:rw", f"{harness_package_dir()}:{CONTAINER_LIB}/harness:ro"]
     if request.hub_cache is not None:
-        from harness.pins import CONTAINER_CACHE
+        from harness.store.pins import CONTAINER_CACHE
 
         binds.append(f"{request.hub_cache}:{CONTAINER_CACHE}:ro")
     host_config: dict[str, Any] = {
@@ -81,14 +94,14 @@ def job_environment(request: JobRequest) -> dict[str, str]:
     """The container's environment: the job's variables plus where the harness helper lives."""
     pins = {}
     if request.hub_cache is not None:
-        from harness.pins import pin_environment
+        from harness.store.pins import pin_environment
 
         pins = pin_environment(container=True)
     return {
         **request.environment,
         **pins,
         "HARNESS_OUT": CONTAINER_OUT,
-        "HARNESS_METRICS": f"{CONTAINER_OUT}/metrics.external.jsonl",
+        "HARNESS_METRICS": f"{CONTAINER_OUT}/{EXTERNAL_JSONL}",
         "PYTHONPATH": CONTAINER_LIB,
         "HOME": "/tmp",
         "MPLCONFIGDIR": "/tmp/matplotlib",
@@ -118,19 +131,30 @@ def copy_lines(chunks: Any, log_path: Path, echo: Callable[[str], None] | None) 
 
 
 class DockerJob:
-    """A started container; ``wait`` returns how it ended, ``stop`` ends it early."""
+    """A started container; ``wait`` returns how it ended, ``stop`` ends it early.
+
+    The engine may die or hang under a running job: every call to it is bounded, and once one
+    fails the job calls it no more (``engine_lost`` says why) and ends as ``error`` with what it
+    had; the container is then left for ``harness recover`` to remove once the engine answers."""
+
+    LOG_DRAIN_S = 10.0  # how long the log copy may take to catch up once the container stopped
 
     def __init__(self, api: EngineAPI, image_id: str, request: JobRequest):
         self.request = request
+        self.engine_lost: str | None = None
         request.out_dir.chmod(0o777)  # the sandbox user is not the host's owner of the folder
         try:
             self.container = EngineContainer.create(api, container_name(request.run_id), self.config(image_id, request))
         except EngineAPIError as exc:
             raise EngineError(f"could not create the container of {request.run_id}: {exc}") from None
-        self.log_thread = threading.Thread(
-            target=lambda: copy_lines(self.container.logs(), request.log_path, request.echo), daemon=True
-        )
+        except LOST as exc:
+            raise EngineError(
+                f"could not create the container of {request.run_id}: {_engine_fault(api, exc)}"
+            ) from None
+        self._log_stream: FollowedStream | None = None
+        self.log_thread = threading.Thread(target=self._copy_logs, daemon=True)
         self._stopped_by: str | None = None
+        self._container_fate = ""
 
     def config(self, image_id: str, request: JobRequest) -> dict[str, Any]:
         """The container's create request (a Podman job leaves out the limits its host cannot apply)."""
@@ -142,8 +166,20 @@ class DockerJob:
         return False
 
     def start(self) -> None:
-        self.container.start()
+        """Start the container and the copy of its output; EngineError when the engine fails."""
+        try:
+            self.container.start()
+            self._log_stream = self.container.logs()  # opened by the log thread
+        except EngineAPIError as exc:
+            raise EngineError(f"could not start the container of {self.request.run_id}: {exc}") from None
+        except LOST as exc:
+            self.engine_lost = _engine_fault(self.container.api, exc)
+            raise EngineError(f"could not start the container of {self.request.run_id}: {self.engine_lost}") from None
         self.log_thread.start()
+
+    def _copy_logs(self) -> None:
+        if self._log_stream is not None:
+            copy_lines(self._log_stream, self.request.log_path, self.request.echo)
 
     @property
     def pid(self) -> int | None:
@@ -152,16 +188,26 @@ class DockerJob:
 
     def wait(self) -> JobResult:
         """Wait for the container, killing it at the timeout."""
+        exit_code: int | None = None
         try:
-            outcome = self.container.wait(timeout=self.request.timeout_seconds)
-            exit_code: int | None = int(outcome.get("StatusCode", -1))
-        except (TimeoutError, OSError):
-            self._kill()
-            self.container.wait(timeout=60)
+            if self.engine_lost is None:
+                outcome = self.container.wait(timeout=self.request.timeout_seconds)
+                exit_code = int(outcome.get("StatusCode", -1))
+        except TimeoutError:
+            # the run's timeout; or an engine that stopped answering, which the kill then shows
             self._stopped_by = self._stopped_by or "timeout"
-            exit_code = None
-        self.log_thread.join(timeout=10)
-        self.container.reload()
+            self._kill()
+            self._call(lambda: self.container.wait(timeout=self.container.api.timeout))
+        except EngineAPIError:
+            pass  # the container is gone; its state below says how it ended
+        except LOST as exc:
+            self.engine_lost = _engine_fault(self.container.api, exc)
+        self._call(self.container.reload)
+        if self.engine_lost is not None:
+            self._container_fate = self._kill_without_engine()
+        self._drain_logs()
+        if self.engine_lost is not None:
+            return self._lost_result()
         state = self.container.attrs.get("State", {})
         if self._stopped_by:
             return JobResult(self._stopped_by, state.get("ExitCode", exit_code), f"stopped: {self._stopped_by}")
@@ -171,22 +217,92 @@ class DockerJob:
             return JobResult("completed", 0)
         return JobResult("failed", exit_code, f"exit status {exit_code}")
 
+    def _call(self, action: Callable[[], Any]) -> None:
+        """One engine call whose error answer does not matter (the container may be gone already);
+        a fault of the engine itself marks it lost, and no later call is made."""
+        if self.engine_lost is not None:
+            return
+        try:
+            action()
+        except EngineAPIError:
+            pass
+        except LOST as exc:
+            self.engine_lost = _engine_fault(self.container.api, exc)
+
+    def _drain_logs(self) -> None:
+        """Let the log copy take the last lines; a stream the engine does not end is closed."""
+        if self.log_thread.is_alive():
+            self.log_thread.join(timeout=1.0 if self.engine_lost else self.LOG_DRAIN_S)
+        if self.log_thread.is_alive() and self._log_stream is not None:
+            self._log_stream.close()
+            self.log_thread.join(timeout=5)
+
+    def _lost_result(self) -> JobResult:
+        timeout = self.request.timeout_seconds
+        why = (
+            f"the run reached its timeout ({timeout:g}s) but {self.engine_lost}"
+            if self._stopped_by == "timeout"
+            else str(self.engine_lost)
+        )
+        detail = (
+            f"{why}; {self._container_fate}; its output and metrics up to then are kept. "
+            "`harness recover` removes the container once the engine answers, `harness run --rerun` runs it again"
+        )
+        return JobResult("interrupted" if self._stopped_by == "interrupted" else "error", None, detail)
+
+    def _kill_without_engine(self) -> str:
+        """Kill the container's processes without its engine (they would go on writing into the
+        sealed run folder): its first process, found by the id the engine gave at start, and only
+        while that process is still in the container's cgroup (a reused id is left alone)."""
+        pid = (self.container.attrs.get("State") or {}).get("Pid") or 0  # as the sampler last saw it
+        if not isinstance(pid, int) or pid <= 0:
+            return "the container may still be running"
+        try:
+            in_container = self.container.id in Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            return "its container had stopped"
+        if not in_container:
+            return "the container may still be running"
+        try:
+            os.kill(pid, signal.SIGKILL)  # the first process of a pid namespace: all of them go
+        except ProcessLookupError:
+            return "its container had stopped"
+        except PermissionError:
+            return "the container may still be running (the harness may not signal it)"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        return "the harness killed the container's processes"
+
     def stop(self, reason: str = "interrupted") -> None:
         """End the job early (Ctrl-C, cancellation); ``wait`` then reports ``reason``."""
         self._stopped_by = reason
         self._kill()
 
     def _kill(self) -> None:
-        try:
-            self.container.kill()
-        except (EngineError, OSError):
-            pass  # already gone
+        self._call(self.container.kill)
 
     def remove(self) -> None:
-        try:
-            self.container.remove(force=True)
-        except (EngineError, OSError):
-            pass  # already gone
+        """Remove the container (not when the engine was lost: ``harness recover`` does it later)."""
+        self._call(lambda: self.container.remove(force=True))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting for its parent."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _engine_fault(api: EngineAPI, exc: BaseException) -> str:
+    """What a failed engine call says about the engine, in words."""
+    if isinstance(exc, TimeoutError):
+        return f"the Docker engine at unix://{api.path} stopped answering (no answer within {api.timeout:g}s)"
+    if isinstance(exc, (EngineError, FileNotFoundError, ConnectionRefusedError)):
+        return f"the Docker engine at unix://{api.path} went away"
+    return f"the connection to the Docker engine at unix://{api.path} broke ({type(exc).__name__})"
 
 
 def kill_orphan(run_id: str, api: EngineAPI | None = None) -> bool:
@@ -251,7 +367,7 @@ def run_in_image(api: EngineAPI, image_id: str, command: list[str], timeout: flo
         container.start()
         container.wait(timeout=timeout)
         output = bytearray()
-        for chunk in container.api.stream_logs(container.id, stderr=False):
+        for chunk in container.api.stream_logs(container.id, stderr=False, deadline=timeout):
             output += chunk
             if len(output) > PROBE_MAX_OUTPUT:
                 raise EngineError(f"{command[0]} in image {image_id[:19]} printed more than {PROBE_MAX_OUTPUT} bytes")

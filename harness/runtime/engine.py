@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from harness.errors import EngineError, HarnessError
-from harness.runtime.engine_api import ENGINE_HINT
+from harness.runtime.engine_api import DEFAULT_HOST, ENGINE_HINT
 
 _clients = threading.local()
 
@@ -15,22 +15,23 @@ _clients = threading.local()
 def docker_client(timeout: int = 120) -> Any:
     """A docker SDK client whose engine answers; EngineError saying how to start it otherwise.
 
-    One client per thread and timeout, kept: a sweep's runs reuse its connection pool."""
+    The engine is the one ``DOCKER_HOST`` names (else the local socket). One client per thread,
+    engine address and timeout, kept: a sweep's runs reuse its connection pool."""
     import docker
     from docker.errors import DockerException
 
-    cached = getattr(_clients, "by_timeout", None)
+    cached = getattr(_clients, "by_key", None)
     if cached is None:
-        cached = _clients.by_timeout = {}
-    if timeout in cached:
-        return cached[timeout]
+        cached = _clients.by_key = {}
+    host = os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+    if (host, timeout) in cached:
+        return cached[host, timeout]
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
     except DockerException as exc:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise EngineError(f"Docker engine unreachable at {host}: {ENGINE_HINT}") from exc
-    cached[timeout] = client
+    cached[host, timeout] = client
     return client
 
 

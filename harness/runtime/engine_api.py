@@ -21,13 +21,29 @@ from harness.errors import EngineError
 
 API_VERSION = "v1.41"  # Docker 20.10 and Podman 4 both serve it
 DEFAULT_HOST = "unix:///var/run/docker.sock"
+# how long a short call (inspect, kill, remove, create) may wait for an answer; a hung engine is
+# told apart from a slow one by this bound
+TIMEOUT_ENV = "HARNESS_ENGINE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 60.0
+# what a lost or hung engine raises from a call: a refused, reset or cut connection, a read deadline,
+# or an answer cut short (http.client's IncompleteRead is no OSError)
+ENGINE_FAULTS: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException)
 ENGINE_HINT = "start it with `dockerd --bridge=none --iptables=false --ip-masq=false &` or see README (Prerequisites)"
 
 
 def engine_socket() -> str | None:
     """The engine's unix socket path, or None when ``DOCKER_HOST`` names another kind of address."""
-    host = os.environ.get("DOCKER_HOST", DEFAULT_HOST)
+    host = os.environ.get("DOCKER_HOST") or DEFAULT_HOST
     return host[len("unix://") :] if host.startswith("unix://") else None
+
+
+def call_timeout() -> float:
+    """The bound of one short engine call: ``HARNESS_ENGINE_TIMEOUT`` seconds, else 60."""
+    try:
+        value = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+    return value if value > 0 else DEFAULT_TIMEOUT_S
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -52,14 +68,21 @@ class EngineAPIError(EngineError):
 class EngineAPI:
     """A client of the engine listening on the unix socket ``path``."""
 
-    def __init__(self, path: str, timeout: float = 60):
+    def __init__(self, path: str, timeout: float | None = None):
         self.path = path
-        self.timeout = timeout
+        self.timeout = call_timeout() if timeout is None else timeout
 
     def _open(
-        self, method: str, url: str, body: Any = None, timeout: float | None = None, query: dict[str, Any] | None = None
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        timeout: float | None = None,
+        query: dict[str, Any] | None = None,
+        connection: http.client.HTTPConnection | None = None,
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        connection = _UnixConnection(self.path, self.timeout if timeout is None else timeout)
+        if connection is None:
+            connection = _UnixConnection(self.path, self.timeout if timeout is None else timeout)
         target = f"/{API_VERSION}{url}" + (f"?{urlencode(query)}" if query else "")
         headers = {"Content-Type": "application/json"} if body is not None else {}
         try:
@@ -90,28 +113,14 @@ class EngineAPI:
             raise EngineAPIError(response.status, f"{method} {url}: {message or response.reason}")
         return json.loads(data) if data.strip() else None
 
-    def stream_logs(self, container_id: str, stderr: bool = True) -> Iterator[bytes]:
-        """A container's stdout (and stderr) as they come, until it ends (the API's multiplexed
-        frames: an 8-byte header, then the payload)."""
-        connection, response = self._open(
-            "GET",
-            f"/containers/{container_id}/logs",
-            timeout=None,
-            query={"follow": 1, "stdout": 1, "stderr": int(stderr)},
+    def stream_logs(self, container_id: str, stderr: bool = True, deadline: float | None = None) -> FollowedStream:
+        """A container's stdout (and stderr) as they come, until the engine ends the stream (the
+        container stopped, or the engine went away). A followed stream has no read deadline unless
+        ``deadline`` gives one: a workload may be quiet for hours, and Podman sends the answer's
+        headers only with the first output. ``close()`` ends it early from another thread."""
+        return FollowedStream(
+            self, f"/containers/{container_id}/logs", {"follow": 1, "stdout": 1, "stderr": int(stderr)}, deadline
         )
-        try:
-            if response.status >= 400:
-                return
-            while True:
-                header = response.read(8)
-                if len(header) < 8:
-                    return
-                size = struct.unpack(">I", header[4:])[0]
-                payload = response.read(size)
-                if payload:
-                    yield payload
-        finally:
-            connection.close()
 
     def version(self) -> dict[str, Any]:
         """The engine's version answer."""
@@ -128,7 +137,49 @@ class EngineAPI:
             raise
 
 
-def engine_api(timeout: float = 60) -> EngineAPI:
+# what ends a followed stream early: an engine that went away, a closed or cut connection
+STREAM_ENDS: tuple[type[BaseException], ...] = (EngineError, *ENGINE_FAULTS)
+
+
+class FollowedStream:
+    """A followed log stream (the API's multiplexed frames: an 8-byte header, then the payload),
+    opened when it is first iterated."""
+
+    def __init__(self, api: EngineAPI, url: str, query: dict[str, Any], deadline: float | None):
+        self.api = api
+        self.url = url
+        self.query = query
+        self.connection = _UnixConnection(api.path, deadline)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            _, response = self.api._open("GET", self.url, query=self.query, connection=self.connection)
+            if response.status >= 400:
+                return
+            while True:
+                header = response.read(8)
+                if len(header) < 8:
+                    return
+                size = struct.unpack(">I", header[4:])[0]
+                payload = response.read(size)
+                if payload:
+                    yield payload
+        except STREAM_ENDS:
+            return  # the engine went away (or the stream was closed): what came before is kept
+        finally:
+            self.connection.close()
+
+    def close(self) -> None:
+        """End the stream now, waking a reader blocked on it (a hung engine sends nothing more)."""
+        sock = self.connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def engine_api(timeout: float | None = None) -> EngineAPI:
     """A client of the local engine; EngineError when ``DOCKER_HOST`` names no unix socket or the
     engine does not answer. A run mounts host folders, so its engine must be on this host."""
     path = engine_socket()
@@ -138,12 +189,17 @@ def engine_api(timeout: float = 60) -> EngineAPI:
             "(unset DOCKER_HOST, or set it to unix:///path/to/docker.sock)"
         )
     api = EngineAPI(path, timeout)
-    if (path, timeout) not in _answered:  # once per process: a sweep's runs need not ask again
+    if (path, api.timeout) not in _answered:  # once per process: a sweep's runs need not ask again
         try:
             api.version()
-        except OSError as exc:
+        except TimeoutError as exc:
+            raise EngineError(
+                f"Docker engine at unix://{path} did not answer within {api.timeout:g}s: is it hung? "
+                "(restart it, or point DOCKER_HOST at another engine)"
+            ) from exc
+        except ENGINE_FAULTS as exc:
             raise EngineError(f"Docker engine unreachable at unix://{path}: {ENGINE_HINT}") from exc
-        _answered.add((path, timeout))
+        _answered.add((path, api.timeout))
     return api
 
 
@@ -178,7 +234,7 @@ class EngineContainer:
             raise TimeoutError(f"container {self.id[:12]} still running after {timeout}s") from exc
         return answer
 
-    def logs(self) -> Iterator[bytes]:
+    def logs(self) -> FollowedStream:
         """Its output as it comes (stdout and stderr), until it ends."""
         return self.api.stream_logs(self.id)
 

@@ -15,7 +15,8 @@ drives it unchanged. What differs lives here:
   (``sandbox.limits_enforced``), and ``--require-limits`` refuses such a run.
 * **Images.** A digest reference is pulled by Podman itself; an image built from a recipe is built
   by the Docker engine and copied over (``docker save`` -> ``podman load`` through the two APIs),
-  so both runtimes run the same image id.
+  so both runtimes run the same image id. That is ``harness.images.podman``: a runtime does not
+  build or fetch images.
 * **Sampling.** Without a cgroup of its own (rootless on v1) the container is sampled as the host
   process tree of its init (its host PID), not through a cgroup that holds other processes.
 """
@@ -23,8 +24,6 @@ drives it unchanged. What differs lives here:
 from __future__ import annotations
 
 import atexit
-import http.client
-import json
 import os
 import pwd
 import shutil
@@ -33,26 +32,24 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
 
 from harness.errors import EngineError, HarnessError
 from harness.runtime.docker import DockerJob, container_config
-from harness.runtime.engine_api import API_VERSION, EngineAPI, EngineAPIError, _UnixConnection, engine_socket
+from harness.runtime.engine_api import EngineAPI
 from harness.runtime.job import JobRequest
 
 if TYPE_CHECKING:
-    from harness.images import ImageInfo
-    from harness.manifest import LoadedManifest
+    pass
 
 USER_ENV = "HARNESS_PODMAN_USER"
 SOCKET_ENV = "HARNESS_PODMAN_SOCKET"
 REQUIRE_LIMITS_ENV = "HARNESS_REQUIRE_LIMITS"
 DEFAULT_USER = "harness-podman"
 START_TIMEOUT_S = 60
+ANSWER_TIMEOUT_S = 5
 LIMITS = ("memory", "cpus", "pids")
 PODMAN_HINT = "apt-get install -y podman uidmap slirp4netns, or run scripts/setup.sh --with-podman"
 
@@ -68,10 +65,13 @@ class PodmanUser:
 
     @property
     def runtime_dir(self) -> Path:
-        """Its ``XDG_RUNTIME_DIR`` (made by the harness when it is root and the folder is missing)."""
+        """Its ``XDG_RUNTIME_DIR``: this process's own, else the folder Podman itself would pick (made
+        here when missing, by root for another user)."""
         if self.uid == os.geteuid() and os.environ.get("XDG_RUNTIME_DIR"):
             return Path(os.environ["XDG_RUNTIME_DIR"])
-        return Path(f"/run/user/{self.uid}")
+        if self.uid != os.geteuid():
+            return Path(f"/run/user/{self.uid}")
+        return own_runtime_dir(self.uid)
 
     def environment(self) -> dict[str, str]:
         """The environment of a Podman process of this user (nothing of the harness's own)."""
@@ -83,6 +83,38 @@ class PodmanUser:
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "LANG": "C.UTF-8",
         }
+
+
+def _private_dir(path: Path, uid: int) -> bool:
+    """Make ``path`` (mode 0700) unless it exists; whether it is now a folder that ``uid`` owns and
+    nobody else can write to (one made by another user in a shared temp dir is not used)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o022
+
+
+def own_runtime_dir(uid: int) -> Path:
+    """The runtime folder of this process's user without ``XDG_RUNTIME_DIR`` (no login session:
+    ``su``, a batch job, a container), chosen as Podman chooses it: ``/run/user/<uid>`` when that is
+    the user's, else ``$TMPDIR/podman-run-<uid>``. HarnessError when neither can be used."""
+    login = Path(f"/run/user/{uid}")
+    if _private_dir(login, uid):
+        return login
+    fallback = Path(os.environ.get("TMPDIR") or "/tmp") / f"podman-run-{uid}"
+    if _private_dir(fallback, uid):
+        return fallback
+    raise HarnessError(
+        f"no runtime folder for Podman: {login} is not yours and {fallback} is not a folder only you "
+        "can write to; set XDG_RUNTIME_DIR to a private folder of yours (mode 0700)"
+    )
 
 
 def podman_user() -> PodmanUser:
@@ -102,8 +134,9 @@ def podman_user() -> PodmanUser:
 
 
 def _answers(path: Path) -> bool:
+    """Whether a service answers on ``path`` within ANSWER_TIMEOUT_S (one that hangs does not)."""
     try:
-        EngineAPI(str(path), timeout=5).version()
+        EngineAPI(str(path), timeout=ANSWER_TIMEOUT_S).version()
         return True
     except (OSError, EngineError):
         return False
@@ -273,7 +306,7 @@ def _other_processes(uid: int, pause: int) -> bool:
     for process in psutil.process_iter(["uids", "status"]):
         try:
             if (
-                process.pid != pause
+                process.pid not in (pause, os.getpid())  # a harness run by that user itself
                 and process.info["uids"]
                 and process.info["uids"].real == uid
                 and process.info["status"] != psutil.STATUS_ZOMBIE
@@ -301,7 +334,7 @@ def podman_api() -> EngineAPI:
             path = Path(explicit.removeprefix("unix://"))
             if not _answers(path):
                 raise EngineError(
-                    f"{SOCKET_ENV}={explicit}: no Podman service answers there "
+                    f"{SOCKET_ENV}={explicit}: no Podman service answers there in {ANSWER_TIMEOUT_S}s "
                     "(start one with `podman system service --time=0 unix://<path>`, or unset it)"
                 )
             _api = EngineAPI(str(path))
@@ -486,142 +519,3 @@ class PodmanJob(DockerJob):
     def sample_by_pid(self) -> bool:
         """Rootless on cgroup v1: the container has no cgroup of its own to read."""
         return bool(self.facts["rootless"] and self.facts["cgroup_version"] == "v1")
-
-
-# -- images -----------------------------------------------------------------------------------
-
-_prepared: dict[tuple[Any, ...], ImageInfo] = {}
-_prepared_lock = threading.Lock()
-
-
-def prepare_podman_image(
-    loaded: LoadedManifest,
-    ca_bundle: Path | None = None,
-    force_build: bool = False,
-    log: Callable[[str], None] = lambda line: None,
-) -> ImageInfo:
-    """A manifest's image in Podman: pulled by digest from its registry, or built by the Docker
-    engine (content-addressed, as for ``docker``) and copied into Podman when it lacks that id."""
-    from harness.images import prepare_image
-
-    key = (
-        loaded.manifest.image.ref,
-        str(loaded.build_dir),
-        loaded.lockfile and loaded.lockfile.read_bytes(),
-        loaded.manifest.image.network,
-    )
-    with _prepared_lock:
-        if key in _prepared and not force_build:
-            return _prepared[key]
-    api = podman_api()
-    ref = loaded.manifest.image.ref
-    if ref:
-        info = podman_resolve_ref(api, ref, log)
-    else:
-        try:
-            info = prepare_image(loaded, ca_bundle, force_build, log)
-        except EngineError as exc:
-            raise EngineError(
-                f"{exc}; with --runtime podman and no Docker engine to build with, push the image "
-                "from a machine that has one (`harness push`) and use image.ref by digest"
-            ) from None
-        if api.image_id(info.id) is None:
-            log(f"copying {info.tag or info.id} from the Docker engine into Podman")
-            transfer_from_docker(api, info.tag or info.id)
-            if api.image_id(info.id) is None:
-                raise EngineError(f"image {info.id} did not reach Podman intact (its id differs after `podman load`)")
-    with _prepared_lock:
-        _prepared[key] = info
-    return info
-
-
-def podman_resolve_ref(api: EngineAPI, ref: str, log: Callable[[str], None] = lambda line: None) -> ImageInfo:
-    """An image by digest in Podman: the local copy, or a pull by digest (credentials as for Docker)."""
-    from harness.images import ImageInfo
-    from harness.registry import RegistryError, explain_pull_failure, registry_auth_header, registry_host
-
-    host = registry_host(ref)
-    found = api.image_id(ref)
-    source = "local"
-    if found is None:
-        if host is None:
-            raise EngineError(f"image {ref} is not in Podman and could not be pulled: it names no registry")
-        log(f"pulling {ref} into Podman")
-        query = {"reference": ref, "quiet": "true", "policy": "always"}
-        if host.startswith(("127.", "localhost", "[::1]")):
-            query["tlsVerify"] = "false"  # loopback registries are plain HTTP, as the Docker engine allows
-        header = registry_auth_header(host)
-        try:
-            answer = _call(
-                api, "POST", "/libpod/images/pull", query, {"X-Registry-Auth": header} if header else {}, timeout=3600
-            )
-        except EngineAPIError as exc:
-            raise RegistryError(explain_pull_failure(ref, str(exc).split(": ", 1)[-1])) from None
-        if isinstance(answer, dict) and answer.get("error"):
-            raise RegistryError(explain_pull_failure(ref, str(answer["error"])))
-        found = api.image_id(ref)
-        if found is None:
-            raise RegistryError(f"image {ref}: Podman's pull ended without the image")
-        source = "registry"
-    image_id = found if found.startswith("sha256:") else f"sha256:{found}"
-    return ImageInfo(ref=ref, id=image_id, tag=ref, cached=True, registry_ref=ref if host else None, source=source)
-
-
-def _call(api: EngineAPI, method: str, url: str, query: dict[str, Any], headers: dict[str, str], timeout: float) -> Any:
-    """One request with extra headers; the last JSON object of a streamed answer."""
-    connection = _UnixConnection(api.path, timeout)
-    try:
-        connection.request(method, f"/{API_VERSION}{url}?{urlencode(query)}", headers=headers)
-        response = connection.getresponse()
-        data = response.read()
-    finally:
-        connection.close()
-    text = data.decode(errors="replace").strip()
-    if response.status >= 400:
-        try:
-            message = json.loads(text).get("message", "")
-        except ValueError:
-            message = text[:300]
-        raise EngineAPIError(response.status, f"{method} {url}: {message or response.reason}")
-    last = text.splitlines()[-1] if text else ""
-    try:
-        return json.loads(last) if last else None
-    except ValueError:
-        return None
-
-
-def transfer_from_docker(api: EngineAPI, image: str) -> None:
-    """Copy an image from the Docker engine into Podman: the engine's ``save`` stream is the body of
-    Podman's ``load`` (the same image id, nothing written to disk on the way)."""
-    docker_path = engine_socket()
-    if docker_path is None:
-        raise EngineError("copying an image into Podman needs the Docker engine on a unix socket (DOCKER_HOST)")
-    source = _UnixConnection(docker_path, 3600)
-    target = _UnixConnection(api.path, 3600)
-    try:
-        source.request("GET", f"/{API_VERSION}/images/{quote(image, safe='')}/get")
-        saved = source.getresponse()
-        if saved.status >= 400:
-            raise EngineError(f"docker save {image} failed: {saved.read()[:300].decode(errors='replace')}")
-        target.request(
-            "POST",
-            f"/{API_VERSION}/images/load?quiet=1",
-            body=_chunks(saved),
-            headers={"Content-Type": "application/x-tar", "Transfer-Encoding": "chunked"},
-            encode_chunked=True,
-        )
-        loaded = target.getresponse()
-        answer = loaded.read()
-        if loaded.status >= 400:
-            raise EngineError(f"podman load of {image} failed: {answer[:300].decode(errors='replace')}")
-    finally:
-        source.close()
-        target.close()
-
-
-def _chunks(response: http.client.HTTPResponse, size: int = 1 << 20) -> Any:
-    while True:
-        block = response.read(size)
-        if not block:
-            return
-        yield block

@@ -10,10 +10,10 @@ import sys
 import threading
 from pathlib import Path
 
-from harness.layout import EXTERNAL_JSONL
 from harness.runtime.docker import copy_lines, harness_package_dir
 from harness.runtime.job import JobRequest, JobResult
-from harness.secrets import without_secrets
+from harness.store.layout import EXTERNAL_JSONL
+from harness.util.secrets import without_secrets
 
 CONTAINER_WORKLOAD = "/workload/"
 
@@ -40,7 +40,7 @@ def host_environment(request: JobRequest) -> dict[str, str]:
     python_path = os.pathsep.join(p for p in (library, base.get("PYTHONPATH", "")) if p)
     pins = {}
     if request.hub_cache is not None:
-        from harness.pins import pin_environment
+        from harness.store.pins import pin_environment
 
         pins = pin_environment(container=False)
     return {

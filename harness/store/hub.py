@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,16 +26,18 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HubError
-from harness.layout import METRICS_PARQUET, SYSTEM_PARQUET
-from harness.layout import RECORD as RECORD_NAME
-from harness.record import FINAL_STATUSES
-from harness.safefs import (
+from harness.store import provenance
+from harness.store.layout import METRICS_PARQUET, SYSTEM_PARQUET
+from harness.store.layout import RECORD as RECORD_NAME
+from harness.store.local import LocalStore
+from harness.store.record import FINAL_STATUSES
+from harness.util.safefs import (
     MAX_CHECKSUM_BYTES,
     MAX_RECORD_BYTES,
     UnsafeFile,
@@ -44,7 +47,9 @@ from harness.safefs import (
     printable,
     relative_path_problem,
 )
-from harness.store.local import LocalStore
+
+if TYPE_CHECKING:
+    from harness.store.card import FigureMaker
 
 REPO_TYPE = "dataset"
 RUNS_INDEX = "runs.parquet"
@@ -53,7 +58,7 @@ INDEX_BATCH_ROWS = 1 << 16  # rows of the repo's runs index in memory at a time
 MAX_OPEN_UPLOADS = 1_000  # files uploaded from open descriptors; beyond, by path (checked the same way)
 CARD_ROWS = 50  # runs listed in the dataset card (the newest; runs.parquet has them all)
 MAX_PARAM_COLUMNS = 200  # param_<name> columns of the runs index (a repo's own index may hold any)
-LOCAL_ONLY_FIELDS = ("pulled_from", "owner")
+LOCAL_ONLY_FIELDS = ("pulled_from", "owner", "pending")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -97,7 +102,22 @@ def _api(endpoint: str | None, token: str | None):  # type: ignore[no-untyped-de
 
 @contextlib.contextmanager
 def hub_errors(repo: str, endpoint: str, kind: str = REPO_TYPE) -> Iterator[None]:
-    """Turn huggingface_hub and network exceptions into one-line HubErrors (never echoing a token)."""
+    """Turn huggingface_hub and network exceptions into one-line HubErrors (never echoing a token),
+    with the client's retries said in one line rather than one per attempt."""
+    try:
+        with one_line_retries(endpoint):
+            yield
+    except Exception as exc:
+        message = _hub_error_message(exc, repo, endpoint, kind)
+        if message is None:
+            raise
+        raise HubError(message) from None
+
+
+def _hub_error_message(exc: BaseException, repo: str, endpoint: str, kind: str = REPO_TYPE) -> str | None:
+    """The one line for an exception of the client or the network; None for any other. A wrapper
+    that the client raises around the real failure (``RuntimeError: Error while uploading …`` from
+    its upload threads) is read through to its cause."""
     import httpx2
     from huggingface_hub.errors import (
         HfHubHTTPError,
@@ -106,27 +126,76 @@ def hub_errors(repo: str, endpoint: str, kind: str = REPO_TYPE) -> Iterator[None
         RevisionNotFoundError,
     )
 
+    for _ in range(8):  # a chain of causes is short; a loop of them must not hang
+        if isinstance(exc, RepositoryNotFoundError):
+            return f"{endpoint}: no {kind} repo {repo} (or it is private and your token cannot read it)"
+        if isinstance(exc, RevisionNotFoundError):
+            return f"{endpoint}: {repo} has no such revision"
+        if isinstance(exc, RemoteEntryNotFoundError):
+            return f"{endpoint}: {repo}: a file is missing on the Hub ({_first_line(exc)})"
+        if isinstance(exc, HfHubHTTPError):
+            status = exc.response.status_code if exc.response is not None else None
+            if status == 401:
+                return (
+                    f"{endpoint} refused the token for {repo} (401): "
+                    "set HF_TOKEN or run `hf auth login` with a write token"
+                )
+            if status == 412:
+                return f"{repo} changed on the Hub while publishing; run the command again"
+            return f"{endpoint}: {repo}: {_first_line(exc)}"
+        if isinstance(exc, (httpx2.TransportError, OSError)):
+            return (
+                f"{endpoint}: connection failed for {repo} ({type(exc).__name__}: {_first_line(exc)}); "
+                "nothing was changed, try again"
+            )
+        cause = exc.__cause__
+        if not isinstance(exc, RuntimeError) or cause is None:
+            return None
+        exc = cause
+    return None
+
+
+# huggingface_hub's warnings as it retries a request or resumes a download, and its loggers
+RETRY_NOTE = re.compile(
+    r"^(?:'(.*)' thrown while requesting |(HTTP Error \d+) thrown while requesting |Error while downloading from \S+: )(.*)",
+    re.DOTALL,
+)
+RETRYING_LOGGERS = ("huggingface_hub.utils._http", "huggingface_hub.file_download")
+
+
+class _RetryNotes(logging.Filter):
+    """Lets the first of huggingface_hub's retry warnings through as one line, drops the rest."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        failed = RETRY_NOTE.match(message)
+        if failed is None:
+            return not message.startswith(("Retrying in ", "Rate limited."))
+        if self.said:
+            return False
+        self.said = True
+        reason = _first_line(RuntimeError(next(group for group in failed.groups() if group)))
+        record.msg, record.args = f"{self.endpoint}: {reason}; retrying (a few times, for up to a minute)", None
+        return True
+
+
+@contextlib.contextmanager
+def one_line_retries(endpoint: str) -> Iterator[None]:
+    """While the block runs, the client's retries of failed requests print one line, not two per try."""
+    loggers = [logging.getLogger(name) for name in RETRYING_LOGGERS]
+    notes = _RetryNotes(endpoint)
+    for logger in loggers:
+        logger.addFilter(notes)
     try:
         yield
-    except RepositoryNotFoundError:
-        raise HubError(f"{endpoint}: no {kind} repo {repo} (or it is private and your token cannot read it)") from None
-    except RevisionNotFoundError:
-        raise HubError(f"{endpoint}: {repo} has no such revision") from None
-    except RemoteEntryNotFoundError as exc:
-        raise HubError(f"{endpoint}: {repo}: a file is missing on the Hub ({_first_line(exc)})") from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 401:
-            raise HubError(
-                f"{endpoint} refused the token for {repo} (401): set HF_TOKEN or run `hf auth login` with a write token"
-            ) from None
-        if status == 412:
-            raise HubError(f"{repo} changed on the Hub while publishing; run the command again") from None
-        raise HubError(f"{endpoint}: {repo}: {_first_line(exc)}") from None
-    except (httpx2.TransportError, OSError) as exc:
-        raise HubError(
-            f"{endpoint}: connection failed for {repo} ({type(exc).__name__}: {_first_line(exc)}); nothing was changed, try again"
-        ) from None
+    finally:
+        for logger in loggers:
+            logger.removeFilter(notes)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -296,11 +365,17 @@ def publish(
     store: LocalStore | None = None,
     license: str | None = None,
     pretty_name: str | None = None,
+    figure: FigureMaker | None = None,
+    sign_key: Path | None = None,
 ) -> PublishResult:
     """Publish runs of the local store to the dataset repo ``repo`` in one commit.
 
     The commit also carries the runs index, the dataset card (``license`` and ``pretty_name`` go
-    into its metadata) and the learning-curve figure, regenerated over every run of the repo.
+    into its metadata) and, with ``figure`` (``harness.analysis.repo_figure.learning_curves``), the
+    learning-curve figure, regenerated over every run of the repo.
+
+    With ``sign_key`` (an ed25519 private key in PEM), each published record carries its signed
+    provenance (harness.store.provenance) as ``provenance``.
 
     Runs already on the repo with the same checksums are left alone; when all are, no commit is made
     (``PublishResult.commit`` is None). The token comes from ``token``, ``HF_TOKEN`` or the
@@ -311,6 +386,7 @@ def publish(
     check_repo_id(repo)
     if not run_ids:
         raise HubError("name at least one run id to publish")
+    signer = provenance.load_signer(sign_key) if sign_key is not None else None
     store = store or LocalStore()
     records = []
     for run_id in dict.fromkeys(run_ids):
@@ -331,6 +407,8 @@ def publish(
         problems = store.verify(run_id)
         if problems:
             raise HubError(f"run {run_id} does not match its record ({'; '.join(problems[:3])}): not publishing it")
+        if signer is not None:
+            record = {**record, "provenance": provenance.sign_record(record, signer)}
         records.append(record)
 
     token = token or get_token()
@@ -411,7 +489,8 @@ def publish(
             index = write_runs_index(index_path, records, new_index, f"{repo}@{head[:12]}")
             rows = sorted(index.tail, key=lambda row: (str(row.get("started_at") or ""), str(row.get("run_id"))))
             run_dirs = {r["run_id"]: store.run_dir(r["run_id"]) for r in records}
-            for row in rows[::-1][: repo_card.FIGURE_RUNS]:  # the newest runs already on the Hub, for the figure
+            drawn_rows = rows[::-1][: repo_card.FIGURE_RUNS] if figure is not None else []
+            for row in drawn_rows:  # the newest runs already on the Hub, for the figure
                 remote_metrics = f"runs/{row['run_id']}/{METRICS_PARQUET}"
                 if row["run_id"] not in run_dirs and remote_metrics in remote and RUN_ID.match(row["run_id"]):
                     hf_hub_download(
@@ -424,8 +503,8 @@ def publish(
                         local_dir=scratch,
                     )
                     run_dirs[row["run_id"]] = Path(scratch) / "runs" / row["run_id"]
-            figure = repo_card.learning_curves(run_dirs, rows, Path(scratch) / "figure.png")
-            figure_bytes = figure.read_bytes() if figure is not None else None
+            drawn = figure(run_dirs, rows, Path(scratch) / "figure.png") if figure is not None else None
+            figure_bytes = drawn.read_bytes() if drawn is not None else None
             has_system = any(SYSTEM_PARQUET in r["files"] for r in records) or any(
                 p.endswith("/system.parquet") and p.startswith("runs/") for p in remote
             )
@@ -526,15 +605,19 @@ def pull(
     endpoint: str | None = None,
     token: str | None = None,
     store: LocalStore | None = None,
+    trust_key: Path | None = None,
 ) -> list[str]:
     """Download ``org/name`` (every run) or ``org/name/<run_id>`` into the local store, verified.
 
     Every run is checked against the sha256 list of its record.json; a missing, extra, altered,
-    symlinked or escaping file refuses the whole pull and nothing enters the store. Each pulled
-    record gains ``pulled_from: {repo, revision (commit sha), endpoint}``. Returns the run ids.
+    symlinked or escaping file refuses the whole pull and nothing enters the store. With
+    ``trust_key`` (an ed25519 public key in PEM), every run must also carry provenance signed by
+    that key whose subjects are its record and files. Each pulled record gains ``pulled_from:
+    {repo, revision (commit sha), endpoint}``. Returns the run ids.
     """
     from huggingface_hub import snapshot_download
 
+    trusted = provenance.load_public_key(trust_key) if trust_key is not None else None
     repo, only_run = parse_run_spec(spec)
     store = store or LocalStore()
     api = _api(endpoint, token)
@@ -586,15 +669,18 @@ def pull(
                 endpoint=api.endpoint,
                 token=token,
             )
-            return _move_into_store(run_ids, staging / "download" / "runs", store, repo, commit, api.endpoint)
+            return _move_into_store(run_ids, staging / "download" / "runs", store, repo, commit, api.endpoint, trusted)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
 
 def _move_into_store(
-    run_ids: list[str], downloaded: Path, store: LocalStore, repo: str, commit: str, endpoint: str
+    run_ids: list[str], downloaded: Path, store: LocalStore, repo: str, commit: str, endpoint: str, trusted: Any
 ) -> list[str]:
     verified = {run_id: _verify_download(run_id, downloaded / run_id) for run_id in run_ids}
+    if trusted is not None:
+        for record in verified.values():
+            provenance.verify_record(record, trusted)
     for run_id, record in verified.items():
         if store.exists(run_id):
             local = store.load(run_id)

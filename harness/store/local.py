@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import cast
 
 from harness.errors import StoreError
-from harness.fsutil import write_json_atomic
-from harness.layout import RECORD, RunLayout
-from harness.record import Record
-from harness.safefs import MAX_RECORD_BYTES, Skipped, UnsafeFile, checksum_files, load_json, skipped_for_record
+from harness.store.layout import RECORD, RunLayout
+from harness.store.record import Record
+from harness.util.fsutil import write_json_atomic
+from harness.util.safefs import MAX_RECORD_BYTES, Skipped, UnsafeFile, checksum_files, load_json, skipped_for_record
 
 MAX_RUNS = 1_000_000  # run folders looked at by one listing
 

@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +26,7 @@ import yaml
 from tests.hubserver.storage import HubStorage, HubStorageError, RepoRef
 
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
+TRANSFER_CHUNK = 256 * 1024  # bytes of a file body written or read at a time
 # The Hub's default .gitattributes stores these with LFS whatever their size.
 LFS_SUFFIXES = (".parquet", ".arrow", ".bin", ".pt", ".safetensors", ".zip", ".gz", ".png")
 USER = "tester"
@@ -34,9 +36,12 @@ INVALID_TOKEN = "Invalid credentials in Authorization header"
 
 @dataclass
 class Faults:
-    """Failures the server injects, for fault tests: cut the connection during the next N commits."""
+    """Failures the server injects, for fault tests: cut the connection during the next N commits;
+    move file bodies (uploads and downloads) at most ``throttle`` bytes a second (0: at full speed),
+    so that a test can cut a large transfer while it is under way."""
 
     drop_commits: int = 0
+    throttle: int = 0
 
 
 class HubHandler(BaseHTTPRequestHandler):
@@ -60,8 +65,17 @@ class HubHandler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        if self.command == "HEAD":
+            return
+        view = memoryview(body)
+        for start in range(0, len(body), TRANSFER_CHUNK):
+            self._pace(TRANSFER_CHUNK)
+            self.wfile.write(view[start : start + TRANSFER_CHUNK])
+
+    def _pace(self, size: int) -> None:
+        """Wait as long as ``size`` bytes take at the throttled rate."""
+        if self.server.faults.throttle > 0:
+            time.sleep(size / self.server.faults.throttle)
 
     def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(data).encode(), headers)
@@ -453,7 +467,18 @@ class HubHandler(BaseHTTPRequestHandler):
             return
         storage = self.server.storage
         tmp = storage.upload_tmp()
-        tmp.write_bytes(self._body())
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            tmp.write_bytes(self._body())
+        else:  # written as it arrives: a cut upload leaves a partial file under tmp/, never a blob
+            left = int(self.headers.get("Content-Length") or 0)
+            with open(tmp, "wb") as handle:
+                while left > 0:
+                    self._pace(TRANSFER_CHUNK)
+                    block = self.rfile.read(min(TRANSFER_CHUNK, left))
+                    if not block:
+                        break
+                    handle.write(block)
+                    left -= len(block)
         storage.put_blob_file(tmp, oid, int(size))
         self._send(200, b"")
 

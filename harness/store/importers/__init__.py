@@ -4,7 +4,7 @@ An importer knows one publisher's repo format. Given the repo's file listing it 
 repo is in its format (``detect``) and which files to download (``wanted``: never weights); given
 those files, downloaded as regular files, it reads one published run (``read``): the command as
 an argument list with ``{seed}`` and params, the image it needs (workload files, a hashed
-lockfile, a base), the metrics it published and the provenance. ``harness.importing`` turns a
+lockfile, a base), the metrics it published and the provenance. ``harness.reproduce.importing`` turns a
 group of such runs into a manifest, a recipe, a lockfile and ``imported`` records.
 
 Everything here reads hostile input: files only through ``RepoSnapshot.read`` (bounded, no link
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.errors import HarnessError
-from harness.safefs import UnsafeFile, printable, read_beneath
+from harness.util.safefs import UnsafeFile, printable, read_beneath
 
 
 class RepoImportError(HarnessError):

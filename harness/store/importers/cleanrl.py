@@ -23,10 +23,10 @@ from typing import Any
 import yaml
 
 from harness.errors import HarnessError
-from harness.safefs import printable
 from harness.store.importers import ImportedRun, RepoFile, RepoImportError, RepoSnapshot
 from harness.store.importers.poetry import Target, lockfile_for_script, python_requirement
 from harness.store.importers.script import MAX_SCRIPT_BYTES, script_imports
+from harness.util.safefs import printable
 
 CARD = "README.md"
 PYPROJECT = "pyproject.toml"

@@ -281,7 +281,7 @@ def bit_identity_ruled_out(original: Record, reproduction: Record) -> list[str]:
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     """A run folder's record.json and lockfile.txt text (None when it has none); bounded reads."""
-    from harness.safefs import UnsafeFile, read_bounded
+    from harness.util.safefs import UnsafeFile, read_bounded
 
     def read(path: Path) -> str | None:
         try:  # no link followed, regular files only (a FIFO cannot hang it), size-capped
@@ -295,10 +295,3 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     except (ValueError, RecursionError):
         record = {}
     return record if isinstance(record, dict) else {}, read(Path(run_dir) / "lockfile.txt")
-
-
-def compare_run_environments(original_dir: Path, reproduction_dir: Path) -> EnvironmentComparison:
-    """``compare_environments`` of two run folders, with their lockfiles' hashes."""
-    original, original_lock = read_run(original_dir)
-    reproduction, reproduction_lock = read_run(reproduction_dir)
-    return compare_environments(original, reproduction, original_lock, reproduction_lock)

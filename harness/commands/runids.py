@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from harness.errors import StoreError
-from harness.layout import RECORD as RECORD_NAME
+from harness.store.layout import RECORD as RECORD_NAME
 from harness.store.local import LocalStore
 
 SHOWN_CANDIDATES = 8

@@ -9,8 +9,7 @@ everything but the seed. Then the project gets ``images/<name>/``, ``lockfiles/<
 its curves from the repo's TensorBoard files, the publisher's evaluation as metrics, and the
 sha256 of every file of the repo as provenance.
 
-It sits above the store and the metrics reader (DESIGN.md: where reproduce/ lives), since it
-needs both.
+It lives in reproduce/ because it needs both the store and the metrics reader (capture/).
 """
 
 from __future__ import annotations
@@ -31,12 +30,12 @@ import yaml
 
 import harness
 from harness.errors import HarnessError, HubError
-from harness.layout import RunLayout
-from harness.record import SCHEMA_VERSION, Record, RunStatus
-from harness.safefs import printable, relative_path_problem, sha256_beneath
 from harness.store.hub import check_repo_id, hub_errors
 from harness.store.importers import ImportedRun, Importer, RepoFile, RepoImportError, RepoSnapshot, importers
+from harness.store.layout import EXTERNAL_JSONL, RunLayout
 from harness.store.local import LocalStore
+from harness.store.record import SCHEMA_VERSION, Record, RunStatus
+from harness.util.safefs import printable, relative_path_problem, sha256_beneath
 
 MAX_REPO_FILES = 10_000
 MAX_DOWNLOAD_BYTES = 2 << 30  # what one repo's wanted files may weigh together
@@ -311,8 +310,8 @@ def build_record_folder(
     """Lay out one imported run as a run folder (manifest, lockfile, context, the repo's events under
     out/, the publisher's card and lock under source/, metrics.parquet) and return its record."""
     from harness.capture.metrics import MetricsIngester
-    from harness.images import context_files
-    from harness.plan import RunSpec, config_key
+    from harness.images.build import context_files
+    from harness.run.plan import RunSpec, config_key
 
     layout = RunLayout(folder)
     folder.mkdir(parents=True)
@@ -344,7 +343,7 @@ def build_record_folder(
                 {"name": k, "step": last_step, "value": v, "wall_time": max(wall, default=0.0)}
                 for k, v in run.evaluation.items()
             ]
-            layout.external_jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            (layout.out / EXTERNAL_JSONL).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
             ingester.poll(final=True)
         if not len(ingester):
             raise RepoImportError(f"{snapshot.repo}@{snapshot.revision[:12]}: its events files hold no scalars")

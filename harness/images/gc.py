@@ -18,70 +18,12 @@ image that also carries a tag outside ``harness/``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BUILD_LABEL = "org.harness.build"
-RECIPE_LABEL = "org.harness.recipe"
-CONTENT_LABEL = "org.harness.content-hash"
-STAGING_MARK = "/harness-build/"
-FROM_LINE = re.compile(r"(?i)^\s*FROM\s")
-
-
-def ledger_path() -> Path:
-    """The file listing the image ids harness builds produced (next to the wheel cache)."""
-    from harness.images import wheel_cache_dir
-
-    return wheel_cache_dir().parent / "built-images.txt"
-
-
-BUILT_ID = re.compile(r"(?:--->\s+|sha256:)([0-9a-f]{12})")
-
-
-def built_ids_in(text: str) -> list[str]:
-    """Short image ids a classic-builder stream line reports (`` ---> 1a2b3c4d5e6f``, aux ``sha256:…``)."""
-    return BUILT_ID.findall(text)
-
-
-def record_built(ids: list[str], recipe: str) -> None:
-    """Add the ids of one build's images to the ledger (appends; a lost line only keeps an image)."""
-    if not ids:
-        return
-    path = ledger_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(f"{image_id} {recipe}\n" for image_id in dict.fromkeys(ids)))
-
-
-def built_ids() -> set[str]:
-    """Every short image id in the ledger."""
-    path = ledger_path()
-    if not path.is_file():
-        return set()
-    return {line.split()[0] for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()}
-
-
-def mark_stages(dockerfile: Path, recipe: str) -> None:
-    """Insert ``LABEL org.harness.build=1 org.harness.recipe=<recipe>`` after every FROM of a staged
-    Dockerfile. The label is the same for every build of a recipe, so the builder stage stays cached
-    when only the workload changes."""
-    label = f'LABEL {BUILD_LABEL}="1" {RECIPE_LABEL}="{recipe}"'
-    lines = dockerfile.read_text(encoding="utf-8").splitlines()
-    out: list[str] = []
-    continued = False
-    pending = False
-    for line in lines:
-        out.append(line)
-        if not continued and FROM_LINE.match(line):
-            pending = True
-        continued = line.rstrip().endswith("\\")
-        if pending and not continued:
-            out.append(label)
-            pending = False
-    dockerfile.write_text("\n".join(out) + "\n", encoding="utf-8")
+from harness.images.ledger import CONTENT_LABEL, RECIPE_LABEL, STAGING_MARK, built_ids
 
 
 @dataclass
@@ -150,7 +92,7 @@ def referenced_images(store: Any, project: Path | None, note: Callable[[str], No
         wanted.update(v for v in (image.get("tag"), image.get("id"), image.get("ref")) if v)
     if project is None or not (project / "manifests").is_dir():
         return wanted
-    from harness.images import base_images, content_hash, engine_image_id
+    from harness.images.build import base_images, content_hash, engine_image_id
     from harness.manifest import load_manifest
 
     for path in sorted((project / "manifests").glob("*.y*ml")):

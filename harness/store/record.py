@@ -10,6 +10,8 @@ import enum
 from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
+# The metric analysis and verdicts fall back to when a run names no primary metric.
+DEFAULT_METRIC = "charts/episodic_return"
 
 
 class RunStatus(enum.StrEnum):
@@ -91,16 +93,8 @@ def status_group(status: str | None) -> str:
         return FAILED
 
 
-def is_final(status: str | None) -> bool:
-    """Whether ``status`` (a string from a record) is a final status."""
-    try:
-        return RunStatus(status or "").final
-    except ValueError:
-        return False
-
-
 class ImageRecord(TypedDict, total=False):
-    """``record["image"]``: what ran (see :class:`harness.images.ImageInfo`)."""
+    """``record["image"]``: what ran (see :class:`harness.images.build.ImageInfo`)."""
 
     ref: str
     id: str
@@ -143,7 +137,7 @@ class Record(TypedDict, total=False):
     harness_version: str
     reproduces: str | None
     reproduction_verdict: str  # identical | consistent | diverged | inconclusive
-    reproduction: dict[str, Any]  # the group verdict (harness.analysis.group_verdict), environment comparison included
+    reproduction: dict[str, Any]  # the group verdict (harness.reproduce.group_verdict), environment comparison included
     owner: dict[str, Any]  # pid and host of the harness while the run goes; removed when sealed
     host: dict[str, Any]
     pins: list[dict[str, Any]]
@@ -155,7 +149,11 @@ class Record(TypedDict, total=False):
     environment: dict[str, Any]
     pulled_from: dict[str, Any]
     imported_from: dict[str, Any]  # harness import: format, repo, revision, endpoint, every file's hash, dropped flags
+    provenance: dict[str, Any]  # the signed in-toto/SLSA statement's DSSE envelope (harness.store.provenance)
     files: dict[str, str]  # posix path -> sha256 of every file but record.json
     skipped_files: list[dict[str, str]]  # {path, reason} of what the checksums left out (links, FIFOs...)
     metrics_rejected: dict[str, int]  # skipped metric lines or values, counted by reason
     metrics_skipped: list[dict[str, str]]  # {path, reason} of metric files left unread
+    # what `harness recover` must still do for a run with a final status: "seal" (a full disk left
+    # its files unchecksummed), "container" (a lost engine kept its container); removed once done
+    pending: list[str]

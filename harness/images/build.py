@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,15 +26,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from harness.errors import EngineError, HarnessError, LockfileError
-from harness.fsutil import cache_root
+from harness.util.fsutil import cache_root
 
 if TYPE_CHECKING:
-    from harness.manifest import LoadedManifest
+    pass
 
 from harness.runtime.engine import docker_client, engine_image_id
 
 if TYPE_CHECKING:
-    from harness.lock import PackageIndex
+    from harness.lockfile import PackageIndex
 
 BUILD_STAGING = ".harness-build"
 HASH_SCHEMA = "harness-image-v1"
@@ -59,6 +58,7 @@ class ImageInfo:
     packages: list[str] = field(default_factory=list)
     registry_ref: str | None = None  # host/name@sha256:… when the image is (also) in a registry
     source: str = "build"  # build | local | registry: where this run's copy came from
+    builder: str = "docker"  # docker | podman-reproducible (harness.images.reproducible: a rebuild gives this id)
 
     def as_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +69,7 @@ def context_files(build_dir: Path) -> list[Path]:
 
     The recipe may come from a pulled record, so it is walked without following links: a
     symlink, a special file, an unusable name or a context past the size limits is refused."""
-    from harness.safefs import walk
+    from harness.util.safefs import walk
 
     def ignored(relative: str) -> bool:
         return any(part in IGNORED_NAMES for part in relative.split("/")) or relative.endswith(".pyc")
@@ -117,9 +117,15 @@ def base_images(dockerfile: Path) -> list[str]:
     return bases
 
 
-def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str], network: bool = False) -> str:
+def content_hash(
+    build_dir: Path,
+    lockfile: Path | None,
+    base_ids: dict[str, str],
+    network: bool = False,
+    reproducible: bool = False,
+) -> str:
     """sha256 over the build inputs: recipe files, lockfile, base image ids (and a declared
-    need for the network, which makes a different build)."""
+    need for the network, or the reproducible builder, each of which makes a different build)."""
     digest = hashlib.sha256()
     digest.update(HASH_SCHEMA.encode())
     for path in context_files(build_dir):
@@ -130,6 +136,8 @@ def content_hash(build_dir: Path, lockfile: Path | None, base_ids: dict[str, str
     digest.update(json.dumps(base_ids, sort_keys=True).encode())
     if network:
         digest.update(b"network\0")
+    if reproducible:
+        digest.update(b"reproducible\0")
     return digest.hexdigest()
 
 
@@ -215,7 +223,7 @@ def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
     CPU build of torch is on PyTorch's index, never on PyPI). Asking the user's configuration
     first keeps a build fast where a local mirror has everything and the named index is slow or
     unreachable."""
-    from harness.lock import lockfile_python, read_lockfile
+    from harness.lockfile import lockfile_python, read_lockfile
 
     key = hashlib.sha256(lockfile.read_bytes()).hexdigest()[:16]
     target = wheel_cache_dir() / key
@@ -285,18 +293,18 @@ def locked_packages(lockfile: Path | None) -> list[str]:
     """``name==version`` of every locked requirement."""
     if lockfile is None:
         return []
-    from harness.lock import parse_lockfile
+    from harness.lockfile import parse_lockfile
 
     return [f"{r.name}=={r.version}" for r in parse_lockfile(lockfile)[0]]
 
 
 def resolve_ref(client, ref: str) -> ImageInfo:  # type: ignore[no-untyped-def]
     """An image given by digest: use the local copy, or pull it by digest (with the registry's
-    credentials, see ``harness.registry``). One-line errors for a registry that is down, refuses
+    credentials, see ``harness.images.registry``). One-line errors for a registry that is down, refuses
     the credentials or lacks the digest."""
     from docker.errors import APIError, ImageNotFound
 
-    from harness.registry import RegistryError, auth_config, engine_message, explain_pull_failure, registry_host
+    from harness.images.registry import RegistryError, auth_config, engine_message, explain_pull_failure, registry_host
 
     host = registry_host(ref)
     source = "local"
@@ -328,11 +336,15 @@ def build_image(
     force: bool = False,
     log: Callable[[str], None] = lambda line: None,
     network: bool = False,
+    reproducible: bool = False,
+    check: Callable[[Any], None] | None = None,
 ) -> ImageInfo:
     """Build (or find) the content-addressed image of an ``images/<name>`` recipe.
 
     The build has no network (the locked wheels are staged on the host), unless ``network``:
-    a recipe that declares ``image.network: true`` gets the host's network."""
+    a recipe that declares ``image.network: true`` gets the host's network. ``reproducible``
+    builds with harness.images.reproducible (the same inputs give the same image id); with ``check`` it
+    builds twice from scratch and hands the :class:`harness.images.reproducible.CheckResult` to ``check``."""
     import time
 
     base_ids: dict[str, str] = {}
@@ -349,10 +361,13 @@ def build_image(
             )
             raise EngineError(f"{build_dir / 'Dockerfile'}: base image {base} is not in the engine: {hint}")
         base_ids[base] = base_id
-    digest = content_hash(build_dir, lockfile, base_ids, network)
+    reproducible = reproducible or check is not None
+    digest = content_hash(build_dir, lockfile, base_ids, network, reproducible)
     tag = f"harness/{build_dir.name}:{digest[:16]}"
     info = ImageInfo(ref=tag, id="", tag=tag, content_hash=digest, packages=locked_packages(lockfile))
-    if not force:
+    if reproducible:
+        info.builder = "podman-reproducible"
+    if not force and check is None:
         cached_id = engine_image_id(tag)
         if cached_id is not None:
             info.id, info.cached = cached_id, True
@@ -364,11 +379,23 @@ def build_image(
     with tempfile.TemporaryDirectory(prefix="harness-build-") as tmp:
         staging = Path(tmp)
         stage_context(build_dir, lockfile, find_ca_bundle(ca_bundle), staging, log)
-        from harness.imagegc import built_ids_in, mark_stages, record_built
+        from harness.images.ledger import built_ids_in, mark_stages, record_built
 
+        labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
+        if reproducible:
+            from harness.images import reproducible as reprobuild
+
+            if check is not None:
+                result = reprobuild.check_build(staging, tag, base_ids, labels, network, log)
+                info.id = result.first
+                check(result)
+            else:
+                info.id = reprobuild.build(staging, tag, base_ids, labels, network, log)
+            record_built([info.id], build_dir.name)
+            info.build_seconds = round(time.monotonic() - started, 3)
+            return info
         mark_stages(staging / "Dockerfile", build_dir.name)
         produced: list[str] = []
-        labels = {"org.harness.content-hash": digest, "org.harness.recipe": build_dir.name}
         try:
             stream = client.api.build(
                 path=str(staging),
@@ -429,14 +456,16 @@ def bootstrap_base(
                 shutil.move(made, tarball)
             else:
                 tarball = made
-        repository, _, tag = name.partition(":")
-        with open(tarball, "rb") as handle:
-            client.api.import_image_from_data(
-                handle,
-                repository=repository,
-                tag=tag or "latest",
-                changes=["ENV LANG=C.UTF-8", 'CMD ["python3"]'],
-            )
+        from harness.images.reproducible import load_rootfs
+
+        # loaded with a fixed creation time, not `docker import`: the same tarball, the same id
+        load_rootfs(
+            tarball,
+            name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest",
+            epoch,
+            {"Env": ["LANG=C.UTF-8"], "Cmd": ["python3"]},
+            f"mmdebstrap --variant=minbase {suite} (SOURCE_DATE_EPOCH={epoch})",
+        )
     image = client.images.get(name)
     return ImageInfo(ref=name, id=image.id, tag=name, packages=base_packages(name))
 
@@ -448,11 +477,18 @@ def _mmdebstrap(suite: str, epoch: int, tarball: Path, log: Callable[[str], None
             "mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)"
         )
     hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
+    # every package file by sha256 (the same files make the same base), and no host files: the
+    # host's resolv.conf and hostname would make each bootstrap differ
+    debs = 'cd "$1/var/cache/apt/archives" && sha256sum -- *.deb > "$1/etc/harness-debs.sha256"'
+    host_files = 'rm -f "$1/etc/resolv.conf" "$1/etc/hostname"'
     cmd = [
         "mmdebstrap",
         "--variant=minbase",
         "--include=python3,python3-venv,ca-certificates",
+        "--skip=essential/unlink",  # keep the essential packages' files until the hook has listed them
         f"--customize-hook={hook}",
+        f"--customize-hook={debs}",
+        f"--customize-hook={host_files}",
         suite,
         str(tarball),
     ]
@@ -477,49 +513,3 @@ def base_packages(name: str) -> list[str]:
     except Exception:
         return []
     return output.decode().split()
-
-
-_prepared_images: dict[tuple[Any, ...], ImageInfo] = {}
-_prepared_lock = threading.Lock()
-
-
-def prepare_image(
-    loaded: LoadedManifest,
-    ca_bundle: Path | None = None,
-    force_build: bool = False,
-    log: Callable[[str], None] = lambda line: None,
-    runtime: str = "docker",
-) -> ImageInfo:
-    """A manifest's image: built from its recipe (content-addressed, cached) or resolved by digest,
-    in the engine of ``runtime`` (``podman``: see ``harness.runtime.podman.prepare_podman_image``).
-
-    Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
-    if runtime == "podman":
-        from harness.runtime.podman import prepare_podman_image
-
-        return prepare_podman_image(loaded, ca_bundle, force_build, log)
-    key = (
-        loaded.manifest.image.ref,
-        str(loaded.build_dir),
-        loaded.lockfile and loaded.lockfile.read_bytes(),
-        loaded.manifest.image.network,
-    )
-    if not force_build:
-        with _prepared_lock:
-            if key in _prepared_images:
-                return _prepared_images[key]
-    if loaded.manifest.image.ref:
-        info = resolve_ref(docker_client(), loaded.manifest.image.ref)
-    else:
-        assert loaded.build_dir is not None
-        info = build_image(
-            loaded.build_dir,
-            loaded.lockfile,
-            ca_bundle=ca_bundle,
-            force=force_build,
-            log=log,
-            network=loaded.manifest.image.network,
-        )
-    with _prepared_lock:
-        _prepared_images[key] = info
-    return info

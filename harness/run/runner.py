@@ -2,7 +2,7 @@
 on a timeout), finish the capture and seal the record. Every caller (the CLI, the sweep backends,
 reproduce) goes through :func:`execute`; :func:`recover` seals runs whose harness died.
 
-What happens around the lifecycle lives where its name says: the image in ``harness.images``,
+What happens around the lifecycle lives where its name says: the image in ``harness.images.build``,
 the engine client in ``harness.runtime.engine``, the job itself in ``harness.runtime``, metrics and
 system sampling in ``harness.capture.session``, the environment and GPUs in ``harness.capture``.
 """
@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -26,15 +25,19 @@ from typing import Any
 
 import harness
 from harness.capture.gpu import check_gpus
-from harness.errors import HarnessError
-from harness.fsutil import sha256_file
-from harness.images import ImageInfo, context_files, prepare_image
-from harness.layout import RunLayout
-from harness.plan import RunSpec
-from harness.record import SCHEMA_VERSION, Record, RunStatus
+from harness.errors import EngineError, HarnessError
+from harness.images.build import ImageInfo, context_files
+from harness.images.prepare import prepare_image
+from harness.run.owner import orphaned
+from harness.run.plan import RunSpec
+from harness.runtime import signals
 from harness.runtime.engine_api import engine_api
 from harness.runtime.job import JobRequest, JobResult
+from harness.runtime.signals import stop_reason
+from harness.store.layout import RunLayout
 from harness.store.local import LocalStore
+from harness.store.record import SCHEMA_VERSION, Record, RunStatus
+from harness.util.fsutil import sha256_file
 
 CONTAINER_RUNTIMES = ("docker", "podman")
 RUNTIMES = (*CONTAINER_RUNTIMES, "process")
@@ -160,15 +163,16 @@ def execute(
         _say_once(check_limits(sandbox, require_limits))
     if runtime in CONTAINER_RUNTIMES and image is None:
         image = prepare_image(spec.loaded, ca_bundle, force_build, build_log, runtime=runtime)
-    from harness.pins import fetch_pins
+    from harness.store.pins import fetch_pins
 
     pins = fetch_pins(manifest)
 
-    previous_term = _raise_on_sigterm()
+    # SIGTERM and SIGHUP stop the run like Ctrl-C, so its record is marked, not lost
+    previous_handlers = signals.install()
     try:
         return _execute_run(spec, store, runtime, reproduces, on_start, echo, client, image, pins, sandbox)
     finally:
-        _restore_sigterm(previous_term)
+        signals.restore(previous_handlers)
 
 
 _said: set[str] = set()
@@ -195,7 +199,7 @@ def _execute_run(
 ) -> Record:
     from harness.capture.environment import capture_host
     from harness.capture.session import CaptureSession
-    from harness.pins import hub_cache_dir
+    from harness.store.pins import hub_cache_dir
 
     manifest = spec.loaded.manifest
     run_id = fresh_run_id(store, spec.run_id)
@@ -249,18 +253,10 @@ def _execute_run(
     try:
         if on_start is not None:
             on_start(record, job)
-        job.start()
-        # rootless Podman on cgroup v1 gives the container no cgroup of its own: follow its processes
-        pid = job.pid if runtime == "process" or getattr(job, "sample_by_pid", False) else None
-        capture.start(container=job.container if pid is None else None, pid=pid, gpus=manifest.hardware.gpus)
-        try:
-            result = job.wait()
-        except KeyboardInterrupt as exc:
-            job.stop(_stop_reason(exc))
-            result = job.wait()
+        result = _start_and_wait(job, runtime, capture, manifest.hardware.gpus)
     except KeyboardInterrupt as exc:
-        job.stop(_stop_reason(exc))
-        result = JobResult(_stop_reason(exc), None, "stopped before the job started")
+        job.stop(stop_reason(exc))
+        result = JobResult(stop_reason(exc), None, "stopped before the job started")
     record.update(
         {
             "status": result.status,
@@ -270,17 +266,44 @@ def _execute_run(
             "duration_s": round(time.monotonic() - started, 3),
         }
     )
+    engine_lost: str | None = getattr(job, "engine_lost", None)
+    if engine_lost is not None:
+        record["pending"] = ["container"]
     try:
-        return _finish(store, record, capture, manifest.hardware.memory_bytes, client, image)
+        return _finish(store, record, capture, manifest.hardware.memory_bytes, client, image, engine_lost)
     finally:
         job.remove()
 
 
+def _start_and_wait(job: Any, runtime: str, capture: Any, gpus: int) -> JobResult:
+    """Start the job and the capture around it, and wait for the job to end (Ctrl-C stops it)."""
+    try:
+        job.start()
+    except EngineError as exc:  # the engine failed (or went away) between create and start
+        return JobResult(RunStatus.ERROR.value, None, str(exc))
+    # rootless Podman on cgroup v1 gives the container no cgroup of its own: follow its processes
+    pid = job.pid if runtime == "process" or getattr(job, "sample_by_pid", False) else None
+    capture.start(container=job.container if pid is None else None, pid=pid, gpus=gpus)
+    try:
+        result: JobResult = job.wait()
+    except KeyboardInterrupt as exc:
+        job.stop(stop_reason(exc))
+        result = job.wait()
+    return result
+
+
 def _finish(
-    store: LocalStore, record: Record, capture: Any, memory_limit: int, client: Any, image: ImageInfo | None
+    store: LocalStore,
+    record: Record,
+    capture: Any,
+    memory_limit: int,
+    client: Any,
+    image: ImageInfo | None,
+    engine_lost: str | None = None,
 ) -> Record:
     """Write the tables and seal the record. A full disk is said plainly and leaves a consistent
-    record; any other fault of the harness itself seals the record as ``error`` with the reason."""
+    record that ``recover`` seals once there is space; any other fault of the harness itself seals
+    the record as ``error`` with the reason."""
     from harness.capture.environment import image_environment, process_environment
 
     layout = store.layout(record["run_id"])
@@ -294,7 +317,9 @@ def _finish(
                 # the kernel kills at the limit; a 1 Hz sampler may not have seen the last climb
                 record["peak_memory_bytes"] = max(record["peak_memory_bytes"], memory_limit)
             record["gpu"] = capture.sampler.gpu_status()
-        record["environment"] = image_environment(client, image) if image is not None else process_environment()
+        record["environment"] = (
+            image_environment(client, image, engine_lost) if image is not None else process_environment()
+        )
         record.pop("owner", None)
         layout.reserve.unlink(missing_ok=True)
         return store.seal(record)
@@ -302,7 +327,10 @@ def _finish(
         if exc.errno != errno.ENOSPC:
             return _seal_as_error(store, record, exc)
         layout.reserve.unlink(missing_ok=True)
-        record["detail"] = f"disk full while writing the record: {exc.strerror}; the tables may be incomplete"
+        record["detail"] = f"disk full while writing the record: {exc.strerror}; the tables may be incomplete" + (
+            f" ({record['detail']})" if record.get("detail") else ""
+        )
+        record["pending"] = sorted({*record.get("pending", []), "seal"})
         record.pop("owner", None)
         try:
             store.save(record)
@@ -336,7 +364,7 @@ def _seal_as_error(store: LocalStore, record: Record, exc: BaseException) -> Rec
 
 def _note_ingestion(record: Record, ingester: Any) -> None:
     """Put what metric ingestion skipped into the record: counts of bad lines by reason, files."""
-    from harness.safefs import skipped_for_record
+    from harness.util.safefs import skipped_for_record
 
     record["metrics_rejected"] = dict(sorted(ingester.rejected.items()))
     record["metrics_skipped"] = skipped_for_record(ingester.skipped)
@@ -350,45 +378,24 @@ def _warm_imports() -> None:
     import harness.capture.system  # noqa: F401
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: the run was cancelled from outside (Slurm's scancel, `kill`)."""
-
-
-def _stop_reason(exc: BaseException) -> str:
-    return "cancelled" if isinstance(exc, Terminated) else "interrupted"
-
-
-def _raise_on_sigterm() -> Any:
-    """Treat SIGTERM like Ctrl-C so the record is marked (``cancelled``), not lost."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def _restore_sigterm(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def recover(store: LocalStore) -> list[str]:
     """Mark runs whose harness process died as ``interrupted``: kill their container, convert what
-    reached disk into tables, and seal the record. Returns the run ids recovered."""
-    from harness.capture.metrics import ingest_run_folder
-    from harness.capture.system import system_jsonl_to_parquet
-
+    reached disk into tables, and seal the record. Also finish what a final record left
+    ``pending``: seal a run a full disk left unsealed, remove a container a lost engine kept.
+    Returns the run ids recovered."""
     recovered = []
     hostname = socket.gethostname()
     for record in store.records():
-        owner = record.get("owner")
-        owner = owner if isinstance(owner, dict) else {}
-        if record.get("status") != RunStatus.RUNNING or owner.get("hostname") != hostname or _alive(owner.get("pid")):
+        pending = record.get("pending")
+        # only a run made here leaves work pending: a pulled record's claim is not acted on
+        # (re-sealing it would bless files that no longer match what was published)
+        if isinstance(pending, list) and pending and "pulled_from" not in record and _is_final(record.get("status")):
+            if _finish_pending(store, record, [str(item) for item in pending]):
+                recovered.append(record["run_id"])
+            continue
+        if not orphaned(record, hostname):
             continue
         run_id = record["run_id"]
-        layout = store.layout(run_id)
         record.update(
             {
                 "status": RunStatus.INTERRUPTED.value,
@@ -397,37 +404,10 @@ def recover(store: LocalStore) -> list[str]:
             }
         )
         try:
-            if record.get("runtime") == "docker":
-                from harness.runtime.docker import kill_orphan
-
-                kill_orphan(run_id)
-            elif record.get("runtime") == "podman":
-                from harness.runtime.docker import kill_orphan
-                from harness.runtime.podman import podman_api
-
-                try:
-                    kill_orphan(run_id, podman_api())
-                except HarnessError:
-                    pass  # no Podman here any more: nothing of the run can still be running
-            manifest_metrics: dict[str, Any] = {}
-            try:
-                from harness.manifest import parse_manifest
-
-                manifest_metrics = parse_manifest(layout.manifest).metrics.model_dump()
-            except HarnessError:
-                pass
-            last_n = manifest_metrics.get("summary_last_n", 10)
-            shutil.rmtree(layout.metrics_spool, ignore_errors=True)
-            ingester = ingest_run_folder(
-                run_id, layout.root, manifest_metrics.get("tensorboard"), spool_dir=layout.metrics_spool
-            )
-            ingester.write_parquet(layout.metrics_parquet, last_n)
-            ingester.close()
-            system_jsonl_to_parquet(run_id, layout.system_jsonl, layout.system_parquet)
-            record["metrics_summary"] = ingester.summary(last_n)
-            _note_ingestion(record, ingester)
+            _remove_container(record)
+            _rebuild_tables(store, record)
             record.pop("owner", None)
-            layout.reserve.unlink(missing_ok=True)
+            store.layout(run_id).reserve.unlink(missing_ok=True)
             store.seal(record)
         except Exception as exc:
             _seal_as_error(store, record, exc)
@@ -435,13 +415,85 @@ def recover(store: LocalStore) -> list[str]:
     return recovered
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
-        return False
+def _finish_pending(store: LocalStore, record: Record, pending: list[str]) -> bool:
+    """Do what a final record left for later; True once nothing is left. A step that still
+    cannot be done (the engine does not answer, the disk is still full) stays pending."""
+    left = list(pending)
+    if "container" in left and _remove_container(record, timeout=10):
+        left.remove("container")
+    if "seal" in left:
+        try:
+            _rebuild_tables(store, record)
+            store.layout(record["run_id"]).reserve.unlink(missing_ok=True)
+            left.remove("seal")
+            record["detail"] = str(record.get("detail", "")).replace(
+                "the tables may be incomplete", "sealed later by `harness recover`"
+            )
+        except Exception:  # still no space (or the tables cannot be made): try again next time
+            pass
+    if left:
+        record["pending"] = left
+    else:
+        record.pop("pending", None)
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
+        if "seal" in left:
+            store.save(record)
+        else:
+            store.seal(record)
+    except OSError:
         return False
-    except PermissionError:
+    return not left
+
+
+def _remove_container(record: Record, timeout: float | None = None) -> bool:
+    """Kill and remove the container of a run whose harness died or lost its engine; False when
+    its engine does not answer (there may still be one)."""
+    runtime = record.get("runtime")
+    if runtime not in CONTAINER_RUNTIMES:
         return True
+    from harness.runtime.docker import kill_orphan
+
+    try:
+        if runtime == "docker":
+            api = engine_api(timeout)
+        else:
+            from harness.runtime.podman import podman_api
+
+            api = podman_api()
+    except HarnessError:
+        return False  # no engine here any more: nothing of the run can still be running on it
+    kill_orphan(record["run_id"], api)
     return True
+
+
+def _rebuild_tables(store: LocalStore, record: Record) -> None:
+    """Convert what reached the run folder into its tables and summaries again, from scratch."""
+    from harness.capture.metrics import ingest_run_folder
+    from harness.capture.system import system_jsonl_to_parquet
+
+    run_id = record["run_id"]
+    layout = store.layout(run_id)
+    manifest_metrics: dict[str, Any] = {}
+    try:
+        from harness.manifest import parse_manifest
+
+        manifest_metrics = parse_manifest(layout.manifest).metrics.model_dump()
+    except HarnessError:
+        pass
+    last_n = manifest_metrics.get("summary_last_n", 10)
+    shutil.rmtree(layout.metrics_spool, ignore_errors=True)
+    ingester = ingest_run_folder(
+        run_id, layout.root, manifest_metrics.get("tensorboard"), spool_dir=layout.metrics_spool
+    )
+    ingester.write_parquet(layout.metrics_parquet, last_n)
+    ingester.close()
+    system_jsonl_to_parquet(run_id, layout.system_jsonl, layout.system_parquet)
+    record["metrics_summary"] = ingester.summary(last_n)
+    _note_ingestion(record, ingester)
+
+
+def _is_final(status: Any) -> bool:
+    try:
+        return RunStatus(str(status)).final
+    except ValueError:
+        return False

@@ -209,20 +209,29 @@ def engine_message(exc: BaseException) -> str:
     return lines[-1][:300] if lines else type(exc).__name__
 
 
+# What an engine's message about a registry means, by the words engines (Docker, Podman) use.
+FAILURE_WORDS: dict[str, tuple[str, ...]] = {
+    "unreachable": ("connection refused", "no such host", "i/o timeout", "dial tcp"),
+    "missing": ("manifest unknown", "not found"),
+    "refused": ("unauthorized", "authentication required", "denied", "credentials"),
+}
+
+
+def failure_kinds(message: str) -> set[str]:
+    """Which of ``unreachable``, ``missing`` and ``refused`` an engine's registry error message says."""
+    lowered = message.lower()
+    return {kind for kind, words in FAILURE_WORDS.items() if any(word in lowered for word in words)}
+
+
 def explain_pull_failure(ref: str, message: str) -> str:
     """What a failed pull by digest means, in one line that says what to change."""
     host = registry_host(ref) or "the registry"
-    lowered = message.lower()
-    if (
-        "connection refused" in lowered
-        or "no such host" in lowered
-        or "i/o timeout" in lowered
-        or "dial tcp" in lowered
-    ):
+    kinds = failure_kinds(message)
+    if "unreachable" in kinds:
         return f"image {ref}: registry {host} is unreachable ({message}); start it or check the address"
-    if "manifest unknown" in lowered or "not found" in lowered:
+    if "missing" in kinds:
         return f"image {ref}: registry {host} does not have this digest (push it with `harness push`, or fix image.ref)"
-    if any(word in lowered for word in ("unauthorized", "authentication required", "denied", "credentials")):
+    if "refused" in kinds:
         return (
             f"image {ref}: registry {host} refused the pull ({message}); set {USER_ENV}/{PASSWORD_ENV} "
             "or `docker login` with an account that can read it"
@@ -241,6 +250,7 @@ def push_image(client: Any, image: str, registry: Registry, name: str, tag: str,
     except ImageNotFound:
         raise EngineError(f"image {image} is not in the Docker engine: build or pull it first") from None
     digest = None
+    said: dict[str, str] = {}  # each layer's last status: progress repeats it many times a second
     try:
         for chunk in client.api.push(
             repository, tag=tag, stream=True, decode=True, auth_config=auth_config(registry.host)
@@ -250,9 +260,13 @@ def push_image(client: Any, image: str, registry: Registry, name: str, tag: str,
             aux = chunk.get("aux") or {}
             if aux.get("Digest"):
                 digest = str(aux["Digest"])
-            status = chunk.get("status")
-            if status and chunk.get("id"):
-                log(f"{chunk['id']}: {status}")
+            status, layer = chunk.get("status"), chunk.get("id")
+            if status and layer:
+                # the engine counts down to each retry of a layer ("Retrying in 5 seconds", 4, ...)
+                status = "upload cut, the engine retries it" if status.startswith("Retrying in ") else status
+                if said.get(layer) != status:
+                    said[layer] = status
+                    log(f"{layer}: {status}")
     except APIError as exc:
         raise RegistryError(_push_failure(registry, engine_message(exc))) from None
     finally:
@@ -266,10 +280,10 @@ def push_image(client: Any, image: str, registry: Registry, name: str, tag: str,
 
 
 def _push_failure(registry: Registry, message: str) -> str:
-    lowered = message.lower()
-    if "connection refused" in lowered or "dial tcp" in lowered or "no such host" in lowered:
+    kinds = failure_kinds(message)
+    if "unreachable" in kinds:
         return f"registry {registry.host} is unreachable ({message}); start it or check --registry"
-    if any(word in lowered for word in ("unauthorized", "authentication required", "denied", "credentials")):
+    if "refused" in kinds:
         return (
             f"registry {registry.host} refused the push ({message}); set {USER_ENV}/{PASSWORD_ENV} "
             "or `docker login` with an account that can write to it"
@@ -287,46 +301,3 @@ def repository_and_tag(image_name: str, fallback_tag: str) -> tuple[str, str]:
     if ":" in last:
         name, tag = name.rsplit(":", 1)
     return name.lower(), tag
-
-
-@dataclass
-class PushResult:
-    """What a push did: the registry reference by digest and the run record it was written to."""
-
-    registry_ref: str
-    image_id: str
-    run_id: str | None = None
-
-
-def push_manifest(path: Path, registry: Registry, log: Any = lambda line: None) -> PushResult:
-    """Build (or find) a manifest's image and push it; its ``image.ref`` can then be the result."""
-    from harness.images import prepare_image
-    from harness.manifest import load_manifest
-    from harness.runtime.engine import docker_client
-
-    loaded = load_manifest(path)
-    info = prepare_image(loaded, log=log)
-    name, tag = repository_and_tag(info.tag or info.ref, info.id.split(":")[-1][:16])
-    ref = push_image(docker_client(timeout=3600), info.id, registry, name, tag, log)
-    return PushResult(ref, info.id)
-
-
-def push_run(run_id: str, registry: Registry, store: Any = None, log: Any = lambda line: None) -> PushResult:
-    """Push the image a run ran (by its id, from the Docker engine) and add the registry reference to
-    the run's record as ``image.registry_ref`` (record.json is outside the checksummed files)."""
-    from harness.runtime.engine import docker_client
-    from harness.store.local import LocalStore
-
-    store = store or LocalStore()
-    record = store.load(run_id)
-    image = record.get("image") or {}
-    if not image.get("id"):
-        raise RegistryError(f"run {run_id} ran without an image ({record.get('runtime')} runtime): nothing to push")
-    name, tag = repository_and_tag(
-        str(image.get("tag") or image.get("ref") or record.get("name") or "image"), str(image["id"]).split(":")[-1][:16]
-    )
-    ref = push_image(docker_client(timeout=3600), str(image["id"]), registry, name, tag, log)
-    image["registry_ref"] = ref
-    record["image"] = image
-    store.save(record)
-    return PushResult(ref, str(image["id"]), run_id)

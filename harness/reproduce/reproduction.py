@@ -1,7 +1,7 @@
 """Reproduce a run from its own record: stage its manifest, lockfile and recipe as a project,
 rebuild the image, re-run it over seeds (the published ones, more, or new ones), give the verdict
 between the published group and the reproduction (identical, consistent, diverged or
-inconclusive; harness.analysis.group_verdict) and keep it in the reproduction records.
+inconclusive; harness.reproduce.group_verdict) and keep it in the reproduction records.
 
 :func:`reproduce` returns a :class:`ReproductionResult`; ``harness reproduce`` only prints it.
 """
@@ -14,15 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, cast
 
-from harness.analysis.compare import Difference, Verdict, compare_runs, plot_comparison
-from harness.analysis.group_verdict import GroupVerdict, json_safe
 from harness.analysis.plots import plot_equivalence
 from harness.errors import HarnessError, HubError
-from harness.fsutil import write_json_atomic
-from harness.layout import CONTEXT, LOCKFILE, MANIFEST
-from harness.record import DONE_STATUSES, Record, RunStatus
-from harness.safefs import UnsafeFile, copy_beneath
+from harness.reproduce.compare import Difference, Verdict, compare_runs, plot_comparison
+from harness.reproduce.group_verdict import GroupVerdict, json_safe
+from harness.store.layout import CONTEXT, LOCKFILE, MANIFEST
 from harness.store.local import LocalStore
+from harness.store.record import DONE_STATUSES, Record, RunStatus
+from harness.util.fsutil import write_json_atomic
+from harness.util.safefs import UnsafeFile, copy_beneath
 
 
 @dataclass
@@ -56,6 +56,12 @@ class ReproductionResult:
     published_evaluation: list[dict[str, Any]] = field(
         default_factory=list
     )  # imported runs: the card's evaluation per seed
+    published_image: dict[str, Any] = field(default_factory=dict)  # the original record's image
+
+    @property
+    def image_check(self) -> dict[str, Any]:
+        """The reproduction's image against the published one (see :func:`compare_images`)."""
+        return compare_images(self.published_image, dict(self.records[0].get("image") or {}), self.image_source)
 
     @property
     def reproduction_ids(self) -> list[str]:
@@ -102,6 +108,7 @@ class ReproductionResult:
                 "source": self.image_source,
                 "ref": self.image_ref,
                 "id": (self.records[0].get("image") or {}).get("id"),
+                **self.image_check,
             },
             "first_difference": None if difference is None else asdict(difference),
             "published_evaluation": self.published_evaluation,
@@ -113,13 +120,41 @@ class ReproductionResult:
         }
 
 
+def compare_images(published: dict[str, Any], rebuilt: dict[str, Any], source: str) -> dict[str, Any]:
+    """``published_id``, ``same_image`` (whether the reproduction ran the published image id) and
+    ``image_note``: one line saying so, or why a rebuild did not give the published digest."""
+    old, new = published.get("id"), rebuilt.get("id")
+    same = bool(old) and old == new
+    short = str(old or "none")[:19]
+    if source != "rebuilt":
+        note = f"the published image ({short})" if same else f"not the published image {short}"
+    elif same:
+        note = f"rebuilt to the published digest ({short})"
+    elif published.get("builder") != "podman-reproducible":
+        note = (
+            f"rebuilt from the recipe ({str(new)[:19]}), not the published {short}: it was built by Docker's "
+            "builder, which stamps build times into the image (declare image.reproducible: true)"
+        )
+    elif published.get("content_hash") != rebuilt.get("content_hash"):
+        note = (
+            f"rebuilt from the recipe ({str(new)[:19]}), not the published {short}: the base image here is not "
+            "the one it was built on (bootstrapped from other Debian packages?)"
+        )
+    else:
+        note = (
+            f"rebuilt from the same recipe, lockfile and base to {str(new)[:19]}, not the published {short}: "
+            "the build did not reproduce here (`harness build --check` names the files that differ)"
+        )
+    return {"published_id": old, "same_image": same, "image_note": note}
+
+
 def stage_project(run_dir: Path, workdir: Path) -> Path:
     """Lay a run's manifest, lockfile and image context out as a project; returns the manifest's path.
 
     The paths come from the manifest itself (image.build, image.lockfile) after a schema check, and
     must stay inside the project, exactly as for a local manifest.
     """
-    from harness.images import context_files
+    from harness.images.build import context_files
     from harness.manifest import parse_manifest
 
     source = run_dir / MANIFEST
@@ -163,8 +198,21 @@ def imported_original(store: LocalStore, target: str) -> Record | None:
     return found[0] if found else None
 
 
-def original_run(store: LocalStore, target: str, endpoint: str | None, revision: str | None) -> tuple[str, str | None]:
-    """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first."""
+def published_evaluation(group: list[Record]) -> list[dict[str, Any]]:
+    """The publisher's own final evaluation of each imported run of ``group`` (seed, run, metrics)."""
+    rows = []
+    for record in group:
+        evaluation = (record.get("imported_from") or {}).get("evaluation")
+        if isinstance(evaluation, dict) and evaluation:
+            rows.append({"seed": record.get("seed"), "run_id": record.get("run_id"), **evaluation})
+    return rows
+
+
+def original_run(
+    store: LocalStore, target: str, endpoint: str | None, revision: str | None, trust_key: Path | None = None
+) -> tuple[str, str | None]:
+    """(run id in the local store, repo it came from or None); pulls ``org/name/<run_id>`` first
+    (accepting it only signed by ``trust_key`` when given)."""
     from harness.store.hub import parse_run_spec
     from harness.store.hub import pull as pull_runs
 
@@ -177,7 +225,7 @@ def original_run(store: LocalStore, target: str, endpoint: str | None, revision:
     repo, run_id = parse_run_spec(target)
     if run_id is None:
         raise HubError(f"{target!r}: name the run to reproduce, org/name/<run_id>")
-    pull_runs(target, revision=revision, endpoint=endpoint, store=store)
+    pull_runs(target, revision=revision, endpoint=endpoint, store=store, trust_key=trust_key)
     return run_id, repo
 
 
@@ -189,18 +237,19 @@ def registry_image_of(original: Record, runtime: str) -> Any:
     ref = image.get("registry_ref") if isinstance(image, dict) else None
     if not ref:
         return None
-    from harness.registry import is_registry_ref
+    from harness.images.registry import is_registry_ref
 
     if not isinstance(ref, str) or len(ref) > 512 or not is_registry_ref(ref):
         raise HarnessError(
             f"run {original.get('run_id')}: image.registry_ref {str(ref)[:120]!r} is not host/name@sha256:<digest>"
         )
     if runtime == "podman":
-        from harness.runtime.podman import podman_api, podman_resolve_ref
+        from harness.images.podman import podman_resolve_ref
+        from harness.runtime.podman import podman_api
 
         info = podman_resolve_ref(podman_api(), ref)
     else:
-        from harness.images import resolve_ref
+        from harness.images.build import resolve_ref
         from harness.runtime.engine import docker_client
 
         info = resolve_ref(docker_client(timeout=3600), ref)
@@ -210,16 +259,6 @@ def registry_image_of(original: Record, runtime: str) -> Any:
             "the record's registry reference does not match it (use --rebuild)"
         )
     return info
-
-
-def published_evaluation(group: list[Record]) -> list[dict[str, Any]]:
-    """The publisher's own final evaluation of each imported run of ``group`` (seed, run, metrics)."""
-    rows = []
-    for record in group:
-        evaluation = (record.get("imported_from") or {}).get("evaluation")
-        if isinstance(evaluation, dict) and evaluation:
-            rows.append({"seed": record.get("seed"), "run_id": record.get("run_id"), **evaluation})
-    return rows
 
 
 def parse_seed_count(value: int | str | None) -> int | str | None:
@@ -244,7 +283,7 @@ def original_group(
     (the whole repo is pulled when ``whole_repo``); for a local run id, from the local store. Every
     run of the group must match its record.
     """
-    from harness.analysis.group_verdict import published_group
+    from harness.reproduce.group_verdict import published_group
     from harness.store.hub import pull as pull_runs
 
     source = original.get("pulled_from") or {}
@@ -282,11 +321,11 @@ def _run_one(
 ) -> Record:
     """One reproduction run (``build``: with a forced image rebuild; ``image``: this image, no
     build), with live progress on ``progress``."""
-    from harness.runner import execute
+    from harness.run.runner import execute
 
     if progress is None:
         return execute(spec, store, runtime=runtime, reproduces=reproduces, force_build=build, echo=echo, image=image)
-    from harness.progress import LiveRun
+    from harness.run.progress import LiveRun
 
     live = LiveRun(spec, store, progress, prefix="")
     try:
@@ -319,10 +358,11 @@ def reproduce(
     progress: IO[str] | None = None,
     rebuild: bool = False,
     allow_build_network: bool = False,
+    trust_key: Path | None = None,
 ) -> ReproductionResult:
     """Re-run ``org/name/<run_id>`` (pulled first) or a local run id from its own record over
     seeds, and give the verdict between the published group and the reproduction runs
-    (harness.analysis.group_verdict). The image is the exact one the original ran when its record
+    (harness.reproduce.group_verdict). The image is the exact one the original ran when its record
     has a registry digest (``image.registry_ref``, pulled by digest, no build), unless ``rebuild``;
     otherwise a fresh build from the recipe (made once, for the first seed).
 
@@ -335,21 +375,25 @@ def reproduce(
     Raises HarnessError for bad input: a pulled run asked to run on the host without
     ``trust_code``, an incomplete or tampered original, ``publish_result`` for a run not from the
     Hub, a recipe that declares ``image.network: true`` without ``allow_build_network``, a seed
-    count that is not positive. With ``progress``, each run's live progress (harness.progress) is
+    count that is not positive, with ``trust_key`` a run of the published group whose provenance is
+    not signed by that key or does not match its files. With ``progress``, each run's live
+    progress (harness.run.progress) is
     shown on that stream.
     """
-    from harness.analysis.group_verdict import group_scores, group_verdict, plan_seeds
     from harness.manifest import load_manifest
-    from harness.plan import RunSpec, config_key
+    from harness.reproduce.group_verdict import group_scores, group_verdict, plan_seeds
+    from harness.run.plan import RunSpec, config_key
+    from harness.store.provenance import load_public_key, verify_record
 
     store = store or LocalStore()
     seeds = parse_seed_count(seeds)
+    trusted = load_public_key(trust_key) if trust_key is not None else None
     if runtime == "process" and "/" in target and not trust_code:
         raise HarnessError(
             "--runtime process would run downloaded code on this host without a sandbox; "
             "add --trust-code if you have read it, or use --runtime docker"
         )
-    original_id, repo = original_run(store, target, endpoint, revision)
+    original_id, repo = original_run(store, target, endpoint, revision, trust_key)
     original = store.load(original_id)
     downloaded = original.get("pulled_from") or original.get("imported_from")
     if runtime == "process" and downloaded and not trust_code:
@@ -386,6 +430,8 @@ def reproduce(
         expect = loaded.manifest.expect
         whole_repo = seeds is not None or new_seeds or len(loaded.manifest.seeds) > 1
         group = original_group(store, original, target, endpoint, whole_repo)
+        for member in group if trusted is not None else []:
+            verify_record(member, trusted)  # the runs the verdict rests on, pulled or local
         original_dirs = [store.run_dir(r["run_id"]) for r in group]
         published_seeds = [int(r["seed"]) for r in group]
         if seeds == "auto":
@@ -475,15 +521,17 @@ def reproduce(
         image_source=image_source,
         image_ref=registry_image.ref if registry_image is not None else None,
         published_evaluation=published_evaluation(group),
+        published_image=dict(original.get("image") or {}),
     )
     write_json_atomic(result.verdict_path, json_safe(result.to_dict()))
     # record.json is outside the checksummed files, so the verdict can join the sealed records.
-    summary = verdict.to_dict()
+    summary = {**verdict.to_dict(), "image": result.to_dict(curves=False)["image"]}
     for record in records:
         record["reproduction_verdict"] = verdict.verdict
         record["reproduction"] = summary
         store.save(record)
     if publish_result:
+        from harness.analysis.repo_figure import learning_curves
         from harness.store.hub import publish
 
         assert repo is not None
@@ -492,6 +540,7 @@ def reproduce(
             repo,
             store=store,
             endpoint=endpoint or (original.get("pulled_from") or {}).get("endpoint"),
+            figure=learning_curves,
         )
         result.published_commit = published.commit
     return result

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any
 
-from harness.layout import RunLayout
+from harness.store.layout import RunLayout
 
 # params that say how many steps a run will take, most specific first
 TOTAL_STEP_PARAMS = ("total_timesteps", "total_steps", "max_steps", "num_steps", "train_steps", "steps")
@@ -38,7 +38,7 @@ def total_steps(params: dict[str, Any] | None) -> int | None:
 
 def interactive(stream: IO[str]) -> bool:
     """Whether to redraw a status line in place: a terminal, and not a CI job."""
-    from harness.terminal import ci_environment
+    from harness.util.terminal import ci_environment
 
     return bool(getattr(stream, "isatty", lambda: False)()) and not ci_environment()
 
@@ -268,7 +268,7 @@ class ProgressReporter:
 
 
 class LiveRun:
-    """Progress for a run that ``harness.runner.execute`` is about to start: pass :meth:`on_start`
+    """Progress for a run that ``harness.run.runner.execute`` is about to start: pass :meth:`on_start`
     and :meth:`echo` to it, and call :meth:`stop` when it returns."""
 
     def __init__(

@@ -3,13 +3,28 @@ selections of the store (two library versions, two machines, a published group a
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import click
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.reproduce.group_verdict import GroupVerdict
+
+
+@dataclass
+class GroupComparison:
+    """The verdict of one selection against another, what ``--json`` prints, and the figure written."""
+
+    verdict: GroupVerdict
+    payload: dict[str, Any]
+    figure: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The verdict as text, with the figure's path when one was written."""
+        return self.verdict.lines() + ([f"figure: {self.figure}"] if self.figure is not None else [])
 
 
 def split_terms(values: tuple[str, ...]) -> list[str]:
@@ -31,20 +46,17 @@ def compare_groups(
     points: int,
     smooth: int,
     figure: Path | None,
-    as_json: bool,
-) -> int:
-    """Print the verdict of ``against`` (the reproduction side) against ``selection`` (the original
-    side); returns the exit status (0 identical/consistent, 1 diverged, 3 inconclusive)."""
-    from harness.analysis.group_verdict import EquivalenceSpec, group_verdict
+) -> GroupComparison:
+    """The verdict of ``against`` (the reproduction side) against ``selection`` (the original side),
+    with the curves and margin figure written to ``figure`` when both sides have curves."""
     from harness.analysis.selection import select_runs
+    from harness.reproduce.group_verdict import EquivalenceSpec, group_verdict
     from harness.store.local import LocalStore
 
     if figure is not None:
         from harness.analysis.plots import check_output
 
         check_output(figure)
-    if points < 2 or smooth < 1:
-        raise HarnessError("--points must be at least 2 and --smooth at least 1")
     store = LocalStore()
     original = select_runs(store, list(selection))
     reproduction = select_runs(store, split_terms(against))
@@ -70,9 +82,13 @@ def compare_groups(
     result = group_verdict(
         [store.run_dir(r) for r in ids_a], [store.run_dir(r) for r in ids_b], spec, points=points, smooth=smooth
     )
+    comparison = GroupComparison(
+        result,
+        {"original_selection": list(selection), "reproduction_selection": split_terms(against), **result.to_dict()},
+    )
     if figure is not None:
         if result.curves is None:
-            click.echo("note: no figure: curves need at least two runs on each side", err=True)
+            comparison.notes.append("no figure: curves need at least two runs on each side")
         else:
             from harness.analysis.plots import plot_equivalence
 
@@ -84,21 +100,9 @@ def compare_groups(
                 labels=(_label("original", selection), _label("against", tuple(split_terms(against)))),
                 run_ids=(ids_a, ids_b),
             )
-    if as_json:
-        payload: dict[str, Any] = {
-            "original_selection": list(selection),
-            "reproduction_selection": split_terms(against),
-            **result.to_dict(),
-        }
-        if figure is not None and result.curves is not None:
-            payload["figure"] = str(figure)
-        click.echo(json.dumps(payload, indent=1, allow_nan=False))
-    else:
-        for line in result.lines():
-            click.echo(line)
-        if figure is not None and result.curves is not None:
-            click.echo(f"figure: {figure}")
-    return result.exit_status
+            comparison.figure = figure
+            comparison.payload["figure"] = str(figure)
+    return comparison
 
 
 def _label(side: str, terms: tuple[str, ...]) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import StoreError
-from harness.fsutil import write_json_atomic
-from harness.layout import RECORD
+from harness.store.layout import RECORD
 from harness.store.local import LocalStore, read_record
+from harness.util.fsutil import write_json_atomic
 
 ATTEMPT_SUFFIX = re.compile(r"-r[0-9a-f]{8}|-[0-9]+")  # a later attempt's id: <run_id><suffix>
 

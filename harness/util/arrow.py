@@ -44,8 +44,3 @@ def table(columns: dict[str, pa.Array], schema: pa.Schema | None = None) -> Any:
     """A table of the columns, in their order (cast to ``schema`` when given)."""
     result = pa.Table.from_arrays(list(columns.values()), names=list(columns))
     return result.cast(schema) if schema is not None else result
-
-
-def empty_table(schema: pa.Schema) -> Any:
-    """A table of ``schema`` with no rows (``schema.empty_table()`` imports pandas)."""
-    return pa.Table.from_batches([], schema=schema)

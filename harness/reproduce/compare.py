@@ -5,7 +5,7 @@
 * ``diverged``: otherwise, naming the first metric and step that differ.
 
 This is the verdict between one run and one run; across seeds (runs that are not deterministic,
-or whose bit-identity the hardware rules out) it is harness.analysis.group_verdict's.
+or whose bit-identity the hardware rules out) it is harness.reproduce.group_verdict's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError
-from harness.layout import METRICS_PARQUET, RECORD
+from harness.store.layout import METRICS_PARQUET, RECORD
 
 HOST_FIELDS = ("cpu_model", "cpu_count", "memory_bytes", "gpus", "gpu_driver", "os", "kernel")
 

@@ -5,7 +5,7 @@
 bit-identity is not ruled out by the hardware), whether or not the manifest expected it; otherwise, with at least two seeds a side, the
 equivalence verdict of harness.analysis.equivalence on each seed's final value (or mean of the
 last N) of the metric, the per-checkpoint curve comparison, and the environment comparison. A
-single run a side keeps the single-run verdict of harness.analysis.compare (tolerances), unless
+single run a side keeps the single-run verdict of harness.reproduce.compare (tolerances), unless
 bit-identity is ruled out, when it is ``inconclusive``.
 """
 
@@ -20,12 +20,6 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from harness.analysis.environment_diff import (
-    EnvironmentComparison,
-    bit_identity_ruled_out,
-    compare_environments,
-    read_run,
-)
 from harness.analysis.equivalence import (
     CONSISTENT,
     DEFAULT_CONFIDENCE,
@@ -39,9 +33,15 @@ from harness.analysis.equivalence import (
     equivalence_test,
 )
 from harness.errors import HarnessError
+from harness.reproduce.environment_diff import (
+    EnvironmentComparison,
+    bit_identity_ruled_out,
+    compare_environments,
+    read_run,
+)
+from harness.store.record import DEFAULT_METRIC
 
 IDENTICAL = "identical"
-DEFAULT_METRIC = "charts/episodic_return"
 EXIT_STATUS = {IDENTICAL: 0, CONSISTENT: 0, DIVERGED: 1, INCONCLUSIVE: 3}  # 2 is bad input
 
 
@@ -103,11 +103,6 @@ class GroupVerdict:
     def exit_status(self) -> int:
         """0 identical or consistent, 1 diverged, 3 inconclusive (2 stays bad input)."""
         return EXIT_STATUS[self.verdict]
-
-    @property
-    def first_diverged_step(self) -> float | None:
-        """The first checkpoint whose CI lies wholly outside the margin, if curves were compared."""
-        return None if self.curves is None else self.curves.first_diverged
 
     def to_dict(self, curves: bool = False) -> dict[str, Any]:
         """JSON-ready form; the per-checkpoint arrays only with ``curves``."""
@@ -245,7 +240,7 @@ def _identity(
 ) -> tuple[str | None, list[str]]:
     """The single-run verdict when every reproduced run pairs with an original of its seed:
     identical, consistent (tolerances) or diverged; None when the runs do not pair up."""
-    from harness.analysis.compare import ExpectSpec, compare_runs
+    from harness.reproduce.compare import ExpectSpec, compare_runs
 
     by_seed = {r.get("seed"): d for r, d in zip(records_a, original)}
     if len(by_seed) != len(original) or any(r.get("seed") not in by_seed for r in records_b):

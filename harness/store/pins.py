@@ -35,7 +35,7 @@ CONTAINER_CACHE = "/opt/hf-cache"
 
 def hub_cache_dir() -> Path:
     """Where pinned repos are kept on the host between runs."""
-    from harness.fsutil import cache_root
+    from harness.util.fsutil import cache_root
 
     return cache_root() / "hub"
 

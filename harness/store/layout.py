@@ -74,14 +74,6 @@ class RunLayout:
         return self.root / OUT
 
     @property
-    def track_jsonl(self) -> Path:
-        return self.root / OUT / TRACK_JSONL
-
-    @property
-    def external_jsonl(self) -> Path:
-        return self.root / OUT / EXTERNAL_JSONL
-
-    @property
     def metrics_parquet(self) -> Path:
         return self.root / METRICS_PARQUET
 
