@@ -173,6 +173,10 @@ def test_import_three_seed_repos_then_validate(published, hub, tmp_path, monkeyp
     shown = run_cli("show", result["runs"][0]["run_id"], env=env)
     assert shown.returncode == 0 and "imported" in shown.stdout
 
+    for target in ("cartpole-v1-dqn", published[1]):  # the group's name or a seed repo names the group
+        refused = run_cli("reproduce", target, "--runtime", "process", cwd=project, env=env)
+        assert refused.returncode == 2 and "--trust-code" in refused.stderr, refused.stderr
+
     again = run_cli("import", *published, "--project", str(project), "--json", env=env)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["written"] == []  # the same commits: nothing changes
@@ -385,3 +389,14 @@ def test_reproduce_an_imported_cleanrl_group(cleanrl_source, bullseye_base, hub,
     assert pairs == {1: "identical", 2: "identical", 3: "identical"}, result["pairs"]
     assert result["seeds"] == "overlapping" and result["verdict"] in ("consistent", "diverged", "inconclusive")
     assert [row["seed"] for row in result["published_evaluation"]] == list(seeds)
+
+
+def test_the_lock_and_the_image_name_packages_alike():
+    from harness.reproduce.environment_diff import compare_environments
+
+    lock = {"environment": {"packages": ["typing-extensions==4.5.0", "torch==1.12.1"]}}
+    image = {"environment": {"packages": ["typing_extensions==4.5.0", "torch==1.12.1", "pip==20.3.4"]}}
+
+    differences = compare_environments(lock, image).differences
+
+    assert [(d.category, d.name) for d in differences] == [("python", "pip")]
