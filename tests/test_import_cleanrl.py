@@ -332,7 +332,8 @@ def bullseye_base(docker_engine):
 @pytest.mark.skipif(
     not os.environ.get("HARNESS_TEST_CLEANRL_IMAGE"),
     reason="builds CleanRL's locked image (0.8 GB of wheels, about 5 min a build, two builds) and runs 8 trainings: "
-    "7 to 23 min on 2 cores (15 min cold); set HARNESS_TEST_CLEANRL_IMAGE=1",
+    "7 to 23 min on 2 cores with the wheels cached (a cold machine adds the 0.8 GB download and the "
+    "bullseye bootstrap); set HARNESS_TEST_CLEANRL_IMAGE=1",
 )
 def test_reproduce_an_imported_cleanrl_group(cleanrl_source, bullseye_base, hub, tmp_path):
     """A first user trains dqn.py briefly in the imported image and publishes the runs with
