@@ -121,7 +121,7 @@ def huge_index(rows: int) -> bytes:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from harness.store.hub import RUNS_SCHEMA
+    from harness.store.card import BASE_COLUMNS as RUNS_SCHEMA
 
     columns = {field.name: pa.nulls(rows, field.type) for field in RUNS_SCHEMA}
     columns["run_id"] = pc.binary_join_element_wise(

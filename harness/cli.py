@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "publish": ("hub", "publish"),
     "pull": ("hub", "pull"),
     "reproduce": ("hub", "reproduce"),
+    "import": ("imports", "import_cmd"),
     "push": ("push", "push"),
     "compare": ("analysis", "compare"),
     "plot": ("analysis", "plot"),

@@ -137,6 +137,19 @@ def read_lockfile(path: Path) -> tuple[list[Requirement], list[PackageIndex], li
     return requirements, indexes, problems
 
 
+TARGET_PYTHON = re.compile(r"^# harness: python (3\.\d{1,2})\s*$", re.MULTILINE)
+
+
+def lockfile_python(path: Path) -> str | None:
+    """The Python a lockfile's wheels are for, when it is not the host's (``# harness: python 3.9``,
+    written by ``harness import`` for an image on another Python); None: the host's."""
+    try:
+        match = TARGET_PYTHON.search(path.read_text(encoding="utf-8", errors="replace")[:4096])
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
 def lockfile_problems(path: Path) -> list[str]:
     """Problems that make ``path`` unusable for ``pip install --require-hashes`` (empty: fine)."""
     return parse_lockfile(path)[1]

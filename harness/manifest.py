@@ -293,6 +293,22 @@ class HubPin(Strict):
         return value
 
 
+class SourceRun(Strict):
+    """A published run this manifest was imported from (``harness import``): its repo at a commit."""
+
+    repo: StrictStr = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+    revision: StrictStr
+    seed: StrictInt | None = None
+    format: Literal["cleanrl"] = "cleanrl"
+
+    @field_validator("revision")
+    @classmethod
+    def _commit(cls, value: str) -> str:
+        if not HEX40.match(value):
+            raise ValueError(f"revision {value!r} is not a commit: pin a 40-hex commit sha, not a branch or tag")
+        return value
+
+
 class Manifest(Strict):
     """One experiment: everything its result depends on."""
 
@@ -316,6 +332,7 @@ class Manifest(Strict):
     model: HubPin | None = None
     smoke: dict[str, Scalar] = {}
     tags: list[StrictStr] = []
+    source: list[SourceRun] = Field([], max_length=10_000, description="the published runs it was imported from")
 
     @field_validator("name")
     @classmethod

@@ -209,6 +209,33 @@ def test_index_is_incremental_and_compacts_finished_runs(store: LocalStore) -> N
     assert late["status"] == "completed" and late["metrics_part"]
 
 
+def test_index_reads_no_link_and_no_special_file(store: LocalStore, tmp_path: Path) -> None:
+    """A metrics file or record that is a symlink (to a file the run does not own) or a FIFO is
+    neither followed nor waited on: the run is indexed without metrics, or left out."""
+    outside = tmp_path / "outside.parquet"
+    pq.write_table(
+        pa.table({"run_id": ["linked"], "name": [METRIC], "step": [1], "value": [1e9], "wall_time": [0.0]}), outside
+    )
+    add_run(store, "linked", "dqn-a", {"env_id": "CartPole-v1"}, 7, np.arange(20.0))
+    (store.run_dir("linked") / "metrics.parquet").unlink()
+    (store.run_dir("linked") / "metrics.parquet").symlink_to(outside)
+    add_run(store, "fifo", "dqn-a", {"env_id": "CartPole-v1"}, 8, np.arange(20.0))
+    (store.run_dir("fifo") / "metrics.parquet").unlink()
+    os.mkfifo(store.run_dir("fifo") / "metrics.parquet")
+    add_run(store, "recordlink", "dqn-a", {"env_id": "CartPole-v1"}, 9, np.arange(20.0))
+    (tmp_path / "record.json").write_bytes((store.run_dir("recordlink") / "record.json").read_bytes())
+    (store.run_dir("recordlink") / "record.json").unlink()
+    (store.run_dir("recordlink") / "record.json").symlink_to(tmp_path / "record.json")
+    index = run_index.refresh_index(store)
+    rows = {r["run_id"]: r for r in index.to_pylist()}
+    assert "recordlink" not in rows and len(rows) == 14
+    assert rows["linked"]["metrics_part"] is None and rows["fifo"]["metrics_part"] is None
+    finals = run_index.final_values(store, index, METRIC, last_n=10)
+    assert "linked" not in finals and "fifo" not in finals and len(finals) == 12
+    assert "linked" not in run_index.metric_series(store, index, METRIC)
+    assert max(finals.values()) < 1e9
+
+
 def test_ctrl_c_while_compacting_leaves_no_part_file_behind(store: LocalStore, monkeypatch) -> None:
     """Ctrl-C lands after the COPY wrote the temporary part and before its rename: the temporary
     file goes, the index stays unwritten, and the next refresh compacts as if nothing happened."""

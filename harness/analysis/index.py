@@ -5,18 +5,24 @@ store keeps ``<store>/index.parquet``: one row per run (run_id, name, seed, para
 status, started_at, duration_s, tags, primary_metric, smoke, budget: the params the manifest's
 ``smoke`` changes, as JSON), refreshed incrementally: a record is
 re-read only when its record.json changed (size or mtime) since the index was written.
-Metric values of finished runs are also compacted into ``<store>/metrics/part-*.parquet``
-(a cache: each run's own metrics.parquet stays the checksummed truth), because DuckDB pays
-about half a millisecond per file opened: 25,000 per-run files cost over 10 s, a few parts
-well under one (benchmarks/bench_analysis.py measures both). A part also holds ``back``, a
-point's position from the end of its series, so "mean of the last N points" reads only N rows
-per run. Runs still running are read from their own files.
+The tails of finished runs' metrics are also compacted into ``<store>/metrics/tail-*.parquet``
+(a cache: each run's own metrics.parquet stays the checksummed truth): per (run, metric), the
+last TAIL_POINTS points by step, with ``back``, a point's position from the end of its series.
+DuckDB pays a few tenths of a millisecond per file opened, so final scores and metric names of
+25,000 runs come from a few parts instead of 25,000 files (benchmarks/bench_analysis.py measures
+both). Curves (every point) and runs still running are read from the runs' own files.
+
+Every record and metrics file is opened without following links and checked on its descriptor
+(``harness.util.safefs``); DuckDB is handed ``/proc/self/fd/N`` of the checked descriptor, never a
+path it would resolve itself.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -28,13 +34,17 @@ import pyarrow.parquet as pq
 from harness.errors import HarnessError, StoreError
 from harness.store.layout import METRICS_PARQUET
 from harness.store.layout import RECORD as RECORD_NAME
-from harness.store.local import LocalStore, read_record
+from harness.store.local import LocalStore
 from harness.store.record import FINAL_STATUSES
 from harness.util.fsutil import write_table_atomic
+from harness.util.safefs import MAX_RECORD_BYTES, UnsafeFile, open_dir, open_in, read_in
 
 INDEX_NAME = "index.parquet"
 PARTS_DIR = "metrics"
-PART_RUNS = 5000  # runs per compacted part: bounds the memory of one compaction
+PART_PREFIX = "tail-"  # earlier layouts (part-*: full copies) are compacted again
+PART_RUNS = 5000  # runs per compacted part (fewer when the descriptor limit is low)
+TAIL_POINTS = 100  # points per (run, metric) kept in a part's tail: final scores over up to this many
+FD_DIR = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
 STALE_PART_S = 3600  # unreferenced parts older than this are removed (younger: a refresh in flight)
 INDEX_SCHEMA = pa.schema(
     [
@@ -59,20 +69,37 @@ def _stamp(stat: os.stat_result) -> str:
     return f"{stat.st_mtime_ns}:{stat.st_size}"
 
 
+def _read_record(runs_fd: int, run_id: str) -> tuple[dict[str, Any], str] | None:
+    """A run's record and its stamp, read without following links (None: not a readable record)."""
+    try:
+        data, info = read_in(runs_fd, (run_id, RECORD_NAME), MAX_RECORD_BYTES)
+        record = json.loads(data)
+    except (UnsafeFile, OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("run_id"), str):
+        return None
+    return record, _stamp(info)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _row(record: dict[str, Any], stamp: str) -> dict[str, Any]:
     seed = record.get("seed")
     duration = record.get("duration_s")
+    tags = record.get("tags")
     budget = record.get("budget")
     return {
         "run_id": str(record["run_id"]),
-        "name": record.get("name"),
-        "seed": int(seed) if isinstance(seed, (int, float)) else None,
+        "name": _text(record.get("name")),
+        "seed": int(seed) if isinstance(seed, (int, float)) and math.isfinite(seed) else None,
         "params": json.dumps(record.get("params") or {}, sort_keys=True, default=str),
-        "status": record.get("status"),
-        "started_at": record.get("started_at"),
+        "status": _text(record.get("status")),
+        "started_at": _text(record.get("started_at")),
         "duration_s": float(duration) if isinstance(duration, (int, float)) else None,
-        "tags": [str(t) for t in record.get("tags") or []],
-        "primary_metric": record.get("primary_metric"),
+        "tags": [str(t) for t in tags] if isinstance(tags, list) else [],
+        "primary_metric": _text(record.get("primary_metric")),
         "smoke": bool(record.get("smoke")),
         "budget": json.dumps(budget, sort_keys=True, default=str) if isinstance(budget, dict) else None,
         "record_stamp": stamp,
@@ -90,29 +117,75 @@ def _duckdb_error(exc: Exception) -> StoreError:
     return StoreError(f"cannot read metrics: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
 
-def _compact(store: LocalStore, run_ids: list[str]) -> str:
-    """Copy these runs' metrics into one new part file; its name."""
+def _fd_budget() -> int:
+    """Files held open at once for one DuckDB query: well inside the process's descriptor limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return PART_RUNS if soft == resource.RLIM_INFINITY else max(16, min(PART_RUNS, soft // 2))
+
+
+class _OpenFiles:
+    """Metric files opened without following links and checked on their descriptors, named for
+    DuckDB by ``/proc/self/fd/N``: DuckDB reads exactly the regular file that was checked, never
+    what a path might point at by the time it opens it. Closed on exit."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def open(self, dir_fd: int, names: tuple[str, ...]) -> str | None:
+        """The DuckDB path of ``dir_fd/names...``; None when it is missing or not a safe regular file."""
+        try:
+            fd, _ = open_in(dir_fd, names)
+        except (UnsafeFile, OSError):
+            return None
+        self.fds.append(fd)
+        return f"{FD_DIR}/{fd}"
+
+    def __enter__(self) -> _OpenFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def _compact(store: LocalStore, runs_fd: int, run_ids: list[str]) -> tuple[str | None, set[str]]:
+    """Write the tails of these runs' metrics into one new part; its name and the runs it holds.
+
+    A part holds, per (run, metric), the last TAIL_POINTS points by step, numbered by ``back``
+    (1 = the last), found with DuckDB's top-N aggregate: no sort, and a tenth of the points
+    written (a full sorted copy of 25,000 runs' points cost several times the scan itself)."""
     parts = store.root / PARTS_DIR
     parts.mkdir(exist_ok=True)
-    name = f"part-{time.time_ns():x}-{os.getpid()}.parquet"
+    name = f"{PART_PREFIX}{time.time_ns():x}-{os.getpid()}.parquet"
     tmp = parts / f".{name}.tmp"
-    files = [str(store.run_dir(r) / METRICS_PARQUET) for r in run_ids]
-    query = """
-        COPY (
-            SELECT run_id, name, step, value, wall_time,
-                   row_number() OVER (PARTITION BY run_id, name ORDER BY step DESC) AS back
-            FROM read_parquet(?) ORDER BY run_id, name, step
-        ) TO '{tmp}' (FORMAT parquet)
-    """
+    held: set[str] = set()
     try:
-        with _connect() as con:
-            con.execute(query.format(tmp=str(tmp).replace("'", "''")), [files])
+        with _OpenFiles() as files, _connect() as con:
+            paths = []
+            for run_id in run_ids:
+                path = files.open(runs_fd, (run_id, METRICS_PARQUET))
+                if path is not None:
+                    paths.append(path)
+                    held.add(run_id)
+            if not paths:
+                return None, held
+            con.execute(
+                "COPY (SELECT run_id, name, unnest(range(1, len(t) + 1)) AS back, unnest(t) AS value FROM "
+                f"(SELECT run_id, name, max_by(value, step, {TAIL_POINTS}) AS t FROM read_parquet(?) "
+                f"GROUP BY run_id, name)) TO {_sql_text(tmp)} (FORMAT parquet)",
+                [paths],
+            )
         os.replace(tmp, parts / name)
     except Exception as exc:
         raise _duckdb_error(exc) from exc
     finally:  # also on Ctrl-C, which is no Exception: nothing else removes a half-written part
         tmp.unlink(missing_ok=True)
-    return name
+    return name, held
+
+
+def _sql_text(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _remove_unreferenced_parts(store: LocalStore, referenced: set[str]) -> None:
@@ -120,9 +193,68 @@ def _remove_unreferenced_parts(store: LocalStore, referenced: set[str]) -> None:
     if not parts.is_dir():
         return
     now = time.time()
-    for path in parts.glob("part-*.parquet"):
+    for path in parts.glob("*.parquet"):
         if path.name not in referenced and now - path.stat().st_mtime > STALE_PART_S:
             path.unlink(missing_ok=True)
+
+
+def _load_index(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    try:
+        old = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid):
+        return {}  # a damaged index is rebuilt from the records
+    if not old.schema.equals(INDEX_SCHEMA):
+        return {}
+    return {row["run_id"]: row for row in old.to_pylist()}
+
+
+def _scan_records(store: LocalStore, known: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """Index rows of every readable record (cached rows where the record is unchanged); whether
+    any row is new or changed."""
+    rows: list[dict[str, Any]] = []
+    changed = False
+    try:
+        runs_fd = open_dir(store.runs_dir)
+    except UnsafeFile:
+        return rows, False
+    try:
+        with os.scandir(runs_fd) as entries:
+            for entry in entries:
+                run_id = entry.name
+                if run_id.startswith("."):
+                    continue
+                cached = known.get(run_id)
+                if cached is not None:
+                    try:
+                        info = os.stat(f"{run_id}/{RECORD_NAME}", dir_fd=runs_fd, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if cached["record_stamp"] == _stamp(info):
+                        rows.append(cached)
+                        continue
+                found = _read_record(runs_fd, run_id)
+                if found is not None:
+                    rows.append(_row(*found))
+                    changed = True
+    finally:
+        os.close(runs_fd)
+    return rows, changed
+
+
+def _parts_present(store: LocalStore, rows: list[dict[str, Any]]) -> None:
+    """Forget a row's part when it is gone or of an older layout (the run is compacted again)."""
+    parts = store.root / PARTS_DIR
+    present: dict[str, bool] = {}
+    for row in rows:
+        part = row["metrics_part"]
+        if part is None:
+            continue
+        if part not in present:
+            present[part] = part.startswith(PART_PREFIX) and (parts / part).is_file()
+        if not present[part]:
+            row["metrics_part"] = None
 
 
 def refresh_index(store: LocalStore, compact: bool = True) -> pa.Table:
@@ -131,51 +263,28 @@ def refresh_index(store: LocalStore, compact: bool = True) -> pa.Table:
     With ``compact``, finished runs not yet in a metrics part are compacted into new parts.
     """
     path = store.root / INDEX_NAME
-    known: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        try:
-            old = pq.read_table(path)
-            if old.schema.equals(INDEX_SCHEMA):
-                known = {row["run_id"]: row for row in old.to_pylist()}
-        except (OSError, pa.ArrowInvalid):
-            known = {}  # a damaged index is rebuilt from the records
-    rows: list[dict[str, Any]] = []
-    changed = False
-    if store.runs_dir.is_dir():
-        with os.scandir(store.runs_dir) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    stamp = _stamp(os.stat(Path(entry.path) / RECORD_NAME))
-                except OSError:
-                    continue
-                cached = known.get(entry.name)
-                if cached is not None and cached["record_stamp"] == stamp:
-                    rows.append(cached)
-                    continue
-                try:
-                    record = dict(read_record(Path(entry.path) / RECORD_NAME))
-                except StoreError:
-                    continue
-                rows.append(_row(record, stamp))
-                changed = True
+    known = _load_index(path)
+    rows, changed = _scan_records(store, known) if store.runs_dir.is_dir() else ([], False)
     changed = changed or len(rows) != len(known)
     rows.sort(key=lambda r: r["run_id"])
     if compact and store.root.is_dir():
-        pending = [
-            r
-            for r in rows
-            if r["metrics_part"] is None
-            and r["status"] in FINAL_STATUSES
-            and (store.run_dir(r["run_id"]) / METRICS_PARQUET).is_file()
-        ]
-        for start in range(0, len(pending), PART_RUNS):
-            batch = pending[start : start + PART_RUNS]
-            part = _compact(store, [r["run_id"] for r in batch])
-            for r in batch:
-                r["metrics_part"] = part
-            changed = True
+        before = [r["metrics_part"] for r in rows]
+        _parts_present(store, rows)
+        changed = changed or before != [r["metrics_part"] for r in rows]
+        pending = [r for r in rows if r["metrics_part"] is None and r["status"] in FINAL_STATUSES]
+        if pending:
+            runs_fd = open_dir(store.runs_dir)
+            try:
+                size = _fd_budget()
+                for start in range(0, len(pending), size):
+                    batch = pending[start : start + size]
+                    part, held = _compact(store, runs_fd, [r["run_id"] for r in batch])
+                    for r in batch:
+                        if r["run_id"] in held:
+                            r["metrics_part"] = part
+                            changed = True
+            finally:
+                os.close(runs_fd)
     table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
     if changed and store.root.is_dir():
         write_table_atomic(table, path)
@@ -183,57 +292,90 @@ def refresh_index(store: LocalStore, compact: bool = True) -> pa.Table:
     return table
 
 
-def _sources(store: LocalStore, runs: pa.Table) -> tuple[pa.Table, list[str]]:
-    """Split selected runs into (run_id, part path) pairs for compacted ones and per-run files."""
-    compacted_ids: list[str] = []
-    compacted_parts: list[str] = []
-    files: list[str] = []
-    parts_dir = store.root / PARTS_DIR
-    present: dict[str, bool] = {}
-    for run_id, part in zip(runs.column("run_id").to_pylist(), runs.column("metrics_part").to_pylist()):
-        if part and part not in present:
-            present[part] = (parts_dir / part).is_file()
-        if part and present[part]:
-            compacted_ids.append(run_id)
-            compacted_parts.append(str(parts_dir / part))
-        else:
-            path = store.run_dir(run_id) / METRICS_PARQUET
-            if path.is_file():
-                files.append(str(path))
-    wanted = pa.table({"run_id": compacted_ids, "part": compacted_parts})
-    return wanted, files
+def _concat(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    results = [r for r in results if r]
+    if len(results) <= 1:
+        return results[0] if results else {}
+    return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
 
 
 def _run_query(
-    store: LocalStore, runs: pa.Table, part_sql: str, file_sql: str, params: list[Any]
+    store: LocalStore,
+    runs: pa.Table,
+    part_sql: str | None,
+    file_sql: str,
+    params: list[Any],
+    file_params: list[Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run a query over the compacted parts (``part_sql``) and the per-run files (``file_sql``).
-
-    Both are SELECTs over a relation called ``src``; their results are concatenated.
-    """
-    wanted, files = _sources(store, runs)
-    selects: list[str] = []
-    arguments: list[Any] = []
-    if wanted.num_rows:
-        parts = sorted(set(wanted.column("part").to_pylist()))
-        selects.append(
-            "SELECT * FROM (WITH src AS (SELECT m.* FROM read_parquet(?, filename = true) m "
-            "JOIN wanted w ON m.run_id = w.run_id AND m.filename = w.part) " + part_sql + ")"
-        )
-        arguments += [parts, *params]
-    if files:
-        selects.append("SELECT * FROM (WITH src AS (SELECT * FROM read_parquet(?)) " + file_sql + ")")
-        arguments += [files, *params]
-    if not selects:
-        return {}
+    """Run a query over the compacted parts (``part_sql``; None: the question needs every point,
+    read from the per-run files) and the per-run files (``file_sql``); each is a SELECT over a
+    relation called ``src``, and its result rows per run depend only on that run's points (the
+    per-run files are read in batches)."""
+    parts_dir = store.root / PARTS_DIR
+    results: list[dict[str, np.ndarray]] = []
+    compacted: dict[str, list[str]] = {}
+    loose: list[str] = []
+    for run_id, part in zip(runs.column("run_id").to_pylist(), runs.column("metrics_part").to_pylist()):
+        if part and part_sql is not None:
+            compacted.setdefault(part, []).append(run_id)
+        else:
+            loose.append(run_id)
+    parts_fd: int | None = None
     try:
-        with _connect() as con:
-            con.register("wanted", wanted)
-            return con.execute(" UNION ALL ".join(selects), arguments).fetchnumpy()
+        if compacted:
+            try:
+                parts_fd = open_dir(parts_dir)
+            except UnsafeFile:
+                parts_fd = None
+            with _OpenFiles() as files:
+                wanted_ids: list[str] = []
+                wanted_paths: list[str] = []
+                for part, ids in compacted.items():
+                    opened = files.open(parts_fd, (part,)) if parts_fd is not None else None
+                    if opened is None:
+                        loose += ids  # a part removed since the index was read
+                        continue
+                    wanted_ids += ids
+                    wanted_paths += [opened] * len(ids)
+                if wanted_ids and part_sql is not None:
+                    wanted = pa.table({"run_id": wanted_ids, "part": wanted_paths})
+                    with _connect() as con:
+                        con.register("wanted", wanted)
+                        results.append(
+                            con.execute(
+                                "WITH src AS (SELECT m.* EXCLUDE (filename) FROM read_parquet(?, filename = true) m "
+                                "JOIN wanted w ON m.run_id = w.run_id AND m.filename = w.part) " + part_sql,
+                                [sorted(set(wanted_paths)), *params],
+                            ).fetchnumpy()
+                        )
+        if loose:
+            runs_fd = open_dir(store.runs_dir)
+            try:
+                size = _fd_budget()
+                for start in range(0, len(loose), size):
+                    with _OpenFiles() as files:
+                        paths = [files.open(runs_fd, (r, METRICS_PARQUET)) for r in loose[start : start + size]]
+                        present = [p for p in paths if p is not None]
+                        if present:
+                            with _connect() as con:
+                                results.append(
+                                    con.execute(
+                                        "WITH src AS (SELECT * FROM read_parquet(?)) " + file_sql,
+                                        [present, *(params if file_params is None else file_params)],
+                                    ).fetchnumpy()
+                                )
+            finally:
+                os.close(runs_fd)
     except HarnessError:
         raise
+    except UnsafeFile as exc:
+        raise StoreError(f"cannot read metrics: {exc}") from None
     except Exception as exc:  # duckdb's own IOException, InvalidInputException, ...
         raise _duckdb_error(exc) from exc
+    finally:
+        if parts_fd is not None:
+            os.close(parts_fd)
+    return _concat(results)
 
 
 def metric_names(store: LocalStore, runs: pa.Table) -> list[str]:
@@ -247,12 +389,14 @@ def final_values(store: LocalStore, runs: pa.Table, metric: str, last_n: int = 1
     """Per run, the mean of the last ``last_n`` points (by step) of ``metric``; runs without it are absent."""
     if last_n < 1:
         raise HarnessError(f"--last must be at least 1, got {last_n}")
-    part_sql = "SELECT run_id, avg(value) AS final FROM src WHERE name = ? AND back <= ? GROUP BY run_id"
-    file_sql = (
-        "SELECT run_id, avg(value) AS final FROM (SELECT run_id, value, row_number() OVER "
-        "(PARTITION BY run_id ORDER BY step DESC) AS back FROM src WHERE name = ?) WHERE back <= ? GROUP BY run_id"
+    top = (
+        f"SELECT run_id, list_avg(max_by(value, step, {int(last_n)})) AS final FROM src WHERE name = ? GROUP BY run_id"
     )
-    result = _run_query(store, runs, part_sql, file_sql, [metric, last_n])
+    if last_n <= TAIL_POINTS:
+        tail = "SELECT run_id, avg(value) AS final FROM src WHERE name = ? AND back <= ? GROUP BY run_id"
+        result = _run_query(store, runs, tail, top, [metric, last_n], file_params=[metric])
+    else:
+        result = _run_query(store, runs, None, top, [metric])
     if not result:
         return {}
     return dict(zip(result["run_id"].tolist(), result["final"].astype(float).tolist()))
@@ -265,7 +409,7 @@ def metric_series(
     if x not in ("step", "wall_time"):
         raise HarnessError(f"x axis must be step or wall_time, not {x!r}")
     sql = f"SELECT run_id, CAST({x} AS DOUBLE) AS x, value FROM src WHERE name = ?"
-    result = _run_query(store, runs, sql, sql, [metric])
+    result = _run_query(store, runs, None, sql, [metric])
     series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if not result or len(result["run_id"]) == 0:
         return series

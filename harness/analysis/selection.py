@@ -100,7 +100,7 @@ def select_runs(store: LocalStore, terms: Sequence[str], notes: list[str] | None
         hub_ids = (hub_ids or set()) | _pull_hub(store, repo)
     index = refresh_index(store)
     rows = index.to_pylist()
-    statuses = grouped.get("status") or ["completed"]
+    statuses = grouped.get("status") or ["completed", "imported"]
 
     def keep(row: dict[str, Any]) -> bool:
         if hub_ids is not None and row["run_id"] not in hub_ids:

@@ -20,12 +20,9 @@ class CaptureSession:
     once it has ended (the tables are then on disk)."""
 
     def __init__(self, run_id: str, layout: RunLayout, metrics: MetricsSpec):
-        from harness.capture.metrics import MetricsIngester
-
         self.layout = layout
-        self.ingester = MetricsIngester(
-            run_id, layout.out, layout.tensorboard(metrics.tensorboard), spool_dir=layout.metrics_spool
-        )
+        self.tensorboard = layout.tensorboard(metrics.tensorboard)
+        self._ingester: Any = None
         self.interval = float(metrics.system_interval)
         self.summary_last_n = metrics.summary_last_n
         self.run_id = run_id
@@ -33,9 +30,26 @@ class CaptureSession:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="harness-ingest", daemon=True)
 
+    @property
+    def ingester(self) -> Any:
+        """The run's MetricsIngester, made on first use: its table libraries load once the job has
+        started (while the engine starts the container), not before."""
+        return self._make_ingester()
+
+    def _make_ingester(self) -> Any:
+        if self._ingester is None:
+            from harness.capture.metrics import MetricsIngester
+
+            self._ingester = MetricsIngester(
+                self.run_id, self.layout.out, self.tensorboard, spool_dir=self.layout.metrics_spool
+            )
+        return self._ingester
+
     def start(self, container: Any = None, pid: int | None = None, gpus: int = 0) -> None:
         """Sample the container (or the process tree of ``pid``) and ingest metrics until ``finish``."""
         from harness.capture.system import SystemSampler
+
+        self._make_ingester()  # here, in the caller's thread, before the ingest thread reads it
 
         self.sampler = SystemSampler(
             self.run_id,

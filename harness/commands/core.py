@@ -118,19 +118,30 @@ def image() -> None:
     """Base images."""
 
 
-@image.command("bootstrap", epilog=examples("harness image bootstrap", "harness image bootstrap --force"))
-@click.option("--name", default="harness/base:bookworm", show_default=True)
-@click.option("--suite", default="bookworm", show_default=True)
+@image.command(
+    "bootstrap",
+    epilog=examples(
+        "harness image bootstrap", "harness image bootstrap --force", "harness image bootstrap --suite bullseye"
+    ),
+)
+@click.option("--name", help="image name [default: harness/base:<suite>]")
+@click.option(
+    "--suite",
+    default="bookworm",
+    show_default=True,
+    help="Debian release: bookworm (Python 3.11), or bullseye (Python 3.9, for imported CleanRL runs)",
+)
 @click.option("--force", is_flag=True, help="Rebuild even when the image exists.")
 @click.option(
     "--tarball",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Keep the root file system here; import it instead of running mmdebstrap when it exists (CI caches it).",
 )
-def bootstrap(name: str, suite: str, force: bool, tarball: Path | None) -> None:
+def bootstrap(name: str | None, suite: str, force: bool, tarball: Path | None) -> None:
     """Make the base image from Debian packages (mmdebstrap), for hosts without a registry."""
     from harness.images.build import bootstrap_base
 
+    name = name or f"harness/base:{suite}"
     with terminal.status(f"bootstrapping {name} from Debian {suite}") as shown:
         info = bootstrap_base(name, suite, force=force, log=shown.update, tarball=tarball)
     click.echo(f"{name}: {info.id} ({len(info.packages)} Debian packages){' (exists)' if info.cached else ''}")
@@ -589,7 +600,11 @@ def _list(value: Any) -> list:
 
 
 def _status_text(status: Any) -> str:
-    colour = {"completed": "green", "running": "cyan"}.get(status, "red") if isinstance(status, str) else "red"
+    colour = (
+        {"completed": "green", "imported": "blue", "running": "cyan"}.get(status, "red")
+        if isinstance(status, str)
+        else "red"
+    )
     return f"[{colour}]{_text(status, 40)}[/{colour}]"
 
 

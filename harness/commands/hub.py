@@ -10,7 +10,7 @@ import click
 
 from harness.commands.options import endpoint_option, json_option, runtime_option
 from harness.commands.output import emit_json, examples
-from harness.commands.runids import RUN_ID_OR_HUB, complete_repos, complete_run_ids
+from harness.commands.runids import RUN_ID_OR_HUB_OR_IMPORTED, complete_repos, complete_run_ids
 
 trust_option = click.option(
     "--trust",
@@ -241,9 +241,11 @@ def _image_line(result: Any) -> str:
         "harness reproduce dqn-cartpole-3f2a --out repro/ --json",
         "harness reproduce dqn-cartpole-3f2a --rebuild",
         "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --seeds 5 --new-seeds",
+        "harness reproduce cartpole-v1-dqn          # a group brought in by harness import",
+        "harness reproduce cleanrl/CartPole-v1-dqn-seed1 --seeds 5",
     )
 )
-@click.argument("target", type=RUN_ID_OR_HUB)
+@click.argument("target", type=RUN_ID_OR_HUB_OR_IMPORTED)
 @endpoint_option
 @click.option("--revision", help="Hub revision to pull the original from (default: main)")
 @click.option(
@@ -286,7 +288,8 @@ def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per opti
     as_json: bool,
 ) -> None:
     """Re-run org/name/<run_id> (or a local run id) from its own record over seeds and give the
-    verdict against the published runs of its configuration.
+    verdict against the published runs of its configuration. An imported group (`harness import`)
+    is named by its name or by one of its seed repos, org/name.
 
     Exit status 0: identical or consistent; 1: diverged; 2: bad input; 3: inconclusive (the
     verdict says how many seeds per side would settle it).
@@ -320,6 +323,15 @@ def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per opti
             _print_seeds(result)
         for line in result.verdict.lines():
             click.echo(line)
+        if result.published_evaluation:
+            shown = ", ".join(
+                f"seed {row['seed']}: {row.get('eval/mean_reward')} +/- {row.get('eval/std_reward')}"
+                for row in result.published_evaluation
+            )
+            click.echo(
+                f"published final evaluation (the card's mean_reward, not part of the verdict: the "
+                f"reproduction runs no evaluation): {shown}"
+            )
         click.echo(f"figure: {result.figure or 'none (the reproduction did not complete)'}")
         click.echo(f"verdict.json: {result.verdict_path}")
         if result.published_commit is not None:

@@ -95,13 +95,18 @@ class RunIdType(click.ParamType):
 
     name = "run_id"
 
-    def __init__(self, allow_hub: bool = False):
+    def __init__(self, allow_hub: bool = False, allow_imported: bool = False):
         self.allow_hub = allow_hub
+        self.allow_imported = allow_imported
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:  # noqa: ARG002 — Click's ParamType signature
         text = str(value)
         if self.allow_hub and "/" in text:
             return text
+        if self.allow_imported and any(
+            r.get("status") == "imported" and r.get("name") == text for r in LocalStore().records()
+        ):
+            return text  # an imported group's name (harness import)
         # A StoreError (not click's BadParameter) so that the CLI prints one line and exits 2.
         return resolve_run_id(LocalStore(), text)
 
@@ -113,6 +118,7 @@ class RunIdType(click.ParamType):
 
 RUN_ID = RunIdType()
 RUN_ID_OR_HUB = RunIdType(allow_hub=True)
+RUN_ID_OR_HUB_OR_IMPORTED = RunIdType(allow_hub=True, allow_imported=True)
 
 
 def expand_selection(store: LocalStore, terms: tuple[str, ...] | list[str]) -> list[str]:

@@ -171,11 +171,18 @@ def wheel_cache_dir() -> Path:
     return cache_root() / "wheels"
 
 
-def wheel_download_command(requirements: Path, target: Path, indexes: Sequence[PackageIndex] = ()) -> list[str]:
+# the Linux x86_64 wheels an image's glibc (Debian bullseye's is 2.31) can load, newest first
+TARGET_PLATFORMS = ("manylinux_2_31_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
+
+
+def wheel_download_command(
+    requirements: Path, target: Path, indexes: Sequence[PackageIndex] = (), python: str | None = None
+) -> list[str]:
     """The ``pip download`` argv for locked requirements: pip's own configuration, plus ``indexes``.
 
     ``requirements`` holds only ``name==version --hash=…`` lines, so the indexes pip asks are
-    those of its configuration (PyPI when there is none) and the ones given here, nothing else."""
+    those of its configuration (PyPI when there is none) and the ones given here, nothing else.
+    ``python`` (e.g. ``3.9``): wheels for that CPython on Linux x86_64 instead of the host's."""
     cmd = [
         sys.executable,
         "-m",
@@ -189,16 +196,22 @@ def wheel_download_command(requirements: Path, target: Path, indexes: Sequence[P
         "-d",
         str(target),
     ]
+    if python is not None:
+        cmd += ["--only-binary=:all:", "--implementation", "cp", "--python-version", python]
+        for platform in TARGET_PLATFORMS:
+            cmd += ["--platform", platform]
     for index in indexes:
         cmd += index.as_args()
     return cmd
 
 
-def wheel_download_commands(requirements: Path, target: Path, indexes: Sequence[PackageIndex]) -> list[list[str]]:
+def wheel_download_commands(
+    requirements: Path, target: Path, indexes: Sequence[PackageIndex], python: str | None = None
+) -> list[list[str]]:
     """The download attempts, in order: pip's configuration alone, then with the lockfile's indexes."""
-    attempts = [wheel_download_command(requirements, target)]
+    attempts = [wheel_download_command(requirements, target, python=python)]
     if indexes:
-        attempts.append(wheel_download_command(requirements, target, indexes))
+        attempts.append(wheel_download_command(requirements, target, indexes, python))
     return attempts
 
 
@@ -210,7 +223,7 @@ def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
     CPU build of torch is on PyTorch's index, never on PyPI). Asking the user's configuration
     first keeps a build fast where a local mirror has everything and the named index is slow or
     unreachable."""
-    from harness.lockfile import read_lockfile
+    from harness.lockfile import lockfile_python, read_lockfile
 
     key = hashlib.sha256(lockfile.read_bytes()).hexdigest()[:16]
     target = wheel_cache_dir() / key
@@ -228,7 +241,7 @@ def download_locked_wheels(lockfile: Path, log: Callable[[str], None]) -> Path:
             "".join(f"{r.name}=={r.version} " + " ".join(f"--hash={h}" for h in r.hashes) + "\n" for r in requirements),
             encoding="utf-8",
         )
-        for number, cmd in enumerate(wheel_download_commands(plain, target, indexes), 1):
+        for number, cmd in enumerate(wheel_download_commands(plain, target, indexes, lockfile_python(lockfile)), 1):
             if number > 1:
                 log("pip's configuration lacks a locked package; again with " + ", ".join(i.url for i in indexes))
             result = subprocess.run(cmd, capture_output=True, text=True)
@@ -335,10 +348,17 @@ def build_image(
     import time
 
     base_ids: dict[str, str] = {}
-    for base in base_images(build_dir / "Dockerfile"):
+    for base in dict.fromkeys(base_images(build_dir / "Dockerfile")):  # a multi-stage recipe names it twice
         base_id = engine_image_id(base)
         if base_id is None:
-            hint = "run `harness image bootstrap`" if base == BASE_IMAGE else f"load or pull {base} first"
+            suite = base.removeprefix("harness/base:")
+            hint = (
+                "run `harness image bootstrap`"
+                if base == BASE_IMAGE
+                else f"run `harness image bootstrap --suite {suite}`"
+                if base == f"harness/base:{suite}" and suite.isalpha()
+                else f"load or pull {base} first"
+            )
             raise EngineError(f"{build_dir / 'Dockerfile'}: base image {base} is not in the engine: {hint}")
         base_ids[base] = base_id
     reproducible = reproducible or check is not None

@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import EngineError
 from harness.images.build import ImageInfo, build_image, resolve_ref
-from harness.images.podman import podman_resolve_ref, transfer_from_docker
 from harness.runtime.engine import docker_client
-from harness.runtime.podman import podman_api
 
 if TYPE_CHECKING:
     from harness.manifest import LoadedManifest
@@ -89,6 +87,10 @@ def prepare_podman_image(
     with _prepared_lock:
         if key in _prepared_podman and not force_build:
             return _prepared_podman[key]
+    # only a Podman run loads these (the registry client brings urllib.request and http.client)
+    from harness.images.podman import podman_resolve_ref, transfer_from_docker
+    from harness.runtime.podman import podman_api
+
     api = podman_api()
     ref = loaded.manifest.image.ref
     if ref:

@@ -103,14 +103,17 @@ def _get(record: Record, *path: str) -> Any:
 
 
 def _pairs(items: Any, separator: str) -> dict[str, str] | None:
-    """``name<sep>version`` strings -> {lower-case name: version}; None when not recorded."""
+    """``name<sep>version`` strings -> {lower-case name: version}; None when not recorded. Python
+    names are compared as PEP 503 spells them (pip lists ``typing_extensions``, a lock
+    ``typing-extensions``)."""
     if not isinstance(items, list):
         return None
     found: dict[str, str] = {}
     for item in items:
         if isinstance(item, str) and separator in item:
             name, version = item.split(separator, 1)
-            found[name.strip().lower()] = version.strip()
+            name = name.strip().lower()
+            found[re.sub(r"[-_.]+", "-", name) if separator == "==" else name] = version.strip()
     return found
 
 

@@ -395,7 +395,7 @@ GROUP_FIELDS = ("name", "manifest_sha256", "lockfile_sha256", "params", "smoke")
 
 
 def published_group(records: Sequence[Mapping[str, Any]], target: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The completed original runs of ``target``'s configuration (one per seed, ``target``'s first),
+    """The completed (or imported) original runs of ``target``'s configuration (one per seed, ``target``'s first),
     out of ``records`` (e.g. every run pulled from a repo): same manifest, lockfile, params and
     smoke flag, and the same image recipe (the workload's code lives there, not in the manifest);
     reproductions (``reproduces`` set) left out."""
@@ -409,7 +409,7 @@ def published_group(records: Sequence[Mapping[str, Any]], target: Mapping[str, A
     for record in records:
         if (
             key(record) == wanted
-            and record.get("status") == "completed"
+            and record.get("status") in ("completed", "imported")
             and not record.get("reproduces")
             and record.get("seed") not in by_seed
         ):

@@ -20,7 +20,7 @@ from harness.reproduce.compare import Difference, Verdict, compare_runs, plot_co
 from harness.reproduce.group_verdict import GroupVerdict, group_verdict, json_safe
 from harness.store.layout import CONTEXT, LOCKFILE, MANIFEST
 from harness.store.local import LocalStore
-from harness.store.record import Record, RunStatus
+from harness.store.record import DONE_STATUSES, Record, RunStatus
 from harness.util.fsutil import write_json_atomic
 from harness.util.safefs import UnsafeFile, copy_beneath
 
@@ -53,6 +53,9 @@ class ReproductionResult:
     published_commit: str | None = None
     image_source: str = "rebuilt"  # rebuilt (from the recipe) | registry (the published image) | ref (the manifest's)
     image_ref: str | None = None  # the registry reference run, for "registry"
+    published_evaluation: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # imported runs: the card's evaluation per seed
     published_image: dict[str, Any] = field(default_factory=dict)  # the original record's image
 
     @property
@@ -108,6 +111,7 @@ class ReproductionResult:
                 **self.image_check,
             },
             "first_difference": None if difference is None else asdict(difference),
+            "published_evaluation": self.published_evaluation,
             "pairs": [
                 {"seed": p.seed, "original": p.original_id, "reproduction": p.reproduction_id, **p.comparison.to_dict()}
                 for p in self.pairs
@@ -184,6 +188,26 @@ def stage_project(run_dir: Path, workdir: Path) -> Path:
     return manifest_path
 
 
+def imported_original(store: LocalStore, target: str) -> Record | None:
+    """The imported run ``target`` names (harness import): a seed repo ``org/name`` or a group's
+    name (its lowest seed); None when it names none."""
+    imported = [r for r in store.records() if r.get("status") == RunStatus.IMPORTED]
+    by_repo = [r for r in imported if (r.get("imported_from") or {}).get("repo") == target]
+    by_name = sorted((r for r in imported if r.get("name") == target), key=lambda r: int(r.get("seed") or 0))
+    found = by_repo or by_name
+    return found[0] if found else None
+
+
+def published_evaluation(group: list[Record]) -> list[dict[str, Any]]:
+    """The publisher's own final evaluation of each imported run of ``group`` (seed, run, metrics)."""
+    rows = []
+    for record in group:
+        evaluation = (record.get("imported_from") or {}).get("evaluation")
+        if isinstance(evaluation, dict) and evaluation:
+            rows.append({"seed": record.get("seed"), "run_id": record.get("run_id"), **evaluation})
+    return rows
+
+
 def original_run(
     store: LocalStore, target: str, endpoint: str | None, revision: str | None, trust_key: Path | None = None
 ) -> tuple[str, str | None]:
@@ -192,6 +216,9 @@ def original_run(
     from harness.store.hub import parse_run_spec
     from harness.store.hub import pull as pull_runs
 
+    imported = imported_original(store, target)
+    if imported is not None:
+        return imported["run_id"], (imported.get("imported_from") or {}).get("repo")
     if "/" not in target:
         record = store.load(target)
         return target, (record.get("pulled_from") or {}).get("repo")
@@ -260,6 +287,8 @@ def original_group(
     from harness.store.hub import pull as pull_runs
 
     source = original.get("pulled_from") or {}
+    if original.get("status") == RunStatus.IMPORTED:
+        target = original["run_id"]  # its group is the imported runs in the local store
     if "/" in target and whole_repo:
         run_ids = pull_runs(
             source["repo"], revision=source.get("revision"), endpoint=endpoint or source.get("endpoint"), store=store
@@ -415,6 +444,7 @@ def reproduce(
         pairs,
         image_source=runs.image_source,
         image_ref=runs.image_ref,
+        published_evaluation=published_evaluation(runs.group),
         published_image=dict(original.get("image") or {}),
     )
     write_json_atomic(result.verdict_path, json_safe(result.to_dict()))
@@ -450,13 +480,14 @@ def _checked_original(store: LocalStore, target: str, options: ReproduceOptions)
         )
     original_id, repo = original_run(store, target, options.endpoint, options.revision, options.trust_key)
     original = store.load(original_id)
-    if options.runtime == "process" and original.get("pulled_from") and not options.trust_code:
-        raise HarnessError(f"run {original_id} was pulled from {repo}: --runtime process needs --trust-code")
-    if options.publish_result and repo is None:
+    downloaded = original.get("pulled_from") or original.get("imported_from")
+    if options.runtime == "process" and downloaded and not options.trust_code:
+        raise HarnessError(f"run {original_id} came from {repo}: --runtime process needs --trust-code")
+    if options.publish_result and (repo is None or original.get("imported_from")):
         raise HarnessError(
-            f"run {original_id} was not pulled from the Hub: publish the reproduction with `harness publish`"
+            f"run {original_id} was not pulled from a harness repo: publish the reproduction with `harness publish`"
         )
-    if original.get("status") != RunStatus.COMPLETED:
+    if original.get("status") not in DONE_STATUSES:
         raise HarnessError(f"run {original_id} is {original.get('status')!r}: only completed runs can be reproduced")
     problems = store.verify(original_id)
     if problems:

@@ -121,13 +121,12 @@ class RunProgress:
         total: int | None,
         started: float | None = None,
     ):
-        from harness.capture.metrics import MetricsIngester
-
         self.run_id = run_id
         self.primary = primary
         self.total = total
         self.started = time.time() if started is None else started
-        self.ingester = MetricsIngester(run_id, layout.out, layout.tensorboard(tensorboard))
+        self._folders = (layout.out, layout.tensorboard(tensorboard))
+        self.ingester: Any = None  # made at the first poll: a run loads its table libraries once started
         self.step: int | None = None
         self.value: float | None = None
         self._value_step = -1
@@ -138,6 +137,10 @@ class RunProgress:
         import pyarrow.compute as pc  # here, not at import: a run loads it while its container starts
 
         now = time.time() if now is None else now
+        if self.ingester is None:
+            from harness.capture.metrics import MetricsIngester
+
+            self.ingester = MetricsIngester(self.run_id, *self._folders)
         self.ingester.poll()
         for table in self.ingester.take_new():
             if table.num_rows == 0:

@@ -15,6 +15,7 @@ import harness
 from harness.errors import EngineError
 from harness.runtime.engine_api import (
     ENGINE_FAULTS,
+    VERSIONS,
     EngineAPI,
     EngineAPIError,
     EngineContainer,
@@ -340,17 +341,14 @@ def kill_orphan(run_id: str, api: EngineAPI | None = None) -> bool:
     return bool(found)
 
 
-_engine_versions: dict[str, str] = {}
-
-
 def engine_version(api: EngineAPI) -> str:
     """The engine's version string, for the record (asked once per engine and process)."""
-    if api.path not in _engine_versions:
+    if api.path not in VERSIONS:  # engine_api() asked it already when it checked the engine
         try:
-            _engine_versions[api.path] = str(api.version().get("Version", "unknown"))
+            VERSIONS[api.path] = api.version()
         except (EngineError, OSError):
             return "unknown"
-    return _engine_versions[api.path]
+    return str(VERSIONS[api.path].get("Version", "unknown"))
 
 
 def run_in_image(api: EngineAPI, image_id: str, command: list[str], timeout: float = 120) -> str:

@@ -191,7 +191,7 @@ def engine_api(timeout: float | None = None) -> EngineAPI:
     api = EngineAPI(path, timeout)
     if (path, api.timeout) not in _answered:  # once per process: a sweep's runs need not ask again
         try:
-            api.version()
+            VERSIONS[path] = api.version()
         except TimeoutError as exc:
             raise EngineError(
                 f"Docker engine at unix://{path} did not answer within {api.timeout:g}s: is it hung? "
@@ -204,6 +204,7 @@ def engine_api(timeout: float | None = None) -> EngineAPI:
 
 
 _answered: set[tuple[str, float]] = set()
+VERSIONS: dict[str, dict[str, Any]] = {}  # each engine's version answer, by socket path (for the record)
 
 
 class EngineContainer:

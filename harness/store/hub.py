@@ -102,20 +102,20 @@ def _api(endpoint: str | None, token: str | None):  # type: ignore[no-untyped-de
 
 
 @contextlib.contextmanager
-def hub_errors(repo: str, endpoint: str) -> Iterator[None]:
+def hub_errors(repo: str, endpoint: str, kind: str = REPO_TYPE) -> Iterator[None]:
     """Turn huggingface_hub and network exceptions into one-line HubErrors (never echoing a token),
     with the client's retries said in one line rather than one per attempt."""
     try:
         with one_line_retries(endpoint):
             yield
     except Exception as exc:
-        message = _hub_error_message(exc, repo, endpoint)
+        message = _hub_error_message(exc, repo, endpoint, kind)
         if message is None:
             raise
         raise HubError(message) from None
 
 
-def _hub_error_message(exc: BaseException, repo: str, endpoint: str) -> str | None:
+def _hub_error_message(exc: BaseException, repo: str, endpoint: str, kind: str = REPO_TYPE) -> str | None:
     """The one line for an exception of the client or the network; None for any other. A wrapper
     that the client raises around the real failure (``RuntimeError: Error while uploading …`` from
     its upload threads) is read through to its cause."""
@@ -129,7 +129,7 @@ def _hub_error_message(exc: BaseException, repo: str, endpoint: str) -> str | No
 
     for _ in range(8):  # a chain of causes is short; a loop of them must not hang
         if isinstance(exc, RepositoryNotFoundError):
-            return f"{endpoint}: no dataset repo {repo} (or it is private and your token cannot read it)"
+            return f"{endpoint}: no {kind} repo {repo} (or it is private and your token cannot read it)"
         if isinstance(exc, RevisionNotFoundError):
             return f"{endpoint}: {repo} has no such revision"
         if isinstance(exc, RemoteEntryNotFoundError):
@@ -471,6 +471,12 @@ def _publishable_records(store: LocalStore, run_ids: list[str]) -> list[Record]:
                 f"{printable(run_id)!r} is not a run id that a pull would accept (letters, digits, '.', '_', '-')"
             )
         record = store.load(run_id)
+        if record.get("status") == "imported":
+            source = record.get("imported_from") or {}
+            raise HubError(
+                f"run {run_id} was imported from {source.get('repo')}: it is that publisher's run, not this "
+                f"harness's; publish a reproduction of it instead (`harness reproduce {record.get('name')}`)"
+            )
         _check_publishable_paths(run_id, record)
         if record.get("status") not in FINAL_STATUSES:
             raise HubError(f"run {run_id} is {record.get('status')!r}: only finished runs can be published")

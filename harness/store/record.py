@@ -30,6 +30,7 @@ class RunStatus(enum.StrEnum):
     ERROR = "error"  # the harness itself failed while finishing the run; detail says why
     NODE_FAIL = "node_fail"
     PREEMPTED = "preempted"
+    IMPORTED = "imported"  # a run another tool published (harness import): read-only, never re-published
 
     def __str__(self) -> str:
         return self.value
@@ -55,8 +56,11 @@ FINAL_STATUSES = frozenset(
         RunStatus.INTERRUPTED,
         RunStatus.CANCELLED,
         RunStatus.ERROR,
+        RunStatus.IMPORTED,
     }
 )
+# the statuses of runs that finished and whose metrics stand as results
+DONE_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.IMPORTED})
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 GROUP_OF_STATUS: dict[RunStatus, str] = {
     RunStatus.QUEUED: QUEUED,
@@ -64,11 +68,19 @@ GROUP_OF_STATUS: dict[RunStatus, str] = {
     RunStatus.REQUEUED: QUEUED,
     RunStatus.RUNNING: RUNNING,
     RunStatus.COMPLETED: DONE,
+    RunStatus.IMPORTED: DONE,
     **{
         status: FAILED
         for status in RunStatus
         if status
-        not in (RunStatus.QUEUED, RunStatus.PENDING, RunStatus.REQUEUED, RunStatus.RUNNING, RunStatus.COMPLETED)
+        not in (
+            RunStatus.QUEUED,
+            RunStatus.PENDING,
+            RunStatus.REQUEUED,
+            RunStatus.RUNNING,
+            RunStatus.COMPLETED,
+            RunStatus.IMPORTED,
+        )
     },
 }
 
@@ -138,6 +150,7 @@ class Record(TypedDict, total=False):
     gpu: dict[str, Any]
     environment: dict[str, Any]
     pulled_from: dict[str, Any]
+    imported_from: dict[str, Any]  # harness import: format, repo, revision, endpoint, every file's hash, dropped flags
     provenance: dict[str, Any]  # the signed in-toto/SLSA statement's DSSE envelope (harness.store.provenance)
     files: dict[str, str]  # posix path -> sha256 of every file but record.json
     skipped_files: list[dict[str, str]]  # {path, reason} of what the checksums left out (links, FIFOs...)
