@@ -189,7 +189,7 @@ def test_a_worker_killed_mid_sweep_loses_no_run(tmp_path: Path, noop_image, ray_
         need("ray", "killing a node's raylet needs root (its network namespace)")
     start = [str(REPO / "scripts" / "start-ray.sh")]
     assert subprocess.run(start, capture_output=True, timeout=600).returncode == 0  # every node up
-    manifest = noop_variant(tmp_path / "project", "seconds: 5,", "seconds: 20,")
+    manifest = noop_variant(tmp_path / "project", "mode: ok, seconds: 5,", "mode: sleep, seconds: 30,")
     specs = expand(load_manifest(manifest), seeds=[0, 1, 2, 3])
     store = LocalStore(tmp_path / "store")
     lines: list[str] = []
@@ -223,6 +223,8 @@ def test_a_worker_killed_mid_sweep_loses_no_run(tmp_path: Path, noop_image, ray_
     finally:
         subprocess.run(start, capture_output=True, timeout=600)  # bring the node back for the next tests
     outcome = outcomes[0]
+    lost_job = client.get_job_info(job.submission_id)
+    assert lost_job.status.value == "FAILED", (lost_job.status, lost_job.message, lines)
     assert outcome.ok, lines
     assert any("submitting it again" in line for line in lines), lines
     lost = job.metadata["harness_run"]
@@ -239,7 +241,7 @@ def test_ctrl_c_stops_the_ray_jobs_and_brings_their_records_home(tmp_path: Path,
 
     from ray.job_submission import JobSubmissionClient
 
-    manifest = noop_variant(tmp_path / "project", "seconds: 5,", "seconds: 120,")
+    manifest = noop_variant(tmp_path / "project", "mode: ok, seconds: 5,", "mode: sleep, seconds: 300,")
     home = tmp_path / "store"
     command = [sys.executable, "-m", "harness", "run", manifest, "--seed", "0", "--seed", "1"]
     command += ["--backend", "ray", "--address", ray_cluster]
