@@ -63,6 +63,7 @@ class BackendOptions:
     account: str | None = None
     runtime: str = "auto"
     echo: Echo = print
+    address: str | None = None  # Ray: the cluster's Jobs API
 
 
 class Backend(abc.ABC):
@@ -101,7 +102,11 @@ class Backend(abc.ABC):
 
 
 # backend name -> (module under harness.backends, class); imported only when used
-BACKENDS: dict[str, tuple[str, str]] = {"local": ("local", "LocalBackend"), "slurm": ("slurm", "SlurmBackend")}
+BACKENDS: dict[str, tuple[str, str]] = {
+    "local": ("local", "LocalBackend"),
+    "slurm": ("slurm", "SlurmBackend"),
+    "ray": ("ray", "RayBackend"),
+}
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -211,13 +216,14 @@ def run_sweep(  # noqa: PLR0913 — the sweep's options, each a `harness run` op
     store: LocalStore | None = None,
     echo: Echo = print,
     rerun: bool = False,
+    address: str | None = None,
 ) -> SweepOutcome:
-    """Run a sweep's missing runs on ``backend`` ("local" waits for them; "slurm" submits and returns).
+    """Run a sweep's missing runs on ``backend`` ("local" and "ray" wait for them; "slurm" submits and returns).
 
     ``runtime`` is "docker", "process" or "auto" (docker where the machine has an engine). On
     Slurm, "process" and "podman" are used on every node; anything else means docker on nodes with an
     engine and process on the others.
-    ``rerun`` runs completed runs again (each as a new attempt).
+    ``rerun`` runs completed runs again (each as a new attempt). ``address``: the Ray cluster's Jobs API.
     Raises HarnessError for bad input: an unknown backend, a sweep over 10,000 runs without
     ``yes``, an unreachable Slurm, a missing partition, a store the Slurm nodes cannot see.
     """
@@ -235,7 +241,7 @@ def run_sweep(  # noqa: PLR0913 — the sweep's options, each a `harness run` op
     plan = plan_sweep(specs, store, retry_failed, rerun)
     echo(plan.summary())
     outcome = SweepOutcome(plan=plan, backend=backend, dry_run=dry_run)
-    chosen = backend_class(backend).create(store, BackendOptions(jobs, partition, account, runtime, echo))
+    chosen = backend_class(backend).create(store, BackendOptions(jobs, partition, account, runtime, echo, address))
     if dry_run:
         for spec in plan.to_run:
             swept = {k: spec.params[k] for k in spec.loaded.manifest.sweep_keys()}
@@ -304,5 +310,6 @@ def sweep_progress(sweep: SweepState, store: LocalStore) -> dict[str, Any]:
         "eta_s": None if eta is None else round(eta, 1),
         "finished": counts["queued"] == 0 and counts["running"] == 0,
         "slurm_job_ids": [j for s in sweep.submissions for j in s.slurm_job_ids],
+        "ray_job_ids": [j for s in sweep.submissions for j in s.ray_job_ids],
         "runs": [{"run_id": run_id, "state": state} for run_id, state in states.items()],
     }

@@ -48,6 +48,8 @@ class Submission:
     account: str | None = None
     slurm_job_ids: list[str] = field(default_factory=list)  # one per array chunk
     slurm_chunk_size: int = 0  # task i of chunk k runs run_ids[k * chunk_size + i]
+    ray_address: str | None = None  # the Ray Jobs API the runs went to
+    ray_job_ids: list[str] = field(default_factory=list)  # one Ray job per run, in run_ids' order
 
 
 @dataclass

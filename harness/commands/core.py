@@ -253,10 +253,11 @@ def build(
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Override a param.")
 @click.option("--smoke", is_flag=True, help="Apply the manifest's smoke params (a quick run for CI).")
 @runtime_option
-@click.option("--backend", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
+@click.option("--backend", type=click.Choice(["local", "slurm", "ray"]), default="local", show_default=True)
 @click.option("--jobs", type=int, help="At most this many runs at once.")
 @click.option("--partition", help="Slurm partition.")
 @click.option("--account", help="Slurm account.")
+@click.option("--address", help="Ray: the cluster's Jobs API, e.g. http://HEAD:8265 [default: $HARNESS_RAY_ADDRESS].")
 @click.option("--rerun", is_flag=True, help="Run again even when the store has a completed run of the same config.")
 @click.option("--retry-failed", is_flag=True, help="Re-run failed, timed-out, OOM and interrupted runs.")
 @click.option("--dry-run", is_flag=True, help="List what would run.")
@@ -288,6 +289,7 @@ def run(  # noqa: PLR0913 — a Click command takes one parameter per option
     jobs: int | None,
     partition: str | None,
     account: str | None,
+    address: str | None,
     rerun: bool,
     retry_failed: bool,
     dry_run: bool,
@@ -328,6 +330,7 @@ def run(  # noqa: PLR0913 — a Click command takes one parameter per option
             jobs=jobs,
             partition=partition,
             account=account,
+            address=address,
             retry_failed=retry_failed,
             dry_run=dry_run,
             yes=yes,

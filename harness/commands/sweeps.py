@@ -55,6 +55,8 @@ def progress_table(progress: dict[str, Any]) -> Any:
         parts.append(failed)
     if progress["slurm_job_ids"]:
         parts.append(f"Slurm job(s): {', '.join(progress['slurm_job_ids'])}")
+    if progress.get("ray_job_ids"):
+        parts.append(f"Ray job(s): {', '.join(progress['ray_job_ids'][-4:])}")
     return Group(*parts)
 
 
