@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 
@@ -287,3 +288,58 @@ def test_reproduce_refuses_the_process_runtime_for_pulled_runs(hub, store, tmp_p
         assert done.returncode == 2, done.stderr
         assert "--trust-code" in done.stderr and "Traceback" not in done.stderr
     assert [r["run_id"] for r in fresh.records()] == ["toy-aaa"], "nothing was run"
+
+
+def test_card_shows_the_across_seed_summary_with_env_and_budget(hub, store):
+    scores = {}
+    for seed in (1, 2, 3):
+        record = make_run(store, f"toy-s{seed}", seed=seed)
+        record["params"] = {"lr": 0.001, "env_id": "CartPole-v1", "total_timesteps": 5000}
+        record["budget"] = {"total_timesteps": 5000}
+        record["summary_last_n"] = 10
+        store.seal(record)
+        scores[seed] = record["metrics_summary"]["charts/episodic_return"]["mean_last_n"]
+    smoke = make_run(store, "toy-smoke", seed=4)
+    smoke.update(smoke=True, budget={"total_timesteps": 100})
+    store.seal(smoke)
+    publish(["toy-s1", "toy-s2", "toy-s3", "toy-smoke"], REPO, endpoint=hub.url)
+
+    tree = hub.storage.commit(dataset_repo(), hub.storage.resolve(dataset_repo(), "main"))["tree"]
+    card = hub.storage.blob_path(tree["README.md"]["sha256"]).read_text()
+    values = list(scores.values())
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    assert "## Results across seeds" in card
+    row = next(line for line in card.splitlines() if line.startswith("| toy-train | CartPole-v1 |"))
+    assert row.split(" | ")[2:] == [
+        "total_timesteps=5000",
+        "charts/episodic_return",
+        "mean of last 10",
+        f"{mean:.6g} ± {sd:.4g}",
+        "3 |",
+    ], row
+    assert "not a standard error" in card
+    summary = card.split("## Results across seeds")[1].split("## Runs")[0]
+    assert "total_timesteps=100" not in summary  # the smoke run is left out of the summary
+    runs = card.split("## Runs")[1]
+    assert f"| {scores[1]:.6g} |" in runs  # each run's per-seed score, not one episode's return
+    index = pq.read_table(hub.storage.blob_path(tree["runs.parquet"]["sha256"])).to_pylist()
+    first = next(row for row in index if row["run_id"] == "toy-s1")
+    assert (first["env"], json.loads(first["budget"]), first["score"]) == (
+        "CartPole-v1",
+        {"total_timesteps": 5000},
+        scores[1],
+    )
+
+
+def test_card_summary_survives_hostile_rows_from_the_hub():
+    from harness.store.card import card_text
+
+    base = {"name": "x", "status": "completed", "primary_metric": "m", "score_statistic": "final", "params": "{}"}
+    rows = [
+        {**base, "run_id": "a", "score": 1.0, "budget": "not json", "env": "E|nv\nX"},
+        {**base, "run_id": "b", "score": 3.0, "budget": "[1, 2]", "env": "E|nv\nX"},
+        {**base, "run_id": "c", "score": None, "budget": None, "env": None},
+    ]
+    card = card_text("org/repo", rows, has_system=False, figure=None)
+    summary = card.split("## Results across seeds")[1].split("## Runs")[0]
+    assert "| x | E\\|nv X |  | m | final | 2 ± 1.414 | 2 |" in summary

@@ -17,11 +17,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 REPO = "lab/noop-seeds"
 
 
-def in_store(cli, home: Path):
-    """``cli`` with ``HARNESS_HOME`` set to ``home``."""
+def in_store(cli, home: Path, **env: str):
+    """``cli`` with ``HARNESS_HOME`` set to ``home`` (and ``env``)."""
 
     def call(*args: str):
-        return cli(*args, env={"HARNESS_HOME": str(home)})
+        return cli(*args, env={"HARNESS_HOME": str(home), **env})
 
     return call
 
@@ -47,9 +47,10 @@ def test_published_seeds_rerun_identical_and_new_seeds_inconclusive(noop_image, 
 
     # The manifest lists two seeds, so the whole repo is pulled and both are re-run: bit for bit.
     fresh_home = tmp_path / "fresh"
-    fresh = in_store(cli, fresh_home)
+    fresh = in_store(cli, fresh_home, HARNESS_PROGRESS_INTERVAL="0.5")
     same = fresh("reproduce", f"{REPO}/{ids[0]}", "--out", str(tmp_path / "same"))
     assert same.returncode == 0, same.stdout[-3000:] + same.stderr[-3000:]
+    assert "building image: step " in same.stdout + same.stderr  # the rebuild is never silent
     assert "verdict: identical" in same.stdout and "environment: environment identical" in same.stdout
     assert "2 seeds: 0, 1" in same.stderr
     store = LocalStore(fresh_home)

@@ -277,3 +277,58 @@ def test_ctrl_c_before_the_job_starts_seals_the_record(tmp_path: Path, base_imag
         assert (record["status"], record["exit_code"]) == (status, None), record
         assert store.verify(record["run_id"]) == []
     assert containers_of(store) == []
+
+
+# a run a quarter of the way through its 1,000 steps, then waiting for the test's go-ahead
+QUARTER_THEN_WAIT = """
+import json, os, time
+with open(os.environ["HARNESS_METRICS"], "a") as f:
+    f.write(json.dumps(dict(name="charts/episodic_return", step=250, value=1.0)) + "\\n")  # no braces: placeholders
+go = os.path.join(os.environ["HARNESS_OUT"], "go")
+deadline = time.monotonic() + 300
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.2)
+"""
+
+
+def test_status_gives_a_running_local_run_an_eta(tmp_path: Path, base_image_id: str) -> None:
+    manifest = write_manifest(
+        tmp_path,
+        base_image_id,
+        QUARTER_THEN_WAIT,
+        [1],
+        {},
+        params={"a": 1, "b": "x", "total_timesteps": 1000},
+        hardware={"cpus": 1, "memory": "256MiB", "timeout": "10m"},
+    )
+    store = LocalStore(tmp_path / "store")
+    sweep = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_SCRIPT, str(manifest), str(store.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    env = {**os.environ, "HARNESS_HOME": str(store.root)}
+
+    def running_with_eta() -> dict | None:
+        assert sweep.poll() is None, sweep.communicate()[0]
+        shown = subprocess.run(["harness", "status", "--json"], capture_output=True, text=True, env=env, timeout=60)
+        progress = json.loads(shown.stdout) if shown.returncode == 0 else {}
+        return progress if progress.get("running") == 1 and progress.get("eta_s") is not None else None
+
+    try:
+        progress = wait_until(running_with_eta, "a running run with an ETA", bound=300, every=0.5)
+        # a quarter done: three times the time so far is left
+        assert progress["eta_s"] == pytest.approx(3 * progress["elapsed_s"], rel=0.5, abs=3)
+        table = subprocess.run(["harness", "status"], capture_output=True, text=True, env=env, timeout=60)
+        assert table.returncode == 0 and "ETA" in table.stdout
+        (run_id,) = [r["run_id"] for r in store.records()]
+        (store.layout(run_id).out / "go").touch()
+        sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait(timeout=60)
+    assert sweep.returncode == 0
+    assert sweep_progress(load_state(store, progress["sweep_id"]), store)["eta_s"] == 0.0

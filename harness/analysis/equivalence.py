@@ -117,7 +117,7 @@ class EquivalenceResult:
                 if self.margin_relative
                 else ""
             )
-            + f"; {self.n_original} vs {self.n_reproduction} seeds"
+            + f"; {self.n_original} vs {self.n_reproduction} seed{'s' if max(self.n_original, self.n_reproduction) != 1 else ''}"
         )
         if self.verdict == INCONCLUSIVE and self.seeds_needed is not None:
             line += (

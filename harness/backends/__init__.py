@@ -26,7 +26,7 @@ from harness.backends.sweeps import (
 )
 from harness.errors import HarnessError
 from harness.store.local import LocalStore
-from harness.store.record import DONE, FAILED, status_group
+from harness.store.record import DONE, FAILED, RUNNING, status_group
 
 if TYPE_CHECKING:
     from harness.run.plan import RunSpec
@@ -300,6 +300,8 @@ def sweep_progress(sweep: SweepState, store: LocalStore) -> dict[str, Any]:
                 elapsed = max(0.0, max(ends) - started)
         elif ended:
             eta = elapsed / ended * remaining
+        if sweep.backend == "local" and remaining:
+            eta = _running_eta(store, [r for r in latest.run_ids if status_group(states.get(r, "")) == RUNNING], eta)
     return {
         "sweep_id": sweep.sweep_id,
         "name": sweep.name,
@@ -313,3 +315,21 @@ def sweep_progress(sweep: SweepState, store: LocalStore) -> dict[str, Any]:
         "ray_job_ids": [j for s in sweep.submissions for j in s.ray_job_ids],
         "runs": [{"run_id": run_id, "state": state} for run_id, state in states.items()],
     }
+
+
+def _running_eta(store: LocalStore, running: list[str], eta: float | None) -> float | None:
+    """The sweep's ETA once its running local runs say how far they are (their metric files, as
+    the run's own progress line reads them): the latest of their ends when they run side by side,
+    and never sooner than ``eta`` (the pace of the runs that ended)."""
+    from harness.run.progress import eta_from_start, record_progress
+
+    ends = []
+    for run_id in running:
+        try:
+            ends.append(eta_from_start(record_progress(store.layout(run_id), store.load(run_id)).poll()))
+        except Exception:  # noqa: BLE001 — a run's unreadable metrics leave its ETA unknown, never fail status
+            ends.append(None)
+    if not ends or None in ends:
+        return eta
+    latest = max(e for e in ends if e is not None)
+    return latest if eta is None else max(eta, latest)

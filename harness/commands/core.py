@@ -823,6 +823,10 @@ def doctor(as_json: bool) -> None:
         try:
             client.images.get(BASE_IMAGE)
             checks.append(("base image", True, BASE_IMAGE))
+            from harness.images.mirror import check_mirror, image_debs
+
+            # informational: a moved mirror does not stop runs, only a bit-identical re-bootstrap
+            checks.append(("base mirror", True, check_mirror(image_debs(BASE_IMAGE)).detail))
         except Exception:  # noqa: BLE001 — doctor reports any engine answer other than the image as a missing base image
             checks.append(("base image", False, f"{BASE_IMAGE} missing: run `harness image bootstrap`"))
     except HarnessError as exc:

@@ -232,7 +232,15 @@ def _image_line(result: Any) -> str:
         return f"the published image {result.image_ref} ({image_id[:19]}), pulled by digest, not rebuilt"
     if result.image_source == "ref":
         return f"the manifest's image.ref ({image_id[:19]})"
-    return str(result.image_check["image_note"])
+    note = str(result.image_check["image_note"])
+    if not result.image_check["same_image"]:
+        from harness.images.build import BASE_IMAGE
+        from harness.images.mirror import check_mirror, image_debs
+
+        mirror = check_mirror(image_debs(BASE_IMAGE))
+        if mirror.state == "moved":  # the reader should know a fresh bootstrap cannot close the gap
+            note += f"; base image: {mirror.detail}"
+    return note
 
 
 @click.command(

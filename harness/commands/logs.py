@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 import time
@@ -19,34 +18,6 @@ from harness.errors import HarnessError
 
 READ_LIMIT = 1 << 20  # bytes per read of the log
 READS_PER_CALL = 64  # at most 64 MiB per poll: a log that grows faster cannot stall the follower
-
-
-def _started(record: Mapping[str, Any]) -> float:
-    try:
-        return dt.datetime.fromisoformat(str(record.get("started_at"))).timestamp()
-    except ValueError:
-        return time.time()
-
-
-def _progress(store: Any, record: Mapping[str, Any]) -> Any:
-    from harness.errors import HarnessError
-    from harness.manifest import parse_manifest
-    from harness.run.progress import RunProgress, total_steps
-
-    layout = store.layout(record["run_id"])
-    tensorboard = None
-    try:
-        tensorboard = parse_manifest(layout.manifest).metrics.tensorboard
-    except HarnessError:
-        pass  # a run without a readable manifest still has its JSON lines
-    return RunProgress(
-        record["run_id"],
-        layout,
-        record.get("primary_metric"),
-        tensorboard,
-        total_steps(record.get("params")),
-        started=_started(record),
-    )
 
 
 class _LogTail:
@@ -110,14 +81,14 @@ def logs(run_id: str, follow: bool, tail_lines: int | None, interval: float | No
     With -f, follows a running run (started here or by another harness process) until it ends.
     """
     from harness.run.owner import orphaned
-    from harness.run.progress import ProgressReporter
+    from harness.run.progress import ProgressReporter, record_progress
     from harness.store.local import LocalStore
 
     store = LocalStore()
     record: Mapping[str, Any] = store.load(run_id)
     layout = store.layout(run_id)
     tail = _LogTail(layout.output_log, tail_lines)
-    progress = _progress(store, record)
+    progress = record_progress(layout, record)
     if as_json and not follow:
         snapshot = progress.poll(now=_ended(record))
         emit_json(
@@ -196,7 +167,9 @@ def _ended(record: Mapping[str, Any]) -> float | None:
     """The time a finished run ended (elapsed stops there); None while it runs."""
     if _running(record) or record.get("duration_s") is None:
         return None
-    return _started(record) + float(record["duration_s"])
+    from harness.run.progress import started_at
+
+    return started_at(record) + float(record["duration_s"])
 
 
 def _final_line(record: Mapping[str, Any], snapshot: Any) -> str:

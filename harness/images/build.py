@@ -476,7 +476,8 @@ def _mmdebstrap(suite: str, epoch: int, tarball: Path, log: Callable[[str], None
         raise HarnessError(
             "mmdebstrap is not installed: `apt-get install -y mmdebstrap` (needed to make a base image without a registry)"
         )
-    hook = 'chroot "$1" dpkg-query -W -f "${Package}=${Version}\\n" > "$1/etc/harness-packages.txt"'
+    # the format in single quotes: in double quotes the hook's shell expands ${Package} to nothing
+    hook = 'chroot "$1" dpkg-query -W -f \'${Package}=${Version}\\n\' > "$1/etc/harness-packages.txt"'
     # every package file by sha256 (the same files make the same base), and no host files: the
     # host's resolv.conf and hostname would make each bootstrap differ
     debs = 'cd "$1/var/cache/apt/archives" && sha256sum -- *.deb > "$1/etc/harness-debs.sha256"'

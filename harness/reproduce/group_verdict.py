@@ -180,7 +180,8 @@ def interval_lines(eq: EquivalenceResult) -> list[str]:
     )
     if not eq.has_interval:
         out = [
-            f"no interval: {eq.n_original} vs {eq.n_reproduction} seeds, and a spread needs at least two "
+            f"no interval: {eq.n_original} vs {eq.n_reproduction} "
+            f"seed{'s' if max(eq.n_original, eq.n_reproduction) != 1 else ''}, and a spread needs at least two "
             f"seeds a side ({margin}); a verdict needs {MIN_VERDICT_SEEDS} seeds a side"
         ]
     else:

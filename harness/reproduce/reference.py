@@ -76,7 +76,7 @@ class ReferenceVerdict:
             f"verdict against the reference: {self.verdict}",
             f"reference: {ref['mean']:.6g} ± {ref['sd']:.4g} ({'standard error' if ref['spread'] == 'se' else 'sd'}, "
             f"{ref['seeds']} seeds) from {ref['source']}",
-            f"runs: {eq.reproduction:.6g} ± {_sd(self.scores):.4g} (sd, {len(self.scores)} seeds); "
+            f"runs: {eq.reproduction:.6g} ± {_sd(self.scores):.4g} (sd, {len(self.scores)} seed{'s' if len(self.scores) != 1 else ''}); "
             f"metric {self.metric} ({self.statistic}); difference {eq.estimate:+.4g}",
             *interval_lines(eq),
             *(f"note: {note}" for note in self.notes),

@@ -24,6 +24,8 @@ from harness.store.record import DONE_STATUSES, Record, RunStatus
 from harness.util.fsutil import write_json_atomic
 from harness.util.safefs import UnsafeFile, copy_beneath
 
+BUILD_PROGRESS_INTERVAL_S = 5.0  # seconds between a rebuild's progress lines (HARNESS_PROGRESS_INTERVAL sets it)
+
 
 @dataclass
 class SeedPair:
@@ -321,13 +323,23 @@ def _run_one(
 ) -> Record:
     """One reproduction run (``build``: with a forced image rebuild; ``image``: this image, no
     build), with live progress on ``progress``."""
+    from harness.run.build_progress import BuildHeartbeat
+    from harness.run.progress import LiveRun, plain_interval
     from harness.run.runner import execute
 
-    if progress is None:
-        return execute(spec, store, runtime=runtime, reproduces=reproduces, force_build=build, echo=echo, image=image)
-    from harness.run.progress import LiveRun
+    live = LiveRun(spec, store, progress, prefix="") if progress is not None else None
+    say = live.echo if live is not None else echo
+    # a rebuild takes minutes: a line every few seconds says which build step it is on
+    heartbeat = BuildHeartbeat(say, plain_interval(BUILD_PROGRESS_INTERVAL_S)) if build else None
 
-    live = LiveRun(spec, store, progress, prefix="")
+    def on_start(record: dict[str, Any], job: Any = None) -> None:
+        if heartbeat is not None:
+            heartbeat.stop()  # the image is ready once the run starts
+        if live is not None:
+            live.on_start(record, job)
+
+    if heartbeat is not None:
+        heartbeat.start()
     try:
         return execute(
             spec,
@@ -335,12 +347,16 @@ def _run_one(
             runtime=runtime,
             reproduces=reproduces,
             force_build=build,
-            on_start=live.on_start,
-            echo=live.echo,
+            on_start=on_start,
+            echo=say,
+            build_log=heartbeat.log if heartbeat is not None else lambda line: None,
             image=image,
         )
     finally:
-        live.stop()
+        if heartbeat is not None:
+            heartbeat.stop()
+        if live is not None:
+            live.stop()
 
 
 @dataclass(frozen=True)
@@ -547,7 +563,7 @@ def _run_seeds(
             plan = plan_seeds(published_seeds, seeds, options.new_seeds)
         echo(
             f"published group: {len(group)} run{'s' if len(group) != 1 else ''} of {original.get('name')} "
-            f"(seeds {', '.join(map(str, published_seeds[:12]))}{' ...' if len(group) > 12 else ''})"
+            f"(seed{'s' if len(group) != 1 else ''} {', '.join(map(str, published_seeds[:12]))}{' ...' if len(group) > 12 else ''})"
         )
         echo(plan.message)
         of_seed = {int(r["seed"]): r["run_id"] for r in group}

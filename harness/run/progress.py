@@ -15,7 +15,9 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any
 
 from harness.store.layout import RunLayout
@@ -177,6 +179,44 @@ class RunProgress:
         if done <= 0 or elapsed < 1:
             return None
         return max(self.total - self.step, 0) * elapsed / done
+
+
+def started_at(record: Mapping[str, Any]) -> float:
+    """A record's start time (epoch seconds); now when it has none."""
+    try:
+        return datetime.fromisoformat(str(record.get("started_at"))).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def record_progress(layout: RunLayout, record: Mapping[str, Any]) -> RunProgress:
+    """A follower of a run another process started, from its record and its folder's manifest."""
+    from harness.errors import HarnessError
+    from harness.manifest import parse_manifest
+
+    tensorboard = None
+    try:
+        tensorboard = parse_manifest(layout.manifest).metrics.tensorboard
+    except HarnessError:
+        pass  # a run without a readable manifest still has its JSON lines
+    return RunProgress(
+        record["run_id"],
+        layout,
+        record.get("primary_metric"),
+        tensorboard,
+        total_steps(record.get("params")),
+        started=started_at(record),
+    )
+
+
+def eta_from_start(snapshot: Snapshot) -> float | None:
+    """Seconds left at the run's average pace since it started: for one look at a running run
+    (``harness status``), where no earlier poll gives a recent pace."""
+    if snapshot.eta_s is not None:
+        return snapshot.eta_s
+    if not snapshot.total or not snapshot.step or snapshot.elapsed_s < 1:
+        return None
+    return max(snapshot.total - snapshot.step, 0) * snapshot.elapsed_s / snapshot.step
 
 
 class ProgressReporter:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ FIGURE_RUNS = 60  # at most this many runs are drawn (the newest)
 # there is nothing to draw. The card does not draw (analysis does): the caller passes it in.
 FigureMaker = Callable[[Mapping[str, Path], list[dict[str, Any]], Path], "Path | None"]
 DEFAULT_LICENSE = "unknown"
+ENV_PARAMS = ("env_id", "env", "env_name", "environment")  # the param that names the environment, if any
 
 BASE_COLUMNS = pa.schema(
     [
@@ -40,6 +42,10 @@ BASE_COLUMNS = pa.schema(
         ("primary_last", pa.float64()),
         ("primary_max", pa.float64()),
         ("primary_mean_last_n", pa.float64()),
+        ("score", pa.float64()),
+        ("score_statistic", pa.string()),
+        ("env", pa.string()),
+        ("budget", pa.string()),
         ("reproduces", pa.string()),
         ("reproduction_verdict", pa.string()),
         ("runtime", pa.string()),
@@ -75,6 +81,11 @@ def index_row(record: Mapping[str, Any]) -> dict[str, Any]:
     target = record.get("hardware") or {}
     host = record.get("host") or {}
     gpus = host.get("gpus") or []
+    params = record.get("params") or {}
+    # the per-seed score is what `expect` compares across seeds: the final value or the mean of the last N
+    last_n = _number(record.get("summary_last_n"), int)
+    final = (record.get("expect") or {}).get("statistic") == "final" or summary.get("mean_last_n") is None
+    env = next((params[key] for key in ENV_PARAMS if params.get(key) is not None), None)
     return {
         "run_id": record["run_id"],
         "name": record.get("name"),
@@ -86,6 +97,10 @@ def index_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "primary_last": _number(summary.get("last"), float),
         "primary_max": _number(summary.get("max"), float),
         "primary_mean_last_n": _number(summary.get("mean_last_n"), float),
+        "score": _number(summary.get("last" if final else "mean_last_n"), float),
+        "score_statistic": "final" if final else f"mean of last {last_n or 'N'}",
+        "env": None if env is None else str(env),
+        "budget": json.dumps(record["budget"], sort_keys=True, default=str) if record.get("budget") else None,
         "reproduces": record.get("reproduces"),
         "reproduction_verdict": record.get("reproduction_verdict"),
         "runtime": record.get("runtime"),
@@ -179,6 +194,68 @@ def _varying_params(rows: list[dict[str, Any]]) -> list[str]:
     return [n for n in names if len({json.dumps(p.get(n), sort_keys=True) for p in params}) > 1]
 
 
+def _budget(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's budget; a row read back from the Hub may hold anything there, so {} unless a mapping."""
+    try:
+        budget = json.loads(row.get("budget") or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return budget if isinstance(budget, dict) else {}
+
+
+def _budget_text(row: Mapping[str, Any]) -> str:
+    return " ".join(f"{key}={value}" for key, value in _budget(row).items())
+
+
+def _summary_lines(rows: list[dict[str, Any]], varying: list[str]) -> list[str]:
+    """``## Results across seeds``: per manifest, env, budget and varying params, the mean ± sd of
+    the per-seed score over its completed seeds (smoke runs and reproductions left out)."""
+    budget_keys = {key for row in rows for key in _budget(row)}
+    others = [n for n in varying if n not in ENV_PARAMS and n not in budget_keys]  # env, budget: own columns
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("smoke") or row.get("reproduces") or row.get("status") != "completed":
+            continue
+        params = json.loads(row.get("params") or "{}")
+        shown = json.dumps({n: params.get(n) for n in others}, sort_keys=True, default=str)
+        key = (str(row.get("name")), str(row.get("env") or ""), _budget_text(row), shown)
+        groups.setdefault(key, []).append(row)
+    if not groups:
+        return []
+    header = ["manifest", "env", "budget", *others, "metric", "per seed", "mean ± sd", "seeds"]
+    lines = ["## Results across seeds", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (name, env, budget, shown), members in sorted(groups.items()):
+        scores = [float(r["score"]) for r in members if r.get("score") is not None]
+        if not scores:
+            continue
+        mean = statistics.fmean(scores)
+        spread = f" ± {statistics.stdev(scores):.4g}" if len(scores) > 1 else " (one seed: no sd)"
+        params = json.loads(shown)
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    _cell(name),
+                    _cell(env),
+                    _cell(budget),
+                    *(_cell(params.get(n)) for n in others),
+                    _cell(members[0].get("primary_metric")),
+                    _cell(members[0].get("score_statistic")),
+                    f"{mean:.6g}{spread}",
+                    str(len(scores)),
+                ]
+            )
+            + " |"
+        )
+    return [
+        *lines,
+        "",
+        "sd is the sample standard deviation across seeds (not a standard error); each seed's score is the "
+        "statistic named under *per seed*. Smoke runs and reproductions are left out.",
+        "",
+    ]
+
+
 def card_text(
     repo: str,
     rows: list[dict[str, Any]],
@@ -245,11 +322,12 @@ def card_text(
         "status",
         "smoke",
         "primary metric",
-        "last",
+        "score",
         "reproduces",
         "verdict",
         "reproduced as",
     ]
+    lines += _summary_lines(rows, varying)
     lines += ["## Runs", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         params = json.loads(row.get("params") or "{}")
@@ -261,7 +339,7 @@ def card_text(
             _cell(row.get("status")),
             "yes" if row.get("smoke") else "",
             _cell(row.get("primary_metric")),
-            _cell(row.get("primary_last")),
+            _cell(row.get("score") if row.get("score") is not None else row.get("primary_last")),
             f"`{row['reproduces']}`" if row.get("reproduces") else "",
             _cell(row.get("reproduction_verdict")),
             ", ".join(reproductions.get(row["run_id"], [])),
