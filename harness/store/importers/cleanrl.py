@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from harness.errors import HarnessError
-from harness.store.importers import ImportedRun, RepoFile, RepoImportError, RepoSnapshot
+from harness.store.importers.base import ImportedRun, RepoFile, RepoImportError, RepoSnapshot
 from harness.store.importers.poetry import Target, lockfile_for_script, python_requirement
 from harness.store.importers.script import MAX_SCRIPT_BYTES, script_imports
 from harness.util.safefs import printable
