@@ -77,12 +77,12 @@ _ABOUT = {
     "new": "Its own image: images/{name}/ (Dockerfile, requirements.in, workload/main.py).",
 }
 
-_DOCKERFILE = """\
-# The {name} image. The base image comes from `harness image bootstrap` (or a registry).
+_RECIPE = """\
+{header}
 # Stage 1 installs the locked packages with hashes from wheels the harness staged under
 # .harness-build/ (with pip's configuration and an extra CA bundle if one is needed);
 # stage 2 copies only the virtual environment, so none of that reaches the final image.
-ARG BASE=harness/base:bookworm
+ARG BASE={base}
 FROM ${{BASE}} AS builder
 COPY .harness-build/ /harness-build/
 COPY lockfile.txt /harness-build/lockfile.txt
@@ -96,8 +96,15 @@ FROM ${{BASE}}
 COPY --from=builder /opt/venv /opt/venv
 COPY workload/ /workload/
 ENV PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-WORKDIR /workload
+WORKDIR {workdir}
 """
+
+
+def recipe_dockerfile(header: str, base: str = "harness/base:bookworm", workdir: str = "/workload") -> str:
+    """The two-stage Dockerfile of a locked recipe (``harness init --image new``, ``harness import``):
+    ``header`` (comment lines) first, then the hashed install from staged wheels on ``base``."""
+    return _RECIPE.format(header=header, base=base, workdir=workdir)
+
 
 _REQUIREMENTS = """\
 # Direct dependencies of the {name} image; `harness lock images/{name}` pins them with hashes
@@ -170,13 +177,14 @@ def scaffold(root: Path, name: str, image: str, force: bool = False) -> list[Pat
         if (root / "lockfiles" / f"{name}.txt").exists():
             raise HarnessError(f"lockfiles/{name}.txt: exists without images/{name}; remove it or choose another NAME")
         (image_dir / "workload").mkdir(parents=True)
+        header = f"# The {name} image. The base image comes from `harness image bootstrap` (or a registry)."
         for relative, text in (
-            ("Dockerfile", _DOCKERFILE),
-            ("requirements.in", _REQUIREMENTS),
-            ("workload/main.py", _WORKLOAD),
+            ("Dockerfile", recipe_dockerfile(header)),
+            ("requirements.in", _REQUIREMENTS.format(name=name)),
+            ("workload/main.py", _WORKLOAD.format(name=name)),
         ):
             path = image_dir / relative
-            path.write_text(text.format(name=name), encoding="utf-8")
+            path.write_text(text, encoding="utf-8")
             written.append(path)
     else:
         recipe = root / "images" / image

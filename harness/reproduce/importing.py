@@ -30,6 +30,8 @@ import yaml
 
 import harness
 from harness.errors import HarnessError, HubError
+from harness.project.scaffold import recipe_dockerfile
+from harness.runtime.docker import CONTAINER_OUT  # $HARNESS_OUT: the scripts write runs/ there
 from harness.store.hub import check_repo_id, hub_errors
 from harness.store.importers import ImportedRun, Importer, RepoFile, RepoImportError, RepoSnapshot, importers
 from harness.store.layout import EXTERNAL_JSONL, RunLayout
@@ -41,31 +43,7 @@ MAX_REPO_FILES = 10_000
 MAX_DOWNLOAD_BYTES = 2 << 30  # what one repo's wanted files may weigh together
 MAX_CARD_BYTES = 1 << 20
 SOURCES = "source"  # the publisher's own files kept in an imported record (card, pyproject, lock)
-CONTAINER_OUT = "/harness/out"  # harness.runtime.docker's $HARNESS_OUT: the scripts write runs/ there
 SPEC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@([A-Za-z0-9._/-]{1,200}))?$")
-
-DOCKERFILE = """\
-# Imported by `harness import` from {repos} (the commits are in the manifest's source):
-# the environment the publisher locked.
-# Stage 1 installs the locked packages with hashes from wheels the harness staged under
-# .harness-build/; stage 2 copies only the virtual environment. The script writes its
-# TensorBoard folder into its working folder, so that is the run's output folder.
-ARG BASE={base}
-FROM ${{BASE}} AS builder
-COPY .harness-build/ /harness-build/
-COPY lockfile.txt /harness-build/lockfile.txt
-ENV PIP_CONFIG_FILE=/harness-build/pip.conf PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-RUN python3 -m venv /opt/venv \\
- && /opt/venv/bin/pip install --no-index --find-links /harness-build/wheels \\
-      --require-hashes --no-deps -r /harness-build/lockfile.txt \\
- && find /opt/venv -name '__pycache__' -prune -exec rm -rf {{}} +
-
-FROM ${{BASE}}
-COPY --from=builder /opt/venv /opt/venv
-COPY workload/ /workload/
-ENV PATH=/opt/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-WORKDIR {out}
-"""
 
 
 @dataclass
@@ -274,7 +252,12 @@ def write_project(root: Path, name: str, runs: list[ImportedRun], force: bool, r
             raise HarnessError(
                 f"{image_dir / 'workload'} holds {extra[0]}, which the import does not: pass --name or --force"
             )
-    dockerfile = DOCKERFILE.format(repos=", ".join(r.repo for r in runs), base=first.base_image, out=CONTAINER_OUT)
+    header = (
+        f"# Imported by `harness import` from {', '.join(r.repo for r in runs)} (the commits are in the manifest's\n"
+        "# source): the environment the publisher locked. The script writes its TensorBoard folder into its\n"
+        "# working folder, so that is the run's output folder."
+    )
+    dockerfile = recipe_dockerfile(header, base=first.base_image, workdir=CONTAINER_OUT)
     _write_project_file(image_dir / "Dockerfile", dockerfile.encode(), force, result)
     for filename, content in sorted(first.workload.items()):
         _write_project_file(image_dir / "workload" / filename, content, force, result)
