@@ -95,10 +95,11 @@ class ImageSpec(Strict):
         description="the build needs the network (builds have none otherwise); "
         "reproducing such a recipe needs --allow-build-network",
     )
-    reproducible: StrictBool = Field(
-        False,
+    reproducible: StrictBool | None = Field(
+        None,
         description="build bit-reproducibly (podman with clamped timestamps, loaded into Docker): "
-        "a rebuild from the same recipe, lockfile and base gives the same image id",
+        "a rebuild from the same recipe, lockfile and base gives the same image id. Unset: so where "
+        "podman is installed, else Docker's builder; false: always Docker's builder",
     )
 
     @model_validator(mode="after")

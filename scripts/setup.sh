@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian machine needs to run harness and its tests, idempotent:
-#   apt packages (Docker engine, mmdebstrap; Slurm and munge with --with-slurm; rootless Podman,
-#   an image registry and the unprivileged Podman user with --with-podman), the engine
+#   apt packages (Docker engine, mmdebstrap, podman for reproducible image builds; Slurm and munge
+#   with --with-slurm; rootless Podman as a runtime, an image registry and the unprivileged Podman
+#   user with --with-podman), the engine
 #   started without its default bridge, the harness installed, the base image bootstrapped.
 # Needs root for apt and dockerd. Safe to run again: it only does what is missing.
 set -euo pipefail
@@ -21,6 +22,9 @@ log() { echo "setup: $*" >&2; }
 packages=()
 command -v dockerd >/dev/null || packages+=(docker.io)
 command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
+# the builder whose images rebuild to the same id (harness/images/reproducible.py); without it,
+# images are built by Docker's builder
+command -v podman >/dev/null || packages+=(podman)
 if [ "$with_slurm" = 1 ]; then
   command -v slurmctld >/dev/null || packages+=(slurm-wlm)
   command -v munged >/dev/null || packages+=(munge)

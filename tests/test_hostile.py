@@ -431,7 +431,7 @@ def test_a_recipe_cannot_reach_a_loopback_service_at_build_time(base_image, tmp_
         f"'http://127.0.0.1:{port}/leak', timeout=5).read())\"\n"
     )
     try:
-        with pytest.raises(EngineError, match="docker build failed"):
+        with pytest.raises(EngineError, match="(docker|podman) build failed"):
             build_image(recipe, None, force=True)
     finally:
         server.shutdown()

@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from harness.images.build import build_image
-from harness.reproduce.reproduction import compare_images
+from harness.manifest import load_manifest
+from harness.reproduce.reproduction import as_published, compare_images
 from harness.store.local import LocalStore
 from tests.conftest import REPO, need, noop_project, run_cli
 
@@ -27,11 +28,7 @@ def podman_installed():
 def test_noop_rebuilds_to_the_same_id_and_runs(base_image, docker_engine, tmp_path):
     project = noop_project(tmp_path)
     manifest = project / "manifests" / "noop.yaml"
-    manifest.write_text(
-        (REPO / "manifests" / "noop.yaml")
-        .read_text()
-        .replace("lockfile: lockfiles/noop.txt", "lockfile: lockfiles/noop.txt, reproducible: true")
-    )
+    manifest.write_text((REPO / "manifests" / "noop.yaml").read_text())  # no image.reproducible: the default
 
     checked = run_cli("build", "--check", "--json", str(manifest), cwd=project)
     assert checked.returncode == 0, checked.stderr
@@ -40,6 +37,10 @@ def test_noop_rebuilds_to_the_same_id_and_runs(base_image, docker_engine, tmp_pa
     assert first["builder"] == "podman-reproducible"
 
     docker_engine.images.remove(first["tag"], force=True)  # a fresh start: the image is gone from Docker
+    plain = run_cli("build", "--json", "--no-reproducible", str(manifest), cwd=project)  # the opt-out
+    assert plain.returncode == 0, plain.stderr
+    docker_built = json.loads(plain.stdout)
+    assert docker_built["builder"] == "docker" and docker_built["tag"] != first["tag"]
     rebuilt = run_cli("build", "--json", str(manifest), cwd=project)
     assert rebuilt.returncode == 0, rebuilt.stderr
     again = json.loads(rebuilt.stdout)
@@ -89,7 +90,29 @@ def test_a_rebuild_says_why_it_is_not_the_published_image():
     assert "the base image here is not the one" in compare_images(published, new_base, "rebuilt")["image_note"]
     docker_built = {**published, "builder": "docker"}
     note = compare_images(docker_built, other, "rebuilt")["image_note"]
-    assert "Docker's builder" in note and "image.reproducible: true" in note
+    assert "Docker's builder" in note and "image.reproducible: false" in note
+    without_podman = {**new_base, "builder": "docker"}
+    assert "podman is not installed here" in compare_images(published, without_podman, "rebuilt")["image_note"]
+
+
+def test_a_rebuild_uses_the_builder_of_the_published_image(tmp_path):
+    project = noop_project(tmp_path)
+    manifest = project / "manifests" / "noop.yaml"
+    manifest.write_text((REPO / "manifests" / "noop.yaml").read_text())
+    for published, expected in (
+        ({"builder": "docker"}, False),
+        ({}, False),  # a record from before the builder was recorded: Docker's
+        ({"builder": "podman-reproducible"}, shutil.which("podman") is not None),
+    ):
+        loaded = load_manifest(manifest)
+        as_published(loaded, published)
+        assert loaded.manifest.image.reproducible is expected, published
+    manifest.write_text(
+        manifest.read_text().replace("lockfile: lockfiles/noop.txt", "lockfile: lockfiles/noop.txt, reproducible: true")
+    )
+    loaded = load_manifest(manifest)
+    as_published(loaded, {"builder": "docker"})
+    assert loaded.manifest.image.reproducible is True  # what the manifest says stands
 
 
 @pytest.mark.docker

@@ -158,9 +158,10 @@ def bootstrap(name: str | None, suite: str, force: bool, tarball: Path | None) -
 @ca_bundle_option
 @click.option("--force", is_flag=True, help="Build even when the content-addressed tag exists.")
 @click.option(
-    "--reproducible",
-    is_flag=True,
-    help="Build bit-reproducibly (podman, timestamps clamped; as image.reproducible: true in the manifest).",
+    "--reproducible/--no-reproducible",
+    default=None,
+    help="Build bit-reproducibly (podman, timestamps clamped), or with Docker's builder; "
+    "as image.reproducible in the manifest [default: the manifest's, else reproducible where podman is installed].",
 )
 @click.option(
     "--check",
@@ -170,7 +171,13 @@ def bootstrap(name: str | None, suite: str, force: bool, tarball: Path | None) -
 @click.option("--quiet", is_flag=True)
 @json_option
 def build(
-    manifest: Path, ca_bundle: Path | None, force: bool, reproducible: bool, check: bool, quiet: bool, as_json: bool
+    manifest: Path,
+    ca_bundle: Path | None,
+    force: bool,
+    reproducible: bool | None,
+    check: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Build (or find) the content-addressed image of a manifest."""
     from harness.images.build import build_image
@@ -183,6 +190,8 @@ def build(
     checked: list[Any] = []
     if check and spec.loaded.build_dir is None:
         raise HarnessError(f"{manifest}: --check needs image.build (an image.ref is not built here)")
+    if check and reproducible is False:
+        raise HarnessError("--check builds with the reproducible builder: drop --no-reproducible")
 
     def make(log: Callable[[str], None]) -> Any:
         if check:
@@ -779,10 +788,24 @@ def _registry_and_podman_checks() -> list[tuple[str, bool, str]]:
     else:
         checks.append(("registry", True, "none configured (optional: HARNESS_REGISTRY=host:port[/prefix])"))
     if shutil.which("podman") is None:
-        checks.append(("podman", True, "not installed (optional: --runtime podman; scripts/setup.sh --with-podman)"))
+        checks.append(
+            (
+                "podman",
+                True,
+                "not installed: images are built by Docker's builder and do not rebuild to the same id "
+                "(scripts/setup.sh installs podman; --runtime podman needs scripts/setup.sh --with-podman)",
+            )
+        )
         return checks
-    from harness.runtime.podman import podman_api, podman_facts, stop_podman_service
+    from harness.runtime.podman import podman_api, podman_facts, podman_user, stop_podman_service
 
+    try:
+        podman_user()
+    except HarnessError:  # podman for reproducible builds only: the rootless runtime is not set up
+        checks.append(
+            ("podman", True, "builds images reproducibly; --runtime podman needs scripts/setup.sh --with-podman")
+        )
+        return checks
     try:
         facts = podman_facts(podman_api())
         enforced = [name for name, on in facts["limits_enforced"].items() if on]
@@ -794,7 +817,9 @@ def _registry_and_podman_checks() -> list[tuple[str, bool, str]]:
         )
         text = (
             f"{facts['version']}, {who}, cgroup {facts['cgroup_version']}; limits enforced: "
-            f"{', '.join(enforced) or 'none'}" + (f"; NOT enforced: {', '.join(ignored)}" if ignored else "")
+            f"{', '.join(enforced) or 'none'}"
+            + (f"; NOT enforced: {', '.join(ignored)}" if ignored else "")
+            + "; builds images reproducibly"
         )
         checks.append(("podman", True, text))
     except HarnessError as exc:

@@ -141,6 +141,11 @@ def content_hash(
     return digest.hexdigest()
 
 
+def reproducible_by_default() -> bool:
+    """Whether a recipe that does not say is built reproducibly: where podman is installed."""
+    return shutil.which("podman") is not None
+
+
 def find_ca_bundle(explicit: Path | None = None) -> Path | None:
     """An extra CA bundle to give builds: ``--ca-bundle``, else SSL_CERT_FILE / PIP_CERT / REQUESTS_CA_BUNDLE, else pip's cert."""
     if explicit is not None:
@@ -336,15 +341,16 @@ def build_image(
     force: bool = False,
     log: Callable[[str], None] = lambda line: None,
     network: bool = False,
-    reproducible: bool = False,
+    reproducible: bool | None = None,
     check: Callable[[Any], None] | None = None,
 ) -> ImageInfo:
     """Build (or find) the content-addressed image of an ``images/<name>`` recipe.
 
     The build has no network (the locked wheels are staged on the host), unless ``network``:
     a recipe that declares ``image.network: true`` gets the host's network. ``reproducible``
-    builds with harness.images.reproducible (the same inputs give the same image id); with ``check`` it
-    builds twice from scratch and hands the :class:`harness.images.reproducible.CheckResult` to ``check``."""
+    builds with harness.images.reproducible (the same inputs give the same image id; None: so
+    where podman is installed, else with Docker's builder); with ``check`` it builds twice from
+    scratch and hands the :class:`harness.images.reproducible.CheckResult` to ``check``."""
     import time
 
     base_ids: dict[str, str] = {}
@@ -361,7 +367,8 @@ def build_image(
             )
             raise EngineError(f"{build_dir / 'Dockerfile'}: base image {base} is not in the engine: {hint}")
         base_ids[base] = base_id
-    reproducible = reproducible or check is not None
+    requested = reproducible
+    reproducible = (reproducible_by_default() if requested is None else requested) or check is not None
     digest = content_hash(build_dir, lockfile, base_ids, network, reproducible)
     tag = f"harness/{build_dir.name}:{digest[:16]}"
     info = ImageInfo(ref=tag, id="", tag=tag, content_hash=digest, packages=locked_packages(lockfile))
@@ -385,15 +392,20 @@ def build_image(
         if reproducible:
             from harness.images import reproducible as reprobuild
 
-            if check is not None:
-                result = reprobuild.check_build(staging, tag, base_ids, labels, network, log)
-                info.id = result.first
-                check(result)
-            else:
-                info.id = reprobuild.build(staging, tag, base_ids, labels, network, log)
+            try:
+                if check is not None:
+                    result = reprobuild.check_build(staging, tag, base_ids, labels, network, log)
+                    info.id = result.first
+                    check(result)
+                else:
+                    info.id = reprobuild.build(staging, tag, base_ids, labels, network, log)
+            except EngineError as exc:
+                raise EngineError(f"{build_dir}: {exc}") from None
             record_built([info.id], build_dir.name)
             info.build_seconds = round(time.monotonic() - started, 3)
             return info
+        if requested is None:
+            log("podman is not installed: Docker's builder, whose images do not rebuild to the same id")
         mark_stages(staging / "Dockerfile", build_dir.name)
         produced: list[str] = []
         try:

@@ -106,8 +106,11 @@ def referenced_images(store: Any, project: Path | None, note: Callable[[str], No
             for base in base_images(loaded.build_dir / "Dockerfile"):
                 base_ids[base] = engine_image_id(base) or ""
                 wanted.add(base)
-            digest = content_hash(loaded.build_dir, loaded.lockfile, base_ids)
-            wanted.add(f"harness/{loaded.build_dir.name}:{digest[:16]}")
+            spec = loaded.manifest.image
+            # a recipe that does not name its builder may have been built by either
+            for reproducible in (True, False) if spec.reproducible is None else (spec.reproducible,):
+                digest = content_hash(loaded.build_dir, loaded.lockfile, base_ids, spec.network, reproducible)
+                wanted.add(f"harness/{loaded.build_dir.name}:{digest[:16]}")
         except (HarnessError, OSError, AssertionError) as exc:
             note(f"{path}: not checked for its image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
     return wanted

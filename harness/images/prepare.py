@@ -28,22 +28,24 @@ def prepare_image(
     force_build: bool = False,
     log: Callable[[str], None] = lambda line: None,
     runtime: str = "docker",
-    reproducible: bool = False,
+    reproducible: bool | None = None,
 ) -> ImageInfo:
     """A manifest's image: built from its recipe (content-addressed, cached) or resolved by digest,
     in the engine of ``runtime`` (``podman``: see :func:`prepare_podman_image`). The build is
-    bit-reproducible (harness.images.reproducible) when the manifest declares
-    ``image.reproducible: true`` or ``reproducible`` is set.
+    bit-reproducible (harness.images.reproducible) or Docker's as ``reproducible`` says, else as
+    the manifest's ``image.reproducible`` says, else reproducible where podman is installed.
 
     Within one process (a sweep) the same recipe is resolved once: its runs share the image."""
     if runtime == "podman":
         return prepare_podman_image(loaded, ca_bundle, force_build, log)
+    if reproducible is None:
+        reproducible = loaded.manifest.image.reproducible
     key = (
         loaded.manifest.image.ref,
         str(loaded.build_dir),
         loaded.lockfile and loaded.lockfile.read_bytes(),
         loaded.manifest.image.network,
-        reproducible or loaded.manifest.image.reproducible,
+        reproducible,
     )
     if not force_build:
         with _prepared_lock:
@@ -60,7 +62,7 @@ def prepare_image(
             force=force_build,
             log=log,
             network=loaded.manifest.image.network,
-            reproducible=reproducible or loaded.manifest.image.reproducible,
+            reproducible=reproducible,
         )
     with _prepared_lock:
         _prepared_images[key] = info

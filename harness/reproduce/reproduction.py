@@ -9,10 +9,10 @@ inconclusive; harness.reproduce.group_verdict) and keep it in the reproduction r
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from harness.analysis.plots import plot_equivalence
 from harness.errors import HarnessError, HubError
@@ -23,6 +23,9 @@ from harness.store.local import LocalStore
 from harness.store.record import DONE_STATUSES, Record, RunStatus
 from harness.util.fsutil import write_json_atomic
 from harness.util.safefs import UnsafeFile, copy_beneath
+
+if TYPE_CHECKING:
+    from harness.manifest import LoadedManifest
 
 BUILD_PROGRESS_INTERVAL_S = 5.0  # seconds between a rebuild's progress lines (HARNESS_PROGRESS_INTERVAL sets it)
 
@@ -122,6 +125,19 @@ class ReproductionResult:
         }
 
 
+def as_published(loaded: LoadedManifest, published: Mapping[str, object]) -> None:
+    """A recipe that does not say how it is built is rebuilt by the builder that made the published
+    image: Docker's for a record that names no other, the reproducible one where podman is here."""
+    if loaded.manifest.image.reproducible is not None or loaded.manifest.image.build is None:
+        return
+    from harness.images.build import reproducible_by_default
+    from harness.images.reproducible import BUILDER
+
+    reproducible = published.get("builder") == BUILDER and reproducible_by_default()
+    image = loaded.manifest.image.model_copy(update={"reproducible": reproducible})
+    loaded.manifest = loaded.manifest.model_copy(update={"image": image})
+
+
 def compare_images(published: dict[str, Any], rebuilt: dict[str, Any], source: str) -> dict[str, Any]:
     """``published_id``, ``same_image`` (whether the reproduction ran the published image id) and
     ``image_note``: one line saying so, or why a rebuild did not give the published digest."""
@@ -135,7 +151,13 @@ def compare_images(published: dict[str, Any], rebuilt: dict[str, Any], source: s
     elif published.get("builder") != "podman-reproducible":
         note = (
             f"rebuilt from the recipe ({str(new)[:19]}), not the published {short}: it was built by Docker's "
-            "builder, which stamps build times into the image (declare image.reproducible: true)"
+            "builder, which stamps build times into the image (build with podman installed and without "
+            "image.reproducible: false)"
+        )
+    elif rebuilt.get("builder") != "podman-reproducible":
+        note = (
+            f"rebuilt from the recipe by Docker's builder ({str(new)[:19]}), not the published {short}: "
+            "podman is not installed here, and only its reproducible builder rebuilds to the same id"
         )
     elif published.get("content_hash") != rebuilt.get("content_hash"):
         note = (
@@ -534,6 +556,7 @@ def _run_seeds(
     records: list[Record] = []
     with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
         loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
+        as_published(loaded, original.get("image") or {})
         registry_image = None if options.rebuild or runtime == "process" else registry_image_of(original, runtime)
         if (
             registry_image is None
