@@ -88,7 +88,7 @@ COPY .harness-build/ /harness-build/
 COPY lockfile.txt /harness-build/lockfile.txt
 ENV PIP_CONFIG_FILE=/harness-build/pip.conf PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv \\
- && /opt/venv/bin/pip install --no-index --find-links /harness-build/wheels \\
+ && /opt/venv/bin/pip install --no-compile --no-index --find-links /harness-build/wheels \\
       --require-hashes --no-deps -r /harness-build/lockfile.txt \\
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {{}} +
 
