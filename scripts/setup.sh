@@ -19,6 +19,36 @@ for arg in "$@"; do
 done
 log() { echo "setup: $*" >&2; }
 
+# The harness and its test extras (pip) install while apt installs and the engine starts: they
+# need neither, and each takes minutes on a fresh machine.
+install_harness() {
+  # install when missing, or when the installed harness is another checkout's
+  installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, ruff, mypy, securesystemslib, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
+  # the distribution was called "harness" before it became harness-repro: drop that editable install
+  if python3 -m pip show harness 2>/dev/null | grep -q "^Editable project location: $(pwd -P)\$"; then
+    python3 -m pip uninstall -q -y harness
+    installed=""
+  fi
+  if [ "$installed" != "$(pwd -P)" ] || ! command -v harness >/dev/null; then
+    log "pip install -e .[test]"
+    pip_args=()
+    # the test extras pin torch; its CPU build is on PyTorch's index (PyPI's is the CUDA build, GBs)
+    # PyTorch's CPU index serves torch without CUDA (PyPI's is several GB); asked only where it
+    # answers, since pip retries an unreachable index for every package
+    if python3 -c 'import urllib.request; urllib.request.urlopen("https://download.pytorch.org/whl/cpu/", timeout=10)' 2>/dev/null; then
+      pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+    fi
+    # Debian 12 and Ubuntu 24.04 mark their python3 externally managed (PEP 668); the README's
+    # commands use that python3, so the harness goes into it
+    if python3 -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
+      pip_args+=(--break-system-packages)
+    fi
+    python3 -m pip install -q "${pip_args[@]}" -e '.[test]'
+  fi
+}
+install_harness &
+harness_install=$!
+
 packages=()
 command -v dockerd >/dev/null || packages+=(docker.io)
 command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
@@ -62,30 +92,7 @@ if ! engine_answers; then
   done
 fi
 
-# install when missing, or when the installed harness is another checkout's
-installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, ruff, mypy, securesystemslib, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
-# the distribution was called "harness" before it became harness-repro: drop that editable install
-if python3 -m pip show harness 2>/dev/null | grep -q "^Editable project location: $(pwd -P)\$"; then
-  python3 -m pip uninstall -q -y harness
-  installed=""
-fi
-if [ "$installed" != "$(pwd -P)" ] || ! command -v harness >/dev/null; then
-  log "pip install -e .[test]"
-  pip_args=()
-  # the test extras pin torch; its CPU build is on PyTorch's index (PyPI's is the CUDA build, GBs)
-  # PyTorch's CPU index serves torch without CUDA (PyPI's is several GB); asked only where it
-  # answers, since pip retries an unreachable index for every package
-  if python3 -c 'import urllib.request; urllib.request.urlopen("https://download.pytorch.org/whl/cpu/", timeout=10)' 2>/dev/null; then
-    pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
-  fi
-  # Debian 12 and Ubuntu 24.04 mark their python3 externally managed (PEP 668); the README's
-  # commands use that python3, so the harness goes into it
-  if python3 -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
-    pip_args+=(--break-system-packages)
-  fi
-  python3 -m pip install -q "${pip_args[@]}" -e '.[test]'
-fi
-
+wait "$harness_install" || { log "pip install of the harness failed (its output is above)"; exit 1; }
 timeout 1800 harness image bootstrap </dev/null
 if [ "$with_slurm" = 1 ]; then
   bash scripts/start-slurm.sh
