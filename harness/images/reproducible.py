@@ -16,6 +16,7 @@ that differs and its first differing files (a walk over both layer tarballs).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import shutil
@@ -53,13 +54,15 @@ def _store() -> Path:
     return cache_root() / "podman-build"
 
 
-def podman(*args: str, log: Callable[[str], None] = lambda line: None, stdin: Any = None) -> str:
-    """Run podman on the harness's private build store; its stdout, or EngineError with the
-    last line of what it said."""
+def _podman_argv(*args: str) -> list[str]:
+    """podman on the harness's private build store, with ``args``."""
     if shutil.which("podman") is None:
-        raise HarnessError("podman is not installed: `apt-get install -y podman` (needed for reproducible builds)")
+        raise HarnessError(
+            "podman is not installed: `apt-get install -y podman` (needed for reproducible builds; "
+            "image.reproducible: false or `harness build --no-reproducible` builds with Docker's builder)"
+        )
     store = _store()
-    cmd = [
+    return [
         "podman",
         "--root",
         str(store / "root"),
@@ -73,7 +76,12 @@ def podman(*args: str, log: Callable[[str], None] = lambda line: None, stdin: An
         "none",
         *args,
     ]
-    result = subprocess.run(cmd, stdin=stdin, capture_output=True, text=True)
+
+
+def podman(*args: str, log: Callable[[str], None] = lambda line: None, stdin: Any = None) -> str:
+    """Run podman on the harness's private build store; its stdout, or EngineError with the
+    last line of what it said."""
+    result = subprocess.run(_podman_argv(*args), stdin=stdin, capture_output=True, text=True)
     for line in result.stderr.splitlines():
         if line.strip():
             log(line.rstrip())
@@ -81,6 +89,22 @@ def podman(*args: str, log: Callable[[str], None] = lambda line: None, stdin: An
         tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise EngineError(f"podman {args[0]} failed: {tail}")
     return result.stdout
+
+
+def podman_streamed(*args: str, log: Callable[[str], None]) -> None:
+    """Run podman with everything it says handed to ``log`` line by line as it comes (a build's
+    ``STEP 3/7: RUN ...`` lines are what its progress line shows); EngineError with its last line."""
+    tail: collections.deque[str] = collections.deque(maxlen=1)
+    with subprocess.Popen(
+        _podman_argv(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.strip():
+                tail.append(line.strip())
+                log(line.rstrip())
+    if process.returncode != 0:
+        raise EngineError(f"podman {args[0]} failed: {tail[0] if tail else '(no output)'}")
 
 
 def _podman_image_id(name: str) -> str | None:
@@ -138,7 +162,7 @@ def _build(staging: Path, labels: dict[str, str], network: bool, log: Callable[[
         ]
         for key, value in sorted(labels.items()):
             args += ["--label", f"{key}={value}"]
-        podman(*args, str(staging), log=log)
+        podman_streamed(*args, str(staging), log=log)
         text = iidfile.read_text().strip()
     return Built(text if text.startswith("sha256:") else "sha256:" + text, name)
 
