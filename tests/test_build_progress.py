@@ -51,3 +51,6 @@ def test_before_the_first_step_it_says_what_is_being_prepared():
     heartbeat.log(" ---> 1234")
     heartbeat.log("STEP 2/2: RUN " + "x" * 200)  # buildah's form, a long instruction cut
     assert "step 2/2 (RUN xxx" in heartbeat.line() and "...)" in heartbeat.line()
+    heartbeat.log("[2/2] STEP 3/4: COPY workload/ /workload/")  # buildah's multi-stage form
+    heartbeat.log("--> 5f0e1d2c3b4a")
+    assert "step 3/4 of stage 2/2 (COPY workload/ /workload/)" in heartbeat.line()

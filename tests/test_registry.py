@@ -238,7 +238,7 @@ def test_push_publish_pull_reproduce_runs_the_registry_image(docker_engine, base
 
         rebuilt = cli("reproduce", run_id, "--rebuild", "--out", str(tmp_path / "rebuilt"), env=fresh, cwd=project)
         assert rebuilt.returncode == 0, rebuilt.stdout[-2000:] + rebuilt.stderr[-2000:]
-        assert "rebuilt from the recipe" in rebuilt.stdout and "verdict: identical" in rebuilt.stdout
+        assert "rebuilt to the published digest" in rebuilt.stdout and "verdict: identical" in rebuilt.stdout
         assert engine_image_id(image["tag"]) is not None
     finally:
         _forget(docker_engine, image["tag"], registry_ref, image["id"])

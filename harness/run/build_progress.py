@@ -1,7 +1,7 @@
 """A progress line every few seconds while an image builds, so that a long build is never silent.
 
 It is fed the builder's own log lines (``build_image``'s ``log``) and says which step the build is
-on: Docker's ``Step 3/7 : RUN ...``, buildah's ``STEP 3/7: RUN ...``, or else the last thing the
+on: Docker's ``Step 3/7 : RUN ...``, buildah's ``[1/2] STEP 3/5: RUN ...``, or else the last thing the
 harness said it was doing (downloading the locked packages, copying the base).
 """
 
@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from harness.run.progress import clock
 
-_STEP = re.compile(r"^(?:Step|STEP)\s+(\d+)/(\d+)\s*:\s*(.*)$")
+# buildah numbers a multi-stage build's steps per stage: "[1/2] STEP 3/5: RUN ..."
+_STEP = re.compile(r"^(?:\[(\d+)/(\d+)\]\s+)?(?:Step|STEP)\s+(\d+)/(\d+)\s*:\s*(.*)$")
 MAX_SHOWN = 60  # characters of a step's instruction on the line
 
 
@@ -40,10 +41,11 @@ class BuildHeartbeat:
         match = _STEP.match(text)
         with self._lock:
             if match:
-                instruction = match.group(3)
+                instruction = match.group(5)
                 if len(instruction) > MAX_SHOWN:
                     instruction = instruction[: MAX_SHOWN - 3] + "..."
-                self.phase = f"step {match.group(1)}/{match.group(2)} ({instruction})"
+                stage = f" of stage {match.group(1)}/{match.group(2)}" if match.group(1) else ""
+                self.phase = f"step {match.group(3)}/{match.group(4)}{stage} ({instruction})"
             elif (
                 not self.phase.startswith("step ")
                 and not text.startswith(("--->", "Removing intermediate", "Successfully"))
