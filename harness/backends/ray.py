@@ -187,6 +187,7 @@ def copy_run(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     shutil.rmtree(node_store, ignore_errors=True)
+    store.note_finished(target_id)
     return record
 
 
