@@ -183,6 +183,8 @@ def _tails(path: str) -> dict[str, Any] | None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from harness.util.arrow import numpy_of
+
     tails: dict[str, Any] = {}
     last: tuple[str, int] | None = None
     with pq.ParquetFile(path) as handle:
@@ -195,10 +197,10 @@ def _tails(path: str) -> dict[str, Any] | None:
                 return None
             if not len(names):
                 continue
-            steps = steps_col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-            values = values_col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            steps = numpy_of(steps_col, np.int64)
+            values = numpy_of(values_col, np.float64)
             encoded = pc.dictionary_encode(names)
-            indices = encoded.indices.to_numpy(zero_copy_only=False)
+            indices = numpy_of(encoded.indices, np.int32)
             dictionary = encoded.dictionary.to_pylist()
             same = indices[1:] == indices[:-1]
             if np.any(np.diff(steps)[same] < 0):
@@ -221,21 +223,22 @@ def _tails(path: str) -> dict[str, Any] | None:
 
 def _table(run_id: str, tails: dict[str, Any], entries: list[dict[str, Any]]) -> Any:
     import numpy as np
-    import pyarrow as pa
+
+    from harness.util.arrow import constant_string_column, numpy_column, string_column, table
 
     counts = [len(values) for values in tails.values()]
-    total = sum(counts)
-    return pa.table(
+    empty = np.zeros(0)
+    rows = table(
         {
-            "run_id": pa.array([run_id] * total, pa.string()),
-            "name": pa.array([name for name, count in zip(tails, counts) for _ in range(count)], pa.string()),
-            "back": pa.array(
-                np.concatenate([np.arange(count, 0, -1) for count in counts]) if counts else [], pa.int64()
+            "run_id": constant_string_column(run_id, sum(counts)),
+            "name": string_column([name for name, count in zip(tails, counts) for _ in range(count)]),
+            "back": numpy_column(
+                np.concatenate([np.arange(c, 0, -1, dtype=np.int64) for c in counts] or [np.zeros(0, np.int64)])
             ),
-            "value": pa.array(np.concatenate(list(tails.values())) if counts else [], pa.float64()),
-        },
-        metadata={META_KEY: json.dumps(entries, separators=(",", ":")).encode()},
+            "value": numpy_column(np.concatenate([*tails.values(), empty]).astype(np.float64)),
+        }
     )
+    return rows.replace_schema_metadata({META_KEY: json.dumps(entries, separators=(",", ":")).encode()})
 
 
 def _write(journal: Path, level: int, table: Any) -> str:
@@ -318,6 +321,8 @@ def _merge_level(journal: Path, journal_fd: int, level: int, names: list[str]) -
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from harness.util.arrow import string_column
+
     read: list[tuple[str, Any, list[dict[str, Any]]]] = []
     rows = 0
     for name in names:
@@ -357,7 +362,7 @@ def _merge_level(journal: Path, journal_fd: int, level: int, names: list[str]) -
     for position, (_, table, entries) in enumerate(read):
         mine = [e for e in entries if newest[e["row"]["run_id"]][1] == position]
         kept += mine
-        ids = pa.array([e["row"]["run_id"] for e in mine], pa.string())
+        ids = string_column([e["row"]["run_id"] for e in mine])
         tables.append(table.filter(pc.is_in(table.column("run_id"), value_set=ids)).replace_schema_metadata(None))
     merged = pa.concat_tables(tables).replace_schema_metadata(
         {META_KEY: json.dumps(kept, separators=(",", ":")).encode()}
