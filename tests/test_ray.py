@@ -271,3 +271,52 @@ def test_ctrl_c_stops_the_ray_jobs_and_brings_their_records_home(tmp_path: Path,
         record = store.load(run_id)
         assert record["status"] == "cancelled", record.get("detail")
         assert store.verify(run_id) == []
+
+
+def test_reproduce_on_ray_gives_the_verdict_of_a_local_reproduction(
+    tmp_path: Path, noop_image, ray_cluster: str
+) -> None:
+    manifest = noop_variant(tmp_path / "project", "seeds: [0]", "seeds: [0, 1]")
+    env = {"HARNESS_HOME": str(tmp_path / "store")}
+    ran = run_cli("run", manifest, "--smoke", "--quiet", env=env)
+    assert ran.returncode == 0, ran.stderr
+    store = LocalStore(tmp_path / "store")
+    originals = {r["seed"]: r["run_id"] for r in store.records()}
+    common = ("reproduce", originals[0], "--json")
+    local = run_cli(*common, "--out", str(tmp_path / "local"), env=env)
+    on_ray = run_cli(*common, "--backend", "ray", "--address", ray_cluster, "--out", str(tmp_path / "ray"), env=env)
+    assert local.returncode == 0, local.stderr[-2000:]
+    assert on_ray.returncode == 0, on_ray.stderr[-2000:]
+    here, there = json.loads(local.stdout), json.loads(on_ray.stdout)
+    assert there["verdict"] == here["verdict"] == "identical"
+    assert [p["verdict"] for p in there["pairs"]] == [p["verdict"] for p in here["pairs"]]
+    assert "submitted 2 runs to the Ray cluster" in on_ray.stderr
+    for seed, (mine, theirs) in enumerate(zip(here["reproductions"], there["reproductions"], strict=True)):
+        record = store.load(theirs)
+        assert record["ray"]["job_id"] and record["reproduces"] == originals[seed] and record["seed"] == seed
+        assert record["reproduction_verdict"] == "identical" and store.verify(theirs) == []
+        assert metric_values(store, theirs) == metric_values(store, mine)
+
+
+def test_retry_failed_on_ray_reruns_only_the_failed_runs(tmp_path: Path, noop_image, ray_cluster: str) -> None:
+    manifest = noop_variant(tmp_path / "project", "tags: [test]", "tags: [test]\nsweep: {mode: [ok, fail]}")
+    specs = expand(load_manifest(manifest), smoke=True)
+    store = LocalStore(tmp_path / "store")
+    first = run_sweep(specs, backend="ray", address=ray_cluster, store=store, echo=lambda line: None)
+    status = {r["params"]["mode"]: r for r in first.records}
+    assert (status["ok"]["status"], status["fail"]["status"]) == ("completed", "failed")
+    kept = store.load(status["ok"]["run_id"])
+
+    env = {"HARNESS_HOME": str(tmp_path / "store")}
+    command = ("run", manifest, "--smoke", "--backend", "ray", "--address", ray_cluster)
+    again = run_cli(*command, "--retry-failed", env=env)
+    assert again.returncode == 1, again.stderr  # the failing run fails again
+    assert "1 of 2 runs to run, 1 already completed" in again.stdout + again.stderr
+    assert "submitted 1 runs to the Ray cluster" in again.stdout + again.stderr
+    failed_id = status["fail"]["run_id"]
+    attempts = [r for r in store.records() if r["run_id"].startswith(failed_id)]
+    assert len(attempts) == 2 and all(r["status"] == "failed" and r["ray"]["job_id"] for r in attempts)
+    assert store.load(kept["run_id"]) == kept  # the completed run was not touched
+    assert len([r for r in store.records() if r["params"]["mode"] == "ok"]) == 1
+    sweep = load_state(store, first.plan.sweep_id)
+    assert [len(s.ray_job_ids) for s in sweep.submissions] == [2, 1]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from harness.backends import Backend, BackendOptions, Echo, Job, SweepOutcome
-from harness.backends.ray_task import MARKER_FILE, RESULT_MARK
+from harness.backends.ray_task import MARKER_FILE, RESULT_MARK, image_note
 from harness.backends.sweeps import ATTEMPT_SUFFIX, Submission, SweepState, attempt_records, save_state
 from harness.errors import HarnessError
 from harness.store.layout import RECORD
@@ -189,7 +189,13 @@ def _land(
         if record.get("run_id") != run_id or record.get("files") != files:
             raise HarnessError(f"Ray job {job_id}: the record on the node does not match the sums the job printed")
         record["run_id"] = target_id
-        record["ray"] = {"job_id": job_id, "attempt_on_node": run_id, "files_came": how}
+        # how the image reached the node (pulled by digest, found, built) and how the files came home
+        record["ray"] = {
+            "job_id": job_id,
+            "attempt_on_node": run_id,
+            "image": image_note(record.get("image")),
+            "files_came": how,
+        }
         write_json_atomic(staging / RECORD, record)
         staging.rename(store.run_dir(target_id))
     except BaseException:
@@ -443,7 +449,11 @@ class RayBackend(Backend):
                             if record.get("status") != "completed" and record.get("detail")
                             else ""
                         )
-                        self.echo(f"[{finished}/{len(jobs)}] {record.get('run_id')} {record.get('status')}{detail}")
+                        came = record.get("ray") or {}
+                        how = f"; image: {came['image']}; files {came['files_came']}" if came else ""
+                        self.echo(
+                            f"[{finished}/{len(jobs)}] {record.get('run_id')} {record.get('status')}{detail}{how}"
+                        )
                 if pending:
                     time.sleep(POLL_S)
         except KeyboardInterrupt:
