@@ -3,6 +3,7 @@ namespace, started by scripts/start-ray.sh) and the real Docker engine."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -291,6 +292,8 @@ def test_reproduce_on_ray_gives_the_verdict_of_a_local_reproduction(
     assert there["verdict"] == here["verdict"] == "identical"
     assert [p["verdict"] for p in there["pairs"]] == [p["verdict"] for p in here["pairs"]]
     assert "submitted 2 runs to the Ray cluster" in on_ray.stderr
+    # no registry digest in the record: the first seed's node rebuilt the image from the recipe
+    assert "image: built on this node from the recipe" in on_ray.stderr
     for seed, (mine, theirs) in enumerate(zip(here["reproductions"], there["reproductions"], strict=True)):
         record = store.load(theirs)
         assert record["ray"]["job_id"] and record["reproduces"] == originals[seed] and record["seed"] == seed
@@ -320,3 +323,64 @@ def test_retry_failed_on_ray_reruns_only_the_failed_runs(tmp_path: Path, noop_im
     assert len([r for r in store.records() if r["params"]["mode"] == "ok"]) == 1
     sweep = load_state(store, first.plan.sweep_id)
     assert [len(s.ray_job_ids) for s in sweep.submissions] == [2, 1]
+
+
+HOST_SIDE = "198.18.0.1"  # the host's address on the cluster's bridge (scripts/start-ray.sh)
+
+
+@pytest.fixture
+def cluster_registry(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A TLS registry on the cluster's bridge, which the Docker engine is told to trust (a
+    certs.d entry for this registry's address alone, removed afterwards)."""
+    from tests.registryserver import RegistryServer
+
+    if shutil.which("docker-registry") is None or shutil.which("openssl") is None:
+        need("image registry", "docker-registry and openssl are needed (scripts/setup.sh --with-podman)")
+    if os.geteuid() != 0:
+        need("image registry", "telling the Docker engine to trust a test registry needs root")
+    with RegistryServer(tmp_path / "registry", host=HOST_SIDE) as server:
+        trust = Path("/etc/docker/certs.d") / server.address
+        trust.mkdir(parents=True)
+        try:
+            shutil.copy(server.ca_file, trust / "ca.crt")
+            yield server
+        finally:
+            shutil.rmtree(trust, ignore_errors=True)
+            with contextlib.suppress(OSError):  # certs.d itself, when no one else uses it
+                trust.parent.rmdir()
+
+
+def test_reproduce_on_ray_pulls_the_pushed_image_by_digest_on_the_node(
+    tmp_path: Path, noop_image, ray_cluster: str, cluster_registry, docker_engine
+) -> None:
+    manifest = noop_variant(tmp_path / "project")
+    env = {"HARNESS_HOME": str(tmp_path / "store"), "SSL_CERT_FILE": str(cluster_registry.ca_file)}
+    ran = run_cli("run", manifest, "--smoke", "--quiet", env=env)
+    assert ran.returncode == 0, ran.stderr
+    store = LocalStore(tmp_path / "store")
+    (original,) = store.records()
+    pushed = run_cli("push", original["run_id"], "--registry", f"{cluster_registry.address}/lab", env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    ref = store.load(original["run_id"])["image"]["registry_ref"]
+    assert ref.startswith(f"{cluster_registry.address}/lab/harness/noop@sha256:")
+    from docker.errors import ImageNotFound
+
+    with pytest.raises(ImageNotFound):  # the engine knows the image by id only: the node must pull
+        docker_engine.images.get(ref)
+    try:
+        on_ray = run_cli(
+            "reproduce", original["run_id"], "--json", "--backend", "ray", "--address", ray_cluster, env=env
+        )
+        assert on_ray.returncode == 0, on_ray.stderr[-2000:]
+        result = json.loads(on_ray.stdout)
+        assert result["verdict"] == "identical"
+        assert result["image"]["source"] == "registry" and result["image"]["ref"] == ref
+        assert result["image"]["same_image"] and result["image"]["id"] == original["image"]["id"]
+        record = store.load(result["reproduction"])
+        assert record["image"]["source"] == "registry" and record["image"]["registry_ref"] == ref
+        assert record["ray"]["image"].startswith(f"pulled by digest {ref}")
+        assert docker_engine.images.get(ref).id == original["image"]["id"]  # what the node pulled
+        assert store.verify(record["run_id"]) == []
+    finally:  # the registry's name for the image goes again; the image stays under its own tag
+        with contextlib.suppress(ImageNotFound):
+            docker_engine.images.remove(ref, noprune=True)
