@@ -71,6 +71,7 @@ def test_sweep_over_three_nodes_matches_the_local_backend(tmp_path: Path, noop_i
         record = on_ray.load(spec.run_id)
         assert record["status"] == "completed"
         assert record["ray"]["job_id"].startswith(f"harness-{spec.run_id}-")
+        assert record["ray"]["files_came"].startswith("by path")  # the nodes share this file system
         assert on_ray.verify(spec.run_id) == []  # every file as the node checksummed it
         assert metric_values(on_ray, spec.run_id) == metric_values(here, spec.run_id)
         assert record["metrics_summary"] == here.load(spec.run_id)["metrics_summary"]
@@ -384,3 +385,84 @@ def test_reproduce_on_ray_pulls_the_pushed_image_by_digest_on_the_node(
     finally:  # the registry's name for the image goes again; the image stays under its own tag
         with contextlib.suppress(ImageNotFound):
             docker_engine.images.remove(ref, noprune=True)
+
+
+def test_without_a_shared_file_system_records_come_home_through_ray(
+    tmp_path: Path, noop_image, ray_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    monkeypatch.setenv("HARNESS_RAY_FILES", "ray")  # as if the nodes were other machines
+    manifest = noop_variant(tmp_path / "project", "seeds: [0]", "seeds: [0, 1]")
+    specs = expand(load_manifest(manifest), smoke=True)
+    store = LocalStore(tmp_path / "store")
+    lines: list[str] = []
+    outcome = run_sweep(specs, backend="ray", address=ray_cluster, store=store, echo=lines.append)
+    assert outcome.ok, lines
+    client = JobSubmissionClient(ray_cluster)
+    for spec in specs:
+        record = store.load(spec.run_id)
+        assert record["ray"]["files_came"].startswith("through Ray"), record["ray"]
+        assert store.verify(spec.run_id) == [] and record["files"]
+        job = client.get_job_info(record["ray"]["job_id"])
+        node_store = Path(job.entrypoint.split()[-1])
+        assert not node_store.exists()  # the node removed its folder before the job ended: no path to read
+        assert "--marker" not in job.entrypoint
+
+
+def tar_of(members: list[tuple[str, bytes, bytes]]) -> bytes:
+    """A gzip'd tar whose members are (name, type, data); type b"0" file, b"2" symlink to data."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            if kind == tarfile.SYMTYPE:
+                info.type, info.linkname = kind, data.decode()
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "hostile", ["link", "escape", "tampered", "unlisted", "missing", "twice", "bomb", "other-sum", "not-gzip"]
+)
+def test_hostile_archives_from_a_node_are_refused(tmp_path: Path, hostile: str) -> None:
+    import tarfile
+
+    from harness.backends.ray import receive_run
+    from harness.backends.ray_files import archive_lines, pack_files
+
+    node = tmp_path / "node"
+    result = node_run(node)
+    run_dir = node / "runs" / "tiny-0123456789ab"
+    record_bytes = (run_dir / "record.json").read_bytes()
+    good = [("record.json", tarfile.REGTYPE, record_bytes), ("out/a.txt", tarfile.REGTYPE, b"payload\n")]
+    members = {
+        "link": [good[0], ("out/a.txt", tarfile.SYMTYPE, b"/etc/passwd")],
+        "escape": [*good, ("../../evil.txt", tarfile.REGTYPE, b"x")],
+        "tampered": [good[0], ("out/a.txt", tarfile.REGTYPE, b"changed on the way\n")],
+        "unlisted": [*good, ("out/extra.txt", tarfile.REGTYPE, b"x")],
+        "missing": good[:1],
+        "twice": [*good, good[1]],
+        "bomb": [*good, ("out/a.txt.big", tarfile.REGTYPE, bytes(300 << 20))],
+    }.get(hostile, good)
+    archive = b"not gzip at all" if hostile == "not-gzip" else tar_of(members)
+    digest = hashlib.sha256(b"another archive" if hostile == "other-sum" else archive).hexdigest()
+    log = "noise\n" + "\n".join(archive_lines(archive)) + "\n"
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(HarnessError) as refused:
+        receive_run(log, {**result, "archive_sha256": digest}, "tiny-0123456789ab", store, "job-1")
+    assert "Ray job job-1" in str(refused.value)
+    assert not store.runs_dir.exists() or not any(store.runs_dir.iterdir())  # nothing half-unpacked is left
+    # the same run packed honestly comes home whole
+    honest = pack_files(run_dir, result["files"])
+    log = "\n".join(archive_lines(honest))
+    record = receive_run(
+        log, {**result, "archive_sha256": hashlib.sha256(honest).hexdigest()}, "tiny-0123456789ab", store, "job-2"
+    )
+    assert store.verify(record["run_id"]) == [] and record["ray"]["files_came"].startswith("through Ray")
