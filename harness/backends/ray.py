@@ -201,6 +201,7 @@ def _land(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    store.note_finished(target_id)
     return record
 
 
@@ -231,7 +232,6 @@ def copy_run(
 
     record = _land(result, base_run_id, store, job_id, fill, "by path (shared file system)")
     shutil.rmtree(node_store, ignore_errors=True)
-    store.note_finished(target_id)
     return record
 
 
