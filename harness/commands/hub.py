@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from harness.commands.options import endpoint_option, json_option, runtime_option
+from harness.commands.options import endpoint_option, json_option, ray_address_option, runtime_option
 from harness.commands.output import emit_json, examples
 from harness.commands.runids import RUN_ID_OR_HUB_OR_IMPORTED, complete_repos, complete_run_ids
 
@@ -286,7 +286,7 @@ def _image_line(result: Any) -> str:
     show_default=True,
     help="where the seeds run: here one after another, or as Ray jobs side by side",
 )
-@click.option("--address", help="Ray: the cluster's Jobs API, e.g. http://HEAD:8265 [default: $HARNESS_RAY_ADDRESS].")
+@ray_address_option
 @trust_option
 @json_option
 def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per option
