@@ -1,8 +1,9 @@
 """Scale benchmark of the analysis path: a comparison table over 1k, 5k and 25k runs.
 
 The benchmark writes its own synthetic store (5 groups x 50 environments, seeds added as the
-store grows; every run a real record.json and a metrics.parquet of 1,000 points), then times,
-per size: refreshing the run index (cold, then warm), selecting the runs, reading each run's
+store grows; every run a real record.json, a metrics.parquet of 1,000 points and the journal
+entry that a sealed run writes as it ends), then times, per size: refreshing the run index (cold
+without the journal, as a store made before it; cold; then warm), selecting the runs, reading each run's
 final score, and the 5-group x 50-environment table with stratified-bootstrap IQM CIs.
 Baseline, measured in the same run: reading the raw bytes of every metrics.parquet file.
 
@@ -28,11 +29,13 @@ import pyarrow.parquet as pq
 from harness.analysis import index as run_index
 from harness.analysis.selection import select_runs
 from harness.analysis.tables import build_comparison, to_markdown
+from harness.store import journal
 from harness.store.local import LocalStore
 
 GROUPS = 5
 ENVS = 50
 METRIC = "charts/episodic_return"
+FINISH_TIMES: list[float] = []
 
 
 def write_run(store: LocalStore, group: int, env: int, seed: int, points: int, rng: np.random.Generator) -> None:
@@ -67,12 +70,24 @@ def write_run(store: LocalStore, group: int, env: int, seed: int, points: int, r
     }
     # generation is not what is measured: plain writes, not LocalStore.save's fsync per record
     (folder / "record.json").write_text(json.dumps(record))
+    finish(store, run_id)
+
+
+def finish(store: LocalStore, run_id: str) -> None:
+    """What a sealed run writes for the index as it ends (LocalStore.seal calls the same), timed:
+    each run pays it once, at its end."""
+    start = time.perf_counter()
+    store.note_finished(run_id)
+    FINISH_TIMES.append(time.perf_counter() - start)
 
 
 def grow_store(store: LocalStore, runs: int, points: int) -> None:
     """Add seeds to every (group, env) cell until the store holds ``runs`` runs."""
     seeds = runs // (GROUPS * ENVS)
     rng = np.random.default_rng(0)
+    if store.runs_dir.is_dir() and not (store.root / journal.JOURNAL_DIR).is_dir():
+        for run_id in sorted(os.listdir(store.runs_dir)):  # a store generated before the journal
+            finish(store, run_id)
     for seed in range(seeds):
         for group in range(GROUPS):
             for env in range(ENVS):
@@ -102,11 +117,21 @@ def per_run_files(store: LocalStore, runs: pa.Table) -> dict[str, float]:
     return run_index.final_values(store, uncompacted, METRIC, 10)
 
 
+def forget_index(store: LocalStore) -> None:
+    (store.root / run_index.INDEX_NAME).unlink(missing_ok=True)
+    shutil.rmtree(store.root / run_index.PARTS_DIR, ignore_errors=True)
+
+
 def measure(store: LocalStore) -> dict[str, float]:
     times: dict[str, float] = {}
     timed("baseline: read parquet bytes", times, read_bytes, store)
-    (store.root / run_index.INDEX_NAME).unlink(missing_ok=True)
-    shutil.rmtree(store.root / run_index.PARTS_DIR, ignore_errors=True)
+    # cold: no index, no compacted part; the journal is what the runs wrote as they ended
+    aside = store.root / "journal.aside"
+    (store.root / journal.JOURNAL_DIR).rename(aside)
+    forget_index(store)
+    timed("cold, no journal (old store)", times, run_index.refresh_index, store)
+    aside.rename(store.root / journal.JOURNAL_DIR)
+    forget_index(store)
     timed("index + compaction (cold)", times, run_index.refresh_index, store)
     timed("index refresh (warm)", times, run_index.refresh_index, store)
     start = time.perf_counter()
@@ -135,6 +160,12 @@ def main() -> None:
             start = time.perf_counter()
             grow_store(store, size, args.points)
             print(f"\n== {size} runs (generated in {time.perf_counter() - start:.1f} s, not timed below)")
+            if FINISH_TIMES:
+                print(
+                    f"  journal entry per run, at its end: mean {1000 * np.mean(FINISH_TIMES):.1f} ms, "
+                    f"max {1000 * max(FINISH_TIMES):.0f} ms (a merge), over {len(FINISH_TIMES)} runs"
+                )
+                FINISH_TIMES.clear()
             times = measure(store)
             baseline = times["baseline: read parquet bytes"]
             for label, seconds in times.items():

@@ -9,6 +9,10 @@ the wall time of each sweep and of each run, as JSON.
 
     python benchmarks/bench_ray.py [--manifest manifests/dqn-sweep.yaml] [--full] [--jobs 2]
         [--address http://198.18.0.10:8265]
+
+``--overhead N`` measures the per-run overhead instead: one noop smoke run at a time, N times
+through the local backend, N through Ray with the files copied by path and N with the files
+carried home in the job's log (``HARNESS_RAY_FILES=ray``); prints each one's wall times.
 """
 
 from __future__ import annotations
@@ -38,6 +42,43 @@ def metric_values(store: LocalStore, run_id: str, ignore: set[str]) -> list[tupl
     return [(r["name"], r["step"], r["value"]) for r in rows if r["name"] not in ignore]
 
 
+def overhead(address: str, times: int) -> int:
+    """One noop smoke run at a time through each road; exit 1 when a run does not complete."""
+    import os
+
+    specs = expand(load_manifest(REPO / "manifests" / "noop.yaml"), smoke=True)
+    roads = {"local": ("local", "auto"), "ray (by path)": ("ray", "auto"), "ray (through Ray)": ("ray", "ray")}
+    walls: dict[str, list[float]] = {road: [] for road in roads}
+    failed: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ray-") as folder:
+        for _ in range(times):
+            for road, (backend, files) in roads.items():  # interleaved: the machine's load hits all alike
+                os.environ["HARNESS_RAY_FILES"] = files
+                store = LocalStore(Path(folder) / backend)
+                started = time.monotonic()
+                outcome = run_sweep(
+                    specs, backend=backend, address=address, store=store, rerun=True, echo=lambda _: None
+                )
+                walls[road].append(time.monotonic() - started)
+                failed += [f"{road}: {r.get('status')}" for r in outcome.records if r.get("status") != "completed"]
+    median = {road: statistics.median(v) for road, v in walls.items()}
+    print(
+        json.dumps(
+            {
+                "runs_per_road": times,
+                "wall_s": {road: [round(x, 2) for x in v] for road, v in walls.items()},
+                "median_s": {road: round(m, 2) for road, m in median.items()},
+                "ray_overhead_s": {
+                    road: round(m - median["local"], 2) for road, m in median.items() if road != "local"
+                },
+                "problems": failed,
+            },
+            indent=2,
+        )
+    )
+    return 1 if failed else 0
+
+
 def main() -> int:
     """Run the comparison; exit 1 when a record differs or fails to verify."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,7 +86,10 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="full runs instead of --smoke")
     parser.add_argument("--jobs", type=int, default=2, help="local backend: runs at once")
     parser.add_argument("--address", default="http://198.18.0.10:8265")
+    parser.add_argument("--overhead", type=int, metavar="N", help="measure the per-run overhead, N runs per road")
     args = parser.parse_args()
+    if args.overhead:
+        return overhead(args.address, args.overhead)
     loaded = load_manifest(args.manifest)
     ignore = set(loaded.manifest.expect.ignore or [])
     specs = expand(loaded, smoke=not args.full)

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -26,25 +27,44 @@ REGISTRY_USER = "lab-user"
 REGISTRY_PASSWORD = "s3cret-Registry-Passw0rd-4f9a"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on now."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return int(probe.getsockname()[1])
 
 
 class RegistryServer:
-    """``docker-registry serve`` on 127.0.0.1:<free port>, storage under ``root``."""
+    """``docker-registry serve`` on 127.0.0.1:<free port>, storage under ``root``; on another
+    ``host`` (an address of the project's own test network) it serves TLS with a certificate of
+    its own, ``root/ca.crt``, which clients must be given."""
 
-    def __init__(self, root: Path, user: str | None = None, password: str | None = None):
+    def __init__(self, root: Path, user: str | None = None, password: str | None = None, host: str = "127.0.0.1"):
         self.root = root
-        self.port = free_port()
+        self.host = host
+        self.port = free_port(host)
         self.user, self.password = user, password
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls = not host.startswith("127.")
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The certificate a TLS registry serves (self-signed: it is its own CA)."""
+        return self.root / "ca.crt"
+
+    def _make_certificate(self) -> list[str]:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+            + ["-keyout", str(self.root / "key.pem"), "-out", str(self.ca_file)]
+            + ["-subj", f"/CN={self.host}", "-addext", f"subjectAltName=IP:{self.host}"],
+            check=True,
+            capture_output=True,
+        )
+        return ["  tls:", f"    certificate: {self.ca_file}", f"    key: {self.root / 'key.pem'}"]
 
     def start(self) -> RegistryServer:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -57,6 +77,8 @@ class RegistryServer:
             "http:",
             f"  addr: {self.address}",
         ]
+        if self.tls:
+            config += self._make_certificate()
         if self.user:
             htpasswd = self.root / "htpasswd"
             subprocess.run(
@@ -75,9 +97,12 @@ class RegistryServer:
         )
         log.close()
         deadline = time.monotonic() + 30
+        context = ssl.create_default_context(cafile=str(self.ca_file)) if self.tls else None
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2)
+                urllib.request.urlopen(
+                    f"{'https' if self.tls else 'http'}://{self.address}/v2/", timeout=2, context=context
+                )
                 return self
             except urllib.error.HTTPError:
                 return self  # 401: up, and asking for credentials

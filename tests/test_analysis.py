@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -27,6 +28,7 @@ from harness.analysis.curves import group_curves, mean_ci, rolling_mean
 from harness.analysis.selection import select_runs
 from harness.analysis.tables import build_comparison, to_csv, to_markdown
 from harness.errors import HarnessError
+from harness.store import journal
 from harness.store.local import LocalStore
 from tests.conftest import run_cli
 
@@ -238,7 +240,9 @@ def test_index_reads_no_link_and_no_special_file(store: LocalStore, tmp_path: Pa
 
 def test_ctrl_c_while_compacting_leaves_no_part_file_behind(store: LocalStore, monkeypatch) -> None:
     """Ctrl-C lands after the COPY wrote the temporary part and before its rename: the temporary
-    file goes, the index stays unwritten, and the next refresh compacts as if nothing happened."""
+    file goes, the index stays unwritten, and the next refresh compacts as if nothing happened.
+    (A store without a journal: made before it, so its runs are compacted from their files.)"""
+    shutil.rmtree(store.root / journal.JOURNAL_DIR)
     replace = os.replace
 
     def interrupted_replace(source, target):

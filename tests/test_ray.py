@@ -3,6 +3,7 @@ namespace, started by scripts/start-ray.sh) and the real Docker engine."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -70,6 +71,7 @@ def test_sweep_over_three_nodes_matches_the_local_backend(tmp_path: Path, noop_i
         record = on_ray.load(spec.run_id)
         assert record["status"] == "completed"
         assert record["ray"]["job_id"].startswith(f"harness-{spec.run_id}-")
+        assert record["ray"]["files_came"].startswith("by path")  # the nodes share this file system
         assert on_ray.verify(spec.run_id) == []  # every file as the node checksummed it
         assert metric_values(on_ray, spec.run_id) == metric_values(here, spec.run_id)
         assert record["metrics_summary"] == here.load(spec.run_id)["metrics_summary"]
@@ -271,3 +273,196 @@ def test_ctrl_c_stops_the_ray_jobs_and_brings_their_records_home(tmp_path: Path,
         record = store.load(run_id)
         assert record["status"] == "cancelled", record.get("detail")
         assert store.verify(run_id) == []
+
+
+def test_reproduce_on_ray_gives_the_verdict_of_a_local_reproduction(
+    tmp_path: Path, noop_image, ray_cluster: str
+) -> None:
+    manifest = noop_variant(tmp_path / "project", "seeds: [0]", "seeds: [0, 1]")
+    env = {"HARNESS_HOME": str(tmp_path / "store")}
+    ran = run_cli("run", manifest, "--smoke", "--quiet", env=env)
+    assert ran.returncode == 0, ran.stderr
+    store = LocalStore(tmp_path / "store")
+    originals = {r["seed"]: r["run_id"] for r in store.records()}
+    common = ("reproduce", originals[0], "--json")
+    local = run_cli(*common, "--out", str(tmp_path / "local"), env=env)
+    on_ray = run_cli(*common, "--backend", "ray", "--address", ray_cluster, "--out", str(tmp_path / "ray"), env=env)
+    assert local.returncode == 0, local.stderr[-2000:]
+    assert on_ray.returncode == 0, on_ray.stderr[-2000:]
+    here, there = json.loads(local.stdout), json.loads(on_ray.stdout)
+    assert there["verdict"] == here["verdict"] == "identical"
+    assert [p["verdict"] for p in there["pairs"]] == [p["verdict"] for p in here["pairs"]]
+    assert "submitted 2 runs to the Ray cluster" in on_ray.stderr
+    # no registry digest in the record: the first seed's node rebuilt the image from the recipe
+    assert "image: built on this node from the recipe" in on_ray.stderr
+    for seed, (mine, theirs) in enumerate(zip(here["reproductions"], there["reproductions"], strict=True)):
+        record = store.load(theirs)
+        assert record["ray"]["job_id"] and record["reproduces"] == originals[seed] and record["seed"] == seed
+        assert record["reproduction_verdict"] == "identical" and store.verify(theirs) == []
+        assert metric_values(store, theirs) == metric_values(store, mine)
+
+
+def test_retry_failed_on_ray_reruns_only_the_failed_runs(tmp_path: Path, noop_image, ray_cluster: str) -> None:
+    manifest = noop_variant(tmp_path / "project", "tags: [test]", "tags: [test]\nsweep: {mode: [ok, fail]}")
+    specs = expand(load_manifest(manifest), smoke=True)
+    store = LocalStore(tmp_path / "store")
+    first = run_sweep(specs, backend="ray", address=ray_cluster, store=store, echo=lambda line: None)
+    status = {r["params"]["mode"]: r for r in first.records}
+    assert (status["ok"]["status"], status["fail"]["status"]) == ("completed", "failed")
+    kept = store.load(status["ok"]["run_id"])
+
+    env = {"HARNESS_HOME": str(tmp_path / "store")}
+    command = ("run", manifest, "--smoke", "--backend", "ray", "--address", ray_cluster)
+    again = run_cli(*command, "--retry-failed", env=env)
+    assert again.returncode == 1, again.stderr  # the failing run fails again
+    assert "1 of 2 runs to run, 1 already completed" in again.stdout + again.stderr
+    assert "submitted 1 runs to the Ray cluster" in again.stdout + again.stderr
+    failed_id = status["fail"]["run_id"]
+    attempts = [r for r in store.records() if r["run_id"].startswith(failed_id)]
+    assert len(attempts) == 2 and all(r["status"] == "failed" and r["ray"]["job_id"] for r in attempts)
+    assert store.load(kept["run_id"]) == kept  # the completed run was not touched
+    assert len([r for r in store.records() if r["params"]["mode"] == "ok"]) == 1
+    sweep = load_state(store, first.plan.sweep_id)
+    assert [len(s.ray_job_ids) for s in sweep.submissions] == [2, 1]
+
+
+HOST_SIDE = "198.18.0.1"  # the host's address on the cluster's bridge (scripts/start-ray.sh)
+
+
+@pytest.fixture
+def cluster_registry(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A TLS registry on the cluster's bridge, which the Docker engine is told to trust (a
+    certs.d entry for this registry's address alone, removed afterwards)."""
+    from tests.registryserver import RegistryServer
+
+    if shutil.which("docker-registry") is None or shutil.which("openssl") is None:
+        need("image registry", "docker-registry and openssl are needed (scripts/setup.sh --with-podman)")
+    if os.geteuid() != 0:
+        need("image registry", "telling the Docker engine to trust a test registry needs root")
+    with RegistryServer(tmp_path / "registry", host=HOST_SIDE) as server:
+        trust = Path("/etc/docker/certs.d") / server.address
+        trust.mkdir(parents=True)
+        try:
+            shutil.copy(server.ca_file, trust / "ca.crt")
+            yield server
+        finally:
+            shutil.rmtree(trust, ignore_errors=True)
+            with contextlib.suppress(OSError):  # certs.d itself, when no one else uses it
+                trust.parent.rmdir()
+
+
+def test_reproduce_on_ray_pulls_the_pushed_image_by_digest_on_the_node(
+    tmp_path: Path, noop_image, ray_cluster: str, cluster_registry, docker_engine
+) -> None:
+    manifest = noop_variant(tmp_path / "project")
+    env = {"HARNESS_HOME": str(tmp_path / "store"), "SSL_CERT_FILE": str(cluster_registry.ca_file)}
+    ran = run_cli("run", manifest, "--smoke", "--quiet", env=env)
+    assert ran.returncode == 0, ran.stderr
+    store = LocalStore(tmp_path / "store")
+    (original,) = store.records()
+    pushed = run_cli("push", original["run_id"], "--registry", f"{cluster_registry.address}/lab", env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    ref = store.load(original["run_id"])["image"]["registry_ref"]
+    assert ref.startswith(f"{cluster_registry.address}/lab/harness/noop@sha256:")
+    from docker.errors import ImageNotFound
+
+    with pytest.raises(ImageNotFound):  # the engine knows the image by id only: the node must pull
+        docker_engine.images.get(ref)
+    try:
+        on_ray = run_cli(
+            "reproduce", original["run_id"], "--json", "--backend", "ray", "--address", ray_cluster, env=env
+        )
+        assert on_ray.returncode == 0, on_ray.stderr[-2000:]
+        result = json.loads(on_ray.stdout)
+        assert result["verdict"] == "identical"
+        assert result["image"]["source"] == "registry" and result["image"]["ref"] == ref
+        assert result["image"]["same_image"] and result["image"]["id"] == original["image"]["id"]
+        record = store.load(result["reproduction"])
+        assert record["image"]["source"] == "registry" and record["image"]["registry_ref"] == ref
+        assert record["ray"]["image"].startswith(f"pulled by digest {ref}")
+        assert docker_engine.images.get(ref).id == original["image"]["id"]  # what the node pulled
+        assert store.verify(record["run_id"]) == []
+    finally:  # the registry's name for the image goes again; the image stays under its own tag
+        with contextlib.suppress(ImageNotFound):
+            docker_engine.images.remove(ref, noprune=True)
+
+
+def test_without_a_shared_file_system_records_come_home_through_ray(
+    tmp_path: Path, noop_image, ray_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    monkeypatch.setenv("HARNESS_RAY_FILES", "ray")  # as if the nodes were other machines
+    manifest = noop_variant(tmp_path / "project", "seeds: [0]", "seeds: [0, 1]")
+    specs = expand(load_manifest(manifest), smoke=True)
+    store = LocalStore(tmp_path / "store")
+    lines: list[str] = []
+    outcome = run_sweep(specs, backend="ray", address=ray_cluster, store=store, echo=lines.append)
+    assert outcome.ok, lines
+    client = JobSubmissionClient(ray_cluster)
+    for spec in specs:
+        record = store.load(spec.run_id)
+        assert record["ray"]["files_came"].startswith("through Ray"), record["ray"]
+        assert store.verify(spec.run_id) == [] and record["files"]
+        job = client.get_job_info(record["ray"]["job_id"])
+        node_store = Path(job.entrypoint.split()[-1])
+        assert not node_store.exists()  # the node removed its folder before the job ended: no path to read
+        assert "--marker" not in job.entrypoint
+
+
+def tar_of(members: list[tuple[str, bytes, bytes]]) -> bytes:
+    """A gzip'd tar whose members are (name, type, data); type b"0" file, b"2" symlink to data."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            if kind == tarfile.SYMTYPE:
+                info.type, info.linkname = kind, data.decode()
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "hostile", ["link", "escape", "tampered", "unlisted", "missing", "twice", "bomb", "other-sum", "not-gzip"]
+)
+def test_hostile_archives_from_a_node_are_refused(tmp_path: Path, hostile: str) -> None:
+    import tarfile
+
+    from harness.backends.ray import receive_run
+    from harness.backends.ray_files import archive_lines, pack_files
+
+    node = tmp_path / "node"
+    result = node_run(node)
+    run_dir = node / "runs" / "tiny-0123456789ab"
+    record_bytes = (run_dir / "record.json").read_bytes()
+    good = [("record.json", tarfile.REGTYPE, record_bytes), ("out/a.txt", tarfile.REGTYPE, b"payload\n")]
+    members = {
+        "link": [good[0], ("out/a.txt", tarfile.SYMTYPE, b"/etc/passwd")],
+        "escape": [*good, ("../../evil.txt", tarfile.REGTYPE, b"x")],
+        "tampered": [good[0], ("out/a.txt", tarfile.REGTYPE, b"changed on the way\n")],
+        "unlisted": [*good, ("out/extra.txt", tarfile.REGTYPE, b"x")],
+        "missing": good[:1],
+        "twice": [*good, good[1]],
+        "bomb": [*good, ("out/a.txt.big", tarfile.REGTYPE, bytes(300 << 20))],
+    }.get(hostile, good)
+    archive = b"not gzip at all" if hostile == "not-gzip" else tar_of(members)
+    digest = hashlib.sha256(b"another archive" if hostile == "other-sum" else archive).hexdigest()
+    log = "noise\n" + "\n".join(archive_lines(archive)) + "\n"
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(HarnessError) as refused:
+        receive_run(log, {**result, "archive_sha256": digest}, "tiny-0123456789ab", store, "job-1")
+    assert "Ray job job-1" in str(refused.value)
+    assert not store.runs_dir.exists() or not any(store.runs_dir.iterdir())  # nothing half-unpacked is left
+    # the same run packed honestly comes home whole
+    honest = pack_files(run_dir, result["files"])
+    log = "\n".join(archive_lines(honest))
+    record = receive_run(
+        log, {**result, "archive_sha256": hashlib.sha256(honest).hexdigest()}, "tiny-0123456789ab", store, "job-2"
+    )
+    assert store.verify(record["run_id"]) == [] and record["ray"]["files_came"].startswith("through Ray")

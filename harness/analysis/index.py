@@ -10,7 +10,11 @@ The tails of finished runs' metrics are also compacted into ``<store>/metrics/ta
 last TAIL_POINTS points by step, with ``back``, a point's position from the end of its series.
 DuckDB pays a few tenths of a millisecond per file opened, so final scores and metric names of
 25,000 runs come from a few parts instead of 25,000 files (benchmarks/bench_analysis.py measures
-both). Curves (every point) and runs still running are read from the runs' own files.
+both). A run that finished wrote its row and the same tails into the store's journal
+(``harness.store.journal``) as it ended, so a cold index of a store reads a few dozen journal
+files, not every run's two; only runs the journal lacks (stores from before it, runs changed
+since) are read from their own files and compacted here. Curves (every point) and runs still
+running are read from the runs' own files.
 
 Every record and metrics file is opened without following links and checked on its descriptor
 (``harness.util.safefs``); DuckDB is handed ``/proc/self/fd/N`` of the checked descriptor, never a
@@ -19,8 +23,6 @@ path it would resolve itself.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import resource
 import time
@@ -32,19 +34,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.errors import HarnessError, StoreError
+from harness.store import journal
+from harness.store.journal import FD_DIR, TAIL_POINTS, index_row, read_record, stamp
 from harness.store.layout import METRICS_PARQUET
 from harness.store.layout import RECORD as RECORD_NAME
 from harness.store.local import LocalStore
 from harness.store.record import FINAL_STATUSES
 from harness.util.fsutil import write_table_atomic
-from harness.util.safefs import MAX_RECORD_BYTES, UnsafeFile, open_dir, open_in, read_in
+from harness.util.safefs import UnsafeFile, open_dir, open_in
 
 INDEX_NAME = "index.parquet"
 PARTS_DIR = "metrics"
 PART_PREFIX = "tail-"  # earlier layouts (part-*: full copies) are compacted again
 PART_RUNS = 5000  # runs per compacted part (fewer when the descriptor limit is low)
-TAIL_POINTS = 100  # points per (run, metric) kept in a part's tail: final scores over up to this many
-FD_DIR = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
 STALE_PART_S = 3600  # unreferenced parts older than this are removed (younger: a refresh in flight)
 INDEX_SCHEMA = pa.schema(
     [
@@ -63,48 +65,6 @@ INDEX_SCHEMA = pa.schema(
         ("metrics_part", pa.string()),
     ]
 )
-
-
-def _stamp(stat: os.stat_result) -> str:
-    return f"{stat.st_mtime_ns}:{stat.st_size}"
-
-
-def _read_record(runs_fd: int, run_id: str) -> tuple[dict[str, Any], str] | None:
-    """A run's record and its stamp, read without following links (None: not a readable record)."""
-    try:
-        data, info = read_in(runs_fd, (run_id, RECORD_NAME), MAX_RECORD_BYTES)
-        record = json.loads(data)
-    except (UnsafeFile, OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("run_id"), str):
-        return None
-    return record, _stamp(info)
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _row(record: dict[str, Any], stamp: str) -> dict[str, Any]:
-    seed = record.get("seed")
-    duration = record.get("duration_s")
-    tags = record.get("tags")
-    budget = record.get("budget")
-    return {
-        "run_id": str(record["run_id"]),
-        "name": _text(record.get("name")),
-        "seed": int(seed) if isinstance(seed, (int, float)) and math.isfinite(seed) else None,
-        "params": json.dumps(record.get("params") or {}, sort_keys=True, default=str),
-        "status": _text(record.get("status")),
-        "started_at": _text(record.get("started_at")),
-        "duration_s": float(duration) if isinstance(duration, (int, float)) else None,
-        "tags": [str(t) for t in tags] if isinstance(tags, list) else [],
-        "primary_metric": _text(record.get("primary_metric")),
-        "smoke": bool(record.get("smoke")),
-        "budget": json.dumps(budget, sort_keys=True, default=str) if isinstance(budget, dict) else None,
-        "record_stamp": stamp,
-        "metrics_part": None,
-    }
 
 
 def _connect() -> Any:
@@ -210,49 +170,85 @@ def _load_index(path: Path) -> dict[str, dict[str, Any]]:
     return {row["run_id"]: row for row in old.to_pylist()}
 
 
-def _scan_records(store: LocalStore, known: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-    """Index rows of every readable record (cached rows where the record is unchanged); whether
-    any row is new or changed."""
+class _Journal:
+    """The store's journal of finished runs (``harness.store.journal``), read at most once per
+    refresh and only when a run is not in the index yet: a run's entry is used only while its
+    record.json and metrics.parquet are still the files it was made from."""
+
+    def __init__(self, store: LocalStore, runs_fd: int):
+        self.root = store.root
+        self.runs_fd = runs_fd
+        self.present = os.path.isdir(store.root / journal.JOURNAL_DIR)
+        self.entries: dict[str, list[journal.Entry]] | None = None
+
+    def row(self, run_id: str, record_stamp: str) -> dict[str, Any] | None:
+        """The run's index row from the journal, its ``metrics_part`` the journal file; None when
+        no entry matches the run's files as they are now."""
+        if not self.present:
+            return None
+        if self.entries is None:
+            self.entries = journal.read_journal(self.root)
+        candidates = self.entries.get(run_id)
+        if not candidates:
+            return None
+        now = journal.metrics_stamp(self.runs_fd, run_id)
+        for entry in candidates:
+            if entry.row["record_stamp"] == record_stamp and entry.metrics_stamp == now:
+                return {**entry.row, "metrics_part": entry.part}
+        return None
+
+
+def _scan_records(
+    runs_fd: int, known: dict[str, dict[str, Any]], finished: _Journal
+) -> tuple[list[dict[str, Any]], bool]:
+    """Index rows of every readable record (cached rows where the record is unchanged, journal
+    rows where the journal holds the run as it is); whether any row is new or changed."""
     rows: list[dict[str, Any]] = []
     changed = False
-    try:
-        runs_fd = open_dir(store.runs_dir)
-    except UnsafeFile:
-        return rows, False
-    try:
-        with os.scandir(runs_fd) as entries:
-            for entry in entries:
-                run_id = entry.name
-                if run_id.startswith("."):
+    with os.scandir(runs_fd) as entries:
+        for entry in entries:
+            run_id = entry.name
+            if run_id.startswith("."):
+                continue
+            cached = known.get(run_id)
+            if cached is not None or finished.present:
+                try:
+                    info = os.stat(f"{run_id}/{RECORD_NAME}", dir_fd=runs_fd, follow_symlinks=False)
+                except OSError:
                     continue
-                cached = known.get(run_id)
-                if cached is not None:
-                    try:
-                        info = os.stat(f"{run_id}/{RECORD_NAME}", dir_fd=runs_fd, follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if cached["record_stamp"] == _stamp(info):
-                        rows.append(cached)
-                        continue
-                found = _read_record(runs_fd, run_id)
-                if found is not None:
-                    rows.append(_row(*found))
+                record_stamp = stamp(info)
+                if cached is not None and cached["record_stamp"] == record_stamp:
+                    rows.append(cached)
+                    continue
+                row = finished.row(run_id, record_stamp)
+                if row is not None:
+                    rows.append(row)
                     changed = True
-    finally:
-        os.close(runs_fd)
+                    continue
+            found = read_record(runs_fd, run_id)
+            if found is not None:
+                rows.append(index_row(*found))
+                changed = True
     return rows, changed
 
 
+def _part_location(part: str) -> tuple[str, str] | None:
+    """The folder (below the store) and name of a row's metrics part; None for an older layout."""
+    if journal.is_journal_part(part):
+        return journal.JOURNAL_DIR, part
+    return (PARTS_DIR, part) if part.startswith(PART_PREFIX) else None
+
+
 def _parts_present(store: LocalStore, rows: list[dict[str, Any]]) -> None:
-    """Forget a row's part when it is gone or of an older layout (the run is compacted again)."""
-    parts = store.root / PARTS_DIR
+    """Forget a row's part when it is gone (merged away, removed) or of an older layout."""
     present: dict[str, bool] = {}
     for row in rows:
         part = row["metrics_part"]
         if part is None:
             continue
         if part not in present:
-            present[part] = part.startswith(PART_PREFIX) and (parts / part).is_file()
+            where = _part_location(part)
+            present[part] = where is not None and (store.root / where[0] / where[1]).is_file()
         if not present[part]:
             row["metrics_part"] = None
 
@@ -260,31 +256,48 @@ def _parts_present(store: LocalStore, rows: list[dict[str, Any]]) -> None:
 def refresh_index(store: LocalStore, compact: bool = True) -> pa.Table:
     """The store's run index, brought up to date with the records on disk (and saved).
 
-    With ``compact``, finished runs not yet in a metrics part are compacted into new parts.
+    Runs not yet in the index come from the store's journal where it holds them as they are, else
+    from their records. With ``compact``, finished runs in no metrics part yet are looked up in the
+    journal, and the rest compacted into new parts.
     """
     path = store.root / INDEX_NAME
     known = _load_index(path)
-    rows, changed = _scan_records(store, known) if store.runs_dir.is_dir() else ([], False)
-    changed = changed or len(rows) != len(known)
-    rows.sort(key=lambda r: r["run_id"])
-    if compact and store.root.is_dir():
-        before = [r["metrics_part"] for r in rows]
-        _parts_present(store, rows)
-        changed = changed or before != [r["metrics_part"] for r in rows]
-        pending = [r for r in rows if r["metrics_part"] is None and r["status"] in FINAL_STATUSES]
-        if pending:
-            runs_fd = open_dir(store.runs_dir)
-            try:
-                size = _fd_budget()
-                for start in range(0, len(pending), size):
-                    batch = pending[start : start + size]
-                    part, held = _compact(store, runs_fd, [r["run_id"] for r in batch])
-                    for r in batch:
-                        if r["run_id"] in held:
-                            r["metrics_part"] = part
-                            changed = True
-            finally:
-                os.close(runs_fd)
+    rows: list[dict[str, Any]] = []
+    changed = False
+    try:
+        runs_fd: int | None = open_dir(store.runs_dir)
+    except UnsafeFile:
+        runs_fd = None
+    try:
+        if runs_fd is not None:
+            finished = _Journal(store, runs_fd)
+            rows, changed = _scan_records(runs_fd, known, finished)
+        changed = changed or len(rows) != len(known)
+        rows.sort(key=lambda r: r["run_id"])
+        if compact and runs_fd is not None:
+            before = [r["metrics_part"] for r in rows]
+            _parts_present(store, rows)
+            changed = changed or before != [r["metrics_part"] for r in rows]
+            pending = []
+            for r in rows:
+                if r["metrics_part"] is None and r["status"] in FINAL_STATUSES:
+                    found = finished.row(r["run_id"], r["record_stamp"])
+                    if found is None:
+                        pending.append(r)
+                    else:
+                        r["metrics_part"] = found["metrics_part"]
+                        changed = True
+            size = _fd_budget()
+            for start in range(0, len(pending), size):
+                batch = pending[start : start + size]
+                part, held = _compact(store, runs_fd, [r["run_id"] for r in batch])
+                for r in batch:
+                    if r["run_id"] in held:
+                        r["metrics_part"] = part
+                        changed = True
+    finally:
+        if runs_fd is not None:
+            os.close(runs_fd)
     table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
     if changed and store.root.is_dir():
         write_table_atomic(table, path)
@@ -311,7 +324,6 @@ def _run_query(
     read from the per-run files) and the per-run files (``file_sql``); each is a SELECT over a
     relation called ``src``, and its result rows per run depend only on that run's points (the
     per-run files are read in batches)."""
-    parts_dir = store.root / PARTS_DIR
     results: list[dict[str, np.ndarray]] = []
     compacted: dict[str, list[str]] = {}
     loose: list[str] = []
@@ -320,18 +332,19 @@ def _run_query(
             compacted.setdefault(part, []).append(run_id)
         else:
             loose.append(run_id)
-    parts_fd: int | None = None
+    root_fd: int | None = None
     try:
         if compacted:
             try:
-                parts_fd = open_dir(parts_dir)
+                root_fd = open_dir(store.root)
             except UnsafeFile:
-                parts_fd = None
+                root_fd = None
             with _OpenFiles() as files:
                 wanted_ids: list[str] = []
                 wanted_paths: list[str] = []
                 for part, ids in compacted.items():
-                    opened = files.open(parts_fd, (part,)) if parts_fd is not None else None
+                    where = _part_location(part)
+                    opened = files.open(root_fd, where) if root_fd is not None and where is not None else None
                     if opened is None:
                         loose += ids  # a part removed since the index was read
                         continue
@@ -373,8 +386,8 @@ def _run_query(
     except Exception as exc:  # duckdb's own IOException, InvalidInputException, ...
         raise _duckdb_error(exc) from exc
     finally:
-        if parts_fd is not None:
-            os.close(parts_fd)
+        if root_fd is not None:
+            os.close(root_fd)
     return _concat(results)
 
 

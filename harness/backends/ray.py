@@ -19,11 +19,13 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from harness.backends import Backend, BackendOptions, Echo, Job, SweepOutcome
-from harness.backends.ray_task import RESULT_MARK
+from harness.backends.ray_task import MARKER_FILE, RESULT_MARK, image_note
 from harness.backends.sweeps import ATTEMPT_SUFFIX, Submission, SweepState, attempt_records, save_state
 from harness.errors import HarnessError
 from harness.store.layout import RECORD
@@ -33,9 +35,12 @@ from harness.util.safefs import UnsafeFile, copy_beneath, relative_path_problem,
 
 if TYPE_CHECKING:
     from harness.manifest import Hardware
+    from harness.reproduce.reproduction import SeedJob, SeedRunner
     from harness.run.plan import RunSpec
+    from harness.store.record import Record
 
 ADDRESS_ENV = ("HARNESS_RAY_ADDRESS", "RAY_ADDRESS")
+FILES_ENV = "HARNESS_RAY_FILES"
 MEMORY_MARGIN = 512 * 2**20  # the harness process on the node shares the job's memory
 ATTEMPTS = 2  # a job lost with its node runs once more elsewhere
 POLL_S = 1.0
@@ -145,54 +150,142 @@ def result_of(log: str) -> dict[str, Any] | None:
     return data
 
 
-def copy_run(
-    node_store: Path, result: dict[str, Any], base_run_id: str, store: LocalStore, job_id: str
-) -> dict[str, Any]:
-    """Copy a run folder from a node's store into ``store`` and check every file against the sums
-    the job printed; the record (under a fresh attempt id where the store holds the run already).
-
-    Raises HarnessError naming the first file that is missing, a link, or has another sha256."""
-    from harness.run.runner import fresh_run_id
-
+def _check_run_id(result: dict[str, Any], base_run_id: str, job_id: str) -> str:
     run_id = result["run_id"]
     if run_id != base_run_id and not (
         run_id.startswith(base_run_id) and ATTEMPT_SUFFIX.fullmatch(run_id[len(base_run_id) :])
     ):
         raise HarnessError(f"Ray job {job_id} reports run {run_id[:80]!r}, not an attempt of {base_run_id}")
-    source = LocalStore(node_store).run_dir(run_id)
+    return str(run_id)
+
+
+def _land(
+    result: dict[str, Any],
+    base_run_id: str,
+    store: LocalStore,
+    job_id: str,
+    fill: Callable[[Path], dict[str, Any]],
+    how: str,
+) -> dict[str, Any]:
+    """Bring one run into ``store``: ``fill(staging)`` puts its files into a new staging folder
+    (checked against the sums the job printed) and returns the node's record, which must list
+    exactly those sums; the record is saved under a fresh attempt id where the store holds the run."""
+    from harness.run.runner import fresh_run_id
+
+    run_id = _check_run_id(result, base_run_id, job_id)
     files: dict[str, Any] = result["files"]
-    record = dict(read_record(source / RECORD))
-    if record.get("run_id") != run_id or record.get("files") != files:
-        raise HarnessError(f"Ray job {job_id}: the record on the node does not match the sums the job printed")
+    for relative in files:
+        problem = relative_path_problem(relative)
+        if problem or relative == RECORD:
+            raise HarnessError(f"Ray job {job_id}: refused file {relative[:80]!r} ({problem or 'the record'})")
     target_id = fresh_run_id(store, base_run_id)
+    store.runs_dir.mkdir(parents=True, exist_ok=True)
     staging = store.runs_dir / f".incoming-{secrets.token_hex(4)}"
-    staging.mkdir(parents=True)
     try:
-        for relative, digest in files.items():
-            problem = relative_path_problem(relative)
-            if problem or relative == RECORD:
-                raise HarnessError(f"Ray job {job_id}: refused file {relative[:80]!r} ({problem or 'the record'})")
-            try:
-                copy_beneath(source, relative, staging / relative)
-                copied = sha256_beneath(staging, relative)
-            except (UnsafeFile, OSError) as exc:
-                raise HarnessError(f"Ray job {job_id}: cannot copy {relative} from the node: {exc}") from None
-            if copied != digest:
-                raise HarnessError(f"Ray job {job_id}: {relative} arrived with another sha256 than the node's")
+        try:
+            record = fill(staging)
+        except HarnessError as exc:
+            raise HarnessError(f"Ray job {job_id}: {exc}") from None
+        if record.get("run_id") != run_id or record.get("files") != files:
+            raise HarnessError(f"Ray job {job_id}: the record on the node does not match the sums the job printed")
         record["run_id"] = target_id
-        record["ray"] = {"job_id": job_id, "attempt_on_node": run_id}
+        # how the image reached the node (pulled by digest, found, built) and how the files came home
+        record["ray"] = {
+            "job_id": job_id,
+            "attempt_on_node": run_id,
+            "image": image_note(record.get("image")),
+            "files_came": how,
+        }
         write_json_atomic(staging / RECORD, record)
         staging.rename(store.run_dir(target_id))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    store.note_finished(target_id)
+    return record
+
+
+def copy_run(
+    node_store: Path, result: dict[str, Any], base_run_id: str, store: LocalStore, job_id: str
+) -> dict[str, Any]:
+    """Copy a run folder from a node's store (readable here by path) into ``store`` and check every
+    file against the sums the job printed; the record (under a fresh attempt id where the store
+    holds the run already). The node store is removed once the run is home.
+
+    Raises HarnessError naming the first file that is missing, a link, or has another sha256."""
+    source = LocalStore(node_store).run_dir(_check_run_id(result, base_run_id, job_id))
+
+    def fill(staging: Path) -> dict[str, Any]:
+        record = dict(read_record(source / RECORD))
+        if record.get("files") != result["files"]:
+            return record  # refused by _land, before any file is copied
+        staging.mkdir()
+        for relative, digest in result["files"].items():
+            try:
+                copy_beneath(source, relative, staging / relative)
+                copied = sha256_beneath(staging, relative)
+            except (UnsafeFile, OSError) as exc:
+                raise HarnessError(f"cannot copy {relative} from the node: {exc}") from None
+            if copied != digest:
+                raise HarnessError(f"{relative} arrived with another sha256 than the node's")
+        return record
+
+    record = _land(result, base_run_id, store, job_id, fill, "by path (shared file system)")
     shutil.rmtree(node_store, ignore_errors=True)
     return record
+
+
+def receive_run(log: str, result: dict[str, Any], base_run_id: str, store: LocalStore, job_id: str) -> dict[str, Any]:
+    """Unpack a run folder that came home in a job's log (the node store is not read: the node may
+    be another machine) into ``store``, every file checked against the sums the job printed."""
+    from harness.backends.ray_files import archive_of, unpack_files
+
+    digest = result.get("archive_sha256")
+    if not isinstance(digest, str):
+        raise HarnessError(f"Ray job {job_id}: its result names no archive")
+
+    def fill(staging: Path) -> dict[str, Any]:
+        return unpack_files(archive_of(log, digest), result["files"], staging)
+
+    return _land(result, base_run_id, store, job_id, fill, "through Ray (the job's log)")
 
 
 def node_store() -> Path:
     """A fresh store folder for one job attempt on its node (node-local: the temporary folder)."""
     return Path(tempfile.gettempdir()) / "harness-ray-runs" / secrets.token_hex(8)
+
+
+def files_mode() -> str:
+    """How records come home: ``auto`` (by path when the node can see a marker this side leaves in
+    its store, else through Ray) or ``ray`` (always through Ray); $HARNESS_RAY_FILES sets it."""
+    mode = os.environ.get(FILES_ENV) or "auto"
+    if mode not in ("auto", "ray"):
+        raise HarnessError(f"${FILES_ENV}={mode[:40]!r}: choose auto or ray")
+    return mode
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What one Ray job is told beyond its run: a reproduction's original, a forced rebuild, a
+    registry image (host/name@sha256:...) to pull by digest and the image id it must have."""
+
+    reproduces: str | None = None
+    force_build: bool = False
+    image_ref: str | None = None
+    image_id: str | None = None
+
+    def arguments(self) -> list[str]:
+        """The ray_task options that say this."""
+        args: list[str] = []
+        if self.reproduces:
+            args += ["--reproduces", self.reproduces]
+        if self.force_build:
+            args.append("--force-build")
+        if self.image_ref:
+            args += ["--image-ref", self.image_ref]
+        if self.image_id:
+            args += ["--image-id", self.image_id]
+        return args
 
 
 def seal_unfinished(node_root: Path, base_run_id: str, status: str, detail: str) -> dict[str, Any] | None:
@@ -224,6 +317,7 @@ class RayJob(Job):
         self.run_id = spec.run_id
         self.position = position
         self.node_store = node_store
+        self.options = RunOptions()
         self.job_id = ""
         self.attempts = 0
         self.record: dict[str, Any] | None = None
@@ -251,6 +345,8 @@ class RayBackend(Backend):
         self.client = job_client(address)
         self.submission: Submission | None = None
         self.state_file: Path | None = None
+        self.files = files_mode()
+        self.run_options: dict[str, RunOptions] = {}  # by run id: what its job is told beyond the run
 
     @classmethod
     def create(cls, store: LocalStore, options: BackendOptions) -> RayBackend:
@@ -274,6 +370,7 @@ class RayBackend(Backend):
         try:
             for position, spec in enumerate(specs):
                 job = RayJob(spec, position, node_store())
+                job.options = self.run_options.get(spec.run_id, RunOptions())
                 jobs.append(job)
                 self._start(job, sweep)
         except CLIENT_ERRORS + (KeyboardInterrupt,) as exc:
@@ -288,10 +385,18 @@ class RayBackend(Backend):
     def _start(self, job: RayJob, sweep: SweepState) -> None:
         assert self.submission is not None and self.state_file is not None
         index = len(sweep.submissions) - 1
+        options = job.options.arguments()
+        if self.files == "auto":  # a node that can read this marker shares this side's file system
+            marker = secrets.token_hex(16)
+            job.node_store.mkdir(parents=True, exist_ok=True)
+            (job.node_store / MARKER_FILE).write_text(marker + "\n")
+            options += ["--marker", marker]
         entrypoint = [
             sys.executable,
+            "-P",  # not the job's working folder first on sys.path: the harness of PYTHONPATH runs
             "-m",
             "harness.backends.ray_task",
+            *options,
             str(self.state_file),
             str(index),
             str(job.position),
@@ -345,7 +450,11 @@ class RayBackend(Backend):
                             if record.get("status") != "completed" and record.get("detail")
                             else ""
                         )
-                        self.echo(f"[{finished}/{len(jobs)}] {record.get('run_id')} {record.get('status')}{detail}")
+                        came = record.get("ray") or {}
+                        how = f"; image: {came['image']}; files {came['files_came']}" if came else ""
+                        self.echo(
+                            f"[{finished}/{len(jobs)}] {record.get('run_id')} {record.get('status')}{detail}{how}"
+                        )
                 if pending:
                     time.sleep(POLL_S)
         except KeyboardInterrupt:
@@ -376,7 +485,11 @@ class RayBackend(Backend):
         result = result_of(log)
         if result is not None:
             try:
-                record = copy_run(job.node_store, result, job.run_id, self.store, job.job_id)
+                if "archive_sha256" in result:  # the node could not share its folder: it is in the log
+                    record = receive_run(log, result, job.run_id, self.store, job.job_id)
+                    shutil.rmtree(job.node_store, ignore_errors=True)  # this side's marker, if any
+                else:
+                    record = copy_run(job.node_store, result, job.run_id, self.store, job.job_id)
             except HarnessError as exc:
                 job.record = {"run_id": job.run_id, "status": "failed", "detail": str(exc)}
                 return True
@@ -397,7 +510,8 @@ class RayBackend(Backend):
             return False
         state = "cancelled" if status == "STOPPED" else "node_fail"
         detail = f"Ray job {job.job_id} {status}: {reason}"
-        unsealed = seal_unfinished(job.node_store, job.run_id, state, detail)
+        # only a node store this side can read (a marker was left there) may hold what the run left
+        unsealed = seal_unfinished(job.node_store, job.run_id, state, detail) if self.files == "auto" else None
         if unsealed is not None:
             try:
                 job.record = copy_run(job.node_store, unsealed, job.run_id, self.store, job.job_id)
@@ -461,3 +575,54 @@ class RayBackend(Backend):
             else:
                 states[run_id] = {"failed": "node_fail", "": "queued"}.get(ray_state, ray_state)
         return states
+
+
+def run_on_ray(
+    specs: list[RunSpec],
+    options: dict[str, RunOptions],
+    store: LocalStore,
+    address: str | None,
+    runtime: str = "auto",
+    echo: Echo = print,
+    label: str = "reproduction",
+) -> list[dict[str, Any]]:
+    """Run ``specs`` on the Ray cluster as a sweep of their own (each run as a new attempt, whatever
+    the store holds), with ``options`` per run id; waits and returns their records in spec order
+    (a run that never came home has a record only here, not in the store). Ctrl-C stops the jobs."""
+    from harness.backends import BackendOptions
+    from harness.backends.sweeps import SweepState, sweep_id_for
+    from harness.runtime import signals
+
+    backend = RayBackend.create(store, BackendOptions(runtime=runtime, echo=echo, address=address))
+    backend.run_options = dict(options)
+    run_ids = [spec.run_id for spec in specs]
+    loaded = specs[0].loaded
+    sweep = SweepState(
+        sweep_id=sweep_id_for(f"{specs[0].name}-{label}", [*run_ids, secrets.token_hex(8)]),
+        name=specs[0].name,
+        manifest_path=str(loaded.path.resolve()),
+        manifest_sha256=loaded.sha256,
+        run_ids=run_ids,
+    )
+    from harness.backends import SweepPlan
+
+    outcome = SweepOutcome(plan=SweepPlan(sweep.sweep_id, specs, list(specs)), backend="ray", dry_run=False)
+    previous_handlers = signals.install()  # SIGTERM and SIGHUP stop the runs like Ctrl-C
+    try:
+        backend.collect(backend.submit(specs, sweep), sweep, outcome)
+    finally:
+        signals.restore(previous_handlers)
+    return outcome.records
+
+
+def seed_runner(address: str | None, store: LocalStore, runtime: str = "auto") -> SeedRunner:
+    """``harness reproduce --backend ray``: a reproduction's seeds run as Ray jobs, side by side."""
+    cluster_address(address)  # no address: one line before anything is pulled or staged
+
+    def run(jobs: list[SeedJob], echo: Echo) -> list[Record]:
+        options = {j.spec.run_id: RunOptions(j.reproduces, j.force_build, j.image_ref, j.image_id) for j in jobs}
+        node_runtime = runtime if runtime in ("process", "podman") else "auto"
+        records = run_on_ray([j.spec for j in jobs], options, store, address, node_runtime, echo)
+        return cast("list[Record]", records)
+
+    return run

@@ -20,8 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from harness.capture.gpu import gpu_inventory
 from harness.util.fsutil import cache_root, write_json_atomic
 from harness.util.secrets import NOT_SECRET, SECRET_NAME_PATTERN, SECRET_VALUE_PATTERN
@@ -159,6 +157,17 @@ def _os_name() -> str:
     return platform.platform()
 
 
+def _memory_bytes() -> int:
+    """The host's physical memory (what psutil calls total), without importing psutil on the
+    path to a container's start."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+
+
 def capture_host() -> dict[str, Any]:
     """Facts about the machine running the harness, for record.json's ``host``."""
     inventory = gpu_inventory()
@@ -168,7 +177,7 @@ def capture_host() -> dict[str, Any]:
         "kernel": platform.release(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "memory_bytes": int(psutil.virtual_memory().total),
+        "memory_bytes": _memory_bytes(),
         "gpus": inventory["gpus"],
         "gpu_driver": inventory["gpu_driver"],
     }

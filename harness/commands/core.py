@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from harness.commands.options import ca_bundle_option, console, json_option, runtime_option
+from harness.commands.options import ca_bundle_option, console, json_option, ray_address_option, runtime_option
 from harness.commands.output import emit_json, examples
 from harness.commands.runids import RUN_ID
 from harness.errors import HarnessError
@@ -266,7 +266,7 @@ def build(
 @click.option("--jobs", type=int, help="At most this many runs at once.")
 @click.option("--partition", help="Slurm partition.")
 @click.option("--account", help="Slurm account.")
-@click.option("--address", help="Ray: the cluster's Jobs API, e.g. http://HEAD:8265 [default: $HARNESS_RAY_ADDRESS].")
+@ray_address_option
 @click.option("--rerun", is_flag=True, help="Run again even when the store has a completed run of the same config.")
 @click.option("--retry-failed", is_flag=True, help="Re-run failed, timed-out, OOM and interrupted runs.")
 @click.option("--dry-run", is_flag=True, help="List what would run.")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from harness.commands.options import endpoint_option, json_option, runtime_option
+from harness.commands.options import endpoint_option, json_option, ray_address_option, runtime_option
 from harness.commands.output import emit_json, examples
 from harness.commands.runids import RUN_ID_OR_HUB_OR_IMPORTED, complete_repos, complete_run_ids
 
@@ -248,6 +248,7 @@ def _image_line(result: Any) -> str:
         "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e",
         "harness reproduce dqn-cartpole-3f2a --out repro/ --json",
         "harness reproduce dqn-cartpole-3f2a --rebuild",
+        "harness reproduce dqn-cartpole-3f2a --backend ray --address http://HEAD:8265",
         "harness reproduce my-lab/cartpole-dqn/dqn-cartpole-3f2a1b0c9d8e --seeds 5 --new-seeds",
         "harness reproduce cartpole-v1-dqn          # a group brought in by harness import",
         "harness reproduce cleanrl/CartPole-v1-dqn-seed1 --seeds 5",
@@ -278,6 +279,14 @@ def _image_line(result: Any) -> str:
     is_flag=True,
     help="build a recipe that declares image.network: true (its build then reaches this host's network)",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="where the seeds run: here one after another, or as Ray jobs side by side",
+)
+@ray_address_option
 @trust_option
 @json_option
 def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per option
@@ -292,6 +301,8 @@ def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per opti
     out: Path | None,
     rebuild: bool,
     allow_build_network: bool,
+    backend: str,
+    address: str | None,
     trust_key: Path | None,
     as_json: bool,
 ) -> None:
@@ -305,7 +316,14 @@ def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per opti
     from harness.reproduce.group_verdict import json_safe
     from harness.reproduce.reproduction import ReproduceOptions
     from harness.reproduce.reproduction import reproduce as reproduce_run
+    from harness.store.local import LocalStore
 
+    store = LocalStore()
+    runner = None
+    if backend == "ray":
+        from harness.backends.ray import seed_runner
+
+        runner = seed_runner(address, store, runtime)
     options = ReproduceOptions(
         endpoint=endpoint,
         revision=revision,
@@ -318,8 +336,11 @@ def reproduce(  # noqa: PLR0913 — a Click command takes one parameter per opti
         rebuild=rebuild,
         allow_build_network=allow_build_network,
         trust_key=trust_key,
+        seed_runner=runner,
     )
-    result = reproduce_run(target, options, echo=lambda line: click.echo(line, err=True), progress=sys.stderr)
+    result = reproduce_run(
+        target, options, store=store, echo=lambda line: click.echo(line, err=True), progress=sys.stderr
+    )
     if as_json:
         emit_json(json_safe(result.to_dict(curves=False)))
     else:

@@ -34,6 +34,9 @@ ca_bundle_option = click.option(
     type=click.Path(path_type=Path),
     help="Extra CA bundle for the build (default: SSL_CERT_FILE, PIP_CERT, REQUESTS_CA_BUNDLE).",
 )
+ray_address_option = click.option(
+    "--address", help="Ray: the cluster's Jobs API, e.g. http://HEAD:8265 [default: $HARNESS_RAY_ADDRESS]."
+)
 endpoint_option = click.option("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
 
 # -- analysis: the same option means the same thing in compare, plot and thc ------------------------

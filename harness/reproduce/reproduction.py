@@ -253,10 +253,9 @@ def original_run(
     return run_id, repo
 
 
-def registry_image_of(original: Record, runtime: str) -> Any:
-    """The original's image pulled by its registry digest into ``runtime``'s engine (an ImageInfo),
-    or None when its record has no registry reference. HarnessError when the registry serves an image
-    whose id is not the one the original ran."""
+def registry_ref_of(original: Record) -> str | None:
+    """The original's registry reference (host/name@sha256:<digest>), None when its record has none;
+    HarnessError for one that is not such a reference."""
     image: dict[str, Any] = original.get("image") or {}  # type: ignore[assignment]
     ref = image.get("registry_ref") if isinstance(image, dict) else None
     if not ref:
@@ -267,6 +266,17 @@ def registry_image_of(original: Record, runtime: str) -> Any:
         raise HarnessError(
             f"run {original.get('run_id')}: image.registry_ref {str(ref)[:120]!r} is not host/name@sha256:<digest>"
         )
+    return ref
+
+
+def registry_image_of(original: Record, runtime: str) -> Any:
+    """The original's image pulled by its registry digest into ``runtime``'s engine (an ImageInfo),
+    or None when its record has no registry reference. HarnessError when the registry serves an image
+    whose id is not the one the original ran."""
+    ref = registry_ref_of(original)
+    if ref is None:
+        return None
+    image: dict[str, Any] = original.get("image") or {}  # type: ignore[assignment]
     if runtime == "podman":
         from harness.images.podman import podman_resolve_ref
         from harness.runtime.podman import podman_api
@@ -382,6 +392,23 @@ def _run_one(
 
 
 @dataclass(frozen=True)
+class SeedJob:
+    """One reproduction run handed to a :data:`SeedRunner`: its spec, the original run of its seed,
+    whether its image is rebuilt first, and the registry image (and id) it must run instead."""
+
+    spec: Any
+    reproduces: str
+    force_build: bool = False
+    image_ref: str | None = None
+    image_id: str | None = None
+
+
+# runs the seeds somewhere else than here (harness reproduce --backend ray): every job, side by
+# side; returns the records it brought into the store (a run that never came home may be missing)
+SeedRunner = Callable[[list[SeedJob], Callable[[str], None]], list[Record]]
+
+
+@dataclass(frozen=True)
 class ReproduceOptions:
     """How to reproduce a run: where its original comes from, how to run it, over which seeds.
 
@@ -401,6 +428,7 @@ class ReproduceOptions:
     rebuild: bool = False
     allow_build_network: bool = False
     trust_key: Path | None = None  # accept the published group only signed by this public key
+    seed_runner: SeedRunner | None = None  # where the seeds run (None: here, one after another)
 
 
 @dataclass
@@ -557,9 +585,18 @@ def _run_seeds(
     with tempfile.TemporaryDirectory(prefix="harness-reproduce-") as workdir:
         loaded = load_manifest(stage_project(store.run_dir(original_id), Path(workdir)))
         as_published(loaded, original.get("image") or {})
-        registry_image = None if options.rebuild or runtime == "process" else registry_image_of(original, runtime)
+        elsewhere = options.seed_runner is not None  # the image is pulled or built where each seed runs
+        registry_image: Any = None
+        remote_ref = None
+        if options.rebuild or runtime == "process":
+            pass
+        elif elsewhere:
+            remote_ref = registry_ref_of(original)
+        else:
+            registry_image = registry_image_of(original, runtime)
         if (
-            registry_image is None
+            remote_ref is None
+            and registry_image is None
             and loaded.manifest.image.network
             and not options.allow_build_network
             and runtime in ("docker", "podman")
@@ -568,8 +605,11 @@ def _run_seeds(
                 f"run {original_id}: its recipe declares image.network: true, so rebuilding it would give "
                 "its build this host's network; read its context/, then pass --allow-build-network"
             )
-        if registry_image is not None:
-            echo(f"reproducing with the published image {registry_image.ref} (no build)")
+        if registry_image is not None or remote_ref is not None:
+            shown = registry_image.ref if registry_image is not None else remote_ref
+            echo(
+                f"reproducing with the published image {shown} (no build{', pulled by digest on each node' if elsewhere else ''})"
+            )
             image_source = "registry"
         else:
             image_source = "ref" if loaded.manifest.image.ref else "rebuilt"
@@ -592,7 +632,35 @@ def _run_seeds(
         of_seed = {int(r["seed"]): r["run_id"] for r in group}
         params = dict(original.get("params") or {})
         smoke = bool(original.get("smoke"))
-        for index, seed in enumerate(plan.seeds):
+        if options.seed_runner is not None:
+            published_id = (original.get("image") or {}).get("id")
+            jobs = [
+                SeedJob(
+                    RunSpec(
+                        loaded=loaded,
+                        params=params,
+                        seed=seed,
+                        smoke=smoke,
+                        config_key=config_key(loaded, params, seed, smoke),
+                    ),
+                    of_seed.get(seed, original_id),
+                    force_build=index == 0 and image_source == "rebuilt",
+                    image_ref=remote_ref,
+                    image_id=published_id if remote_ref and isinstance(published_id, str) else None,
+                )
+                for index, seed in enumerate(plan.seeds)
+            ]
+            came = options.seed_runner(jobs, echo)
+            records = [r for r in came if store.run_dir(r["run_id"]).is_dir()]
+            if not records:
+                raise HarnessError(
+                    f"no reproduction run of {original_id} came home: {came[0].get('detail') if came else 'none ran'}"
+                )
+            records.sort(key=lambda r: plan.seeds.index(int(r["seed"])))
+            plan_seeds_left = []
+        else:
+            plan_seeds_left = list(plan.seeds)
+        for index, seed in enumerate(plan_seeds_left):
             spec = RunSpec(
                 loaded=loaded, params=params, seed=seed, smoke=smoke, config_key=config_key(loaded, params, seed, smoke)
             )
@@ -616,7 +684,7 @@ def _run_seeds(
             if record.get("status") != RunStatus.COMPLETED:
                 echo(f"{record['run_id']} is {record.get('status')}: no further seeds are run")
                 break
-    image_ref = registry_image.ref if registry_image is not None else None
+    image_ref = registry_image.ref if registry_image is not None else remote_ref
     return _SeedRuns(group, published_seeds, plan.message, records, image_source, image_ref, expect)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import cast
 
 from harness.errors import StoreError
+from harness.store.journal import note_finished
 from harness.store.layout import RECORD, RunLayout
 from harness.store.record import Record
 from harness.util.fsutil import write_json_atomic
@@ -99,7 +100,13 @@ class LocalStore:
         record["files"], skipped = checksum_report(self.run_dir(record["run_id"]))
         record["skipped_files"] = skipped_for_record(skipped)
         self.save(record)
+        self.note_finished(record["run_id"])
         return record
+
+    def note_finished(self, run_id: str) -> None:
+        """Add a sealed run to the store's journal, which a cold run index reads instead of its
+        files (best effort: see ``harness.store.journal``)."""
+        note_finished(self.root, run_id)
 
     def mark(self, run_id: str, status: str, detail: str) -> Record:
         """Correct a sealed record's final status (its files are unchanged, so the checksums stand)."""
@@ -107,6 +114,7 @@ class LocalStore:
         record["status"] = str(status)
         record["detail"] = detail
         self.save(record)
+        self.note_finished(run_id)
         return record
 
     def records(self) -> Iterator[Record]:

@@ -44,3 +44,26 @@ def table(columns: dict[str, pa.Array], schema: pa.Schema | None = None) -> Any:
     """A table of the columns, in their order (cast to ``schema`` when given)."""
     result = pa.Table.from_arrays(list(columns.values()), names=list(columns))
     return result.cast(schema) if schema is not None else result
+
+
+def numpy_column(values: Any) -> pa.Array:
+    """A column of a 1-d numpy array of int64 or float64 (its buffer, not ``pa.array``)."""
+    import numpy as np
+
+    values = np.ascontiguousarray(values)
+    kind = {np.dtype(np.int64): pa.int64(), np.dtype(np.float64): pa.float64()}[values.dtype]
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
+
+
+def numpy_of(column: pa.Array, dtype: Any) -> Any:
+    """The values of a fixed-width column without nulls as a numpy array of ``dtype`` (cast
+    first where its type differs; read from its buffer, not ``to_numpy``, which loads pandas)."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    wanted = pa.from_numpy_dtype(dtype)
+    if column.type != wanted:
+        column = column.cast(wanted)
+    if column.null_count:
+        raise ValueError("a column with nulls has no plain numpy form")
+    return np.frombuffer(column.buffers()[1], dtype=dtype, count=len(column), offset=column.offset * dtype.itemsize)
