@@ -10,40 +10,49 @@ cd "$(dirname "$0")/.."
 
 with_slurm=0
 with_podman=0
+with_tests=0
 for arg in "$@"; do
   case "$arg" in
     --with-slurm) with_slurm=1 ;;
     --with-podman) with_podman=1 ;;
-    *) echo "setup.sh: unknown option $arg (known: --with-slurm, --with-podman)" >&2; exit 2 ;;
+    --with-tests) with_tests=1 ;;
+    *) echo "setup.sh: unknown option $arg (known: --with-tests, --with-slurm, --with-podman)" >&2; exit 2 ;;
   esac
 done
 log() { echo "setup: $*" >&2; }
 
-# The harness and its test extras (pip) install while apt installs and the engine starts: they
-# need neither, and each takes minutes on a fresh machine.
+# The harness (pip) installs while apt installs and the engine starts: it needs neither, and it
+# takes a minute or more on a fresh machine. Its test extras (torch, transformers, Ray, pytest: a
+# few GB and several more minutes) only with --with-tests: a run needs none of them on the host,
+# its workload's packages are in its image.
 install_harness() {
+  extras="" probe="harness"
+  if [ "$with_tests" = 1 ]; then
+    extras="[test]" probe="harness, pytest, torch, gymnasium, ruff, mypy, securesystemslib, ray"
+  fi
   # install when missing, or when the installed harness is another checkout's
-  installed=$(cd / && python3 -c "import harness, pytest, torch, gymnasium, ruff, mypy, securesystemslib, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
+  installed=$(cd / && python3 -c "import $probe, os; print(os.path.dirname(os.path.dirname(harness.__file__)))" 2>/dev/null || true)
   # the distribution was called "harness" before it became harness-repro: drop that editable install
   if python3 -m pip show harness 2>/dev/null | grep -q "^Editable project location: $(pwd -P)\$"; then
     python3 -m pip uninstall -q -y harness
     installed=""
   fi
   if [ "$installed" != "$(pwd -P)" ] || ! command -v harness >/dev/null; then
-    log "pip install -e .[test]"
+    log "pip install -e .$extras"
     pip_args=()
-    # the test extras pin torch; its CPU build is on PyTorch's index (PyPI's is the CUDA build, GBs)
-    # PyTorch's CPU index serves torch without CUDA (PyPI's is several GB); asked only where it
-    # answers, since pip retries an unreachable index for every package
-    if python3 -c 'import urllib.request; urllib.request.urlopen("https://download.pytorch.org/whl/cpu/", timeout=10)' 2>/dev/null; then
-      pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+    if [ "$with_tests" = 1 ]; then
+      # the test extras pin torch; PyTorch's CPU index serves it without CUDA (PyPI's is the CUDA
+      # build, GBs), asked only where it answers, since pip retries an unreachable index for every package
+      if python3 -c 'import urllib.request; urllib.request.urlopen("https://download.pytorch.org/whl/cpu/", timeout=10)' 2>/dev/null; then
+        pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+      fi
     fi
     # Debian 12 and Ubuntu 24.04 mark their python3 externally managed (PEP 668); the README's
     # commands use that python3, so the harness goes into it
     if python3 -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
       pip_args+=(--break-system-packages)
     fi
-    python3 -m pip install -q "${pip_args[@]}" -e '.[test]'
+    python3 -m pip install -q "${pip_args[@]}" -e ".$extras"
   fi
 }
 install_harness &
