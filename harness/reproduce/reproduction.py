@@ -492,7 +492,7 @@ def reproduce(
             compare_runs(store.run_dir(of_seed[int(r["seed"])]), store.run_dir(r["run_id"]), runs.expect),
         )
         for r in records
-        if int(r["seed"]) in of_seed and r.get("status") == RunStatus.COMPLETED
+        if r.get("status") == RunStatus.COMPLETED and int(r["seed"]) in of_seed
     ]
     out_dir = options.out or store.root / "reproductions" / records[0]["run_id"]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -656,7 +656,9 @@ def _run_seeds(
                 raise HarnessError(
                     f"no reproduction run of {original_id} came home: {came[0].get('detail') if came else 'none ran'}"
                 )
-            records.sort(key=lambda r: plan.seeds.index(int(r["seed"])))
+            # a seed that never ran has a record without its seed: the jobs' order is the plan's
+            order = {job.spec.run_id: index for index, job in enumerate(jobs)}
+            records.sort(key=lambda r: order.get(str(r.get("run_id")), len(order)))
             plan_seeds_left = []
         else:
             plan_seeds_left = list(plan.seeds)
