@@ -135,7 +135,9 @@ start_node() {
     args+=(--address="$HEAD_ADDR:$GCS_PORT")
   fi
   log "starting node $name at ${ADDR[$name]}"
-  ip netns exec "$space" env RAY_USAGE_STATS_ENABLED=0 "$RAY" start "${args[@]}" >"$TEMP_ROOT/start-$name.log" 2>&1 ||
+  # nsenter, not `ip netns exec`: that remounts /sys, which hides the cgroup mounts a node's
+  # podman (the reproducible builder) needs; only the network namespace is the node's own
+  nsenter --net="/run/netns/$space" env RAY_USAGE_STATS_ENABLED=0 "$RAY" start "${args[@]}" >"$TEMP_ROOT/start-$name.log" 2>&1 ||
     { log "node $name did not start: $(tail -5 "$TEMP_ROOT/start-$name.log")"; exit 1; }
 }
 

@@ -402,6 +402,7 @@ def build_image(
             except EngineError as exc:
                 raise EngineError(f"{build_dir}: {exc}") from None
             record_built([info.id], build_dir.name)
+            log(f"Successfully tagged {tag}")  # the line Docker's builder ends with: logs read the same
             info.build_seconds = round(time.monotonic() - started, 3)
             return info
         if requested is None:

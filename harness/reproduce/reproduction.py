@@ -651,14 +651,21 @@ def _run_seeds(
                 for index, seed in enumerate(plan.seeds)
             ]
             came = options.seed_runner(jobs, echo)
-            records = [r for r in came if store.run_dir(r["run_id"]).is_dir()]
-            if not records:
+            # a run that came home is a sealed record in the store; one that never did is only a
+            # status and its reason, whose run id may be the original's (the same config): never
+            # taken for a reproduction, nor saved over the original
+            records = [r for r in came if "files" in r and "seed" in r and store.run_dir(r["run_id"]).is_dir()]
+            lost = [r for r in came if r not in records]
+            if lost or not records:
+                seed_of = {job.spec.run_id: job.spec.seed for job in jobs}
+                seed = seed_of.get(str(lost[0].get("run_id"))) if lost else None
                 raise HarnessError(
-                    f"no reproduction run of {original_id} came home: {came[0].get('detail') if came else 'none ran'}"
+                    f"reproduction of {original_id}: the run of seed {seed} never came home from Ray "
+                    f"({lost[0].get('status')}): {str(lost[0].get('detail') or 'no reason given')[-400:]}"
+                    if lost
+                    else f"reproduction of {original_id}: no run came home from Ray"
                 )
-            # a seed that never ran has a record without its seed: the jobs' order is the plan's
-            order = {job.spec.run_id: index for index, job in enumerate(jobs)}
-            records.sort(key=lambda r: order.get(str(r.get("run_id")), len(order)))
+            records.sort(key=lambda r: plan.seeds.index(int(r["seed"])))
             plan_seeds_left = []
         else:
             plan_seeds_left = list(plan.seeds)
