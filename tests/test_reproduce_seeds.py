@@ -181,3 +181,32 @@ def test_dqn_new_seeds_consistent_changed_learning_rate_diverged_two_seeds_incon
     )
     assert two.returncode == 3, two.stdout[-3000:] + two.stderr[-3000:]
     assert "verdict: inconclusive" in two.stdout and "seeds per side for 80 %:" in two.stdout
+
+
+def test_a_seed_that_never_came_home_is_one_line_and_leaves_the_original_alone(noop_image, tmp_path):
+    """What ``harness reproduce --backend ray`` gets back for a job that failed before its run began
+    (a node's build failed): a status and a reason under the run's own id, which for the same seed
+    is the original's. The seed runner here hands back exactly that, as Ray's backend does."""
+    from harness.errors import HarnessError
+    from harness.reproduce.reproduction import ReproduceOptions, SeedJob, reproduce
+    from tests.conftest import run_cli
+
+    home = tmp_path / "store"
+    manifest = noop_variant(tmp_path / "project")
+    ran = run_cli("run", manifest, "--smoke", "--quiet", env={"HARNESS_HOME": str(home)})
+    assert ran.returncode == 0, ran.stderr
+    store = LocalStore(home)
+    (original,) = list(store.records())
+    record_file = store.run_dir(original["run_id"]) / "record.json"
+    before = record_file.read_bytes()
+
+    def never_came_home(jobs: list[SeedJob], echo) -> list[dict]:
+        return [
+            {"run_id": job.spec.run_id, "status": "node_fail", "detail": "Ray job x FAILED: podman build failed"}
+            for job in jobs
+        ]
+
+    with pytest.raises(HarnessError, match=r"the run of seed 0 never came home from Ray \(node_fail\): .*podman build"):
+        reproduce(original["run_id"], ReproduceOptions(seed_runner=never_came_home), store=store)
+    assert record_file.read_bytes() == before  # not replaced by the lost job's status
+    assert [r["run_id"] for r in store.records()] == [original["run_id"]]
