@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from harness.store.layout import RunLayout
 
 if TYPE_CHECKING:
-    from harness.manifest import MetricsSpec
+    from harness.loaded_manifest import MetricsView
 
 PARQUET_REFRESH_S = 10.0
 
@@ -19,7 +19,7 @@ class CaptureSession:
     """Metric ingestion and system sampling around a running job: started once the job is, finished
     once it has ended (the tables are then on disk)."""
 
-    def __init__(self, run_id: str, layout: RunLayout, metrics: MetricsSpec):
+    def __init__(self, run_id: str, layout: RunLayout, metrics: MetricsView):
         self.layout = layout
         self.tensorboard = layout.tensorboard(metrics.tensorboard)
         self._ingester: Any = None
