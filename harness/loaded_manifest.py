@@ -67,7 +67,7 @@ def parse_duration(text: str | int) -> float:
     return float(match.group(1)) * DURATION_FACTORS[match.group(2) or "s"]
 
 
-def _get(data: Mapping[str, Any], key: str, *types: type) -> Any:
+def _get(data: Any, key: str, *types: type) -> Any:
     """``data[key]`` when it is one of ``types`` (a bool is never taken for a number); else ValueError."""
     value = data.get(key) if isinstance(data, Mapping) else None
     if isinstance(value, bool) and bool not in types:
@@ -298,6 +298,12 @@ class LoadedManifest:
             assert self._make_model is not None
             self._model = self._make_model(self.view.dump)
         return self._model
+
+    @manifest.setter
+    def manifest(self, model: Any) -> None:
+        """Replace the model (a reproduction that changes how the image is built); the view follows."""
+        self._model = model
+        self.view = view_of(model.model_dump())
 
     @property
     def build_dir(self) -> Path | None:

@@ -76,15 +76,19 @@ class CaptureSession:
             except Exception:  # noqa: BLE001 — a live refresh is best effort: finish() reads everything again
                 continue
 
-    def finish(self) -> None:
-        """Stop sampling, read what is left and write both tables."""
-        from harness.capture.system import system_jsonl_to_parquet
-
+    def stop_sampling(self) -> None:
+        """Stop the sampler and the ingestion thread (once the job has ended); ``finish`` does it too."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         if self.sampler is not None:
             self.sampler.stop()
+
+    def finish(self) -> None:
+        """Stop sampling, read what is left and write both tables."""
+        from harness.capture.system import system_jsonl_to_parquet
+
+        self.stop_sampling()
         self.ingester.poll(final=True)
         self.ingester.write_parquet(self.layout.metrics_parquet, self.summary_last_n)
         self.ingester.close()

@@ -250,10 +250,22 @@ def _execute_run(  # noqa: PLR0913 — one run's options, each a `harness run` o
     engine_lost: str | None = getattr(job, "engine_lost", None)
     if engine_lost is not None:
         record["pending"] = ["container"]
+    remover = None
+    if job is not None:
+        try:
+            capture.stop_sampling()
+        except Exception:  # noqa: BLE001 — _finish stops it again and seals the record with the fault
+            pass
+        else:
+            # nothing reads the container any more: the engine removes it while the record is sealed
+            remover = threading.Thread(target=job.remove, name="harness-remove")
+            remover.start()
     try:
         return _finish(store, record, capture, manifest.hardware.memory_bytes, client, image, engine_lost)
     finally:
-        if job is not None:
+        if remover is not None:
+            remover.join()
+        elif job is not None:
             job.remove()
 
 
