@@ -163,44 +163,44 @@ def hostile_symlink(path: Path, good: Path, tmp_path: Path) -> None:
     path.symlink_to(elsewhere)
 
 
-def hostile_huge(path: Path, good: Path, tmp_path: Path) -> None:  # noqa: ARG001
+def hostile_huge(path: Path, good: Path, tmp_path: Path) -> None:
     data = json.dumps(forged(good))
     path.write_text(data[:-1] + ", " + '"padding": "' + "x" * (MAX_ENTRY_BYTES + 1) + '"}')
 
 
-def hostile_not_json(path: Path, good: Path, tmp_path: Path) -> None:  # noqa: ARG001
+def hostile_not_json(path: Path, good: Path, tmp_path: Path) -> None:
     path.write_bytes(b'{"format": "harness-manifest-cache/1", "key": \xff\xfe')
 
 
-def hostile_wrong_shape(path: Path, good: Path, tmp_path: Path) -> None:  # noqa: ARG001
+def hostile_wrong_shape(path: Path, good: Path, tmp_path: Path) -> None:
     path.write_text(json.dumps([json.loads(good.read_text())]))
 
 
-def hostile_wrong_types(path: Path, good: Path, tmp_path: Path) -> None:  # noqa: ARG001
+def hostile_wrong_types(path: Path, good: Path, tmp_path: Path) -> None:
     data = forged(good)
     data["manifest"]["seeds"] = ["0"]
     data["manifest"]["hardware"]["gpus"] = True
     path.write_text(json.dumps(data))
 
 
-def hostile_other_key(path: Path, good: Path, tmp_path: Path) -> None:  # noqa: ARG001
+def hostile_other_key(path: Path, good: Path, tmp_path: Path) -> None:
     data = forged(good)
     data["key"] = "0" * 64
     path.write_text(json.dumps(data))
 
 
-def hostile_bad_lines(path: Path, good: Path, tmp_path: Path) -> None:  # noqa: ARG001
+def hostile_bad_lines(path: Path, good: Path, tmp_path: Path) -> None:
     data = forged(good)
     data["lines"] = {"image.build": "/etc/passwd"}
     path.write_text(json.dumps(data))
 
 
-def hostile_directory(path: Path, good: Path, tmp_path: Path) -> None:  # noqa: ARG001
+def hostile_directory(path: Path, good: Path, tmp_path: Path) -> None:
     path.mkdir()
     (path / "inside.json").write_text(good.read_text())
 
 
-def hostile_fifo(path: Path, good: Path, tmp_path: Path) -> None:  # noqa: ARG001
+def hostile_fifo(path: Path, good: Path, tmp_path: Path) -> None:
     os.mkfifo(path)
 
 
