@@ -135,7 +135,8 @@ def _write_entry(key: str, dump: dict[str, Any], lines: dict[tuple, int]) -> Non
     entry = {"format": FORMAT, "key": key, "manifest": dump, "lines": {".".join(k): v for k, v in lines.items()}}
     folder = cache_dir()
     try:
-        write_text_atomic(folder / f"{key}.json", json.dumps(entry, sort_keys=True))
+        # key order kept: a sweep grid runs in the order its manifest lists the params
+        write_text_atomic(folder / f"{key}.json", json.dumps(entry))
         _prune(folder)
     except (OSError, TypeError, ValueError):
         pass

@@ -68,6 +68,7 @@ def test_a_cached_manifest_reads_as_the_validated_one(cache, name):
     warm = load_manifest(path)
     assert warm._model is None  # came from the cache: no pydantic model made
     assert warm.view == cold.view == full.view
+    assert json.dumps(warm.view.dump) == json.dumps(full.view.dump)  # in the same order too
     assert warm.sha256 == full.sha256 and warm.text == full.text and warm.root == full.root
     assert warm.build_dir == full.build_dir and warm.lockfile == full.lockfile
     assert warm.manifest == full.manifest  # the model, rebuilt on demand, is the same
