@@ -79,7 +79,7 @@ def bench_local(runs: int, jobs: int) -> None:
     image = image_id()
     with tempfile.TemporaryDirectory() as tmp:
         specs = expand(load_manifest(write_manifest(Path(tmp), image, runs)))
-        slots = parallel_slots(specs[0].loaded.manifest.hardware, jobs)
+        slots = parallel_slots(specs[0].loaded.view.hardware, jobs)
         bare_docker_runs(image, 2)  # warm the engine
         bare = bare_docker_runs(image, runs)
         bare_parallel = bare_docker_runs_parallel(image, runs, slots)

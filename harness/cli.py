@@ -6,6 +6,7 @@ pay for the analysis or Hub imports.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 
@@ -59,6 +60,8 @@ class LazyGroup(click.Group):
             if exc.name == f"harness.commands.{module_name}":
                 return None
             raise
+        # what is imported by now lives until exit: the collector need not walk it again
+        gc.freeze()
         return getattr(module, attribute, None)
 
 

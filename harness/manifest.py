@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 import re
 import string
@@ -25,59 +24,26 @@ from pydantic import (
 )
 
 from harness.errors import ManifestError
+from harness.loaded_manifest import (
+    MAX_MANIFEST_BYTES,
+    SEED_LIMIT,
+    LoadedManifest,
+    file_problems,
+    parse_duration,
+    parse_size,
+    project_root_for,
+    view_of,
+)
 
-MAX_MANIFEST_BYTES = 1 << 20
+__all__ = ["MAX_MANIFEST_BYTES", "SEED_LIMIT", "LoadedManifest", "parse_duration", "parse_size", "project_root_for"]
+
 MAX_SWEEP_RUNS_HARD_LIMIT = 1_000_000
-SEED_LIMIT = 2**32
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$|^sha256:[0-9a-f]{64}$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-SIZE_FACTORS = {
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "ki": 2**10,
-    "kib": 2**10,
-    "mi": 2**20,
-    "mib": 2**20,
-    "gi": 2**30,
-    "gib": 2**30,
-    "ti": 2**40,
-    "tib": 2**40,
-}
-DURATION_FACTORS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from ``2GiB``, ``512MB``, ``1024`` (plain numbers are bytes)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    match = SIZE.match(str(text))
-    if not match:
-        raise ValueError(f"cannot read size {text!r}: write a number with a unit, e.g. 2GiB or 512MiB")
-    unit = (match.group(2) or "b").lower()
-    return int(float(match.group(1)) * SIZE_FACTORS[unit])
-
-
-def parse_duration(text: str | int) -> float:
-    """Seconds from ``20m``, ``1h``, ``90s`` or ``90`` (plain numbers are seconds)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    match = DURATION.match(str(text))
-    if not match:
-        raise ValueError(f"cannot read duration {text!r}: write e.g. 90s, 20m or 2h")
-    return float(match.group(1)) * DURATION_FACTORS[match.group(2) or "s"]
 
 
 class Strict(BaseModel):
@@ -533,70 +499,21 @@ def _parse_with_lines(path: Path) -> tuple[Manifest, dict[tuple, int]]:
         raise ManifestError(_format_errors(path, exc, lines)) from None
 
 
-def project_root_for(manifest_path: Path) -> Path:
-    """The project folder a manifest's relative paths refer to: the nearest ancestor with images/ or lockfiles/."""
-    for folder in manifest_path.resolve().parents:
-        if (folder / "images").is_dir() or (folder / "lockfiles").is_dir():
-            return folder
-    return Path.cwd().resolve()
-
-
-class LoadedManifest:
-    """A validated manifest together with where it came from and its resolved paths."""
-
-    def __init__(self, path: Path, manifest: Manifest, root: Path):
-        self.path = path
-        self.manifest = manifest
-        self.root = root
-        self.text = path.read_text(encoding="utf-8")
-        self.sha256 = hashlib.sha256(self.text.encode()).hexdigest()
-
-    @property
-    def build_dir(self) -> Path | None:
-        spec = self.manifest.image
-        return (self.root / spec.build).resolve() if spec.build else None
-
-    @property
-    def lockfile(self) -> Path | None:
-        spec = self.manifest.image
-        return (self.root / spec.lockfile).resolve() if spec.lockfile else None
-
-
-def _inside(root: Path, relative: str) -> bool:
-    candidate = (root / relative).resolve()
-    return candidate == root or root in candidate.parents
-
-
 def load_manifest(path: str | Path) -> LoadedManifest:
     """Load and fully check a manifest: schema, then files it points to (inside the project only)."""
+    return load_with_lines(path)[0]
+
+
+def load_with_lines(path: str | Path) -> tuple[LoadedManifest, dict[tuple, int]]:
+    """``load_manifest``, and the line of each YAML path of the file (for later messages)."""
     path = Path(path)
     manifest, lines = _parse_with_lines(path)
     root = project_root_for(path)
-    problems: list[str] = []
-    spec = manifest.image
-    if spec.build is not None:
-        line = lines.get(("image", "build"), 1)
-        if Path(spec.build).is_absolute() or not _inside(root, spec.build):
-            problems.append(
-                f"{path}:{line}: image.build: {spec.build!r} must be a folder inside the project (e.g. images/rl)"
-            )
-        elif not (root / spec.build / "Dockerfile").is_file():
-            problems.append(f"{path}:{line}: image.build: {root / spec.build} has no Dockerfile")
-    if spec.lockfile is not None:
-        line = lines.get(("image", "lockfile"), 1)
-        if Path(spec.lockfile).is_absolute() or not _inside(root, spec.lockfile):
-            problems.append(f"{path}:{line}: image.lockfile: {spec.lockfile!r} must be a file inside the project")
-        elif not (root / spec.lockfile).is_file():
-            problems.append(
-                f"{path}:{line}: image.lockfile: {spec.lockfile} does not exist (run `harness lock {spec.build or 'images/<name>'}`)"
-            )
-        else:
-            from harness.lockfile import lockfile_problems
-
-            problems += [f"{path}:{line}: image.lockfile: {p}" for p in lockfile_problems(root / spec.lockfile)]
+    view = view_of(manifest.model_dump())
+    problems = file_problems(path, view.image, root, lines)
     if problems:
         raise ManifestError(problems)
-    return LoadedManifest(path, manifest, root)
+    return LoadedManifest(path, view, root, path.read_text(encoding="utf-8"), model=manifest), lines
 
 
 def json_schema() -> dict[str, Any]:

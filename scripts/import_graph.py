@@ -24,7 +24,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("images",),
     ("runtime", "analysis"),
     ("store", "project"),
+    ("manifest_cache",),
     ("manifest",),
+    ("loaded_manifest",),
     ("lockfile",),
     ("util", "errors", "track", ""),
 ]

@@ -50,7 +50,7 @@ class FakeNvml:
 @pytest.fixture
 def two_gpus(monkeypatch: pytest.MonkeyPatch) -> FakeNvml:
     fake = FakeNvml(2)
-    monkeypatch.setattr(gpu, "pynvml", fake)
+    monkeypatch.setattr(gpu, "_pynvml", fake)
     return fake
 
 
@@ -66,6 +66,6 @@ def test_a_gpu_sweep_fits_a_gpu_host(two_gpus: FakeNvml) -> None:
 
 
 def test_no_nvml_counts_no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gpu, "pynvml", None)
+    monkeypatch.setattr(gpu, "_pynvml", None)
     assert gpu.host_gpu_count() == 0
     assert host_resources()["gpus"] == 0

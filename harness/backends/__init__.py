@@ -244,7 +244,7 @@ def run_sweep(  # noqa: PLR0913 — the sweep's options, each a `harness run` op
     chosen = backend_class(backend).create(store, BackendOptions(jobs, partition, account, runtime, echo, address))
     if dry_run:
         for spec in plan.to_run:
-            swept = {k: spec.params[k] for k in spec.loaded.manifest.sweep_keys()}
+            swept = {k: spec.params[k] for k in spec.loaded.view.sweep_keys()}
             echo(f"would run {spec.run_id}  seed={spec.seed}  {_format_params(swept)}".rstrip())
         return outcome
     if not plan.to_run:

@@ -24,6 +24,7 @@ from harness.store.local import LocalStore
 from harness.store.record import RunStatus
 
 if TYPE_CHECKING:
+    from harness.loaded_manifest import HardwareView
     from harness.manifest import Hardware
     from harness.run.plan import RunSpec
 
@@ -41,7 +42,9 @@ def host_resources() -> dict[str, float]:
     return {"cpus": cpus, "memory_bytes": psutil.virtual_memory().total, "gpus": host_gpu_count()}
 
 
-def parallel_slots(hardware: Hardware, jobs: int | None = None, host: dict[str, float] | None = None) -> int:
+def parallel_slots(
+    hardware: Hardware | HardwareView, jobs: int | None = None, host: dict[str, float] | None = None
+) -> int:
     """How many runs of this hardware target fit on the host at once, capped by ``jobs``."""
     host = host or host_resources()
     limits = {
@@ -132,7 +135,7 @@ class LocalBackend(Backend):
 
     def submit(self, specs: list[RunSpec], sweep: SweepState) -> list[Job]:
         """Start the pool; runs begin at once, as many at a time as fit."""
-        slots = parallel_slots(specs[0].loaded.manifest.hardware, self.jobs)
+        slots = parallel_slots(specs[0].loaded.view.hardware, self.jobs)
         self.runtime = resolve_runtime(self.runtime)
         if self.runtime in ("docker", "podman") and self._execute is None:
             from harness.images.prepare import prepare_image
@@ -302,7 +305,7 @@ def _run_progress(spec: RunSpec, store: LocalStore, run_id: str) -> Any:
     try:
         from harness.run.progress import RunProgress, total_steps
 
-        metrics = spec.loaded.manifest.metrics
+        metrics = spec.loaded.view.metrics
         return RunProgress(run_id, store.layout(run_id), metrics.primary, metrics.tensorboard, total_steps(spec.params))
     except Exception:  # noqa: BLE001 — progress must never fail a run
         return None

@@ -7,6 +7,7 @@ boards, per-process memory under MIG, ...) drops that value only.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,41 +17,51 @@ from harness.errors import HarnessError
 
 logger = logging.getLogger(__name__)
 
-try:
-    import pynvml
-except ImportError:  # nvidia-ml-py is a dependency, but a broken install must not stop a run
-    pynvml = None
+_NOT_LOADED: Any = object()
+_pynvml: Any = _NOT_LOADED
+
+
+def _library() -> Any:
+    """The pynvml module, imported on first use (a CPU run never needs it); None when absent."""
+    global _pynvml
+    if _pynvml is _NOT_LOADED:
+        try:
+            _pynvml = importlib.import_module("pynvml")
+        except ImportError:  # nvidia-ml-py is a dependency, but a broken install must not stop a run
+            _pynvml = None
+    return _pynvml
+
 
 # metric suffix (after gpu/<i>/) -> query on one device handle
 DeviceQuery = Callable[[Any], float]
 
 
 def _utilization(handle: Any) -> float:
-    return float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    return float(_library().nvmlDeviceGetUtilizationRates(handle).gpu)
 
 
 def _memory_used(handle: Any) -> float:
-    return float(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    return float(_library().nvmlDeviceGetMemoryInfo(handle).used)
 
 
 def _memory_total(handle: Any) -> float:
-    return float(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+    return float(_library().nvmlDeviceGetMemoryInfo(handle).total)
 
 
 def _power(handle: Any) -> float:
-    return pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0  # milliwatts
+    return _library().nvmlDeviceGetPowerUsage(handle) / 1000.0  # milliwatts
 
 
 def _power_limit(handle: Any) -> float:
-    return pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0
+    return _library().nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0
 
 
 def _temperature(handle: Any) -> float:
-    return float(pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))
+    return float(_library().nvmlDeviceGetTemperature(handle, _library().NVML_TEMPERATURE_GPU))
 
 
 def _sm_clock(handle: Any) -> float:
-    return float(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+    return float(_library().nvmlDeviceGetClockInfo(handle, _library().NVML_CLOCK_SM))
 
 
 DEVICE_QUERIES: dict[str, DeviceQuery] = {
@@ -66,7 +77,7 @@ DEVICE_QUERIES: dict[str, DeviceQuery] = {
 
 def nvml_errors() -> tuple[type[BaseException], ...]:
     """The exception types an NVML query may raise (none when the library is missing)."""
-    return (pynvml.NVMLError,) if pynvml is not None else ()
+    return (_library().NVMLError,) if _library() is not None else ()
 
 
 def query_or_none(query: Callable[..., Any], *args: Any) -> Any:
@@ -90,11 +101,11 @@ def sample_device(index: int, handle: Any, queries: dict[str, DeviceQuery] = DEV
 
 def process_memory(handle: Any, pids: set[int]) -> float | None:
     """GPU memory used on one device by the processes ``pids``; None when NVML cannot say."""
-    if pynvml is None:
+    if _library() is None:
         return None
     queries = (
-        pynvml.nvmlDeviceGetComputeRunningProcesses,
-        pynvml.nvmlDeviceGetGraphicsRunningProcesses,
+        _library().nvmlDeviceGetComputeRunningProcesses,
+        _library().nvmlDeviceGetGraphicsRunningProcesses,
     )
     answers = [query_or_none(query, handle) for query in queries]
     if all(answer is None for answer in answers):
@@ -142,7 +153,7 @@ class NvmlSession:
     def close(self) -> None:
         """Release NVML (it counts initialisations, so each open needs one close)."""
         if self.available:
-            query_or_none(pynvml.nvmlShutdown)
+            query_or_none(_library().nvmlShutdown)
             self.available = False
 
 
@@ -155,27 +166,27 @@ def open_nvml(indices: list[int] | None = None) -> NvmlSession:
 
     Never raises for a missing library, driver or device: the session says why it is absent.
     """
-    if pynvml is None:
+    if _library() is None:
         return NvmlSession(False, "nvidia-ml-py (pynvml) is not installed")
     try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
+        _library().nvmlInit()
+    except _library().NVMLError as exc:
         return NvmlSession(False, f"NVML unavailable: {exc}")
     session = NvmlSession(True, "")
-    driver = query_or_none(pynvml.nvmlSystemGetDriverVersion)
+    driver = query_or_none(_library().nvmlSystemGetDriverVersion)
     session.driver = _text(driver) if driver is not None else None
-    count = query_or_none(pynvml.nvmlDeviceGetCount) or 0
+    count = query_or_none(_library().nvmlDeviceGetCount) or 0
     wanted = list(range(count)) if indices is None else list(indices)
     for index in wanted:
         if not 0 <= index < count:
             logger.warning("GPU %d requested but NVML sees %d device(s)", index, count)
             continue
-        handle = query_or_none(pynvml.nvmlDeviceGetHandleByIndex, index)
+        handle = query_or_none(_library().nvmlDeviceGetHandleByIndex, index)
         if handle is None:
             continue
         session.handles[index] = handle
-        name = query_or_none(pynvml.nvmlDeviceGetName, handle)
-        uuid = query_or_none(pynvml.nvmlDeviceGetUUID, handle)
+        name = query_or_none(_library().nvmlDeviceGetName, handle)
+        uuid = query_or_none(_library().nvmlDeviceGetUUID, handle)
         memory = query_or_none(_memory_total, handle)
         session.devices.append(
             {

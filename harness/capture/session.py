@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from harness.store.layout import RunLayout
 
 if TYPE_CHECKING:
-    from harness.manifest import MetricsSpec
+    from harness.loaded_manifest import MetricsView
 
 PARQUET_REFRESH_S = 10.0
 
@@ -19,7 +19,7 @@ class CaptureSession:
     """Metric ingestion and system sampling around a running job: started once the job is, finished
     once it has ended (the tables are then on disk)."""
 
-    def __init__(self, run_id: str, layout: RunLayout, metrics: MetricsSpec):
+    def __init__(self, run_id: str, layout: RunLayout, metrics: MetricsView):
         self.layout = layout
         self.tensorboard = layout.tensorboard(metrics.tensorboard)
         self._ingester: Any = None
@@ -76,15 +76,19 @@ class CaptureSession:
             except Exception:  # noqa: BLE001 — a live refresh is best effort: finish() reads everything again
                 continue
 
-    def finish(self) -> None:
-        """Stop sampling, read what is left and write both tables."""
-        from harness.capture.system import system_jsonl_to_parquet
-
+    def stop_sampling(self) -> None:
+        """Stop the sampler and the ingestion thread (once the job has ended); ``finish`` does it too."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         if self.sampler is not None:
             self.sampler.stop()
+
+    def finish(self) -> None:
+        """Stop sampling, read what is left and write both tables."""
+        from harness.capture.system import system_jsonl_to_parquet
+
+        self.stop_sampling()
         self.ingester.poll(final=True)
         self.ingester.write_parquet(self.layout.metrics_parquet, self.summary_last_n)
         self.ingester.close()

@@ -373,6 +373,7 @@ class SystemSampler:
             self._thread.join()
         if self._nvml is not None:
             self._nvml.close()
+            self._nvml = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,8 +14,10 @@ from harness.commands.options import ca_bundle_option, console, json_option, ray
 from harness.commands.output import emit_json, examples
 from harness.commands.runids import RUN_ID
 from harness.errors import HarnessError
-from harness.store.record import Record
 from harness.util import terminal
+
+if TYPE_CHECKING:
+    from harness.store.record import Record
 
 
 @click.command(
@@ -182,7 +184,7 @@ def build(
     """Build (or find) the content-addressed image of a manifest."""
     from harness.images.build import build_image
     from harness.images.prepare import prepare_image
-    from harness.manifest import load_manifest
+    from harness.manifest_cache import load_manifest
     from harness.run.plan import expand
 
     loaded = load_manifest(manifest)
@@ -202,7 +204,7 @@ def build(
                 ca_bundle=ca_bundle,
                 force=True,
                 log=log,
-                network=spec.loaded.manifest.image.network,
+                network=spec.loaded.view.image.network,
                 check=checked.append,
             )
         return prepare_image(spec.loaded, ca_bundle, force, log=log, reproducible=reproducible)
@@ -210,7 +212,7 @@ def build(
     if quiet or as_json:
         info = make(lambda line: None)
     else:
-        what = loaded.manifest.image.build or loaded.manifest.image.ref
+        what = loaded.view.image.build or loaded.view.image.ref
         with terminal.status(f"{'checking' if check else 'building'} {what}", stderr=as_json) as shown:
             info = make(shown.update)
     result = checked[0] if checked else None
@@ -317,7 +319,7 @@ def run(  # noqa: PLR0913 — a Click command takes one parameter per option
     """
     import os
 
-    from harness.manifest import load_manifest
+    from harness.manifest_cache import load_manifest
     from harness.run.plan import expand, parse_overrides
     from harness.store.local import LocalStore
 
@@ -374,7 +376,7 @@ def run(  # noqa: PLR0913 — a Click command takes one parameter per option
     if as_json:
         emit_json(_run_json(record, store))
     else:
-        _print_outcome(record, loaded.manifest.metrics.summary_last_n)
+        _print_outcome(record, loaded.view.metrics.summary_last_n)
     sys.exit(0 if record["status"] == "completed" else 1)
 
 

@@ -6,15 +6,24 @@ with thousands of runs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from harness.errors import StoreError
 from harness.store.layout import RECORD as RECORD_NAME
-from harness.store.local import LocalStore
+
+if TYPE_CHECKING:
+    from harness.store.local import LocalStore
 
 SHOWN_CANDIDATES = 8
+
+
+def _store() -> LocalStore:
+    # the store module loads only when a run id is looked up: `harness build` and `run` never do
+    from harness.store.local import LocalStore
+
+    return LocalStore()
 
 
 class AmbiguousRunId(StoreError):
@@ -56,7 +65,7 @@ def complete_run_ids(ctx: click.Context, param: click.Parameter, incomplete: str
     from click.shell_completion import CompletionItem
 
     try:
-        ids = run_ids(LocalStore())
+        ids = run_ids(_store())
     except OSError:
         return []
     return [CompletionItem(run_id) for run_id in ids if run_id.startswith(incomplete)]
@@ -73,7 +82,7 @@ def complete_repos(ctx: click.Context, param: click.Parameter, incomplete: str) 
     from click.shell_completion import CompletionItem
 
     try:
-        store = LocalStore()
+        store = _store()
         if incomplete.count("/") >= 2:
             repo = incomplete.rsplit("/", 1)[0]
             pulled = [r["run_id"] for r in store.records() if (r.get("pulled_from") or {}).get("repo") == repo]
@@ -104,11 +113,11 @@ class RunIdType(click.ParamType):
         if self.allow_hub and "/" in text:
             return text
         if self.allow_imported and any(
-            r.get("status") == "imported" and r.get("name") == text for r in LocalStore().records()
+            r.get("status") == "imported" and r.get("name") == text for r in _store().records()
         ):
             return text  # an imported group's name (harness import)
         # A StoreError (not click's BadParameter) so that the CLI prints one line and exits 2.
-        return resolve_run_id(LocalStore(), text)
+        return resolve_run_id(_store(), text)
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
         if self.allow_hub and "/" in incomplete:

@@ -16,7 +16,7 @@ from harness.images.build import ImageInfo, build_image, resolve_ref
 from harness.runtime.engine import docker_client
 
 if TYPE_CHECKING:
-    from harness.manifest import LoadedManifest
+    from harness.loaded_manifest import LoadedManifest
 
 _prepared_images: dict[tuple[Any, ...], ImageInfo] = {}
 _prepared_lock = threading.Lock()
@@ -39,20 +39,20 @@ def prepare_image(
     if runtime == "podman":
         return prepare_podman_image(loaded, ca_bundle, force_build, log)
     if reproducible is None:
-        reproducible = loaded.manifest.image.reproducible
+        reproducible = loaded.view.image.reproducible
     key = (
-        loaded.manifest.image.ref,
+        loaded.view.image.ref,
         str(loaded.build_dir),
         loaded.lockfile and loaded.lockfile.read_bytes(),
-        loaded.manifest.image.network,
+        loaded.view.image.network,
         reproducible,
     )
     if not force_build:
         with _prepared_lock:
             if key in _prepared_images:
                 return _prepared_images[key]
-    if loaded.manifest.image.ref:
-        info = resolve_ref(docker_client(), loaded.manifest.image.ref)
+    if loaded.view.image.ref:
+        info = resolve_ref(docker_client(), loaded.view.image.ref)
     else:
         assert loaded.build_dir is not None
         info = build_image(
@@ -61,7 +61,7 @@ def prepare_image(
             ca_bundle=ca_bundle,
             force=force_build,
             log=log,
-            network=loaded.manifest.image.network,
+            network=loaded.view.image.network,
             reproducible=reproducible,
         )
     with _prepared_lock:
@@ -81,10 +81,10 @@ def prepare_podman_image(
     """A manifest's image in Podman: pulled by digest from its registry, or built by the Docker
     engine (content-addressed, as for ``docker``) and copied into Podman when it lacks that id."""
     key = (
-        loaded.manifest.image.ref,
+        loaded.view.image.ref,
         str(loaded.build_dir),
         loaded.lockfile and loaded.lockfile.read_bytes(),
-        loaded.manifest.image.network,
+        loaded.view.image.network,
     )
     with _prepared_lock:
         if key in _prepared_podman and not force_build:
@@ -94,7 +94,7 @@ def prepare_podman_image(
     from harness.runtime.podman import podman_api
 
     api = podman_api()
-    ref = loaded.manifest.image.ref
+    ref = loaded.view.image.ref
     if ref:
         info = podman_resolve_ref(api, ref, log)
     else:

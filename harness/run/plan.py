@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.manifest import SEED_LIMIT, LoadedManifest
+from harness.loaded_manifest import SEED_LIMIT, LoadedManifest
 
 Scalar = bool | int | float | str
 
@@ -26,16 +26,16 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        return f"{self.loaded.manifest.name}-{self.config_key[:12]}"
+        return f"{self.loaded.view.name}-{self.config_key[:12]}"
 
     @property
     def name(self) -> str:
-        return self.loaded.manifest.name
+        return self.loaded.view.name
 
     def command(self) -> list[str]:
         """The manifest's command with ``{param}`` and ``{seed}`` filled in."""
         values = {**{k: _text(v) for k, v in self.params.items()}, "seed": str(self.seed)}
-        return [part.format(**values) for part in self.loaded.manifest.command]
+        return [part.format(**values) for part in self.loaded.view.command]
 
 
 def _text(value: Scalar) -> str:
@@ -59,7 +59,7 @@ def config_key(loaded: LoadedManifest, params: dict[str, Any], seed: int, smoke:
 def parse_overrides(pairs: tuple[str, ...] | list[str], loaded: LoadedManifest) -> dict[str, Scalar]:
     """``--param name=value`` pairs, typed like the manifest's default for that param."""
     overrides: dict[str, Scalar] = {}
-    params = loaded.manifest.params
+    params = loaded.view.params
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep:
@@ -88,7 +88,7 @@ def _coerce(raw: str, default: Scalar, name: str) -> Scalar:
 
 def sweep_points(loaded: LoadedManifest) -> list[dict[str, Scalar]]:
     """The param sets of the sweep (a grid or an explicit list); one empty set without a sweep."""
-    sweep = loaded.manifest.sweep
+    sweep = loaded.view.sweep
     if sweep is None:
         return [{}]
     if isinstance(sweep, list):
@@ -104,7 +104,7 @@ def expand(
     smoke: bool = False,
 ) -> list[RunSpec]:
     """Every run of a manifest: sweep points × seeds, with smoke params and overrides applied last."""
-    manifest = loaded.manifest
+    manifest = loaded.view
     chosen_seeds = seeds if seeds else list(manifest.seeds)
     for seed in chosen_seeds:
         if not 0 <= seed < SEED_LIMIT:

@@ -339,7 +339,7 @@ class LiveRun:
             self.announce(record)
         # looked up now, not when made: a rich status shown until the announcement replaces sys.stdout
         stream = self.stream or (sys.stderr if self.err else sys.stdout)
-        metrics = self.spec.loaded.manifest.metrics
+        metrics = self.spec.loaded.view.metrics
         progress = RunProgress(
             record["run_id"],
             self.store.layout(record["run_id"]),

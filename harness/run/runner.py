@@ -90,7 +90,7 @@ def job_variables(spec: RunSpec, run_id: str) -> dict[str, str]:
 
 def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | None, reproduces: str | None) -> Record:
     """The record as it stands when the job starts (status ``running``, with its owner)."""
-    manifest = spec.loaded.manifest
+    manifest = spec.loaded.view
     lockfile_sha = sha256_file(spec.loaded.lockfile) if spec.loaded.lockfile is not None else None
     return {
         "schema_version": SCHEMA_VERSION,
@@ -116,8 +116,8 @@ def initial_record(spec: RunSpec, run_id: str, runtime: str, image: ImageInfo | 
         "manifest_sha256": spec.loaded.sha256,
         "lockfile_sha256": lockfile_sha,
         "image": image.as_record() if image else None,  # type: ignore[typeddict-item]
-        "hardware": manifest.hardware.model_dump(),
-        "expect": manifest.expect.model_dump(),
+        "hardware": manifest.hardware.as_dict(),
+        "expect": manifest.expect,
         "primary_metric": manifest.metrics.primary,
         "summary_last_n": manifest.metrics.summary_last_n,  # the N of metrics_summary's mean_last_n
         "harness_version": harness.__version__,
@@ -150,7 +150,7 @@ def execute(  # noqa: PLR0913 — one run's options, each a `harness run` option
     if runtime not in RUNTIMES:
         raise HarnessError(f"--runtime {runtime}: choose {', '.join(RUNTIMES)}")
     threading.Thread(target=_warm_imports, name="harness-imports", daemon=True).start()
-    manifest = spec.loaded.manifest
+    manifest = spec.loaded.view
     check_gpus(manifest.hardware.gpus)
     client: Any = None
     sandbox: dict[str, Any] | None = None
@@ -203,7 +203,7 @@ def _execute_run(  # noqa: PLR0913 — one run's options, each a `harness run` o
     from harness.capture.environment import capture_host
     from harness.capture.session import CaptureSession
 
-    manifest = spec.loaded.manifest
+    manifest = spec.loaded.view
     run_id = fresh_run_id(store, spec.run_id)
     layout = store.layout(run_id)
     layout.out.mkdir(parents=True)
@@ -250,10 +250,22 @@ def _execute_run(  # noqa: PLR0913 — one run's options, each a `harness run` o
     engine_lost: str | None = getattr(job, "engine_lost", None)
     if engine_lost is not None:
         record["pending"] = ["container"]
+    remover = None
+    if job is not None:
+        try:
+            capture.stop_sampling()
+        except Exception:  # noqa: BLE001 — _finish stops it again and seals the record with the fault
+            pass
+        else:
+            # nothing reads the container any more: the engine removes it while the record is sealed
+            remover = threading.Thread(target=job.remove, name="harness-remove")
+            remover.start()
     try:
         return _finish(store, record, capture, manifest.hardware.memory_bytes, client, image, engine_lost)
     finally:
-        if job is not None:
+        if remover is not None:
+            remover.join()
+        elif job is not None:
             job.remove()
 
 
@@ -271,7 +283,7 @@ def _make_job(  # noqa: PLR0913 — everything a job is made of, gathered by the
     """The run's job (created, not started) in ``runtime``."""
     from harness.store.pins import hub_cache_dir
 
-    manifest = spec.loaded.manifest
+    manifest = spec.loaded.view
     request = JobRequest(
         run_id=run_id,
         command=spec.command(),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.manifest import HubPin, Manifest
+from harness.loaded_manifest import ManifestView, PinView
 
 DATA_PATTERNS = [
     "*.json",
@@ -40,12 +40,12 @@ def hub_cache_dir() -> Path:
     return cache_root() / "hub"
 
 
-def pins_of(manifest: Manifest) -> list[HubPin]:
+def pins_of(manifest: ManifestView) -> list[PinView]:
     """The model pin (if any) and the data pins, in that order."""
     return ([manifest.model] if manifest.model else []) + list(manifest.data)
 
 
-def fetch_pins(manifest: Manifest) -> list[dict[str, Any]]:
+def fetch_pins(manifest: ManifestView) -> list[dict[str, Any]]:
     """Download every pinned repo at its commit into the host cache; what was fetched, for the record."""
     pins = pins_of(manifest)
     if not pins:
