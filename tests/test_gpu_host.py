@@ -69,3 +69,23 @@ def test_no_nvml_counts_no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpu, "_pynvml", None)
     assert gpu.host_gpu_count() == 0
     assert host_resources()["gpus"] == 0
+
+
+def test_a_host_without_the_driver_library_never_imports_pynvml() -> None:
+    """This CPU host has no libnvidia-ml.so.1: NVML is absent with pynvml's own reason, and the
+    run's host capture never pays for importing pynvml."""
+    import ctypes
+    import subprocess
+    import sys
+
+    try:
+        ctypes.CDLL(gpu.NVML_LIBRARY)
+        pytest.skip("this host has the NVIDIA driver's NVML library")
+    except OSError:
+        pass
+    probe = (
+        "import sys; from harness.capture.environment import capture_host; from harness.capture.gpu import open_nvml; "
+        "host = capture_host(); print(host['gpus'], host['gpu_driver'], open_nvml().reason, 'pynvml' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[] None NVML unavailable: NVML Shared Library Not Found False"
