@@ -11,6 +11,7 @@ shape or types, another key) is ignored, the manifest validated in full, and the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ def cache_dir() -> Path:
     return cache_root() / "manifests"
 
 
+@functools.cache  # the validating code does not change while the process runs
 def _code_fingerprint() -> bytes:
     digest = hashlib.sha256(f"{FORMAT}\0{harness.__version__}\0".encode())
     package = Path(harness.__file__).parent

@@ -77,7 +77,8 @@ DEVICE_QUERIES: dict[str, DeviceQuery] = {
 
 def nvml_errors() -> tuple[type[BaseException], ...]:
     """The exception types an NVML query may raise (none when the library is missing)."""
-    return (_library().NVMLError,) if _library() is not None else ()
+    nvml = _library()
+    return (nvml.NVMLError,) if nvml is not None else ()
 
 
 def query_or_none(query: Callable[..., Any], *args: Any) -> Any:
@@ -101,12 +102,10 @@ def sample_device(index: int, handle: Any, queries: dict[str, DeviceQuery] = DEV
 
 def process_memory(handle: Any, pids: set[int]) -> float | None:
     """GPU memory used on one device by the processes ``pids``; None when NVML cannot say."""
-    if _library() is None:
+    nvml = _library()
+    if nvml is None:
         return None
-    queries = (
-        _library().nvmlDeviceGetComputeRunningProcesses,
-        _library().nvmlDeviceGetGraphicsRunningProcesses,
-    )
+    queries = (nvml.nvmlDeviceGetComputeRunningProcesses, nvml.nvmlDeviceGetGraphicsRunningProcesses)
     answers = [query_or_none(query, handle) for query in queries]
     if all(answer is None for answer in answers):
         return None
@@ -183,27 +182,28 @@ def open_nvml(indices: list[int] | None = None) -> NvmlSession:
     """
     if _pynvml is _NOT_LOADED and not _driver_library_loads():
         return NvmlSession(False, "NVML unavailable: NVML Shared Library Not Found")  # pynvml's own words
-    if _library() is None:
+    nvml = _library()
+    if nvml is None:
         return NvmlSession(False, "nvidia-ml-py (pynvml) is not installed")
     try:
-        _library().nvmlInit()
-    except _library().NVMLError as exc:
+        nvml.nvmlInit()
+    except nvml.NVMLError as exc:
         return NvmlSession(False, f"NVML unavailable: {exc}")
     session = NvmlSession(True, "")
-    driver = query_or_none(_library().nvmlSystemGetDriverVersion)
+    driver = query_or_none(nvml.nvmlSystemGetDriverVersion)
     session.driver = _text(driver) if driver is not None else None
-    count = query_or_none(_library().nvmlDeviceGetCount) or 0
+    count = query_or_none(nvml.nvmlDeviceGetCount) or 0
     wanted = list(range(count)) if indices is None else list(indices)
     for index in wanted:
         if not 0 <= index < count:
             logger.warning("GPU %d requested but NVML sees %d device(s)", index, count)
             continue
-        handle = query_or_none(_library().nvmlDeviceGetHandleByIndex, index)
+        handle = query_or_none(nvml.nvmlDeviceGetHandleByIndex, index)
         if handle is None:
             continue
         session.handles[index] = handle
-        name = query_or_none(_library().nvmlDeviceGetName, handle)
-        uuid = query_or_none(_library().nvmlDeviceGetUUID, handle)
+        name = query_or_none(nvml.nvmlDeviceGetName, handle)
+        uuid = query_or_none(nvml.nvmlDeviceGetUUID, handle)
         memory = query_or_none(_memory_total, handle)
         session.devices.append(
             {

@@ -654,17 +654,18 @@ def _run_seeds(
             # a run that came home is a sealed record in the store; one that never did is only a
             # status and its reason, whose run id may be the original's (the same config): never
             # taken for a reproduction, nor saved over the original
-            records = [r for r in came if "files" in r and "seed" in r and store.run_dir(r["run_id"]).is_dir()]
-            lost = [r for r in came if r not in records]
-            if lost or not records:
-                seed_of = {job.spec.run_id: job.spec.seed for job in jobs}
-                seed = seed_of.get(str(lost[0].get("run_id"))) if lost else None
+            lost: list[Record] = []
+            for r in came:
+                home = "files" in r and "seed" in r and store.run_dir(r["run_id"]).is_dir()
+                (records if home else lost).append(r)
+            if lost:
+                seed = {job.spec.run_id: job.spec.seed for job in jobs}.get(str(lost[0].get("run_id")))
                 raise HarnessError(
                     f"reproduction of {original_id}: the run of seed {seed} never came home from Ray "
                     f"({lost[0].get('status')}): {str(lost[0].get('detail') or 'no reason given')[-400:]}"
-                    if lost
-                    else f"reproduction of {original_id}: no run came home from Ray"
                 )
+            if not records:
+                raise HarnessError(f"reproduction of {original_id}: no run came home from Ray")
             records.sort(key=lambda r: plan.seeds.index(int(r["seed"])))
             plan_seeds_left = []
         else:
