@@ -297,6 +297,20 @@ def test_docker_host_names_the_engine_for_the_sdk_and_the_raw_client(engine, mon
     assert docker_client(timeout=30).info()["DockerRootDir"] != private
 
 
+def test_the_engine_check_takes_the_version_the_engine_reports(engine, monkeypatch):
+    """The check before a run asks the cheap /_ping; the version it records is /version's."""
+    from harness.runtime import engine_api as api_module
+    from harness.runtime.docker import engine_version
+
+    monkeypatch.setenv("DOCKER_HOST", engine.host)
+    monkeypatch.setattr(api_module, "_answered", set())
+    api_module.VERSIONS.pop(engine.host.removeprefix("unix://"), None)
+    api = api_module.engine_api()
+    assert api_module.VERSIONS[api.path] == {"Version": api.version()["Version"]}
+    assert api.ping() == api.version()["Version"]
+    assert engine_version(api) == api.version()["Version"]
+
+
 # -- a full disk -------------------------------------------------------------------------------
 
 FLOOD_PROGRAM = (

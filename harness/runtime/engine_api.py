@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import struct
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ DEFAULT_TIMEOUT_S = 60.0
 # what a lost or hung engine raises from a call: a refused, reset or cut connection, a read deadline,
 # or an answer cut short (http.client's IncompleteRead is no OSError)
 ENGINE_FAULTS: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException)
+_SERVER_VERSION = re.compile(r"Docker/([0-9A-Za-z][0-9A-Za-z.+~_-]{0,63})(?: |$)")
 ENGINE_HINT = "start it with `dockerd --bridge=none --iptables=false --ip-masq=false &` or see README (Prerequisites)"
 
 
@@ -127,6 +129,24 @@ class EngineAPI:
         answer: dict[str, Any] = self.call("GET", "/version")
         return answer
 
+    def ping(self) -> str | None:
+        """Check that the engine answers (``/_ping``); the version its ``Server`` header names
+        (``Docker/20.10.24 (linux)``), or None when the header names none.
+
+        ``/version`` asks containerd, runc and docker-init for theirs: on a busy 2-core host about
+        25 ms of every run's start, where ``/_ping`` takes one."""
+        connection, response = self._open("GET", "/_ping")
+        try:
+            data = response.read(64)
+        finally:
+            connection.close()
+        if response.status >= 400:
+            raise EngineAPIError(
+                response.status, f"GET /_ping: {data[:300].decode(errors='replace') or response.reason}"
+            )
+        found = _SERVER_VERSION.match(response.getheader("Server") or "")
+        return found.group(1) if found else None
+
     def image_id(self, name: str) -> str | None:
         """The id of image ``name``, or None when the engine has none."""
         try:
@@ -191,7 +211,9 @@ def engine_api(timeout: float | None = None) -> EngineAPI:
     api = EngineAPI(path, timeout)
     if (path, api.timeout) not in _answered:  # once per process: a sweep's runs need not ask again
         try:
-            VERSIONS[path] = api.version()
+            version = api.ping()
+            if version is not None:
+                VERSIONS[path] = {"Version": version}
         except TimeoutError as exc:
             raise EngineError(
                 f"Docker engine at unix://{path} did not answer within {api.timeout:g}s: is it hung? "
