@@ -186,3 +186,56 @@ def test_missing_folders_are_empty_not_errors(tmp_path):
     assert ingester.poll() == 0
     ingester.write_parquet(tmp_path / "metrics.parquet")
     assert pq.read_table(tmp_path / "metrics.parquet").num_rows == 0
+
+
+def _ingest_with(monkeypatch, out_dir: Path, small_rows: int, path: Path) -> tuple[MetricsIngester, dict]:
+    from harness.capture import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "SMALL_TABLE_ROWS", small_rows)
+    ingester = MetricsIngester("run-1", out_dir, None)
+    ingester.poll(final=True)
+    ingester.write_parquet(path, last_n=7)
+    return ingester, ingester.summary(7)
+
+
+def test_a_small_run_and_a_large_one_write_the_same_table(tmp_path, monkeypatch):
+    """The rows of a small run stay Python lists and go through the harness's own Parquet writer;
+    past SMALL_TABLE_ROWS they go through pyarrow. The same lines give the same table, summary and
+    journal tails either way: unsorted and repeated steps, lines without a step or wall time,
+    NaN, negative zero, names outside ASCII, a bad line among them."""
+    from harness.store.journal import TAIL_POINTS, _tails
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lines = []
+    for i in range(5000):
+        name = ("charts/return", "losses/qé", "媒体/π", "a")[i % 4]
+        step = (i * 7919) % 1200 if i % 5 else i // 3
+        row = {"name": name, "step": step, "value": float("nan") if i % 97 == 0 else -0.0 if i % 89 == 0 else i * 0.25}
+        if i % 11:
+            row["wall_time"] = 1e9 + i % 13
+        if i % 17 == 0:
+            del row["step"]
+        lines.append(json.dumps(row))
+    lines.insert(50, "{not json")
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    # wall times of lines without one are the time of reading: read both from the same moment
+    monkeypatch.setattr("time.time", lambda: 1.5e9)
+    results = {}
+    for label, small_rows in (("small", 10**6), ("large", 0), ("default", 4096)):
+        ingester, summary = _ingest_with(monkeypatch, out, small_rows, tmp_path / f"{label}.parquet")
+        assert ingester.rejected == {"invalid_json": 1}
+        table = pq.read_table(tmp_path / f"{label}.parquet")
+        assert table.schema.remove_metadata().equals(METRICS_SCHEMA) and table.num_rows == 5000
+        results[label] = (table, summary, ingester.metric_tails(TAIL_POINTS))
+    small, large, default = results["small"], results["large"], results["default"]
+    as_text = [json.dumps(result[0].to_pydict()) for result in (small, large, default)]  # NaN, -0.0 kept
+    assert as_text[0] == as_text[1] == as_text[2]
+    assert json.dumps(small[1], sort_keys=True) == json.dumps(large[1], sort_keys=True)
+    assert large[2] is None and default[2] is None  # past a small run's rows: read from the file
+    from_file = _tails(str(tmp_path / "large.parquet"))
+    assert from_file is not None and set(from_file) == set(small[2])
+    for name, values in small[2].items():
+        np.testing.assert_array_equal(np.array(values), from_file[name])
+    signs = [math.copysign(1, v) for v in small[0].column("value").to_pylist() if v == 0]
+    assert -1.0 in signs

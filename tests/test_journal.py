@@ -148,7 +148,7 @@ def test_journal_files_that_are_links_fifos_or_garbage_are_not_read(tmp_path: Pa
     forged = journal._table(
         "r003", {METRIC: np.full(100, 1e9)}, [{"row": real.row, "metrics_stamp": real.metrics_stamp}]
     )
-    name = journal._write(outside, 0, forged)
+    name = journal._write(outside, 0, journal._arrow_writer(forged))
     (journal_dir / real.part).unlink()
     (journal_dir / "j0-0000000000000000-1-linked.parquet").symlink_to(outside / name)
     os.mkfifo(journal_dir / "j0-0000000000000000-2-fifo.parquet")

@@ -88,6 +88,57 @@ def test_dqn_smoke_runs_are_bit_identical(rl_image, store_home, cli):
     assert "torch==2.13.0+cpu" in first["environment"]["packages"]
 
 
+def test_a_short_run_writes_its_tables_without_pyarrow_and_they_read_back(noop_image, store_home):
+    """A run of a few metrics (mode=ok) writes its metrics, system samples and journal entry with
+    the harness's own small Parquet writer: pyarrow's import alone costs about as much as the no-op
+    container. What it wrote reads back through pyarrow, the record and the cold run index."""
+    from harness.analysis import index as run_index
+    from harness.store import journal
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "harness",
+            "run",
+            NOOP,
+            "--seed",
+            "3",
+            "--param",
+            "mode=ok",
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert imported and not {name for name in imported if name.split(".")[0] in ("pyarrow", "numpy", "pandas")}
+    record = only_run(store_home)
+    run_dir = store_home / "runs" / record["run_id"]
+    metrics = pq.read_table(run_dir / "metrics.parquet")
+    assert metrics.schema.names == ["run_id", "name", "step", "value", "wall_time"]
+    values = [step * 0.5 + 3 for step in range(5)]
+    assert metrics.column("step").to_pylist() == list(range(5)) and metrics.column("value").to_pylist() == values
+    assert set(metrics.column("run_id").to_pylist()) == {record["run_id"]}
+    summary = record["metrics_summary"]["probe/value"]
+    assert summary == {"last": 5.0, "max": 5.0, "min": 3.0, "mean_last_n": sum(values) / 5, "count": 5}
+    system = pq.read_table(run_dir / "system.parquet")
+    assert system.num_rows > 0 and set(system.column("run_id").to_pylist()) == {record["run_id"]}
+    assert LocalStore(store_home).verify(record["run_id"]) == []
+    (entry,) = journal.read_journal(store_home)[record["run_id"]]
+    assert entry.row["status"] == "completed" and entry.metrics_stamp
+    index = run_index.refresh_index(LocalStore(store_home))
+    assert journal.is_journal_part(index.column("metrics_part")[0].as_py())
+    assert run_index.final_values(LocalStore(store_home), index, "probe/value", 2) == {record["run_id"]: 4.75}
+
+
 def test_failing_workload_is_marked_failed_with_log_tail(noop_image, store_home, cli):
     result = cli("run", NOOP, "--param", "mode=fail")
     assert result.returncode == 1

@@ -18,6 +18,11 @@ whatever the workload writes.
 Rows are kept in memory only up to ``FLUSH_ROWS``; then they are sorted and spilled to a spool
 of parquet files. ``write_parquet`` writes ``metrics.parquet`` (run_id, name, step (int64),
 value (float64), wall_time) sorted by name, step and wall time, merging the spool in a stream.
+
+A run of at most ``SMALL_TABLE_ROWS`` rows (most smoke tests, short runs, every no-op) never
+loads pyarrow: its rows stay Python lists, parsed line by line, and its table is written by
+``harness.util.small_parquet``. pyarrow's import alone (libarrow and numpy) costs about 0.16 s of
+wall time and 0.2 s of CPU, as much as the no-op container itself on a 2-core host.
 """
 
 from __future__ import annotations
@@ -34,18 +39,17 @@ import tempfile
 import time
 import weakref
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.json as pa_json
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from harness.store.layout import EXTERNAL_JSONL as EXTERNAL_FILE
 from harness.store.layout import TRACK_JSONL as TRACK_FILE
-from harness.util.arrow import constant_string_column, float64_column, int64_column, string_column
 from harness.util.safefs import READ_BLOCK, Skipped, UnsafeFile, open_beneath, walk
+from harness.util.small_parquet import SMALL_TABLE_ROWS, Column, encode_table
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +72,35 @@ SORT_IN_MEMORY_ROWS = 1 << 20  # up to this many rows the final table is sorted 
 LIVE_REFRESH_MAX_ROWS = 1 << 20  # above this, metrics.parquet is only written when the run ends
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-ROW_SCHEMA = pa.schema(
-    [
-        ("name", pa.string()),
-        ("step", pa.int64()),
-        ("value", pa.float64()),
-        ("wall_time", pa.float64()),
-    ]
-)
-METRICS_SCHEMA = pa.schema([("run_id", pa.string()), *ROW_SCHEMA])
-_JSON_PARSE = pa_json.ParseOptions(explicit_schema=ROW_SCHEMA, unexpected_field_behavior="ignore")
 _SORT_KEYS = [("name", "ascending"), ("step", "ascending"), ("wall_time", "ascending")]
+
+
+@cache
+def row_schema() -> pa.Schema:
+    """The schema of the rows held and spooled: name, step, value, wall_time."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [("name", pa.string()), ("step", pa.int64()), ("value", pa.float64()), ("wall_time", pa.float64())]
+    )
+
+
+@cache
+def metrics_schema() -> pa.Schema:
+    """The schema of ``metrics.parquet``: run_id, then the rows."""
+    import pyarrow as pa
+
+    return pa.schema([("run_id", pa.string()), *row_schema()])
+
+
+def __getattr__(name: str) -> Any:
+    """``ROW_SCHEMA`` and ``METRICS_SCHEMA``, made (with pyarrow) on first use."""
+    if name == "ROW_SCHEMA":
+        return row_schema()
+    if name == "METRICS_SCHEMA":
+        return metrics_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 Row = tuple[str, int, float, float]
 
@@ -380,7 +402,10 @@ class MetricsIngester:
         self._buffer: list[pa.Table] = []  # ROW_SCHEMA tables not yet spilled
         self._pending: tuple[list[str], list[int], list[float], list[float]] = ([], [], [], [])
         self._buffered = 0
-        self._rows = 0
+        self._rows = 0  # every row accepted so far (some perhaps handed over by take_new)
+        # while small, every row is in _pending (no pyarrow loaded); past SMALL_TABLE_ROWS rows
+        # the ingester turns to pyarrow tables and the spool for good
+        self._small = True
         self._spool_files: list[Path] = []
         self._spool_dir = Path(spool_dir) if spool_dir is not None else None
         self._own_spool = spool_dir is None
@@ -418,7 +443,7 @@ class MetricsIngester:
         before = self._rows
         for tail in self._jsonl:
             for chunk in tail.chunks(final, self._reject):
-                table = self._parse_fast(chunk)
+                table = None if self._small else self._parse_fast(chunk)
                 if table is not None:
                     self._add_table(table)
                 else:
@@ -426,7 +451,8 @@ class MetricsIngester:
                         self._parse_line(line)
         if self.tensorboard_dir is not None:
             self._poll_tensorboard()
-        self._flush_pending()
+        if not self._small:
+            self._flush_pending()
         return self._rows - before
 
     def _poll_tensorboard(self) -> None:
@@ -461,13 +487,18 @@ class MetricsIngester:
 
         Only plain chunks qualify: ASCII, no escapes, one flat object per line (so neither deep
         nesting nor lone surrogates can reach the reader)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.json as pa_json
+
         if not chunk.isascii() or b"\\" in chunk or b"[" in chunk:
             return None
         if chunk.count(b"{") != chunk.count(b"\n") or chunk.count(b"}") != chunk.count(b"\n"):
             return None
         try:
             options = pa_json.ReadOptions(block_size=max(len(chunk), 1 << 16))
-            table = pa_json.read_json(io.BytesIO(chunk), read_options=options, parse_options=_JSON_PARSE)
+            parse = pa_json.ParseOptions(explicit_schema=row_schema(), unexpected_field_behavior="ignore")
+            table = pa_json.read_json(io.BytesIO(chunk), read_options=options, parse_options=parse)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
         if table.num_rows == 0:
@@ -540,26 +571,33 @@ class MetricsIngester:
         steps.append(step)
         values.append(number)
         wall_times.append(wall_time)
-        if len(names) >= FLUSH_ROWS:
+        self._rows += 1
+        if self._small and self._rows > SMALL_TABLE_ROWS:
+            self._small = False
+        if not self._small and len(names) >= FLUSH_ROWS:
             self._flush_pending()
 
     def _flush_pending(self) -> None:
+        import pyarrow as pa
+
+        from harness.util.arrow import float64_column, int64_column, string_column
+
         names, steps, values, wall_times = self._pending
         if names:
             self._pending = ([], [], [], [])
             columns = [string_column(names), int64_column(steps), float64_column(values), float64_column(wall_times)]
-            self._add_table(pa.Table.from_arrays(columns, schema=ROW_SCHEMA), counted=False)
+            self._add_table(pa.Table.from_arrays(columns, schema=row_schema()), parsed_fast=False)
 
-    def _add_table(self, table: pa.Table, counted: bool = True) -> None:
+    def _add_table(self, table: pa.Table, parsed_fast: bool = True) -> None:
         if table.num_rows == 0:
             return
-        if counted:  # rows from the fast path: keep the per-name next step up to date
+        if parsed_fast:  # rows from the fast path: count them, keep the per-name next step up to date
             last_steps = table.group_by("name").aggregate([("step", "max")])
             for name, step in zip(last_steps.column("name").to_pylist(), last_steps.column("step_max").to_pylist()):
                 self._next_step[name] = max(self._next_step.get(name, 0), min(step + 1, INT64_MAX))
+            self._rows += table.num_rows
         self._buffer.append(table)
         self._buffered += table.num_rows
-        self._rows += table.num_rows
         if self._buffered >= FLUSH_ROWS:
             self._spill()
 
@@ -574,6 +612,9 @@ class MetricsIngester:
         if self._own_spool and self._finalizer is None:
             self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._spool_dir), True)
         self._spool_dir.mkdir(parents=True, exist_ok=True)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         table = pa.concat_tables(self._buffer).sort_by(_SORT_KEYS)
         path = self._spool_dir / f"part-{len(self._spool_files):06d}.parquet"
         # small row groups: the merge holds one decoded group of every spool file at once
@@ -592,10 +633,15 @@ class MetricsIngester:
 
     def _sorted_batches(self, batch_rows: int = FLUSH_ROWS) -> Iterator[pa.RecordBatch]:
         """Every row so far as ROW_SCHEMA batches, sorted by name, step and wall time."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from harness.util.arrow import float64_column, int64_column, string_column
+
         self._flush_pending()
         memory = pa.concat_tables(self._buffer).sort_by(_SORT_KEYS) if self._buffer else None
         if self._rows <= SORT_IN_MEMORY_ROWS:
-            parts = [pq.read_table(path, schema=ROW_SCHEMA) for path in self._spool_files]
+            parts = [pq.read_table(path, schema=row_schema()) for path in self._spool_files]
             if memory is not None:
                 parts.append(memory)
             if parts:
@@ -622,7 +668,7 @@ class MetricsIngester:
                     float64_column(values),
                     float64_column(wall_times),
                 ],
-                schema=ROW_SCHEMA,
+                schema=row_schema(),
             )
 
     # -- output ----------------------------------------------------------------------------------
@@ -631,9 +677,30 @@ class MetricsIngester:
         """Whether rewriting metrics.parquet while the run goes is cheap enough."""
         return self._rows <= LIVE_REFRESH_MAX_ROWS
 
+    def _sorted_lists(self) -> tuple[list[str], list[int], list[float], list[float]]:
+        """A small ingester's rows (names, steps, values, wall times), sorted by name, step and
+        wall time; equal keys keep their order, as pyarrow's stable sort keeps them."""
+        names, steps, values, wall_times = self._pending
+        order = sorted(range(len(names)), key=lambda i: (names[i], steps[i], wall_times[i]))
+        return (
+            [names[i] for i in order],
+            [steps[i] for i in order],
+            [values[i] for i in order],
+            [wall_times[i] for i in order],
+        )
+
     def table(self) -> pa.Table:
         """All rows so far, sorted by name, step and wall time (in memory: for small runs and tests)."""
-        rows = pa.Table.from_batches(list(self._sorted_batches()), schema=ROW_SCHEMA)
+        import pyarrow as pa
+
+        from harness.util.arrow import constant_string_column, float64_column, int64_column, string_column
+
+        if self._small:
+            names, steps, values, wall_times = self._sorted_lists()
+            columns = [string_column(names), int64_column(steps), float64_column(values), float64_column(wall_times)]
+            rows = pa.Table.from_arrays(columns, schema=row_schema())
+        else:
+            rows = pa.Table.from_batches(list(self._sorted_batches()), schema=row_schema())
         return rows.add_column(0, "run_id", constant_string_column(self.run_id, rows.num_rows))
 
     def write_parquet(self, path: Path, last_n: int = 10) -> None:
@@ -644,11 +711,10 @@ class MetricsIngester:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         summary = _Summary(last_n)
         try:
-            with pq.ParquetWriter(tmp, METRICS_SCHEMA) as writer:
-                for batch in self._sorted_batches():
-                    summary.add(batch)
-                    run_ids = constant_string_column(self.run_id, batch.num_rows)
-                    writer.write_batch(pa.RecordBatch.from_arrays([run_ids, *batch.columns], schema=METRICS_SCHEMA))
+            if self._small:
+                self._write_small(tmp, summary)
+            else:
+                self._write_large(tmp, summary)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -657,13 +723,54 @@ class MetricsIngester:
             raise
         self._summary_cache = (self._rows, last_n, summary.result())
 
-    def take_new(self) -> list[pa.Table]:
-        """Hand over the tables read since the last call (name, step, value, wall_time) and forget
-        them: for live views that follow a run without keeping a second copy of its metrics
-        (``table()`` and ``summary()`` then cover only what was kept: rows already spilled)."""
+    def _write_small(self, tmp: Path, summary: _Summary) -> None:
+        names, steps, values, wall_times = self._sorted_lists()
+        summary.add_lists(names, values)
+        columns: list[Column] = [
+            ("run_id", "string", [self.run_id] * len(names)),
+            ("name", "string", names),
+            ("step", "int64", steps),
+            ("value", "double", values),
+            ("wall_time", "double", wall_times),
+        ]
+        with open(tmp, "wb") as handle:
+            handle.write(encode_table(columns))
+
+    def _write_large(self, tmp: Path, summary: _Summary) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from harness.util.arrow import constant_string_column
+
+        schema = metrics_schema()
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for batch in self._sorted_batches():
+                summary.add(batch)
+                run_ids = constant_string_column(self.run_id, batch.num_rows)
+                writer.write_batch(pa.RecordBatch.from_arrays([run_ids, *batch.columns], schema=schema))
+
+    def metric_tails(self, points: int) -> dict[str, list[float]] | None:
+        """Per metric, the values of its last ``points`` points by step, as ``metrics.parquet``
+        holds them (for the store's journal); None once the rows are past a small run's."""
+        if not self._small:
+            return None
+        names, _, values, _ = self._sorted_lists()
+        tails: dict[str, list[float]] = {}
+        for name, value in zip(names, values):
+            tails.setdefault(name, []).append(value)
+        return {name: series[-points:] for name, series in tails.items()}
+
+    def take_new(self) -> list[NewRows]:
+        """Hand over the rows read since the last call and forget them: for live views that
+        follow a run without keeping a second copy of its metrics (``table()`` and ``summary()``
+        then cover only what was kept: rows already spilled)."""
+        if self._small:
+            names, steps, values, _ = self._pending
+            self._pending = ([], [], [], [])
+            return [_ListRows(names, steps, values)] if names else []
         self._flush_pending()
         chunks, self._buffer, self._buffered = self._buffer, [], 0
-        return chunks
+        return [_ArrowRows(table) for table in chunks]
 
     def summary(self, last_n: int = 10) -> dict[str, dict[str, Any]]:
         """Per metric name: last, max, min, mean_last_n (of the last ``last_n`` by step), count.
@@ -674,11 +781,63 @@ class MetricsIngester:
         if self._summary_cache is not None and self._summary_cache[:2] == (self._rows, last_n):
             return self._summary_cache[2]
         summary = _Summary(last_n)
-        for batch in self._sorted_batches():
-            summary.add(batch)
+        if self._small:
+            names, _, values, _ = self._sorted_lists()
+            summary.add_lists(names, values)
+        else:
+            for batch in self._sorted_batches():
+                summary.add(batch)
         result = summary.result()
         self._summary_cache = (self._rows, last_n, result)
         return result
+
+
+class NewRows:
+    """Rows a live view takes from an ingester: how far they go, and a metric's latest point."""
+
+    def max_step(self) -> int | None:
+        """The largest step among the rows (None: no rows)."""
+        raise NotImplementedError
+
+    def latest(self, name: str) -> tuple[int, float] | None:
+        """(step, value) of ``name``'s row with the largest step (the first such row), or None."""
+        raise NotImplementedError
+
+
+class _ListRows(NewRows):
+    def __init__(self, names: list[str], steps: list[int], values: list[float]):
+        self.names, self.steps, self.values = names, steps, values
+
+    def max_step(self) -> int | None:
+        return max(self.steps) if self.steps else None
+
+    def latest(self, name: str) -> tuple[int, float] | None:
+        found: tuple[int, float] | None = None
+        for row_name, step, value in zip(self.names, self.steps, self.values):
+            if row_name == name and (found is None or step > found[0]):
+                found = (step, value)
+        return found
+
+
+class _ArrowRows(NewRows):
+    def __init__(self, table: pa.Table):
+        self.table = table
+
+    def max_step(self) -> int | None:
+        import pyarrow.compute as pc
+
+        step = pc.max(self.table.column("step")).as_py()
+        return None if step is None else int(step)
+
+    def latest(self, name: str) -> tuple[int, float] | None:
+        import pyarrow.compute as pc
+
+        rows = self.table.filter(pc.equal(self.table.column("name"), name))
+        if not rows.num_rows:
+            return None
+        steps = rows.column("step").to_pylist()
+        last = max(range(len(steps)), key=lambda i: steps[i])
+        return int(steps[last]), rows.column("value")[last].as_py()
 
 
 def _rows_of_batches(batches: Any) -> Iterator[tuple[str, int, float, float]]:
@@ -688,6 +847,8 @@ def _rows_of_batches(batches: Any) -> Iterator[tuple[str, int, float, float]]:
 
 
 def _rows_of_file(path: Path, read_rows: int) -> Iterator[tuple[str, int, float, float]]:
+    import pyarrow.parquet as pq
+
     with pq.ParquetFile(path) as handle:
         yield from _rows_of_batches(handle.iter_batches(batch_size=read_rows))
 
@@ -699,8 +860,27 @@ class _Summary:
         self.last_n = max(int(last_n), 1)
         self.stats: dict[str, dict[str, Any]] = {}
 
+    def add_lists(self, names: list[str], values: list[float]) -> None:
+        """Add rows given as Python lists (sorted by name and step), as ``add`` adds a batch."""
+        start = 0
+        while start < len(names):
+            name, end = names[start], start + 1
+            while end < len(names) and names[end] == name:
+                end += 1
+            series = values[start:end]
+            finite = [value for value in series if math.isfinite(value)]
+            entry = self.stats.setdefault(name, {"count": 0, "max": None, "min": None, "tail": []})
+            entry["count"] += end - start
+            if finite:
+                high, low = max(finite), min(finite)
+                entry["max"] = high if entry["max"] is None else max(entry["max"], high)
+                entry["min"] = low if entry["min"] is None else min(entry["min"], low)
+            entry["tail"] = (entry["tail"] + series[-self.last_n :])[-self.last_n :]
+            start = end
+
     def add(self, batch: pa.RecordBatch) -> None:
         import numpy as np
+        import pyarrow.compute as pc
 
         if batch.num_rows == 0:
             return

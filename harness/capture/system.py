@@ -505,16 +505,27 @@ def read_system_jsonl(jsonl_path: Path) -> tuple[list[float], list[str], list[fl
 
 def system_jsonl_to_parquet(run_id: str, jsonl_path: Path, parquet_path: Path) -> None:
     """Write ``system.parquet`` (run_id, time, name, value) from ``system.jsonl``, atomically."""
+    from harness.util.fsutil import atomic_path, write_table_atomic
+    from harness.util.small_parquet import SMALL_TABLE_ROWS, Column, encode_table
+
+    times, names, values = read_system_jsonl(Path(jsonl_path))
+    if len(times) <= SMALL_TABLE_ROWS:  # a short run's table: no pyarrow to load
+        columns: list[Column] = [
+            ("run_id", "string", [run_id] * len(times)),
+            ("time", "double", times),
+            ("name", "string", names),
+            ("value", "double", values),
+        ]
+        with atomic_path(Path(parquet_path)) as tmp:  # as pyarrow's table below: renamed, not synced
+            tmp.write_bytes(encode_table(columns))
+        return
     # pyarrow only here: the sampler needs psutil alone (scripts/gpu_check.py on a bare GPU host)
     from harness.util.arrow import constant_string_column, float64_column, string_column, table
 
-    times, names, values = read_system_jsonl(Path(jsonl_path))
-    columns = {
+    arrow_columns = {
         "run_id": constant_string_column(run_id, len(times)),
         "time": float64_column(times),
         "name": string_column(names),
         "value": float64_column(values),
     }
-    from harness.util.fsutil import write_table_atomic
-
-    write_table_atomic(table(columns), Path(parquet_path))
+    write_table_atomic(table(arrow_columns), Path(parquet_path))

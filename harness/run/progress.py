@@ -136,30 +136,22 @@ class RunProgress:
 
     def poll(self, now: float | None = None) -> Snapshot:
         """Read what the run has written since the last poll; where it is now."""
-        import pyarrow.compute as pc  # here, not at import: a run loads it while its container starts
-
         now = time.time() if now is None else now
         if self.ingester is None:
             from harness.capture.metrics import MetricsIngester
 
             self.ingester = MetricsIngester(self.run_id, *self._folders)
         self.ingester.poll()
-        for table in self.ingester.take_new():
-            if table.num_rows == 0:
-                continue
-            step = pc.max(table.column("step")).as_py()
+        for rows in self.ingester.take_new():
+            step = rows.max_step()
             if step is not None and (self.step is None or step > self.step):
-                self.step = int(step)
+                self.step = step
             if self._first is None and self.step is not None:
                 self._first = (now, self.step)
             if self.primary:
-                rows = table.filter(pc.equal(table.column("name"), self.primary))
-                if rows.num_rows:
-                    steps = rows.column("step").to_pylist()
-                    last = max(range(len(steps)), key=lambda i: steps[i])
-                    if steps[last] >= self._value_step:
-                        self._value_step = steps[last]
-                        self.value = rows.column("value")[last].as_py()
+                latest = rows.latest(self.primary)
+                if latest is not None and latest[0] >= self._value_step:
+                    self._value_step, self.value = latest
         return Snapshot(
             self.run_id,
             now - self.started,

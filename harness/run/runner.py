@@ -361,7 +361,9 @@ def _finish(
         )
         record.pop("owner", None)
         layout.reserve.unlink(missing_ok=True)
-        return store.seal(record)
+        from harness.store.journal import TAIL_POINTS
+
+        return store.seal(record, capture.ingester.metric_tails(TAIL_POINTS))
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             return _seal_as_error(store, record, exc)
@@ -410,9 +412,8 @@ def _note_ingestion(record: Record, ingester: Any) -> None:
 
 
 def _warm_imports() -> None:
-    """Import the table libraries while the engine starts the container."""
-    import pyarrow.parquet  # noqa: F401
-
+    """Import what capture needs while the engine starts the container (not pyarrow: a small
+    run's tables are written without it, see ``harness.capture.metrics``)."""
     import harness.capture.metrics
     import harness.capture.system  # noqa: F401
 

@@ -23,7 +23,7 @@ import math
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,8 +125,12 @@ def metrics_stamp(runs_fd: int, run_id: str) -> str | None:
 # -- writing -------------------------------------------------------------------------------------
 
 
-def note_finished(root: Path, run_id: str) -> None:
+def note_finished(root: Path, run_id: str, metric_tails: Mapping[str, Sequence[float]] | None = None) -> None:
     """Add a sealed run to its store's journal (and merge the journal when a level is full).
+
+    ``metric_tails``: per metric, its last TAIL_POINTS values by step, from the rows the run's
+    metrics.parquet was just written from (a small run: its entry then needs no pyarrow); None
+    reads them from that file.
 
     Best effort, and cheap next to the run: a run whose files cannot be read back, whose metrics
     are not sorted the way the harness writes them, or a full disk leaves no entry, and the index
@@ -136,7 +140,7 @@ def note_finished(root: Path, run_id: str) -> None:
     except (UnsafeFile, OSError):
         return
     try:
-        entry = _entry_table(runs_fd, run_id)
+        entry = _entry_writer(runs_fd, run_id, metric_tails)
     except Exception:  # noqa: BLE001 — the journal is a cache: any fault leaves the run to the slow path
         entry = None
     finally:
@@ -153,26 +157,54 @@ def note_finished(root: Path, run_id: str) -> None:
         return
 
 
-def _entry_table(runs_fd: int, run_id: str) -> Any:
-    """The journal table of one run (its tails, its row in the metadata); None when it has none."""
+def _entry_writer(
+    runs_fd: int, run_id: str, metric_tails: Mapping[str, Sequence[float]] | None
+) -> Callable[[Path], None] | None:
+    """What writes the journal file of one run (its tails, its row in the metadata); None when
+    it has none."""
     found = read_record(runs_fd, run_id)
     if found is None or found[0].get("run_id") != run_id or found[0].get("status") not in FINAL_STATUSES:
         return None
     row = index_row(*found)
     del row["metrics_part"]
+    if metric_tails is not None:
+        metrics = metrics_stamp(runs_fd, run_id)
+        if metrics is None:
+            return None
+        data = _small_entry(run_id, metric_tails, [{"row": row, "metrics_stamp": metrics}])
+
+        def write(path: Path) -> None:
+            path.write_bytes(data)
+
+        return write
     try:
         fd, info = open_in(runs_fd, (run_id, METRICS_PARQUET))
     except UnsafeFile as exc:
         if exc.reason != "missing":
             return None
-        return _table(run_id, {}, [{"row": row, "metrics_stamp": ""}])
+        return _arrow_writer(_table(run_id, {}, [{"row": row, "metrics_stamp": ""}]))
     try:
         tails = _tails(f"{FD_DIR}/{fd}")
     finally:
         os.close(fd)
     if tails is None:
         return None
-    return _table(run_id, tails, [{"row": row, "metrics_stamp": stamp(info)}])
+    return _arrow_writer(_table(run_id, tails, [{"row": row, "metrics_stamp": stamp(info)}]))
+
+
+def _small_entry(run_id: str, tails: Mapping[str, Sequence[float]], entries: list[dict[str, Any]]) -> bytes:
+    """The journal file of one small run, the layout of ``_table``, written without pyarrow."""
+    from harness.util.small_parquet import Column, encode_table
+
+    names = [name for name, values in tails.items() for _ in values]
+    backs = [back for values in tails.values() for back in range(len(values), 0, -1)]
+    columns: list[Column] = [
+        ("run_id", "string", [run_id] * len(names)),
+        ("name", "string", names),
+        ("back", "int64", backs),
+        ("value", "double", [float(value) for values in tails.values() for value in values]),
+    ]
+    return encode_table(columns, {META_KEY.decode(): json.dumps(entries, separators=(",", ":"))})
 
 
 def _tails(path: str) -> dict[str, Any] | None:
@@ -241,17 +273,26 @@ def _table(run_id: str, tails: dict[str, Any], entries: list[dict[str, Any]]) ->
     return rows.replace_schema_metadata({META_KEY: json.dumps(entries, separators=(",", ":")).encode()})
 
 
-def _write(journal: Path, level: int, table: Any) -> str:
-    """Write one journal file of ``level`` whole, then rename it into place; its name."""
-    import pyarrow.parquet as pq
+def _arrow_writer(table: Any) -> Callable[[Path], None]:
+    """What writes ``table`` as a journal file, its schema metadata as the file's."""
 
+    def write(path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        metadata = table.schema.metadata
+        with pq.ParquetWriter(path, table.schema.remove_metadata(), store_schema=False) as writer:
+            writer.write_table(table.replace_schema_metadata(None))
+            writer.add_key_value_metadata(metadata)
+
+    return write
+
+
+def _write(journal: Path, level: int, write: Callable[[Path], None]) -> str:
+    """Write one journal file of ``level`` whole, then rename it into place; its name."""
     name = f"j{level}-{time.time_ns():016x}-{os.getpid()}-{os.urandom(4).hex()}.parquet"
     tmp = journal / f".{name}.tmp"
     try:
-        metadata = table.schema.metadata
-        with pq.ParquetWriter(tmp, table.schema.remove_metadata(), store_schema=False) as writer:
-            writer.write_table(table.replace_schema_metadata(None))
-            writer.add_key_value_metadata(metadata)
+        write(tmp)
         os.replace(tmp, journal / name)
     finally:  # also on Ctrl-C: nothing else removes a half-written file
         tmp.unlink(missing_ok=True)
@@ -367,7 +408,7 @@ def _merge_level(journal: Path, journal_fd: int, level: int, names: list[str]) -
     merged = pa.concat_tables(tables).replace_schema_metadata(
         {META_KEY: json.dumps(kept, separators=(",", ":")).encode()}
     )
-    _write(journal, level + 1, merged)
+    _write(journal, level + 1, _arrow_writer(merged))
     for name, _, _ in read:
         _remove(journal, name)
 

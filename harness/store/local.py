@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -95,18 +95,20 @@ class LocalStore:
         write_json_atomic(path, record)
         return path
 
-    def seal(self, record: Record) -> Record:
-        """Checksum every file of the run folder into ``record['files']`` and save it."""
+    def seal(self, record: Record, metric_tails: Mapping[str, Sequence[float]] | None = None) -> Record:
+        """Checksum every file of the run folder into ``record['files']`` and save it.
+
+        ``metric_tails``: the journal's tails of the metrics just written (see ``note_finished``)."""
         record["files"], skipped = checksum_report(self.run_dir(record["run_id"]))
         record["skipped_files"] = skipped_for_record(skipped)
         self.save(record)
-        self.note_finished(record["run_id"])
+        self.note_finished(record["run_id"], metric_tails)
         return record
 
-    def note_finished(self, run_id: str) -> None:
+    def note_finished(self, run_id: str, metric_tails: Mapping[str, Sequence[float]] | None = None) -> None:
         """Add a sealed run to the store's journal, which a cold run index reads instead of its
         files (best effort: see ``harness.store.journal``)."""
-        note_finished(self.root, run_id)
+        note_finished(self.root, run_id, metric_tails)
 
     def mark(self, run_id: str, status: str, detail: str) -> Record:
         """Correct a sealed record's final status (its files are unchanged, so the checksums stand)."""

@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("string", "int64", "double")
+# the rows up to which the harness writes a table of its own here rather than with pyarrow: a
+# short run's metrics and system samples, a journal entry (uncompressed, at most about 300 KB)
+SMALL_TABLE_ROWS = 4096
+Column = tuple[str, str, Sequence[Any]]  # name, kind (one of KINDS), values (None: null)
 
 # Thrift compact protocol field types
 _BOOL_TRUE, _I32, _I64, _BINARY, _LIST, _STRUCT = 1, 5, 6, 8, 9, 12
@@ -170,7 +174,7 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _check(columns: Sequence[tuple[str, str, Sequence[Any]]], metadata: Mapping[str, str] | None) -> None:
+def _check(columns: Sequence[Column], metadata: Mapping[str, str] | None) -> None:
     if not columns:
         raise ValueError("a table needs at least one column")
     seen: set[str] = set()
@@ -194,7 +198,7 @@ def _check(columns: Sequence[tuple[str, str, Sequence[Any]]], metadata: Mapping[
             raise ValueError(f"metadata {key!r}: {value!r}: keys and values must be str of valid UTF-8")
 
 
-def encode_table(columns: Sequence[tuple[str, str, Sequence[Any]]], metadata: Mapping[str, str] | None = None) -> bytes:
+def encode_table(columns: Sequence[Column], metadata: Mapping[str, str] | None = None) -> bytes:
     """A whole Parquet file holding ``columns``, each ``(name, kind, values)`` with kind in `KINDS`.
 
     Every column is OPTIONAL (nullable, as pyarrow's default schema): a value may be None. A string
@@ -274,9 +278,7 @@ def encode_table(columns: Sequence[tuple[str, str, Sequence[Any]]], metadata: Ma
     return b"".join(body)
 
 
-def write_table_file(
-    path: Path, columns: Sequence[tuple[str, str, Sequence[Any]]], metadata: Mapping[str, str] | None = None
-) -> None:
+def write_table_file(path: Path, columns: Sequence[Column], metadata: Mapping[str, str] | None = None) -> None:
     """`encode_table` written to ``path`` atomically (readers see the old file or the new one)."""
     from harness.util.fsutil import write_bytes_atomic
 
