@@ -149,7 +149,6 @@ def execute(  # noqa: PLR0913 — one run's options, each a `harness run` option
     """
     if runtime not in RUNTIMES:
         raise HarnessError(f"--runtime {runtime}: choose {', '.join(RUNTIMES)}")
-    threading.Thread(target=_warm_imports, name="harness-imports", daemon=True).start()
     manifest = spec.loaded.view
     check_gpus(manifest.hardware.gpus)
     client: Any = None
@@ -409,13 +408,6 @@ def _note_ingestion(record: Record, ingester: Any) -> None:
 
     record["metrics_rejected"] = dict(sorted(ingester.rejected.items()))
     record["metrics_skipped"] = skipped_for_record(ingester.skipped)
-
-
-def _warm_imports() -> None:
-    """Import what capture needs while the engine starts the container (not pyarrow: a small
-    run's tables are written without it, see ``harness.capture.metrics``)."""
-    import harness.capture.metrics
-    import harness.capture.system  # noqa: F401
 
 
 def recover(store: LocalStore) -> list[str]:
