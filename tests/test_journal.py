@@ -86,6 +86,28 @@ def test_the_journal_merges_its_levels_and_keeps_every_run(tmp_path: Path, monke
     assert run_index.final_values(store, index, METRIC, 10) == pytest.approx(_from_files(store, index, 10))
 
 
+def test_entries_made_from_a_runs_own_rows_merge_with_the_others(tmp_path: Path, monkeypatch) -> None:
+    """A short run's entry is written from the rows it has just written to metrics.parquet, by the
+    harness's own Parquet writer (no pyarrow); such entries and those read back from the file
+    merge into the same levels and give the same index and final values."""
+    monkeypatch.setattr(journal, "FANOUT", 4)
+    seal = LocalStore.seal
+
+    def seal_with_tails(self: LocalStore, record: dict, metric_tails: Any = None) -> dict:
+        if record["seed"] % 2:
+            metric_tails = {METRIC: _values(record["seed"])[-journal.TAIL_POINTS :].tolist()}
+        return seal(self, record, metric_tails)
+
+    monkeypatch.setattr(LocalStore, "seal", seal_with_tails)
+    store = _store(tmp_path / "results", 21)
+    assert sorted(name[:2] for name in _journal_files(store)) == ["j0", "j1", "j2"]
+    index = _cold(store)
+    assert index.num_rows == 21 and set(index.column("metrics_part").to_pylist()) == set(_journal_files(store))
+    for last_n in (1, 10, 100):
+        finals = run_index.final_values(store, index, METRIC, last_n)
+        assert finals == pytest.approx(_from_files(store, index, last_n), rel=1e-12) and len(finals) == 21
+
+
 def test_a_run_changed_after_its_entry_is_read_from_its_files(tmp_path: Path) -> None:
     """An entry counts only while the record and the metrics file are the ones it was made from."""
     store = _store(tmp_path / "results", 4)
