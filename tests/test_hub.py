@@ -75,6 +75,27 @@ def test_publish_then_pull_into_an_empty_store(hub, store, tmp_path):
     assert not list(empty.root.glob(".pull-*")), "the staging folder is removed"
 
 
+def test_pulled_runs_enter_the_stores_journal(hub, store, tmp_path):
+    """A pulled run gets its journal entry as a run sealed in the store does: a cold index of the
+    pulling store reads no run's metrics file, and its final values are those of the curve."""
+    from harness.analysis import index as run_index
+    from harness.store import journal
+    from tests.hubserver.runs import curve
+
+    rows = sorted(curve(3))  # by name and step, as the harness writes metrics.parquet
+    make_run(store, "toy-ccc", seed=3, metrics=rows)
+    publish(["toy-ccc"], REPO, endpoint=hub.url)
+    fresh = LocalStore(tmp_path / "fresh")
+    assert pull(REPO, endpoint=hub.url, store=fresh) == ["toy-ccc"]
+    (entry,) = journal.read_journal(fresh.root)["toy-ccc"]
+    assert entry.row["status"] == "completed" and entry.metrics_stamp
+    index = run_index.refresh_index(fresh)
+    assert journal.is_journal_part(index.column("metrics_part")[0].as_py())
+    returns = [value for name, _, value in rows if name == "charts/episodic_return"]
+    final = run_index.final_values(fresh, index, "charts/episodic_return", 10)
+    assert final == {"toy-ccc": pytest.approx(statistics.fmean(returns[-10:]), rel=1e-12)}
+
+
 def test_runs_index_and_card(hub, store):
     make_run(store, "toy-aaa", seed=1)
     publish(["toy-aaa"], REPO, endpoint=hub.url)

@@ -731,5 +731,6 @@ def _move_into_store(
             json.dump(record, handle, indent=2, sort_keys=True, default=str)
             handle.write("\n")
         os.replace(downloaded / run_id, store.run_dir(run_id))
+        store.note_finished(run_id)  # a cold run index then reads it from the journal, like the store's own
         pulled.append(run_id)
     return pulled
