@@ -108,6 +108,25 @@ def test_entries_made_from_a_runs_own_rows_merge_with_the_others(tmp_path: Path,
         assert finals == pytest.approx(_from_files(store, index, last_n), rel=1e-12) and len(finals) == 21
 
 
+def test_a_merge_drops_the_entries_of_runs_removed_or_saved_again(tmp_path: Path, monkeypatch) -> None:
+    """Entries that can never be used again (the run folder was removed, the record was saved
+    again without a new entry) are not carried into the merged file."""
+    monkeypatch.setattr(journal, "FANOUT", 4)
+    store = _store(tmp_path / "results", 3)
+    shutil.rmtree(store.run_dir("r000"))
+    record = store.load("r001")
+    record["tags"] = ["edited"]
+    store.save(record)
+    add_run(store, "r003", "agent1", {"env_id": "E0"}, 3, _values(3))  # the fourth entry: level 0 merges
+    assert [name[:2] for name in _journal_files(store)] == ["j1"]
+    assert set(journal.read_journal(store.root)) == {"r002", "r003"}
+    index = _cold(store)
+    assert sorted(index.column("run_id").to_pylist()) == ["r001", "r002", "r003"]
+    parts = dict(zip(index.column("run_id").to_pylist(), index.column("metrics_part").to_pylist()))
+    assert not journal.is_journal_part(parts["r001"]) and journal.is_journal_part(parts["r002"])
+    assert run_index.final_values(store, index, METRIC, 10) == pytest.approx(_from_files(store, index, 10))
+
+
 def test_a_run_changed_after_its_entry_is_read_from_its_files(tmp_path: Path) -> None:
     """An entry counts only while the record and the metrics file are the ones it was made from."""
     store = _store(tmp_path / "results", 4)

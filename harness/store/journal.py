@@ -399,18 +399,46 @@ def _merge_level(journal: Path, journal_fd: int, level: int, names: list[str]) -
             key = (int(entry["row"]["record_stamp"].split(":")[0]), position)
             if newest.get(entry["row"]["run_id"], (-1, -1)) < key:
                 newest[entry["row"]["run_id"]] = key
+    current = _current_entries(journal.parent, [e for _, _, entries in read for e in entries])
     tables, kept = [], []
     for position, (_, table, entries) in enumerate(read):
-        mine = [e for e in entries if newest[e["row"]["run_id"]][1] == position]
+        mine = [e for e in entries if newest[e["row"]["run_id"]][1] == position and id(e) in current]
         kept += mine
         ids = string_column([e["row"]["run_id"] for e in mine])
         tables.append(table.filter(pc.is_in(table.column("run_id"), value_set=ids)).replace_schema_metadata(None))
-    merged = pa.concat_tables(tables).replace_schema_metadata(
-        {META_KEY: json.dumps(kept, separators=(",", ":")).encode()}
-    )
-    _write(journal, level + 1, _arrow_writer(merged))
+    if kept:
+        merged = pa.concat_tables(tables).replace_schema_metadata(
+            {META_KEY: json.dumps(kept, separators=(",", ":")).encode()}
+        )
+        _write(journal, level + 1, _arrow_writer(merged))
     for name, _, _ in read:
         _remove(journal, name)
+
+
+def _current_entries(root: Path, entries: list[dict[str, Any]]) -> set[int]:
+    """The ``id`` of each entry whose run's record.json is still the one it was made from: an
+    entry of a removed run, or of a record saved again since (which has a newer entry, or is read
+    from its files), can never be used, so a merge drops it. All are kept when the runs folder
+    cannot be opened."""
+    try:
+        runs_fd = open_dir(root / "runs")
+    except (UnsafeFile, OSError):
+        return {id(entry) for entry in entries}
+    try:
+        current = set()
+        for entry in entries:
+            run_id = entry["row"]["run_id"]
+            if "/" in run_id or run_id in ("", ".", ".."):
+                continue
+            try:
+                info = os.stat(f"{run_id}/{RECORD}", dir_fd=runs_fd, follow_symlinks=False)
+            except (OSError, ValueError):  # gone, or a name no run folder can have
+                continue
+            if stat.S_ISREG(info.st_mode) and stamp(info) == entry["row"]["record_stamp"]:
+                current.add(id(entry))
+        return current
+    finally:
+        os.close(runs_fd)
 
 
 def _remove(journal: Path, name: str) -> None:
