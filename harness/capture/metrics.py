@@ -41,7 +41,7 @@ import weakref
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.store.layout import EXTERNAL_JSONL as EXTERNAL_FILE
 from harness.store.layout import TRACK_JSONL as TRACK_FILE
@@ -605,6 +605,9 @@ class MetricsIngester:
 
     def _spill(self) -> None:
         """Sort the rows in memory and write them as one more spool file."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         if not self._buffer:
             return
         if self._spool_dir is None:
@@ -612,9 +615,6 @@ class MetricsIngester:
         if self._own_spool and self._finalizer is None:
             self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._spool_dir), True)
         self._spool_dir.mkdir(parents=True, exist_ok=True)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         table = pa.concat_tables(self._buffer).sort_by(_SORT_KEYS)
         path = self._spool_dir / f"part-{len(self._spool_files):06d}.parquet"
         # small row groups: the merge holds one decoded group of every spool file at once
@@ -792,19 +792,17 @@ class MetricsIngester:
         return result
 
 
-class NewRows:
+class NewRows(Protocol):
     """Rows a live view takes from an ingester: how far they go, and a metric's latest point."""
 
     def max_step(self) -> int | None:
         """The largest step among the rows (None: no rows)."""
-        raise NotImplementedError
 
     def latest(self, name: str) -> tuple[int, float] | None:
         """(step, value) of ``name``'s row with the largest step (the first such row), or None."""
-        raise NotImplementedError
 
 
-class _ListRows(NewRows):
+class _ListRows:
     def __init__(self, names: list[str], steps: list[int], values: list[float]):
         self.names, self.steps, self.values = names, steps, values
 
@@ -819,7 +817,7 @@ class _ListRows(NewRows):
         return found
 
 
-class _ArrowRows(NewRows):
+class _ArrowRows:
     def __init__(self, table: pa.Table):
         self.table = table
 
