@@ -412,6 +412,8 @@ class MetricsIngester:
         self._finalizer: Any = None
         self.rejected: dict[str, int] = {}
         self._summary_cache: tuple[int, int, dict[str, dict[str, Any]]] | None = None
+        # a small ingester's rows sorted once for the table, its summary and the journal's tails
+        self._sorted_cache: tuple[tuple[int, int], tuple[list[str], list[int], list[float], list[float]]] | None = None
 
     def __len__(self) -> int:
         return self._rows
@@ -681,13 +683,18 @@ class MetricsIngester:
         """A small ingester's rows (names, steps, values, wall times), sorted by name, step and
         wall time; equal keys keep their order, as pyarrow's stable sort keeps them."""
         names, steps, values, wall_times = self._pending
+        key = (self._rows, len(names))  # rows are only appended (or all handed over by take_new)
+        if self._sorted_cache is not None and self._sorted_cache[0] == key:
+            return self._sorted_cache[1]
         order = sorted(range(len(names)), key=lambda i: (names[i], steps[i], wall_times[i]))
-        return (
+        lists = (
             [names[i] for i in order],
             [steps[i] for i in order],
             [values[i] for i in order],
             [wall_times[i] for i in order],
         )
+        self._sorted_cache = (key, lists)
+        return lists
 
     def table(self) -> pa.Table:
         """All rows so far, sorted by name, step and wall time (in memory: for small runs and tests)."""
