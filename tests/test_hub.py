@@ -18,7 +18,7 @@ from harness.store.hub import publish, pull
 from harness.store.local import LocalStore
 from tests.conftest import HUB_TOKEN, run_cli
 from tests.hubserver import HubServer, RepoRef
-from tests.hubserver.runs import make_run
+from tests.hubserver.runs import curve, make_run
 
 TOKEN = HUB_TOKEN
 REPO = "lab/cartpole-results"
@@ -80,7 +80,6 @@ def test_pulled_runs_enter_the_stores_journal(hub, store, tmp_path):
     pulling store reads no run's metrics file, and its final values are those of the curve."""
     from harness.analysis import index as run_index
     from harness.store import journal
-    from tests.hubserver.runs import curve
 
     rows = sorted(curve(3))  # by name and step, as the harness writes metrics.parquet
     make_run(store, "toy-ccc", seed=3, metrics=rows)
@@ -94,6 +93,33 @@ def test_pulled_runs_enter_the_stores_journal(hub, store, tmp_path):
     returns = [value for name, _, value in rows if name == "charts/episodic_return"]
     final = run_index.final_values(fresh, index, "charts/episodic_return", 10)
     assert final == {"toy-ccc": pytest.approx(statistics.fmean(returns[-10:]), rel=1e-12)}
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "unsorted"])
+def test_a_pulled_run_with_a_hostile_metrics_file_gets_no_journal_entry(hub, store, tmp_path, damage):
+    """A repo can serve a metrics.parquet that matches its record's checksums and is still not what
+    the harness writes: garbage bytes, an empty file, points out of order. The pull goes through,
+    the run gets no journal entry (it is read from its files, as any run without one), nothing raises."""
+    from harness.analysis import index as run_index
+    from harness.store import journal
+
+    make_run(store, "toy-ddd", seed=4, metrics=sorted(curve(4)))
+    path = store.run_dir("toy-ddd") / "metrics.parquet"
+    if damage == "garbage":
+        path.write_bytes(b"PAR1" + os.urandom(5000) + b"PAR1")
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        table = pq.read_table(path)
+        pq.write_table(table.take(list(range(table.num_rows - 1, -1, -1))), path)
+    store.seal(store.load("toy-ddd"))
+    publish(["toy-ddd"], REPO, endpoint=hub.url)
+    fresh = LocalStore(tmp_path / "fresh")
+    assert pull(REPO, endpoint=hub.url, store=fresh) == ["toy-ddd"]
+    assert "toy-ddd" not in journal.read_journal(fresh.root)
+    if damage == "unsorted":
+        index = run_index.refresh_index(fresh)
+        assert not journal.is_journal_part(index.column("metrics_part")[0].as_py())
 
 
 def test_runs_index_and_card(hub, store):
